@@ -1,0 +1,150 @@
+"""Command line: ``harness run | cost | bench | list``. Bad input exits with code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # silence the profiler's start/stop lines
+
+
+def _shape(text: str) -> list[int]:
+    try:
+        dims = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        dims = []
+    if len(dims) != 5 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"--input: {text!r} is not NxCxDxHxW with positive integers (e.g. 1x4x64x128x128)")
+    return dims
+
+
+def _kv(text: str) -> tuple[str, object]:
+    import yaml
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--param: {text!r} is not KEY=VALUE")
+    k, v = text.split("=", 1)
+    return k, yaml.safe_load(v)
+
+
+def cmd_run(args) -> int:
+    from harness.study import run_study
+
+    return run_study(args.study, args.scale, args.seeds, args.address, args.resume, args.tracking_uri, args.dry_run,
+                     verbose=args.verbose)
+
+
+def cmd_cost(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from harness.config import check_model, load_study, resolve
+    from harness.cost import cost_report
+    from harness.data import build_task
+    from harness.models import build_model
+
+    rows = []
+    if args.target.endswith((".yaml", ".yml")):
+        study = load_study(args.target)
+        specs = [s for s in resolve(study, args.scale, 1)]
+        task = build_task(specs[0].data.dataset, **specs[0].data.params)
+        for s in specs:
+            shape = args.input or s.cost.input or [1, task.in_channels, *s.train.patch]
+            model = build_model(s.model.name, in_channels=shape[1], out_channels=len(task.regions), **s.model.params)
+            check_model(s.model, shape[2:], f"variant {s.variant!r}")
+            rows.append({"name": s.variant, **cost_report(model, shape, latency=not args.no_latency)})
+    else:
+        from harness.config import ModelCfg
+
+        shape = args.input or [1, 4, 64, 128, 128]
+        params = dict(args.param or [])
+        check_model(ModelCfg(name=args.target, params=params), shape[2:], "cost")
+        model = build_model(args.target, in_channels=shape[1], out_channels=args.out_channels, **params)
+        rows.append({"name": args.target, **cost_report(model, shape, latency=not args.no_latency)})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    table = Table(title="cost (GMACs: fvcore, 1 multiply-add = 1)")
+    cols = ["name", "input", "params", "gmacs", "macs_per_voxel"] + (
+        [] if args.no_latency else ["latency_ns_per_voxel", "peak_mem_mb", "device"])
+    for c in cols:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*(f"{r[c]:,.4g}" if isinstance(r[c], float) else f"{r[c]:,}" if isinstance(r[c], int)
+                        else str(r[c]) for c in cols))
+    Console().print(table)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from harness.bench import run_bench
+
+    return run_bench(Path(args.out), quick=args.quick)
+
+
+def cmd_list(args) -> int:
+    import harness.data  # noqa: F401  (registrations)
+    import harness.losses  # noqa: F401
+    import harness.models  # noqa: F401
+    import harness.ops  # noqa: F401
+    from harness.registry import DATASETS, LOSSES, MODELS, OPS
+
+    regs = {"models": MODELS, "datasets": DATASETS, "ops": OPS, "losses": LOSSES}
+    for kind in [args.kind] if args.kind != "all" else list(regs):
+        print(f"{kind}: {', '.join(regs[kind].names())}")
+    if args.kind == "all":
+        print("studies: " + ", ".join(sorted(p.name for p in Path("studies").glob("*.yaml"))))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="harness", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="train every variant x seed of a study as Ray Tune trials, logged to MLflow")
+    r.add_argument("study")
+    r.add_argument("--scale", default="smoke", choices=["smoke", "paper"])
+    r.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the study's)")
+    r.add_argument("--address", default=None, help="Ray cluster: 'auto' or 'ray://host:10001' (default: local Ray)")
+    r.add_argument("--resume", action="store_true", help="finish an interrupted run; finished trials are kept")
+    r.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///mlflow.db)")
+    r.add_argument("--dry-run", action="store_true", help="validate, list trials and estimate their compute")
+    r.add_argument("-v", "--verbose", type=int, default=1, choices=[0, 1, 2])
+    r.set_defaults(fn=cmd_run)
+
+    c = sub.add_parser("cost", help="parameters, GMACs, latency and memory of a model or of a study's variants")
+    c.add_argument("target", help="a registered model name or a study YAML")
+    c.add_argument("--input", type=_shape, default=None, help="NxCxDxHxW, e.g. 1x4x128x128x64")
+    c.add_argument("--scale", default="paper", choices=["smoke", "paper"])
+    c.add_argument("--param", type=_kv, action="append", help="model parameter KEY=VALUE (YAML value)")
+    c.add_argument("--out-channels", type=int, default=3)
+    c.add_argument("--no-latency", action="store_true", help="skip latency and memory")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(fn=cmd_cost)
+
+    b = sub.add_parser("bench", help="speed benchmarks (results under reports/bench)")
+    b.add_argument("--out", default="reports/bench")
+    b.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
+    b.set_defaults(fn=cmd_bench)
+
+    ls = sub.add_parser("list", help="registered models, datasets, ops, losses and the studies")
+    ls.add_argument("kind", nargs="?", default="all", choices=["all", "models", "datasets", "ops", "losses"])
+    ls.set_defaults(fn=cmd_list)
+
+    args = p.parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from harness.config import ConfigError
+    from harness.registry import UnknownNameError
+
+    try:
+        return args.fn(args)
+    except (ConfigError, UnknownNameError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

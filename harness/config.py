@@ -1,0 +1,265 @@
+"""Study files (YAML) -> validated, scale-resolved trial specs.
+
+A study names a data set, a model and its variants (an explicit list and/or a
+grid of named axes whose product is taken), the training recipe, the paper's
+numbers (``expected``) and two scales: ``smoke`` (must finish on a laptop) and
+``paper``. Scales override any of ``data``, ``model``, ``train``, ``cost``.
+Every error names the field, the bad value and what is allowed.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.registry import DATASETS, LOSSES, MODELS, UnknownNameError
+
+
+class ConfigError(ValueError):
+    """Bad user input; the CLI prints it and exits with code 2."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataCfg(_Strict):
+    dataset: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelCfg(_Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainCfg(_Strict):
+    loss: str = "dice"
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    poly_power: float = Field(0.9, ge=0)  # lr * (1 - it/total)**power, as in GSP-Conv Sec. 3
+    batch_size: int = Field(4, ge=1)
+    epochs: int = Field(1, ge=1)
+    steps_per_epoch: int = Field(10, ge=1)
+    val_every: int = Field(1, ge=1)
+    patch: list[int]
+    sw_overlap: float = Field(0.25, ge=0, lt=1)
+    amp: bool = True  # CUDA only
+    augment: bool = True  # random flips along D, H, W
+    num_workers: int = Field(0, ge=0)
+
+    @field_validator("patch")
+    @classmethod
+    def _patch(cls, v):
+        if len(v) != 3 or any(s < 1 for s in v):
+            raise ValueError(f"must be three positive sizes (D, H, W), got {v}")
+        return v
+
+
+class CostCfg(_Strict):
+    input: Optional[list[int]] = None  # (N, C, D, H, W) for params/GMACs; default 1 x C x patch
+    latency: bool = True
+    latency_runs: int = Field(5, ge=1)
+
+
+class ResourcesCfg(_Strict):
+    cpu: float = Field(1, gt=0)
+    gpu: float = Field(0, ge=0)
+
+
+class ScaleCfg(_Strict):
+    data: dict[str, Any] = Field(default_factory=dict)
+    model: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    cost: dict[str, Any] = Field(default_factory=dict)
+    seeds: Optional[int] = Field(None, ge=1)
+
+
+class VariantCfg(_Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)  # model parameters
+    train: dict[str, Any] = Field(default_factory=dict)  # training overrides (e.g. a loss ablation)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class ExpectedValue(_Strict):
+    value: float
+    tol: Optional[float] = Field(None, ge=0)  # set for pinned numbers (params, GMACs); None = reported only
+    note: Optional[str] = None
+
+
+class StudyCfg(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    paper: str
+    title: str
+    description: str = ""
+    data: DataCfg
+    model: ModelCfg
+    variants: list[VariantCfg] = Field(default_factory=list)
+    grid: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    train: TrainCfg
+    cost: CostCfg = Field(default_factory=CostCfg)
+    resources: ResourcesCfg = Field(default_factory=ResourcesCfg)
+    seeds: int = Field(1, ge=1)
+    scales: dict[Literal["smoke", "paper"], ScaleCfg]
+    expected: dict[str, dict[str, ExpectedValue | float]] = Field(default_factory=dict)
+    layout: dict[str, Any] = Field(default_factory=dict)  # the paper table's rows/columns (report)
+
+    @model_validator(mode="after")
+    def _has_scales_and_variants(self):
+        missing = {"smoke", "paper"} - set(self.scales)
+        if missing:
+            raise ValueError(f"scales: missing {sorted(missing)}; every study needs 'smoke' and 'paper'")
+        if not self.variants and not self.grid:
+            raise ValueError("variants/grid: a study needs at least one variant")
+        return self
+
+
+class TrialSpec(BaseModel):
+    """One trial: everything ``train.run_trial`` needs, JSON-serialisable."""
+
+    study: str
+    scale: str
+    key: str  # unique within the study+scale: "<variant>#s<seed>"
+    variant: str
+    tags: dict[str, str]
+    seed: int
+    data: DataCfg
+    model: ModelCfg
+    train: TrainCfg
+    cost: CostCfg
+    resources: ResourcesCfg
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _fmt_validation(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid study"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        val = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
+        lines.append(f"  {loc}: {msg}{val}")
+    return "\n".join(lines)
+
+
+def load_study(path: str | Path) -> StudyCfg:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"study: file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: malformed YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: a study must be a YAML mapping, got {type(raw).__name__}")
+    try:
+        study = StudyCfg.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_fmt_validation(e, str(p))) from None
+    _check_names(study)
+    return study
+
+
+def _check_names(study: StudyCfg) -> None:
+    for reg, name, field in ((DATASETS, study.data.dataset, "data.dataset"), (MODELS, study.model.name, "model.name"),
+                             (LOSSES, study.train.loss, "train.loss")):
+        try:
+            reg.get(name, field=field)
+        except UnknownNameError as e:
+            raise ConfigError(str(e)) from None
+
+
+def variants(study: StudyCfg) -> list[VariantCfg]:
+    """Explicit variants, then the grid's product (names joined by '-', tags = axis labels)."""
+    out = list(study.variants)
+    if study.grid:
+        axes = list(study.grid)
+        for combo in itertools.product(*(study.grid[a].items() for a in axes)):
+            params: dict[str, Any] = {}
+            train: dict[str, Any] = {}
+            for _, p in combo:  # an option is model params, plus an optional 'train' override
+                p = dict(p or {})
+                train = _merge(train, p.pop("train", {}))
+                params = _merge(params, p)
+            out.append(VariantCfg(name="-".join(label for label, _ in combo), params=params, train=train,
+                                  tags={a: label for a, (label, _) in zip(axes, combo)}))
+    names = [v.name for v in out]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ConfigError(f"variants: duplicate variant names {sorted(dup)}")
+    return out
+
+
+def config_hash(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def resolve(study: StudyCfg, scale: str, seeds: int | None = None) -> list[TrialSpec]:
+    """Apply ``scale`` and expand variants x seeds into validated trial specs."""
+    if scale not in study.scales:
+        raise ConfigError(f"--scale: {scale!r} is not defined; allowed: {sorted(study.scales)}")
+    sc = study.scales[scale]
+    try:
+        base_train = _merge(study.train.model_dump(), sc.train)
+        TrainCfg.model_validate(base_train)
+        cost = CostCfg.model_validate(_merge(study.cost.model_dump(), sc.cost))
+    except ValidationError as e:
+        raise ConfigError(_fmt_validation(e, f"scales.{scale}")) from None
+    data = DataCfg(dataset=study.data.dataset, params=_merge(study.data.params, sc.data))
+    n_seeds = seeds or sc.seeds or study.seeds
+    specs = []
+    for v in variants(study):
+        try:
+            train = TrainCfg.model_validate(_merge(base_train, v.train))
+        except ValidationError as e:
+            raise ConfigError(_fmt_validation(e, f"variant {v.name!r} train")) from None
+        model = ModelCfg(name=study.model.name, params=_merge(_merge(study.model.params, sc.model), v.params))
+        check_model(model, train.patch, f"variant {v.name!r}")
+        for s in range(n_seeds):
+            specs.append(TrialSpec(study=study.name, scale=scale, key=f"{v.name}#s{s}", variant=v.name, tags=v.tags,
+                                   seed=s, data=data, model=model, train=train, cost=cost,
+                                   resources=study.resources))
+    for vname in study.expected:
+        if vname not in {v.name for v in variants(study)}:
+            known = [v.name for v in variants(study)]
+            raise ConfigError(str(UnknownNameError("variant", vname, known, "expected")))
+    return specs
+
+
+def check_model(model: ModelCfg, patch: list[int], where: str):
+    """Build the model once: unknown parameters and impossible settings fail here, not in a trial."""
+    cls = MODELS.get(model.name, field="model.name")
+    sig = inspect.signature(cls)
+    allowed = [n for n in sig.parameters if n != "self"]
+    for k in model.params:
+        if k in ("in_channels", "out_channels"):
+            raise ConfigError(f"{where}: model.params.{k} is set by the data set (its channels and regions); remove it")
+        if k not in allowed:
+            raise ConfigError(str(UnknownNameError(f"parameter of model {model.name!r}", k, allowed,
+                                                   f"{where}: model.params")))
+    try:
+        net = cls(**model.params)
+        if hasattr(net, "check_input"):
+            net.check_input(patch)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return net

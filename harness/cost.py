@@ -1,0 +1,159 @@
+"""Cost of a model: parameters, GMACs (fvcore), latency per voxel, peak memory.
+
+Convention: fvcore counts one fused multiply-add as one "flop", so its totals
+are MACs; we label them GMACs. Every op a model emits must have a handle here
+(counted, or explicitly zero for pure data movement); an op without one makes
+``count_macs`` raise rather than silently under-count.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Sequence
+
+import torch
+from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import elementwise_flop_counter, get_shape
+from torch import nn
+
+
+class UnsupportedOpError(RuntimeError):
+    pass
+
+
+def _per_output(scale: float):
+    return elementwise_flop_counter(0, scale)
+
+
+def _grid_sampler(inputs, outputs) -> int:
+    # Bilinear reads 4 neighbours per output value, trilinear (5D) reads 8.
+    out = get_shape(outputs[0])
+    n = 1
+    for s in out:
+        n *= s
+    return n * (8 if len(out) == 5 else 4)
+
+
+def _zero(inputs, outputs) -> int:
+    return 0
+
+
+# Counted ops: one MAC-equivalent per output element unless noted.
+_COUNTED = {
+    "aten::upsample_trilinear3d": _per_output(8),  # 8 neighbours per output (fvcore's bilinear uses 4)
+    "aten::upsample_bilinear2d": _per_output(4),
+    "aten::grid_sampler": _grid_sampler,
+    "aten::add": _per_output(1), "aten::add_": _per_output(1),
+    "aten::sub": _per_output(1), "aten::sub_": _per_output(1), "aten::rsub": _per_output(1),
+    "aten::mul": _per_output(1), "aten::mul_": _per_output(1),
+    "aten::div": _per_output(1), "aten::div_": _per_output(1),
+    "aten::sigmoid": _per_output(1), "aten::sigmoid_": _per_output(1),
+    "aten::tanh": _per_output(1), "aten::softmax": _per_output(1), "aten::abs": _per_output(1),
+    "aten::avg_pool3d": elementwise_flop_counter(1, 0), "aten::avg_pool2d": elementwise_flop_counter(1, 0),
+    "aten::adaptive_avg_pool3d": elementwise_flop_counter(1, 0),
+    "aten::mean": elementwise_flop_counter(1, 0), "aten::sum": elementwise_flop_counter(1, 0),
+}
+# Explicit zeros: data movement, comparisons and activations without multiply-adds.
+_ZERO = [
+    "prim::PythonOp._GroupShiftFn",  # harness.ops.group_shift: a permutation of voxels
+    "aten::max_pool3d", "aten::max_pool2d", "aten::upsample_nearest3d", "aten::upsample_nearest2d",
+    "aten::relu", "aten::relu_", "aten::leaky_relu", "aten::leaky_relu_", "aten::cat", "aten::roll",
+    "aten::index", "aten::index_select", "aten::copy_", "aten::slice", "aten::narrow", "aten::empty_like",
+    "aten::pad", "aten::constant_pad_nd", "aten::reshape", "aten::view", "aten::permute", "aten::contiguous",
+    "aten::flip", "aten::dropout", "aten::feature_dropout", "aten::zeros_like", "aten::clone",
+]
+HANDLES: dict[str, Any] = {**_COUNTED, **{op: _zero for op in _ZERO}}
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
+    """MACs of one forward pass at ``input_shape`` (N, C, D, H, W), by operator.
+
+    Raises UnsupportedOpError naming any op that has no handle.
+    """
+    model = model.eval()
+    x = torch.zeros(*input_shape, device=next(model.parameters()).device)
+    with torch.no_grad():
+        fca = FlopCountAnalysis(model, x).set_op_handle(**HANDLES)
+        fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        total = fca.total()
+        unsupported = dict(fca.unsupported_ops())
+    if unsupported:
+        raise UnsupportedOpError(
+            f"{type(model).__name__}: no cost handle for {unsupported}; add one to harness.cost.HANDLES"
+        )
+    return {"macs": int(total), "by_op": {k: int(v) for k, v in fca.by_operator().items()}}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_latency(model: nn.Module, input_shape: Sequence[int], warmup: int = 2, runs: int = 5) -> float:
+    """Median wall time (s) of ``runs`` warm forward passes (no grad, eval mode)."""
+    model = model.eval()
+    device = next(model.parameters()).device
+    x = torch.randn(*input_shape, device=device)
+    times = []
+    with torch.no_grad(), torch.autocast(device.type, enabled=device.type == "cuda"):
+        for i in range(warmup + runs):
+            _sync(device)
+            t0 = time.perf_counter()
+            model(x)
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure_peak_memory(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Peak bytes allocated during one inference forward pass.
+
+    CUDA: the allocator's high-water mark above the baseline. CPU: the running
+    sum of the profiler's per-op allocations minus frees, in time order.
+    """
+    model = model.eval()
+    device = next(model.parameters()).device
+    x = torch.randn(*input_shape, device=device)
+    with torch.no_grad():
+        if device.type == "cuda":
+            _sync(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            with torch.autocast("cuda"):
+                model(x)
+            _sync(device)
+            return int(torch.cuda.max_memory_allocated(device) - base)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+            model(x)
+    running = peak = 0
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        running += e.self_cpu_memory_usage  # exclusive, so nested ops are not counted twice
+        peak = max(peak, running)
+    return int(peak)
+
+
+def cost_report(model: nn.Module, input_shape: Sequence[int], latency: bool = True, runs: int = 5) -> dict[str, Any]:
+    """Parameters, GMACs, latency per voxel and peak memory at ``input_shape``."""
+    voxels = 1
+    for s in input_shape[2:]:
+        voxels *= int(s)
+    voxels *= int(input_shape[0])
+    macs = count_macs(model, input_shape)
+    out: dict[str, Any] = {
+        "input": "x".join(str(int(s)) for s in input_shape),
+        "params": count_params(model),
+        "gmacs": macs["macs"] / 1e9,
+        "macs_per_voxel": macs["macs"] / voxels,
+        "macs_by_op": macs["by_op"],
+    }
+    if latency:
+        lat = measure_latency(model, input_shape, runs=runs)
+        out.update(latency_s=lat, latency_ns_per_voxel=lat / voxels * 1e9,
+                   peak_mem_mb=measure_peak_memory(model, input_shape) / 2**20,
+                   device=str(next(model.parameters()).device))
+    return out

@@ -1,0 +1,11 @@
+"""Networks, created by name through ``MODELS`` (importing this registers them all)."""
+from harness.models import gsp_unet  # noqa: F401  (registration)
+from harness.models.gsp_unet import GSPBlock, GSPUNet
+from harness.registry import MODELS
+
+__all__ = ["GSPBlock", "GSPUNet", "MODELS", "build_model"]
+
+
+def build_model(name: str, **params):
+    """Create a registered model; unknown names get a "did you mean" error."""
+    return MODELS.get(name, field="model.name")(**params)

@@ -1,0 +1,124 @@
+"""MLflow bookkeeping: one parent run per study execution, one child run per trial.
+
+Only the driver process writes (sqlite allows one writer at a time); trials send
+their numbers through Ray Tune's results. A study execution is identified by
+(study, scale, config hash), which is how ``--resume`` finds it again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from harness.config import TrialSpec
+
+PARENT = "mlflow.parentRunId"
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).parent).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def environment() -> dict[str, str]:
+    import monai
+    import torch
+
+    return {"env.python": platform.python_version(), "env.torch": torch.__version__, "env.monai": monai.__version__,
+            "env.cuda": str(torch.cuda.is_available()), "env.host": platform.node(), "env.platform": platform.platform()}
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if not isinstance(v, str) else v
+    return out
+
+
+def numeric(d: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class Tracker:
+    def __init__(self, uri: str | None = None):
+        self.uri = uri or default_tracking_uri()
+        self.client = MlflowClient(self.uri)
+
+    def experiment(self, study: str) -> str:
+        name = f"harness/{study}"
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        artifacts = None
+        if self.uri.startswith("sqlite:///"):  # keep artifacts beside the database, not in cwd/mlruns
+            artifacts = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts" / study).resolve().as_uri()
+        return self.client.create_experiment(name, artifact_location=artifacts)
+
+    def find_parent(self, exp_id: str, scale: str, chash: str):
+        runs = self.client.search_runs([exp_id], filter_string=(
+            f"tags.harness_role = 'study' and tags.scale = '{scale}' and tags.config_hash = '{chash}'"),
+            order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0] if runs else None
+
+    def start_parent(self, exp_id: str, study: str, scale: str, chash: str, extra: dict[str, str]) -> str:
+        tags = {"harness_role": "study", "study": study, "scale": scale, "config_hash": chash,
+                "git_commit": git_commit(), "mlflow.runName": f"{study}@{scale}", **environment(), **extra}
+        return self.client.create_run(exp_id, tags=tags).info.run_id
+
+    def children(self, exp_id: str, parent_id: str):
+        return self.client.search_runs([exp_id], filter_string=f"tags.`{PARENT}` = '{parent_id}'", max_results=50000)
+
+    def start_child(self, exp_id: str, parent_id: str, spec: TrialSpec, chash: str) -> str:
+        tags = {PARENT: parent_id, "harness_role": "trial", "study": spec.study, "scale": spec.scale,
+                "trial_key": spec.key, "variant": spec.variant, "seed": str(spec.seed), "config_hash": chash,
+                "git_commit": git_commit(), "mlflow.runName": spec.key, **environment(),
+                **{f"tag.{k}": v for k, v in spec.tags.items()}}
+        run_id = self.client.create_run(exp_id, tags=tags).info.run_id
+        params = flatten(spec.model_dump(exclude={"study", "scale", "key", "tags"}))
+        self.client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
+        return run_id
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        import time
+
+        ts = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])
+
+    def finish_child(self, run_id: str, final: dict[str, Any], per_case: list[dict] | None, step: int) -> None:
+        # Logged one step after the last epoch so that MLflow's latest value is the final one.
+        self.log_metrics(run_id, numeric(final), step=step)
+        tags = [RunTag(f"result.{k}", str(v)) for k, v in final.items() if isinstance(v, str)]
+        if tags:
+            self.client.log_batch(run_id, tags=tags)
+        if per_case is not None:
+            with tempfile.TemporaryDirectory() as d:
+                path = os.path.join(d, "per_case.json")
+                with open(path, "w") as f:
+                    json.dump(per_case, f, indent=1)
+                self.client.log_artifact(run_id, path)
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def fail_child(self, run_id: str, error: str) -> None:
+        self.client.set_tag(run_id, "error", error[-5000:])
+        self.client.set_terminated(run_id, "FAILED")

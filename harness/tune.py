@@ -1,0 +1,108 @@
+"""Run a study's trials on Ray Tune (the edge of the package: ray is imported here only).
+
+Trials run anywhere Ray puts them; results come back to the driver, whose
+callback is the only MLflow writer. ``--resume`` asks MLflow which trials of this
+study execution already finished and launches only the others.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+# The classic reporter honours our metric columns; the newer output engine prints whole configs.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+
+from harness.config import TrialSpec
+from harness.tracking import Tracker, numeric
+from harness.train import run_trial
+
+
+def _trainable(config: dict[str, Any]) -> None:
+    spec = TrialSpec.model_validate(config["spec"])
+    final = run_trial(spec, report=lambda m, epoch: tune.report({**numeric(m), "epoch": epoch}))
+    per_case = final.pop("per_case", [])
+    tune.report({**numeric(final), "final": 1, "per_case_json": json.dumps(per_case),
+                 "strings_json": json.dumps({k: v for k, v in final.items() if isinstance(v, str)})})
+
+
+class MlflowWriter(tune.Callback):
+    """Driver-side MLflow writer: child run per trial, per-epoch metrics, final status."""
+
+    def __init__(self, tracker: Tracker, exp_id: str, parent_id: str, chash: dict[str, str]):
+        self.tracker, self.exp_id, self.parent_id, self.chash = tracker, exp_id, parent_id, chash
+        self.run_ids: dict[str, str] = {}
+        self.finished: list[str] = []
+        self.failed: list[str] = []
+
+    def _run_id(self, trial) -> str:
+        if trial.trial_id not in self.run_ids:
+            spec = TrialSpec.model_validate(trial.config["spec"])
+            self.run_ids[trial.trial_id] = self.tracker.start_child(self.exp_id, self.parent_id, spec,
+                                                                    self.chash[spec.key])
+        return self.run_ids[trial.trial_id]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run_id(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self._run_id(trial)
+        if result.get("final"):
+            strings = json.loads(result.get("strings_json", "{}"))
+            metrics = {k: v for k, v in numeric(result).items() if not _is_ray_key(k) and k not in ("final", "epoch")}
+            self.tracker.finish_child(run_id, {**metrics, **strings}, json.loads(result["per_case_json"]),
+                                      step=int(result.get("training_iteration", 1)))
+            self.finished.append(trial.config["spec"]["key"])
+        else:
+            metrics = {k: v for k, v in numeric(result).items() if not _is_ray_key(k) and k != "epoch"}
+            self.tracker.log_metrics(run_id, metrics, step=int(result["epoch"]))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        err = ""
+        if trial.error_file and os.path.exists(trial.error_file):
+            err = Path(trial.error_file).read_text()
+        self.tracker.fail_child(self._run_id(trial), err or "trial raised (no error file)")
+        self.failed.append(trial.config["spec"]["key"])
+
+
+_RAY_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid", "time_since_restore",
+             "iterations_since_restore", "done", "trial_id", "date", "hostname", "node_ip", "config",
+             "checkpoint_dir_name", "should_checkpoint", "experiment_tag"}
+
+
+def _is_ray_key(k: str) -> bool:
+    return k in _RAY_KEYS or k.startswith("config/")
+
+
+def run_trials(specs: list[TrialSpec], tracker: Tracker, exp_id: str, parent_id: str, chash: dict[str, str],
+               address: str | None, storage: Path, verbose: int = 1) -> MlflowWriter:
+    """Launch ``specs`` as Ray Tune trials; returns the writer with finished/failed keys."""
+    env = {"HARNESS_CACHE": os.environ.get("HARNESS_CACHE", str(Path.home() / ".cache" / "harness")),
+           "RAY_CHDIR_TO_TRIAL_DIR": "0", "PYTHONWARNINGS": "ignore", "KINETO_LOG_LEVEL": "5"}
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
+                 runtime_env={"env_vars": env}, log_to_driver=verbose > 1)
+    res = specs[0].resources
+    writer = MlflowWriter(tracker, exp_id, parent_id, chash)
+    trainable = tune.with_resources(_trainable, {"cpu": res.cpu, "gpu": res.gpu})
+    reporter = tune.CLIReporter(metric_columns={"epoch": "epoch", "train_loss": "loss", "mean_dice": "Dice%"},
+                                parameter_columns={}, max_report_frequency=15)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"spec": tune.grid_search([s.model_dump() for s in specs])},
+        tune_config=tune.TuneConfig(num_samples=1),
+        run_config=tune.RunConfig(
+            name=f"{specs[0].study}-{specs[0].scale}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str(storage.resolve()), callbacks=[writer], verbose=verbose,
+            progress_reporter=reporter,
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+    )
+    tuner.fit()
+    return writer
