@@ -19,6 +19,9 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+import harness.data  # noqa: F401  (registers data sets)
+import harness.losses  # noqa: F401  (registers losses)
+import harness.models  # noqa: F401  (registers models)
 from harness.registry import DATASETS, LOSSES, MODELS, UnknownNameError
 
 

@@ -7,7 +7,10 @@ are MACs; we label them GMACs. Every op a model emits must have a handle here
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import sys
 import time
 from typing import Any, Sequence
 
@@ -63,6 +66,20 @@ _ZERO = [
     "aten::flip", "aten::dropout", "aten::feature_dropout", "aten::zeros_like", "aten::clone",
 ]
 HANDLES: dict[str, Any] = {**_COUNTED, **{op: _zero for op in _ZERO}}
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """The CPU profiler's C++ side prints start/stop lines on fd 2; keep them off the user's console."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def count_params(model: nn.Module) -> int:
@@ -128,7 +145,8 @@ def measure_peak_memory(model: nn.Module, input_shape: Sequence[int]) -> int:
                 model(x)
             _sync(device)
             return int(torch.cuda.max_memory_allocated(device) - base)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        with _quiet_stderr(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                                     profile_memory=True) as prof:
             model(x)
     running = peak = 0
     for e in sorted(prof.events(), key=lambda e: e.time_range.start):

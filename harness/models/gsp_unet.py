@@ -72,6 +72,8 @@ class GSPUNet(nn.Module):
     divisible by 2**(len(widths)-1) and each stage's size by its groups.
     """
 
+    default_input_size = (16, 32, 32)  # smallest useful (D, H, W) for the default 5 stages (timm-style metadata)
+
     def __init__(self, in_channels: int = 4, out_channels: int = 3, widths: Sequence[int] = (16, 32, 64, 128, 256),
                  conv: str = "pointwise", insert: str | None = None, groups: Sequence[Sequence[int]] | None = None,
                  shift_ratio: float = 0.5, gs_in: str = "both", convs_per_block: int = 2,

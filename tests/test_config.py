@@ -1,0 +1,103 @@
+"""Bad input: one clear message naming the field, exit code 2, nothing written."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.cli import main
+from harness.config import ConfigError, load_study, resolve, variants
+
+STUDIES = sorted(Path(__file__).parents[1].joinpath("studies").glob("*.yaml"))
+
+BASE = {
+    "name": "tiny",
+    "paper": "gsp_conv",
+    "title": "tiny",
+    "data": {"dataset": "synthetic_organ", "params": {"n_cases": 4, "shape": [16, 32, 32]}},
+    "model": {"name": "gsp_unet", "params": {"conv": "pointwise", "widths": [4, 4, 8, 8, 8]}},
+    "variants": [{"name": "pw"}],
+    "train": {"patch": [16, 32, 32], "epochs": 1, "steps_per_epoch": 1, "batch_size": 1},
+    "scales": {"smoke": {}, "paper": {}},
+}
+
+
+def write(tmp_path, study, name="s.yaml"):
+    p = tmp_path / name
+    p.write_text(study if isinstance(study, str) else yaml.safe_dump(study))
+    return p
+
+
+def with_(path, value, base=BASE):
+    out = yaml.safe_load(yaml.safe_dump(base))
+    node = out
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    return out
+
+
+@pytest.mark.parametrize("study", STUDIES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("scale", ["smoke", "paper"])
+def test_shipped_studies_validate(study, scale):
+    s = load_study(study)
+    specs = resolve(s, scale)
+    assert specs and len({t.key for t in specs}) == len(specs)
+    assert s.expected, "every study carries the paper's numbers"
+
+
+def test_grid_expands_to_product_with_tags():
+    s = load_study(Path(__file__).parents[1] / "studies" / "gsp_table2_promise12.yaml")
+    vs = variants(s)
+    assert len(vs) == 16 and vs[0].name == "ProSGv1-CSC" and vs[0].tags == {"sg": "ProSGv1", "ip": "CSC"}
+    assert vs[0].params["groups"][2] == [2, 4, 4] and vs[0].params["insert"] == "CSC"
+
+
+CASES = [
+    ("name: [unclosed", "malformed YAML"),
+    (with_(["bogus"], 1), "bogus: unknown key"),
+    (with_(["train", "lr_rate"], 1), "train.lr_rate: unknown key"),
+    (with_(["model", "name"], "gsp_unte"), "model.name: unknown model 'gsp_unte'. Did you mean 'gsp_unet'"),
+    (with_(["data", "dataset"], "synthetic_organs"), "data.dataset: unknown dataset 'synthetic_organs'. Did you mean"),
+    (with_(["train", "loss"], "dicece"), "train.loss: unknown loss 'dicece'. Did you mean 'dice_ce'"),
+    (with_(["model", "params", "shift_ratio"], 1.5), "shift_ratio: 1.5 is outside (0, 1]"),
+    (with_(["model", "params", "shift_ratio"], 0), "shift_ratio: 0 is outside (0, 1]"),
+    (with_(["model", "params", "insrt"], "CSC"), "unknown parameter of model 'gsp_unet' 'insrt'. Did you mean 'insert'"),
+    (with_(["model", "params", "insert"], "CSCs"), "model.insert: unknown insert position 'CSCs'"),
+    (with_(["model", "params"], {"insert": "CSC", "groups": [[2, 2, 2]] * 4 + [[2, 3, 2]]}),
+     "stage 5 groups (2, 3, 2) do not divide its feature size (1, 2, 2)"),
+    (with_(["train", "patch"], [16, 32]), "train.patch: Value error, must be three positive sizes"),
+    (with_(["train", "lr"], -1), "train.lr: Input should be greater than 0"),
+    (with_(["scales"], {"smoke": {}}), "missing ['paper']"),
+    (with_(["expected"], {"pww": {"mean_dice": 1}}), "expected: unknown variant 'pww'. Did you mean 'pw'"),
+    (with_(["model", "params", "in_channels"], 3), "in_channels is set by the data set"),
+]
+
+
+@pytest.mark.parametrize("study,message", CASES, ids=[m[:30] for _, m in CASES])
+def test_bad_study_exits_2_with_field_message_and_writes_nothing(tmp_path, monkeypatch, capsys, study, message):
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, study)
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]  # no mlflow.db, no ray_results, no reports
+
+
+def test_missing_study_file_and_scale(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "nope.yaml"]) == 2
+    assert "study: file 'nope.yaml' does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["run", "nope.yaml", "--scale", "huge"])
+    assert e.value.code == 2
+
+
+def test_resolve_applies_scale_then_variant(tmp_path):
+    study = with_(["scales", "smoke"], {"train": {"epochs": 3}, "model": {"widths": [4, 4, 4, 4, 4]}})
+    study["variants"] = [{"name": "pw"}, {"name": "slow", "train": {"lr": 0.5}, "params": {"widths": [2, 2, 2, 2, 2]}}]
+    specs = resolve(load_study(write(tmp_path, study)), "smoke", seeds=2)
+    assert [s.key for s in specs] == ["pw#s0", "pw#s1", "slow#s0", "slow#s1"]
+    assert specs[0].train.epochs == 3 and specs[0].model.params["widths"] == [4, 4, 4, 4, 4]
+    assert specs[2].train.lr == 0.5 and specs[2].model.params["widths"] == [2, 2, 2, 2, 2]
+    with pytest.raises(ConfigError, match="--scale"):
+        resolve(load_study(write(tmp_path, study)), "medium")

@@ -1,0 +1,65 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.cost import UnsupportedOpError, cost_report, count_macs, measure_peak_memory
+from harness.ops import GroupShift
+
+
+def test_conv_macs_are_fvcore_fma_counts():
+    m = nn.Conv3d(4, 8, 3, padding=1, bias=False)
+    assert count_macs(m, (1, 4, 8, 8, 8))["macs"] == 4 * 8 * 27 * 8**3
+
+
+def test_trilinear_counts_eight_per_output():
+    m = nn.Sequential(nn.Conv3d(2, 2, 1, bias=False), nn.Upsample(scale_factor=2, mode="trilinear"))
+    by_op = count_macs(m, (1, 2, 4, 4, 4))["by_op"]
+    assert by_op["upsample_trilinear3d"] == 8 * 2 * 8**3
+
+
+class _Sampler(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        grid = torch.zeros(x.shape[0], 3, 4, 5, 3) + self.w
+        return F.grid_sample(x, grid, align_corners=False)
+
+
+def test_grid_sample_3d_counts_eight_per_output():
+    # fvcore's own handle counts 4 (bilinear); trilinear sampling reads 8 neighbours.
+    by_op = count_macs(_Sampler(), (2, 3, 6, 6, 6))["by_op"]
+    assert by_op["grid_sampler"] == 8 * 2 * 3 * (3 * 4 * 5)
+
+
+def test_group_shift_is_explicit_zero():
+    m = nn.Sequential(nn.Conv3d(4, 4, 1, bias=False), GroupShift((2, 2, 2)))
+    r = count_macs(m, (1, 4, 4, 4, 4))
+    assert r["macs"] == 16 * 64  # the conv only; no unsupported-op error
+
+
+class _Cumsum(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv3d(1, 1, 1)
+
+    def forward(self, x):
+        return torch.cumsum(self.c(x), dim=2)
+
+
+def test_unhandled_op_is_a_failure():
+    with pytest.raises(UnsupportedOpError, match="aten::cumsum"):
+        count_macs(_Cumsum(), (1, 1, 2, 2, 2))
+
+
+def test_cost_report_fields_and_memory_scales_with_input():
+    m = nn.Sequential(nn.Conv3d(1, 8, 3, padding=1), nn.ReLU())
+    r = cost_report(m, (1, 1, 8, 16, 16), runs=2)
+    assert r["params"] == 8 * 27 + 8
+    assert r["macs_per_voxel"] == pytest.approx(8 * 27)
+    assert r["latency_ns_per_voxel"] > 0 and r["input"] == "1x1x8x16x16"
+    small, big = measure_peak_memory(m, (1, 1, 8, 16, 16)), measure_peak_memory(m, (1, 1, 32, 32, 32))
+    assert big > 4 * small > 0  # the 8-channel output dominates: 8 x 4 bytes per voxel
+    assert big >= 8 * 4 * 32**3

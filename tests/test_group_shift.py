@@ -1,0 +1,100 @@
+"""Group Shift against hand-worked cases of Eqs. 2-8 and a literal per-voxel transcription."""
+import itertools
+
+import pytest
+import torch
+
+from harness.ops import GroupShift, group_shift
+
+
+def literal_eqs(x, groups, ratio):
+    """Eqs. 1-8 voxel by voxel, written as printed in the paper."""
+    N, C, D, H, W = x.shape
+    gd, gh, gw = groups
+    d, h, w = D // gd, H // gh, W // gw
+    G = gd * gh * gw
+    cs = int(ratio * C)
+    cg = max(1, cs // G)
+    out = x.clone()
+    for c, X, Y, Z in itertools.product(range(cs), range(D), range(H), range(W)):
+        cur = X // d + (Y // h) * gd + (Z // w) * gd * gh  # Eq. 2
+        step = c // cg  # Eq. 3
+        s = (cur + step) % G  # Eq. 4
+        x2 = (s % gd) * d + X % d  # Eq. 5
+        y2 = ((s % (gd * gh)) // gd) * h + Y % h  # Eq. 6
+        z2 = (s // (gd * gh)) * w + Z % w  # Eq. 7
+        out[:, c, x2, y2, z2] = x[:, c, X, Y, Z]  # Eqs. 1, 8
+    return out
+
+
+def test_hand_worked_2x2_in_plane():
+    # groups (1,2,2), one voxel per group, C=4, ratio 1 -> C_s=4, C_g=1, channel c moves c groups.
+    # Group index (Eq. 2) over (y, z): (0,0)->0, (1,0)->1, (0,1)->2, (1,1)->3.
+    x = torch.zeros(1, 4, 1, 2, 2)
+    a, b, c, d = 1.0, 2.0, 3.0, 4.0  # at (y,z) = (0,0), (0,1), (1,0), (1,1)
+    for ch in range(4):
+        x[0, ch, 0] = torch.tensor([[a, b], [c, d]])
+    y = group_shift(x, (1, 2, 2), shift_ratio=1.0)[0, :, 0]
+    assert torch.equal(y[0], torch.tensor([[a, b], [c, d]]))  # step 0
+    # step 1: group 0 (a) -> 1 = (1,0); 1 (c) -> 2 = (0,1); 2 (b) -> 3 = (1,1); 3 (d) -> 0 = (0,0)
+    assert torch.equal(y[1], torch.tensor([[d, c], [a, b]]))
+    # step 2: 0 -> 2, 1 -> 3, 2 -> 0, 3 -> 1
+    assert torch.equal(y[2], torch.tensor([[b, a], [d, c]]))
+    # step 3: 0 -> 3, 1 -> 0, 2 -> 1, 3 -> 2
+    assert torch.equal(y[3], torch.tensor([[c, d], [b, a]]))
+
+
+def test_hand_worked_depth_halves_and_kept_channels():
+    # groups (2,1,1), C=8, ratio 0.5: C_s=4, C_g=2: channels 0,1 step 0; 2,3 swap depth halves; 4..7 kept.
+    x = torch.arange(8 * 4, dtype=torch.float32).reshape(1, 8, 4, 1, 1)
+    y = group_shift(x, (2, 1, 1), 0.5)
+    assert torch.equal(y[:, :2], x[:, :2])
+    assert torch.equal(y[:, 2:4, :2], x[:, 2:4, 2:])
+    assert torch.equal(y[:, 2:4, 2:], x[:, 2:4, :2])
+    assert torch.equal(y[:, 4:], x[:, 4:])
+
+
+def test_voxels_keep_their_position_inside_the_group():
+    # Eqs. 5-7: x' mod d == x mod d. With groups (1,1,2) and W=6 (w=3), a row is rotated by 3.
+    x = torch.arange(6, dtype=torch.float32).reshape(1, 1, 1, 1, 6).repeat(1, 2, 1, 1, 1)
+    y = group_shift(x, (1, 1, 2), 1.0)
+    assert y[0, 1, 0, 0].tolist() == [3, 4, 5, 0, 1, 2]
+
+
+@pytest.mark.parametrize("groups", [(2, 2, 2), (1, 2, 2), (2, 1, 3), (3, 2, 1), (1, 1, 4), (2, 3, 2), (1, 1, 1)])
+@pytest.mark.parametrize("C,ratio", [(1, 1.0), (3, 0.5), (8, 0.5), (13, 1.0), (24, 0.25), (40, 0.5)])
+def test_matches_literal_equations(groups, C, ratio):
+    if int(ratio * C) == 0:
+        pytest.skip("nothing shifted")
+    x = torch.randn(2, C, groups[0] * 2, groups[1] * 1, groups[2] * 2)
+    assert torch.equal(group_shift(x, groups, ratio), literal_eqs(x, groups, ratio))
+
+
+def test_is_a_permutation_and_gradcheck():
+    x = torch.randn(1, 6, 4, 4, 2, dtype=torch.float64, requires_grad=True)
+    y = group_shift(x, (2, 2, 1), 0.5)
+    assert torch.equal(torch.sort(y.flatten())[0], torch.sort(x.flatten())[0])
+    assert torch.autograd.gradcheck(lambda t: group_shift(t, (2, 2, 1), 0.5), (x,))
+    assert torch.autograd.gradcheck(lambda t: group_shift(t, (1, 2, 2), 1.0), (x,))
+
+
+@pytest.mark.parametrize("shape,groups,axis", [((1, 4, 6, 8, 8), (4, 2, 2), "D=6"), ((1, 4, 8, 6, 8), (2, 4, 2), "H=6"),
+                                               ((1, 4, 8, 8, 10), (1, 1, 4), "W=10")])
+def test_indivisible_size_is_a_clear_error(shape, groups, axis):
+    with pytest.raises(ValueError, match=f"{axis} is not divisible by its group count"):
+        group_shift(torch.zeros(shape), groups)
+
+
+@pytest.mark.parametrize("ratio", [0.0, -0.5, 1.5])
+def test_shift_ratio_outside_unit_interval(ratio):
+    with pytest.raises(ValueError, match=r"shift_ratio must be in \(0, 1\]"):
+        group_shift(torch.zeros(1, 4, 2, 2, 2), (1, 1, 2), ratio)
+    with pytest.raises(ValueError, match="shift_ratio"):
+        GroupShift((1, 1, 2), ratio)
+
+
+def test_module_matches_function_and_non_contiguous_input():
+    m = GroupShift((2, 2, 2), 0.5)
+    x = torch.randn(2, 8, 4, 4, 4).transpose(2, 4)  # non-contiguous view
+    assert torch.equal(m(x), literal_eqs(x.contiguous(), (2, 2, 2), 0.5))
+    assert "groups=(2, 2, 2)" in repr(m)
