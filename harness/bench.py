@@ -1,0 +1,127 @@
+"""``harness bench``: speed targets measured as ratios within one run (machines are noisy).
+
+1. Group Shift forward vs ``x.clone()`` of the same tensor: both read and write every
+   element once, so clone is the floor. Target: <= 1.2x.
+2. The harness's training step (its data loader, loss wrapper, poly schedule, grad
+   scaler) vs a bare PyTorch loop over one fixed batch of the same model. Target: >= 0.95x.
+Timings alternate between the two sides so that drift hits both equally.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from monai.losses import DiceLoss
+
+from harness.config import TrainCfg
+from harness.data import build_task
+from harness.losses import build_loss
+from harness.models import build_model
+from harness.ops import group_shift
+from harness.train import make_loader, make_optimizer, train_step
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _alternate(fa, fb, rounds: int, device) -> tuple[float, float]:
+    """Median seconds of fa and fb, measured alternately after one warm-up each."""
+    fa(), fb()
+    ta, tb = [], []
+    for _ in range(rounds):
+        for f, ts in ((fa, ta), (fb, tb)):
+            _sync(device)
+            t0 = time.perf_counter()
+            f()
+            _sync(device)
+            ts.append(time.perf_counter() - t0)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def bench_group_shift(device: torch.device, quick: bool) -> list[dict]:
+    shape = (2, 32, 32, 32, 32) if quick else (2, 32, 64, 64, 64)
+    x = torch.randn(shape, device=device)
+    rows = []
+    for groups in [(2, 2, 2), (1, 4, 4), (1, 8, 8)]:
+        t_gs, t_clone = _alternate(lambda: group_shift(x, groups), lambda: x.clone(), 5 if quick else 30, device)
+        rows.append({"device": str(device), "shape": "x".join(map(str, shape)), "groups": list(groups),
+                     "group_shift_ms": 1e3 * t_gs, "clone_ms": 1e3 * t_clone, "ratio": t_gs / t_clone,
+                     "target": 1.2, "meets_target": t_gs / t_clone <= 1.2})
+    return rows
+
+
+def bench_train_step(device: torch.device, quick: bool) -> dict:
+    patch = [16, 64, 64] if quick else [16, 128, 128]
+    cfg = TrainCfg(patch=patch, batch_size=2, steps_per_epoch=1000, lr=0.01, amp=True)
+    task = build_task("synthetic_organ", n_cases=6, shape=patch, seed=0)
+    params = dict(widths=[8, 16, 32, 64, 128], insert="CSC",
+                  groups=[[2, 2, 2], [1, 4, 4], [1, 4, 4], [1, 8, 8], [1, 8, 8]] if not quick else
+                  [[2, 2, 2], [1, 4, 4], [1, 4, 4], [1, 4, 4], [1, 2, 2]])
+
+    def fresh():
+        torch.manual_seed(0)
+        return build_model("gsp_unet", in_channels=1, out_channels=1, **params).to(device).train()
+
+    # Harness side: its loader, loss wrapper, scheduler and scaler.
+    hm = fresh()
+    h_opt = make_optimizer(hm, cfg)
+    h_sched = torch.optim.lr_scheduler.PolynomialLR(h_opt, total_iters=10_000, power=0.9)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    loss_fn = build_loss("dice")
+    batches = iter(make_loader(task, cfg, 0, device))
+
+    def harness_step():
+        train_step(hm, next(batches), loss_fn, h_opt, h_sched, scaler, device, cfg.amp)
+
+    # Bare side: one fixed batch already on the device, plain loss and SGD.
+    bm = fresh()
+    b_opt = torch.optim.SGD(bm.parameters(), lr=0.01, momentum=0.9)
+    fixed = next(iter(make_loader(task, cfg, 1, device)))
+    bx, by = fixed["image"].to(device), fixed["label"].to(device).float()
+    bare_loss = DiceLoss(sigmoid=True)
+
+    def bare_step():
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            loss = bare_loss(bm(bx), by)
+        b_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        b_opt.step()
+
+    t_h, t_b = _alternate(harness_step, bare_step, 4 if quick else 15, device)
+    return {"device": str(device), "model": "gsp_unet", "params": params, "batch": cfg.batch_size, "patch": patch,
+            "harness_step_s": t_h, "bare_step_s": t_b, "throughput_ratio": t_b / t_h, "target": 0.95,
+            "meets_target": t_b / t_h >= 0.95}
+
+
+def run_bench(out: Path, quick: bool = False) -> int:
+    from rich.console import Console
+
+    console = Console()
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    result = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
+                          "cpu_threads": torch.get_num_threads(), "processor": platform.processor(),
+                          "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+              "quick": quick, "group_shift": [], "train_step": []}
+    for device in devices:
+        result["group_shift"] += bench_group_shift(device, quick)
+        result["train_step"].append(bench_train_step(device, quick))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(result, indent=1))
+    lines = ["# harness bench", "", f"Machine: {json.dumps(result['machine'])}", "",
+             "## Group Shift forward / x.clone() (target <= 1.2)", "",
+             "| device | shape | groups | group_shift ms | clone ms | ratio |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['device']} | {r['shape']} | {tuple(r['groups'])} | {r['group_shift_ms']:.2f} | "
+              f"{r['clone_ms']:.2f} | **{r['ratio']:.2f}** |" for r in result["group_shift"]]
+    lines += ["", "## Training step: bare PyTorch loop / harness (target >= 0.95)", "",
+              "| device | patch | batch | harness s/step | bare s/step | throughput ratio |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['device']} | {r['patch']} | {r['batch']} | {r['harness_step_s']:.4f} | {r['bare_step_s']:.4f} | "
+              f"**{r['throughput_ratio']:.3f}** |" for r in result["train_step"]]
+    (out / "bench.md").write_text("\n".join(lines) + "\n")
+    console.print("\n".join(lines))
+    return 0

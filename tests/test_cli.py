@@ -1,0 +1,46 @@
+import json
+
+import yaml
+
+from harness.bench import run_bench
+from harness.cli import main
+
+from test_config import BASE
+
+
+def test_dry_run_lists_trials_and_compute_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    study = {**BASE, "variants": [{"name": "pw"}, {"name": "csc", "params": {
+        "insert": "CSC", "groups": [[2, 2, 2], [1, 2, 2], [1, 2, 2], [1, 1, 1], [1, 1, 1]]}}]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    assert main(["run", "s.yaml", "--dry-run", "--seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    for key in ("pw#s0", "pw#s1", "csc#s0", "csc#s1", "4 trials", "Total training compute"):
+        assert key in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
+def test_cost_command_json_for_model_and_study(capsys):
+    assert main(["cost", "gsp_unet", "--input", "1x4x16x32x32", "--json", "--no-latency"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["params"] == 220_915 and row["input"] == "1x4x16x32x32" and row["gmacs"] > 0
+    assert main(["cost", "studies/gsp_shift_ratio_promise12.yaml", "--scale", "smoke", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ["Cs_half", "Cs_all"] and rows[0]["latency_ns_per_voxel"] > 0
+    assert rows[0]["gmacs"] == rows[1]["gmacs"]  # the shift ratio costs nothing
+
+
+def test_cost_command_bad_input(capsys):
+    assert main(["cost", "gsp_unet", "--param", "insert=CSC", "--param", "groups=[[3,3,3],[1,1,1],[1,1,1],[1,1,1],[1,1,1]]",
+                 "--input", "1x4x16x32x32"]) == 2
+    assert "stage 1 groups (3, 3, 3) do not divide its feature size (16, 32, 32)" in capsys.readouterr().err
+    assert main(["cost", "gsp_net"]) == 2
+    assert "Did you mean 'gsp_unet'" in capsys.readouterr().err
+
+
+def test_bench_writes_ratios(tmp_path):
+    assert run_bench(tmp_path, quick=True) == 0
+    res = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["groups"] for r in res["group_shift"]][:3] == [[2, 2, 2], [1, 4, 4], [1, 8, 8]]
+    assert all(r["ratio"] > 0 for r in res["group_shift"]) and res["train_step"][0]["throughput_ratio"] > 0
+    assert "Group Shift forward / x.clone()" in (tmp_path / "bench.md").read_text()
