@@ -33,8 +33,9 @@ def _kv(text: str) -> tuple[str, object]:
 def cmd_run(args) -> int:
     from harness.study import run_study
 
+    resources = {k: v for k, v in (("cpu", args.cpus_per_trial), ("gpu", args.gpus_per_trial)) if v is not None}
     return run_study(args.study, args.scale, args.seeds, args.address, args.resume, args.tracking_uri, args.dry_run,
-                     verbose=args.verbose)
+                     verbose=args.verbose, resources=resources)
 
 
 def cmd_cost(args) -> int:
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--address", default=None, help="Ray cluster: 'auto' or 'ray://host:10001' (default: local Ray)")
     r.add_argument("--resume", action="store_true", help="finish an interrupted run; finished trials are kept")
     r.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///mlflow.db)")
+    r.add_argument("--cpus-per-trial", type=float, default=None, help="override the study's resources.cpu")
+    r.add_argument("--gpus-per-trial", type=float, default=None, help="override resources.gpu (fractions allowed)")
     r.add_argument("--dry-run", action="store_true", help="validate, list trials and estimate their compute")
     r.add_argument("-v", "--verbose", type=int, default=1, choices=[0, 1, 2])
     r.set_defaults(fn=cmd_run)

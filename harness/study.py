@@ -9,7 +9,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from harness.config import TrialSpec, config_hash, load_study, resolve
+from pydantic import ValidationError
+
+from harness.config import ConfigError, ResourcesCfg, TrialSpec, config_hash, load_study, resolve
 from harness.data import build_task
 from harness.losses import build_loss
 from harness.models import build_model
@@ -69,9 +71,15 @@ def dry_run(specs: list[TrialSpec], console: Console) -> None:
 
 
 def run_study(path: str, scale: str, seeds: int | None, address: str | None, resume: bool,
-              tracking_uri: str | None, dry: bool, verbose: int = 1, console: Console | None = None) -> int:
+              tracking_uri: str | None, dry: bool, verbose: int = 1, console: Console | None = None,
+              resources: dict[str, float] | None = None) -> int:
     console = console or Console()
     study = load_study(path)
+    if resources:
+        try:
+            study.resources = ResourcesCfg.model_validate({**study.resources.model_dump(), **resources})
+        except ValidationError as e:
+            raise ConfigError(f"--cpus-per-trial/--gpus-per-trial: {e.errors()[0]['msg']} (got {resources})") from None
     specs = resolve(study, scale, seeds)  # every config error is raised before anything is written
     if dry:
         dry_run(specs, console)
