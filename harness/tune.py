@@ -24,8 +24,8 @@ from harness.tracking import Tracker, numeric
 from harness.train import run_trial
 
 
-def _trainable(config: dict[str, Any]) -> None:
-    spec = TrialSpec.model_validate(config["spec"])
+def _trainable(config: dict[str, Any], specs: dict[str, dict]) -> None:
+    spec = TrialSpec.model_validate(specs[config["key"]])
     final = run_trial(spec, report=lambda m, epoch: tune.report({**numeric(m), "epoch": epoch}))
     per_case = final.pop("per_case", [])
     tune.report({**numeric(final), "final": 1, "per_case_json": json.dumps(per_case),
@@ -35,15 +35,17 @@ def _trainable(config: dict[str, Any]) -> None:
 class MlflowWriter(tune.Callback):
     """Driver-side MLflow writer: child run per trial, per-epoch metrics, final status."""
 
-    def __init__(self, tracker: Tracker, exp_id: str, parent_id: str, chash: dict[str, str]):
+    def __init__(self, tracker: Tracker, exp_id: str, parent_id: str, specs: dict[str, TrialSpec],
+                 chash: dict[str, str]):
         self.tracker, self.exp_id, self.parent_id, self.chash = tracker, exp_id, parent_id, chash
+        self.specs = specs
         self.run_ids: dict[str, str] = {}
         self.finished: list[str] = []
         self.failed: list[str] = []
 
     def _run_id(self, trial) -> str:
         if trial.trial_id not in self.run_ids:
-            spec = TrialSpec.model_validate(trial.config["spec"])
+            spec = self.specs[trial.config["key"]]
             self.run_ids[trial.trial_id] = self.tracker.start_child(self.exp_id, self.parent_id, spec,
                                                                     self.chash[spec.key])
         return self.run_ids[trial.trial_id]
@@ -58,7 +60,7 @@ class MlflowWriter(tune.Callback):
             metrics = {k: v for k, v in numeric(result).items() if not _is_ray_key(k) and k not in ("final", "epoch")}
             self.tracker.finish_child(run_id, {**metrics, **strings}, json.loads(result["per_case_json"]),
                                       step=int(result.get("training_iteration", 1)))
-            self.finished.append(trial.config["spec"]["key"])
+            self.finished.append(trial.config["key"])
         else:
             metrics = {k: v for k, v in numeric(result).items() if not _is_ray_key(k) and k != "epoch"}
             self.tracker.log_metrics(run_id, metrics, step=int(result["epoch"]))
@@ -68,7 +70,7 @@ class MlflowWriter(tune.Callback):
         if trial.error_file and os.path.exists(trial.error_file):
             err = Path(trial.error_file).read_text()
         self.tracker.fail_child(self._run_id(trial), err or "trial raised (no error file)")
-        self.failed.append(trial.config["spec"]["key"])
+        self.failed.append(trial.config["key"])
 
 
 _RAY_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid", "time_since_restore",
@@ -89,13 +91,15 @@ def run_trials(specs: list[TrialSpec], tracker: Tracker, exp_id: str, parent_id:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
                  runtime_env={"env_vars": env}, log_to_driver=verbose > 1)
     res = specs[0].resources
-    writer = MlflowWriter(tracker, exp_id, parent_id, chash)
-    trainable = tune.with_resources(_trainable, {"cpu": res.cpu, "gpu": res.gpu})
+    writer = MlflowWriter(tracker, exp_id, parent_id, {s.key: s for s in specs}, chash)
+    # Trials carry only their key; the specs travel once through Ray's object store.
+    trainable = tune.with_resources(tune.with_parameters(_trainable, specs={s.key: s.model_dump() for s in specs}),
+                                    {"cpu": res.cpu, "gpu": res.gpu})
     reporter = tune.CLIReporter(metric_columns={"epoch": "epoch", "train_loss": "loss", "mean_dice": "Dice%"},
-                                parameter_columns={}, max_report_frequency=15)
+                                parameter_columns={"key": "trial"}, max_report_frequency=15)
     tuner = tune.Tuner(
         trainable,
-        param_space={"spec": tune.grid_search([s.model_dump() for s in specs])},
+        param_space={"key": tune.grid_search([s.key for s in specs])},
         tune_config=tune.TuneConfig(num_samples=1),
         run_config=tune.RunConfig(
             name=f"{specs[0].study}-{specs[0].scale}-{time.strftime('%Y%m%d-%H%M%S')}",
