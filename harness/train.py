@@ -14,7 +14,7 @@ import torch
 from monai.data import DataLoader, Dataset
 from monai.inferers import sliding_window_inference
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
-from monai.transforms import Compose, RandFlipd, RandSpatialCropd, SpatialPadd
+from monai.transforms import Compose, EnsureTyped, RandFlipd, RandSpatialCropd, SpatialPadd
 from monai.utils import set_determinism
 
 from harness.config import TrainCfg, TrialSpec
@@ -35,6 +35,8 @@ def make_loader(task: Task, cfg: TrainCfg, seed: int, device: torch.device) -> D
     xforms = [SpatialPadd(keys, cfg.patch), RandSpatialCropd(keys, cfg.patch, random_size=False)]
     if cfg.augment:
         xforms += [RandFlipd(keys, prob=0.5, spatial_axis=a) for a in range(3)]
+    # Plain tensors into the model: MetaTensor's per-op metadata tracking costs time in every layer.
+    xforms.append(EnsureTyped(keys, track_meta=False))
     transform = Compose(xforms).set_random_state(seed)
     ds = Dataset([{"image": c.image, "label": c.label} for c in task.train], transform)
     # Fixed number of iterations per epoch (nnU-Net style), sampling cases with replacement.
