@@ -80,6 +80,23 @@ def cmd_cost(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from harness.config import load_study, resolve
+    from harness.report import FORMATS, write_report
+
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        print(f"error: --format: {', '.join(bad)} not allowed; choose from {', '.join(FORMATS)}", file=sys.stderr)
+        return 2
+    resolve(load_study(args.study), args.scale)  # bad input fails before anything is written
+    out, problems = write_report(args.study, args.scale, formats, Path(args.out), args.tracking_uri)
+    print(f"report: {out}/README.md")
+    for p in problems:
+        print(f"MISMATCH {p}")
+    return 1 if args.verify and problems else 0
+
+
 def cmd_bench(args) -> int:
     from harness.bench import run_bench
 
@@ -127,6 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--no-latency", action="store_true", help="skip latency and memory")
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=cmd_cost)
+
+    rp = sub.add_parser("report", help="the paper's table, statistics and accuracy-vs-cost plots from MLflow")
+    rp.add_argument("study")
+    rp.add_argument("--scale", default="smoke", choices=["smoke", "paper"])
+    rp.add_argument("--format", default="md,html,csv", help="comma-separated: md, html, tex, csv")
+    rp.add_argument("--verify", action="store_true", help="exit 1 when a pinned number is outside its tolerance")
+    rp.add_argument("--out", default="reports")
+    rp.add_argument("--tracking-uri", default=None)
+    rp.set_defaults(fn=cmd_report)
 
     b = sub.add_parser("bench", help="speed benchmarks (results under reports/bench)")
     b.add_argument("--out", default="reports/bench")

@@ -228,6 +228,7 @@ def resolve(study: StudyCfg, scale: str, seeds: int | None = None) -> list[Trial
     except ValidationError as e:
         raise ConfigError(_fmt_validation(e, f"scales.{scale}")) from None
     data = DataCfg(dataset=study.data.dataset, params=_merge(study.data.params, sc.data))
+    check_data(data)
     n_seeds = seeds or sc.seeds or study.seeds
     specs = []
     for v in variants(study):
@@ -246,6 +247,20 @@ def resolve(study: StudyCfg, scale: str, seeds: int | None = None) -> list[Trial
             known = [v.name for v in variants(study)]
             raise ConfigError(str(UnknownNameError("variant", vname, known, "expected")))
     return specs
+
+
+def check_data(data: DataCfg) -> None:
+    """Unknown data parameters and impossible values fail here; no data is generated or read."""
+    factory = DATASETS.get(data.dataset, field="data.dataset")
+    allowed = list(inspect.signature(factory).parameters)
+    for k in data.params:
+        if k not in allowed:
+            raise ConfigError(str(UnknownNameError(f"parameter of data set {data.dataset!r}", k, allowed,
+                                                   "data.params")))
+    try:
+        factory(**data.params)  # tasks load lazily: this only validates
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"data: {e}") from None
 
 
 def check_model(model: ModelCfg, patch: list[int], where: str):

@@ -84,8 +84,8 @@ def run_study(path: str, scale: str, seeds: int | None, address: str | None, res
     if dry:
         dry_run(specs, console)
         return 0
-    for dkey in {config_hash(s.data.model_dump()): s.data for s in specs}.values():
-        build_task(dkey.dataset, **dkey.params)  # generate/cache data once, before trials race for it
+    for data in {config_hash(s.data.model_dump()): s.data for s in specs}.values():
+        build_task(data.dataset, **data.params).train  # generate/cache once, before trials race for it
 
     from harness.tracking import Tracker  # mlflow and ray are imported only when a run really starts
     from harness.tune import run_trials
@@ -115,11 +115,20 @@ def run_study(path: str, scale: str, seeds: int | None, address: str | None, res
                                          {"study_file": str(Path(path)), "paper": study.paper, "title": study.title})
 
     failed: list[str] = []
-    if todo:
-        storage = Path(tracker.uri[len("sqlite:///"):]).parent / "ray_results" if tracker.uri.startswith(
-            "sqlite:///") else Path("ray_results")
+    storage = Path(tracker.uri[len("sqlite:///"):]).parent / "ray_results" if tracker.uri.startswith(
+        "sqlite:///") else Path("ray_results")
+    while todo:
         writer = run_trials(todo, tracker, exp_id, parent_id, trial_hash, address, storage, verbose)
-        failed = writer.failed
+        failed += writer.failed
+        if not writer.crashed:
+            break
+        # Tune itself raised: its in-flight trials are recorded as failed; go on with the rest.
+        settled = set(writer.finished) | set(writer.failed)
+        if not settled:
+            console.print("Ray Tune stopped before any trial started; nothing more is launched.")
+            break
+        todo = [s for s in todo if s.key not in settled]
+        console.print(f"Ray Tune stopped early; {len(todo)} trials left to launch.")
     finished = {r.data.tags.get("trial_key") for r in tracker.children(exp_id, parent_id)
                 if r.info.status == "FINISHED"}
     missing = [s.key for s in specs if s.key not in finished]

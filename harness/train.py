@@ -99,6 +99,7 @@ def evaluate(model, task: Task, cfg: TrainCfg, device: torch.device) -> dict[str
         for name, d, h in zip(task.regions, dice, hd):
             row[f"dice_{name}"] = 100.0 * d
             row[f"hd95_{name}"] = h
+        row["mean_dice"] = float(np.mean([row[f"dice_{n}"] for n in task.regions]))  # pairs for the report's tests
         per_case.append(row)
     model.train()
     out: dict[str, Any] = {}

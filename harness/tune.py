@@ -39,16 +39,16 @@ class MlflowWriter(tune.Callback):
                  chash: dict[str, str]):
         self.tracker, self.exp_id, self.parent_id, self.chash = tracker, exp_id, parent_id, chash
         self.specs = specs
-        self.run_ids: dict[str, str] = {}
+        self.run_ids: dict[str, str] = {}  # trial key -> MLflow run id
         self.finished: list[str] = []
         self.failed: list[str] = []
+        self.crashed = False  # Tune raised instead of reporting the trial
 
     def _run_id(self, trial) -> str:
-        if trial.trial_id not in self.run_ids:
-            spec = self.specs[trial.config["key"]]
-            self.run_ids[trial.trial_id] = self.tracker.start_child(self.exp_id, self.parent_id, spec,
-                                                                    self.chash[spec.key])
-        return self.run_ids[trial.trial_id]
+        key = trial.config["key"]
+        if key not in self.run_ids:
+            self.run_ids[key] = self.tracker.start_child(self.exp_id, self.parent_id, self.specs[key], self.chash[key])
+        return self.run_ids[key]
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run_id(trial)
@@ -71,6 +71,13 @@ class MlflowWriter(tune.Callback):
             err = Path(trial.error_file).read_text()
         self.tracker.fail_child(self._run_id(trial), err or "trial raised (no error file)")
         self.failed.append(trial.config["key"])
+
+    def abort(self, error: str) -> None:
+        """Tune itself raised: close every started trial that has no outcome yet as FAILED."""
+        for key, run_id in self.run_ids.items():
+            if key not in self.finished and key not in self.failed:
+                self.tracker.fail_child(run_id, f"Ray Tune stopped with: {error}")
+                self.failed.append(key)
 
 
 _RAY_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid", "time_since_restore",
@@ -108,5 +115,9 @@ def run_trials(specs: list[TrialSpec], tracker: Tracker, exp_id: str, parent_id:
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
-    tuner.fit()
+    try:
+        tuner.fit()
+    except Exception as e:  # noqa: BLE001  e.g. Ray's OOM killer hitting a trial actor while it starts
+        writer.abort(f"{type(e).__name__}: {e}")
+        writer.crashed = True
     return writer

@@ -70,6 +70,8 @@ CASES = [
     (with_(["scales"], {"smoke": {}}), "missing ['paper']"),
     (with_(["expected"], {"pww": {"mean_dice": 1}}), "expected: unknown variant 'pww'. Did you mean 'pw'"),
     (with_(["model", "params", "in_channels"], 3), "in_channels is set by the data set"),
+    (with_(["data", "params", "n_case"], 3), "data.params: unknown parameter of data set 'synthetic_organ' 'n_case'"),
+    (with_(["data", "params", "n_cases"], 1), "data: data.n_cases: 1 cases leave nothing to train on"),
 ]
 
 

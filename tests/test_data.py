@@ -8,8 +8,10 @@ from harness.data.task import cache_dir
 
 def test_seeded_cached_and_split_fixed():
     a = build_task("synthetic_organ", n_cases=5, shape=(16, 32, 32), seed=3)
-    files = list(cache_dir().glob("synthetic_organ-*.npz"))
-    assert files, "generated cases are cached"
+    assert a.in_channels == 1 and not list(cache_dir().glob("synthetic_organ-*")), "nothing generated before use"
+    a.train
+    (folder,) = cache_dir().glob("synthetic_organ-*")
+    assert len(list(folder.glob("*.npy"))) == 10, "one image and one label file per case"
     b = build_task("synthetic_organ", n_cases=5, shape=(16, 32, 32), seed=3)  # from the cache
     assert [c.id for c in a.val] == [c.id for c in b.val] and len(a.train) == 4 and len(a.val) == 1
     for x, y in zip(a.train + a.val, b.train + b.val):

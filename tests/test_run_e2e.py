@@ -100,3 +100,34 @@ def test_kill_midway_then_resume_gives_one_finished_run_per_trial(tmp_path):
     assert all(after[k] == ids for k, ids in before.items())  # finished trials were not redone
     statuses = {x.info.status for x in runs(tmp_path)}
     assert statuses <= {"FINISHED", "KILLED"}
+
+
+def test_tune_crash_marks_in_flight_trials_failed_and_the_study_goes_on(tmp_path, monkeypatch):
+    # Ray can raise out of Tuner.fit (e.g. its OOM killer hitting an actor as it starts).
+    import harness.tune as ht
+    from harness.study import run_study
+
+    calls = []
+
+    def fake_run_trials(specs, tracker, exp_id, parent_id, chash, address, storage, verbose=1):
+        writer = ht.MlflowWriter(tracker, exp_id, parent_id, {s.key: s for s in specs}, chash)
+        calls.append([s.key for s in specs])
+        for i, s in enumerate(specs):
+            writer.run_ids[s.key] = tracker.start_child(exp_id, parent_id, s, chash[s.key])
+            if len(calls) == 1 and i == 1:  # second trial in flight when Tune dies
+                writer.abort("OutOfMemoryError: 2 worker(s) were killed")
+                writer.crashed = True
+                return writer
+            tracker.finish_child(writer.run_ids[s.key], {"mean_dice": 50.0}, [], step=1)
+            writer.finished.append(s.key)
+        return writer
+
+    monkeypatch.setattr(ht, "run_trials", fake_run_trials)
+    monkeypatch.chdir(tmp_path)
+    study = {**TINY, "variants": [{"name": f"v{i}"} for i in range(4)], "expected": {}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    assert run_study("s.yaml", "smoke", None, None, False, None, False, verbose=0) == 1
+    assert calls == [["v0#s0", "v1#s0", "v2#s0", "v3#s0"], ["v2#s0", "v3#s0"]]
+    status = {r.data.tags["trial_key"]: r.info.status for r in runs(tmp_path)}
+    assert status == {"v0#s0": "FINISHED", "v1#s0": "FAILED", "v2#s0": "FINISHED", "v3#s0": "FINISHED"}
+    assert "OutOfMemoryError" in next(r for r in runs(tmp_path) if r.info.status == "FAILED").data.tags["error"]

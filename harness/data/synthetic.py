@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.data.task import Case, Task, cached, split_cases
+from harness.data.task import Case, Task, cached, check_split, split_cases
 from harness.registry import DATASETS
 
 
@@ -46,10 +46,11 @@ def synthetic_organ(n_cases: int = 20, shape=(16, 128, 128), seed: int = 0, cont
                     noise: float = 1.0, distractors: int = 3, val_fraction: float = 0.2) -> Task:
     """Large-organ task, 1 channel, 1 region ("organ"); see module docstring."""
 
-    def make() -> list[Case]:
+    check_split(n_cases, val_fraction)
+
+    def make():
         gen = torch.Generator().manual_seed(seed)
         coords = _coords(shape)
-        cases = []
         for i in range(n_cases):
             organ = _blob(gen, coords, _rand(gen, -0.15, 0.15), _rand(gen, 0.55, 0.75), wobble=0.15)
             img = 0.5 * _smooth_field(gen, shape, coarse=5)[0]  # bias field
@@ -58,13 +59,11 @@ def synthetic_organ(n_cases: int = 20, shape=(16, 128, 128), seed: int = 0, cont
                 d = _blob(gen, coords, _rand(gen, -0.8, 0.8), _rand(gen, 0.08, 0.18), wobble=0.05) & ~organ
                 img += contrast * d.float()
             img += noise * torch.randn(shape, generator=gen)
-            cases.append(Case(f"organ_{i:03d}", img[None].numpy().astype(np.float32),
-                              organ[None].numpy().astype(np.uint8)))
-        return cases
+            yield Case(f"organ_{i:03d}", img[None].numpy().astype(np.float32), organ[None].numpy().astype(np.uint8))
 
-    cases = cached("synthetic_organ", dict(n=n_cases, shape=list(shape), seed=seed, c=contrast, s=noise,
-                                           k=distractors), make)
-    return Task("synthetic_organ", in_channels=1, regions=("organ",), **split_cases(cases, val_fraction, seed))
+    params = dict(n=n_cases, shape=list(shape), seed=seed, c=contrast, s=noise, k=distractors)
+    return Task("synthetic_organ", in_channels=1, regions=("organ",),
+                load=lambda: split_cases(cached("synthetic_organ", params, make), val_fraction, seed))
 
 
 @DATASETS.register("synthetic_brats")
@@ -72,10 +71,11 @@ def synthetic_brats(n_cases: int = 20, shape=(64, 64, 64), seed: int = 0, noise:
                     val_fraction: float = 0.2) -> Task:
     """Nested-tumour task, 4 channels (T1, T1ce, T2, FLAIR), regions WT, TC, ET."""
 
-    def make() -> list[Case]:
+    check_split(n_cases, val_fraction)
+
+    def make():
         gen = torch.Generator().manual_seed(seed)
         coords = _coords(shape)
-        cases = []
         for i in range(n_cases):
             brain = _blob(gen, coords, [0, 0, 0], [0.9, 0.9, 0.9], wobble=0.05)
             c = _rand(gen, -0.35, 0.35)
@@ -92,8 +92,8 @@ def synthetic_brats(n_cases: int = 20, shape=(64, 64, 64), seed: int = 0, noise:
             img[3] += 0.9 * (wtf - tcf) + 0.4 * tcf  # FLAIR: whole tumour bright
             img += noise * torch.randn(img.shape, generator=gen)
             label = torch.stack([wt, tc, et])
-            cases.append(Case(f"brats_{i:03d}", img.numpy().astype(np.float32), label.numpy().astype(np.uint8)))
-        return cases
+            yield Case(f"brats_{i:03d}", img.numpy().astype(np.float32), label.numpy().astype(np.uint8))
 
-    cases = cached("synthetic_brats", dict(n=n_cases, shape=list(shape), seed=seed, s=noise), make)
-    return Task("synthetic_brats", in_channels=4, regions=("WT", "TC", "ET"), **split_cases(cases, val_fraction, seed))
+    params = dict(n=n_cases, shape=list(shape), seed=seed, s=noise)
+    return Task("synthetic_brats", in_channels=4, regions=("WT", "TC", "ET"),
+                load=lambda: split_cases(cached("synthetic_brats", params, make), val_fraction, seed))

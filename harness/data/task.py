@@ -1,12 +1,17 @@
-"""A segmentation task: cases (image, region masks), a fixed split, a disk cache."""
+"""A segmentation task: channels and regions known up front, cases loaded on first use.
+
+Cases live in a disk cache as one ``.npy`` pair per case and are memory-mapped, so a
+paper-scale data set costs disk, not RAM, and a random crop reads only its voxels.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -22,45 +27,72 @@ class Case:
 
 @dataclass
 class Task:
+    """``in_channels`` and ``regions`` need no data; ``train``/``val`` load the cases once."""
+
     name: str
     in_channels: int
     regions: tuple[str, ...]
-    train: list[Case] = field(default_factory=list)
-    val: list[Case] = field(default_factory=list)
+    load: Callable[[], dict[str, list[Case]]] = field(repr=False, default=lambda: {"train": [], "val": []})
+    _split: dict[str, list[Case]] | None = field(default=None, repr=False)
+
+    def _cases(self) -> dict[str, list[Case]]:
+        if self._split is None:
+            self._split = self.load()
+        return self._split
+
+    @property
+    def train(self) -> list[Case]:
+        return self._cases()["train"]
+
+    @property
+    def val(self) -> list[Case]:
+        return self._cases()["val"]
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
 
 
-def cached(name: str, params: dict, make: Callable[[], list[Case]]) -> list[Case]:
-    """Load ``make()``'s cases from the cache, keyed by name and params; write atomically."""
+def cached(name: str, params: dict, make: Callable[[], Iterator[Case]]) -> list[Case]:
+    """Cases from the cache keyed by name and params; ``make()`` yields them on a miss.
+
+    Written case by case into a temporary folder that is renamed into place when
+    complete, so concurrent or interrupted writers never leave a partial cache.
+    """
     key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    path = cache_dir() / f"{name}-{key}.npz"
-    if path.exists():
-        with np.load(path) as z:
-            ids = [str(i) for i in z["ids"]]
-            return [Case(i, z[f"img_{i}"], z[f"lab_{i}"]) for i in ids]
-    cases = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    arrays = {"ids": np.array([c.id for c in cases])}
-    for c in cases:
-        arrays[f"img_{c.id}"], arrays[f"lab_{c.id}"] = c.image, c.label
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)  # concurrent writers: last rename wins, both files identical
-    return cases
+    path = cache_dir() / f"{name}-{key}"
+    if not (path / "ids.json").exists():
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        ids = []
+        for case in make():
+            np.save(tmp / f"{case.id}_img.npy", case.image)
+            np.save(tmp / f"{case.id}_lab.npy", case.label)
+            ids.append(case.id)
+        (tmp / "ids.json").write_text(json.dumps(ids))
+        try:
+            tmp.rename(path)
+        except OSError:  # another process finished first: its copy is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    ids = json.loads((path / "ids.json").read_text())
+    return [Case(i, np.load(path / f"{i}_img.npy", mmap_mode="c"), np.load(path / f"{i}_lab.npy", mmap_mode="c"))
+            for i in ids]
 
 
 def split_cases(cases: list[Case], val_fraction: float, seed: int) -> dict[str, list[Case]]:
     """Seeded ratio split over sorted case ids (the papers' 8:2 split)."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"data.val_fraction: {val_fraction} is outside (0, 1)")
     ordered = sorted(cases, key=lambda c: c.id)
     perm = np.random.default_rng(seed).permutation(len(ordered))
     n_val = max(1, round(val_fraction * len(ordered)))
-    if n_val >= len(ordered):
-        raise ValueError(f"data.n_cases: {len(ordered)} cases leave nothing to train on")
     val = {int(i) for i in perm[:n_val]}
     return {"train": [c for i, c in enumerate(ordered) if i not in val],
             "val": [c for i, c in enumerate(ordered) if i in val]}
+
+
+def check_split(n_cases: int, val_fraction: float) -> None:
+    """Raise ValueError (naming the field) before any data is generated."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"data.val_fraction: {val_fraction} is outside (0, 1)")
+    if n_cases - max(1, round(val_fraction * n_cases)) < 1:
+        raise ValueError(f"data.n_cases: {n_cases} cases leave nothing to train on (val_fraction {val_fraction})")

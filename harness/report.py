@@ -1,0 +1,386 @@
+"""``harness report``: a study's runs from MLflow -> the paper's table, statistics, plots.
+
+The study file's ``layout`` says how the paper laid its table out; no per-table code:
+
+- ``rows: <axis>`` and ``columns: <axis>`` with ``value: <metric>``: a pivot (GSP Table 2);
+- ``rows: <axis>`` and ``columns: [metric, ...]``: one column per metric (GSP Table 1);
+- ``columns: <axis>`` alone: one row (GSP Sec. 3.2);
+- ``row_params: {label: "param.path"}``: leading columns read from the variants' parameters;
+- ``best: max_per_column | max_per_row | min_per_column | min_per_row``: the cell the paper bolds;
+- ``baseline: <variant>``: paired Wilcoxon test of every variant against it over (case, seed).
+
+An axis is a grid axis or a variant tag (``variant`` for the variant name).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from harness.config import StudyCfg, VariantCfg, config_hash, load_study, resolve, variants
+
+FORMATS = ("md", "html", "tex", "csv")
+
+
+@dataclass
+class StudyRuns:
+    study: StudyCfg
+    scale: str
+    trials: pd.DataFrame  # one row per finished trial (latest of each trial key), current config only
+    failed: list[str] = field(default_factory=list)
+    stale: int = 0  # finished runs of an older configuration, left out
+    per_case: pd.DataFrame | None = None  # variant, seed, case, metric columns
+
+
+def _tag_axes(v: VariantCfg) -> dict[str, str]:
+    return {"variant": v.name, **v.tags}
+
+
+def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with_cases: bool = True) -> StudyRuns:
+    """Finished trial runs of ``study`` at ``scale`` whose configuration matches the study file now."""
+    from mlflow.tracking import MlflowClient
+
+    from harness.tracking import default_tracking_uri
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    client = MlflowClient(tracking_uri or default_tracking_uri())
+    exp = client.get_experiment_by_name(f"harness/{study.name}")
+    runs = [] if exp is None else client.search_runs(
+        [exp.experiment_id], f"tags.harness_role = 'trial' and tags.scale = '{scale}'", max_results=50000,
+        order_by=["attributes.start_time DESC"])
+    seeds = 1 + max([int(r.data.tags.get("seed", 0)) for r in runs] or [0])
+    expected_hash = {s.key: config_hash(s.model_dump()) for s in resolve(study, scale, seeds)}
+    axes = {v.name: _tag_axes(v) for v in variants(study)}
+    rows, failed, stale, seen = [], [], 0, set()
+    for r in runs:  # newest first: the first finished run of a key is the one that counts
+        key = r.data.tags.get("trial_key")
+        if expected_hash.get(key) != r.data.tags.get("config_hash"):
+            stale += r.info.status == "FINISHED"
+            continue
+        if r.info.status == "FAILED" and key not in seen:
+            failed.append(key)
+        if r.info.status != "FINISHED" or key in seen:
+            continue
+        seen.add(key)
+        variant = r.data.tags["variant"]
+        rows.append({"run_id": r.info.run_id, "key": key, "variant": variant, "seed": int(r.data.tags["seed"]),
+                     **axes.get(variant, {}), **r.data.metrics})
+    failed = sorted(set(failed) - seen)
+    trials = pd.DataFrame(rows)
+    per_case = None
+    if with_cases and rows:
+        frames = []
+        for row in rows:
+            with tempfile.TemporaryDirectory() as d:
+                try:
+                    path = client.download_artifacts(row["run_id"], "per_case.json", d)
+                except Exception:  # noqa: BLE001  an artifact store that lost the file: no pairs for this run
+                    continue
+                cases = pd.DataFrame(json.loads(Path(path).read_text()))
+            cases["variant"], cases["seed"] = row["variant"], row["seed"]
+            frames.append(cases)
+        per_case = pd.concat(frames, ignore_index=True) if frames else None
+    return StudyRuns(study, scale, trials, failed, stale, per_case)
+
+
+def summarise(trials: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Per variant and metric: n seeds, mean, std and a 95% t confidence interval."""
+    out = []
+    for variant, g in trials.groupby("variant", sort=False):
+        for m in metrics:
+            vals = g[m].dropna().to_numpy(float) if m in g else np.array([])
+            n = len(vals)
+            mean = float(vals.mean()) if n else math.nan
+            std = float(vals.std(ddof=1)) if n > 1 else math.nan
+            half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else math.nan
+            out.append({"variant": variant, "metric": m, "n": n, "mean": mean, "std": std,
+                        "ci_low": mean - half, "ci_high": mean + half})
+    return pd.DataFrame(out, columns=["variant", "metric", "n", "mean", "std", "ci_low", "ci_high"])
+
+
+def paired_test(per_case: pd.DataFrame | None, variant: str, baseline: str, metric: str) -> dict[str, Any]:
+    """Wilcoxon signed-rank test of ``variant`` vs ``baseline`` over matched (case, seed) pairs."""
+    if per_case is None or metric not in per_case:
+        return {"pairs": 0, "p": math.nan, "delta": math.nan}
+    a = per_case[per_case.variant == variant].set_index(["case", "seed"])[metric]
+    b = per_case[per_case.variant == baseline].set_index(["case", "seed"])[metric]
+    both = pd.concat([a, b], axis=1, keys=["a", "b"], join="inner").dropna()
+    diff = (both["a"] - both["b"]).to_numpy(float)
+    if len(diff) == 0:
+        return {"pairs": 0, "p": math.nan, "delta": math.nan}
+    p = 1.0 if np.allclose(diff, 0) else float(stats.wilcoxon(diff).pvalue)
+    return {"pairs": int(len(diff)), "p": p, "delta": float(diff.mean())}
+
+
+def _expected(study: StudyCfg, variant: str, metric: str) -> tuple[float, float | None]:
+    e = study.expected.get(variant, {}).get(metric)
+    if e is None:
+        return math.nan, None
+    return (float(e), None) if isinstance(e, (int, float)) else (e.value, e.tol)
+
+
+def _param(v: VariantCfg, study: StudyCfg, path: str) -> Any:
+    node: Any = {**study.model.params, **v.params}
+    for part in path.split("."):
+        node = node[int(part)] if isinstance(node, list) else node.get(part) if isinstance(node, dict) else None
+    return tuple(node) if isinstance(node, list) else node
+
+
+def _fmt(x: float, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    if abs(x) >= 1e4:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}f}" if abs(x) >= 0.1 or x == 0 else f"{x:.3g}"
+
+
+def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
+    """The paper's table: for each paper column, ours (mean ± std), the paper's value and Δ."""
+    study, lay = runs.study, runs.study.layout
+    vs = variants(study)
+    cols_spec = lay.get("columns", "variant")
+    metric_cols = isinstance(cols_spec, list)
+    value = lay.get("value", "mean_dice")
+    metrics = cols_spec if metric_cols else [value]
+    summary = summarise(runs.trials, metrics) if not runs.trials.empty else summarise(
+        pd.DataFrame({"variant": []}), metrics)
+    by = {(r.variant, r.metric): r for r in summary.itertuples()}
+    row_axis = lay.get("rows")
+    notes: list[str] = []
+
+    def cell_variant(v: VariantCfg) -> tuple[str, str]:
+        ax = _tag_axes(v)
+        return (ax.get(row_axis, "") if row_axis else "", ax.get(cols_spec, v.name) if not metric_cols else "")
+
+    row_labels = list(dict.fromkeys(cell_variant(v)[0] for v in vs))
+    if metric_cols:
+        col_labels, lookup = metrics, {(cell_variant(v)[0], m): (v, m) for v in vs for m in metrics}
+    else:
+        col_labels = list(dict.fromkeys(cell_variant(v)[1] for v in vs))
+        lookup = {cell_variant(v): (v, value) for v in vs}
+    means = pd.DataFrame(index=row_labels, columns=col_labels, dtype=float)
+    table = pd.DataFrame(index=row_labels)
+    for label, path in lay.get("row_params", {}).items():
+        first = {cell_variant(v)[0]: v for v in reversed(vs)}
+        table[label] = [str(_param(first[r], study, path)) if r in first else "" for r in row_labels]
+    for c in col_labels:
+        ours, paper, delta = [], [], []
+        for r in row_labels:
+            hit = lookup.get((r, c))
+            if hit is None:
+                ours.append(""), paper.append(""), delta.append("")
+                continue
+            v, m = hit
+            s = by.get((v.name, m))
+            exp, _ = _expected(study, v.name, m)
+            if s is None or s.n == 0:
+                status = "failed" if any(k.startswith(f"{v.name}#") for k in runs.failed) else "no run"
+                ours.append(f"— ({status})")
+                notes.append(f"{v.name} / {m}: {status}")
+            else:
+                ours.append(_fmt(s.mean) + (f" ± {_fmt(s.std)}" if s.n > 1 else "") + (f" (n={s.n})" if s.n > 1 else ""))
+                means.loc[r, c] = s.mean
+            paper.append(_fmt(exp))
+            delta.append(_fmt(s.mean - exp) if s is not None and s.n and not math.isnan(exp) else "—")
+        table[f"{c} ours"], table[f"{c} paper"], table[f"{c} Δ"] = ours, paper, delta
+    best = lay.get("best")
+    if best:
+        how, _, axis = best.partition("_per_")
+        along = 0 if axis == "column" else 1
+        found = means.dropna(how="all", axis=1 - along)  # idxmax refuses all-missing columns/rows
+        winners = (found.idxmax if how == "max" else found.idxmin)(axis=along, skipna=True) if found.size else {}
+        for k, w in dict(winners).items():
+            r, c = (w, k) if axis == "column" else (k, w)
+            table.loc[r, f"{c} ours"] = f"**{table.loc[r, f'{c} ours']}**"
+    table.index.name = row_axis or ""
+    return table, notes
+
+
+def stats_table(runs: StudyRuns) -> pd.DataFrame:
+    """Every variant x metric with mean, std, 95% CI; with a baseline, the paired test."""
+    lay = runs.study.layout
+    metrics = lay["columns"] if isinstance(lay.get("columns"), list) else [lay.get("value", "mean_dice")]
+    summary = summarise(runs.trials, metrics)
+    base = lay.get("baseline")
+    if base and not summary.empty:
+        tests = [paired_test(runs.per_case, r.variant, base, r.metric) if r.variant != base else
+                 {"pairs": 0, "p": math.nan, "delta": math.nan} for r in summary.itertuples()]
+        summary = pd.concat([summary, pd.DataFrame(tests).add_prefix(f"vs_{base}_")], axis=1)
+        base_std = summary[summary.variant == base].set_index("metric")["std"]
+        summary["note"] = [
+            "" if r.variant == base or math.isnan(getattr(r, f"vs_{base}_delta"))
+            else ("within seed noise" if (not math.isnan(base_std.get(r.metric, math.nan)) and
+                                          abs(getattr(r, f"vs_{base}_delta")) <= base_std.get(r.metric))
+                  or getattr(r, f"vs_{base}_p") >= 0.05 else "significant (p < 0.05)")
+            for r in summary.itertuples()]
+    return summary
+
+
+def verify(runs: StudyRuns) -> list[str]:
+    """Pinned numbers (``expected`` entries with ``tol``) that our runs miss; empty when all hold."""
+    problems = []
+    for variant, metrics in runs.study.expected.items():
+        for metric, e in metrics.items():
+            if isinstance(e, (int, float)) or e.tol is None:
+                continue
+            got = runs.trials.loc[runs.trials.variant == variant, metric] if (
+                not runs.trials.empty and metric in runs.trials) else pd.Series(dtype=float)
+            if got.dropna().empty:
+                problems.append(f"{variant} {metric}: no finished run to check (paper {e.value} ± {e.tol})")
+            elif abs(got.mean() - e.value) > e.tol:
+                problems.append(f"{variant} {metric}: ours {got.mean():,.4g} vs paper {e.value:,.4g} ± {e.tol:,.4g} "
+                                f"(gap {got.mean() - e.value:+,.4g})" + (f"; {e.note}" if e.note else ""))
+    return problems
+
+
+def pareto_front(df: pd.DataFrame, cost: str, acc: str) -> pd.DataFrame:
+    """Points not dominated by a cheaper-or-equal, at-least-as-accurate other point."""
+    pts = df.dropna(subset=[cost, acc]).sort_values([cost, acc], ascending=[True, False])
+    front, best = [], -math.inf
+    for _, r in pts.iterrows():
+        if r[acc] > best:
+            front.append(r)
+            best = r[acc]
+    return pd.DataFrame(front)
+
+
+def plots(runs: StudyRuns, out: Path, tracking_uri: str | None = None) -> list[str]:
+    """Accuracy vs cost with Pareto fronts, per-region Dice bars, learning curves (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns  # the edge: seaborn is imported only here
+
+    files: list[str] = []
+    t = runs.trials
+    if t.empty:
+        return files
+    acc = "mean_dice"
+    agg = t.groupby("variant", sort=False).mean(numeric_only=True).reset_index()
+    costs = [c for c in ("gmacs", "params", "latency_ns_per_voxel", "peak_mem_mb") if c in agg]
+    if acc in agg and costs:
+        fig, axes = plt.subplots(1, len(costs), figsize=(5 * len(costs), 4), squeeze=False)
+        for ax, c in zip(axes[0], costs):
+            sns.scatterplot(data=agg, x=c, y=acc, ax=ax, s=50)
+            front = pareto_front(agg, c, acc)
+            if not front.empty:
+                ax.step(front[c], front[acc], where="post", color="C3", label="Pareto front")
+            for _, r in agg.iterrows():
+                ax.annotate(r["variant"], (r[c], r[acc]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            if c in ("params", "gmacs") and agg[c].max() > 20 * agg[c].min() > 0:
+                ax.set_xscale("log")
+            ax.set_xlabel({"gmacs": "GMACs", "params": "parameters", "latency_ns_per_voxel": "latency (ns / voxel)",
+                           "peak_mem_mb": "peak memory (MB)"}[c])
+            ax.set_ylabel("mean Dice (%)")
+            ax.legend(loc="lower right", fontsize=7)
+        fig.suptitle(f"{runs.study.name} @ {runs.scale}: accuracy vs cost")
+        fig.tight_layout()
+        fig.savefig(out / "accuracy_vs_cost.png", dpi=110)
+        plt.close(fig)
+        files.append("accuracy_vs_cost.png")
+    region_cols = [c for c in t.columns if c.startswith("dice_")]
+    if region_cols:
+        long = t.melt(id_vars=["variant"], value_vars=region_cols, var_name="region", value_name="dice")
+        long["region"] = long["region"].str.removeprefix("dice_")
+        fig, ax = plt.subplots(figsize=(max(6, 0.5 * t.variant.nunique() * len(region_cols)), 4))
+        sns.barplot(data=long, x="variant", y="dice", hue="region", ax=ax, errorbar="sd")
+        ax.set_ylabel("Dice (%)")
+        ax.tick_params(axis="x", rotation=60, labelsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "dice_per_region.png", dpi=110)
+        plt.close(fig)
+        files.append("dice_per_region.png")
+    from mlflow.tracking import MlflowClient
+
+    from harness.tracking import default_tracking_uri
+
+    client = MlflowClient(tracking_uri or default_tracking_uri())
+    curves = []
+    for r in t.itertuples():
+        for m in ("train_loss", "mean_dice"):
+            curves += [{"variant": r.variant, "seed": r.seed, "metric": m, "epoch": h.step, "value": h.value}
+                       for h in client.get_metric_history(r.run_id, m)]
+    if curves:
+        cdf = pd.DataFrame(curves)
+        last = cdf.groupby(["variant", "seed", "metric"]).epoch.transform("max")
+        cdf = cdf[~((cdf.metric == "mean_dice") & (cdf.epoch == last) & (cdf.epoch > 0) &
+                    cdf.duplicated(["variant", "seed", "metric", "value"], keep="first"))]
+        g = sns.relplot(data=cdf, x="epoch", y="value", hue="variant", col="metric", kind="line",
+                        facet_kws={"sharey": False}, height=3.5, legend=t.variant.nunique() <= 20)
+        g.savefig(out / "learning_curves.png", dpi=110)
+        plt.close(g.figure)
+        files.append("learning_curves.png")
+    return files
+
+
+def _write_table(table: pd.DataFrame, out: Path, stem: str, formats: list[str]) -> list[str]:
+    written = []
+    flat = table.reset_index()
+    if "md" in formats:
+        (out / f"{stem}.md").write_text(flat.to_markdown(index=False) + "\n")
+        written.append(f"{stem}.md")
+    if "html" in formats:
+        (out / f"{stem}.html").write_text(flat.to_html(index=False, escape=False).replace("**", ""))
+        written.append(f"{stem}.html")
+    if "tex" in formats:
+        (out / f"{stem}.tex").write_text(flat.to_latex(index=False).replace("**", ""))
+        written.append(f"{stem}.tex")
+    if "csv" in formats:
+        flat.to_csv(out / f"{stem}.csv", index=False)
+        written.append(f"{stem}.csv")
+    return written
+
+
+def write_report(path: str, scale: str, formats: list[str], reports: Path = Path("reports"),
+                 tracking_uri: str | None = None) -> tuple[Path, list[str]]:
+    """Write ``reports/<study>/`` and refresh the index; returns the folder and the verify problems."""
+    study = load_study(path)
+    runs = load_runs(study, scale, tracking_uri)
+    out = reports / study.name
+    out.mkdir(parents=True, exist_ok=True)
+    table, notes = layout_table(runs)
+    written = _write_table(table, out, "table", formats)
+    st = stats_table(runs)
+    st.to_csv(out / "stats.csv", index=False)
+    if not runs.trials.empty:
+        runs.trials.to_csv(out / "trials.csv", index=False)
+    figs = plots(runs, out, tracking_uri)
+    problems = verify(runs)
+    md = [f"# {study.title}", "", study.description.strip(), "",
+          f"Scale: **{scale}**. {len(runs.trials)} finished trials"
+          + (f", failed: {', '.join(runs.failed)}" if runs.failed else "")
+          + (f"; {runs.stale} finished runs of an older configuration left out" if runs.stale else "") + ".",
+          "Each cell: ours (mean ± std over seeds), the paper's value, and ours − paper.", "",
+          table.reset_index().to_markdown(index=False), ""]
+    if notes:
+        md += ["Missing:", ""] + [f"- {n}" for n in notes] + [""]
+    md += ["## Statistics", "", st.to_markdown(index=False, floatfmt=".4g") if not st.empty else "No finished runs.", ""]
+    md += ["## Pinned numbers", ""] + ([f"- MISMATCH {p}" for p in problems] or ["All pinned numbers hold."]) + [""]
+    md += [f"![{f}]({f})" for f in figs]
+    (out / "README.md").write_text("\n".join(md) + "\n")
+    write_index(reports)
+    return out, problems
+
+
+def write_index(reports: Path) -> None:
+    """``reports/index.md`` and ``index.html`` linking every study report present."""
+    entries = []
+    for d in sorted(p for p in reports.iterdir() if p.is_dir() and (p / "README.md").exists()):
+        title = (d / "README.md").read_text().splitlines()[0].lstrip("# ")
+        entries.append((d.name, title))
+    md = ["# Reports", ""] + [f"- [{name}]({name}/README.md): {title}" for name, title in entries]
+    (reports / "index.md").write_text("\n".join(md) + "\n")
+    html = ["<html><head><meta charset='utf-8'><title>harness reports</title></head><body><h1>Reports</h1><ul>"]
+    html += [f"<li><a href='{name}/table.html'>{name}</a>: {title}</li>" if (reports / name / "table.html").exists()
+             else f"<li><a href='{name}/README.md'>{name}</a>: {title}</li>" for name, title in entries]
+    html.append("</ul></body></html>")
+    (reports / "index.html").write_text("\n".join(html) + "\n")

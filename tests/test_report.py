@@ -1,0 +1,124 @@
+"""Report: layout engine, statistics, --verify, and a report built from real MLflow runs."""
+import math
+
+import pandas as pd
+import pytest
+import yaml
+
+from harness.cli import main
+from harness.config import StudyCfg, load_study, resolve
+from harness.report import StudyRuns, layout_table, paired_test, pareto_front, summarise, verify
+from harness.tracking import Tracker
+
+GRID = {
+    "name": "grid", "paper": "gsp_conv", "title": "Grid table",
+    "data": {"dataset": "synthetic_organ", "params": {"n_cases": 4, "shape": [16, 32, 32]}},
+    "model": {"name": "gsp_unet", "params": {"widths": [4, 4, 8, 8, 8], "insert": "CSC"}},
+    "grid": {"sg": {"A": {"groups": [[2, 2, 2]] + [[1, 1, 1]] * 4}, "B": {"groups": [[1, 2, 2]] + [[1, 1, 1]] * 4}},
+             "ip": {"CSC": {"insert": "CSC"}, "CCS": {"insert": "CCS"}}},
+    "variants": [{"name": "fcn", "params": {"conv": "conv3", "insert": None}, "tags": {"sg": "3D FCN", "ip": "CSC"}}],
+    "train": {"patch": [16, 32, 32], "epochs": 1, "steps_per_epoch": 1, "batch_size": 1},
+    "scales": {"smoke": {}, "paper": {}},
+    "expected": {"A-CSC": {"mean_dice": 80.0}, "B-CCS": {"mean_dice": 85.0},
+                 "fcn": {"params": {"value": 1000, "tol": 10}}},
+    "layout": {"rows": "sg", "columns": "ip", "value": "mean_dice", "best": "max_per_column",
+               "row_params": {"Stage 1": "groups.0"}, "baseline": "fcn"},
+}
+
+
+def trials(rows):
+    return pd.DataFrame([{"variant": v, "seed": s, "mean_dice": d, "params": p} for v, s, d, p in rows])
+
+
+def test_layout_engine_pivots_into_the_papers_table():
+    study = StudyCfg.model_validate(GRID)
+    t = trials([("A-CSC", 0, 70.0, 10), ("A-CSC", 1, 74.0, 10), ("A-CCS", 0, 60.0, 10), ("B-CSC", 0, 50.0, 10),
+                ("B-CCS", 0, 90.0, 10), ("fcn", 0, 75.0, 2000)])
+    table, notes = layout_table(StudyRuns(study, "smoke", t, failed=[]))
+    assert list(table.index) == ["3D FCN", "A", "B"]  # explicit variants first, then the grid
+    assert list(table.columns) == ["Stage 1", "CSC ours", "CSC paper", "CSC Δ", "CCS ours", "CCS paper", "CCS Δ"]
+    assert table.loc["A", "Stage 1"] == "(2, 2, 2)" and table.loc["B", "Stage 1"] == "(1, 2, 2)"
+    assert table.loc["A", "CSC ours"] == "72.0 ± 2.8 (n=2)"  # mean ± sample std over seeds
+    assert table.loc["A", "CSC paper"] == "80.0" and table.loc["A", "CSC Δ"] == "-8.0"
+    assert table.loc["3D FCN", "CSC ours"] == "**75.0**"  # best in the CSC column, bold as the paper marks it
+    assert table.loc["B", "CCS ours"] == "**90.0**" and table.loc["B", "CCS Δ"] == "5.0"
+    assert table.loc["3D FCN", "CCS ours"] == "" and not notes
+
+
+def test_layout_says_what_is_missing_or_failed():
+    study = StudyCfg.model_validate(GRID)
+    table, notes = layout_table(StudyRuns(study, "smoke", trials([("A-CSC", 0, 70.0, 10)]), failed=["B-CCS#s0"]))
+    assert table.loc["B", "CCS ours"] == "— (failed)" and table.loc["B", "CSC ours"] == "— (no run)"
+    assert "B-CCS / mean_dice: failed" in notes and table.loc["B", "CCS paper"] == "85.0"
+    empty, notes = layout_table(StudyRuns(study, "smoke", pd.DataFrame(), failed=[]))
+    assert len(notes) == 5 and (empty.filter(like="ours") != "").sum().sum() == 5
+
+
+def test_statistics_on_known_inputs():
+    s = summarise(trials([("a", 0, 1.0, 0), ("a", 1, 2.0, 0), ("a", 2, 3.0, 0), ("b", 0, 5.0, 0)]), ["mean_dice"])
+    a = s.set_index("variant").loc["a"]
+    assert a["n"] == 3 and a["mean"] == 2.0 and a["std"] == 1.0
+    assert a["ci_high"] - a["mean"] == pytest.approx(4.302653 / 3**0.5, rel=1e-5)  # t(0.975, 2) * s / sqrt(n)
+    assert math.isnan(s.set_index("variant").loc["b", "std"])
+    cases = pd.DataFrame([{"variant": v, "seed": 0, "case": f"c{i}", "dice": d}
+                          for i in range(8) for v, d in (("x", 50 + i), ("y", 40 + i + (i % 2)))])
+    r = paired_test(cases, "x", "y", "dice")
+    assert r["pairs"] == 8 and r["delta"] == pytest.approx(9.5)
+    assert r["p"] == pytest.approx(0.0078125)  # exact two-sided Wilcoxon, all 8 differences positive
+    assert paired_test(cases, "x", "x", "dice")["p"] == 1.0
+
+
+def test_pareto_front():
+    df = pd.DataFrame({"variant": list("abcd"), "gmacs": [1, 2, 3, 4], "mean_dice": [50, 40, 70, 65]})
+    assert list(pareto_front(df, "gmacs", "mean_dice").variant) == ["a", "c"]
+
+
+def test_verify_flags_pinned_numbers_outside_tolerance():
+    study = StudyCfg.model_validate(GRID)
+    assert verify(StudyRuns(study, "smoke", trials([("fcn", 0, 75.0, 1005)]))) == []
+    (problem,) = verify(StudyRuns(study, "smoke", trials([("fcn", 0, 75.0, 2000)])))
+    assert "fcn params: ours 2,000 vs paper 1,000 ± 10 (gap +1,000)" in problem
+    assert "no finished run" in verify(StudyRuns(study, "smoke", trials([("A-CSC", 0, 75.0, 1)])))[0]
+
+
+def test_report_from_mlflow_runs_end_to_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(GRID, sort_keys=False))
+    study = load_study("s.yaml")
+    tracker = Tracker()
+    exp = tracker.experiment(study.name)
+    parent = tracker.start_parent(exp, study.name, "smoke", "h", {})
+    from harness.config import config_hash
+
+    dices = {"A-CSC": 70.0, "A-CCS": 60.0, "B-CSC": 50.0, "B-CCS": 90.0, "fcn": 75.0}
+    for spec in resolve(study, "smoke"):
+        dice = dices[spec.variant]
+        run = tracker.start_child(exp, parent, spec, config_hash(spec.model_dump()))
+        tracker.log_metrics(run, {"train_loss": 0.5, "mean_dice": dice - 5}, step=0)
+        per_case = [{"case": f"c{i}", "mean_dice": dice + i, "dice_organ": dice + i} for i in range(3)]
+        tracker.finish_child(run, {"mean_dice": dice, "dice_organ": dice, "gmacs": 1 + dice / 100,
+                                   "params": 1000 if spec.variant == "fcn" else 50,
+                                   "latency_ns_per_voxel": 3.0}, per_case, step=1)
+    assert main(["report", "s.yaml", "--format", "md,html,tex,csv", "--verify"]) == 0
+    out = tmp_path / "reports" / "grid"
+    for f in ("README.md", "table.md", "table.html", "table.tex", "table.csv", "trials.csv", "stats.csv",
+              "accuracy_vs_cost.png", "dice_per_region.png", "learning_curves.png"):
+        assert (out / f).exists(), f
+    table = (out / "table.md").read_text()
+    assert "**90.0**" in table and "| A " in table
+    st = pd.read_csv(out / "stats.csv").set_index("variant")
+    assert st.loc["B-CCS", "vs_fcn_delta"] == pytest.approx(15.0) and st.loc["B-CCS", "vs_fcn_pairs"] == 3
+    assert "[grid](grid/README.md)" in (tmp_path / "reports" / "index.md").read_text()
+    assert "grid/table.html" in (tmp_path / "reports" / "index.html").read_text()
+    # A pinned number outside its tolerance fails --verify.
+    GRID2 = {**GRID, "expected": {"fcn": {"params": {"value": 500, "tol": 1}}}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(GRID2, sort_keys=False))
+    assert main(["report", "s.yaml", "--verify"]) == 1
+    assert "MISMATCH fcn params: ours 1,000 vs paper 500" in capsys.readouterr().out
+
+
+def test_report_bad_format_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(GRID, sort_keys=False))
+    assert main(["report", "s.yaml", "--format", "md,pdf"]) == 2
+    assert "pdf not allowed" in capsys.readouterr().err and not (tmp_path / "reports").exists()
