@@ -97,6 +97,13 @@ def cmd_report(args) -> int:
     return 1 if args.verify and problems else 0
 
 
+def cmd_search(args) -> int:
+    from harness.search import run_search
+
+    return run_search(args.space, args.trials, args.address, args.resume, args.tracking_uri, Path(args.out),
+                      verbose=args.verbose)
+
+
 def cmd_bench(args) -> int:
     from harness.bench import run_bench
 
@@ -153,6 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--out", default="reports")
     rp.add_argument("--tracking-uri", default=None)
     rp.set_defaults(fn=cmd_report)
+
+    se = sub.add_parser("search", help="multi-objective NAS-style search (Optuna via Ray Tune), Pareto set out")
+    se.add_argument("space")
+    se.add_argument("--trials", type=int, default=None, help="total complete trials wanted (default: the space's)")
+    se.add_argument("--address", default=None, help="Ray cluster: 'auto' or 'ray://host:10001'")
+    se.add_argument("--resume", action="store_true", help="continue the Optuna study in its storage")
+    se.add_argument("--tracking-uri", default=None)
+    se.add_argument("--out", default="reports")
+    se.add_argument("-v", "--verbose", type=int, default=1, choices=[0, 1, 2])
+    se.set_defaults(fn=cmd_search)
 
     b = sub.add_parser("bench", help="speed benchmarks (results under reports/bench)")
     b.add_argument("--out", default="reports/bench")

@@ -216,8 +216,7 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def resolve(study: StudyCfg, scale: str, seeds: int | None = None) -> list[TrialSpec]:
-    """Apply ``scale`` and expand variants x seeds into validated trial specs."""
+def _scale_parts(study: StudyCfg, scale: str):
     if scale not in study.scales:
         raise ConfigError(f"--scale: {scale!r} is not defined; allowed: {sorted(study.scales)}")
     sc = study.scales[scale]
@@ -228,23 +227,34 @@ def resolve(study: StudyCfg, scale: str, seeds: int | None = None) -> list[Trial
     except ValidationError as e:
         raise ConfigError(_fmt_validation(e, f"scales.{scale}")) from None
     data = DataCfg(dataset=study.data.dataset, params=_merge(study.data.params, sc.data))
+    return sc, base_train, cost, data
+
+
+def resolve_variant(study: StudyCfg, scale: str, v: VariantCfg, seeds: int = 1) -> list[TrialSpec]:
+    """Trial specs of one variant at ``scale``: study <- scale <- variant, model checked."""
+    _, base_train, cost, data = _scale_parts(study, scale)
+    try:
+        train = TrainCfg.model_validate(_merge(base_train, v.train))
+    except ValidationError as e:
+        raise ConfigError(_fmt_validation(e, f"variant {v.name!r} train")) from None
+    model = ModelCfg(name=study.model.name,
+                     params=_merge(_merge(study.model.params, study.scales[scale].model), v.params))
+    check_model(model, train.patch, f"variant {v.name!r}")
+    return [TrialSpec(study=study.name, scale=scale, key=f"{v.name}#s{s}", variant=v.name, tags=v.tags, seed=s,
+                      data=data, model=model, train=train, cost=cost, resources=study.resources)
+            for s in range(seeds)]
+
+
+def resolve(study: StudyCfg, scale: str, seeds: int | None = None) -> list[TrialSpec]:
+    """Apply ``scale`` and expand variants x seeds into validated trial specs."""
+    sc, _, _, data = _scale_parts(study, scale)
     check_data(data)
     n_seeds = seeds or sc.seeds or study.seeds
-    specs = []
-    for v in variants(study):
-        try:
-            train = TrainCfg.model_validate(_merge(base_train, v.train))
-        except ValidationError as e:
-            raise ConfigError(_fmt_validation(e, f"variant {v.name!r} train")) from None
-        model = ModelCfg(name=study.model.name, params=_merge(_merge(study.model.params, sc.model), v.params))
-        check_model(model, train.patch, f"variant {v.name!r}")
-        for s in range(n_seeds):
-            specs.append(TrialSpec(study=study.name, scale=scale, key=f"{v.name}#s{s}", variant=v.name, tags=v.tags,
-                                   seed=s, data=data, model=model, train=train, cost=cost,
-                                   resources=study.resources))
+    vs = variants(study)
+    specs = [spec for v in vs for spec in resolve_variant(study, scale, v, n_seeds)]
+    known = [v.name for v in vs]
     for vname in study.expected:
-        if vname not in {v.name for v in variants(study)}:
-            known = [v.name for v in variants(study)]
+        if vname not in known:
             raise ConfigError(str(UnknownNameError("variant", vname, known, "expected")))
     return specs
 

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 # The classic reporter honours our metric columns; the newer output engine prints whole configs.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -25,30 +25,37 @@ from harness.train import run_trial
 
 
 def _trainable(config: dict[str, Any], specs: dict[str, dict]) -> None:
-    spec = TrialSpec.model_validate(specs[config["key"]])
-    final = run_trial(spec, report=lambda m, epoch: tune.report({**numeric(m), "epoch": epoch}))
-    per_case = final.pop("per_case", [])
-    tune.report({**numeric(final), "final": 1, "per_case_json": json.dumps(per_case),
-                 "strings_json": json.dumps({k: v for k, v in final.items() if isinstance(v, str)})})
+    _report_trial(TrialSpec.model_validate(specs[config["key"]]))
+
+
+def _search_trainable(config: dict[str, Any], space_path: str) -> None:
+    from harness.search import Space
+
+    _report_trial(Space(space_path).spec_for(config, f"trial_{tune.get_context().get_trial_id()}"))
 
 
 class MlflowWriter(tune.Callback):
     """Driver-side MLflow writer: child run per trial, per-epoch metrics, final status."""
 
-    def __init__(self, tracker: Tracker, exp_id: str, parent_id: str, specs: dict[str, TrialSpec],
-                 chash: dict[str, str]):
-        self.tracker, self.exp_id, self.parent_id, self.chash = tracker, exp_id, parent_id, chash
-        self.specs = specs
+    def __init__(self, tracker: Tracker, exp_id: str, parent_id: str,
+                 spec_for: Callable[[Any], tuple[TrialSpec, str]]):
+        """``spec_for(trial)`` gives the Ray trial's spec and its config hash."""
+        self.tracker, self.exp_id, self.parent_id, self.spec_for = tracker, exp_id, parent_id, spec_for
+        self.keys: dict[str, str] = {}  # Ray trial id -> trial key
         self.run_ids: dict[str, str] = {}  # trial key -> MLflow run id
         self.finished: list[str] = []
         self.failed: list[str] = []
         self.crashed = False  # Tune raised instead of reporting the trial
 
+    def _key(self, trial) -> str:
+        if trial.trial_id not in self.keys:
+            spec, chash = self.spec_for(trial)
+            self.keys[trial.trial_id] = spec.key
+            self.run_ids[spec.key] = self.tracker.start_child(self.exp_id, self.parent_id, spec, chash)
+        return self.keys[trial.trial_id]
+
     def _run_id(self, trial) -> str:
-        key = trial.config["key"]
-        if key not in self.run_ids:
-            self.run_ids[key] = self.tracker.start_child(self.exp_id, self.parent_id, self.specs[key], self.chash[key])
-        return self.run_ids[key]
+        return self.run_ids[self._key(trial)]
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run_id(trial)
@@ -60,7 +67,7 @@ class MlflowWriter(tune.Callback):
             metrics = {k: v for k, v in numeric(result).items() if not _is_ray_key(k) and k not in ("final", "epoch")}
             self.tracker.finish_child(run_id, {**metrics, **strings}, json.loads(result["per_case_json"]),
                                       step=int(result.get("training_iteration", 1)))
-            self.finished.append(trial.config["key"])
+            self.finished.append(self._key(trial))
         else:
             metrics = {k: v for k, v in numeric(result).items() if not _is_ray_key(k) and k != "epoch"}
             self.tracker.log_metrics(run_id, metrics, step=int(result["epoch"]))
@@ -70,7 +77,14 @@ class MlflowWriter(tune.Callback):
         if trial.error_file and os.path.exists(trial.error_file):
             err = Path(trial.error_file).read_text()
         self.tracker.fail_child(self._run_id(trial), err or "trial raised (no error file)")
-        self.failed.append(trial.config["key"])
+        self.failed.append(self._key(trial))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        key = self._key(trial)
+        if key not in self.finished and key not in self.failed:  # stopped early by a scheduler (ASHA)
+            self.tracker.client.set_tag(self.run_ids[key], "stopped_early", "true")
+            self.tracker.client.set_terminated(self.run_ids[key], "KILLED")
+            self.failed.append(key)
 
     def abort(self, error: str) -> None:
         """Tune itself raised: close every started trial that has no outcome yet as FAILED."""
@@ -89,16 +103,29 @@ def _is_ray_key(k: str) -> bool:
     return k in _RAY_KEYS or k.startswith("config/")
 
 
-def run_trials(specs: list[TrialSpec], tracker: Tracker, exp_id: str, parent_id: str, chash: dict[str, str],
-               address: str | None, storage: Path, verbose: int = 1) -> MlflowWriter:
-    """Launch ``specs`` as Ray Tune trials; returns the writer with finished/failed keys."""
+def _init_ray(address: str | None, verbose: int) -> None:
     env = {"HARNESS_CACHE": os.environ.get("HARNESS_CACHE", str(Path.home() / ".cache" / "harness")),
-           "RAY_CHDIR_TO_TRIAL_DIR": "0", "PYTHONWARNINGS": "ignore", "KINETO_LOG_LEVEL": "5"}
+           "RAY_CHDIR_TO_TRIAL_DIR": "0", "PYTHONWARNINGS": "ignore", "KINETO_LOG_LEVEL": "5",
+           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
                  runtime_env={"env_vars": env}, log_to_driver=verbose > 1)
+
+
+def _report_trial(spec: TrialSpec) -> None:
+    final = run_trial(spec, report=lambda m, epoch: tune.report({**numeric(m), "epoch": epoch}))
+    per_case = final.pop("per_case", [])
+    tune.report({**numeric(final), "final": 1, "per_case_json": json.dumps(per_case),
+                 "strings_json": json.dumps({k: v for k, v in final.items() if isinstance(v, str)})})
+
+
+def run_trials(specs: list[TrialSpec], tracker: Tracker, exp_id: str, parent_id: str, chash: dict[str, str],
+               address: str | None, storage: Path, verbose: int = 1) -> MlflowWriter:
+    """Launch ``specs`` as Ray Tune trials; returns the writer with finished/failed keys."""
+    _init_ray(address, verbose)
     res = specs[0].resources
-    writer = MlflowWriter(tracker, exp_id, parent_id, {s.key: s for s in specs}, chash)
+    by_key = {s.key: s for s in specs}
+    writer = MlflowWriter(tracker, exp_id, parent_id, lambda t: (by_key[t.config["key"]], chash[t.config["key"]]))
     # Trials carry only their key; the specs travel once through Ray's object store.
     trainable = tune.with_resources(tune.with_parameters(_trainable, specs={s.key: s.model_dump() for s in specs}),
                                     {"cpu": res.cpu, "gpu": res.gpu})
@@ -118,6 +145,53 @@ def run_trials(specs: list[TrialSpec], tracker: Tracker, exp_id: str, parent_id:
     try:
         tuner.fit()
     except Exception as e:  # noqa: BLE001  e.g. Ray's OOM killer hitting a trial actor while it starts
+        writer.abort(f"{type(e).__name__}: {e}")
+        writer.crashed = True
+    return writer
+
+
+def run_search_trials(path, space, study, storage, n: int, tracker: Tracker, exp_id: str, parent_id: str,
+                      address: str | None, storage_dir: Path, verbose: int = 1) -> MlflowWriter:
+    """Run ``n`` more trials of an Optuna study through Ray Tune's OptunaSearch."""
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from harness.config import config_hash
+
+    _init_ray(address, verbose)
+    # Per-epoch results carry the loss (and Dice on validation epochs); cost arrives with the final one.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    cfg = space.cfg
+    metrics = [o.metric for o in cfg.objectives]
+    modes = [o.mode for o in cfg.objectives]
+    single = len(metrics) == 1
+    searcher = OptunaSearch(space=space.define_by_run, metric=metrics[0] if single else metrics,
+                            mode=modes[0] if single else modes, sampler=study.sampler, study_name=cfg.name,
+                            storage=storage)
+
+    def spec_for(trial):
+        spec = space.spec_for(trial.config, f"trial_{trial.trial_id}")
+        return spec, config_hash(spec.model_dump())
+
+    writer = MlflowWriter(tracker, exp_id, parent_id, spec_for)
+    res = space.study.resources
+    base = space.spec_for(space.cfg_default())
+    scheduler = ASHAScheduler(metric=metrics[0], mode=modes[0], max_t=base.train.epochs + 1,
+                              grace_period=1) if cfg.scheduler == "asha" else None
+    trainable = tune.with_resources(tune.with_parameters(_search_trainable, space_path=str(Path(path).resolve())),
+                                    {"cpu": res.cpu, "gpu": res.gpu})
+    reporter = tune.CLIReporter(metric_columns={m: m for m in metrics}, max_report_frequency=15)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=n),
+        run_config=tune.RunConfig(
+            name=f"search-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage_dir.resolve()),
+            callbacks=[writer], verbose=verbose, progress_reporter=reporter,
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
+    )
+    try:
+        tuner.fit()
+    except Exception as e:  # noqa: BLE001  see run_trials
         writer.abort(f"{type(e).__name__}: {e}")
         writer.crashed = True
     return writer

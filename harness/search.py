@@ -1,0 +1,285 @@
+"""``harness search``: NAS-style search over a study's axes (Optuna through Ray Tune).
+
+A search space (``search_spaces/*.yaml``) names a base study (data, model, training,
+scales) and the knobs to search, with plain distributions. Constraints are met by
+construction: a ``groups.<stage>`` knob offers only the spatial groups that divide
+that stage's feature size at the search's patch. The Optuna study lives in a
+JournalStorage file (or an RDB URL), so a search resumes and can be shared; every
+trial is also an MLflow child run. Results: the Pareto set as a table and a plot, and
+each Pareto point as a ready study variant for ``harness run``.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from harness.config import (ConfigError, StudyCfg, TrialSpec, VariantCfg, _fmt_validation, _Strict, config_hash,
+                            load_study, resolve_variant)
+
+
+class Knob(_Strict):
+    choice: Optional[list[Any]] = None
+    uniform: Optional[tuple[float, float]] = None
+    loguniform: Optional[tuple[float, float]] = None
+    values: Optional[list[int]] = None  # groups.<stage>: per-axis group counts to combine (valid ones only)
+    integer: Optional[tuple[int, int]] = Field(None, alias="int")
+
+    @model_validator(mode="after")
+    def _one(self):
+        given = [k for k in ("choice", "uniform", "loguniform", "integer", "values") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of choice, uniform, loguniform, int, values (got {given or 'none'})")
+        return self
+
+
+class Objective(_Strict):
+    metric: str
+    mode: Literal["max", "min"]
+
+
+class SamplerCfg(_Strict):
+    name: Literal["nsga2", "tpe", "random"] = "nsga2"
+    seed: int = 0
+    population_size: int = Field(8, ge=2)  # NSGA-II generation size
+
+
+class SearchCfg(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    study: str  # base study, relative to this file
+    scale: Literal["smoke", "paper"] = "smoke"
+    knobs: dict[str, Knob]
+    objectives: list[Objective] = Field(min_length=1)
+    sampler: SamplerCfg = Field(default_factory=SamplerCfg)
+    scheduler: Literal["none", "asha"] = "none"  # ASHA only for a single objective
+    storage: Optional[str] = None  # journal file or RDB URL; default: optuna/<name>.journal beside mlflow.db
+    trials: int = Field(12, ge=1)
+
+    @model_validator(mode="after")
+    def _asha_single(self):
+        if self.scheduler == "asha" and len(self.objectives) > 1:
+            raise ValueError("scheduler: asha needs a single objective")
+        return self
+
+
+def _enc(v: Any) -> Any:
+    """Optuna categorical values must be primitives: lists travel as JSON strings."""
+    return json.dumps(v) if isinstance(v, (list, tuple, dict)) else v
+
+
+def _dec(v: Any) -> Any:
+    if isinstance(v, str) and v[:1] in "[{":
+        return json.loads(v)
+    return v
+
+
+class Space:
+    """A validated search space bound to its base study and scale."""
+
+    def __init__(self, path: str | Path):
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"search space: file {str(path)!r} does not exist")
+        try:
+            raw = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: malformed YAML: {e}") from None
+        try:
+            self.cfg = SearchCfg.model_validate(raw)
+        except ValidationError as e:
+            raise ConfigError(_fmt_validation(e, str(p)).replace("invalid study", "invalid search space")) from None
+        self.study: StudyCfg = load_study(p.parent / self.cfg.study)
+        self.base_params = {**self.study.model.params, **self.study.scales[self.cfg.scale].model}
+        self.choices: dict[str, list[Any]] = {}
+        probe = resolve_variant(self.study, self.cfg.scale, VariantCfg(name="probe"))[0]
+        self.patch = probe.train.patch
+        n_stages = len(self.base_params.get("widths", [0] * 5))
+        for name, knob in self.cfg.knobs.items():
+            if name.startswith("groups."):
+                stage = int(name.split(".", 1)[1])
+                if not 0 <= stage < n_stages:
+                    raise ConfigError(f"knobs.{name}: stage {stage} does not exist (0..{n_stages - 1})")
+                size = [s // 2**stage for s in self.patch]
+                opts = [list(g) for g in itertools.product(*[knob.values] * 3)] if knob.values else knob.choice
+                valid = [g for g in opts if all(n % gi == 0 for n, gi in zip(size, g))]
+                bad = [g for g in (knob.choice or []) if g not in valid]
+                if bad:
+                    raise ConfigError(f"knobs.{name}: groups {bad} do not divide stage {stage + 1}'s feature size "
+                                      f"{tuple(size)} at patch {self.patch}; allowed: divisors of each axis")
+                if not valid:
+                    raise ConfigError(f"knobs.{name}: no combination of {knob.values} divides {tuple(size)}")
+                self.choices[name] = valid
+            elif knob.values is not None:
+                raise ConfigError(f"knobs.{name}: 'values' is only for groups.<stage> knobs")
+            elif knob.choice is not None:
+                self.choices[name] = knob.choice
+        for o in self.cfg.objectives:
+            if o.metric not in ("mean_dice", "gmacs", "params", "latency_ns_per_voxel", "peak_mem_mb",
+                                "macs_per_voxel", "mean_hd95") and not o.metric.startswith(("dice_", "hd95_")):
+                raise ConfigError(f"objectives: unknown metric {o.metric!r}")
+        self.spec_for(self.cfg_default())  # the base point must build
+
+    def cfg_default(self) -> dict[str, Any]:
+        out = {}
+        for name, knob in self.cfg.knobs.items():
+            if name in self.choices:
+                out[name] = _enc(self.choices[name][0])
+            else:
+                lo, hi = knob.uniform or knob.loguniform or knob.integer
+                out[name] = lo
+        return out
+
+    def define_by_run(self, trial) -> None:
+        for name, knob in self.cfg.knobs.items():
+            if name in self.choices:
+                trial.suggest_categorical(name, [_enc(c) for c in self.choices[name]])
+            elif knob.uniform:
+                trial.suggest_float(name, *knob.uniform)
+            elif knob.loguniform:
+                trial.suggest_float(name, *knob.loguniform, log=True)
+            else:
+                trial.suggest_int(name, *knob.integer)
+
+    def params(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Sampled knobs -> model parameters (``groups.<i>`` set stage i of the groups list)."""
+        params: dict[str, Any] = {}
+        groups = [list(g) for g in self.base_params.get("groups") or [[1, 1, 1]] * len(
+            self.base_params.get("widths", [0] * 5))]
+        for name in self.cfg.knobs:
+            v = _dec(config[name])
+            if name.startswith("groups."):
+                groups[int(name.split(".", 1)[1])] = v
+                params["groups"] = groups
+            else:
+                params[name] = v
+        return params
+
+    def spec_for(self, config: dict[str, Any], name: str = "default") -> TrialSpec:
+        return resolve_variant(self.study, self.cfg.scale, VariantCfg(name=name, params=self.params(config)))[0]
+
+
+def _sampler(cfg: SamplerCfg, multi: bool):
+    import optuna
+
+    # Pinned explicitly: Optuna 5 changed the default multi-objective sampler.
+    if cfg.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=cfg.seed, population_size=cfg.population_size)
+    if cfg.name == "tpe":
+        return optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True)
+    return optuna.samplers.RandomSampler(seed=cfg.seed)
+
+
+def _storage(url: str):
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    if "://" in url:
+        return optuna.storages.RDBStorage(url)
+    Path(url).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(url))
+
+
+def run_search(path: str, trials: int | None, address: str | None, resume: bool, tracking_uri: str | None,
+               reports: Path = Path("reports"), verbose: int = 1) -> int:
+    """Launch (or resume) the search, then write the Pareto table, plot and exported variants."""
+    import optuna
+    from rich.console import Console
+
+    console = Console()
+    space = Space(path)  # all validation before anything is written
+    cfg = space.cfg
+    n_total = trials or cfg.trials
+    from harness.tracking import Tracker
+
+    tracker = Tracker(tracking_uri)
+    db_dir = Path(tracker.uri[len("sqlite:///"):]).parent if tracker.uri.startswith("sqlite:///") else Path(".")
+    storage_url = cfg.storage or str(db_dir / "optuna" / f"{cfg.name}.journal")
+    storage = _storage(storage_url)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    if cfg.name in names and not resume:
+        raise ConfigError(f"search {cfg.name!r} already exists in {storage_url}; pass --resume to continue it, "
+                          f"or remove the storage to start afresh")
+    directions = ["maximize" if o.mode == "max" else "minimize" for o in cfg.objectives]
+    study = optuna.create_study(study_name=cfg.name, storage=storage, directions=directions,
+                                sampler=_sampler(cfg.sampler, len(directions) > 1), load_if_exists=True)
+    for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING]):
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # its process died: never completed
+    done = len(study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE]))
+    todo = max(0, n_total - done)
+    console.print(f"search {cfg.name}: {done} trials complete in {storage_url}, {todo} to run.")
+
+    exp_id = tracker.experiment(f"search-{cfg.name}")
+    chash = config_hash(cfg.model_dump())
+    parent = tracker.find_parent(exp_id, cfg.scale, chash)
+    if parent is not None:
+        parent_id = parent.info.run_id
+        for run in tracker.children(exp_id, parent_id):
+            if run.info.status == "RUNNING":
+                tracker.client.set_terminated(run.info.run_id, "KILLED")
+        tracker.client.update_run(parent_id, status="RUNNING")
+    else:
+        parent_id = tracker.start_parent(exp_id, f"search-{cfg.name}", cfg.scale, chash,
+                                         {"search_file": str(path), "base_study": space.study.name})
+    if todo:
+        from harness.tune import run_search_trials
+
+        run_search_trials(path, space, study, storage, todo, tracker, exp_id, parent_id, address,
+                          db_dir / "ray_results", verbose)
+    tracker.client.set_terminated(parent_id, "FINISHED")
+    out = write_pareto(space, optuna.load_study(study_name=cfg.name, storage=storage), reports / cfg.name)
+    console.print(f"Pareto set: {out}/pareto.md; variants to train: {out}/pareto_variants.yaml")
+    return 0
+
+
+def write_pareto(space: Space, study, out: Path) -> Path:
+    """All complete trials (CSV), the Pareto set (Markdown), a plot, and the Pareto points as variants."""
+    import optuna
+    import pandas as pd
+
+    out.mkdir(parents=True, exist_ok=True)
+    objs = [o.metric for o in space.cfg.objectives]
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE]):
+        rows.append({"trial": t.number, **dict(zip(objs, t.values)), **{k: _dec(v) for k, v in t.params.items()}})
+    df = pd.DataFrame(rows)
+    df.to_csv(out / "trials.csv", index=False)
+    best = {t.number for t in study.best_trials} if rows else set()
+    front = df[df.trial.isin(best)].sort_values(objs[-1]) if rows else df
+    (out / "pareto.md").write_text(
+        f"# Pareto set of search {space.cfg.name}\n\nBase study `{space.study.name}` at scale "
+        f"`{space.cfg.scale}`; objectives: "
+        + ", ".join(f"{o.mode} {o.metric}" for o in space.cfg.objectives)
+        + f"; sampler {space.cfg.sampler.name} (seed {space.cfg.sampler.seed}); {len(df)} complete trials.\n\n"
+        + (front.astype(str).to_markdown(index=False) if rows else "No complete trial yet.") + "\n")
+    variants = [{"name": f"search_{space.cfg.name}_t{int(r['trial']):03d}",
+                 "params": space.params({k: _enc(r[k]) for k in space.cfg.knobs}),
+                 "tags": {"source": f"search {space.cfg.name} trial {int(r['trial'])}"}}
+                for r in front.to_dict("records")] if rows else []
+    (out / "pareto_variants.yaml").write_text(
+        f"# Pareto points of search {space.cfg.name}: paste under `variants:` of {space.cfg.study}\n"
+        "# (or a copy of it) and train at full scale with `harness run STUDY --scale paper`.\n"
+        + yaml.safe_dump({"variants": variants}, sort_keys=False, default_flow_style=None))
+    if rows and len(objs) >= 2:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import seaborn as sns
+
+        x, y = objs[1], objs[0]
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        sns.scatterplot(data=df, x=x, y=y, ax=ax, color="0.6", label="trials")
+        f2 = front.sort_values(x)
+        ax.step(f2[x], f2[y], where="post", color="C3", label="Pareto front")
+        sns.scatterplot(data=f2, x=x, y=y, ax=ax, color="C3")
+        for r in f2.to_dict("records"):
+            ax.annotate(f"t{int(r['trial'])}", (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_title(f"search {space.cfg.name}")
+        fig.tight_layout()
+        fig.savefig(out / "pareto.png", dpi=110)
+        plt.close(fig)
+    return out
