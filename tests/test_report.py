@@ -7,7 +7,11 @@ import yaml
 
 from harness.cli import main
 from harness.config import StudyCfg, load_study, resolve
-from harness.report import StudyRuns, layout_table, paired_test, pareto_front, summarise, verify
+from harness.cost import cost_report
+from harness.data import build_task
+from harness.models import build_model
+from harness.report import StudyRuns, check_pinned, layout_table, paired_test, pareto_front, summarise, verify
+from test_config import STUDIES
 from harness.tracking import Tracker
 
 GRID = {
@@ -79,6 +83,31 @@ def test_verify_flags_pinned_numbers_outside_tolerance():
     (problem,) = verify(StudyRuns(study, "smoke", trials([("fcn", 0, 75.0, 2000)])))
     assert "fcn params: ours 2,000 vs paper 1,000 ± 10 (gap +1,000)" in problem
     assert "no finished run" in verify(StudyRuns(study, "smoke", trials([("A-CSC", 0, 75.0, 1)])))[0]
+    declared = StudyCfg.model_validate({**GRID, "expected": {"fcn": {"params": {
+        "value": 1000, "tol": 10, "known_gap": True, "note": "supplement missing"}}}})
+    runs = StudyRuns(declared, "smoke", trials([("fcn", 0, 75.0, 2000)]))
+    assert verify(runs) == [] and check_pinned(runs)[0][0] == "known gap" and "supplement missing" in check_pinned(runs)[0][1]
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
+def test_pinned_numbers_of_every_study_hold_or_are_declared_gaps(path):
+    # Pinned numbers are costs; measure them at the study's paper-scale cost input without training.
+    study = load_study(path)
+    pinned = {v for v, ms in study.expected.items() if any(not isinstance(e, (int, float)) and e.tol is not None
+                                                           for e in ms.values())}
+    if not pinned:
+        pytest.skip("no pinned numbers")
+    rows = []
+    for spec in resolve(study, "paper"):
+        if spec.variant in pinned:
+            task = build_task(spec.data.dataset, **spec.data.params)
+            model = build_model(spec.model.name, in_channels=task.in_channels, out_channels=len(task.regions),
+                                **spec.model.params)
+            shape = spec.cost.input or [1, task.in_channels, *spec.train.patch]
+            rows.append({"variant": spec.variant, "seed": spec.seed, **cost_report(model, shape, latency=False)})
+    runs = StudyRuns(study, "paper", pd.DataFrame(rows))
+    assert verify(runs) == [], verify(runs)
+    assert all(status in ("ok", "known gap") for status, _ in check_pinned(runs))
 
 
 def test_report_from_mlflow_runs_end_to_end(tmp_path, monkeypatch, capsys):

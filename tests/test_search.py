@@ -1,0 +1,86 @@
+"""Search spaces: valid-only group choices, clear errors, and a tiny search end to end with resume."""
+import optuna
+import pytest
+import yaml
+
+from harness.cli import main
+from harness.config import ConfigError, ModelCfg, check_model
+from harness.search import Space
+from harness.tracking import Tracker
+
+BASE = {
+    "name": "tiny_base", "paper": "gsp_conv", "title": "tiny",
+    "data": {"dataset": "synthetic_organ", "params": {"n_cases": 4, "shape": [16, 32, 32]}},
+    "model": {"name": "gsp_unet", "params": {"conv": "pointwise", "widths": [4, 4, 8, 8, 8], "insert": "CSC",
+                                             "groups": [[1, 1, 1]] * 5}},
+    "variants": [{"name": "pw"}],
+    "train": {"patch": [16, 32, 32], "epochs": 1, "steps_per_epoch": 2, "batch_size": 2},
+    "cost": {"latency_runs": 1},
+    "scales": {"smoke": {}, "paper": {}},
+}
+SPACE = {
+    "name": "tiny", "study": "base.yaml", "scale": "smoke",
+    "knobs": {"insert": {"choice": ["CSC", "CCS"]}, "shift_ratio": {"uniform": [0.25, 1.0]},
+              "groups.0": {"values": [1, 2, 4]}, "groups.4": {"values": [1, 2, 4]},
+              "widths": {"choice": [[4, 4, 8, 8, 8], [4, 8, 16, 16, 16]]}},
+    "objectives": [{"metric": "mean_dice", "mode": "max"}, {"metric": "gmacs", "mode": "min"}],
+    "sampler": {"name": "nsga2", "seed": 0, "population_size": 2},
+    "trials": 3,
+}
+
+
+def write(tmp_path, space=SPACE):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE, sort_keys=False))
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
+    return tmp_path / "space.yaml"
+
+
+def test_group_knobs_offer_only_valid_choices(tmp_path):
+    space = Space(write(tmp_path))
+    assert len(space.choices["groups.0"]) == 27  # stage 1 is 16x32x32: 1, 2, 4 divide every axis
+    assert sorted(space.choices["groups.4"]) == [[1, 1, 1], [1, 1, 2], [1, 2, 1], [1, 2, 2]]  # stage 5 is 1x2x2
+    params = space.params({"insert": "CCS", "shift_ratio": 0.5, "groups.0": "[2, 4, 1]", "groups.4": "[1, 2, 2]",
+                           "widths": "[4, 8, 16, 16, 16]"})
+    assert params["groups"] == [[2, 4, 1], [1, 1, 1], [1, 1, 1], [1, 1, 1], [1, 2, 2]]
+    assert params["widths"] == [4, 8, 16, 16, 16] and params["insert"] == "CCS"
+
+
+@pytest.mark.parametrize("knobs,objectives,message", [
+    ({"groups.4": {"choice": [[1, 2, 2], [2, 2, 2]]}}, None, "knobs.groups.4: groups [[2, 2, 2]] do not divide stage 5"),
+    ({"groups.9": {"values": [1, 2]}}, None, "knobs.groups.9: stage 9 does not exist"),
+    ({"insrt": {"choice": ["CSC"]}}, None, "unknown parameter of model 'gsp_unet' 'insrt'. Did you mean 'insert'"),
+    ({"insert": {"choice": ["CSC"], "uniform": [0, 1]}}, None, "give exactly one of"),
+    ({"insert": {"choice": ["CSC"]}}, [{"metric": "dice", "mode": "max"}], "objectives: unknown metric 'dice'"),
+])
+def test_bad_space_is_a_clear_error(tmp_path, knobs, objectives, message):
+    space = {**SPACE, "knobs": knobs, **({"objectives": objectives} if objectives else {})}
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
+        Space(write(tmp_path, space))
+
+
+@pytest.mark.slow
+def test_tiny_search_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path)
+    assert main(["search", str(path), "-v", "0"]) == 0
+    assert main(["search", str(path), "-v", "0"]) == 2  # exists: needs --resume
+    assert "pass --resume" in capsys.readouterr().err
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna" / "tiny.journal")))
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert len(study.get_trials(states=[optuna.trial.TrialState.COMPLETE])) == 3
+    study.ask()  # a trial left RUNNING, as by a killed search
+    assert main(["search", str(path), "--trials", "4", "--resume", "-v", "0"]) == 0
+    assert "3 trials complete" in capsys.readouterr().out
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    states = [t.state for t in study.get_trials()]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 4 and optuna.trial.TrialState.RUNNING not in states
+    client = Tracker().client
+    exp = client.get_experiment_by_name("harness/search-tiny")
+    runs = client.search_runs([exp.experiment_id], "tags.harness_role = 'trial'")
+    assert sum(r.info.status == "FINISHED" for r in runs) == 4 and all("gmacs" in r.data.metrics for r in runs)
+    out = tmp_path / "reports" / "tiny"
+    assert (out / "pareto.png").exists() and "Pareto set of search tiny" in (out / "pareto.md").read_text()
+    variants = yaml.safe_load((out / "pareto_variants.yaml").read_text())["variants"]
+    assert variants and len(variants) == len(study.best_trials)
+    for v in variants:  # each exported Pareto point is a ready variant of the base study
+        check_model(ModelCfg(name="gsp_unet", params={**BASE["model"]["params"], **v["params"]}), [16, 32, 32], v["name"])
