@@ -89,6 +89,7 @@ class ScaleCfg(_Strict):
 
 class VariantCfg(_Strict):
     name: str
+    model: Optional[str] = None  # another registered model than the study's (families side by side)
     params: dict[str, Any] = Field(default_factory=dict)  # model parameters
     train: dict[str, Any] = Field(default_factory=dict)  # training overrides (e.g. a loss ablation)
     tags: dict[str, str] = Field(default_factory=dict)
@@ -115,6 +116,7 @@ class StudyCfg(_Strict):
     resources: ResourcesCfg = Field(default_factory=ResourcesCfg)
     seeds: int = Field(1, ge=1)
     scales: dict[Literal["smoke", "paper"], ScaleCfg]
+    landscape: bool = False  # add every registered model's ``landscape`` variants (efficiency landscape)
     expected: dict[str, dict[str, ExpectedValue | float]] = Field(default_factory=dict)
     layout: dict[str, Any] = Field(default_factory=dict)  # the paper table's rows/columns (report)
 
@@ -123,7 +125,7 @@ class StudyCfg(_Strict):
         missing = {"smoke", "paper"} - set(self.scales)
         if missing:
             raise ValueError(f"scales: missing {sorted(missing)}; every study needs 'smoke' and 'paper'")
-        if not self.variants and not self.grid:
+        if not self.variants and not self.grid and not self.landscape:
             raise ValueError("variants/grid: a study needs at least one variant")
         return self
 
@@ -160,7 +162,7 @@ def _fmt_validation(err: ValidationError, source: str) -> str:
             msg = "unknown key"
         elif e["type"] == "missing":
             msg = "required field is missing"
-        val = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
+        val = "" if e["type"] == "missing" or not e["loc"] else f" (got {e.get('input')!r})"
         lines.append(f"  {loc}: {msg}{val}")
     return "\n".join(lines)
 
@@ -206,6 +208,12 @@ def variants(study: StudyCfg) -> list[VariantCfg]:
                 params = _merge(params, p)
             out.append(VariantCfg(name="-".join(label for label, _ in combo), params=params, train=train,
                                   tags={a: label for a, (label, _) in zip(axes, combo)}))
+    if study.landscape:
+        # Every registered family joins by registration alone, through its class's ``landscape`` dict.
+        for model_name in MODELS.names():
+            for label, params in getattr(MODELS.get(model_name), "landscape", {"default": {}}).items():
+                out.append(VariantCfg(name=f"{model_name}.{label}", model=model_name, params=params,
+                                      tags={"family": model_name, "config": label}))
     names = [v.name for v in out]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -238,8 +246,15 @@ def resolve_variant(study: StudyCfg, scale: str, v: VariantCfg, seeds: int = 1) 
         train = TrainCfg.model_validate(_merge(base_train, v.train))
     except ValidationError as e:
         raise ConfigError(_fmt_validation(e, f"variant {v.name!r} train")) from None
-    model = ModelCfg(name=study.model.name,
-                     params=_merge(_merge(study.model.params, study.scales[scale].model), v.params))
+    if v.model is None or v.model == study.model.name:
+        model = ModelCfg(name=study.model.name,
+                         params=_merge(_merge(study.model.params, study.scales[scale].model), v.params))
+    else:  # another family: the study's model parameters are not its parameters
+        try:
+            MODELS.get(v.model, field=f"variant {v.name!r}: model")
+        except UnknownNameError as e:
+            raise ConfigError(str(e)) from None
+        model = ModelCfg(name=v.model, params=v.params)
     check_model(model, train.patch, f"variant {v.name!r}")
     return [TrialSpec(study=study.name, scale=scale, key=f"{v.name}#s{s}", variant=v.name, tags=v.tags, seed=s,
                       data=data, model=model, train=train, cost=cost, resources=study.resources)

@@ -192,7 +192,12 @@ def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
             delta.append(_fmt(s.mean - exp) if s is not None and s.n and not math.isnan(exp) else "—")
         table[f"{c} ours"], table[f"{c} paper"], table[f"{c} Δ"] = ours, paper, delta
     best = lay.get("best")
-    if best:
+    if isinstance(best, dict):  # per column: {metric: max | min}, e.g. Dice up, cost down
+        for c, how in best.items():
+            if c in means and means[c].notna().any():
+                r = means[c].astype(float).idxmax() if how == "max" else means[c].astype(float).idxmin()
+                table.loc[r, f"{c} ours"] = f"**{table.loc[r, f'{c} ours']}**"
+    elif best:
         how, _, axis = best.partition("_per_")
         along = 0 if axis == "column" else 1
         found = means.dropna(how="all", axis=1 - along)  # idxmax refuses all-missing columns/rows

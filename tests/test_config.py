@@ -42,7 +42,7 @@ def test_shipped_studies_validate(study, scale):
     s = load_study(study)
     specs = resolve(s, scale)
     assert specs and len({t.key for t in specs}) == len(specs)
-    assert s.expected, "every study carries the paper's numbers"
+    assert s.expected or s.landscape, "every paper study carries the paper's numbers"
 
 
 def test_grid_expands_to_product_with_tags():
@@ -103,3 +103,24 @@ def test_resolve_applies_scale_then_variant(tmp_path):
     assert specs[2].train.lr == 0.5 and specs[2].model.params["widths"] == [2, 2, 2, 2, 2]
     with pytest.raises(ConfigError, match="--scale"):
         resolve(load_study(write(tmp_path, study)), "medium")
+
+
+def test_landscape_study_takes_every_registered_family(monkeypatch):
+    from torch import nn
+
+    from harness.registry import MODELS
+
+    class Tiny(nn.Module):  # a family "added later": one registration, nothing else
+        landscape = {"small": {"width": 2}}
+
+        def __init__(self, in_channels=1, out_channels=1, width=4):
+            super().__init__()
+            self.conv = nn.Conv3d(in_channels, out_channels, 1)
+
+    monkeypatch.setitem(MODELS._items, "tiny_family", Tiny)
+    study = load_study(Path(__file__).parents[1] / "studies" / "landscape_organ.yaml")
+    specs = {s.variant: s for s in resolve(study, "smoke")}
+    assert {"gsp_unet.fcn3d", "gsp_unet.pointwise", "gsp_unet.csc_dec", "tiny_family.small"} <= set(specs)
+    assert specs["tiny_family.small"].model.name == "tiny_family"
+    assert specs["tiny_family.small"].model.params == {"width": 2}
+    assert specs["tiny_family.small"].tags == {"family": "tiny_family", "config": "small"}

@@ -73,6 +73,14 @@ class GSPUNet(nn.Module):
     """
 
     default_input_size = (16, 32, 32)  # smallest useful (D, H, W) for the default 5 stages (timm-style metadata)
+    # Configurations in the efficiency landscape (``landscape: true`` studies); groups fit any
+    # patch divisible by 32 (stage 5 at 1/16 is then even along every axis).
+    landscape = {
+        "fcn3d": {"conv": "conv3"},
+        "pointwise": {"conv": "pointwise"},
+        "csc_dec": {"conv": "pointwise", "insert": "CSC", "gs_in": "decoder",
+                    "groups": [[2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]]},
+    }
 
     def __init__(self, in_channels: int = 4, out_channels: int = 3, widths: Sequence[int] = (16, 32, 64, 128, 256),
                  conv: str = "pointwise", insert: str | None = None, groups: Sequence[Sequence[int]] | None = None,
