@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,7 +171,8 @@ def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
     table = pd.DataFrame(index=row_labels)
     for label, path in lay.get("row_params", {}).items():
         first = {cell_variant(v)[0]: v for v in reversed(vs)}
-        table[label] = [str(_param(first[r], study, path)) if r in first else "" for r in row_labels]
+        vals = [_param(first[r], study, path) if r in first else None for r in row_labels]
+        table[label] = ["" if v is None else str(v) for v in vals]
     for c in col_labels:
         ours, paper, delta = [], [], []
         for r in row_labels:
@@ -347,10 +349,12 @@ def _write_table(table: pd.DataFrame, out: Path, stem: str, formats: list[str]) 
         (out / f"{stem}.md").write_text(flat.to_markdown(index=False) + "\n")
         written.append(f"{stem}.md")
     if "html" in formats:
-        (out / f"{stem}.html").write_text(flat.to_html(index=False, escape=False).replace("**", ""))
+        html = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", flat.to_html(index=False, escape=True))
+        (out / f"{stem}.html").write_text(f"<html><head><meta charset='utf-8'></head><body>{html}</body></html>\n")
         written.append(f"{stem}.html")
     if "tex" in formats:
-        (out / f"{stem}.tex").write_text(flat.to_latex(index=False).replace("**", ""))
+        tex = re.sub(r"\*\*(.+?)\*\*", r"\\textbf{\1}", flat.to_latex(index=False).replace("±", "$\\pm$"))
+        (out / f"{stem}.tex").write_text(tex)
         written.append(f"{stem}.tex")
     if "csv" in formats:
         flat.to_csv(out / f"{stem}.csv", index=False)
