@@ -125,6 +125,6 @@ def run_bench(out: Path, quick: bool = False) -> int:
               "| device | patch | batch | harness s/step | bare s/step | throughput ratio (median of pairs) |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['device']} | {r['patch']} | {r['batch']} | {r['harness_step_s']:.4f} | {r['bare_step_s']:.4f} | "
               f"**{r['throughput_ratio']:.3f}** |" for r in result["train_step"]]
-    (out / "bench.md").write_text("\n".join(lines) + "\n")
+    (out / "README.md").write_text("\n".join(lines) + "\n")
     console.print("\n".join(lines))
     return 0

@@ -135,12 +135,22 @@ def _param(v: VariantCfg, study: StudyCfg, path: str) -> Any:
     return tuple(node) if isinstance(node, list) else node
 
 
-def _fmt(x: float, digits: int = 1) -> str:
+def _fmt(x: float) -> str:
+    """Ours: one decimal for percentages and distances, two below 10, thousands separators above 1e4."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"
     if abs(x) >= 1e4:
         return f"{x:,.0f}"
-    return f"{x:.{digits}f}" if abs(x) >= 0.1 or x == 0 else f"{x:.3g}"
+    if abs(x) >= 10 or x == 0:
+        return f"{x:.1f}"
+    return f"{x:.2f}" if abs(x) >= 0.01 else f"{x:.3g}"
+
+
+def _fmt_paper(x: float) -> str:
+    """The paper's numbers exactly as printed (no rounding)."""
+    if isinstance(x, float) and math.isnan(x):
+        return "—"
+    return f"{x:,.0f}" if abs(x) >= 1e4 else f"{x:g}"
 
 
 def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
@@ -184,15 +194,19 @@ def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
             s = by.get((v.name, m))
             exp, _ = _expected(study, v.name, m)
             if s is None or s.n == 0:
-                status = "failed" if any(k.startswith(f"{v.name}#") for k in runs.failed) else "no run"
+                ran = not runs.trials.empty and (runs.trials.variant == v.name).any()
+                status = ("undefined: empty masks" if ran else
+                          "failed" if any(k.startswith(f"{v.name}#") for k in runs.failed) else "no run")
                 ours.append(f"— ({status})")
                 notes.append(f"{v.name} / {m}: {status}")
             else:
                 ours.append(_fmt(s.mean) + (f" ± {_fmt(s.std)}" if s.n > 1 else "") + (f" (n={s.n})" if s.n > 1 else ""))
                 means.loc[r, c] = s.mean
-            paper.append(_fmt(exp))
+            paper.append(_fmt_paper(exp))
             delta.append(_fmt(s.mean - exp) if s is not None and s.n and not math.isnan(exp) else "—")
-        table[f"{c} ours"], table[f"{c} paper"], table[f"{c} Δ"] = ours, paper, delta
+        table[f"{c} ours"] = ours
+        if any(p not in ("", "—") for p in paper):  # a column the paper has no number for shows ours only
+            table[f"{c} paper"], table[f"{c} Δ"] = paper, delta
     best = lay.get("best")
     if isinstance(best, dict):  # per column: {metric: max | min}, e.g. Dice up, cost down
         for c, how in best.items():
@@ -247,8 +261,8 @@ def check_pinned(runs: StudyRuns) -> list[tuple[str, str]]:
             if got.empty:
                 out.append(("missing", f"{variant} {metric}: no finished run to check (paper {e.value} ± {e.tol})"))
                 continue
-            msg = (f"{variant} {metric}: ours {got.mean():,.4g} vs paper {e.value:,.4g} ± {e.tol:,.4g} "
-                   f"(gap {got.mean() - e.value:+,.4g})" + (f"; {e.note}" if e.note else ""))
+            msg = (f"{variant} {metric}: ours {got.mean():,.6g} vs paper {e.value:,.6g} ± {e.tol:,.6g} "
+                   f"(gap {got.mean() - e.value:+,.6g})" + (f"; {e.note}" if e.note else ""))
             if abs(got.mean() - e.value) <= e.tol:
                 out.append(("ok", msg))
             else:

@@ -43,4 +43,4 @@ def test_bench_writes_ratios(tmp_path):
     res = json.loads((tmp_path / "bench.json").read_text())
     assert [r["groups"] for r in res["group_shift"]][:3] == [[2, 2, 2], [1, 4, 4], [1, 8, 8]]
     assert all(r["ratio"] > 0 for r in res["group_shift"]) and res["train_step"][0]["throughput_ratio"] > 0
-    assert "Group Shift forward / x.clone()" in (tmp_path / "bench.md").read_text()
+    assert "Group Shift forward / x.clone()" in (tmp_path / "README.md").read_text()

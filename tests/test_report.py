@@ -42,10 +42,10 @@ def test_layout_engine_pivots_into_the_papers_table():
     assert list(table.index) == ["3D FCN", "A", "B"]  # explicit variants first, then the grid
     assert list(table.columns) == ["Stage 1", "CSC ours", "CSC paper", "CSC Δ", "CCS ours", "CCS paper", "CCS Δ"]
     assert table.loc["A", "Stage 1"] == "(2, 2, 2)" and table.loc["B", "Stage 1"] == "(1, 2, 2)"
-    assert table.loc["A", "CSC ours"] == "72.0 ± 2.8 (n=2)"  # mean ± sample std over seeds
-    assert table.loc["A", "CSC paper"] == "80.0" and table.loc["A", "CSC Δ"] == "-8.0"
+    assert table.loc["A", "CSC ours"] == "72.0 ± 2.83 (n=2)"  # mean ± sample std over seeds
+    assert table.loc["A", "CSC paper"] == "80" and table.loc["A", "CSC Δ"] == "-8.00"
     assert table.loc["3D FCN", "CSC ours"] == "**75.0**"  # best in the CSC column, bold as the paper marks it
-    assert table.loc["B", "CCS ours"] == "**90.0**" and table.loc["B", "CCS Δ"] == "5.0"
+    assert table.loc["B", "CCS ours"] == "**90.0**" and table.loc["B", "CCS Δ"] == "5.00"
     assert table.loc["3D FCN", "CCS ours"] == "" and not notes
 
 
@@ -53,7 +53,7 @@ def test_layout_says_what_is_missing_or_failed():
     study = StudyCfg.model_validate(GRID)
     table, notes = layout_table(StudyRuns(study, "smoke", trials([("A-CSC", 0, 70.0, 10)]), failed=["B-CCS#s0"]))
     assert table.loc["B", "CCS ours"] == "— (failed)" and table.loc["B", "CSC ours"] == "— (no run)"
-    assert "B-CCS / mean_dice: failed" in notes and table.loc["B", "CCS paper"] == "85.0"
+    assert "B-CCS / mean_dice: failed" in notes and table.loc["B", "CCS paper"] == "85"
     empty, notes = layout_table(StudyRuns(study, "smoke", pd.DataFrame(), failed=[]))
     assert len(notes) == 5 and (empty.filter(like="ours") != "").sum().sum() == 5
 
@@ -81,7 +81,7 @@ def test_verify_flags_pinned_numbers_outside_tolerance():
     study = StudyCfg.model_validate(GRID)
     assert verify(StudyRuns(study, "smoke", trials([("fcn", 0, 75.0, 1005)]))) == []
     (problem,) = verify(StudyRuns(study, "smoke", trials([("fcn", 0, 75.0, 2000)])))
-    assert "fcn params: ours 2,000 vs paper 1,000 ± 10 (gap +1,000)" in problem
+    assert "fcn params: ours 2,000 vs paper 1,000 ± 10 (gap +1,000)" in problem, problem
     assert "no finished run" in verify(StudyRuns(study, "smoke", trials([("A-CSC", 0, 75.0, 1)])))[0]
     declared = StudyCfg.model_validate({**GRID, "expected": {"fcn": {"params": {
         "value": 1000, "tol": 10, "known_gap": True, "note": "supplement missing"}}}})
