@@ -6,7 +6,8 @@ from harness.data import build_task
 from harness.data.task import cache_dir
 
 
-def test_seeded_cached_and_split_fixed():
+def test_seeded_cached_and_split_fixed(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))  # an empty cache of its own
     a = build_task("synthetic_organ", n_cases=5, shape=(16, 32, 32), seed=3)
     assert a.in_channels == 1 and not list(cache_dir().glob("synthetic_organ-*")), "nothing generated before use"
     a.train
