@@ -167,20 +167,25 @@ def _fmt_validation(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_study(path: str | Path) -> StudyCfg:
+def load_yaml(path: str | Path, schema: type[BaseModel], kind: str = "study"):
+    """Read a YAML file into ``schema``; every failure is a ConfigError naming file and field."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"study: file {str(path)!r} does not exist")
+        raise ConfigError(f"{kind}: file {str(path)!r} does not exist")
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: malformed YAML: {e}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: a study must be a YAML mapping, got {type(raw).__name__}")
+        raise ConfigError(f"{p}: a {kind} must be a YAML mapping, got {type(raw).__name__}")
     try:
-        study = StudyCfg.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_fmt_validation(e, str(p))) from None
+        raise ConfigError(_fmt_validation(e, str(p)).replace("invalid study", f"invalid {kind}")) from None
+
+
+def load_study(path: str | Path) -> StudyCfg:
+    study = load_yaml(path, StudyCfg)
     _check_names(study)
     return study
 

@@ -356,24 +356,18 @@ def plots(runs: StudyRuns, out: Path, tracking_uri: str | None = None) -> list[s
     return files
 
 
-def _write_table(table: pd.DataFrame, out: Path, stem: str, formats: list[str]) -> list[str]:
-    written = []
+def _write_table(table: pd.DataFrame, out: Path, stem: str, formats: list[str]) -> None:
     flat = table.reset_index()
     if "md" in formats:
         (out / f"{stem}.md").write_text(flat.to_markdown(index=False) + "\n")
-        written.append(f"{stem}.md")
     if "html" in formats:
         html = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", flat.to_html(index=False, escape=True))
         (out / f"{stem}.html").write_text(f"<html><head><meta charset='utf-8'></head><body>{html}</body></html>\n")
-        written.append(f"{stem}.html")
     if "tex" in formats:
         tex = re.sub(r"\*\*(.+?)\*\*", r"\\textbf{\1}", flat.to_latex(index=False).replace("±", "$\\pm$"))
         (out / f"{stem}.tex").write_text(tex)
-        written.append(f"{stem}.tex")
     if "csv" in formats:
         flat.to_csv(out / f"{stem}.csv", index=False)
-        written.append(f"{stem}.csv")
-    return written
 
 
 def write_report(path: str, scale: str, formats: list[str], reports: Path = Path("reports"),
@@ -384,7 +378,7 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
     out = reports / study.name
     out.mkdir(parents=True, exist_ok=True)
     table, notes = layout_table(runs)
-    written = _write_table(table, out, "table", formats)
+    _write_table(table, out, "table", formats)
     st = stats_table(runs)
     st.to_csv(out / "stats.csv", index=False)
     if not runs.trials.empty:

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from harness.config import (ConfigError, StudyCfg, TrialSpec, VariantCfg, _fmt_validation, _Strict, config_hash,
-                            load_study, resolve_variant)
+from harness.config import (ConfigError, StudyCfg, TrialSpec, VariantCfg, _Strict, config_hash, load_study,
+                            load_yaml, resolve_variant)
 
 
 class Knob(_Strict):
@@ -82,16 +82,7 @@ class Space:
 
     def __init__(self, path: str | Path):
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"search space: file {str(path)!r} does not exist")
-        try:
-            raw = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: malformed YAML: {e}") from None
-        try:
-            self.cfg = SearchCfg.model_validate(raw)
-        except ValidationError as e:
-            raise ConfigError(_fmt_validation(e, str(p)).replace("invalid study", "invalid search space")) from None
+        self.cfg: SearchCfg = load_yaml(p, SearchCfg, "search space")
         self.study: StudyCfg = load_study(p.parent / self.cfg.study)
         self.base_params = {**self.study.model.params, **self.study.scales[self.cfg.scale].model}
         self.choices: dict[str, list[Any]] = {}
