@@ -302,8 +302,11 @@ def plots(runs: StudyRuns, out: Path, tracking_uri: str | None = None) -> list[s
     agg = t.groupby("variant", sort=False).mean(numeric_only=True).reset_index()
     costs = [c for c in ("gmacs", "params", "latency_ns_per_voxel", "peak_mem_mb") if c in agg]
     if acc in agg and costs:
-        fig, axes = plt.subplots(1, len(costs), figsize=(5 * len(costs), 4), squeeze=False)
-        for ax, c in zip(axes[0], costs):
+        rows = (len(costs) + 1) // 2
+        fig, axes = plt.subplots(rows, 2, figsize=(11, 4.2 * rows), squeeze=False)
+        for ax in axes.flat[len(costs):]:
+            ax.remove()
+        for ax, c in zip(axes.flat, costs):
             sns.scatterplot(data=agg, x=c, y=acc, ax=ax, s=50)
             front = pareto_front(agg, c, acc)
             if not front.empty:
