@@ -20,7 +20,6 @@ from harness.train import make_optimizer, pick_device, train_step
 
 def measure_step_time(spec: TrialSpec, in_channels: int, out_channels: int, steps: int = 2) -> float:
     """Seconds per training step of this trial's model, batch and patch on this machine."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     device = pick_device(spec.resources.gpu)
     model = build_model(spec.model.name, in_channels=in_channels, out_channels=out_channels,
                         **spec.model.params).to(device)

@@ -11,6 +11,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +101,6 @@ class Tracker:
         return run_id
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
-        import time
-
         ts = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])
 
