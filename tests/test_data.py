@@ -46,3 +46,17 @@ def test_organ_task_needs_spatial_context():
         local.append(max(_dice(raw > q, ref) for q in np.quantile(raw, np.linspace(0.5, 0.95, 10))))
         context.append(max(_dice(smooth > q, ref) for q in np.quantile(smooth, np.linspace(0.5, 0.95, 10))))
     assert np.mean(context) > np.mean(local) + 0.15, (np.mean(local), np.mean(context))
+
+
+def test_depth_task_needs_neighbouring_slices():
+    # In one slice a disc looks like a sphere's cross-section; the slices above and below tell them apart.
+    t = build_task("synthetic_depth", n_cases=6, seed=1)
+    in_plane, with_depth = [], []
+    for case in t.train:
+        img, ref = torch.from_numpy(np.array(case.image))[None], case.label[0].astype(bool)
+        smooth = F.avg_pool3d(img, (1, 3, 3), stride=1, padding=(0, 1, 1))
+        depth_min = -F.max_pool3d(-smooth, (3, 1, 1), stride=1, padding=(1, 0, 0))  # min over slices t-1..t+1
+        qs = np.linspace(0.2, 0.9, 15)
+        in_plane.append(max(_dice(smooth[0, 0].numpy() > q, ref) for q in qs))
+        with_depth.append(max(_dice(depth_min[0, 0].numpy() > q, ref) for q in qs))
+    assert np.mean(with_depth) > np.mean(in_plane) + 0.1, (np.mean(in_plane), np.mean(with_depth))

@@ -9,6 +9,10 @@ Both tasks are built so that the papers' ablations mean something:
 - ``synthetic_brats`` (BraTS analogue): 4 channels (T1, T1ce, T2, FLAIR), small
   nested regions WT > TC > ET with modality-specific contrast; targets are the
   three evaluated regions WT, TC, ET as binary channels.
+- ``synthetic_depth`` (for slice-wise nets, Distill DSM): spheres to segment among
+  one-slice-thick discs of the same intensity and in-plane size. Inside a single
+  slice a disc looks exactly like a sphere's cross-section; only the neighbouring
+  slices tell them apart.
 """
 from __future__ import annotations
 
@@ -97,3 +101,33 @@ def synthetic_brats(n_cases: int = 20, shape=(64, 64, 64), seed: int = 0, noise:
     params = dict(n=n_cases, shape=list(shape), seed=seed, s=noise)
     return Task("synthetic_brats", in_channels=4, regions=("WT", "TC", "ET"),
                 load=lambda: split_cases(cached("synthetic_brats", params, make), val_fraction, seed))
+
+
+@DATASETS.register("synthetic_depth")
+def synthetic_depth(n_cases: int = 20, shape=(16, 64, 64), seed: int = 0, objects: int = 4, noise: float = 0.3,
+                    val_fraction: float = 0.2) -> Task:
+    """Depth-context task, 1 channel, 1 region ("sphere"); see module docstring."""
+    check_split(n_cases, val_fraction)
+    D, H, W = shape
+
+    def make():
+        gen = torch.Generator().manual_seed(seed)
+        z, y, x = torch.meshgrid(*(torch.arange(s, dtype=torch.float32) for s in shape), indexing="ij")
+        for i in range(n_cases):
+            spheres = torch.zeros(shape, dtype=torch.bool)
+            discs = torch.zeros(shape, dtype=torch.bool)
+            for k in range(6 * objects):  # five discs per sphere: as many disc voxels as sphere voxels
+                r = float(3 + 3 * torch.rand(1, generator=gen))
+                cz = float(r + (D - 2 * r) * torch.rand(1, generator=gen))
+                cy, cx = (float(r + (s - 2 * r) * torch.rand(1, generator=gen)) for s in (H, W))
+                if k % 6 == 0:  # a sphere: its cross-sections shrink away from the centre slice
+                    spheres |= (z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 < r**2
+                else:  # a disc one slice thick, as wide as a sphere's largest cross-section
+                    discs |= (z == round(cz)) & ((y - cy) ** 2 + (x - cx) ** 2 < r**2)
+            discs &= ~spheres
+            img = (spheres | discs).float() + noise * torch.randn(shape, generator=gen)
+            yield Case(f"depth_{i:03d}", img[None].numpy().astype(np.float32), spheres[None].numpy().astype(np.uint8))
+
+    params = dict(n=n_cases, shape=list(shape), seed=seed, k=objects, s=noise)
+    return Task("synthetic_depth", in_channels=1, regions=("sphere",),
+                load=lambda: split_cases(cached("synthetic_depth", params, make), val_fraction, seed))
