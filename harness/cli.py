@@ -38,6 +38,9 @@ def cmd_run(args) -> int:
                      verbose=args.verbose, resources=resources)
 
 
+PAPER_COST = ("params", "gmacs", "macs_per_voxel", "latency_ns_per_voxel")
+
+
 def cmd_cost(args) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -50,13 +53,16 @@ def cmd_cost(args) -> int:
     rows = []
     if args.target.endswith((".yaml", ".yml")):
         study = load_study(args.target)
-        specs = [s for s in resolve(study, args.scale, 1)]
-        task = build_task(specs[0].data.dataset, **specs[0].data.params)
-        for s in specs:
+        for s in resolve(study, args.scale, 1):
+            task = build_task(s.data.dataset, **s.data.params)  # per variant: a table may span tasks
             shape = args.input or s.cost.input or [1, task.in_channels, *s.train.patch]
             model = build_model(s.model.name, in_channels=shape[1], out_channels=len(task.regions), **s.model.params)
             check_model(s.model, shape[2:], f"variant {s.variant!r}")
-            rows.append({"name": s.variant, **cost_report(model, shape, latency=not args.no_latency)})
+            row = {"name": s.variant, **cost_report(model, shape, latency=not args.no_latency)}
+            for metric, e in study.expected.get(s.variant, {}).items():  # the paper's figure beside ours
+                if metric in PAPER_COST:
+                    row[f"paper {metric}"] = float(e) if isinstance(e, (int, float)) else e.value
+            rows.append(row)
     else:
         from harness.config import ModelCfg
 
@@ -71,11 +77,12 @@ def cmd_cost(args) -> int:
     table = Table(title="cost (GMACs: fvcore, 1 multiply-add = 1)")
     cols = ["name", "input", "params", "gmacs", "macs_per_voxel"] + (
         [] if args.no_latency else ["latency_ns_per_voxel", "peak_mem_mb", "device"])
+    cols += [f"paper {m}" for m in PAPER_COST if any(f"paper {m}" in r for r in rows)]
     for c in cols:
         table.add_column(c)
     for r in rows:
-        table.add_row(*(f"{r[c]:,.4g}" if isinstance(r[c], float) else f"{r[c]:,}" if isinstance(r[c], int)
-                        else str(r[c]) for c in cols))
+        table.add_row(*("" if c not in r else f"{r[c]:,.4g}" if isinstance(r[c], float)
+                        else f"{r[c]:,}" if isinstance(r[c], int) else str(r[c]) for c in cols))
     Console().print(table)
     return 0
 

@@ -87,9 +87,18 @@ class ScaleCfg(_Strict):
     seeds: Optional[int] = Field(None, ge=1)
 
 
+class TaskScaleCfg(_Strict):
+    """A task's data (and training overrides, e.g. its patch) at one scale."""
+
+    dataset: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+
+
 class VariantCfg(_Strict):
     name: str
     model: Optional[str] = None  # another registered model than the study's (families side by side)
+    task: Optional[str] = None  # one of the study's ``tasks`` (tables spanning data sets)
     params: dict[str, Any] = Field(default_factory=dict)  # model parameters
     train: dict[str, Any] = Field(default_factory=dict)  # training overrides (e.g. a loss ablation)
     tags: dict[str, str] = Field(default_factory=dict)
@@ -111,6 +120,8 @@ class StudyCfg(_Strict):
     model: ModelCfg
     variants: list[VariantCfg] = Field(default_factory=list)
     grid: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    # Named data sets of a table that spans several (Distill DSM Tables 2, 3), per scale.
+    tasks: dict[str, dict[Literal["smoke", "paper"], TaskScaleCfg]] = Field(default_factory=dict)
     train: TrainCfg
     cost: CostCfg = Field(default_factory=CostCfg)
     resources: ResourcesCfg = Field(default_factory=ResourcesCfg)
@@ -127,6 +138,10 @@ class StudyCfg(_Strict):
             raise ValueError(f"scales: missing {sorted(missing)}; every study needs 'smoke' and 'paper'")
         if not self.variants and not self.grid and not self.landscape:
             raise ValueError("variants/grid: a study needs at least one variant")
+        for name, per_scale in self.tasks.items():
+            missing = {"smoke", "paper"} - set(per_scale)
+            if missing:
+                raise ValueError(f"tasks.{name}: missing {sorted(missing)}; every task needs 'smoke' and 'paper'")
         return self
 
 
@@ -200,19 +215,25 @@ def _check_names(study: StudyCfg) -> None:
 
 
 def variants(study: StudyCfg) -> list[VariantCfg]:
-    """Explicit variants, then the grid's product (names joined by '-', tags = axis labels)."""
+    """Explicit variants, then the grid's product (names joined by '-', tags = axis labels).
+
+    A grid option is model parameters plus optional reserved keys: ``train`` (overrides),
+    ``model`` (another registered model's name) and ``task`` (one of the study's tasks).
+    """
     out = list(study.variants)
     if study.grid:
         axes = list(study.grid)
         for combo in itertools.product(*(study.grid[a].items() for a in axes)):
             params: dict[str, Any] = {}
             train: dict[str, Any] = {}
-            for _, p in combo:  # an option is model params, plus an optional 'train' override
+            picked: dict[str, Any] = {}
+            for _, p in combo:
                 p = dict(p or {})
                 train = _merge(train, p.pop("train", {}))
+                picked.update({k: p.pop(k) for k in ("model", "task") if k in p})
                 params = _merge(params, p)
             out.append(VariantCfg(name="-".join(label for label, _ in combo), params=params, train=train,
-                                  tags={a: label for a, (label, _) in zip(axes, combo)}))
+                                  tags={a: label for a, (label, _) in zip(axes, combo)}, **picked))
     if study.landscape:
         # Every registered family joins by registration alone, through its class's ``landscape`` dict.
         for model_name in MODELS.names():
@@ -223,6 +244,9 @@ def variants(study: StudyCfg) -> list[VariantCfg]:
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise ConfigError(f"variants: duplicate variant names {sorted(dup)}")
+    for v in out:
+        if v.task is not None and v.task not in study.tasks:
+            raise ConfigError(str(UnknownNameError(f"task of variant {v.name!r}", v.task, list(study.tasks), "task")))
     return out
 
 
@@ -245,8 +269,12 @@ def _scale_parts(study: StudyCfg, scale: str):
 
 
 def resolve_variant(study: StudyCfg, scale: str, v: VariantCfg, seeds: int = 1) -> list[TrialSpec]:
-    """Trial specs of one variant at ``scale``: study <- scale <- variant, model checked."""
+    """Trial specs of one variant at ``scale``: study <- scale <- [task] <- variant, model checked."""
     _, base_train, cost, data = _scale_parts(study, scale)
+    if v.task is not None:  # the task defines the data at this scale, and may adjust training (its patch)
+        t = study.tasks[v.task][scale]
+        data = DataCfg(dataset=t.dataset, params=t.params)
+        base_train = _merge(base_train, t.train)
     try:
         train = TrainCfg.model_validate(_merge(base_train, v.train))
     except ValidationError as e:
@@ -270,6 +298,12 @@ def resolve(study: StudyCfg, scale: str, seeds: int | None = None) -> list[Trial
     """Apply ``scale`` and expand variants x seeds into validated trial specs."""
     sc, _, _, data = _scale_parts(study, scale)
     check_data(data)
+    for name, per_scale in study.tasks.items():
+        t = per_scale[scale]
+        try:
+            check_data(DataCfg(dataset=t.dataset, params=t.params))
+        except (ConfigError, UnknownNameError) as e:
+            raise ConfigError(f"tasks.{name}.{scale}: {e}") from None
     n_seeds = seeds or sc.seeds or study.seeds
     vs = variants(study)
     specs = [spec for v in vs for spec in resolve_variant(study, scale, v, n_seeds)]

@@ -8,6 +8,9 @@ The study file's ``layout`` says how the paper laid its table out; no per-table 
 - ``row_params: {label: "param.path"}``: leading columns read from the variants' parameters;
 - ``best: max_per_column | max_per_row | min_per_column | min_per_row``: the cell the paper bolds;
 - ``baseline: <variant>``: paired Wilcoxon test of every variant against it over (case, seed).
+- ``columns: <axis>`` with ``values: {label: metric}``: metrics as rows (Distill DSM Table 1); with
+  ``rows: <axis>`` too, ``values: {row: {label: metric}}`` gives each row group its own metric
+  rows (Distill DSM Table 3: per data set, Dice per class and HD).
 
 An axis is a grid axis or a variant tag (``variant`` for the variant name).
 """
@@ -135,10 +138,12 @@ def _param(v: VariantCfg, study: StudyCfg, path: str) -> Any:
     return tuple(node) if isinstance(node, list) else node
 
 
-def _fmt(x: float) -> str:
+def _fmt(x: float, metric: str = "") -> str:
     """Ours: one decimal for percentages and distances, two below 10, thousands separators above 1e4."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"
+    if metric.startswith("spec_"):  # specificities crowd near 100%: the paper prints 5 digits
+        return f"{x:.3f}"
     if abs(x) >= 1e4:
         return f"{x:,.0f}"
     if abs(x) >= 10 or x == 0:
@@ -153,9 +158,61 @@ def _fmt_paper(x: float) -> str:
     return f"{x:,.0f}" if abs(x) >= 1e4 else f"{x:g}"
 
 
+def layout_values(study: StudyCfg) -> list[tuple[str, str, str]]:
+    """(row group, row label, metric) of a ``values`` layout, in the paper's order."""
+    lay, row_axis = study.layout, study.layout.get("rows")
+    if not row_axis:
+        return [("", label, m) for label, m in lay["values"].items()]
+    groups = list(dict.fromkeys(_tag_axes(v).get(row_axis, "") for v in variants(study)))
+    return [(g, label, m) for g in groups for label, m in lay["values"].get(g, {}).items()]
+
+
+def layout_metrics(study: StudyCfg) -> list[str]:
+    lay = study.layout
+    if "values" in lay:
+        return list(dict.fromkeys(m for _, _, m in layout_values(study)))
+    return lay["columns"] if isinstance(lay.get("columns"), list) else [lay.get("value", "mean_dice")]
+
+
+def _values_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
+    """Metrics as rows, one column (ours, paper) per ``columns`` axis label."""
+    study, lay = runs.study, runs.study.layout
+    vs, row_axis, col_axis = variants(study), lay.get("rows"), lay["columns"]
+    rows = layout_values(study)
+    summary = summarise(runs.trials if not runs.trials.empty else pd.DataFrame({"variant": []}),
+                        layout_metrics(study))
+    by = {(r.variant, r.metric): r for r in summary.itertuples()}
+    cols = list(dict.fromkeys(_tag_axes(v).get(col_axis, v.name) for v in vs))
+    cell = {(_tag_axes(v).get(row_axis, "") if row_axis else "", _tag_axes(v).get(col_axis, v.name)): v for v in vs}
+    table = pd.DataFrame({row_axis or "": [g for g, _, _ in rows], "metric": [label for _, label, _ in rows]})
+    notes: list[str] = []
+    for c in cols:
+        ours, paper = [], []
+        for g, _, m in rows:
+            v = cell.get((g, c))
+            if v is None:
+                ours.append(""), paper.append("")
+                continue
+            s = by.get((v.name, m))
+            if s is None or s.n == 0:
+                failed = any(k.startswith(f"{v.name}#") for k in runs.failed)
+                ours.append("— (failed)" if failed else "—")
+                if failed or runs.trials.empty or not (runs.trials.variant == v.name).any():
+                    notes.append(f"{v.name} / {m}: {'failed' if failed else 'no run'}")
+            else:
+                ours.append(_fmt(s.mean, m) + (f" ± {_fmt(s.std, m)} (n={s.n})" if s.n > 1 else ""))
+            paper.append(_fmt_paper(_expected(study, v.name, m)[0]))
+        table[f"{c} ours"], table[f"{c} paper"] = ours, paper
+    if not row_axis:
+        table = table.drop(columns=[""])
+    return table.set_index(row_axis or "metric"), sorted(set(notes))
+
+
 def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
     """The paper's table: for each paper column, ours (mean ± std), the paper's value and Δ."""
     study, lay = runs.study, runs.study.layout
+    if "values" in lay:
+        return _values_table(runs)
     vs = variants(study)
     cols_spec = lay.get("columns", "variant")
     metric_cols = isinstance(cols_spec, list)
@@ -228,8 +285,7 @@ def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
 def stats_table(runs: StudyRuns) -> pd.DataFrame:
     """Every variant x metric with mean, std, 95% CI; with a baseline, the paired test."""
     lay = runs.study.layout
-    metrics = lay["columns"] if isinstance(lay.get("columns"), list) else [lay.get("value", "mean_dice")]
-    summary = summarise(runs.trials, metrics)
+    summary = summarise(runs.trials, layout_metrics(runs.study))
     base = lay.get("baseline")
     if base and not summary.empty:
         tests = [paired_test(runs.per_case, r.variant, base, r.metric) if r.variant != base else
@@ -362,7 +418,7 @@ def plots(runs: StudyRuns, out: Path, tracking_uri: str | None = None) -> list[s
 def _write_table(table: pd.DataFrame, out: Path, stem: str, formats: list[str]) -> None:
     flat = table.reset_index()
     if "md" in formats:
-        (out / f"{stem}.md").write_text(flat.to_markdown(index=False) + "\n")
+        (out / f"{stem}.md").write_text(flat.to_markdown(index=False, disable_numparse=True) + "\n")
     if "html" in formats:
         html = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", flat.to_html(index=False, escape=True))
         (out / f"{stem}.html").write_text(f"<html><head><meta charset='utf-8'></head><body>{html}</body></html>\n")
@@ -393,7 +449,7 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
           + (f", failed: {', '.join(runs.failed)}" if runs.failed else "")
           + (f"; {runs.stale} finished runs of an older configuration left out" if runs.stale else "") + ".",
           "Each cell: ours (mean ± std over seeds), the paper's value, and ours − paper.", "",
-          table.reset_index().to_markdown(index=False), ""]
+          table.reset_index().to_markdown(index=False, disable_numparse=True), ""]
     if notes:
         md += ["Missing:", ""] + [f"- {n}" for n in notes] + [""]
     md += ["## Statistics", "", st.to_markdown(index=False, floatfmt=".4g") if not st.empty else "No finished runs.", ""]

@@ -20,6 +20,7 @@ from pydantic import Field, model_validator
 
 from harness.config import (ConfigError, StudyCfg, TrialSpec, VariantCfg, _Strict, config_hash, load_study,
                             load_yaml, resolve_variant)
+from harness.registry import UnknownNameError
 
 
 class Knob(_Strict):
@@ -52,6 +53,7 @@ class SearchCfg(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     study: str  # base study, relative to this file
     scale: Literal["smoke", "paper"] = "smoke"
+    task: Optional[str] = None  # one of the base study's ``tasks`` (its data at the scale)
     knobs: dict[str, Knob]
     objectives: list[Objective] = Field(min_length=1)
     sampler: SamplerCfg = Field(default_factory=SamplerCfg)
@@ -86,7 +88,9 @@ class Space:
         self.study: StudyCfg = load_study(p.parent / self.cfg.study)
         self.base_params = {**self.study.model.params, **self.study.scales[self.cfg.scale].model}
         self.choices: dict[str, list[Any]] = {}
-        probe = resolve_variant(self.study, self.cfg.scale, VariantCfg(name="probe"))[0]
+        if self.cfg.task is not None and self.cfg.task not in self.study.tasks:
+            raise ConfigError(str(UnknownNameError("task", self.cfg.task, list(self.study.tasks), "task")))
+        probe = resolve_variant(self.study, self.cfg.scale, VariantCfg(name="probe", task=self.cfg.task))[0]
         self.patch = probe.train.patch
         n_stages = len(self.base_params.get("widths", [0] * 5))
         for name, knob in self.cfg.knobs.items():
@@ -150,7 +154,8 @@ class Space:
         return params
 
     def spec_for(self, config: dict[str, Any], name: str = "default") -> TrialSpec:
-        return resolve_variant(self.study, self.cfg.scale, VariantCfg(name=name, params=self.params(config)))[0]
+        return resolve_variant(self.study, self.cfg.scale,
+                               VariantCfg(name=name, params=self.params(config), task=self.cfg.task))[0]
 
 
 def _sampler(cfg: SamplerCfg, multi: bool):
@@ -247,6 +252,7 @@ def write_pareto(space: Space, study, out: Path) -> Path:
         + f"; sampler {space.cfg.sampler.name} (seed {space.cfg.sampler.seed}); {len(df)} complete trials.\n\n"
         + (front.astype(str).to_markdown(index=False) if rows else "No complete trial yet.") + "\n")
     variants = [{"name": f"search_{space.cfg.name}_t{int(r['trial']):03d}",
+                 **({"task": space.cfg.task} if space.cfg.task else {}),
                  "params": space.params({k: _enc(r[k]) for k in space.cfg.knobs}),
                  "tags": {"source": f"search {space.cfg.name} trial {int(r['trial'])}"}}
                 for r in front.to_dict("records")] if rows else []

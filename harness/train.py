@@ -73,8 +73,10 @@ def train_step(model, batch, loss_fn, opt, sched, scaler, device, amp: bool) -> 
 def evaluate(model, task: Task, cfg: TrainCfg, device: torch.device) -> dict[str, Any]:
     """Sliding-window inference over whole validation volumes; metrics kept per case.
 
-    Dice is in percent, 100 when prediction and reference are both empty.
-    HD95 (voxels) is NaN when either is empty and left out of the means.
+    Dice, sensitivity and specificity are in percent. Empty sets: Dice is 100 when
+    prediction and reference are both empty (0 when only one is); sensitivity is NaN when
+    the reference is empty and specificity NaN when it fills the volume; HD95 (voxels) is
+    NaN when either is empty. NaNs are left out of the means.
     """
     model.eval()
     dice_m = DiceMetric(include_background=True, reduction="none", ignore_empty=False)
@@ -96,17 +98,22 @@ def evaluate(model, task: Task, cfg: TrainCfg, device: torch.device) -> dict[str
             hd = [float("nan") if (p.sum() == 0 or r.sum() == 0) else float(hd_m(p[None, None], r[None, None])[0, 0])
                   for p, r in zip(pred[0], ref[0])]
         row = {"case": case.id}
-        for name, d, h in zip(task.regions, dice, hd):
+        for name, d, h, p, r in zip(task.regions, dice, hd, pred[0].bool(), ref[0].bool()):
+            tp, fn = int((p & r).sum()), int((~p & r).sum())
+            tn, fp = int((~p & ~r).sum()), int((p & ~r).sum())
             row[f"dice_{name}"] = 100.0 * d
             row[f"hd95_{name}"] = h
+            row[f"sens_{name}"] = 100.0 * tp / (tp + fn) if tp + fn else float("nan")
+            row[f"spec_{name}"] = 100.0 * tn / (tn + fp) if tn + fp else float("nan")
         row["mean_dice"] = float(np.mean([row[f"dice_{n}"] for n in task.regions]))  # pairs for the report's tests
         per_case.append(row)
     model.train()
     out: dict[str, Any] = {}
     for name in task.regions:
         out[f"dice_{name}"] = float(np.mean([r[f"dice_{name}"] for r in per_case]))
-        hds = [r[f"hd95_{name}"] for r in per_case if not math.isnan(r[f"hd95_{name}"])]
-        out[f"hd95_{name}"] = float(np.mean(hds)) if hds else float("nan")
+        for m in ("hd95", "sens", "spec"):
+            vals = [r[f"{m}_{name}"] for r in per_case if not math.isnan(r[f"{m}_{name}"])]
+            out[f"{m}_{name}"] = float(np.mean(vals)) if vals else float("nan")
     out["mean_dice"] = float(np.mean([out[f"dice_{n}"] for n in task.regions]))
     hds = [out[f"hd95_{n}"] for n in task.regions if not math.isnan(out[f"hd95_{n}"])]
     out["mean_hd95"] = float(np.mean(hds)) if hds else float("nan")

@@ -124,3 +124,42 @@ def test_landscape_study_takes_every_registered_family(monkeypatch):
     assert specs["tiny_family.small"].model.name == "tiny_family"
     assert specs["tiny_family.small"].model.params == {"width": 2}
     assert specs["tiny_family.small"].tags == {"family": "tiny_family", "config": "small"}
+
+
+TASKS = {
+    "a": {"smoke": {"dataset": "synthetic_depth", "params": {"n_cases": 4, "shape": [16, 32, 32]}},
+          "paper": {"dataset": "synthetic_depth", "params": {"n_cases": 4, "shape": [16, 64, 64]},
+                    "train": {"patch": [16, 64, 64]}}},
+    "b": {"smoke": {"dataset": "synthetic_depth", "params": {"n_cases": 4, "shape": [16, 32, 32], "in_channels": 2,
+                                                             "regions": ["x", "y"]}},
+          "paper": {"dataset": "synthetic_depth", "params": {"n_cases": 4, "in_channels": 2, "regions": ["x", "y"]}}},
+}
+
+
+def test_tasks_give_each_variant_its_data_and_grid_options_pick_models(tmp_path):
+    study = {**BASE, "tasks": TASKS, "variants": [],
+             "grid": {"task": {"A": {"task": "a"}, "B": {"task": "b"}},
+                      "net": {"2d": {"model": "unet2d"}, "dsm": {"model": "distill_dsm", "alpha": 0.5},
+                              "gsp": {"train": {"lr": 0.5}}}}}
+    s = load_study(write(tmp_path, yaml.safe_dump(study, sort_keys=False)))  # grid axes keep their order
+    specs = {x.variant: x for x in resolve(s, "smoke")}
+    assert len(specs) == 6 and specs["B-dsm"].model.name == "distill_dsm"
+    assert specs["B-dsm"].model.params == {"alpha": 0.5} and specs["B-dsm"].tags == {"task": "B", "net": "dsm"}
+    assert specs["B-dsm"].data.params["in_channels"] == 2 and specs["A-2d"].data.params["shape"] == [16, 32, 32]
+    assert specs["A-gsp"].model.name == "gsp_unet" and specs["A-gsp"].train.lr == 0.5
+    paper = {x.variant: x for x in resolve(s, "paper")}
+    assert paper["A-2d"].train.patch == [16, 64, 64] and paper["B-2d"].train.patch == [16, 32, 32]
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda s: s["grid"]["task"].update(C={"task": "c"}), "task: unknown task of variant 'C' 'c'. Known: a, b"),
+    (lambda s: s["tasks"]["a"].pop("paper"), "tasks.a: missing ['paper']"),
+    (lambda s: s["tasks"]["b"]["smoke"]["params"].update(regions=["x", "x"]), "tasks.b.smoke: data: regions must be"),
+])
+def test_bad_tasks_exit_2(tmp_path, monkeypatch, capsys, change, message):
+    monkeypatch.chdir(tmp_path)
+    study = yaml.safe_load(yaml.safe_dump({**BASE, "tasks": TASKS, "variants": [],
+                                           "grid": {"task": {"A": {"task": "a"}}}}))
+    change(study)
+    assert main(["run", str(write(tmp_path, study))]) == 2
+    assert message in capsys.readouterr().err

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -60,3 +61,18 @@ def test_depth_task_needs_neighbouring_slices():
         in_plane.append(max(_dice(smooth[0, 0].numpy() > q, ref) for q in qs))
         with_depth.append(max(_dice(depth_min[0, 0].numpy() > q, ref) for q in qs))
     assert np.mean(with_depth) > np.mean(in_plane) + 0.1, (np.mean(in_plane), np.mean(with_depth))
+
+
+def test_depth_task_takes_the_shape_of_a_real_task():
+    # Prostate-like: 2 channels, 2 disjoint regions whose channel contrast differs.
+    t = build_task("synthetic_depth", n_cases=4, seed=2, shape=(8, 32, 32), in_channels=2, regions=["pz", "tz"],
+                   objects=2)
+    assert (t.in_channels, t.regions) == (2, ("pz", "tz"))
+    case = t.train[0]
+    assert case.image.shape == (2, 8, 32, 32) and case.label.shape == (2, 8, 32, 32)
+    pz, tz = case.label.astype(bool)
+    assert pz.any() and tz.any() and not (pz & tz).any()
+    img = np.asarray(case.image)
+    assert img[0][pz].mean() < img[0][tz].mean() and img[1][pz].mean() > img[1][tz].mean()
+    with pytest.raises(ValueError, match="distinct"):
+        build_task("synthetic_depth", regions=["a", "a"])

@@ -77,3 +77,36 @@ def test_depth_modules_pass_information_between_slices(name, sees_neighbours):
     with torch.no_grad():
         changed = not torch.allclose(m(x)[0, :, 1], m(x2)[0, :, 1])
     assert changed == sees_neighbours
+
+
+def test_3d_unet_baseline_parameter_count_matches_the_paper():
+    # Distill DSM Table 1 / ARCHITECTURES.md: residual 3D U-Net, base 8, [2, 2, 2, 2, 2], 4 in / 3 out.
+    assert count_params(build_model("unet3d", in_channels=4, out_channels=3)) == 4_288_208
+
+
+def test_distill_dsm_blocks_choose_module_positions():
+    # Extra parameters per module: 9 (aC)^2 + aC (three 3x3 convs with bias, ARCHITECTURES.md).
+    base = count_params(build_model("unet2d", in_channels=2, out_channels=2))
+    widths = [32, 64, 128, 128, 128, 64, 32, 16]  # module channel counts by position
+    for blocks in ([0, 1, 2, 3], [4, 5, 6, 7], [3], None):
+        m = build_model("distill_dsm", in_channels=2, out_channels=2, alpha=0.5, blocks=blocks)
+        chosen = range(8) if blocks is None else blocks
+        assert sum(isinstance(x, DistillDSM) for x in m.modules()) == len(chosen)
+        assert count_params(m) - base == sum(9 * (w // 2) ** 2 + w // 2 for i, w in enumerate(widths) if i in chosen)
+    with pytest.raises(ValueError, match="module positions are 0..7"):
+        build_model("residual_dsm", blocks=[8])
+
+
+def test_vfn_slices_the_volume_along_each_view_and_fuses():
+    m = build_model("vfn", in_channels=1, out_channels=2).eval()
+    seen = {}
+    for view, net in m.views.items():
+        net.register_forward_pre_hook(lambda mod, args, view=view: seen.__setitem__(view, tuple(args[0].shape)))
+    x = torch.randn(1, 1, 16, 32, 48)
+    with torch.no_grad():
+        assert m(x).shape == (1, 2, 16, 32, 48)
+    # Each view's 2D net folds its slicing axis into the batch: axial D, coronal H, sagittal W.
+    assert seen == {"axial": (1, 1, 16, 32, 48), "coronal": (1, 1, 32, 16, 48), "sagittal": (1, 1, 48, 16, 32)}
+    assert m.fusion.encoder[0][0].body[2].in_channels == 1 + 3 * 2  # image + three views' probabilities
+    with pytest.raises(ValueError, match="divisible by 16"):
+        m.check_input([16, 32, 40])

@@ -151,3 +151,37 @@ def test_report_bad_format_writes_nothing(tmp_path, monkeypatch, capsys):
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(GRID, sort_keys=False))
     assert main(["report", "s.yaml", "--format", "md,pdf"]) == 2
     assert "pdf not allowed" in capsys.readouterr().err and not (tmp_path / "reports").exists()
+
+
+VALUES = {
+    "name": "values", "paper": "distill_dsm", "title": "Metrics as rows",
+    "data": {"dataset": "synthetic_depth", "params": {"n_cases": 4, "shape": [16, 32, 32]}},
+    "model": {"name": "unet2d"},
+    "tasks": {t: {s: {"dataset": "synthetic_depth", "params": {"n_cases": 4, "shape": [16, 32, 32], "regions": r}}
+                  for s in ("smoke", "paper")} for t, r in (("heart", ["la"]), ("hippo", ["ant", "post"]))},
+    "grid": {"task": {"heart": {"task": "heart"}, "hippo": {"task": "hippo"}},
+             "net": {"2D": {"model": "unet2d"}, "DSM": {"model": "distill_dsm"}}},
+    "train": {"patch": [16, 32, 32]},
+    "scales": {"smoke": {}, "paper": {}},
+    "expected": {"heart-2D": {"dice_la": 90.25, "spec_la": 99.97}, "hippo-DSM": {"dice_post": 87.86}},
+    "layout": {"rows": "task", "columns": "net",
+               "values": {"heart": {"Dice": "dice_la", "Specificity": "spec_la"},
+                          "hippo": {"Dice 1": "dice_ant", "Dice 2": "dice_post"}}},
+}
+
+
+def test_values_layout_puts_metrics_in_rows_per_row_group():
+    study = StudyCfg.model_validate(VALUES)
+    t = pd.DataFrame([{"variant": "heart-2D", "seed": s, "dice_la": d, "spec_la": 99.9712} for s, d in ((0, 80), (1, 84))]
+                     + [{"variant": "hippo-DSM", "seed": 0, "dice_ant": 70.0, "dice_post": 60.0}])
+    table, notes = layout_table(StudyRuns(study, "smoke", t, failed=["heart-DSM#s0"]))
+    flat = table.reset_index()
+    assert list(flat.columns) == ["task", "metric", "2D ours", "2D paper", "DSM ours", "DSM paper"]
+    assert flat[["task", "metric"]].values.tolist() == [["heart", "Dice"], ["heart", "Specificity"],
+                                                        ["hippo", "Dice 1"], ["hippo", "Dice 2"]]
+    assert flat.loc[0, "2D ours"] == "82.0 ± 2.83 (n=2)" and flat.loc[0, "2D paper"] == "90.25"
+    assert flat.loc[1, "2D ours"] == "99.971 ± 0.000 (n=2)" and flat.loc[1, "2D paper"] == "99.97"  # specificity: 3 decimals
+    assert flat.loc[3, "DSM ours"] == "60.0" and flat.loc[3, "DSM paper"] == "87.86"
+    assert flat.loc[0, "DSM ours"] == "— (failed)" and flat.loc[2, "2D ours"] == "—"
+    assert notes == ["heart-DSM / dice_la: failed", "heart-DSM / spec_la: failed",
+                     "hippo-2D / dice_ant: no run", "hippo-2D / dice_post: no run"]

@@ -1,4 +1,6 @@
 """Search spaces: valid-only group choices, clear errors, and a tiny search end to end with resume."""
+from pathlib import Path
+
 import optuna
 import pytest
 import yaml
@@ -43,6 +45,18 @@ def test_group_knobs_offer_only_valid_choices(tmp_path):
                            "widths": "[4, 8, 16, 16, 16]"})
     assert params["groups"] == [[2, 4, 1], [1, 1, 1], [1, 1, 1], [1, 1, 1], [1, 2, 2]]
     assert params["widths"] == [4, 8, 16, 16, 16] and params["insert"] == "CCS"
+
+
+def test_shipped_dsm_space_trains_on_its_task(tmp_path):
+    path = Path(__file__).parents[1] / "search_spaces" / "dsm.yaml"
+    spec = Space(path).spec_for({"alpha": 0.75, "blocks": "[4, 5, 6, 7]"})
+    assert spec.model.name == "distill_dsm" and spec.model.params == {"alpha": 0.75, "blocks": [4, 5, 6, 7]}
+    assert spec.data.params["in_channels"] == 2 and spec.data.params["regions"] == ["pz", "tz"]  # the prostate task
+    bad = yaml.safe_load(path.read_text())
+    bad["task"], bad["study"] = "prostat", str(path.parent / bad["study"])
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match="task: unknown task 'prostat'. Did you mean 'prostate'"):
+        Space(tmp_path / "bad.yaml")
 
 
 @pytest.mark.parametrize("knobs,objectives,message", [

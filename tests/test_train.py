@@ -1,8 +1,12 @@
+import math
 
+import numpy as np
 import pytest
+import torch
 
 from harness.config import CostCfg, DataCfg, ModelCfg, ResourcesCfg, TrainCfg, TrialSpec
-from harness.train import run_trial
+from harness.data.task import Case, Task
+from harness.train import evaluate, run_trial
 
 
 def spec(**train):
@@ -37,3 +41,29 @@ def test_trial_is_deterministic_on_cpu():
 def test_diverging_trial_raises():
     with pytest.raises(FloatingPointError, match="non-finite training loss"):
         run_trial(spec(lr=1e30))
+
+
+class _Fixed(torch.nn.Module):
+    """Predicts a fixed mask (logits +-10) whatever the input: known confusion counts."""
+
+    def __init__(self, mask):
+        super().__init__()
+        self.register_buffer("logits", mask.float() * 20 - 10)
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], *self.logits.shape)
+
+
+def test_evaluate_counts_sensitivity_specificity_and_empty_conventions():
+    ref = np.zeros((2, 4, 8, 8), np.uint8)
+    ref[0, :, :4] = 1  # region a: 128 voxels; region b: empty
+    pred = torch.zeros(2, 4, 8, 8, dtype=torch.bool)
+    pred[0, :, :2] = True  # 64 true positives, no false positive
+    pred[0, 0, 6] = True  # 8 false positives
+    task = Task("t", 1, ("a", "b"), load=lambda: {"train": [], "val": [Case("c0", np.zeros((1, 4, 8, 8), np.float32), ref)]})
+    out = evaluate(_Fixed(pred), task, TrainCfg(patch=[4, 8, 8], batch_size=1), torch.device("cpu"))
+    assert out["sens_a"] == pytest.approx(100 * 64 / 128)
+    assert out["spec_a"] == pytest.approx(100 * 120 / 128)
+    assert out["dice_a"] == pytest.approx(100 * 2 * 64 / (72 + 128))
+    assert out["dice_b"] == 100.0 and math.isnan(out["sens_b"]) and out["spec_b"] == 100.0  # both empty
+    assert math.isnan(out["hd95_b"])

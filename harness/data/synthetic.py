@@ -105,29 +105,46 @@ def synthetic_brats(n_cases: int = 20, shape=(64, 64, 64), seed: int = 0, noise:
 
 @DATASETS.register("synthetic_depth")
 def synthetic_depth(n_cases: int = 20, shape=(16, 64, 64), seed: int = 0, objects: int = 4, noise: float = 0.3,
-                    val_fraction: float = 0.2) -> Task:
-    """Depth-context task, 1 channel, 1 region ("sphere"); see module docstring."""
+                    val_fraction: float = 0.2, in_channels: int = 1, regions=("sphere",)) -> Task:
+    """Depth-context task (module docstring), shaped like a real task by ``in_channels`` and ``regions``.
+
+    Region k's spheres and its look-alike discs share an intensity signature: level
+    1 + ((k + c) mod R) in channel c (R regions), so regions differ in brightness and, with
+    several channels, in contrast between channels (as PZ and TZ do between T2 and ADC).
+    """
     check_split(n_cases, val_fraction)
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+    regions = tuple(regions)
+    if not regions or len(set(regions)) != len(regions):
+        raise ValueError(f"regions must be distinct names, at least one, got {list(regions)}")
     D, H, W = shape
+    R = len(regions)
 
     def make():
         gen = torch.Generator().manual_seed(seed)
         z, y, x = torch.meshgrid(*(torch.arange(s, dtype=torch.float32) for s in shape), indexing="ij")
         for i in range(n_cases):
-            spheres = torch.zeros(shape, dtype=torch.bool)
-            discs = torch.zeros(shape, dtype=torch.bool)
-            for k in range(6 * objects):  # five discs per sphere: as many disc voxels as sphere voxels
+            spheres = torch.zeros(shape, dtype=torch.long)  # 0 background, k + 1 region k
+            discs = torch.zeros(shape, dtype=torch.long)
+            for k in range(6 * objects * R):  # five discs per sphere: as many disc voxels as sphere voxels
+                region = 1 + (k // 6) % R
                 r = float(3 + 3 * torch.rand(1, generator=gen))
                 cz = float(r + (D - 2 * r) * torch.rand(1, generator=gen))
                 cy, cx = (float(r + (s - 2 * r) * torch.rand(1, generator=gen)) for s in (H, W))
                 if k % 6 == 0:  # a sphere: its cross-sections shrink away from the centre slice
-                    spheres |= (z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 < r**2
+                    spheres[(z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 < r**2] = region
                 else:  # a disc one slice thick, as wide as a sphere's largest cross-section
-                    discs |= (z == round(cz)) & ((y - cy) ** 2 + (x - cx) ** 2 < r**2)
-            discs &= ~spheres
-            img = (spheres | discs).float() + noise * torch.randn(shape, generator=gen)
-            yield Case(f"depth_{i:03d}", img[None].numpy().astype(np.float32), spheres[None].numpy().astype(np.uint8))
+                    discs[(z == round(cz)) & ((y - cy) ** 2 + (x - cx) ** 2 < r**2)] = region
+            objects_map = torch.where(spheres > 0, spheres, discs)
+            img = torch.zeros((in_channels, *shape))
+            for c in range(in_channels):
+                for k in range(R):
+                    img[c][objects_map == k + 1] = 1 + (k + c) % R
+            img += noise * torch.randn(img.shape, generator=gen)
+            label = torch.stack([spheres == k + 1 for k in range(R)])
+            yield Case(f"depth_{i:03d}", img.numpy().astype(np.float32), label.numpy().astype(np.uint8))
 
-    params = dict(n=n_cases, shape=list(shape), seed=seed, k=objects, s=noise)
-    return Task("synthetic_depth", in_channels=1, regions=("sphere",),
+    params = dict(n=n_cases, shape=list(shape), seed=seed, k=objects, s=noise, c=in_channels, r=list(regions))
+    return Task("synthetic_depth", in_channels=in_channels, regions=regions,
                 load=lambda: split_cases(cached("synthetic_depth", params, make), val_fraction, seed))

@@ -57,17 +57,18 @@ class UNet2D(nn.Module):
         super().__init__()
         w = list(widths)
         self.stem = SliceBlock(in_channels, w[0], w[0])
-        self.down = nn.ModuleList(SliceBlock(w[i], w[i + 1], w[i + 1], self.depth_module(w[i + 1]))
+        self.down = nn.ModuleList(SliceBlock(w[i], w[i + 1], w[i + 1], self.depth_module(w[i + 1], i))
                                   for i in range(len(w) - 1))
         self.up = nn.ModuleList()
         below = w[-1]
         for i in reversed(range(len(w) - 1)):
             cin = w[i] + below  # concat(skip, upsampled)
             below = w[i - 1] if i > 0 else w[0]
-            self.up.append(SliceBlock(cin, cin // 2, below, self.depth_module(cin // 2)))
+            self.up.append(SliceBlock(cin, cin // 2, below, self.depth_module(cin // 2, len(w) - 1 + len(self.up))))
         self.head = nn.Conv2d(w[0], out_channels, 1)
 
-    def depth_module(self, channels: int) -> nn.Module | None:
+    def depth_module(self, channels: int, position: int) -> nn.Module | None:
+        """Depth module at ``position``: 0..3 encoder blocks (shallow to deep), 4..7 up blocks (deep to shallow)."""
         return None  # the plain 2D U-Net exchanges nothing between slices
 
     def check_input(self, spatial: Sequence[int]) -> None:
@@ -89,31 +90,46 @@ class UNet2D(nn.Module):
         return y.reshape(n, t, -1, h, w).transpose(1, 2)
 
 
+def _check_blocks(blocks: Sequence[int] | None, widths: Sequence[int]) -> None:
+    n = 2 * (len(widths) - 1)
+    if blocks is not None and any(not 0 <= b < n for b in blocks):
+        raise ValueError(f"blocks {list(blocks)}: module positions are 0..{n - 1} "
+                         f"(0..{n // 2 - 1} encoder blocks, {n // 2}..{n - 1} up blocks)")
+
+
 @MODELS.register("residual_dsm")
 class ResidualDSMUNet(UNet2D):
-    """2D U-Net with Residual DSM (TSM) between the convs: parameter-free, same count as UNet2D."""
+    """2D U-Net with Residual DSM (TSM) between the convs: parameter-free, same count as UNet2D.
+
+    ``blocks``: module positions that get the shift (default all; see ``depth_module``).
+    """
 
     landscape = {"default": {}}
 
     def __init__(self, in_channels: int = 4, out_channels: int = 3, widths: Sequence[int] = (16, 32, 64, 128, 128),
-                 fraction: float = 0.25):
-        self.fraction = fraction
+                 fraction: float = 0.25, blocks: Sequence[int] | None = None):
+        _check_blocks(blocks, widths)
+        self.fraction, self.blocks = fraction, blocks
         super().__init__(in_channels, out_channels, widths)
 
-    def depth_module(self, channels: int) -> nn.Module:
-        return ResidualDSM(channels, self.fraction)
+    def depth_module(self, channels: int, position: int) -> nn.Module | None:
+        return ResidualDSM(channels, self.fraction) if self.blocks is None or position in self.blocks else None
 
 
 @MODELS.register("distill_dsm")
 class DistillDSMUNet(UNet2D):
-    """2D U-Net with Distill DSM (ratio ``alpha``) between the convs (Distill DSM, Sec. 3)."""
+    """2D U-Net with Distill DSM (ratio ``alpha``) between the convs (Distill DSM, Sec. 3).
+
+    ``blocks``: module positions that get Distill DSM (default all, as in the paper).
+    """
 
     landscape = {"alpha_0.25": {"alpha": 0.25}, "alpha_1": {"alpha": 1.0}}
 
     def __init__(self, in_channels: int = 4, out_channels: int = 3, widths: Sequence[int] = (16, 32, 64, 128, 128),
-                 alpha: float = 0.25):
-        self.alpha = alpha
+                 alpha: float = 0.25, blocks: Sequence[int] | None = None):
+        _check_blocks(blocks, widths)
+        self.alpha, self.blocks = alpha, blocks
         super().__init__(in_channels, out_channels, widths)
 
-    def depth_module(self, channels: int) -> nn.Module:
-        return DistillDSM(channels, self.alpha)
+    def depth_module(self, channels: int, position: int) -> nn.Module | None:
+        return DistillDSM(channels, self.alpha) if self.blocks is None or position in self.blocks else None
