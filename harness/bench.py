@@ -4,6 +4,8 @@
    element once, so clone is the floor. Target: <= 1.2x.
 2. The harness's training step (its data loader, loss wrapper, poly schedule, grad
    scaler) vs a bare PyTorch loop over one fixed batch of the same model. Target: >= 0.95x.
+3. Distill DSM Table 1's wall time per voxel: each net's inference vs the 2D U-Net's on
+   the same input (4 x 16 x 128 x 128 BraTS-like slab), beside the paper's V100 ratios.
 Timings alternate between the two sides so that drift hits both equally.
 """
 from __future__ import annotations
@@ -102,6 +104,27 @@ def bench_train_step(device: torch.device, quick: bool) -> dict:
             "meets_target": 1 / slowdown >= 0.95}
 
 
+# Distill DSM Table 1, wall time per voxel (s) on a V100.
+DSM_PAPER_S_PER_VOXEL = {"unet2d": 7.9498e-7, "residual_dsm": 8.1726e-7, "unet3d": 8.6517e-7, "distill_dsm": 8.2641e-7}
+
+
+def bench_dsm_wall_time(device: torch.device, quick: bool) -> list[dict]:
+    shape = (1, 4, 16, 64, 64) if quick else (1, 4, 16, 128, 128)
+    x = torch.randn(shape, device=device)
+    voxels = x[0, 0].numel()
+    nets = {n: build_model(n, **({"alpha": 0.5} if n == "distill_dsm" else {})).to(device).eval()
+            for n in DSM_PAPER_S_PER_VOXEL}
+    rows = []
+    with torch.no_grad(), torch.autocast(device.type, enabled=device.type == "cuda"):
+        for name, net in nets.items():
+            t, t_ref, ratio = _alternate(lambda: net(x), lambda: nets["unet2d"](x), 3 if quick else 10, device)
+            paper = DSM_PAPER_S_PER_VOXEL[name]
+            rows.append({"device": str(device), "shape": "x".join(map(str, shape)), "model": name,
+                         "ns_per_voxel": 1e9 * t / voxels, "ratio_vs_unet2d": ratio,
+                         "paper_ns_per_voxel": 1e9 * paper, "paper_ratio": paper / DSM_PAPER_S_PER_VOXEL["unet2d"]})
+    return rows
+
+
 def run_bench(out: Path, quick: bool = False) -> int:
     from rich.console import Console
 
@@ -110,10 +133,11 @@ def run_bench(out: Path, quick: bool = False) -> int:
     result = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
                           "cpu_threads": torch.get_num_threads(), "processor": platform.processor(),
                           "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
-              "quick": quick, "group_shift": [], "train_step": []}
+              "quick": quick, "group_shift": [], "train_step": [], "dsm_wall_time": []}
     for device in devices:
         result["group_shift"] += bench_group_shift(device, quick)
         result["train_step"].append(bench_train_step(device, quick))
+        result["dsm_wall_time"] += bench_dsm_wall_time(device, quick)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(result, indent=1))
     lines = ["# harness bench", "", f"Machine: {json.dumps(result['machine'])}", "",
@@ -125,6 +149,11 @@ def run_bench(out: Path, quick: bool = False) -> int:
               "| device | patch | batch | harness s/step | bare s/step | throughput ratio (median of pairs) |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['device']} | {r['patch']} | {r['batch']} | {r['harness_step_s']:.4f} | {r['bare_step_s']:.4f} | "
               f"**{r['throughput_ratio']:.3f}** |" for r in result["train_step"]]
+    lines += ["", "## Distill DSM Table 1: wall time per voxel, each net / 2D U-Net (paper: V100)", "",
+              "| device | input | model | ns / voxel | ratio vs 2D U-Net (median of pairs) | paper ns / voxel | paper ratio |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['device']} | {r['shape']} | {r['model']} | {r['ns_per_voxel']:.0f} | **{r['ratio_vs_unet2d']:.2f}** | "
+              f"{r['paper_ns_per_voxel']:.0f} | {r['paper_ratio']:.2f} |" for r in result["dsm_wall_time"]]
     (out / "README.md").write_text("\n".join(lines) + "\n")
     console.print("\n".join(lines))
     return 0

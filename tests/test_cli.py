@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import yaml
 
 from harness.bench import run_bench
@@ -44,3 +45,6 @@ def test_bench_writes_ratios(tmp_path):
     assert [r["groups"] for r in res["group_shift"]][:3] == [[2, 2, 2], [1, 4, 4], [1, 8, 8]]
     assert all(r["ratio"] > 0 for r in res["group_shift"]) and res["train_step"][0]["throughput_ratio"] > 0
     assert "Group Shift forward / x.clone()" in (tmp_path / "README.md").read_text()
+    dsm = {r["model"]: r for r in res["dsm_wall_time"]}
+    assert set(dsm) == {"unet2d", "residual_dsm", "unet3d", "distill_dsm"}
+    assert dsm["unet3d"]["paper_ratio"] == pytest.approx(8.6517 / 7.9498) and dsm["unet2d"]["ns_per_voxel"] > 0
