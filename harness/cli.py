@@ -1,4 +1,4 @@
-"""Command line: ``harness run | cost | bench | list``. Bad input exits with code 2."""
+"""Command line: ``harness run | cost | report | search | data check | bench | list``. Bad input exits 2."""
 from __future__ import annotations
 
 import argparse
@@ -35,7 +35,27 @@ def cmd_run(args) -> int:
 
     resources = {k: v for k, v in (("cpu", args.cpus_per_trial), ("gpu", args.gpus_per_trial)) if v is not None}
     return run_study(args.study, args.scale, args.seeds, args.address, args.resume, args.tracking_uri, args.dry_run,
-                     verbose=args.verbose, resources=resources)
+                     verbose=args.verbose, resources=resources, data_roots=args.data_root)
+
+
+def cmd_data_check(args) -> int:
+    from harness.data.folders import SCANNERS, check_folder, detect_format, scan
+
+    fmt = args.format or detect_format(args.root)
+    if fmt is None:
+        print(f"error: {args.root}: cannot tell the format (no dataset.json, CaseNN.mhd or BraTS case folders); "
+              f"pass --format {{{','.join(SCANNERS)}}}", file=sys.stderr)
+        return 2
+    problems = check_folder(args.root, fmt)
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"{args.root}: {len(problems)} problem(s) ({fmt})", file=sys.stderr)
+        return 2
+    layout = scan(args.root, fmt)
+    print(f"{args.root}: ok ({fmt}): {len(layout.cases)} cases, channels {', '.join(layout.channels)}, "
+          f"regions {', '.join(layout.regions)}")
+    return 0
 
 
 PAPER_COST = ("params", "gmacs", "macs_per_voxel", "latency_ns_per_voxel")
@@ -146,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--cpus-per-trial", type=float, default=None, help="override the study's resources.cpu")
     r.add_argument("--gpus-per-trial", type=float, default=None, help="override resources.gpu (fractions allowed)")
     r.add_argument("--dry-run", action="store_true", help="validate, list trials and estimate their compute")
+    r.add_argument("--data-root", action="append", default=None, metavar="[TASK=]PATH",
+                   help="point the study's data (or one of its tasks) at a folder on disk")
     r.add_argument("-v", "--verbose", type=int, default=1, choices=[0, 1, 2])
     r.set_defaults(fn=cmd_run)
 
@@ -177,6 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     se.add_argument("--out", default="reports")
     se.add_argument("-v", "--verbose", type=int, default=1, choices=[0, 1, 2])
     se.set_defaults(fn=cmd_search)
+
+    d = sub.add_parser("data", help="data folders: 'harness data check ROOT' validates one before training")
+    dsub = d.add_subparsers(dest="data_cmd", required=True)
+    dc = dsub.add_parser("check", help="missing files, shape/affine disagreements, bad labels, unreadable files")
+    dc.add_argument("root")
+    dc.add_argument("--format", default=None, choices=["msd", "brats", "promise12"],
+                    help="default: detected from the folder")
+    dc.set_defaults(fn=cmd_data_check)
 
     b = sub.add_parser("bench", help="speed benchmarks (results under reports/bench)")
     b.add_argument("--out", default="reports/bench")

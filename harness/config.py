@@ -25,6 +25,9 @@ import harness.models  # noqa: F401  (registers models)
 from harness.registry import DATASETS, LOSSES, MODELS, UnknownNameError
 
 
+AUGMENTATIONS = ("flip", "scale_intensity", "shift_intensity", "affine")  # built in train.AUGMENTATIONS
+
+
 class ConfigError(ValueError):
     """Bad user input; the CLI prints it and exits with code 2."""
 
@@ -33,9 +36,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _flat_params(keep: tuple[str, ...]):
+    """``{dataset: msd, root: /data/x}`` is short for ``{dataset: msd, params: {root: /data/x}}``."""
+
+    def fold(raw: Any) -> Any:
+        if isinstance(raw, dict) and any(k not in keep for k in raw):
+            raw = dict(raw)
+            params = dict(raw.get("params") or {})
+            params.update({k: raw.pop(k) for k in list(raw) if k not in keep})
+            raw["params"] = params
+        return raw
+    return model_validator(mode="before")(classmethod(lambda cls, raw: fold(raw)))
+
+
 class DataCfg(_Strict):
     dataset: str
     params: dict[str, Any] = Field(default_factory=dict)
+
+    _flat = _flat_params(("dataset", "params"))
 
 
 class ModelCfg(_Strict):
@@ -57,8 +75,19 @@ class TrainCfg(_Strict):
     patch: list[int]
     sw_overlap: float = Field(0.25, ge=0, lt=1)
     amp: bool = True  # CUDA only
-    augment: bool = True  # random flips along D, H, W
+    # Random augmentations by name (AUGMENTATIONS); true = [flip] (the default), false = none.
+    augment: list[str] | bool = Field(True, validate_default=True)
     num_workers: int = Field(0, ge=0)
+
+    @field_validator("augment")
+    @classmethod
+    def _augment(cls, v):
+        if isinstance(v, bool):
+            return ["flip"] if v else []
+        for name in v:
+            if name not in AUGMENTATIONS:
+                raise ValueError(str(UnknownNameError("augmentation", name, list(AUGMENTATIONS))))
+        return v
 
     @field_validator("patch")
     @classmethod
@@ -93,6 +122,8 @@ class TaskScaleCfg(_Strict):
     dataset: str
     params: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
+
+    _flat = _flat_params(("dataset", "params", "train"))
 
 
 class VariantCfg(_Strict):

@@ -98,7 +98,7 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
 def summarise(trials: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     """Per variant and metric: n seeds, mean, std and a 95% t confidence interval."""
     out = []
-    for variant, g in trials.groupby("variant", sort=False):
+    for variant, g in (trials.groupby("variant", sort=False) if "variant" in trials else []):
         for m in metrics:
             vals = g[m].dropna().to_numpy(float) if m in g else np.array([])
             n = len(vals)

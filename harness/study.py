@@ -1,7 +1,9 @@
 """``harness run``: validate a study, then train its trials (or size them with --dry-run)."""
 from __future__ import annotations
 
+import inspect
 import json
+import re
 import time
 from pathlib import Path
 
@@ -11,8 +13,9 @@ from rich.table import Table
 
 from pydantic import ValidationError
 
-from harness.config import ConfigError, ResourcesCfg, TrialSpec, config_hash, load_study, resolve
+from harness.config import ConfigError, DataCfg, ResourcesCfg, StudyCfg, TrialSpec, config_hash, load_study, resolve
 from harness.data import build_task
+from harness.registry import DATASETS, UnknownNameError
 from harness.losses import build_loss
 from harness.models import build_model
 from harness.train import make_optimizer, pick_device, train_step
@@ -43,7 +46,7 @@ def dry_run(specs: list[TrialSpec], console: Console) -> None:
     task_shapes: dict[str, tuple[int, int]] = {}
     step_times: dict[str, float] = {}
     table = Table(title=f"{specs[0].study} @ {specs[0].scale}: {len(specs)} trials")
-    for col in ("trial", "varying model params", "steps", "s/step", "est. train time"):
+    for col in ("trial", "varying model / params", "steps", "s/step", "est. train time"):
         table.add_column(col)
     total = 0.0
     # Show only the model parameters that tell the trials apart.
@@ -60,7 +63,9 @@ def dry_run(specs: list[TrialSpec], console: Console) -> None:
         steps = spec.train.epochs * spec.train.steps_per_epoch
         est = steps * step_times[mkey]
         total += est
-        table.add_row(spec.key, ", ".join(f"{k}={spec.model.params.get(k)}" for k in varying), str(steps),
+        shown = ([spec.model.name] if len({s.model.name for s in specs}) > 1 else []) + [
+            f"{k}={spec.model.params.get(k)}" for k in varying]
+        table.add_row(spec.key, ", ".join(shown), str(steps),
                       f"{step_times[mkey]:.3f}", f"{est / 60:.1f} min")
     console.print(table)
     device = pick_device(specs[0].resources.gpu)
@@ -69,11 +74,49 @@ def dry_run(specs: list[TrialSpec], console: Console) -> None:
                   f"validation and cost measurement not included).")
 
 
+def apply_data_roots(study: StudyCfg, scale: str, roots: list[str]) -> None:
+    """``--data-root PATH`` points the study's data at a folder; ``TASK=PATH`` one of its tasks.
+
+    A synthetic data set is replaced by the folder's format (detected), so a paper table runs
+    on real data without editing its study file; the task's training overrides stay.
+    """
+    from harness.data.folders import detect_format
+
+    for item in roots:
+        name, sep, path = item.partition("=")
+        if sep and re.fullmatch(r"[A-Za-z0-9_.-]+", name) and not Path(item).exists():
+            if name not in study.tasks:
+                raise ConfigError(str(UnknownNameError("task", name, list(study.tasks), "--data-root")))
+            cfg = study.tasks[name][scale]
+        else:
+            if study.tasks:
+                raise ConfigError(f"--data-root: {study.name} spans tasks {sorted(study.tasks)}; "
+                                  f"name one: --data-root TASK=PATH")
+            cfg, path = None, item
+        dataset = cfg.dataset if cfg else study.data.dataset
+        params = {"root": path}
+        if "root" not in inspect.signature(DATASETS.get(dataset)).parameters:
+            dataset = detect_format(path)
+            if dataset is None:
+                raise ConfigError(f"--data-root: {path}: cannot tell the format (no dataset.json, CaseNN.mhd or "
+                                  f"BraTS case folders); set the study's dataset to msd, brats or promise12")
+        elif cfg is not None:
+            params = {**cfg.params, "root": path}
+        if cfg is not None:
+            cfg.dataset, cfg.params = dataset, params
+        elif dataset == study.data.dataset:
+            study.scales[scale].data = {**study.scales[scale].data, "root": path}
+        else:  # a synthetic set's parameters mean nothing to the folder's format
+            study.data = DataCfg(dataset=dataset)
+            study.scales[scale].data = {"root": path}
+
+
 def run_study(path: str, scale: str, seeds: int | None, address: str | None, resume: bool,
               tracking_uri: str | None, dry: bool, verbose: int = 1, console: Console | None = None,
-              resources: dict[str, float] | None = None) -> int:
+              resources: dict[str, float] | None = None, data_roots: list[str] | None = None) -> int:
     console = console or Console()
     study = load_study(path)
+    apply_data_roots(study, scale, data_roots or [])
     if resources:
         try:
             study.resources = ResourcesCfg.model_validate({**study.resources.model_dump(), **resources})

@@ -6,6 +6,7 @@ their numbers through Ray Tune's results. A study execution is identified by
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
@@ -110,12 +111,19 @@ class Tracker:
         tags = [RunTag(f"result.{k}", str(v)) for k, v in final.items() if isinstance(v, str)]
         if tags:
             self.client.log_batch(run_id, tags=tags)
-        if per_case is not None:
+        if per_case is not None:  # JSON for the report's paired tests, CSV for spreadsheets
             with tempfile.TemporaryDirectory() as d:
                 path = os.path.join(d, "per_case.json")
                 with open(path, "w") as f:
                     json.dump(per_case, f, indent=1)
                 self.client.log_artifact(run_id, path)
+                if per_case:
+                    path = os.path.join(d, "per_case.csv")
+                    with open(path, "w", newline="") as f:
+                        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in per_case for k in row)))
+                        writer.writeheader()
+                        writer.writerows(per_case)
+                    self.client.log_artifact(run_id, path)
         self.client.set_terminated(run_id, "FINISHED")
 
     def fail_child(self, run_id: str, error: str) -> None:

@@ -14,7 +14,8 @@ import torch
 from monai.data import DataLoader, Dataset
 from monai.inferers import sliding_window_inference
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
-from monai.transforms import Compose, EnsureTyped, RandFlipd, RandSpatialCropd, SpatialPadd
+from monai.transforms import (Compose, EnsureTyped, RandAffined, RandFlipd, RandScaleIntensityd,
+                              RandShiftIntensityd, RandSpatialCropd, SpatialPadd)
 from monai.utils import set_determinism
 
 from harness.config import TrainCfg, TrialSpec
@@ -30,11 +31,23 @@ def pick_device(gpu: float) -> torch.device:
     return torch.device("cuda") if gpu > 0 and torch.cuda.is_available() else torch.device("cpu")
 
 
+# The papers' augmentations (MONAI), applied after the random crop, by the names
+# config.AUGMENTATIONS allows; ranges are the usual nnU-Net-style ones.
+AUGMENTATIONS: dict[str, Callable[[list[str]], list]] = {
+    "flip": lambda keys: [RandFlipd(keys, prob=0.5, spatial_axis=a) for a in range(3)],
+    "scale_intensity": lambda keys: [RandScaleIntensityd(keys[:1], factors=0.1, prob=0.5)],
+    "shift_intensity": lambda keys: [RandShiftIntensityd(keys[:1], offsets=0.1, prob=0.5)],
+    # Rotation up to 15 degrees and scaling 0.85-1.15; labels nearest so they stay binary.
+    "affine": lambda keys: [RandAffined(keys, prob=0.2, rotate_range=[0.26] * 3, scale_range=[0.15] * 3,
+                                        mode=("bilinear", "nearest"), padding_mode="zeros")],
+}
+
+
 def make_loader(task: Task, cfg: TrainCfg, seed: int, device: torch.device) -> DataLoader:
     keys = ["image", "label"]
     xforms = [SpatialPadd(keys, cfg.patch), RandSpatialCropd(keys, cfg.patch, random_size=False)]
-    if cfg.augment:
-        xforms += [RandFlipd(keys, prob=0.5, spatial_axis=a) for a in range(3)]
+    for name in cfg.augment:
+        xforms += AUGMENTATIONS[name](keys)
     # Plain tensors into the model: MetaTensor's per-op metadata tracking costs time in every layer.
     xforms.append(EnsureTyped(keys, track_meta=False))
     transform = Compose(xforms).set_random_state(seed)

@@ -185,3 +185,15 @@ def test_values_layout_puts_metrics_in_rows_per_row_group():
     assert flat.loc[0, "DSM ours"] == "— (failed)" and flat.loc[2, "2D ours"] == "—"
     assert notes == ["heart-DSM / dice_la: failed", "heart-DSM / spec_la: failed",
                      "hippo-2D / dice_ant: no run", "hippo-2D / dice_post: no run"]
+
+
+def test_report_of_a_study_with_no_current_runs_says_so(tmp_path, monkeypatch):
+    # Every run stale (the study changed since) or none at all: an empty table, not a crash.
+    from harness.report import write_report
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(VALUES, sort_keys=False))
+    out, problems = write_report("s.yaml", "smoke", ["md"], tmp_path / "reports",
+                                 f"sqlite:///{tmp_path / 'mlflow.db'}")
+    text = (out / "README.md").read_text()
+    assert "0 finished trials" in text and "No finished runs." in text and problems == []

@@ -67,3 +67,20 @@ def test_evaluate_counts_sensitivity_specificity_and_empty_conventions():
     assert out["dice_a"] == pytest.approx(100 * 2 * 64 / (72 + 128))
     assert out["dice_b"] == 100.0 and math.isnan(out["sens_b"]) and out["spec_b"] == 100.0  # both empty
     assert math.isnan(out["hd95_b"])
+
+
+def test_augmentations_by_name_keep_shapes_and_binary_labels():
+    from harness.config import AUGMENTATIONS
+    from harness.data import build_task
+    from harness.train import AUGMENTATIONS as BUILT, make_loader
+
+    assert set(BUILT) == set(AUGMENTATIONS)
+    task = build_task("synthetic_brats", n_cases=4, shape=[16, 32, 32])
+    cfg = TrainCfg(patch=[16, 32, 32], batch_size=2, steps_per_epoch=3, augment=list(AUGMENTATIONS))
+    plain = TrainCfg(patch=[16, 32, 32], batch_size=2, steps_per_epoch=3, augment=False)
+    aug, ref = (next(iter(make_loader(task, c, 0, torch.device("cpu")))) for c in (cfg, plain))
+    assert aug["image"].shape == ref["image"].shape == (2, 4, 16, 32, 32) and aug["label"].shape == (2, 3, 16, 32, 32)
+    assert set(torch.unique(aug["label"]).tolist()) <= {0, 1} and not torch.equal(aug["image"], ref["image"])
+    assert TrainCfg(patch=[8, 8, 8], augment=True).augment == ["flip"]
+    with pytest.raises(ValueError, match="unknown augmentation 'afine'. Did you mean 'affine'"):
+        TrainCfg(patch=[8, 8, 8], augment=["afine"])

@@ -1,0 +1,360 @@
+"""Real data sets from the user's disk: Decathlon (MSD), BraTS and PROMISE12 folders.
+
+Each format has a scanner (folder -> channels, regions, allowed label values, case files),
+a checker (``check_folder``: every problem as one line, before anyone spends GPU hours) and
+a registered data set whose cases are preprocessed once, as the papers describe, and cached
+as memory-mapped arrays (``task.cached``): read (nibabel for NIfTI, SimpleITK for
+MetaImage), crop to the image's non-zero bounding box, resample to a target spacing, then
+normalise (z-score over the foreground per channel, or CT window clipping and scaling).
+Random crops and augmentation happen in training (``train.make_loader``).
+
+Arrays are (C, D, H, W) with D the slice axis (NIfTI/ITK z), so slice-wise nets see axial
+slices. Targets are one binary channel per region: MSD's labels 1..K, BraTS's evaluated
+regions WT (1, 2, 4), TC (1, 4), ET (4), PROMISE12's prostate.
+
+Folds are fixed in a split file (nnU-Net's ``splits_final.json`` idea): k folds, or one ratio
+split, over sorted case ids from a seed, written once under ``splits/`` (beside mlflow.db and
+reports/) and reused by every later run; a user may name their own.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from harness.data.task import Case, Task, cache_dir, cached
+from harness.registry import DATASETS
+
+BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
+# BraTS labels: 1 necrotic/non-enhancing core, 2 oedema, 4 enhancing tumour; the evaluated regions:
+BRATS_REGIONS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
+NORMALIZE = ("auto", "zscore", "ct", "none")
+
+
+class DataFolderError(ValueError):
+    """A folder that cannot be used; ``problems`` holds one line per problem."""
+
+    def __init__(self, root: str, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"data folder {root}: {len(problems)} problem(s)\n" + "\n".join(f"  {p}" for p in problems))
+
+
+@dataclass
+class CaseFiles:
+    id: str
+    images: list[Path]  # one file per channel, or one 4D file holding every channel
+    label: Path
+
+
+@dataclass
+class Layout:
+    """What a folder holds, known from its file names and metadata alone."""
+
+    format: str
+    channels: list[str]
+    regions: tuple[str, ...]
+    label_values: set[int]
+    cases: list[CaseFiles]
+    to_regions: Callable[[np.ndarray], np.ndarray]  # integer label map -> (R, ...) uint8
+    ct: bool = False
+    problems: list[str] | None = None  # files missing at scan time
+
+
+def _region_name(name: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")
+
+
+def _one_hot(values: Sequence[Sequence[int]]) -> Callable[[np.ndarray], np.ndarray]:
+    def f(label: np.ndarray) -> np.ndarray:
+        return np.stack([np.isin(label, v) for v in values]).astype(np.uint8)
+    return f
+
+
+def scan_msd(root: Path) -> Layout:
+    """A Decathlon task folder through its ``dataset.json`` (modalities, labels, training list)."""
+    meta_path = root / "dataset.json"
+    if not meta_path.is_file():
+        raise DataFolderError(str(root), [f"{meta_path}: missing (every Decathlon task has a dataset.json)"])
+    try:
+        meta = json.loads(meta_path.read_text())
+        modalities = [meta["modality"][k] for k in sorted(meta["modality"], key=int)]
+        labels = {int(k): v for k, v in meta["labels"].items()}
+        training = meta["training"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataFolderError(str(root), [f"{meta_path}: unreadable ({type(e).__name__}: {e}); needs "
+                                          "'modality', 'labels' and 'training'"]) from None
+    fg = sorted(k for k in labels if k != 0)
+    cases, problems = [], []
+    for entry in training:
+        img, lab = root / entry["image"], root / entry["label"]
+        cid = Path(entry["image"]).name.split(".")[0]
+        missing = [p for p in (img, lab) if not p.is_file()]
+        problems += [f"{cid}: {p}: missing (listed in dataset.json)" for p in missing]
+        if not missing:
+            cases.append(CaseFiles(cid, [img], lab))
+    return Layout("msd", modalities, tuple(_region_name(labels[k]) for k in fg), set(labels), cases,
+                  _one_hot([(k,) for k in fg]), ct=any(m.upper() == "CT" for m in modalities), problems=problems)
+
+
+def scan_brats(root: Path) -> Layout:
+    """A BraTS 2018/2020 folder: one folder per case with *_t1, *_t1ce, *_t2, *_flair, *_seg NIfTI files."""
+    cases, problems = [], []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        found = {}
+        for key in (*BRATS_MODALITIES, "seg"):
+            hits = sorted(d.glob(f"*_{key}.nii*"))
+            if len(hits) != 1:
+                problems.append(f"{d.name}: {'no' if not hits else 'several'} *_{key}.nii(.gz) file(s)")
+            else:
+                found[key] = hits[0]
+        if len(found) == 5:
+            cases.append(CaseFiles(d.name, [found[m] for m in BRATS_MODALITIES], found["seg"]))
+    if not cases and not problems:
+        problems.append(f"{root}: no case folders (expected one folder per case with *_t1/_t1ce/_t2/_flair/_seg)")
+    return Layout("brats", list(BRATS_MODALITIES), tuple(BRATS_REGIONS), {0, 1, 2, 4}, cases,
+                  _one_hot(list(BRATS_REGIONS.values())), problems=problems)
+
+
+def scan_promise12(root: Path) -> Layout:
+    """PROMISE12: ``CaseNN.mhd`` with ``CaseNN_segmentation.mhd`` beside it."""
+    cases, problems = [], []
+    for img in sorted(root.glob("Case[0-9]*.mhd")):
+        if img.stem.endswith("_segmentation"):
+            continue
+        lab = img.with_name(f"{img.stem}_segmentation.mhd")
+        if not lab.is_file():
+            problems.append(f"{img.stem}: {lab.name}: missing")
+            continue
+        cases.append(CaseFiles(img.stem, [img], lab))
+    if not cases and not problems:
+        problems.append(f"{root}: no CaseNN.mhd files")
+    return Layout("promise12", ["T2"], ("prostate",), {0, 1}, cases, _one_hot([(1,)]), problems=problems)
+
+
+SCANNERS = {"msd": scan_msd, "brats": scan_brats, "promise12": scan_promise12}
+
+
+def scan(root: str | Path, fmt: str) -> Layout:
+    if fmt not in SCANNERS:
+        raise ValueError(f"--format: {fmt!r} is not a data format; allowed: {', '.join(SCANNERS)}")
+    root = Path(root)
+    if not root.is_dir():
+        raise DataFolderError(str(root), [f"{root}: not a folder"])
+    return SCANNERS[fmt](root)
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.endswith((".nii", ".nii.gz"))
+
+
+def _read(path: Path) -> tuple[np.ndarray, tuple]:
+    """Voxels as (z, y, x) or (C, z, y, x), and the geometry of the spatial axes.
+
+    NIfTI goes through nibabel, which fails on a truncated gzip stream (SimpleITK quietly
+    returns the voxels it got); MetaImage and the rest through SimpleITK. Any failure to
+    read is a ``RuntimeError`` naming the cause.
+    """
+    try:
+        if _is_nifti(path):
+            import nibabel as nib
+
+            img = nib.load(str(path))
+            data = np.asanyarray(img.dataobj)
+            zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+            rot = img.affine[:3, :3] / np.asarray(zooms)
+            arr = data.transpose(2, 1, 0) if data.ndim == 3 else data.transpose(3, 2, 1, 0)
+            return arr, (tuple(data.shape[:3]), zooms, tuple(img.affine[:3, 3].tolist()), rot.ravel().tolist())
+        import SimpleITK as sitk
+
+        img = sitk.ReadImage(str(path))
+        n = img.GetDimension()
+        direction = np.asarray(img.GetDirection()).reshape(n, n)[:3, :3].ravel().tolist()
+        return sitk.GetArrayFromImage(img), (img.GetSize()[:3], img.GetSpacing()[:3], img.GetOrigin()[:3], direction)
+    except Exception as e:  # noqa: BLE001  every reader error (EOF, zlib, ITK, header) means: unreadable
+        lines = str(e).strip().splitlines() or [""]
+        itk = [re.sub(r"^ITK ERROR: \w+\(0x[0-9a-f]+\): ", "", ln) for ln in lines if "ITK ERROR" in ln]
+        raise RuntimeError(f"{type(e).__name__}: {(itk or lines)[-1][:160]}") from e
+
+
+def _close(a: Sequence[float], b: Sequence[float], tol: float = 1e-3) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= tol * max(1.0, abs(x), abs(y)) for x, y in zip(a, b))
+
+
+def _check_case(layout: Layout, c: CaseFiles) -> list[str]:
+    out, read = [], []
+    for p in [*c.images, c.label]:
+        try:
+            read.append(_read(p))
+        except RuntimeError as e:
+            out.append(f"{c.id}: {p.name}: unreadable ({e})")
+    if out:
+        return out
+    *chans, (label, geom) = read
+    n_chan = sum(a.shape[0] if a.ndim == 4 else 1 for a, _ in chans)
+    if n_chan != len(layout.channels):
+        out.append(f"{c.id}: image has {n_chan} channel(s), the data set declares {len(layout.channels)}")
+    size, spacing, origin, direction = geom
+    for p, (_, (s2, sp2, o2, d2)) in zip(c.images, chans):
+        if tuple(s2) != tuple(size):
+            out.append(f"{c.id}: {p.name} has shape {tuple(s2)}, its label {c.label.name} {tuple(size)}")
+        elif not (_close(sp2, spacing) and _close(o2, origin) and _close(d2, direction)):
+            out.append(f"{c.id}: {p.name} and its label {c.label.name} disagree on spacing/origin/direction "
+                       f"({tuple(sp2)} vs {tuple(spacing)}, origin {tuple(o2)} vs {tuple(origin)})")
+    bad = sorted(set(np.unique(label).astype(int).tolist()) - layout.label_values)
+    if bad:
+        out.append(f"{c.id}: {c.label.name} has label values {bad} outside the declared {sorted(layout.label_values)}")
+    return out
+
+
+def _stats_key(layout: Layout) -> str:
+    """Changes when any file of the folder changes (name, size, modification time)."""
+    files = {p for c in layout.cases for p in (*c.images, c.label)}
+    files |= {q for p in files if p.suffix == ".mhd" for q in p.parent.glob(f"{p.stem}.*raw")}  # voxel files
+    files = sorted(files)
+    return hashlib.sha1(json.dumps([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]).encode()
+                        ).hexdigest()[:16]
+
+
+def check_folder(root: str | Path, fmt: str) -> list[str]:
+    """Every problem of a folder, one line each (empty: usable). Cached until a file changes."""
+    try:
+        layout = scan(root, fmt)
+    except DataFolderError as e:
+        return e.problems
+    # Files missing at scan time, then the complete cases' own problems (cached per file state).
+    key = cache_dir() / "checks" / f"{fmt}-{_stats_key(layout)}.json"
+    if key.exists():
+        found = json.loads(key.read_text())
+    else:
+        found = [p for c in layout.cases for p in _check_case(layout, c)]
+        key.parent.mkdir(parents=True, exist_ok=True)
+        key.write_text(json.dumps(found))
+    return list(layout.problems or []) + found
+
+
+def _load_case(layout: Layout, c: CaseFiles, spacing: Sequence[float] | None, crop_foreground: bool,
+               normalize: str, ct_window: Sequence[float]) -> Case:
+    from monai.data import MetaTensor
+    from monai.transforms import CropForeground, NormalizeIntensity, ScaleIntensityRange, Spacing
+
+    chans = []
+    for p in c.images:
+        a = _read(p)[0].astype(np.float32)  # (z, y, x) or (C, z, y, x)
+        chans += list(a) if a.ndim == 4 else [a]
+    ref, (_, (sx, sy, sz), _, _) = _read(c.label)
+    image = np.stack(chans)  # (C, D, H, W), D = z
+    label = layout.to_regions(ref)  # (R, D, H, W)
+    both = MetaTensor(torch.from_numpy(np.concatenate([image, label.astype(np.float32)])),
+                      affine=torch.diag(torch.tensor([sz, sy, sx, 1.0], dtype=torch.float64)))
+    if crop_foreground:  # the image's non-zero box (MRI background is 0), applied to image and label alike
+        both = CropForeground(select_fn=lambda x: x != 0, channel_indices=list(range(len(chans))), margin=0)(both)
+    n = len(chans)
+    img, lab = both[:n], both[n:]
+    if spacing is not None:
+        img = Spacing(pixdim=spacing, mode="bilinear")(img)
+        lab = Spacing(pixdim=spacing, mode="nearest")(lab)
+    if normalize == "ct":  # clip to the window, scale to [0, 1]
+        img = ScaleIntensityRange(a_min=ct_window[0], a_max=ct_window[1], b_min=0.0, b_max=1.0, clip=True)(img)
+    elif normalize == "zscore":  # mean/std over the foreground (non-zero voxels) per channel
+        img = NormalizeIntensity(nonzero=True, channel_wise=True)(img)
+    return Case(c.id, np.asarray(img.as_tensor(), dtype=np.float32), (np.asarray(lab.as_tensor()) > 0.5).astype(np.uint8))
+
+
+def _splits(ids: list[str], folds: int | None, val_fraction: float | None, seed: int) -> list[dict[str, list[str]]]:
+    ordered = sorted(ids)
+    perm = [ordered[i] for i in np.random.default_rng(seed).permutation(len(ordered))]
+    if val_fraction is not None:
+        n_val = max(1, round(val_fraction * len(ordered)))
+        return [{"train": sorted(perm[n_val:]), "val": sorted(perm[:n_val])}]
+    parts = np.array_split(np.array(perm, dtype=object), folds)
+    return [{"train": sorted(i for j, p in enumerate(parts) if j != k for i in p), "val": sorted(parts[k])}
+            for k in range(folds)]
+
+
+def split_file_for(fmt: str, root: Path, folds: int | None, val_fraction: float | None, seed: int) -> Path:
+    kind = f"{folds}fold" if val_fraction is None else f"ratio{val_fraction:g}"
+    return Path("splits") / f"{fmt}-{root.name}-{kind}-seed{seed}.json"
+
+
+def load_split(path: Path, ids: list[str], folds: int | None, val_fraction: float | None, seed: int,
+               fold: int) -> dict[str, list[str]]:
+    """The fold's train/val ids, from the split file (written on first use, then reused)."""
+    if path.exists():
+        raw = json.loads(path.read_text())
+        splits = raw["splits"] if isinstance(raw, dict) else raw  # ours, or nnU-Net's plain list
+    else:
+        if val_fraction is None and folds > len(ids):
+            raise ValueError(f"data.folds: {folds} folds need at least as many cases; the folder has {len(ids)}")
+        splits = _splits(ids, folds, val_fraction, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"seed": seed, "folds": folds, "val_fraction": val_fraction,
+                                   "case_ids": sorted(ids), "splits": splits}, indent=1))
+        tmp.replace(path)
+    if not 0 <= fold < len(splits):
+        raise ValueError(f"data.fold: {fold} is outside the split file's folds 0..{len(splits) - 1} ({path})")
+    unknown = sorted(set(splits[fold]["train"] + splits[fold]["val"]) - set(ids))
+    if unknown:
+        raise ValueError(f"data.split_file: {path} names cases the folder lacks: {unknown[:5]}"
+                         f"{' ...' if len(unknown) > 5 else ''}")
+    return splits[fold]
+
+
+def folder_task(fmt: str, root: str, fold: int = 0, folds: int | None = 5, val_fraction: float | None = None,
+                seed: int = 0, split_file: str | None = None, spacing: Sequence[float] | None = None,
+                crop_foreground: bool = True, normalize: str = "auto",
+                ct_window: Sequence[float] = (-1000.0, 1000.0)) -> Task:
+    """A registered folder data set: checked, split, preprocessed lazily (module docstring)."""
+    if normalize not in NORMALIZE:
+        raise ValueError(f"data.normalize: {normalize!r} is not allowed; choose from {', '.join(NORMALIZE)}")
+    if val_fraction is not None and not 0 < val_fraction < 1:
+        raise ValueError(f"data.val_fraction: {val_fraction} is outside (0, 1)")
+    if val_fraction is None and (folds is None or folds < 2):
+        raise ValueError(f"data.folds: {folds} must be >= 2 (or give data.val_fraction for one ratio split)")
+    if spacing is not None and (len(spacing) != 3 or min(spacing) <= 0):
+        raise ValueError(f"data.spacing: {list(spacing)} must be three positive sizes (D, H, W) in mm")
+    if len(ct_window) != 2 or ct_window[0] >= ct_window[1]:
+        raise ValueError(f"data.ct_window: {list(ct_window)} must be [low, high] with low < high")
+    problems = check_folder(root, fmt)
+    if problems:
+        raise DataFolderError(root, problems)
+    layout = scan(root, fmt)
+    if normalize == "auto":
+        normalize = "ct" if layout.ct else "zscore"
+    ids = [c.id for c in layout.cases]
+    split_path = Path(split_file) if split_file else split_file_for(fmt, Path(root), folds, val_fraction, seed)
+    split = load_split(split_path.resolve(), ids, folds, val_fraction, seed, fold)
+    prep = dict(spacing=list(spacing) if spacing else None, crop_foreground=crop_foreground, normalize=normalize,
+                ct_window=list(ct_window))
+
+    def load() -> dict[str, list[Case]]:
+        by_id = {c.id: c for c in cached(f"{fmt}-{Path(root).name}",
+                                         {"root": str(Path(root).resolve()), "files": _stats_key(layout), **prep},
+                                         lambda: (_load_case(layout, c, **prep) for c in layout.cases))}
+        return {part: [by_id[i] for i in split[part]] for part in ("train", "val")}
+
+    return Task(f"{fmt}:{Path(root).name}", in_channels=len(layout.channels), regions=layout.regions, load=load)
+
+
+# One registered data set per format; the parameters are ``folder_task``'s after ``fmt``.
+for _fmt in SCANNERS:
+    DATASETS.register(_fmt)(functools.partial(folder_task, _fmt))
+
+
+def detect_format(root: str | Path) -> str | None:
+    """The format a folder looks like: dataset.json (MSD), CaseNN.mhd (PROMISE12), case folders (BraTS)."""
+    root = Path(root)
+    if (root / "dataset.json").is_file():
+        return "msd"
+    if any(root.glob("Case[0-9]*.mhd")):
+        return "promise12"
+    if root.is_dir() and any(d.is_dir() and any(d.glob("*_seg.nii*")) for d in root.iterdir()):
+        return "brats"
+    return None
