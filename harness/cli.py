@@ -35,7 +35,7 @@ def cmd_run(args) -> int:
 
     resources = {k: v for k, v in (("cpu", args.cpus_per_trial), ("gpu", args.gpus_per_trial)) if v is not None}
     return run_study(args.study, args.scale, args.seeds, args.address, args.resume, args.tracking_uri, args.dry_run,
-                     verbose=args.verbose, resources=resources, data_roots=args.data_root)
+                     verbose=args.verbose, resources=resources, data_roots=args.data_root, folds=args.folds)
 
 
 def cmd_data_check(args) -> int:
@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("study")
     r.add_argument("--scale", default="smoke", choices=["smoke", "paper"])
     r.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the study's)")
+    r.add_argument("--folds", type=int, default=None,
+                   help="run every fold of a k-fold split (folder data sets; default: the scale's folds, else 1)")
     r.add_argument("--address", default=None, help="Ray cluster: 'auto' or 'ray://host:10001' (default: local Ray)")
     r.add_argument("--resume", action="store_true", help="finish an interrupted run; finished trials are kept")
     r.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///mlflow.db)")

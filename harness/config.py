@@ -114,6 +114,7 @@ class ScaleCfg(_Strict):
     train: dict[str, Any] = Field(default_factory=dict)
     cost: dict[str, Any] = Field(default_factory=dict)
     seeds: Optional[int] = Field(None, ge=1)
+    folds: Optional[int] = Field(None, ge=1)  # cross-validation folds of folder data sets (their ``fold``)
 
 
 class TaskScaleCfg(_Strict):
@@ -185,6 +186,7 @@ class TrialSpec(BaseModel):
     variant: str
     tags: dict[str, str]
     seed: int
+    fold: Optional[int] = None  # set when the trial is one fold of a cross-validation
     data: DataCfg
     model: ModelCfg
     train: TrainCfg
@@ -299,8 +301,12 @@ def _scale_parts(study: StudyCfg, scale: str):
     return sc, base_train, cost, data
 
 
-def resolve_variant(study: StudyCfg, scale: str, v: VariantCfg, seeds: int = 1) -> list[TrialSpec]:
-    """Trial specs of one variant at ``scale``: study <- scale <- [task] <- variant, model checked."""
+def resolve_variant(study: StudyCfg, scale: str, v: VariantCfg, seeds: int = 1, folds: int = 1) -> list[TrialSpec]:
+    """Trial specs of one variant at ``scale``: study <- scale <- [task] <- variant, model checked.
+
+    ``folds`` > 1 repeats the variant on each fold of a data set that has folds (one read from
+    a folder); a synthetic set has none and keeps one split, its spread over seeds only.
+    """
     _, base_train, cost, data = _scale_parts(study, scale)
     if v.task is not None:  # the task defines the data at this scale, and may adjust training (its patch)
         t = study.tasks[v.task][scale]
@@ -320,13 +326,22 @@ def resolve_variant(study: StudyCfg, scale: str, v: VariantCfg, seeds: int = 1) 
             raise ConfigError(str(e)) from None
         model = ModelCfg(name=v.model, params=v.params)
     check_model(model, train.patch, f"variant {v.name!r}")
-    return [TrialSpec(study=study.name, scale=scale, key=f"{v.name}#s{s}", variant=v.name, tags=v.tags, seed=s,
-                      data=data, model=model, train=train, cost=cost, resources=study.resources)
-            for s in range(seeds)]
+    if folds > 1 and "fold" in inspect.signature(DATASETS.get(data.dataset)).parameters:
+        if "fold" in data.params:
+            raise ConfigError(f"variant {v.name!r}: data.fold is set to {data.params['fold']}; "
+                              f"remove it to run all {folds} folds")
+        runs = [(f"#f{k}s{s}", k, DataCfg(dataset=data.dataset, params={**data.params, "folds": folds, "fold": k}))
+                for k in range(folds) for s in range(seeds)]
+        seeds_of = [s for _ in range(folds) for s in range(seeds)]
+    else:
+        runs, seeds_of = [(f"#s{s}", None, data) for s in range(seeds)], list(range(seeds))
+    return [TrialSpec(study=study.name, scale=scale, key=f"{v.name}{suffix}", variant=v.name, tags=v.tags, seed=s,
+                      fold=k, data=d, model=model, train=train, cost=cost, resources=study.resources)
+            for (suffix, k, d), s in zip(runs, seeds_of)]
 
 
-def resolve(study: StudyCfg, scale: str, seeds: int | None = None) -> list[TrialSpec]:
-    """Apply ``scale`` and expand variants x seeds into validated trial specs."""
+def resolve(study: StudyCfg, scale: str, seeds: int | None = None, folds: int | None = None) -> list[TrialSpec]:
+    """Apply ``scale`` and expand variants x [folds x] seeds into validated trial specs."""
     sc, _, _, data = _scale_parts(study, scale)
     check_data(data)
     for name, per_scale in study.tasks.items():
@@ -337,7 +352,8 @@ def resolve(study: StudyCfg, scale: str, seeds: int | None = None) -> list[Trial
             raise ConfigError(f"tasks.{name}.{scale}: {e}") from None
     n_seeds = seeds or sc.seeds or study.seeds
     vs = variants(study)
-    specs = [spec for v in vs for spec in resolve_variant(study, scale, v, n_seeds)]
+    n_folds = folds or sc.folds or 1
+    specs = [spec for v in vs for spec in resolve_variant(study, scale, v, n_seeds, n_folds)]
     known = [v.name for v in vs]
     for vname in study.expected:
         if vname not in known:

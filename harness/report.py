@@ -61,7 +61,8 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
         [exp.experiment_id], f"tags.harness_role = 'trial' and tags.scale = '{scale}'", max_results=50000,
         order_by=["attributes.start_time DESC"])
     seeds = 1 + max([int(r.data.tags.get("seed", 0)) for r in runs] or [0])
-    expected_hash = {s.key: config_hash(s.model_dump()) for s in resolve(study, scale, seeds)}
+    folds = 1 + max([int(r.data.tags.get("fold", 0)) for r in runs] or [0])
+    expected_hash = {s.key: config_hash(s.model_dump()) for s in resolve(study, scale, seeds, folds)}
     axes = {v.name: _tag_axes(v) for v in variants(study)}
     rows, failed, stale, seen = [], [], 0, set()
     for r in runs:  # newest first: the first finished run of a key is the one that counts

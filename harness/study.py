@@ -113,7 +113,8 @@ def apply_data_roots(study: StudyCfg, scale: str, roots: list[str]) -> None:
 
 def run_study(path: str, scale: str, seeds: int | None, address: str | None, resume: bool,
               tracking_uri: str | None, dry: bool, verbose: int = 1, console: Console | None = None,
-              resources: dict[str, float] | None = None, data_roots: list[str] | None = None) -> int:
+              resources: dict[str, float] | None = None, data_roots: list[str] | None = None,
+              folds: int | None = None) -> int:
     console = console or Console()
     study = load_study(path)
     apply_data_roots(study, scale, data_roots or [])
@@ -122,7 +123,7 @@ def run_study(path: str, scale: str, seeds: int | None, address: str | None, res
             study.resources = ResourcesCfg.model_validate({**study.resources.model_dump(), **resources})
         except ValidationError as e:
             raise ConfigError(f"--cpus-per-trial/--gpus-per-trial: {e.errors()[0]['msg']} (got {resources})") from None
-    specs = resolve(study, scale, seeds)  # every config error is raised before anything is written
+    specs = resolve(study, scale, seeds, folds)  # every config error is raised before anything is written
     if dry:
         dry_run(specs, console)
         return 0

@@ -93,7 +93,8 @@ class Tracker:
 
     def start_child(self, exp_id: str, parent_id: str, spec: TrialSpec, chash: str) -> str:
         tags = {PARENT: parent_id, "harness_role": "trial", "study": spec.study, "scale": spec.scale,
-                "trial_key": spec.key, "variant": spec.variant, "seed": str(spec.seed), "config_hash": chash,
+                "trial_key": spec.key, "variant": spec.variant, "seed": str(spec.seed),
+                **({"fold": str(spec.fold)} if spec.fold is not None else {}), "config_hash": chash,
                 "git_commit": git_commit(), "mlflow.runName": spec.key, **environment(),
                 **{f"tag.{k}": v for k, v in spec.tags.items()}}
         run_id = self.client.create_run(exp_id, tags=tags).info.run_id

@@ -163,3 +163,21 @@ def test_bad_tasks_exit_2(tmp_path, monkeypatch, capsys, change, message):
     change(study)
     assert main(["run", str(write(tmp_path, study))]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_folds_expand_folder_data_sets_only(tmp_path):
+    from test_folders import make_msd
+
+    root = make_msd(tmp_path / "Task05", n=6)
+    study = {**BASE, "tasks": {"real": {s: {"dataset": "msd", "root": str(root)} for s in ("smoke", "paper")},
+                               "synth": TASKS["a"]},
+             "variants": [{"name": "r", "task": "real"}, {"name": "s", "task": "synth"}],
+             "model": {"name": "unet2d"}, "scales": {"smoke": {"folds": 3}, "paper": {}}}
+    s = load_study(write(tmp_path, study))
+    specs = resolve(s, "smoke", seeds=2)
+    real = [x for x in specs if x.variant == "r"]
+    assert [x.key for x in real] == ["r#f0s0", "r#f0s1", "r#f1s0", "r#f1s1", "r#f2s0", "r#f2s1"]
+    assert [(x.fold, x.seed, x.data.params["fold"], x.data.params["folds"]) for x in real[2:4]] == [(1, 0, 1, 3),
+                                                                                                  (1, 1, 1, 3)]
+    assert [x.key for x in specs if x.variant == "s"] == ["s#s0", "s#s1"]  # synthetic: one split, seeds only
+    assert len(resolve(s, "paper")) == 2 and len(resolve(s, "paper", folds=5)) == 6

@@ -231,19 +231,22 @@ def test_study_on_a_real_data_folder_end_to_end(tmp_path):
              "train": {"patch": [8, 16, 16], "epochs": 1, "steps_per_epoch": 2, "batch_size": 1},
              "cost": {"latency_runs": 1}, "scales": {"smoke": {}, "paper": {}}, "expected": {"a": {"mean_dice": 1}}}
     (tmp_path / "s.yaml").write_text(json.dumps(study))
-    done = subprocess.run([sys.executable, "-m", "harness.cli", "run", "s.yaml", "--data-root", str(root)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "run", "s.yaml", "--data-root", str(root),
+                           "--folds", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (split,) = (tmp_path / "splits").glob("msd-Task05_Prostate-5fold-seed0.json")  # beside mlflow.db
+    (split,) = (tmp_path / "splits").glob("msd-Task05_Prostate-2fold-seed0.json")  # beside mlflow.db
+    splits = json.loads(split.read_text())["splits"]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("harness/real_e2e")
-    (run,) = client.search_runs([exp.experiment_id], "tags.harness_role = 'trial'")
-    assert run.info.status == "FINISHED" and {"dice_pz", "sens_tz", "spec_pz"} <= set(run.data.metrics)
-    assert run.data.params["data.params.root"] == str(root)
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"per_case.json", "per_case.csv"}
-    val = json.loads(split.read_text())["splits"][0]["val"]
-    csv = open(client.download_artifacts(run.info.run_id, "per_case.csv", str(tmp_path))).read()
-    assert csv.splitlines()[0].startswith("case,") and sorted(ln.split(",")[0] for ln in csv.splitlines()[1:]) == val
+    runs = sorted(client.search_runs([exp.experiment_id], "tags.harness_role = 'trial'"),
+                  key=lambda r: r.data.tags["fold"])
+    assert [(r.data.tags["trial_key"], r.info.status) for r in runs] == [("a#f0s0", "FINISHED"), ("a#f1s0", "FINISHED")]
+    for k, run in enumerate(runs):  # each fold evaluated on its own validation cases, per case in CSV
+        assert {"dice_pz", "sens_tz", "spec_pz"} <= set(run.data.metrics)
+        assert run.data.params["data.params.root"] == str(root)
+        csv = open(client.download_artifacts(run.info.run_id, "per_case.csv", str(tmp_path / f"f{k}"))).read()
+        assert csv.splitlines()[0].startswith("case,")
+        assert sorted(ln.split(",")[0] for ln in csv.splitlines()[1:]) == splits[k]["val"]
 
 
 def test_data_root_points_a_paper_table_at_real_folders(tmp_path, capsys):
