@@ -165,8 +165,10 @@ def test_bad_tasks_exit_2(tmp_path, monkeypatch, capsys, change, message):
     assert message in capsys.readouterr().err
 
 
-def test_folds_expand_folder_data_sets_only(tmp_path):
+def test_folds_expand_folder_data_sets_only(tmp_path, monkeypatch):
     from test_folders import make_msd
+
+    monkeypatch.chdir(tmp_path)  # the split file is written under ./splits
 
     root = make_msd(tmp_path / "Task05", n=6)
     study = {**BASE, "tasks": {"real": {s: {"dataset": "msd", "root": str(root)} for s in ("smoke", "paper")},
