@@ -318,8 +318,11 @@ def check_pinned(runs: StudyRuns) -> list[tuple[str, str]]:
             if got.empty:
                 out.append(("missing", f"{variant} {metric}: no finished run to check (paper {e.value} ± {e.tol})"))
                 continue
-            msg = (f"{variant} {metric}: ours {got.mean():,.6g} vs paper {e.value:,.6g} ± {e.tol:,.6g} "
-                   f"(gap {got.mean() - e.value:+,.6g})" + (f"; {e.note}" if e.note else ""))
+            def num(x: float, sign: str = "") -> str:  # whole numbers in full (parameter counts), else 6 digits
+                return f"{x:{sign},.0f}" if abs(x) >= 1e4 or float(x).is_integer() else f"{x:{sign},.6g}"
+
+            msg = (f"{variant} {metric}: ours {num(got.mean())} vs paper {num(e.value)} ± {num(e.tol)} "
+                   f"(gap {num(got.mean() - e.value, '+')})" + (f"; {e.note}" if e.note else ""))
             if abs(got.mean() - e.value) <= e.tol:
                 out.append(("ok", msg))
             else:
