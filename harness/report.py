@@ -152,6 +152,14 @@ def _fmt(x: float, metric: str = "") -> str:
     return f"{x:.2f}" if abs(x) >= 0.01 else f"{x:.3g}"
 
 
+def _cell(s, metric: str) -> str:
+    """Mean ± sample std over seeds (and folds); no ± for a number every run shares (costs)."""
+    if s.n <= 1:
+        return _fmt(s.mean, metric)
+    spread = f" ± {_fmt(s.std, metric)}" if s.std != 0 else ""
+    return f"{_fmt(s.mean, metric)}{spread} (n={s.n})"
+
+
 def _fmt_paper(x: float) -> str:
     """The paper's numbers exactly as printed (no rounding)."""
     if isinstance(x, float) and math.isnan(x):
@@ -201,7 +209,7 @@ def _values_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
                 if failed or runs.trials.empty or not (runs.trials.variant == v.name).any():
                     notes.append(f"{v.name} / {m}: {'failed' if failed else 'no run'}")
             else:
-                ours.append(_fmt(s.mean, m) + (f" ± {_fmt(s.std, m)} (n={s.n})" if s.n > 1 else ""))
+                ours.append(_cell(s, m))
             paper.append(_fmt_paper(_expected(study, v.name, m)[0]))
         table[f"{c} ours"], table[f"{c} paper"] = ours, paper
     if not row_axis:
@@ -258,7 +266,7 @@ def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
                 ours.append(f"— ({status})")
                 notes.append(f"{v.name} / {m}: {status}")
             else:
-                ours.append(_fmt(s.mean) + (f" ± {_fmt(s.std)}" if s.n > 1 else "") + (f" (n={s.n})" if s.n > 1 else ""))
+                ours.append(_cell(s, m))
                 means.loc[r, c] = s.mean
             paper.append(_fmt_paper(exp))
             delta.append(_fmt(s.mean - exp) if s is not None and s.n and not math.isnan(exp) else "—")

@@ -245,6 +245,12 @@ def write_pareto(space: Space, study, out: Path) -> Path:
     df.to_csv(out / "trials.csv", index=False)
     best = {t.number for t in study.best_trials} if rows else set()
     front = df[df.trial.isin(best)].sort_values(objs[-1]) if rows else df
+    if rows:  # a sampler may propose a configuration again: one row per configuration, its first trial
+        knobs = list(space.cfg.knobs)
+        front = front.loc[~front[knobs].astype(str).duplicated()]
+        for col in objs:  # counts in full, not 1.09638e+06
+            if (front[col] % 1 == 0).all():
+                front[col] = front[col].astype(int)
     (out / "pareto.md").write_text(
         f"# Pareto set of search {space.cfg.name}\n\nBase study `{space.study.name}` at scale "
         f"`{space.cfg.scale}`; objectives: "

@@ -180,7 +180,7 @@ def test_values_layout_puts_metrics_in_rows_per_row_group():
     assert flat[["task", "metric"]].values.tolist() == [["heart", "Dice"], ["heart", "Specificity"],
                                                         ["hippo", "Dice 1"], ["hippo", "Dice 2"]]
     assert flat.loc[0, "2D ours"] == "82.0 ± 2.83 (n=2)" and flat.loc[0, "2D paper"] == "90.25"
-    assert flat.loc[1, "2D ours"] == "99.971 ± 0.000 (n=2)" and flat.loc[1, "2D paper"] == "99.97"  # specificity: 3 decimals
+    assert flat.loc[1, "2D ours"] == "99.971 (n=2)" and flat.loc[1, "2D paper"] == "99.97"  # specificity: 3 decimals
     assert flat.loc[3, "DSM ours"] == "60.0" and flat.loc[3, "DSM paper"] == "87.86"
     assert flat.loc[0, "DSM ours"] == "— (failed)" and flat.loc[2, "2D ours"] == "—"
     assert notes == ["heart-DSM / dice_la: failed", "heart-DSM / spec_la: failed",

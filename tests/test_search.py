@@ -98,3 +98,19 @@ def test_tiny_search_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     assert variants and len(variants) == len(study.best_trials)
     for v in variants:  # each exported Pareto point is a ready variant of the base study
         check_model(ModelCfg(name="gsp_unet", params={**BASE["model"]["params"], **v["params"]}), [16, 32, 32], v["name"])
+
+
+def test_pareto_lists_each_configuration_once(tmp_path):
+    from optuna.distributions import CategoricalDistribution
+
+    from harness.search import write_pareto
+
+    space = Space(write(tmp_path, {**SPACE, "knobs": {"insert": {"choice": ["CSC", "CCS"]}}}))
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    dist = {"insert": CategoricalDistribution(["CSC", "CCS"])}
+    for insert, dice, gmacs in (("CSC", 60.0, 2.0), ("CCS", 50.0, 1.0), ("CSC", 60.0, 2.0), ("CCS", 40.0, 3.0)):
+        study.add_trial(optuna.trial.create_trial(params={"insert": insert}, distributions=dist, values=[dice, gmacs]))
+    out = write_pareto(space, study, tmp_path / "out")
+    names = [v["name"] for v in yaml.safe_load((out / "pareto_variants.yaml").read_text())["variants"]]
+    assert names == ["search_tiny_t001", "search_tiny_t000"]  # the repeat (trial 2) and the dominated one left out
+    assert len((out / "trials.csv").read_text().splitlines()) == 5  # every complete trial kept in the CSV
