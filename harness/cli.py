@@ -41,6 +41,9 @@ def cmd_run(args) -> int:
 def cmd_data_check(args) -> int:
     from harness.data.folders import SCANNERS, check_folder, detect_format, scan
 
+    if not Path(args.root).is_dir():
+        print(f"error: {args.root}: not a folder", file=sys.stderr)
+        return 2
     fmt = args.format or detect_format(args.root)
     if fmt is None:
         print(f"error: {args.root}: cannot tell the format (no dataset.json, CaseNN.mhd or BraTS case folders); "

@@ -197,6 +197,11 @@ def test_data_check_other_formats_and_a_clean_folder(tmp_path, capsys):
     raw.write_bytes(raw.read_bytes()[:100])
     assert main(["data", "check", str(promise)]) == 2
     assert "Case00: Case00.mhd: unreadable (RuntimeError: File cannot be read" in capsys.readouterr().out
+    assert main(["data", "check", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: not a folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["data", "check", str(tmp_path / "empty")]) == 2
+    assert "cannot tell the format" in capsys.readouterr().err
     assert main(["data", "check", str(make_msd(tmp_path / "ok"))]) == 0
     assert "ok (msd): 5 cases, channels T2, regions pz, tz" in capsys.readouterr().out
 
