@@ -111,7 +111,7 @@ def cmd_cost(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from harness.config import load_study, resolve
+    from harness.config import apply_data_roots, load_study, resolve
     from harness.report import FORMATS, write_report
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
@@ -119,8 +119,10 @@ def cmd_report(args) -> int:
     if bad:
         print(f"error: --format: {', '.join(bad)} not allowed; choose from {', '.join(FORMATS)}", file=sys.stderr)
         return 2
-    resolve(load_study(args.study), args.scale)  # bad input fails before anything is written
-    out, problems = write_report(args.study, args.scale, formats, Path(args.out), args.tracking_uri)
+    study = load_study(args.study)
+    apply_data_roots(study, args.scale, args.data_root or [])
+    resolve(study, args.scale)  # bad input fails before anything is written
+    out, problems = write_report(args.study, args.scale, formats, Path(args.out), args.tracking_uri, args.data_root)
     print(f"report: {out}/README.md")
     for p in problems:
         print(f"MISMATCH {p}")
@@ -193,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--verify", action="store_true", help="exit 1 when a pinned number is outside its tolerance")
     rp.add_argument("--out", default="reports")
     rp.add_argument("--tracking-uri", default=None)
+    rp.add_argument("--data-root", action="append", default=None, metavar="[TASK=]PATH",
+                    help="as given to 'harness run' (the trials' data is part of their configuration)")
     rp.set_defaults(fn=cmd_report)
 
     se = sub.add_parser("search", help="multi-objective NAS-style search (Optuna via Ray Tune), Pareto set out")

@@ -13,6 +13,7 @@ import hashlib
 import inspect
 import itertools
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 import harness.data  # noqa: F401  (registers data sets)
 import harness.losses  # noqa: F401  (registers losses)
 import harness.models  # noqa: F401  (registers models)
+from harness.data.folders import detect_format
 from harness.registry import DATASETS, LOSSES, MODELS, UnknownNameError
 
 
@@ -359,6 +361,41 @@ def resolve(study: StudyCfg, scale: str, seeds: int | None = None, folds: int | 
         if vname not in known:
             raise ConfigError(str(UnknownNameError("variant", vname, known, "expected")))
     return specs
+
+
+def apply_data_roots(study: StudyCfg, scale: str, roots: list[str]) -> None:
+    """``--data-root PATH`` points the study's data at a folder; ``TASK=PATH`` one of its tasks.
+
+    A synthetic data set is replaced by the folder's format (detected), so a paper table runs
+    on real data without editing its study file; the task's training overrides stay.
+    """
+    for item in roots:
+        name, sep, path = item.partition("=")
+        if sep and re.fullmatch(r"[A-Za-z0-9_.-]+", name) and not Path(item).exists():
+            if name not in study.tasks:
+                raise ConfigError(str(UnknownNameError("task", name, list(study.tasks), "--data-root")))
+            cfg = study.tasks[name][scale]
+        else:
+            if study.tasks:
+                raise ConfigError(f"--data-root: {study.name} spans tasks {sorted(study.tasks)}; "
+                                  f"name one: --data-root TASK=PATH")
+            cfg, path = None, item
+        dataset = cfg.dataset if cfg else study.data.dataset
+        params = {"root": path}
+        if "root" not in inspect.signature(DATASETS.get(dataset)).parameters:
+            dataset = detect_format(path)
+            if dataset is None:
+                raise ConfigError(f"--data-root: {path}: cannot tell the format (no dataset.json, CaseNN.mhd or "
+                                  f"BraTS case folders); set the study's dataset to msd, brats or promise12")
+        elif cfg is not None:
+            params = {**cfg.params, "root": path}
+        if cfg is not None:
+            cfg.dataset, cfg.params = dataset, params
+        elif dataset == study.data.dataset:
+            study.scales[scale].data = {**study.scales[scale].data, "root": path}
+        else:  # a synthetic set's parameters mean nothing to the folder's format
+            study.data = DataCfg(dataset=dataset)
+            study.scales[scale].data = {"root": path}
 
 
 def check_data(data: DataCfg) -> None:

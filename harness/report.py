@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from harness.config import StudyCfg, VariantCfg, config_hash, load_study, resolve, variants
+from harness.config import StudyCfg, VariantCfg, apply_data_roots, config_hash, load_study, resolve, variants
 
 FORMATS = ("md", "html", "tex", "csv")
 
@@ -442,9 +442,13 @@ def _write_table(table: pd.DataFrame, out: Path, stem: str, formats: list[str]) 
 
 
 def write_report(path: str, scale: str, formats: list[str], reports: Path = Path("reports"),
-                 tracking_uri: str | None = None) -> tuple[Path, list[str]]:
-    """Write ``reports/<study>/`` and refresh the index; returns the folder and the verify problems."""
+                 tracking_uri: str | None = None, data_roots: list[str] | None = None) -> tuple[Path, list[str]]:
+    """Write ``reports/<study>/`` and refresh the index; returns the folder and the verify problems.
+
+    ``data_roots``: the run's ``--data-root`` values, so that its trials match the study as run.
+    """
     study = load_study(path)
+    apply_data_roots(study, scale, data_roots or [])
     runs = load_runs(study, scale, tracking_uri)
     out = reports / study.name
     out.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,7 @@
 """``harness run``: validate a study, then train its trials (or size them with --dry-run)."""
 from __future__ import annotations
 
-import inspect
 import json
-import re
 import time
 from pathlib import Path
 
@@ -13,9 +11,8 @@ from rich.table import Table
 
 from pydantic import ValidationError
 
-from harness.config import ConfigError, DataCfg, ResourcesCfg, StudyCfg, TrialSpec, config_hash, load_study, resolve
+from harness.config import ConfigError, ResourcesCfg, TrialSpec, apply_data_roots, config_hash, load_study, resolve
 from harness.data import build_task
-from harness.registry import DATASETS, UnknownNameError
 from harness.losses import build_loss
 from harness.models import build_model
 from harness.train import make_optimizer, pick_device, train_step
@@ -72,43 +69,6 @@ def dry_run(specs: list[TrialSpec], console: Console) -> None:
     unit = "GPU-hours" if device.type == "cuda" else f"hours on this machine's CPU ({torch.get_num_threads()} threads)"
     console.print(f"Total training compute: {total / 3600:.2f} {unit} (measured step time x steps; "
                   f"validation and cost measurement not included).")
-
-
-def apply_data_roots(study: StudyCfg, scale: str, roots: list[str]) -> None:
-    """``--data-root PATH`` points the study's data at a folder; ``TASK=PATH`` one of its tasks.
-
-    A synthetic data set is replaced by the folder's format (detected), so a paper table runs
-    on real data without editing its study file; the task's training overrides stay.
-    """
-    from harness.data.folders import detect_format
-
-    for item in roots:
-        name, sep, path = item.partition("=")
-        if sep and re.fullmatch(r"[A-Za-z0-9_.-]+", name) and not Path(item).exists():
-            if name not in study.tasks:
-                raise ConfigError(str(UnknownNameError("task", name, list(study.tasks), "--data-root")))
-            cfg = study.tasks[name][scale]
-        else:
-            if study.tasks:
-                raise ConfigError(f"--data-root: {study.name} spans tasks {sorted(study.tasks)}; "
-                                  f"name one: --data-root TASK=PATH")
-            cfg, path = None, item
-        dataset = cfg.dataset if cfg else study.data.dataset
-        params = {"root": path}
-        if "root" not in inspect.signature(DATASETS.get(dataset)).parameters:
-            dataset = detect_format(path)
-            if dataset is None:
-                raise ConfigError(f"--data-root: {path}: cannot tell the format (no dataset.json, CaseNN.mhd or "
-                                  f"BraTS case folders); set the study's dataset to msd, brats or promise12")
-        elif cfg is not None:
-            params = {**cfg.params, "root": path}
-        if cfg is not None:
-            cfg.dataset, cfg.params = dataset, params
-        elif dataset == study.data.dataset:
-            study.scales[scale].data = {**study.scales[scale].data, "root": path}
-        else:  # a synthetic set's parameters mean nothing to the folder's format
-            study.data = DataCfg(dataset=dataset)
-            study.scales[scale].data = {"root": path}
 
 
 def run_study(path: str, scale: str, seeds: int | None, address: str | None, resume: bool,

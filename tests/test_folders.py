@@ -252,13 +252,18 @@ def test_study_on_a_real_data_folder_end_to_end(tmp_path):
         csv = open(client.download_artifacts(run.info.run_id, "per_case.csv", str(tmp_path / f"f{k}"))).read()
         assert csv.splitlines()[0].startswith("case,")
         assert sorted(ln.split(",")[0] for ln in csv.splitlines()[1:]) == splits[k]["val"]
+    # The report needs the same --data-root: the trials' data is part of their configuration.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["report", "s.yaml", "--data-root", str(root), "--tracking-uri", uri, "--format", "md"]) == 0
+    assert "2 finished trials" in (tmp_path / "reports" / "real_e2e" / "README.md").read_text()
+    assert main(["report", "s.yaml", "--tracking-uri", uri, "--format", "md"]) == 2  # /nowhere: not a folder
 
 
 def test_data_root_points_a_paper_table_at_real_folders(tmp_path, capsys):
     from pathlib import Path
 
     from harness.config import load_study, resolve
-    from harness.study import apply_data_roots
+    from harness.config import apply_data_roots
 
     studies = Path(__file__).parents[1] / "studies"
     root = make_msd(tmp_path / "Task05_Prostate", channels=2)
