@@ -281,3 +281,13 @@ def test_data_root_points_a_paper_table_at_real_folders(tmp_path, capsys):
     assert "name one: --data-root TASK=PATH" in capsys.readouterr().err
     assert main(["run", str(studies / "dsm_table3_msd.yaml"), "--data-root", f"prostat={root}", "--dry-run"]) == 2
     assert "Did you mean 'prostate'" in capsys.readouterr().err
+
+
+def test_preprocessing_in_worker_processes_matches_one_process(tmp_path, monkeypatch):
+    root = make_brats(tmp_path / "brats", n=5)
+    one = build_task("brats", root=str(root), workers=1).train
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache2"))  # a second, cold cache
+    two = build_task("brats", root=str(root), workers=2).train
+    assert [c.id for c in one] == [c.id for c in two]
+    for a, b in zip(one, two):
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)

@@ -21,10 +21,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import multiprocessing
+import os
 import re
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -71,10 +74,13 @@ def _region_name(name: str) -> str:
     return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")
 
 
+def _regions_of(label: np.ndarray, values: Sequence[Sequence[int]]) -> np.ndarray:
+    return np.stack([np.isin(label, v) for v in values]).astype(np.uint8)
+
+
 def _one_hot(values: Sequence[Sequence[int]]) -> Callable[[np.ndarray], np.ndarray]:
-    def f(label: np.ndarray) -> np.ndarray:
-        return np.stack([np.isin(label, v) for v in values]).astype(np.uint8)
-    return f
+    # A partial of a module-level function, not a closure: a Layout must pickle into worker processes.
+    return functools.partial(_regions_of, values=[tuple(v) for v in values])
 
 
 def scan_msd(root: Path) -> Layout:
@@ -307,11 +313,24 @@ def load_split(path: Path, ids: list[str], folds: int | None, val_fraction: floa
     return splits[fold]
 
 
+def _load_all(layout: Layout, prep: dict, workers: int) -> Iterator[Case]:
+    """Preprocessed cases in folder order; several worker processes when asked and worth it."""
+    if workers <= 1 or len(layout.cases) < 2:
+        yield from (_load_case(layout, c, **prep) for c in layout.cases)
+        return
+    # spawn, not fork: the parent may hold torch/OpenMP threads that a forked child would inherit locked.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(functools.partial(_load_case, layout, **prep), layout.cases)
+
+
 def folder_task(fmt: str, root: str, fold: int = 0, folds: int | None = 5, val_fraction: float | None = None,
                 seed: int = 0, split_file: str | None = None, spacing: Sequence[float] | None = None,
                 crop_foreground: bool = True, normalize: str = "auto",
-                ct_window: Sequence[float] = (-1000.0, 1000.0)) -> Task:
-    """A registered folder data set: checked, split, preprocessed lazily (module docstring)."""
+                ct_window: Sequence[float] = (-1000.0, 1000.0), workers: int | None = None) -> Task:
+    """A registered folder data set: checked, split, preprocessed lazily (module docstring).
+
+    ``workers``: processes for the one-off preprocessing (default: up to 8 CPUs, one per 8 cases).
+    """
     if normalize not in NORMALIZE:
         raise ValueError(f"data.normalize: {normalize!r} is not allowed; choose from {', '.join(NORMALIZE)}")
     if val_fraction is not None and not 0 < val_fraction < 1:
@@ -322,6 +341,8 @@ def folder_task(fmt: str, root: str, fold: int = 0, folds: int | None = 5, val_f
         raise ValueError(f"data.spacing: {list(spacing)} must be three positive sizes (D, H, W) in mm")
     if len(ct_window) != 2 or ct_window[0] >= ct_window[1]:
         raise ValueError(f"data.ct_window: {list(ct_window)} must be [low, high] with low < high")
+    if workers is not None and workers < 1:
+        raise ValueError(f"data.workers: {workers} must be >= 1")
     problems = check_folder(root, fmt)
     if problems:
         raise DataFolderError(root, problems)
@@ -333,11 +354,12 @@ def folder_task(fmt: str, root: str, fold: int = 0, folds: int | None = 5, val_f
     split = load_split(split_path.resolve(), ids, folds, val_fraction, seed, fold)
     prep = dict(spacing=list(spacing) if spacing else None, crop_foreground=crop_foreground, normalize=normalize,
                 ct_window=list(ct_window))
+    n_workers = workers or min(8, os.cpu_count() or 1, max(1, len(layout.cases) // 8))
 
     def load() -> dict[str, list[Case]]:
         by_id = {c.id: c for c in cached(f"{fmt}-{Path(root).name}",
                                          {"root": str(Path(root).resolve()), "files": _stats_key(layout), **prep},
-                                         lambda: (_load_case(layout, c, **prep) for c in layout.cases))}
+                                         lambda: _load_all(layout, prep, n_workers))}
         return {part: [by_id[i] for i in split[part]] for part in ("train", "val")}
 
     return Task(f"{fmt}:{Path(root).name}", in_channels=len(layout.channels), regions=layout.regions, load=load)
