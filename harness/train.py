@@ -14,6 +14,7 @@ import torch
 from monai.data import DataLoader, Dataset
 from monai.inferers import sliding_window_inference
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
+from monai.metrics.confusion_matrix import compute_confusion_matrix_metric, get_confusion_matrix
 from monai.transforms import (Compose, EnsureTyped, RandAffined, RandFlipd, RandScaleIntensityd,
                               RandShiftIntensityd, RandSpatialCropd, SpatialPadd)
 from monai.utils import set_determinism
@@ -110,14 +111,15 @@ def evaluate(model, task: Task, cfg: TrainCfg, device: torch.device) -> dict[str
         with np.errstate(all="ignore"):
             hd = [float("nan") if (p.sum() == 0 or r.sum() == 0) else float(hd_m(p[None, None], r[None, None])[0, 0])
                   for p, r in zip(pred[0], ref[0])]
+        confusion = get_confusion_matrix(pred, ref, include_background=True)  # MONAI: NaN where 0/0
+        sens = compute_confusion_matrix_metric("sensitivity", confusion)[0].tolist()
+        spec = compute_confusion_matrix_metric("specificity", confusion)[0].tolist()
         row = {"case": case.id}
-        for name, d, h, p, r in zip(task.regions, dice, hd, pred[0].bool(), ref[0].bool()):
-            tp, fn = int((p & r).sum()), int((~p & r).sum())
-            tn, fp = int((~p & ~r).sum()), int((p & ~r).sum())
+        for name, d, h, se, sp in zip(task.regions, dice, hd, sens, spec):
             row[f"dice_{name}"] = 100.0 * d
             row[f"hd95_{name}"] = h
-            row[f"sens_{name}"] = 100.0 * tp / (tp + fn) if tp + fn else float("nan")
-            row[f"spec_{name}"] = 100.0 * tn / (tn + fp) if tn + fp else float("nan")
+            row[f"sens_{name}"] = 100.0 * se
+            row[f"spec_{name}"] = 100.0 * sp
         row["mean_dice"] = float(np.mean([row[f"dice_{n}"] for n in task.regions]))  # pairs for the report's tests
         per_case.append(row)
     model.train()
