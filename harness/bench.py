@@ -2,8 +2,9 @@
 
 1. Group Shift forward vs ``x.clone()`` of the same tensor: both read and write every
    element once, so clone is the floor. Target: <= 1.2x.
-2. The harness's training step (its data loader, loss wrapper, poly schedule, grad
-   scaler) vs a bare PyTorch loop over one fixed batch of the same model. Target: >= 0.95x.
+2. The harness's training step (the trial as ``build_trial`` makes it: data loader, loss,
+   poly schedule, grad scaler) vs a bare PyTorch loop over one fixed batch of the same
+   model. Target: >= 0.95x.
 3. Distill DSM Table 1's wall time per voxel: each net's inference vs the 2D U-Net's on
    the same input (4 x 16 x 128 x 128 BraTS-like slab), beside the paper's V100 ratios.
 Timings alternate between the two sides so that drift hits both equally.
@@ -19,12 +20,10 @@ from pathlib import Path
 import torch
 from monai.losses import DiceLoss
 
-from harness.config import TrainCfg
-from harness.data import build_task
-from harness.losses import build_loss
+from harness.config import CostCfg, DataCfg, ModelCfg, ResourcesCfg, TrainCfg, TrialSpec
 from harness.models import build_model
 from harness.ops import group_shift
-from harness.train import make_loader, make_optimizer, train_step
+from harness.train import build_trial, train_step
 
 
 def _sync(device):
@@ -62,31 +61,29 @@ def bench_group_shift(device: torch.device, quick: bool) -> list[dict]:
 
 def bench_train_step(device: torch.device, quick: bool) -> dict:
     patch = [16, 64, 64] if quick else [16, 128, 128]
-    cfg = TrainCfg(patch=patch, batch_size=2, steps_per_epoch=1000, lr=0.01, amp=True)
-    task = build_task("synthetic_organ", n_cases=6, shape=patch, seed=0)
     params = dict(widths=[8, 16, 32, 64, 128], insert="CSC",
                   groups=[[2, 2, 2], [1, 4, 4], [1, 4, 4], [1, 8, 8], [1, 8, 8]] if not quick else
                   [[2, 2, 2], [1, 4, 4], [1, 4, 4], [1, 4, 4], [1, 2, 2]])
+    spec = TrialSpec(study="bench", scale="bench", key="bench", variant="bench", tags={}, seed=0,
+                     data=DataCfg(dataset="synthetic_organ", params={"n_cases": 6, "shape": patch, "seed": 0}),
+                     model=ModelCfg(name="gsp_unet", params=params),
+                     train=TrainCfg(patch=patch, batch_size=2, epochs=1, steps_per_epoch=1000, lr=0.01, amp=True),
+                     cost=CostCfg(), resources=ResourcesCfg(cpu=torch.get_num_threads(), gpu=1.0 if device.type == "cuda" else 0.0))
 
-    def fresh():
-        torch.manual_seed(0)
-        return build_model("gsp_unet", in_channels=1, out_channels=1, **params).to(device).train()
-
-    # Harness side: its loader, loss wrapper, scheduler and scaler.
-    hm = fresh()
-    h_opt = make_optimizer(hm, cfg)
-    h_sched = torch.optim.lr_scheduler.PolynomialLR(h_opt, total_iters=10_000, power=0.9)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-    loss_fn = build_loss("dice")
-    batches = iter(make_loader(task, cfg, 0, device))
+    # Harness side: the trial exactly as ``harness run`` builds it (loader, loss, schedule, scaler).
+    torch.manual_seed(0)
+    trial = build_trial(spec, device=device)
+    trial.model.train()
+    batches = iter(trial.loader)
 
     def harness_step():
-        train_step(hm, next(batches), loss_fn, h_opt, h_sched, scaler, device, cfg.amp)
+        train_step(trial, next(batches))
 
-    # Bare side: one fixed batch already on the device, plain loss and SGD.
-    bm = fresh()
+    # Bare side: the same architecture, one fixed batch already on the device, plain loss and SGD.
+    torch.manual_seed(0)
+    bm = build_model("gsp_unet", in_channels=1, out_channels=1, **params).to(device).train()
     b_opt = torch.optim.SGD(bm.parameters(), lr=0.01, momentum=0.9)
-    fixed = next(iter(make_loader(task, cfg, 1, device)))
+    fixed = next(iter(build_trial(spec.model_copy(update={"seed": 1}), device=device).loader))
     bx = torch.as_tensor(fixed["image"]).as_subclass(torch.Tensor).to(device)
     by = torch.as_tensor(fixed["label"]).as_subclass(torch.Tensor).to(device).float()
     bare_loss = DiceLoss(sigmoid=True)
@@ -99,9 +96,9 @@ def bench_train_step(device: torch.device, quick: bool) -> dict:
         b_opt.step()
 
     t_h, t_b, slowdown = _alternate(harness_step, bare_step, 4 if quick else 25, device)
-    return {"device": str(device), "model": "gsp_unet", "params": params, "batch": cfg.batch_size, "patch": patch,
-            "harness_step_s": t_h, "bare_step_s": t_b, "throughput_ratio": 1 / slowdown, "target": 0.95,
-            "meets_target": 1 / slowdown >= 0.95}
+    return {"device": str(device), "model": "gsp_unet", "params": params, "batch": spec.train.batch_size,
+            "patch": patch, "harness_step_s": t_h, "bare_step_s": t_b, "throughput_ratio": 1 / slowdown,
+            "target": 0.95, "meets_target": 1 / slowdown >= 0.95}
 
 
 # Distill DSM Table 1, wall time per voxel (s) on a V100.

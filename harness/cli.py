@@ -69,8 +69,10 @@ def cmd_cost(args) -> int:
     from rich.table import Table
 
     from harness.config import check_model, load_study, resolve
+    from harness.contract import out_channels
     from harness.cost import cost_report
     from harness.data import build_task
+    from harness.inferers import build_inferer
     from harness.models import build_model
 
     rows = []
@@ -79,9 +81,12 @@ def cmd_cost(args) -> int:
         for s in resolve(study, args.scale, 1):
             task = build_task(s.data.dataset, **s.data.params)  # per variant: a table may span tasks
             shape = args.input or s.cost.input or [1, task.in_channels, *s.train.patch]
-            model = build_model(s.model.name, in_channels=shape[1], out_channels=len(task.regions), **s.model.params)
+            model = build_model(s.model.name, in_channels=shape[1],
+                                out_channels=out_channels(len(task.regions), s.train.output), **s.model.params)
             check_model(s.model, shape[2:], f"variant {s.variant!r}")
-            row = {"name": s.variant, **cost_report(model, shape, latency=not args.no_latency)}
+            # As trials cost themselves: the study's inferer (TTA: every view) on one input-sized window.
+            inferer = build_inferer(s.train.inferer, shape[2:], shape[0], s.train.output)
+            row = {"name": s.variant, **cost_report(model, shape, latency=not args.no_latency, inferer=inferer)}
             for metric, e in study.expected.get(s.variant, {}).items():  # the paper's figure beside ours
                 if metric in PAPER_COST:
                     row[f"paper {metric}"] = float(e) if isinstance(e, (int, float)) else e.value
@@ -121,7 +126,7 @@ def cmd_report(args) -> int:
         return 2
     study = load_study(args.study)
     apply_data_roots(study, args.scale, args.data_root or [])
-    resolve(study, args.scale)  # bad input fails before anything is written
+    resolve(study, args.scale, check=False)  # bad input fails before anything is written; no model is built
     out, problems = write_report(args.study, args.scale, formats, Path(args.out), args.tracking_uri, args.data_root)
     print(f"report: {out}/README.md")
     for p in problems:
@@ -143,13 +148,13 @@ def cmd_bench(args) -> int:
 
 
 def cmd_list(args) -> int:
-    import harness.data  # noqa: F401  (registrations)
-    import harness.losses  # noqa: F401
-    import harness.models  # noqa: F401
-    import harness.ops  # noqa: F401
-    from harness.registry import DATASETS, LOSSES, MODELS, OPS
+    import harness.train  # noqa: F401  (imports, so registers, every component)
+    from harness.registry import (AUGMENTATIONS, CALLBACKS, DATASETS, INFERERS, LOSSES, MODELS, OPS, OPTIMIZERS,
+                                  SCHEDULES, TARGETS)
 
-    regs = {"models": MODELS, "datasets": DATASETS, "ops": OPS, "losses": LOSSES}
+    regs = {"models": MODELS, "datasets": DATASETS, "ops": OPS, "losses": LOSSES, "optimizers": OPTIMIZERS,
+            "schedules": SCHEDULES, "augmentations": AUGMENTATIONS, "targets": TARGETS, "inferers": INFERERS,
+            "callbacks": CALLBACKS}
     for kind in [args.kind] if args.kind != "all" else list(regs):
         print(f"{kind}: {', '.join(regs[kind].names())}")
     if args.kind == "all":
@@ -222,8 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     b.set_defaults(fn=cmd_bench)
 
-    ls = sub.add_parser("list", help="registered models, datasets, ops, losses and the studies")
-    ls.add_argument("kind", nargs="?", default="all", choices=["all", "models", "datasets", "ops", "losses"])
+    ls = sub.add_parser("list", help="registered components (models, losses, inferers, ...) and the studies")
+    ls.add_argument("kind", nargs="?", default="all",
+                    choices=["all", "models", "datasets", "ops", "losses", "optimizers", "schedules", "augmentations",
+                             "targets", "inferers", "callbacks"])
     ls.set_defaults(fn=cmd_list)
 
     args = p.parse_args(argv)

@@ -4,30 +4,31 @@ A study names a data set, a model and its variants (an explicit list and/or a
 grid of named axes whose product is taken), the training recipe, the paper's
 numbers (``expected``) and two scales: ``smoke`` (must finish on a laptop) and
 ``paper``. Scales override any of ``data``, ``model``, ``train``, ``cost``.
-Every error names the field, the bad value and what is allowed.
+Every part of the recipe is a registered component named as ``{name, params}`` (a
+bare name is short for ``{name: NAME}``): loss, optimizer, schedule, augmentations,
+label-derived targets, inferer, callbacks. Their parameters are checked against the
+factory's signature here, before anything runs. Every error names the field, the bad
+value and what is allowed.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
+import importlib
 import inspect
 import itertools
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import harness.data  # noqa: F401  (registers data sets)
-import harness.losses  # noqa: F401  (registers losses)
 import harness.models  # noqa: F401  (registers models)
 from harness.data.folders import detect_format
-from harness.registry import DATASETS, LOSSES, MODELS, UnknownNameError
-
-
-AUGMENTATIONS = ("flip", "scale_intensity", "shift_intensity", "affine")  # built in train.AUGMENTATIONS
+from harness.registry import DATASETS, MODELS, UnknownNameError
 
 
 class ConfigError(ValueError):
@@ -63,32 +64,85 @@ class ModelCfg(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class ComponentCfg(_Strict):
+    """A registered component and its parameters; a bare name is ``{name: NAME}``."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare(cls, raw):
+        return {"name": raw} if isinstance(raw, str) else raw
+
+
+class DeepSupervisionCfg(_Strict):
+    """Deep supervision: the loss on the segmentation and on each head of ``outputs[output]``."""
+
+    output: str = "deep"
+    weight_mode: Literal["exp", "two", "same"] = "exp"
+    weights: Optional[list[float]] = None
+
+
+class ParamGroupCfg(_Strict):
+    """Parameters whose name matches ``match`` (a regular expression) get their own settings."""
+
+    match: str
+    lr_scale: float = Field(1.0, gt=0)
+    weight_decay: Optional[float] = Field(None, ge=0)
+
+    @field_validator("match")
+    @classmethod
+    def _regex(cls, v):
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"{v!r} is not a regular expression ({e})") from None
+        return v
+
+
+# Fields that moved into components; an old study gets told where they went.
+_MOVED = {"momentum": "optimizer: {name: sgd, params: {momentum: ...}}",
+          "poly_power": "schedule: {name: poly, params: {power: ...}} (or schedule: constant for power 0)",
+          "sw_overlap": "inferer: {name: sliding_window, params: {overlap: ...}}"}
+
+
 class TrainCfg(_Strict):
-    loss: str = "dice"
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    # sigmoid: one channel per (possibly overlapping) region; softmax: background + exclusive classes.
+    output: Literal["sigmoid", "softmax"] = "sigmoid"
+    loss: ComponentCfg = Field(default_factory=lambda: ComponentCfg(name="dice"))
+    deep_supervision: Optional[DeepSupervisionCfg] = None
+    optimizer: ComponentCfg = Field(default_factory=lambda: ComponentCfg(name="sgd"))
     lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    poly_power: float = Field(0.9, ge=0)  # lr * (1 - it/total)**power, as in GSP-Conv Sec. 3
+    param_groups: list[ParamGroupCfg] = Field(default_factory=list)
+    schedule: ComponentCfg = Field(default_factory=lambda: ComponentCfg(name="poly", params={"power": 0.9}))
     batch_size: int = Field(4, ge=1)
     epochs: int = Field(1, ge=1)
     steps_per_epoch: int = Field(10, ge=1)
     val_every: int = Field(1, ge=1)
     patch: list[int]
-    sw_overlap: float = Field(0.25, ge=0, lt=1)
+    # Random augmentations, in order, after the crop; true = [flip] (the default), false = none.
+    augment: Union[list[ComponentCfg], bool] = Field(True, validate_default=True)
+    targets: list[ComponentCfg] = Field(default_factory=list)  # label-derived targets, after augmentation
+    inferer: ComponentCfg = Field(default_factory=lambda: ComponentCfg(name="sliding_window"))
+    callbacks: list[ComponentCfg] = Field(default_factory=list)
     amp: bool = True  # CUDA only
-    # Random augmentations by name (AUGMENTATIONS); true = [flip] (the default), false = none.
-    augment: list[str] | bool = Field(True, validate_default=True)
     num_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, raw):
+        for k in raw if isinstance(raw, dict) else ():
+            if k in _MOVED:
+                raise ValueError(f"train.{k} is now a component parameter: write {_MOVED[k]}")
+        return raw
 
     @field_validator("augment")
     @classmethod
     def _augment(cls, v):
         if isinstance(v, bool):
-            return ["flip"] if v else []
-        for name in v:
-            if name not in AUGMENTATIONS:
-                raise ValueError(str(UnknownNameError("augmentation", name, list(AUGMENTATIONS))))
+            return [ComponentCfg(name="flip")] if v else []
         return v
 
     @field_validator("patch")
@@ -145,11 +199,43 @@ class ExpectedValue(_Strict):
     note: Optional[str] = None
 
 
+BEST = ("max_per_column", "max_per_row", "min_per_column", "min_per_row")
+
+
+class LayoutCfg(_Strict):
+    """How the paper laid its table out (``harness.report`` renders it; see its docstring).
+
+    An axis is a grid axis, a variant tag or ``variant``.
+    """
+
+    rows: Optional[str] = None
+    columns: Union[str, list[str]] = "variant"  # an axis, or a list of metrics (one column each)
+    value: str = "mean_dice"  # the metric in the cells of a rows x columns pivot
+    values: Optional[dict[str, Union[str, dict[str, str]]]] = None  # metrics as rows: {label: metric}
+    row_params: dict[str, str] = Field(default_factory=dict)  # {column label: "param.path"}
+    best: Union[Literal[BEST], dict[str, Literal["max", "min"]], None] = None  # noqa: F821
+    baseline: Optional[str] = None  # the variant every other is tested against
+
+    @model_validator(mode="after")
+    def _values_need_axis(self):
+        if self.values is not None and isinstance(self.columns, list):
+            raise ValueError("values puts metrics in rows: columns must then be an axis, not a list of metrics")
+        if self.values is not None:
+            nested = [isinstance(v, dict) for v in self.values.values()]
+            if self.rows and not all(nested):
+                raise ValueError("values: with rows, give {row: {label: metric}} for each row group")
+            if not self.rows and any(nested):
+                raise ValueError("values: without rows, give {label: metric}")
+        return self
+
+
 class StudyCfg(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     paper: str
     title: str
     description: str = ""
+    # Modules to import before the study is read: a family living outside harness/ registers itself.
+    plugins: list[str] = Field(default_factory=list)
     data: DataCfg
     model: ModelCfg
     variants: list[VariantCfg] = Field(default_factory=list)
@@ -163,7 +249,7 @@ class StudyCfg(_Strict):
     scales: dict[Literal["smoke", "paper"], ScaleCfg]
     landscape: bool = False  # add every registered model's ``landscape`` variants (efficiency landscape)
     expected: dict[str, dict[str, ExpectedValue | float]] = Field(default_factory=dict)
-    layout: dict[str, Any] = Field(default_factory=dict)  # the paper table's rows/columns (report)
+    layout: LayoutCfg = Field(default_factory=LayoutCfg)  # the paper table's rows/columns (report)
 
     @model_validator(mode="after")
     def _has_scales_and_variants(self):
@@ -189,6 +275,7 @@ class TrialSpec(BaseModel):
     tags: dict[str, str]
     seed: int
     fold: Optional[int] = None  # set when the trial is one fold of a cross-validation
+    plugins: list[str] = Field(default_factory=list)  # imported by the worker before it builds anything
     data: DataCfg
     model: ModelCfg
     train: TrainCfg
@@ -236,17 +323,93 @@ def load_yaml(path: str | Path, schema: type[BaseModel], kind: str = "study"):
 
 def load_study(path: str | Path) -> StudyCfg:
     study = load_yaml(path, StudyCfg)
+    import_plugins(study.plugins)
     _check_names(study)
+    check_layout(study)
     return study
 
 
+def import_plugins(modules: list[str]) -> None:
+    """Import the study's plugin modules (their registrations add models, losses, ...)."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"plugins: cannot import {name!r} ({e}); it must be importable (on PYTHONPATH) "
+                              f"on the driver and on every Ray worker") from None
+
+
 def _check_names(study: StudyCfg) -> None:
-    for reg, name, field in ((DATASETS, study.data.dataset, "data.dataset"), (MODELS, study.model.name, "model.name"),
-                             (LOSSES, study.train.loss, "train.loss")):
+    for reg, name, field in ((DATASETS, study.data.dataset, "data.dataset"), (MODELS, study.model.name, "model.name")):
         try:
             reg.get(name, field=field)
         except UnknownNameError as e:
             raise ConfigError(str(e)) from None
+    check_train(study.train, "train")
+
+
+_CHECKED: set[str] = set()
+
+
+def check_train(train: TrainCfg, where: str) -> None:
+    """Every component of the recipe exists, takes the parameters given and builds (on dummies).
+
+    Nothing is trained or read: the loss, optimiser (over one dummy parameter), schedule,
+    augmentations, targets, inferer and callbacks are constructed once and thrown away.
+    """
+    key = train.model_dump_json()
+    if key in _CHECKED:
+        return
+    import torch
+
+    from harness import callbacks, inferers, losses, optim
+    from harness.data import transforms
+    from harness.registry import AUGMENTATIONS, CALLBACKS, INFERERS, LOSSES, OPTIMIZERS, SCHEDULES, TARGETS
+
+    dummy = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    checks = [
+        (LOSSES, train.loss, "train.loss", losses.INJECTED,
+         lambda: losses.build_loss(train.loss, train.output, train.deep_supervision)),
+        (OPTIMIZERS, train.optimizer, "train.optimizer", optim.OPTIMIZER_INJECTED,
+         lambda: OPTIMIZERS.get(train.optimizer.name)([torch.nn.Parameter(torch.zeros(1))], lr=train.lr,
+                                                      weight_decay=train.weight_decay, **train.optimizer.params)),
+        (SCHEDULES, train.schedule, "train.schedule", optim.SCHEDULE_INJECTED,
+         lambda: optim.build_schedule(dummy, train, total_steps=train.epochs * train.steps_per_epoch)),
+        (INFERERS, train.inferer, "train.inferer", inferers.INJECTED,
+         lambda: inferers.build_inferer(train.inferer, train.patch, train.batch_size, train.output)),
+    ]
+    checks += [(AUGMENTATIONS, a, f"train.augment[{i}]", transforms.AUGMENT_INJECTED,
+                lambda a=a: AUGMENTATIONS.get(a.name)(keys=["image", "label"], **a.params))
+               for i, a in enumerate(train.augment)]
+    checks += [(TARGETS, t, f"train.targets[{i}]", (), lambda t=t: TARGETS.get(t.name)(**t.params))
+               for i, t in enumerate(train.targets)]
+    checks += [(CALLBACKS, c, f"train.callbacks[{i}]", (), lambda c=c: CALLBACKS.get(c.name)(**c.params))
+               for i, c in enumerate(train.callbacks)]
+    for reg, spec, field, injected, build in checks:
+        try:
+            reg.check_params(spec.name, spec.params, field, injected)
+            build()
+        except UnknownNameError as e:
+            raise ConfigError(f"{where}: {e}" if where != "train" else str(e)) from None
+        except (ValueError, TypeError, KeyError) as e:
+            raise ConfigError(f"{where}: {field} ({spec.name}): {e}".replace("train: train.", "train.")) from None
+    target_keys = [getattr(TARGETS.get(t.name)(**t.params), "key", t.name) for t in train.targets]
+    clash = [k for k in target_keys if k in ("image", "label") or target_keys.count(k) > 1]
+    if clash:
+        raise ConfigError(f"{where}.targets: output keys {sorted(set(clash))} clash (with image/label or each other)")
+    _CHECKED.add(key)
+
+
+def check_layout(study: StudyCfg) -> None:
+    """The layout's axes and baseline name things the study has."""
+    lay = study.layout
+    vs = variants(study)
+    axes = ["variant", *study.grid, *{k for v in vs for k in v.tags}]
+    for field, axis in (("rows", lay.rows), ("columns", lay.columns)):
+        if isinstance(axis, str) and axis not in axes:
+            raise ConfigError(str(UnknownNameError("axis", axis, axes, f"layout.{field}")))
+    if lay.baseline is not None and lay.baseline not in [v.name for v in vs]:
+        raise ConfigError(str(UnknownNameError("variant", lay.baseline, [v.name for v in vs], "layout.baseline")))
 
 
 def variants(study: StudyCfg) -> list[VariantCfg]:
@@ -289,13 +452,23 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def spec_hash(spec: BaseModel) -> str:
+    """A trial's identity: its settings that differ from the schema's defaults.
+
+    A field added to the schema later, with a default, leaves earlier trials' hashes as they
+    were, so their MLflow runs still count for ``report`` and ``--resume``. (Changing a
+    default's *value* is the one change that must come with new runs.)
+    """
+    return config_hash(spec.model_dump(mode="json", exclude_defaults=True))
+
+
 def _scale_parts(study: StudyCfg, scale: str):
     if scale not in study.scales:
         raise ConfigError(f"--scale: {scale!r} is not defined; allowed: {sorted(study.scales)}")
     sc = study.scales[scale]
     try:
         base_train = _merge(study.train.model_dump(), sc.train)
-        TrainCfg.model_validate(base_train)
+        check_train(TrainCfg.model_validate(base_train), f"scales.{scale}")
         cost = CostCfg.model_validate(_merge(study.cost.model_dump(), sc.cost))
     except ValidationError as e:
         raise ConfigError(_fmt_validation(e, f"scales.{scale}")) from None
@@ -303,8 +476,10 @@ def _scale_parts(study: StudyCfg, scale: str):
     return sc, base_train, cost, data
 
 
-def resolve_variant(study: StudyCfg, scale: str, v: VariantCfg, seeds: int = 1, folds: int = 1) -> list[TrialSpec]:
-    """Trial specs of one variant at ``scale``: study <- scale <- [task] <- variant, model checked.
+def resolve_variant(study: StudyCfg, scale: str, v: VariantCfg, seeds: int = 1, folds: int = 1,
+                    check: bool = True) -> list[TrialSpec]:
+    """Trial specs of one variant at ``scale``: study <- scale <- [task] <- variant; with ``check``
+    the model is built once and the recipe's components are checked.
 
     ``folds`` > 1 repeats the variant on each fold of a data set that has folds (one read from
     a folder); a synthetic set has none and keeps one split, its spread over seeds only.
@@ -318,6 +493,8 @@ def resolve_variant(study: StudyCfg, scale: str, v: VariantCfg, seeds: int = 1, 
         train = TrainCfg.model_validate(_merge(base_train, v.train))
     except ValidationError as e:
         raise ConfigError(_fmt_validation(e, f"variant {v.name!r} train")) from None
+    if check and v.train:
+        check_train(train, f"variant {v.name!r}")
     if v.model is None or v.model == study.model.name:
         model = ModelCfg(name=study.model.name,
                          params=_merge(_merge(study.model.params, study.scales[scale].model), v.params))
@@ -327,7 +504,10 @@ def resolve_variant(study: StudyCfg, scale: str, v: VariantCfg, seeds: int = 1, 
         except UnknownNameError as e:
             raise ConfigError(str(e)) from None
         model = ModelCfg(name=v.model, params=v.params)
-    check_model(model, train.patch, f"variant {v.name!r}")
+    if check:
+        check_model(model, train.patch, f"variant {v.name!r}")
+        if train.output == "softmax":
+            check_exclusive(data, f"variant {v.name!r}")
     if folds > 1 and "fold" in inspect.signature(DATASETS.get(data.dataset)).parameters:
         if "fold" in data.params:
             raise ConfigError(f"variant {v.name!r}: data.fold is set to {data.params['fold']}; "
@@ -338,24 +518,38 @@ def resolve_variant(study: StudyCfg, scale: str, v: VariantCfg, seeds: int = 1, 
     else:
         runs, seeds_of = [(f"#s{s}", None, data) for s in range(seeds)], list(range(seeds))
     return [TrialSpec(study=study.name, scale=scale, key=f"{v.name}{suffix}", variant=v.name, tags=v.tags, seed=s,
-                      fold=k, data=d, model=model, train=train, cost=cost, resources=study.resources)
+                      fold=k, data=d, model=model, train=train, cost=cost, resources=study.resources,
+                      plugins=study.plugins)
             for (suffix, k, d), s in zip(runs, seeds_of)]
 
 
-def resolve(study: StudyCfg, scale: str, seeds: int | None = None, folds: int | None = None) -> list[TrialSpec]:
-    """Apply ``scale`` and expand variants x [folds x] seeds into validated trial specs."""
+def check_exclusive(data: DataCfg, where: str) -> None:
+    """``train.output: softmax`` needs regions that never overlap (one class per voxel)."""
+    task = DATASETS.get(data.dataset)(**data.params)
+    if not task.exclusive:
+        raise ConfigError(f"{where}: train.output: softmax needs mutually exclusive regions, but {task.name}'s "
+                          f"regions {list(task.regions)} overlap; use sigmoid")
+
+
+def resolve(study: StudyCfg, scale: str, seeds: int | None = None, folds: int | None = None,
+            check: bool = True) -> list[TrialSpec]:
+    """Apply ``scale`` and expand variants x [folds x] seeds into trial specs.
+
+    ``check=False`` skips building models and data (the report only needs the specs' hashes).
+    """
     sc, _, _, data = _scale_parts(study, scale)
-    check_data(data)
-    for name, per_scale in study.tasks.items():
-        t = per_scale[scale]
-        try:
-            check_data(DataCfg(dataset=t.dataset, params=t.params))
-        except (ConfigError, UnknownNameError) as e:
-            raise ConfigError(f"tasks.{name}.{scale}: {e}") from None
+    if check:
+        check_data(data)
+        for name, per_scale in study.tasks.items():
+            t = per_scale[scale]
+            try:
+                check_data(DataCfg(dataset=t.dataset, params=t.params))
+            except (ConfigError, UnknownNameError) as e:
+                raise ConfigError(f"tasks.{name}.{scale}: {e}") from None
     n_seeds = seeds or sc.seeds or study.seeds
     vs = variants(study)
     n_folds = folds or sc.folds or 1
-    specs = [spec for v in vs for spec in resolve_variant(study, scale, v, n_seeds, n_folds)]
+    specs = [spec for v in vs for spec in resolve_variant(study, scale, v, n_seeds, n_folds, check)]
     known = [v.name for v in vs]
     for vname in study.expected:
         if vname not in known:

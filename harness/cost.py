@@ -4,6 +4,12 @@ Convention: fvcore counts one fused multiply-add as one "flop", so its totals
 are MACs; we label them GMACs. Every op a model emits must have a handle here
 (counted, or explicitly zero for pure data movement); an op without one makes
 ``count_macs`` raise rather than silently under-count.
+
+Inference procedures are costed as run: given an inferer, ``cost_report`` runs it once on
+the cost input, records every network pass it makes (a 16-view TTA makes 16) and sums
+fvcore's count of each; latency and peak memory are measured on the inferer too. The
+inferer's own arithmetic (activation, averaging views) is not counted: it is a few
+operations per output voxel against thousands in the network.
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from fvcore.nn import FlopCountAnalysis
@@ -110,25 +116,32 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_latency(model: nn.Module, input_shape: Sequence[int], warmup: int = 2, runs: int = 5) -> float:
-    """Median wall time (s) of ``runs`` warm forward passes (no grad, eval mode)."""
+def _runner(model: nn.Module, inferer) -> Callable[[torch.Tensor], Any]:
+    """One inference as evaluation runs it: the inferer over the network, or a bare forward."""
+    return model if inferer is None else (lambda x: inferer(x, model))
+
+
+def measure_latency(model: nn.Module, input_shape: Sequence[int], warmup: int = 2, runs: int = 5,
+                    inferer=None) -> float:
+    """Median wall time (s) of ``runs`` warm inferences (no grad, eval mode)."""
     model = model.eval()
     device = next(model.parameters()).device
     x = torch.randn(*input_shape, device=device)
+    run = _runner(model, inferer)
     times = []
     with torch.no_grad(), torch.autocast(device.type, enabled=device.type == "cuda"):
         for i in range(warmup + runs):
             _sync(device)
             t0 = time.perf_counter()
-            model(x)
+            run(x)
             _sync(device)
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def measure_peak_memory(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Peak bytes allocated during one inference forward pass.
+def measure_peak_memory(model: nn.Module, input_shape: Sequence[int], inferer=None) -> int:
+    """Peak bytes allocated during one inference.
 
     CUDA: the allocator's high-water mark above the baseline. CPU: the running
     sum of the profiler's per-op allocations minus frees, in time order.
@@ -136,18 +149,19 @@ def measure_peak_memory(model: nn.Module, input_shape: Sequence[int]) -> int:
     model = model.eval()
     device = next(model.parameters()).device
     x = torch.randn(*input_shape, device=device)
+    run = _runner(model, inferer)
     with torch.no_grad():
         if device.type == "cuda":
             _sync(device)
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
             with torch.autocast("cuda"):
-                model(x)
+                run(x)
             _sync(device)
             return int(torch.cuda.max_memory_allocated(device) - base)
         with _quiet_stderr(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
                                                      profile_memory=True) as prof:
-            model(x)
+            run(x)
     running = peak = 0
     for e in sorted(prof.events(), key=lambda e: e.time_range.start):
         running += e.self_cpu_memory_usage  # exclusive, so nested ops are not counted twice
@@ -155,23 +169,50 @@ def measure_peak_memory(model: nn.Module, input_shape: Sequence[int]) -> int:
     return int(peak)
 
 
-def cost_report(model: nn.Module, input_shape: Sequence[int], latency: bool = True, runs: int = 5) -> dict[str, Any]:
-    """Parameters, GMACs, latency per voxel and peak memory at ``input_shape``."""
+def inference_macs(model: nn.Module, input_shape: Sequence[int], inferer) -> dict[str, Any]:
+    """MACs of one inference of ``inferer`` on an ``input_shape`` volume: every network pass it
+    makes, as run, each counted by fvcore (and each failing on an unhandled op)."""
+    model = model.eval()
+    calls: list[tuple[int, ...]] = []
+
+    def network(x: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(x.shape))
+        return model(x)
+
+    with torch.no_grad():
+        inferer(torch.zeros(*input_shape, device=next(model.parameters()).device), network)
+    per_shape = {shape: count_macs(model, shape) for shape in set(calls)}
+    by_op: dict[str, int] = {}
+    for shape in calls:
+        for op, n in per_shape[shape]["by_op"].items():
+            by_op[op] = by_op.get(op, 0) + n
+    return {"macs": sum(per_shape[s]["macs"] for s in calls), "by_op": by_op,
+            "forward_passes": sum(s[0] for s in calls)}
+
+
+def cost_report(model: nn.Module, input_shape: Sequence[int], latency: bool = True, runs: int = 5,
+                inferer=None) -> dict[str, Any]:
+    """Parameters, GMACs, latency per voxel and peak memory at ``input_shape``.
+
+    With ``inferer`` every figure is that of the inference procedure (``forward_passes``
+    network passes); without, of one forward pass.
+    """
     voxels = 1
     for s in input_shape[2:]:
         voxels *= int(s)
     voxels *= int(input_shape[0])
-    macs = count_macs(model, input_shape)
+    macs = count_macs(model, input_shape) if inferer is None else inference_macs(model, input_shape, inferer)
     out: dict[str, Any] = {
         "input": "x".join(str(int(s)) for s in input_shape),
         "params": count_params(model),
         "gmacs": macs["macs"] / 1e9,
         "macs_per_voxel": macs["macs"] / voxels,
+        "forward_passes": macs.get("forward_passes", int(input_shape[0])),
         "macs_by_op": macs["by_op"],
     }
     if latency:
-        lat = measure_latency(model, input_shape, runs=runs)
+        lat = measure_latency(model, input_shape, runs=runs, inferer=inferer)
         out.update(latency_s=lat, latency_ns_per_voxel=lat / voxels * 1e9,
-                   peak_mem_mb=measure_peak_memory(model, input_shape) / 2**20,
+                   peak_mem_mb=measure_peak_memory(model, input_shape, inferer) / 2**20,
                    device=str(next(model.parameters()).device))
     return out

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Iterator, TypeVar
+import inspect
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -47,6 +48,29 @@ class Registry:
     def build(self, name: str, **kwargs):
         return self.get(name)(**kwargs)
 
+    def check_params(self, name: str, params: dict[str, Any], field: str, injected: Iterable[str] = ()) -> None:
+        """Check ``params`` against the factory's signature before anything runs.
+
+        ``injected`` names the arguments the harness supplies (a model's channels, a loss's
+        activation, an optimiser's parameters); a study may not set them. Unknown names get
+        "did you mean"; a missing required argument is named.
+        """
+        factory = self.get(name, field=f"{field}.name" if field else None)
+        injected = set(injected)
+        sig = inspect.signature(factory)
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        allowed = [n for n, p in sig.parameters.items() if p.kind in kinds and n not in injected and n != "self"]
+        open_kwargs = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+        for k in params:
+            if k in injected:
+                raise ValueError(f"{field}.params.{k}: set by the harness for {self.kind} {name!r}; remove it")
+            if k not in allowed and not open_kwargs:
+                raise UnknownNameError(f"parameter of {self.kind} {name!r}", k, allowed, f"{field}.params")
+        missing = [n for n, p in sig.parameters.items() if p.kind in kinds and p.default is inspect.Parameter.empty
+                   and n not in injected and n not in params and n != "self"]
+        if missing:
+            raise ValueError(f"{field}.params: {self.kind} {name!r} needs {', '.join(missing)}")
+
     def names(self) -> list[str]:
         return sorted(self._items)
 
@@ -61,3 +85,9 @@ OPS = Registry("op")
 MODELS = Registry("model")
 DATASETS = Registry("dataset")
 LOSSES = Registry("loss")
+OPTIMIZERS = Registry("optimizer")
+SCHEDULES = Registry("schedule")
+AUGMENTATIONS = Registry("augmentation")
+TARGETS = Registry("target")
+INFERERS = Registry("inferer")
+CALLBACKS = Registry("callback")

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from harness.config import StudyCfg, VariantCfg, apply_data_roots, config_hash, load_study, resolve, variants
+from harness.config import StudyCfg, VariantCfg, apply_data_roots, load_study, resolve, spec_hash, variants
 
 FORMATS = ("md", "html", "tex", "csv")
 
@@ -42,6 +42,18 @@ class StudyRuns:
     failed: list[str] = field(default_factory=list)
     stale: int = 0  # finished runs of an older configuration, left out
     per_case: pd.DataFrame | None = None  # variant, seed, case, metric columns
+
+    def params_of(self, variant: str) -> dict[str, Any]:
+        """The model parameters ``variant`` ran with: logged with its run, or (no run yet) the
+        study's at this scale, resolved as ``harness run`` would (scale, task and family applied)."""
+        t = self.trials
+        if not t.empty and "model_params" in t:
+            ran = t.loc[t.variant == variant, "model_params"].dropna()
+            if len(ran) and ran.iloc[0]:
+                return json.loads(ran.iloc[0])
+        if not hasattr(self, "_resolved"):
+            self._resolved = {s.variant: s.model.params for s in resolve(self.study, self.scale, 1, check=False)}
+        return self._resolved.get(variant, {})
 
 
 def _tag_axes(v: VariantCfg) -> dict[str, str]:
@@ -62,7 +74,8 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
         order_by=["attributes.start_time DESC"])
     seeds = 1 + max([int(r.data.tags.get("seed", 0)) for r in runs] or [0])
     folds = 1 + max([int(r.data.tags.get("fold", 0)) for r in runs] or [0])
-    expected_hash = {s.key: config_hash(s.model_dump()) for s in resolve(study, scale, seeds, folds)}
+    # The study's trials as it stands, without building a model or reading data: only their hashes.
+    expected_hash = {s.key: spec_hash(s) for s in resolve(study, scale, seeds, folds, check=False)}
     axes = {v.name: _tag_axes(v) for v in variants(study)}
     rows, failed, stale, seen = [], [], 0, set()
     for r in runs:  # newest first: the first finished run of a key is the one that counts
@@ -77,7 +90,9 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
         seen.add(key)
         variant = r.data.tags["variant"]
         rows.append({"run_id": r.info.run_id, "key": key, "variant": variant, "seed": int(r.data.tags["seed"]),
-                     **axes.get(variant, {}), **r.data.metrics})
+                     **axes.get(variant, {}), **r.data.metrics,
+                     "model_params": r.data.params.get("model.params", "")
+                     or json.dumps(_unflatten(r.data.params, "model.params."))})
     failed = sorted(set(failed) - seen)
     trials = pd.DataFrame(rows)
     per_case = None
@@ -94,6 +109,23 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
             frames.append(cases)
         per_case = pd.concat(frames, ignore_index=True) if frames else None
     return StudyRuns(study, scale, trials, failed, stale, per_case)
+
+
+def _unflatten(params: dict[str, str], prefix: str) -> dict[str, Any]:
+    """The model parameters a run logged (``tracking.flatten``: one JSON value per key)."""
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        if k.startswith(prefix):
+            try:
+                value = json.loads(v)
+            except ValueError:
+                value = v
+            node = out
+            *parents, leaf = k[len(prefix):].split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+    return out
 
 
 def summarise(trials: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
@@ -132,8 +164,8 @@ def _expected(study: StudyCfg, variant: str, metric: str) -> tuple[float, float 
     return (float(e), None) if isinstance(e, (int, float)) else (e.value, e.tol)
 
 
-def _param(v: VariantCfg, study: StudyCfg, path: str) -> Any:
-    node: Any = {**study.model.params, **v.params}
+def _param(params: dict[str, Any], path: str) -> Any:
+    node: Any = params
     for part in path.split("."):
         node = node[int(part)] if isinstance(node, list) else node.get(part) if isinstance(node, dict) else None
     return tuple(node) if isinstance(node, list) else node
@@ -169,24 +201,24 @@ def _fmt_paper(x: float) -> str:
 
 def layout_values(study: StudyCfg) -> list[tuple[str, str, str]]:
     """(row group, row label, metric) of a ``values`` layout, in the paper's order."""
-    lay, row_axis = study.layout, study.layout.get("rows")
+    lay, row_axis = study.layout, study.layout.rows
     if not row_axis:
-        return [("", label, m) for label, m in lay["values"].items()]
+        return [("", label, m) for label, m in lay.values.items()]
     groups = list(dict.fromkeys(_tag_axes(v).get(row_axis, "") for v in variants(study)))
-    return [(g, label, m) for g in groups for label, m in lay["values"].get(g, {}).items()]
+    return [(g, label, m) for g in groups for label, m in lay.values.get(g, {}).items()]
 
 
 def layout_metrics(study: StudyCfg) -> list[str]:
     lay = study.layout
-    if "values" in lay:
+    if lay.values is not None:
         return list(dict.fromkeys(m for _, _, m in layout_values(study)))
-    return lay["columns"] if isinstance(lay.get("columns"), list) else [lay.get("value", "mean_dice")]
+    return lay.columns if isinstance(lay.columns, list) else [lay.value]
 
 
 def _values_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
     """Metrics as rows, one column (ours, paper) per ``columns`` axis label."""
     study, lay = runs.study, runs.study.layout
-    vs, row_axis, col_axis = variants(study), lay.get("rows"), lay["columns"]
+    vs, row_axis, col_axis = variants(study), lay.rows, lay.columns
     rows = layout_values(study)
     summary = summarise(runs.trials if not runs.trials.empty else pd.DataFrame({"variant": []}),
                         layout_metrics(study))
@@ -220,17 +252,17 @@ def _values_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
 def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
     """The paper's table: for each paper column, ours (mean ± std), the paper's value and Δ."""
     study, lay = runs.study, runs.study.layout
-    if "values" in lay:
+    if lay.values is not None:
         return _values_table(runs)
     vs = variants(study)
-    cols_spec = lay.get("columns", "variant")
+    cols_spec = lay.columns
     metric_cols = isinstance(cols_spec, list)
-    value = lay.get("value", "mean_dice")
+    value = lay.value
     metrics = cols_spec if metric_cols else [value]
     summary = summarise(runs.trials, metrics) if not runs.trials.empty else summarise(
         pd.DataFrame({"variant": []}), metrics)
     by = {(r.variant, r.metric): r for r in summary.itertuples()}
-    row_axis = lay.get("rows")
+    row_axis = lay.rows
     notes: list[str] = []
 
     def cell_variant(v: VariantCfg) -> tuple[str, str]:
@@ -245,9 +277,9 @@ def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
         lookup = {cell_variant(v): (v, value) for v in vs}
     means = pd.DataFrame(index=row_labels, columns=col_labels, dtype=float)
     table = pd.DataFrame(index=row_labels)
-    for label, path in lay.get("row_params", {}).items():
+    for label, path in lay.row_params.items():
         first = {cell_variant(v)[0]: v for v in reversed(vs)}
-        vals = [_param(first[r], study, path) if r in first else None for r in row_labels]
+        vals = [_param(runs.params_of(first[r].name), path) if r in first else None for r in row_labels]
         table[label] = ["" if v is None else str(v) for v in vals]
     for c in col_labels:
         ours, paper, delta = [], [], []
@@ -273,7 +305,7 @@ def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
         table[f"{c} ours"] = ours
         if any(p not in ("", "—") for p in paper):  # a column the paper has no number for shows ours only
             table[f"{c} paper"], table[f"{c} Δ"] = paper, delta
-    best = lay.get("best")
+    best = lay.best
     if isinstance(best, dict):  # per column: {metric: max | min}, e.g. Dice up, cost down
         for c, how in best.items():
             if c in means and means[c].notna().any():
@@ -295,7 +327,7 @@ def stats_table(runs: StudyRuns) -> pd.DataFrame:
     """Every variant x metric with mean, std, 95% CI; with a baseline, the paired test."""
     lay = runs.study.layout
     summary = summarise(runs.trials, layout_metrics(runs.study))
-    base = lay.get("baseline")
+    base = lay.baseline
     if base and not summary.empty:
         tests = [paired_test(runs.per_case, r.variant, base, r.metric) if r.variant != base else
                  {"pairs": 0, "p": math.nan, "delta": math.nan} for r in summary.itertuples()]

@@ -18,8 +18,8 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import Field, model_validator
 
-from harness.config import (ConfigError, StudyCfg, TrialSpec, VariantCfg, _Strict, config_hash, load_study,
-                            load_yaml, resolve_variant)
+from harness.config import (ConfigError, StudyCfg, TrialSpec, VariantCfg, _Strict, config_hash, import_plugins,
+                            load_study, load_yaml, resolve_variant)
 from harness.registry import UnknownNameError
 
 
@@ -154,6 +154,7 @@ class Space:
         return params
 
     def spec_for(self, config: dict[str, Any], name: str = "default") -> TrialSpec:
+        import_plugins(self.study.plugins)  # on a Ray worker too, before the model is checked
         return resolve_variant(self.study, self.cfg.scale,
                                VariantCfg(name=name, params=self.params(config), task=self.cfg.task))[0]
 
@@ -223,7 +224,7 @@ def run_search(path: str, trials: int | None, address: str | None, resume: bool,
     if todo:
         from harness.tune import run_search_trials
 
-        run_search_trials(path, space, study, storage, todo, tracker, exp_id, parent_id, address,
+        run_search_trials(space, study, storage, todo, tracker, exp_id, parent_id, address,
                           db_dir / "ray_results", verbose)
     tracker.client.set_terminated(parent_id, "FINISHED")
     out = write_pareto(space, optuna.load_study(study_name=cfg.name, storage=storage), reports / cfg.name)

@@ -11,36 +11,41 @@ from rich.table import Table
 
 from pydantic import ValidationError
 
-from harness.config import ConfigError, ResourcesCfg, TrialSpec, apply_data_roots, config_hash, load_study, resolve
-from harness.data import build_task
-from harness.losses import build_loss
-from harness.models import build_model
-from harness.train import make_optimizer, pick_device, train_step
+from harness.config import (ConfigError, ResourcesCfg, TrialSpec, apply_data_roots, config_hash, load_study, resolve,
+                            spec_hash)
+from harness.data import Task, build_task
+from harness.train import build_trial, pick_device, sample_transforms, train_step
 
 
-def measure_step_time(spec: TrialSpec, in_channels: int, out_channels: int, steps: int = 2) -> float:
-    """Seconds per training step of this trial's model, batch and patch on this machine."""
-    device = pick_device(spec.resources.gpu)
-    model = build_model(spec.model.name, in_channels=in_channels, out_channels=out_channels,
-                        **spec.model.params).to(device)
+def random_batch(spec: TrialSpec, task: Task) -> dict[str, torch.Tensor]:
+    """A batch of the trial's shape without reading data: noise images, random exclusive labels,
+    and the study's derived targets computed from them by its own transforms."""
     cfg = spec.train
-    opt = make_optimizer(model, cfg)
-    sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=steps + 1)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
-    batch = {"image": torch.randn(cfg.batch_size, in_channels, *cfg.patch),
-             "label": (torch.rand(cfg.batch_size, out_channels, *cfg.patch) > 0.5).float()}
-    loss_fn = build_loss(cfg.loss)
-    train_step(model, batch, loss_fn, opt, sched, scaler, device, cfg.amp)  # warm-up
+    gen = torch.Generator().manual_seed(0)
+    samples = []
+    for _ in range(cfg.batch_size):
+        cls = torch.randint(0, len(task.regions) + 1, (1, *cfg.patch), generator=gen)
+        label = torch.cat([cls == r + 1 for r in range(len(task.regions))]).to(torch.uint8).numpy()
+        image = torch.randn(task.in_channels, *cfg.patch, generator=gen).numpy()
+        samples.append(sample_transforms(cfg, 0)({"image": image, "label": label}))
+    return {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in samples[0]}
+
+
+def measure_step_time(spec: TrialSpec, task: Task, steps: int = 2) -> float:
+    """Seconds per training step of this trial (built as ``run`` builds it) on this machine."""
+    t = build_trial(spec, task=task, loader=False)
+    batch = random_batch(spec, task)
+    train_step(t, batch)  # warm-up
     t0 = time.perf_counter()
     for _ in range(steps):
-        train_step(model, batch, loss_fn, opt, sched, scaler, device, cfg.amp)
-    if device.type == "cuda":
+        train_step(t, batch)
+    if t.device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - t0) / steps
 
 
 def dry_run(specs: list[TrialSpec], console: Console) -> None:
-    task_shapes: dict[str, tuple[int, int]] = {}
+    tasks: dict[str, Task] = {}
     step_times: dict[str, float] = {}
     table = Table(title=f"{specs[0].study} @ {specs[0].scale}: {len(specs)} trials")
     for col in ("trial", "varying model / params", "steps", "s/step", "est. train time"):
@@ -51,12 +56,11 @@ def dry_run(specs: list[TrialSpec], console: Console) -> None:
                if len({json.dumps(s.model.params.get(k), sort_keys=True) for s in specs}) > 1]
     for spec in specs:
         dkey = config_hash(spec.data.model_dump())
-        if dkey not in task_shapes:
-            task = build_task(spec.data.dataset, **spec.data.params)
-            task_shapes[dkey] = (task.in_channels, len(task.regions))
+        if dkey not in tasks:  # lazy: channels and regions only, no case is read
+            tasks[dkey] = build_task(spec.data.dataset, **spec.data.params)
         mkey = config_hash([spec.model.model_dump(), spec.train.model_dump(), dkey])
         if mkey not in step_times:
-            step_times[mkey] = measure_step_time(spec, *task_shapes[dkey])
+            step_times[mkey] = measure_step_time(spec, tasks[dkey])
         steps = spec.train.epochs * spec.train.steps_per_epoch
         est = steps * step_times[mkey]
         total += est
@@ -95,8 +99,8 @@ def run_study(path: str, scale: str, seeds: int | None, address: str | None, res
 
     tracker = Tracker(tracking_uri)
     exp_id = tracker.experiment(study.name)
-    study_hash = config_hash([s.model_dump() for s in specs])
-    trial_hash = {s.key: config_hash(s.model_dump()) for s in specs}
+    trial_hash = {s.key: spec_hash(s) for s in specs}
+    study_hash = config_hash(sorted(trial_hash.items()))
     todo = specs
     parent = tracker.find_parent(exp_id, scale, study_hash) if resume else None
     if parent is not None:

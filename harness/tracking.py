@@ -107,6 +107,15 @@ class Tracker:
         self.client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])
 
     def finish_child(self, run_id: str, final: dict[str, Any], per_case: list[dict] | None, step: int) -> None:
+        """Final numbers and per-case metrics, then FINISHED (a trial without weights to log)."""
+        self.log_final(run_id, final, per_case, step)
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def log_weights(self, run_id: str, path: str) -> None:
+        """The final weights as artifact ``checkpoint/model.pt`` (their size is the trial's ``checkpoint_bytes``)."""
+        self.client.log_artifact(run_id, path, "checkpoint")
+
+    def log_final(self, run_id: str, final: dict[str, Any], per_case: list[dict] | None, step: int) -> None:
         # Logged one step after the last epoch so that MLflow's latest value is the final one.
         self.log_metrics(run_id, numeric(final), step=step)
         tags = [RunTag(f"result.{k}", str(v)) for k, v in final.items() if isinstance(v, str)]
@@ -125,7 +134,6 @@ class Tracker:
                         writer.writeheader()
                         writer.writerows(per_case)
                     self.client.log_artifact(run_id, path)
-        self.client.set_terminated(run_id, "FINISHED")
 
     def fail_child(self, run_id: str, error: str) -> None:
         self.client.set_tag(run_id, "error", error[-5000:])

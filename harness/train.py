@@ -1,58 +1,61 @@
-"""One training trial, top to bottom: data -> model -> SGD/poly loop -> evaluation -> cost.
+"""One training trial, top to bottom: build -> loop (with callbacks) -> evaluate -> save -> cost.
 
-``run_trial(spec, report)`` is all the tuner calls; ``report(metrics, epoch)`` is
-how per-epoch numbers leave the loop (to Ray Tune, and from there to MLflow).
+``build_trial(spec)`` is the one place a trial's parts are made from its spec (model, loss,
+optimiser, schedule, loader, callbacks, inferer); ``harness run``, ``--dry-run`` and
+``harness bench`` all use it, so they cannot silently differ. ``run_trial(spec, report)`` is
+all the tuner calls; ``report(metrics, epoch)`` is how per-epoch numbers leave the loop (to
+Ray Tune, and from there to MLflow).
 """
 from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 from monai.data import DataLoader, Dataset
-from monai.inferers import sliding_window_inference
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.metrics.confusion_matrix import compute_confusion_matrix_metric, get_confusion_matrix
-from monai.transforms import (Compose, EnsureTyped, RandAffined, RandFlipd, RandScaleIntensityd,
-                              RandShiftIntensityd, RandSpatialCropd, SpatialPadd)
+from monai.transforms import Compose, EnsureTyped, RandSpatialCropd, SpatialPadd
 from monai.utils import set_determinism
+from torch import nn
 
-from harness.config import TrainCfg, TrialSpec
+from harness.callbacks import Callback, LoopContext
+from harness.config import TrainCfg, TrialSpec, import_plugins
+from harness.contract import TrainState, as_outputs, out_channels, regions_of
 from harness.cost import cost_report
 from harness.data import Task, build_task
+from harness.inferers import Inferer, build_inferer
 from harness.losses import build_loss
 from harness.models import build_model
+from harness.optim import build_optimizer, build_schedule
+from harness.registry import AUGMENTATIONS, CALLBACKS, TARGETS
 
 Report = Callable[[dict[str, float], int], None]
+CHECKPOINT = "model.pt"
 
 
 def pick_device(gpu: float) -> torch.device:
     return torch.device("cuda") if gpu > 0 and torch.cuda.is_available() else torch.device("cpu")
 
 
-# The papers' augmentations (MONAI), applied after the random crop, by the names
-# config.AUGMENTATIONS allows; ranges are the usual nnU-Net-style ones.
-AUGMENTATIONS: dict[str, Callable[[list[str]], list]] = {
-    "flip": lambda keys: [RandFlipd(keys, prob=0.5, spatial_axis=a) for a in range(3)],
-    "scale_intensity": lambda keys: [RandScaleIntensityd(keys[:1], factors=0.1, prob=0.5)],
-    "shift_intensity": lambda keys: [RandShiftIntensityd(keys[:1], offsets=0.1, prob=0.5)],
-    # Rotation up to 15 degrees and scaling 0.85-1.15; labels nearest so they stay binary.
-    "affine": lambda keys: [RandAffined(keys, prob=0.2, rotate_range=[0.26] * 3, scale_range=[0.15] * 3,
-                                        mode=("bilinear", "nearest"), padding_mode="zeros")],
-}
+def sample_transforms(cfg: TrainCfg, seed: int) -> Compose:
+    """Random crop, the study's augmentations, then its label-derived targets (MONAI)."""
+    keys = ["image", "label"]
+    xforms = [SpatialPadd(keys, cfg.patch), RandSpatialCropd(keys, cfg.patch, random_size=False)]
+    for a in cfg.augment:
+        xforms += AUGMENTATIONS.get(a.name)(keys=keys, **a.params)
+    targets = [TARGETS.get(t.name)(**t.params) for t in cfg.targets]
+    # Plain tensors into the model: MetaTensor's per-op metadata tracking costs time in every layer.
+    xforms += [*targets, EnsureTyped(keys + [x.key for x in targets], track_meta=False)]
+    return Compose(xforms).set_random_state(seed)
 
 
 def make_loader(task: Task, cfg: TrainCfg, seed: int, device: torch.device) -> DataLoader:
-    keys = ["image", "label"]
-    xforms = [SpatialPadd(keys, cfg.patch), RandSpatialCropd(keys, cfg.patch, random_size=False)]
-    for name in cfg.augment:
-        xforms += AUGMENTATIONS[name](keys)
-    # Plain tensors into the model: MetaTensor's per-op metadata tracking costs time in every layer.
-    xforms.append(EnsureTyped(keys, track_meta=False))
-    transform = Compose(xforms).set_random_state(seed)
-    ds = Dataset([{"image": c.image, "label": c.label} for c in task.train], transform)
+    ds = Dataset([{"image": c.image, "label": c.label} for c in task.train], sample_transforms(cfg, seed))
     # Fixed number of iterations per epoch (nnU-Net style), sampling cases with replacement.
     sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=cfg.steps_per_epoch * cfg.batch_size,
                                              generator=torch.Generator().manual_seed(seed))
@@ -60,52 +63,105 @@ def make_loader(task: Task, cfg: TrainCfg, seed: int, device: torch.device) -> D
                       pin_memory=device.type == "cuda", drop_last=False)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainCfg) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+@dataclass
+class Trial:
+    """Everything one trial trains with, built from its spec by ``build_trial``."""
+
+    spec: TrialSpec
+    task: Task
+    device: torch.device
+    model: nn.Module
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    scaler: torch.amp.GradScaler
+    loader: Optional[DataLoader]
+    callbacks: list[Callback]
+    inferer: Inferer
+    state: TrainState
+
+    @property
+    def amp(self) -> bool:
+        return self.spec.train.amp and self.device.type == "cuda"
+
+    def context(self) -> LoopContext:
+        return LoopContext(self.model, self.optimizer, self.schedule, self.loader, self.state, self.device)
 
 
-def train_step(model, batch, loss_fn, opt, sched, scaler, device, amp: bool) -> float:
-    x = batch["image"].to(device, non_blocking=True)
-    y = batch["label"].to(device, non_blocking=True).float()
-    with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
-        out = model(x)
-        loss = loss_fn(out if isinstance(out, (list, tuple)) else [out], y)
+def build_trial(spec: TrialSpec, task: Task | None = None, device: torch.device | None = None,
+                loader: bool = True) -> Trial:
+    """Model, loss, optimiser, schedule, scaler, loader, callbacks and inferer of ``spec``.
+
+    The order is fixed (model first after the data) so that a seed gives the same weights.
+    ``loader=False`` skips the data (sizing a trial needs no cases).
+    """
+    import_plugins(spec.plugins)
+    cfg = spec.train
+    device = device or pick_device(spec.resources.gpu)
+    task = task or build_task(spec.data.dataset, **spec.data.params)
+    model = build_model(spec.model.name, in_channels=task.in_channels,
+                        out_channels=out_channels(len(task.regions), cfg.output), **spec.model.params).to(device)
+    loss_fn = build_loss(cfg.loss, cfg.output, cfg.deep_supervision).to(device)
+    optimizer = build_optimizer(model, cfg)
+    total = cfg.epochs * cfg.steps_per_epoch
+    schedule = build_schedule(optimizer, cfg, total)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
+    return Trial(spec, task, device, model, loss_fn, optimizer, schedule, scaler,
+                 make_loader(task, cfg, spec.seed, device) if loader else None,
+                 [CALLBACKS.get(c.name)(**c.params) for c in cfg.callbacks],
+                 build_inferer(cfg.inferer, cfg.patch, cfg.batch_size, cfg.output),
+                 TrainState(total_steps=total, steps_per_epoch=cfg.steps_per_epoch))
+
+
+def train_step(t: Trial, batch: dict[str, Any]) -> float:
+    """One optimiser step on ``batch`` (image, label, derived targets); returns the loss."""
+    batch = {k: v.to(t.device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    batch["label"] = batch["label"].float()
+    with torch.autocast(t.device.type, enabled=t.amp):
+        loss = t.loss_fn(as_outputs(t.model(batch["image"])), batch, t.state)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"non-finite training loss ({loss.item()})")
-    opt.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(opt)
-    scaler.update()
-    sched.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    t.scaler.scale(loss).backward()
+    t.scaler.step(t.optimizer)
+    t.scaler.update()
+    t.schedule.step()
+    t.state.step += 1
     return loss.item()
 
 
+def _segmentation_only(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    def network(x: torch.Tensor) -> torch.Tensor:
+        out = model(x)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"{type(model).__name__} returned {type(out).__name__} in eval mode; the output contract "
+                            f"(harness.contract) asks for the segmentation tensor only")
+        return out
+    return network
+
+
 @torch.no_grad()
-def evaluate(model, task: Task, cfg: TrainCfg, device: torch.device) -> dict[str, Any]:
-    """Sliding-window inference over whole validation volumes; metrics kept per case.
+def evaluate(model: nn.Module, task: Task, cfg: TrainCfg, device: torch.device,
+             inferer: Inferer | None = None) -> dict[str, Any]:
+    """The inferer over each whole validation volume; metrics kept per case.
 
     Dice, sensitivity and specificity are in percent. Empty sets: Dice is 100 when
     prediction and reference are both empty (0 when only one is); sensitivity is NaN when
     the reference is empty and specificity NaN when it fills the volume; HD95 (voxels) is
     NaN when either is empty. NaNs are left out of the means.
     """
+    inferer = inferer or build_inferer(cfg.inferer, cfg.patch, cfg.batch_size, cfg.output)
+    was_training = model.training
     model.eval()
     dice_m = DiceMetric(include_background=True, reduction="none", ignore_empty=False)
     hd_m = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
-
-    def predictor(x):
-        out = model(x)
-        return out[0] if isinstance(out, (list, tuple)) else out
-
+    network = _segmentation_only(model)
     per_case = []
     for case in task.val:
         x = torch.from_numpy(case.image)[None].to(device)
         with torch.autocast(device.type, enabled=cfg.amp and device.type == "cuda"):
-            logits = sliding_window_inference(x, cfg.patch, cfg.batch_size, predictor, overlap=cfg.sw_overlap)
-        pred = (torch.sigmoid(logits.float()) > 0.5).float().cpu()
+            probs = inferer(x, network)
+        pred = regions_of(probs.float(), cfg.output).cpu()
         ref = torch.from_numpy(case.label)[None].float()
         dice = dice_m(pred, ref)[0].tolist()
         with np.errstate(all="ignore"):
@@ -122,7 +178,7 @@ def evaluate(model, task: Task, cfg: TrainCfg, device: torch.device) -> dict[str
             row[f"spec_{name}"] = 100.0 * sp
         row["mean_dice"] = float(np.mean([row[f"dice_{n}"] for n in task.regions]))  # pairs for the report's tests
         per_case.append(row)
-    model.train()
+    model.train(was_training)
     out: dict[str, Any] = {}
     for name in task.regions:
         out[f"dice_{name}"] = float(np.mean([r[f"dice_{name}"] for r in per_case]))
@@ -136,43 +192,87 @@ def evaluate(model, task: Task, cfg: TrainCfg, device: torch.device) -> dict[str
     return out
 
 
-def run_trial(spec: TrialSpec, report: Report = lambda m, e: None, threads: int | None = None) -> dict[str, Any]:
-    """Train and evaluate one trial; returns final metrics, per-case metrics and cost."""
+def save_checkpoint(path: Path, model: nn.Module, t: Trial) -> int:
+    """The final weights and what rebuilds them; loadable with ``torch.load(weights_only=True)``.
+
+    Fails if the weights do not fit the registered model (a callback that swapped in another
+    architecture), so that every saved checkpoint reloads. Returns the file size in bytes.
+    """
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    ckpt = {"format": "harness-checkpoint-1", "model": t.spec.model.name,
+            "in_channels": t.task.in_channels, "out_channels": out_channels(len(t.task.regions), t.spec.train.output),
+            "regions": list(t.task.regions), "output": t.spec.train.output, "trial": t.spec.model_dump_json(),
+            "state_dict": state}
+    load_model(ckpt)  # raises if the weights do not fit
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, path)
+    return path.stat().st_size
+
+
+def load_model(ckpt: dict | str | Path, device: torch.device | str = "cpu") -> nn.Module:
+    """The registered model of a checkpoint (a dict or a ``model.pt`` path) with its weights, in eval mode."""
+    if not isinstance(ckpt, dict):
+        ckpt = torch.load(ckpt, map_location="cpu", weights_only=True)
+    spec = TrialSpec.model_validate_json(ckpt["trial"])
+    import_plugins(spec.plugins)
+    model = build_model(ckpt["model"], in_channels=ckpt["in_channels"], out_channels=ckpt["out_channels"],
+                        **spec.model.params)
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"checkpoint weights do not fit model {ckpt['model']!r}: {str(e)[:500]}") from None
+    return model.to(device).eval()
+
+
+def run_trial(spec: TrialSpec, report: Report = lambda m, e: None, threads: int | None = None,
+              checkpoint_dir: Path | None = None) -> dict[str, Any]:
+    """Train and evaluate one trial; returns final metrics, per-case metrics and cost.
+
+    With ``checkpoint_dir`` the final weights (those evaluated: a callback may have replaced
+    the model) are saved there as ``model.pt``.
+    """
     # Each trial owns its CPU share; torch would otherwise grab every core per trial.
     torch.set_num_threads(max(1, int(threads or spec.resources.cpu)))
     set_determinism(seed=spec.seed)
-    device = pick_device(spec.resources.gpu)
-    cfg = spec.train
-
-    task = build_task(spec.data.dataset, **spec.data.params)
-    model = build_model(spec.model.name, in_channels=task.in_channels, out_channels=len(task.regions),
-                        **spec.model.params).to(device)
-    loss_fn = build_loss(cfg.loss)
-    opt = make_optimizer(model, cfg)
-    total = cfg.epochs * cfg.steps_per_epoch
-    sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=total, power=cfg.poly_power)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
-    loader = make_loader(task, cfg, spec.seed, device)
+    t = build_trial(spec)
+    cfg = t.spec.train
+    ctx = t.context()
+    for cb in t.callbacks:
+        cb.on_train_start(ctx)
 
     final: dict[str, Any] = {}
+    evaluated = t.model
     step_times: list[float] = []
     for epoch in range(cfg.epochs):
-        model.train()
+        t.state.epoch = epoch
+        t.model.train()
         losses = []
         t0 = time.perf_counter()
-        for batch in loader:
-            losses.append(train_step(model, batch, loss_fn, opt, sched, scaler, device, cfg.amp))
+        for batch in t.loader:
+            losses.append(train_step(t, batch))
+            for cb in t.callbacks:
+                cb.on_step_end(ctx)
         step_times.append((time.perf_counter() - t0) / max(1, len(losses)))
-        metrics: dict[str, Any] = {"train_loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0],
-                                   "step_time_s": step_times[-1]}
-        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
-            final = evaluate(model, task, cfg, device)
-            metrics.update({k: v for k, v in final.items() if k != "per_case"})
-        report(metrics, epoch)
+        ctx.metrics = {"train_loss": float(np.mean(losses)), "lr": t.schedule.get_last_lr()[0],
+                       "step_time_s": step_times[-1]}
+        for cb in t.callbacks:
+            cb.on_epoch_end(ctx)
+        last = epoch + 1 == cfg.epochs
+        if last:  # a callback may hand over the model to evaluate, cost and save (SWA)
+            for cb in t.callbacks:
+                evaluated = cb.on_train_end(ctx) or evaluated
+        if (epoch + 1) % cfg.val_every == 0 or last:
+            final = evaluate(evaluated if last else t.model, t.task, cfg, t.device, t.inferer)
+            ctx.metrics.update({k: v for k, v in final.items() if k != "per_case"})
+        report(dict(ctx.metrics), epoch)
 
-    cost_input = spec.cost.input or [1, task.in_channels, *cfg.patch]
-    cost = cost_report(model, cost_input, latency=spec.cost.latency, runs=spec.cost.latency_runs)
+    if checkpoint_dir is not None:
+        final["checkpoint_bytes"] = save_checkpoint(Path(checkpoint_dir) / CHECKPOINT, evaluated, t)
+    # The cost of inference as evaluated: the trial's inferer on one cost-input-sized window.
+    cost_input = spec.cost.input or [1, t.task.in_channels, *cfg.patch]
+    cost = cost_report(evaluated, cost_input, latency=spec.cost.latency, runs=spec.cost.latency_runs,
+                       inferer=build_inferer(cfg.inferer, cost_input[2:], cost_input[0], cfg.output))
     final.update({k: v for k, v in cost.items() if k != "macs_by_op"})
     final["step_time_s"] = float(np.median(step_times))
-    final["device"] = str(device)
+    final["device"] = str(t.device)
     return final

@@ -1,14 +1,17 @@
 """Run a study's trials on Ray Tune (the edge of the package: ray is imported here only).
 
 Trials run anywhere Ray puts them; results come back to the driver, whose
-callback is the only MLflow writer. ``--resume`` asks MLflow which trials of this
-study execution already finished and launches only the others.
+callback is the only MLflow writer. A trial's final weights travel as a Ray Tune
+checkpoint (Ray persists it under the run's storage path; a multi-node cluster needs that
+path on shared storage) and the driver logs them to MLflow. ``--resume`` asks MLflow which
+trials of this study execution already finished and launches only the others.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -21,21 +24,25 @@ from ray import tune  # noqa: E402
 
 from harness.config import TrialSpec
 from harness.tracking import Tracker, numeric
-from harness.train import run_trial
+from harness.train import CHECKPOINT, run_trial
 
 
 def _trainable(config: dict[str, Any], specs: dict[str, dict]) -> None:
     _report_trial(TrialSpec.model_validate(specs[config["key"]]))
 
 
-def _search_trainable(config: dict[str, Any], space_path: str) -> None:
-    from harness.search import Space
-
-    _report_trial(Space(space_path).spec_for(config, f"trial_{tune.get_context().get_trial_id()}"))
+def _search_trainable(config: dict[str, Any], spec_for: Callable[[dict, str], TrialSpec]) -> None:
+    # spec_for is the search space's (pickled to the worker): tune needs no import of search.
+    _report_trial(spec_for(config, f"trial_{tune.get_context().get_trial_id()}"))
 
 
 class MlflowWriter(tune.Callback):
-    """Driver-side MLflow writer: child run per trial, per-epoch metrics, final status."""
+    """Driver-side MLflow writer: child run per trial, per-epoch metrics, weights, final status.
+
+    A trial's final result arrives first (metrics, per-case numbers), then its checkpoint; the
+    run is marked FINISHED once the weights are logged (or, should no checkpoint come, when
+    Tune completes the trial).
+    """
 
     def __init__(self, tracker: Tracker, exp_id: str, parent_id: str,
                  spec_for: Callable[[Any], tuple[TrialSpec, str]]):
@@ -45,6 +52,7 @@ class MlflowWriter(tune.Callback):
         self.run_ids: dict[str, str] = {}  # trial key -> MLflow run id
         self.finished: list[str] = []
         self.failed: list[str] = []
+        self.awaiting_weights: set[str] = set()  # final result logged, checkpoint not yet
         self.crashed = False  # Tune raised instead of reporting the trial
 
     def _key(self, trial) -> str:
@@ -65,12 +73,25 @@ class MlflowWriter(tune.Callback):
         if result.get("final"):
             strings = json.loads(result.get("strings_json", "{}"))
             metrics = {k: v for k, v in numeric(result).items() if not _is_ray_key(k) and k not in ("final", "epoch")}
-            self.tracker.finish_child(run_id, {**metrics, **strings}, json.loads(result["per_case_json"]),
-                                      step=int(result.get("training_iteration", 1)))
-            self.finished.append(self._key(trial))
+            self.tracker.log_final(run_id, {**metrics, **strings}, json.loads(result["per_case_json"]),
+                                   step=int(result.get("training_iteration", 1)))
+            self.awaiting_weights.add(self._key(trial))
         else:
             metrics = {k: v for k, v in numeric(result).items() if not _is_ray_key(k) and k != "epoch"}
             self.tracker.log_metrics(run_id, metrics, step=int(result["epoch"]))
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        key = self._key(trial)
+        if key not in self.awaiting_weights:
+            return
+        with checkpoint.as_directory() as d:
+            self.tracker.log_weights(self.run_ids[key], os.path.join(d, CHECKPOINT))
+        self._finish(key)
+
+    def _finish(self, key: str) -> None:
+        self.awaiting_weights.discard(key)
+        self.tracker.client.set_terminated(self.run_ids[key], "FINISHED")
+        self.finished.append(key)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         err = ""
@@ -81,6 +102,9 @@ class MlflowWriter(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         key = self._key(trial)
+        if key in self.awaiting_weights:  # the result came, the checkpoint did not: keep the numbers, say so
+            self.tracker.client.set_tag(self.run_ids[key], "checkpoint", "missing")
+            self._finish(key)
         if key not in self.finished and key not in self.failed:  # stopped early by a scheduler (ASHA)
             self.tracker.client.set_tag(self.run_ids[key], "stopped_early", "true")
             self.tracker.client.set_terminated(self.run_ids[key], "KILLED")
@@ -113,14 +137,17 @@ def _init_ray(address: str | None, verbose: int) -> None:
 
 
 def _report_trial(spec: TrialSpec) -> None:
-    final = run_trial(spec, report=lambda m, epoch: tune.report({**numeric(m), "epoch": epoch}))
-    per_case = final.pop("per_case", [])
-    tune.report({**numeric(final), "final": 1, "per_case_json": json.dumps(per_case),
-                 "strings_json": json.dumps({k: v for k, v in final.items() if isinstance(v, str)})})
+    with tempfile.TemporaryDirectory() as d:
+        final = run_trial(spec, report=lambda m, epoch: tune.report({**numeric(m), "epoch": epoch}),
+                          checkpoint_dir=Path(d))
+        per_case = final.pop("per_case", [])
+        tune.report({**numeric(final), "final": 1, "per_case_json": json.dumps(per_case),
+                     "strings_json": json.dumps({k: v for k, v in final.items() if isinstance(v, str)})},
+                    checkpoint=tune.Checkpoint.from_directory(d))
 
 
 def run_trials(specs: list[TrialSpec], tracker: Tracker, exp_id: str, parent_id: str, chash: dict[str, str],
-               address: str | None, storage: Path, verbose: int = 1) -> MlflowWriter:
+               address: str | None, storage: str | Path, verbose: int = 1) -> MlflowWriter:
     """Launch ``specs`` as Ray Tune trials; returns the writer with finished/failed keys."""
     _init_ray(address, verbose)
     res = specs[0].resources
@@ -137,7 +164,7 @@ def run_trials(specs: list[TrialSpec], tracker: Tracker, exp_id: str, parent_id:
         tune_config=tune.TuneConfig(num_samples=1),
         run_config=tune.RunConfig(
             name=f"{specs[0].study}-{specs[0].scale}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str(storage.resolve()), callbacks=[writer], verbose=verbose,
+            storage_path=_storage_path(storage), callbacks=[writer], verbose=verbose,
             progress_reporter=reporter,
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
@@ -150,13 +177,22 @@ def run_trials(specs: list[TrialSpec], tracker: Tracker, exp_id: str, parent_id:
     return writer
 
 
-def run_search_trials(path, space, study, storage, n: int, tracker: Tracker, exp_id: str, parent_id: str,
-                      address: str | None, storage_dir: Path, verbose: int = 1) -> MlflowWriter:
-    """Run ``n`` more trials of an Optuna study through Ray Tune's OptunaSearch."""
+def _storage_path(storage: str | Path) -> str:
+    """Ray's storage for trial state and checkpoints: a local folder, or a URI (s3://, gs://)."""
+    return storage if isinstance(storage, str) and "://" in storage else str(Path(storage).resolve())
+
+
+def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: str, parent_id: str,
+                      address: str | None, storage_dir: str | Path, verbose: int = 1) -> MlflowWriter:
+    """Run ``n`` more trials of an Optuna study through Ray Tune's OptunaSearch.
+
+    ``space`` is duck-typed (``harness.search.Space``): ``cfg``, ``study``, ``define_by_run``,
+    ``spec_for(config, name)`` and ``cfg_default()``.
+    """
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from harness.config import config_hash
+    from harness.config import spec_hash
 
     _init_ray(address, verbose)
     # Per-epoch results carry the loss (and Dice on validation epochs); cost arrives with the final one.
@@ -171,21 +207,21 @@ def run_search_trials(path, space, study, storage, n: int, tracker: Tracker, exp
 
     def spec_for(trial):
         spec = space.spec_for(trial.config, f"trial_{trial.trial_id}")
-        return spec, config_hash(spec.model_dump())
+        return spec, spec_hash(spec)
 
     writer = MlflowWriter(tracker, exp_id, parent_id, spec_for)
     res = space.study.resources
     base = space.spec_for(space.cfg_default())
     scheduler = ASHAScheduler(metric=metrics[0], mode=modes[0], max_t=base.train.epochs + 1,
                               grace_period=1) if cfg.scheduler == "asha" else None
-    trainable = tune.with_resources(tune.with_parameters(_search_trainable, space_path=str(Path(path).resolve())),
+    trainable = tune.with_resources(tune.with_parameters(_search_trainable, spec_for=space.spec_for),
                                     {"cpu": res.cpu, "gpu": res.gpu})
     reporter = tune.CLIReporter(metric_columns={m: m for m in metrics}, max_report_frequency=15)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=n),
         run_config=tune.RunConfig(
-            name=f"search-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage_dir.resolve()),
+            name=f"search-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=_storage_path(storage_dir),
             callbacks=[writer], verbose=verbose, progress_reporter=reporter,
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
     )

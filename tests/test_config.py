@@ -58,7 +58,7 @@ CASES = [
     (with_(["train", "lr_rate"], 1), "train.lr_rate: unknown key"),
     (with_(["model", "name"], "gsp_unte"), "model.name: unknown model 'gsp_unte'. Did you mean 'gsp_unet'"),
     (with_(["data", "dataset"], "synthetic_organs"), "data.dataset: unknown dataset 'synthetic_organs'. Did you mean"),
-    (with_(["train", "loss"], "dicece"), "train.loss: unknown loss 'dicece'. Did you mean 'dice_ce'"),
+    (with_(["train", "loss"], "dicece"), "train.loss.name: unknown loss 'dicece'. Did you mean 'dice_ce'"),
     (with_(["model", "params", "shift_ratio"], 1.5), "shift_ratio: 1.5 is outside (0, 1]"),
     (with_(["model", "params", "shift_ratio"], 0), "shift_ratio: 0 is outside (0, 1]"),
     (with_(["model", "params", "insrt"], "CSC"), "unknown parameter of model 'gsp_unet' 'insrt'. Did you mean 'insert'"),

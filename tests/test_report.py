@@ -117,12 +117,12 @@ def test_report_from_mlflow_runs_end_to_end(tmp_path, monkeypatch, capsys):
     tracker = Tracker()
     exp = tracker.experiment(study.name)
     parent = tracker.start_parent(exp, study.name, "smoke", "h", {})
-    from harness.config import config_hash
+    from harness.config import spec_hash
 
     dices = {"A-CSC": 70.0, "A-CCS": 60.0, "B-CSC": 50.0, "B-CCS": 90.0, "fcn": 75.0}
     for spec in resolve(study, "smoke"):
         dice = dices[spec.variant]
-        run = tracker.start_child(exp, parent, spec, config_hash(spec.model_dump()))
+        run = tracker.start_child(exp, parent, spec, spec_hash(spec))
         tracker.log_metrics(run, {"train_loss": 0.5, "mean_dice": dice - 5}, step=0)
         per_case = [{"case": f"c{i}", "mean_dice": dice + i, "dice_organ": dice + i} for i in range(3)]
         tracker.finish_child(run, {"mean_dice": dice, "dice_organ": dice, "gmacs": 1 + dice / 100,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.config import CostCfg, DataCfg, ModelCfg, ResourcesCfg, TrainCfg, TrialSpec
+from harness.config import ConfigError, CostCfg, DataCfg, ModelCfg, ResourcesCfg, TrainCfg, TrialSpec, check_train
 from harness.data.task import Case, Task
 from harness.train import evaluate, run_trial
 
@@ -70,17 +70,17 @@ def test_evaluate_counts_sensitivity_specificity_and_empty_conventions():
 
 
 def test_augmentations_by_name_keep_shapes_and_binary_labels():
-    from harness.config import AUGMENTATIONS
     from harness.data import build_task
-    from harness.train import AUGMENTATIONS as BUILT, make_loader
+    from harness.registry import AUGMENTATIONS
+    from harness.train import make_loader
 
-    assert set(BUILT) == set(AUGMENTATIONS)
+    assert {"flip", "scale_intensity", "shift_intensity", "affine"} <= set(AUGMENTATIONS.names())
     task = build_task("synthetic_brats", n_cases=4, shape=[16, 32, 32])
-    cfg = TrainCfg(patch=[16, 32, 32], batch_size=2, steps_per_epoch=3, augment=list(AUGMENTATIONS))
+    cfg = TrainCfg(patch=[16, 32, 32], batch_size=2, steps_per_epoch=3, augment=AUGMENTATIONS.names())
     plain = TrainCfg(patch=[16, 32, 32], batch_size=2, steps_per_epoch=3, augment=False)
     aug, ref = (next(iter(make_loader(task, c, 0, torch.device("cpu")))) for c in (cfg, plain))
     assert aug["image"].shape == ref["image"].shape == (2, 4, 16, 32, 32) and aug["label"].shape == (2, 3, 16, 32, 32)
     assert set(torch.unique(aug["label"]).tolist()) <= {0, 1} and not torch.equal(aug["image"], ref["image"])
-    assert TrainCfg(patch=[8, 8, 8], augment=True).augment == ["flip"]
-    with pytest.raises(ValueError, match="unknown augmentation 'afine'. Did you mean 'affine'"):
-        TrainCfg(patch=[8, 8, 8], augment=["afine"])
+    assert [a.name for a in TrainCfg(patch=[8, 8, 8], augment=True).augment] == ["flip"]
+    with pytest.raises(ConfigError, match="unknown augmentation 'afine'. Did you mean 'affine'"):
+        check_train(TrainCfg(patch=[8, 8, 8], augment=["afine"]), "train")

@@ -1,5 +1,5 @@
 """Data sets, created by name through ``DATASETS`` (importing this registers them)."""
-from harness.data import folders, synthetic  # noqa: F401  (registration)
+from harness.data import folders, synthetic, transforms  # noqa: F401  (registration)
 from harness.data.task import Case, Task
 from harness.registry import DATASETS
 

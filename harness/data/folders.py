@@ -362,7 +362,10 @@ def folder_task(fmt: str, root: str, fold: int = 0, folds: int | None = 5, val_f
                                          lambda: _load_all(layout, prep, n_workers))}
         return {part: [by_id[i] for i in split[part]] for part in ("train", "val")}
 
-    return Task(f"{fmt}:{Path(root).name}", in_channels=len(layout.channels), regions=layout.regions, load=load)
+    value_sets = [set(v) for v in layout.to_regions.keywords["values"]]
+    exclusive = all(not (a & b) for i, a in enumerate(value_sets) for b in value_sets[i + 1:])  # BraTS: nested
+    return Task(f"{fmt}:{Path(root).name}", in_channels=len(layout.channels), regions=layout.regions,
+                exclusive=exclusive, load=load)
 
 
 # One registered data set per format; the parameters are ``folder_task``'s after ``fmt``.

@@ -99,7 +99,7 @@ def synthetic_brats(n_cases: int = 20, shape=(64, 64, 64), seed: int = 0, noise:
             yield Case(f"brats_{i:03d}", img.numpy().astype(np.float32), label.numpy().astype(np.uint8))
 
     params = dict(n=n_cases, shape=list(shape), seed=seed, s=noise)
-    return Task("synthetic_brats", in_channels=4, regions=("WT", "TC", "ET"),
+    return Task("synthetic_brats", in_channels=4, regions=("WT", "TC", "ET"), exclusive=False,
                 load=lambda: split_cases(cached("synthetic_brats", params, make), val_fraction, seed))
 
 

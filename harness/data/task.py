@@ -32,6 +32,7 @@ class Task:
     name: str
     in_channels: int
     regions: tuple[str, ...]
+    exclusive: bool = True  # regions never overlap, so softmax over background + regions is possible
     load: Callable[[], dict[str, list[Case]]] = field(repr=False, default=lambda: {"train": [], "val": []})
     _split: dict[str, list[Case]] | None = field(default=None, repr=False)
 

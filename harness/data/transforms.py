@@ -1,0 +1,84 @@
+"""Training-time transforms by name (MONAI): augmentations and label-derived targets.
+
+Both run in the data pipeline, after the random crop: augmentations first, then targets,
+so that a target always matches the augmented label and no loss rebuilds it per step.
+
+- An augmentation factory takes ``keys`` (injected: image and label) and its parameters,
+  and returns a list of MONAI dictionary transforms.
+- A target factory takes its parameters and returns one MONAI dictionary transform that
+  adds ``batch[key]`` computed from ``batch["label"]`` (R, D, H, W); the transform's ``key``
+  attribute names it.
+"""
+from __future__ import annotations
+
+from typing import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.transforms import (DistanceTransformEDT, MapTransform, RandAffined, RandFlipd, RandScaleIntensityd,
+                              RandShiftIntensityd)
+
+from harness.registry import AUGMENTATIONS, TARGETS
+
+AUGMENT_INJECTED = ("keys",)
+
+
+@AUGMENTATIONS.register("flip")
+def flip(keys: list[str], prob: float = 0.5, axes: Sequence[int] = (0, 1, 2)) -> list:
+    """Mirror along each spatial axis with probability ``prob`` (independently)."""
+    return [RandFlipd(keys, prob=prob, spatial_axis=a) for a in axes]
+
+
+@AUGMENTATIONS.register("scale_intensity")
+def scale_intensity(keys: list[str], factors: float = 0.1, prob: float = 0.5) -> list:
+    """image * (1 + f), f ~ U(-factors, factors)."""
+    return [RandScaleIntensityd(keys[:1], factors=factors, prob=prob)]
+
+
+@AUGMENTATIONS.register("shift_intensity")
+def shift_intensity(keys: list[str], offsets: float = 0.1, prob: float = 0.5) -> list:
+    """image + o, o ~ U(-offsets, offsets)."""
+    return [RandShiftIntensityd(keys[:1], offsets=offsets, prob=prob)]
+
+
+@AUGMENTATIONS.register("affine")
+def affine(keys: list[str], prob: float = 0.2, rotate: float = 0.26, scale: float = 0.15) -> list:
+    """Rotation up to ``rotate`` rad (15 degrees) and scaling 1 +- ``scale`` per axis; labels
+    nearest so they stay binary."""
+    return [RandAffined(keys, prob=prob, rotate_range=[rotate] * 3, scale_range=[scale] * 3,
+                        mode=("bilinear", "nearest"), padding_mode="zeros")]
+
+
+class SignedDistance(MapTransform):
+    """phi(x) = d(x, region) - d(x, complement) per region channel (Kervadec et al. 2019):
+    negative inside, positive outside, 0 on neither side of an empty or full channel.
+
+    Distances are Euclidean in voxels (MONAI's ``DistanceTransformEDT``); with ``normalize``
+    each channel is divided by its largest absolute value (ConResNet-style maps in [-1, 1]).
+    Shapes: label (R, D, H, W) -> batch[key] (R, D, H, W) float32.
+    """
+
+    def __init__(self, key: str = "sdm", normalize: bool = False):
+        super().__init__(["label"])
+        self.key, self.normalize, self.edt = key, normalize, DistanceTransformEDT()
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        label = torch.as_tensor(np.asarray(d["label"])).float()
+        inside = label > 0.5
+        out = torch.zeros_like(label)
+        for r in range(label.shape[0]):
+            m = inside[r]
+            if m.any() and not m.all():  # otherwise one of the two distances is undefined
+                outside_d = torch.as_tensor(self.edt((~m)[None].float()))[0]  # > 0 outside: distance to region
+                inside_d = torch.as_tensor(self.edt(m[None].float()))[0]
+                phi = outside_d - inside_d
+                out[r] = phi / phi.abs().max() if self.normalize else phi
+        d[self.key] = out
+        return d
+
+
+@TARGETS.register("signed_distance")
+def signed_distance(key: str = "sdm", normalize: bool = False) -> MapTransform:
+    """Signed distance map of each region (boundary losses, e.g. ConResNet Eq. 14)."""
+    return SignedDistance(key, normalize)

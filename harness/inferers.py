@@ -1,0 +1,123 @@
+"""Inferers by name: how a trained network turns a whole volume into probabilities.
+
+An inferer factory takes ``patch`` (the window), ``batch_size`` (windows per forward pass)
+and ``output`` (``sigmoid`` / ``softmax``), injected, plus its own parameters, and returns
+an ``Inferer``: ``inferer(volume, network) -> probabilities`` (N, K, D, H, W). Evaluation
+thresholds those (``contract.regions_of``); the cost report runs the same inferer on one
+cost-input-sized window and counts every network pass it makes, so a 16-view TTA costs 16
+forward passes in GMACs and latency (``harness.cost.inference_cost``). Ensembles of saved
+models (``harness evaluate``) average the members' probabilities with MONAI's
+``MeanEnsemble``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from monai.inferers import sliding_window_inference
+from monai.transforms import MeanEnsemble
+
+from harness.contract import probabilities
+from harness.registry import INFERERS
+
+INJECTED = ("patch", "batch_size", "output")
+Network = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Inferer:
+    """volume (N, C, D, H, W) -> probabilities (N, K, D, H, W)."""
+
+    def __call__(self, volume: torch.Tensor, network: Network) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class SlidingWindow(Inferer):
+    """MONAI sliding-window inference over ``patch``-sized windows, logits blended with
+    ``mode`` weights and ``overlap``, then the output activation."""
+
+    def __init__(self, patch: Sequence[int], batch_size: int, output: str, overlap: float = 0.25,
+                 mode: str = "constant"):
+        if not 0 <= overlap < 1:
+            raise ValueError(f"overlap: {overlap} is outside [0, 1)")
+        if mode not in ("constant", "gaussian"):
+            raise ValueError(f"mode: {mode!r} is not one of constant, gaussian")
+        self.patch, self.batch_size, self.output, self.overlap, self.mode = list(patch), batch_size, output, overlap, mode
+
+    def __call__(self, volume: torch.Tensor, network: Network) -> torch.Tensor:
+        logits = sliding_window_inference(volume, self.patch, self.batch_size, network, overlap=self.overlap,
+                                          mode=self.mode)
+        return probabilities(logits.float(), self.output)
+
+
+@INFERERS.register("sliding_window")
+def sliding_window(patch: Sequence[int], batch_size: int, output: str, overlap: float = 0.25,
+                   mode: str = "constant") -> Inferer:
+    """Sliding window over the whole volume (the default; nnU-Net, MONAI)."""
+    return SlidingWindow(patch, batch_size, output, overlap, mode)
+
+
+@dataclass(frozen=True)
+class View:
+    """One test-time view: flip ``flip`` (a spatial dim of N, C, D, H, W, or None), then rotate
+    ``rot`` quarter turns in the axial (H, W) plane. ``inverse`` undoes ``forward`` exactly:
+    rotate back first, then flip (the order matters when the flip lies in the rotation plane)."""
+
+    flip: int | None
+    rot: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.flip is not None:
+            x = x.flip(self.flip)
+        return torch.rot90(x, self.rot, dims=(3, 4)) if self.rot else x
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rot:
+            x = torch.rot90(x, -self.rot, dims=(3, 4))
+        return x.flip(self.flip) if self.flip is not None else x
+
+
+# BraTS 2020 (Henry et al., Sec. 2.6): 16 views, a flip along one axis (or none) x 0/90/180/270
+# degree rotations in the axial plane; the authors' src/tta.py enumerates the same 16.
+VIEW_SETS = {
+    "brats2020": [View(f, r) for f in (None, 2, 3, 4) for r in range(4)],
+    "mirror": [View(f, 0) for f in (None, 2, 3, 4)],  # flips only (no rotation: any patch shape)
+}
+
+
+class TTA(Inferer):
+    """mean over views v of v^-1(base(v(volume))), probabilities averaged (MONAI MeanEnsemble)."""
+
+    def __init__(self, base: Inferer, views: Sequence[View]):
+        self.base, self.views, self.ensemble = base, list(views), MeanEnsemble()
+
+    def __call__(self, volume: torch.Tensor, network: Network) -> torch.Tensor:
+        return self.ensemble([v.inverse(self.base(v.forward(volume), network)) for v in self.views])
+
+
+@INFERERS.register("tta")
+def tta(patch: Sequence[int], batch_size: int, output: str, views: str = "brats2020", overlap: float = 0.25,
+        mode: str = "constant") -> Inferer:
+    """Test-time augmentation: every view of ``VIEW_SETS[views]`` through the sliding window,
+    mapped back and averaged. Rotations in the axial plane need a square in-plane patch."""
+    if views not in VIEW_SETS:
+        raise ValueError(f"views: {views!r} is not one of {', '.join(VIEW_SETS)}")
+    if any(v.rot % 2 for v in VIEW_SETS[views]) and patch[1] != patch[2]:
+        raise ValueError(f"views {views!r} rotate the axial plane: the patch's H and W must be equal, got {list(patch)}")
+    return TTA(SlidingWindow(patch, batch_size, output, overlap, mode), VIEW_SETS[views])
+
+
+class Ensemble(Inferer):
+    """Several networks (saved models) through one inferer, probabilities averaged."""
+
+    def __init__(self, inferer: Inferer, members: Sequence[Network]):
+        self.inferer, self.members, self.ensemble = inferer, list(members), MeanEnsemble()
+
+    def __call__(self, volume: torch.Tensor, network: Network | None = None) -> torch.Tensor:
+        return self.ensemble([self.inferer(volume, m) for m in self.members])
+
+
+def build_inferer(spec, patch: Sequence[int], batch_size: int, output: str) -> Inferer:
+    """The study's inferer (a ``ComponentCfg``) at ``patch``."""
+    return INFERERS.get(spec.name, field="train.inferer.name")(patch=list(patch), batch_size=batch_size,
+                                                               output=output, **spec.params)
