@@ -533,19 +533,18 @@ def check_exclusive(data: DataCfg, where: str) -> None:
 
 def resolve(study: StudyCfg, scale: str, seeds: int | None = None, folds: int | None = None,
             check: bool = True) -> list[TrialSpec]:
-    """Apply ``scale`` and expand variants x [folds x] seeds into trial specs.
+    """Apply ``scale`` and expand variants x [folds x] seeds into trial specs, data checked.
 
-    ``check=False`` skips building models and data (the report only needs the specs' hashes).
+    ``check=False`` skips building each model (the report only needs the specs' hashes).
     """
     sc, _, _, data = _scale_parts(study, scale)
-    if check:
-        check_data(data)
-        for name, per_scale in study.tasks.items():
-            t = per_scale[scale]
-            try:
-                check_data(DataCfg(dataset=t.dataset, params=t.params))
-            except (ConfigError, UnknownNameError) as e:
-                raise ConfigError(f"tasks.{name}.{scale}: {e}") from None
+    check_data(data)
+    for name, per_scale in study.tasks.items():
+        t = per_scale[scale]
+        try:
+            check_data(DataCfg(dataset=t.dataset, params=t.params))
+        except (ConfigError, UnknownNameError) as e:
+            raise ConfigError(f"tasks.{name}.{scale}: {e}") from None
     n_seeds = seeds or sc.seeds or study.seeds
     vs = variants(study)
     n_folds = folds or sc.folds or 1
