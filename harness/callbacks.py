@@ -63,9 +63,8 @@ class SWA(Callback):
         epochs = ctx.state.total_steps // max(1, ctx.state.steps_per_epoch)
         if ctx.state.epoch + 1 > self.start * epochs:
             if self.swa is None:
-                self.swa = AveragedModel(ctx.model)
-            else:
-                self.swa.update_parameters(ctx.model)
+                self.swa = AveragedModel(ctx.model)  # holds a copy, but averages from the first update on
+            self.swa.update_parameters(ctx.model)
             ctx.metrics["swa_models"] = float(self.swa.n_averaged)
 
     def on_train_end(self, ctx: LoopContext) -> Optional[nn.Module]:

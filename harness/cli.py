@@ -1,4 +1,4 @@
-"""Command line: ``harness run | cost | report | search | data check | bench | list``. Bad input exits 2."""
+"""Command line: ``harness run | cost | report | evaluate | search | data check | bench | list``. Bad input exits 2."""
 from __future__ import annotations
 
 import argparse
@@ -134,6 +134,13 @@ def cmd_report(args) -> int:
     return 1 if args.verify and problems else 0
 
 
+def cmd_evaluate(args) -> int:
+    from harness.evaluate import run_evaluate
+
+    return run_evaluate(args.study, args.scale, args.inferer, args.ensemble, args.variant, args.tracking_uri,
+                        args.data_root)
+
+
 def cmd_search(args) -> int:
     from harness.search import run_search
 
@@ -203,6 +210,19 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--data-root", action="append", default=None, metavar="[TASK=]PATH",
                     help="as given to 'harness run' (the trials' data is part of their configuration)")
     rp.set_defaults(fn=cmd_report)
+
+    ev = sub.add_parser("evaluate", help="re-evaluate a study's saved models with another inferer or as ensembles")
+    ev.add_argument("study")
+    ev.add_argument("--scale", default="smoke", choices=["smoke", "paper"])
+    ev.add_argument("--inferer", default=None, metavar="NAME|YAML",
+                    help="e.g. tta or '{name: tta, params: {views: mirror}}' (default: each trial's own)")
+    ev.add_argument("--ensemble", default="none", choices=["none", "seeds"],
+                    help="seeds: one ensemble per variant (and fold) of its seeds' models")
+    ev.add_argument("--variant", action="append", default=None, help="only these variants (repeatable)")
+    ev.add_argument("--tracking-uri", default=None)
+    ev.add_argument("--data-root", action="append", default=None, metavar="[TASK=]PATH",
+                    help="as given to 'harness run'")
+    ev.set_defaults(fn=cmd_evaluate)
 
     se = sub.add_parser("search", help="multi-objective NAS-style search (Optuna via Ray Tune), Pareto set out")
     se.add_argument("space")

@@ -172,6 +172,16 @@ def measure_peak_memory(model: nn.Module, input_shape: Sequence[int], inferer=No
 def inference_macs(model: nn.Module, input_shape: Sequence[int], inferer) -> dict[str, Any]:
     """MACs of one inference of ``inferer`` on an ``input_shape`` volume: every network pass it
     makes, as run, each counted by fvcore (and each failing on an unhandled op)."""
+    from harness.inferers import Ensemble
+
+    if isinstance(inferer, Ensemble):  # every member through the inner inferer (members may differ)
+        parts = [inference_macs(m, input_shape, inferer.inferer) for m in inferer.models]
+        by_op: dict[str, int] = {}
+        for p in parts:
+            for op, n in p["by_op"].items():
+                by_op[op] = by_op.get(op, 0) + n
+        return {"macs": sum(p["macs"] for p in parts), "by_op": by_op,
+                "forward_passes": sum(p["forward_passes"] for p in parts)}
     model = model.eval()
     calls: list[tuple[int, ...]] = []
 

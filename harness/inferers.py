@@ -108,10 +108,16 @@ def tta(patch: Sequence[int], batch_size: int, output: str, views: str = "brats2
 
 
 class Ensemble(Inferer):
-    """Several networks (saved models) through one inferer, probabilities averaged."""
+    """Several networks (saved models) through one inferer, probabilities averaged; the
+    ``network`` argument of a call is ignored (the members are the networks)."""
 
     def __init__(self, inferer: Inferer, members: Sequence[Network]):
         self.inferer, self.members, self.ensemble = inferer, list(members), MeanEnsemble()
+
+    @property
+    def models(self) -> list:
+        """The members unwrapped to their modules (for counting their cost)."""
+        return [getattr(m, "model", m) for m in self.members]
 
     def __call__(self, volume: torch.Tensor, network: Network | None = None) -> torch.Tensor:
         return self.ensemble([self.inferer(volume, m) for m in self.members])

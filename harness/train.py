@@ -28,7 +28,7 @@ from harness.config import TrainCfg, TrialSpec, import_plugins
 from harness.contract import TrainState, as_outputs, out_channels, regions_of
 from harness.cost import cost_report
 from harness.data import Task, build_task
-from harness.inferers import Inferer, build_inferer
+from harness.inferers import Ensemble, Inferer, build_inferer
 from harness.losses import build_loss
 from harness.models import build_model
 from harness.optim import build_optimizer, build_schedule
@@ -137,13 +137,15 @@ def _segmentation_only(model: nn.Module) -> Callable[[torch.Tensor], torch.Tenso
             raise TypeError(f"{type(model).__name__} returned {type(out).__name__} in eval mode; the output contract "
                             f"(harness.contract) asks for the segmentation tensor only")
         return out
+    network.model = model  # type: ignore[attr-defined]  (cost counting unwraps it)
     return network
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, task: Task, cfg: TrainCfg, device: torch.device,
+def evaluate(model: nn.Module | list[nn.Module], task: Task, cfg: TrainCfg, device: torch.device,
              inferer: Inferer | None = None) -> dict[str, Any]:
-    """The inferer over each whole validation volume; metrics kept per case.
+    """The inferer over each whole validation volume; metrics kept per case. A list of models
+    is evaluated as an ensemble (each through the inferer, probabilities averaged).
 
     Dice, sensitivity and specificity are in percent. Empty sets: Dice is 100 when
     prediction and reference are both empty (0 when only one is); sensitivity is NaN when
@@ -151,11 +153,15 @@ def evaluate(model: nn.Module, task: Task, cfg: TrainCfg, device: torch.device,
     NaN when either is empty. NaNs are left out of the means.
     """
     inferer = inferer or build_inferer(cfg.inferer, cfg.patch, cfg.batch_size, cfg.output)
-    was_training = model.training
-    model.eval()
+    models = model if isinstance(model, list) else [model]
+    was_training = [m.training for m in models]
+    for m in models:
+        m.eval()
+    if len(models) > 1:
+        inferer = Ensemble(inferer, [_segmentation_only(m) for m in models])
     dice_m = DiceMetric(include_background=True, reduction="none", ignore_empty=False)
     hd_m = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
-    network = _segmentation_only(model)
+    network = _segmentation_only(models[0])
     per_case = []
     for case in task.val:
         x = torch.from_numpy(case.image)[None].to(device)
@@ -178,7 +184,8 @@ def evaluate(model: nn.Module, task: Task, cfg: TrainCfg, device: torch.device,
             row[f"spec_{name}"] = 100.0 * sp
         row["mean_dice"] = float(np.mean([row[f"dice_{n}"] for n in task.regions]))  # pairs for the report's tests
         per_case.append(row)
-    model.train(was_training)
+    for m, training in zip(models, was_training):
+        m.train(training)
     out: dict[str, Any] = {}
     for name in task.regions:
         out[f"dice_{name}"] = float(np.mean([r[f"dice_{name}"] for r in per_case]))

@@ -130,7 +130,9 @@ def _is_ray_key(k: str) -> bool:
 def _init_ray(address: str | None, verbose: int) -> None:
     env = {"HARNESS_CACHE": os.environ.get("HARNESS_CACHE", str(Path.home() / ".cache" / "harness")),
            "RAY_CHDIR_TO_TRIAL_DIR": "0", "PYTHONWARNINGS": "ignore", "KINETO_LOG_LEVEL": "5",
-           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+           # A study's plugins (families outside harness/) import on the workers as on the driver.
+           **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {})}
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
                  runtime_env={"env_vars": env}, log_to_driver=verbose > 1)

@@ -1,0 +1,123 @@
+"""``harness evaluate``: re-evaluate a study's saved models with another inferer, or as ensembles.
+
+No retraining: every finished trial logged its final weights (``checkpoint/model.pt``). This
+loads them from MLflow, rebuilds each trial's validation data from its configuration and
+evaluates with the inferer asked for (default: the trial's own, which reproduces the trial's
+Dice) either per trial or, with ``--ensemble seeds``, as one ensemble per variant and fold
+(the members' probabilities averaged, MONAI ``MeanEnsemble``). Each evaluation is an MLflow
+run (``harness_role = evaluation``) beside the study's trials, costed as run: an ensemble of
+k models with 16-view TTA costs 16 k network passes.
+"""
+from __future__ import annotations
+
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.config import ComponentCfg, ConfigError, TrialSpec, apply_data_roots, check_train, load_study
+from harness.contract import out_channels
+from harness.cost import cost_report
+from harness.data import build_task
+from harness.inferers import Ensemble, build_inferer
+from harness.train import CHECKPOINT, evaluate, load_model
+
+ENSEMBLES = ("none", "seeds")
+
+
+def parse_inferer(text: str | None) -> ComponentCfg | None:
+    """``tta`` or a YAML mapping such as ``{name: tta, params: {views: mirror}}``."""
+    if text is None:
+        return None
+    import yaml
+
+    try:
+        return ComponentCfg.model_validate(yaml.safe_load(text))
+    except Exception as e:  # noqa: BLE001  pydantic or YAML: either way the user's text is wrong
+        raise ConfigError(f"--inferer: {text!r} is not a name or {{name: ..., params: {{...}}}} ({e})") from None
+
+
+def run_evaluate(path: str, scale: str, inferer_text: str | None, ensemble: str, variants: list[str] | None,
+                 tracking_uri: str | None, data_roots: list[str] | None = None, console=None) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from harness.report import load_runs
+    from harness.tracking import Tracker
+
+    console = console or Console()
+    if ensemble not in ENSEMBLES:
+        raise ConfigError(f"--ensemble: {ensemble!r} is not one of {', '.join(ENSEMBLES)}")
+    study = load_study(path)
+    apply_data_roots(study, scale, data_roots or [])
+    inferer = parse_inferer(inferer_text)
+    runs = load_runs(study, scale, tracking_uri, with_cases=False)
+    if runs.trials.empty:
+        raise ConfigError(f"{study.name}@{scale}: no finished trial of the study as it stands to evaluate")
+    known = list(dict.fromkeys(runs.trials.variant))
+    for v in variants or []:
+        if v not in known:
+            from harness.registry import UnknownNameError
+
+            raise ConfigError(str(UnknownNameError("variant with finished trials", v, known, "--variant")))
+    tracker = Tracker(tracking_uri)
+    client = tracker.client
+    groups: dict[tuple, list[Any]] = defaultdict(list)
+    for r in runs.trials.itertuples():
+        if variants and r.variant not in variants:
+            continue
+        run = client.get_run(r.run_id)
+        key = (r.variant, run.data.tags.get("fold"), r.run_id if ensemble == "none" else None)
+        groups[key].append((run, r))
+
+    rows = []
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for (variant, fold, _), members in groups.items():
+        with tempfile.TemporaryDirectory() as d:
+            try:
+                models = [load_model(client.download_artifacts(run.info.run_id, f"checkpoint/{CHECKPOINT}", d),
+                                     device) for run, _ in members]
+            except Exception as e:  # noqa: BLE001  a run without weights (older harness, lost artifact)
+                console.print(f"[yellow]{variant}: skipped, a member has no loadable checkpoint ({e})[/yellow]")
+                continue
+            ckpt = torch.load(Path(d) / CHECKPOINT, map_location="cpu", weights_only=True)
+        spec = TrialSpec.model_validate_json(ckpt["trial"])
+        cfg = spec.train
+        if inferer is not None:
+            cfg = cfg.model_copy(update={"inferer": inferer})
+            check_train(cfg, "--inferer")
+        task = build_task(spec.data.dataset, **spec.data.params)
+        if out_channels(len(task.regions), cfg.output) != ckpt["out_channels"]:
+            raise ConfigError(f"{variant}: the data now has regions {list(task.regions)}, the model predicts "
+                              f"{ckpt['out_channels']} channels")
+        inf = build_inferer(cfg.inferer, cfg.patch, cfg.batch_size, cfg.output)
+        result = evaluate(models if len(models) > 1 else models[0], task, cfg, device, inf)
+        cost_input = spec.cost.input or [1, task.in_channels, *cfg.patch]
+        window = build_inferer(cfg.inferer, cost_input[2:], cost_input[0], cfg.output)
+        cost = cost_report(models[0], cost_input, latency=spec.cost.latency, runs=spec.cost.latency_runs,
+                           inferer=Ensemble(window, models) if len(models) > 1 else window)
+        per_case = result.pop("per_case")
+        final = {**result, **{k: v for k, v in cost.items() if k != "macs_by_op"}, "members": float(len(models))}
+        members_dice = [r.mean_dice for _, r in members]
+        parent = members[0][0].data.tags.get("mlflow.parentRunId")
+        tags = {"harness_role": "evaluation", "variant": variant, "scale": scale, "study": study.name,
+                "inferer": cfg.inferer.model_dump_json(), "ensemble": ensemble,
+                "member_runs": ",".join(run.info.run_id for run, _ in members),
+                "mlflow.runName": f"{variant}:{cfg.inferer.name}" + (f"x{len(models)}" if len(models) > 1 else ""),
+                **({"fold": fold} if fold is not None else {}), **({"mlflow.parentRunId": parent} if parent else {})}
+        run_id = client.create_run(members[0][0].info.experiment_id, tags=tags).info.run_id
+        tracker.finish_child(run_id, final, per_case, step=0)
+        rows.append({"variant": variant, "fold": fold or "", "members": len(models), "inferer": cfg.inferer.name,
+                     "mean_dice": result["mean_dice"], "members_mean_dice": sum(members_dice) / len(members_dice),
+                     "gmacs": cost["gmacs"], "forward_passes": cost["forward_passes"],
+                     "latency_s": cost.get("latency_s", float("nan")), "run": run_id})
+    table = Table(title=f"{study.name}@{scale}: re-evaluated ({ensemble} ensemble)")
+    for c in ("variant", "fold", "members", "inferer", "mean_dice", "members_mean_dice", "gmacs", "forward_passes",
+              "latency_s", "run"):
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()))
+    console.print(table)
+    return 0 if rows else 1

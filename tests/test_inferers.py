@@ -1,0 +1,52 @@
+"""Inferers: TTA views invert exactly, and inference is costed as run."""
+import pytest
+import torch
+from torch import nn
+
+from harness.cost import cost_report, count_macs
+from harness.inferers import VIEW_SETS, View, build_inferer
+from harness.config import ComponentCfg
+from harness.models import build_model
+
+
+class Identity(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.p = nn.Parameter(torch.zeros(()))  # cost needs a parameter to find the device
+
+    def forward(self, x):
+        return x
+
+
+@pytest.mark.parametrize("views", list(VIEW_SETS))
+def test_every_view_is_undone_exactly_and_an_identity_model_comes_back_unchanged(views):
+    x = torch.randn(1, 2, 8, 12, 12)
+    for v in VIEW_SETS[views]:
+        assert torch.equal(v.inverse(v.forward(x)), x), v
+    tta = build_inferer(ComponentCfg(name="tta", params={"views": views}), [8, 12, 12], 1, "sigmoid")
+    # The views are exact (above); averaging 16 equal floats may round by an ulp or two.
+    assert torch.allclose(tta(x, Identity()), torch.sigmoid(x), atol=1e-6, rtol=0)
+
+
+def test_the_sixteen_brats_views_are_distinct_and_the_authors_revert_order_would_misalign():
+    x = torch.randn(1, 1, 4, 6, 6)
+    seen = {tuple(View(f, r).forward(x).flatten().tolist()) for f, r in ((v.flip, v.rot) for v in VIEW_SETS["brats2020"])}
+    assert len(VIEW_SETS["brats2020"]) == 16 and len(seen) == 16
+    # Reverting flip-then-rotate by flipping first (rot90(flip(y), -r)) is no inverse when the flip
+    # lies in the rotation plane and the turn is odd: 4 of the 16 views.
+    wrong = [v for v in VIEW_SETS["brats2020"]
+             if not torch.equal(torch.rot90(v.forward(x).flip(v.flip), -v.rot, (3, 4)) if v.flip else x, x)]
+    assert {(v.flip, v.rot) for v in wrong} == {(3, 1), (3, 3), (4, 1), (4, 3)}
+
+
+def test_tta_costs_every_view_in_macs_and_passes():
+    model = build_model("gsp_unet", in_channels=1, out_channels=1, widths=[4, 4, 8, 8, 8])
+    shape = [1, 1, 16, 32, 32]
+    single = count_macs(model, shape)["macs"]
+    sw = cost_report(model, shape, latency=False,
+                     inferer=build_inferer(ComponentCfg(name="sliding_window"), shape[2:], 1, "sigmoid"))
+    tta = cost_report(model, shape, latency=True, runs=1,
+                      inferer=build_inferer(ComponentCfg(name="tta"), shape[2:], 1, "sigmoid"))
+    assert sw["gmacs"] * 1e9 == single and sw["forward_passes"] == 1
+    assert tta["gmacs"] * 1e9 == 16 * single and tta["forward_passes"] == 16
+    assert tta["latency_s"] > 0 and tta["macs_by_op"]["conv"] == 16 * count_macs(model, shape)["by_op"]["conv"]

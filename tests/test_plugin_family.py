@@ -1,0 +1,74 @@
+"""A toy family registered from outside harness/ runs through `harness run`, then its saved
+weights are re-evaluated (`harness evaluate`) without retraining."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from harness.cli import main
+
+pytestmark = pytest.mark.slow
+PLUGIN = Path(__file__).parent / "plugins" / "toy_family.py"
+
+STUDY = {
+    "name": "toy_family", "paper": "harness", "title": "a family from outside harness/",
+    "plugins": ["toy_family"],
+    "data": {"dataset": "synthetic_organ", "params": {"n_cases": 4, "shape": [8, 16, 16]}},
+    "model": {"name": "toy_two_heads"},
+    "variants": [{"name": "toy"}],
+    "train": {"patch": [8, 16, 16], "epochs": 2, "steps_per_epoch": 2, "batch_size": 2,
+              "loss": {"name": "toy_edge_loss", "params": {"edge_weight": 0.5}}, "targets": ["toy_edge"],
+              "callbacks": ["toy_all_foreground"], "inferer": "toy_flip_tta", "optimizer": "adam", "lr": 0.001},
+    "cost": {"latency_runs": 1},
+    "seeds": 2,
+    "scales": {"smoke": {}, "paper": {}},
+}
+
+
+def trial_runs(client, role="trial"):
+    exp = client.get_experiment_by_name("harness/toy_family")
+    return client.search_runs([exp.experiment_id], f"tags.harness_role = '{role}'")
+
+
+def test_outside_family_runs_saves_weights_and_reevaluates(tmp_path, monkeypatch):
+    shutil.copy(PLUGIN, tmp_path / "toy_family.py")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(STUDY))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "PYTHONWARNINGS": "ignore"}
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "run", "s.yaml", "-v", "0"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = trial_runs(client)
+    assert sorted(r.data.tags["trial_key"] for r in runs) == ["toy#s0", "toy#s1"]
+    for r in runs:
+        m = r.data.metrics
+        assert r.info.status == "FINISHED"
+        # The callback's all-foreground model is what was evaluated and costed.
+        assert m["sens_organ"] == 100.0 and m["spec_organ"] == 0.0 and m["toy_swapped"] == 1.0
+        assert m["forward_passes"] == 2  # the plugin's two-view TTA, as run
+        local = client.download_artifacts(r.info.run_id, "checkpoint/model.pt", str(tmp_path / r.info.run_id))
+        assert os.path.getsize(local) == m["checkpoint_bytes"] > 0
+        ckpt = torch.load(local, weights_only=True)
+        assert ckpt["model"] == "toy_two_heads" and float(ckpt["state_dict"]["seg.bias"][0]) == 10.0
+
+    # Re-evaluation: the trial's own inferer reproduces its Dice from the saved weights; another
+    # inferer and an ensemble of the two seeds are costed as run.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["evaluate", "s.yaml"]) == 0
+    assert main(["evaluate", "s.yaml", "--inferer", "{name: tta, params: {views: mirror}}", "--ensemble", "seeds"]) == 0
+    evals = trial_runs(client, "evaluation")
+    by_trial = {r.data.metrics["mean_dice"] for r in runs}
+    own = [e for e in evals if e.data.tags["ensemble"] == "none"]
+    assert len(own) == 2 and {e.data.metrics["mean_dice"] for e in own} == by_trial
+    (ens,) = [e for e in evals if e.data.tags["ensemble"] == "seeds"]
+    assert ens.data.metrics["members"] == 2 and ens.data.metrics["forward_passes"] == 2 * 4
+    assert ens.data.metrics["gmacs"] == pytest.approx(4 * runs[0].data.metrics["gmacs"], rel=1e-9)
+    assert set(ens.data.tags["member_runs"].split(",")) == {r.info.run_id for r in runs}

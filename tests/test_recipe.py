@@ -1,0 +1,179 @@
+"""The open training recipe: components by name, the output contract, targets, callbacks, hashes."""
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from monai.losses import DiceLoss
+
+from harness.callbacks import SWA, LoopContext
+from harness.config import (ComponentCfg, ConfigError, CostCfg, DataCfg, DeepSupervisionCfg, ModelCfg, ParamGroupCfg,
+                            ResourcesCfg, TrainCfg, TrialSpec, check_train, spec_hash)
+from harness.contract import TrainState, as_outputs, classes_of, regions_of
+from harness.data.transforms import SignedDistance
+from harness.losses import build_loss
+from harness.optim import build_optimizer
+from harness.train import build_trial, run_trial, train_step
+
+sys.path.insert(0, str(Path(__file__).parent / "plugins"))
+
+
+def spec(model="gsp_unet", params=None, data=("synthetic_organ", {"n_cases": 5, "shape": [16, 32, 32]}), **train):
+    params = {"widths": [4, 8, 8, 16, 16], "insert": "CSC",
+              "groups": [[2, 2, 2], [1, 2, 2], [1, 2, 2], [1, 1, 1], [1, 1, 1]]} if params is None else params
+    train = {"patch": [16, 32, 32], "epochs": 2, "steps_per_epoch": 4, "batch_size": 2, **train}
+    return TrialSpec(study="t", scale="smoke", key="k", variant="v", tags={}, seed=0,
+                     data=DataCfg(dataset=data[0], params=data[1]), model=ModelCfg(name=model, params=params),
+                     train=TrainCfg(**train), cost=CostCfg(latency=False), resources=ResourcesCfg(cpu=1))
+
+
+# Final validation Dice of two fixed-seed CPU trials, recorded with the closed recipe (before
+# components by name, commit fc81d05) and asserted unchanged after it.
+BEFORE = {"gsp": 19.817441701889038, "dsm": 80.07044196128845}
+
+
+def test_fixed_seed_trials_give_the_dice_they_gave_before_the_recipe_opened():
+    gsp = run_trial(spec())
+    dsm = run_trial(spec("distill_dsm", {"alpha": 0.5}, ("synthetic_depth", {"n_cases": 5, "shape": [16, 32, 32]}),
+                         steps_per_epoch=5, loss="dice_ce", optimizer="adam", lr=0.003, schedule="constant"))
+    assert gsp["mean_dice"] == pytest.approx(BEFORE["gsp"], abs=1e-6)
+    assert dsm["mean_dice"] == pytest.approx(BEFORE["dsm"], abs=1e-6)
+
+
+def test_a_bare_name_is_a_component_and_params_are_checked_against_the_factory():
+    assert TrainCfg(patch=[8, 8, 8], loss="dice_ce").loss == ComponentCfg(name="dice_ce", params={})
+    check_train(TrainCfg(patch=[8, 8, 8], loss={"name": "dice_ce", "params": {"lambda_ce": 0.5}}), "train")
+    cases = [
+        ({"loss": {"name": "dice_ce", "params": {"lamda_ce": 1}}},
+         "train.loss.params: unknown parameter of loss 'dice_ce' 'lamda_ce'. Did you mean 'lambda_ce'"),
+        ({"loss": {"name": "dice", "params": {"output": "softmax"}}}, "train.loss.params.output: set by the harness"),
+        ({"optimizer": "adamm"}, "train.optimizer.name: unknown optimizer 'adamm'. Did you mean 'adam'"),
+        ({"optimizer": {"name": "sgd", "params": {"momentum": 0.9, "nesterv": True}}}, "Did you mean 'nesterov'"),
+        ({"schedule": {"name": "poly", "params": {"powr": 1}}}, "Did you mean 'power'"),
+        ({"inferer": {"name": "sliding_window", "params": {"overlap": 1.5}}},
+         "train.inferer (sliding_window): overlap: 1.5 is outside [0, 1)"),
+        ({"inferer": {"name": "tta", "params": {"views": "all"}}}, "views: 'all' is not one of brats2020, mirror"),
+        ({"callbacks": ["swaa"]}, "train.callbacks[0].name: unknown callback 'swaa'. Did you mean 'swa'"),
+        ({"callbacks": [{"name": "swa", "params": {"start": 1.5}}]}, "start: 1.5 is outside [0, 1)"),
+        ({"targets": ["signed_distance", "signed_distance"]}, "output keys ['sdm'] clash"),
+        ({"augment": [{"name": "flip", "params": {"prob": 0.5, "axis": 0}}]}, "Did you mean 'axes'"),
+    ]
+    for change, message in cases:
+        with pytest.raises(ConfigError) as e:
+            check_train(TrainCfg(patch=[8, 8, 8], **change), "train")
+        assert message in str(e.value), (change, str(e.value))
+    with pytest.raises(ValueError, match="train.momentum is now a component parameter: write optimizer"):
+        TrainCfg(patch=[8, 8, 8], momentum=0.9)
+
+
+def test_tta_with_rotations_needs_a_square_axial_patch():
+    with pytest.raises(ConfigError, match=r"H and W must be equal, got \[8, 16, 32\]"):
+        check_train(TrainCfg(patch=[8, 16, 32], inferer="tta"), "train")
+    check_train(TrainCfg(patch=[8, 16, 32], inferer={"name": "tta", "params": {"views": "mirror"}}), "train")
+
+
+def test_hash_ignores_defaults_so_a_grown_schema_keeps_earlier_runs():
+    s = spec()
+    explicit = s.model_copy(update={"train": s.train.model_copy(update={"output": "sigmoid", "amp": True})})
+    assert spec_hash(explicit) == spec_hash(s)
+
+    class Grown(TrialSpec):  # a field added later, with a default
+        new_knob: int = 3
+
+    assert spec_hash(Grown.model_validate(s.model_dump())) == spec_hash(s)
+    assert spec_hash(Grown.model_validate({**s.model_dump(), "new_knob": 4})) != spec_hash(s)
+    assert spec_hash(s.model_copy(update={"seed": 1})) != spec_hash(s)
+
+
+def test_output_contract_and_softmax_labels():
+    y = torch.randn(1, 2, 4, 4, 4)
+    assert as_outputs(y)["seg"] is y
+    outs = as_outputs([y, y[:, :, ::2, ::2, ::2]])
+    assert list(outs) == ["seg", "deep"] and len(outs["deep"]) == 1
+    assert list(as_outputs({"seg": y, "res": [y]})) == ["seg", "res"]
+    with pytest.raises(TypeError, match="tensor or a mapping"):
+        as_outputs(3)
+    label = torch.zeros(1, 2, 2, 2, 2)
+    label[0, 0, 0] = 1
+    label[0, 1, 1, 0] = 1
+    cls = classes_of(label)
+    assert cls.shape == (1, 1, 2, 2, 2) and cls[0, 0, 0].unique().tolist() == [1] and cls[0, 0, 1, 0].tolist() == [2, 2]
+    probs = torch.nn.functional.one_hot(cls[:, 0].long(), 3).permute(0, 4, 1, 2, 3).float()
+    assert torch.equal(regions_of(probs, "softmax"), label)
+
+
+def test_softmax_trial_runs_with_background_channel_and_is_refused_for_overlapping_regions(tmp_path):
+    t = build_trial(spec(output="softmax", loss="ce"), loader=True)
+    assert t.model.head.out_channels == 2  # background + organ
+    loss = train_step(t, next(iter(t.loader)))
+    assert math.isfinite(loss)
+    import yaml
+
+    from harness.config import load_study, resolve
+
+    study = {"name": "sm", "paper": "harness", "title": "t", "data": {"dataset": "synthetic_brats",
+             "params": {"n_cases": 4, "shape": [16, 32, 32]}}, "model": {"name": "unet3d"}, "variants": [{"name": "a"}],
+             "train": {"patch": [16, 32, 32], "output": "softmax"}, "scales": {"smoke": {}, "paper": {}}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    with pytest.raises(ConfigError, match=r"softmax needs mutually exclusive regions, but synthetic_brats's regions"):
+        resolve(load_study(tmp_path / "s.yaml"), "smoke")
+
+
+def test_deep_supervision_is_asked_for_and_weights_heads():
+    base = build_loss(ComponentCfg(name="dice"), "sigmoid")
+    ds = build_loss(ComponentCfg(name="dice"), "sigmoid", DeepSupervisionCfg(weight_mode="exp"))
+    label = (torch.rand(2, 1, 8, 8, 8) > 0.5).float()
+    seg, aux = torch.randn(2, 1, 8, 8, 8), torch.randn(2, 1, 4, 4, 4)
+    outs, batch, state = {"seg": seg, "deep": [aux]}, {"label": label}, TrainState()
+    plain = DiceLoss(sigmoid=True)
+    small = torch.nn.functional.interpolate(label, size=(4, 4, 4), mode="nearest-exact")
+    assert base(outs, batch, state) == pytest.approx(float(plain(seg, label)))  # heads ignored unless asked
+    assert ds(outs, batch, state) == pytest.approx(float(plain(seg, label) + 0.5 * plain(aux, small)), rel=1e-6)
+    with pytest.raises(KeyError, match="no output 'deep'"):
+        ds({"seg": seg}, batch, state)
+
+
+def test_signed_distance_target_is_negative_inside_positive_outside():
+    label = torch.zeros(2, 9, 9, 9, dtype=torch.uint8)
+    label[0, 3:6, 3:6, 3:6] = 1  # a 3-cube; channel 1 empty
+    sdm = SignedDistance()({"label": label.numpy()})["sdm"]
+    assert sdm[0, 4, 4, 4] == -2 and sdm[0, 3, 3, 3] == -1  # centre, corner voxel inside
+    assert sdm[0, 4, 4, 1] == 2 and sdm[0, 4, 4, 8] == 3  # outside: distance to the cube
+    assert torch.all(sdm[1] == 0)  # empty region: no boundary, no distance
+
+
+def test_param_groups_give_matching_parameters_their_own_lr():
+    model = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.Conv3d(2, 1, 1))
+    cfg = TrainCfg(patch=[8, 8, 8], optimizer="adam", lr=0.01, param_groups=[ParamGroupCfg(match=r"^1\.", lr_scale=10)])
+    opt = build_optimizer(model, cfg)
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.01] and len(opt.param_groups[0]["params"]) == 2
+    with pytest.raises(ValueError, match="matches no parameter"):
+        build_optimizer(model, cfg.model_copy(update={"param_groups": [ParamGroupCfg(match="offset")]}))
+
+
+def test_swa_averages_epoch_end_weights_and_hands_over_the_average():
+    model = torch.nn.Linear(1, 1, bias=False)
+    cb = SWA(start=0.5)
+    ctx = LoopContext(model, None, None, loader=[{"image": torch.zeros(1, 1)}], state=TrainState(total_steps=4,
+                      steps_per_epoch=1), device=torch.device("cpu"))
+    for epoch, w in enumerate([1.0, 2.0, 4.0, 6.0]):
+        ctx.state.epoch = epoch
+        model.weight.data.fill_(w)
+        cb.on_epoch_end(ctx)
+    swapped = cb.on_train_end(ctx)
+    assert float(swapped.weight.detach()) == pytest.approx(5.0)  # mean of epochs 3 and 4: (4 + 6) / 2
+    assert ctx.metrics["swa_models"] == 2 and swapped is not model
+
+
+def test_a_loss_sees_derived_targets_and_training_progress():
+    import toy_family
+
+    toy_family.PROGRESS_SEEN.clear()
+    s = spec("toy_two_heads", {}, ("synthetic_organ", {"n_cases": 4, "shape": [8, 16, 16]}), patch=[8, 16, 16],
+             loss={"name": "toy_edge_loss"}, targets=["toy_edge"], steps_per_epoch=2)
+    s = s.model_copy(update={"plugins": ["toy_family"]})
+    out = run_trial(s)
+    assert toy_family.PROGRESS_SEEN == [0.0, 0.25, 0.5, 0.75] and 0 <= out["mean_dice"] <= 100
+    batch = next(iter(build_trial(s).loader))
+    assert batch["edge"].shape == batch["label"].shape and 0 < batch["edge"].sum() < batch["label"].sum()
