@@ -78,7 +78,10 @@ class View:
 
 
 # BraTS 2020 (Henry et al., Sec. 2.6): 16 views, a flip along one axis (or none) x 0/90/180/270
-# degree rotations in the axial plane; the authors' src/tta.py enumerates the same 16.
+# degree rotations in the axial plane; the authors' src/tta.py enumerates the same 16. Only 12
+# are distinct (flip H + k turns = flip W + (k + 2) turns), so 4 weigh twice in the mean, as
+# in the authors' code. Their revert, rot90(flip(y), -k), is no inverse for flip H/W with an
+# odd k (4 views); ``View.inverse`` rotates back first (tests/test_inferers.py).
 VIEW_SETS = {
     "brats2020": [View(f, r) for f in (None, 2, 3, 4) for r in range(4)],
     "mirror": [View(f, 0) for f in (None, 2, 3, 4)],  # flips only (no rotation: any patch shape)
