@@ -473,6 +473,35 @@ def _write_table(table: pd.DataFrame, out: Path, stem: str, formats: list[str]) 
         flat.to_csv(out / f"{stem}.csv", index=False)
 
 
+def evaluations(runs: StudyRuns, tracking_uri: str | None = None) -> pd.DataFrame:
+    """``harness evaluate`` runs whose members are all trials shown in this report, newest first."""
+    from mlflow.tracking import MlflowClient
+
+    from harness.tracking import default_tracking_uri
+
+    if runs.trials.empty:
+        return pd.DataFrame()
+    client = MlflowClient(tracking_uri or default_tracking_uri())
+    exp = client.get_experiment_by_name(f"harness/{runs.study.name}")
+    found = client.search_runs([exp.experiment_id], f"tags.harness_role = 'evaluation' and tags.scale = '{runs.scale}'"
+                               " and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"])
+    dice = dict(zip(runs.trials.run_id, runs.trials.mean_dice)) if "mean_dice" in runs.trials else {}
+    rows = []
+    for r in found:
+        members = r.data.tags.get("member_runs", "").split(",")
+        if not all(m in dice for m in members):
+            continue  # evaluates trials of an older configuration
+        m = r.data.metrics
+        members_dice = float(np.mean([dice[x] for x in members]))
+        rows.append({"variant": r.data.tags["variant"], "fold": r.data.tags.get("fold", ""),
+                     "inferer": json.loads(r.data.tags["inferer"])["name"], "members": len(members),
+                     "mean_dice": m.get("mean_dice"), "members' mean_dice": members_dice,
+                     "Δ": m.get("mean_dice", math.nan) - members_dice, "gmacs": m.get("gmacs"),
+                     "forward_passes": m.get("forward_passes"),
+                     "latency_ns_per_voxel": m.get("latency_ns_per_voxel", math.nan)})
+    return pd.DataFrame(rows)
+
+
 def write_report(path: str, scale: str, formats: list[str], reports: Path = Path("reports"),
                  tracking_uri: str | None = None, data_roots: list[str] | None = None) -> tuple[Path, list[str]]:
     """Write ``reports/<study>/`` and refresh the index; returns the folder and the verify problems.
@@ -501,6 +530,13 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
     if notes:
         md += ["Missing:", ""] + [f"- {n}" for n in notes] + [""]
     md += ["## Statistics", "", st.to_markdown(index=False, floatfmt=".4g") if not st.empty else "No finished runs.", ""]
+    evals = evaluations(runs, tracking_uri)
+    if not evals.empty:
+        evals.to_csv(out / "evaluations.csv", index=False)
+        md += ["## Re-evaluations (`harness evaluate`)", "",
+               "Saved weights of this study's trials evaluated again with another inferer or as an ensemble of "
+               "seeds; costs as run (every view and member counted).", "",
+               evals.to_markdown(index=False, floatfmt=".4g"), ""]
     pinned = check_pinned(runs)
     md += ["## Pinned numbers", ""] + ([f"- {status.upper()}: {m}" for status, m in pinned]
                                        or ["This study pins no number."]) + [""]

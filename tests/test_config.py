@@ -72,6 +72,15 @@ CASES = [
     (with_(["model", "params", "in_channels"], 3), "in_channels is set by the data set"),
     (with_(["data", "params", "n_case"], 3), "data.params: unknown parameter of data set 'synthetic_organ' 'n_case'"),
     (with_(["data", "params", "n_cases"], 1), "data: data.n_cases: 1 cases leave nothing to train on"),
+    (with_(["layout"], {"rows": "variant", "colums": ["mean_dice"]}), "layout.colums: unknown key"),
+    (with_(["layout"], {"rows": "varient"}), "layout.rows: unknown axis 'varient'. Did you mean 'variant'"),
+    (with_(["layout"], {"columns": "variant", "best": "max_per_colum"}), "layout.best"),
+    (with_(["layout"], {"baseline": "pww"}), "layout.baseline: unknown variant 'pww'. Did you mean 'pw'"),
+    (with_(["layout"], {"columns": ["mean_dice"], "values": {"Dice": "mean_dice"}}), "values puts metrics in rows"),
+    (with_(["train", "loss"], {"name": "dice", "params": {"smoth": 1}}),
+     "train.loss.params: unknown parameter of loss 'dice' 'smoth'. Did you mean 'smooth'"),
+    (with_(["train", "poly_power"], 0.9), "train.poly_power is now a component parameter: write schedule"),
+    (with_(["plugins"], ["no_such_family"]), "plugins: cannot import 'no_such_family'"),
 ]
 
 

@@ -177,3 +177,12 @@ def test_a_loss_sees_derived_targets_and_training_progress():
     assert toy_family.PROGRESS_SEEN == [0.0, 0.25, 0.5, 0.75] and 0 <= out["mean_dice"] <= 100
     batch = next(iter(build_trial(s).loader))
     assert batch["edge"].shape == batch["label"].shape and 0 < batch["edge"].sum() < batch["label"].sum()
+
+
+def test_tune_and_search_do_not_import_each_other():
+    import ast
+
+    root = Path(__file__).parents[1] / "harness"
+    imported = {n.module for n in ast.walk(ast.parse((root / "tune.py").read_text()))
+                if isinstance(n, ast.ImportFrom) and n.module}
+    assert "harness.search" not in imported  # search drives tune; tune takes the space duck-typed

@@ -1,4 +1,5 @@
 """Report: layout engine, statistics, --verify, and a report built from real MLflow runs."""
+import json
 import math
 
 import pandas as pd
@@ -128,6 +129,12 @@ def test_report_from_mlflow_runs_end_to_end(tmp_path, monkeypatch, capsys):
         tracker.finish_child(run, {"mean_dice": dice, "dice_organ": dice, "gmacs": 1 + dice / 100,
                                    "params": 1000 if spec.variant == "fcn" else 50,
                                    "latency_ns_per_voxel": 3.0}, per_case, step=1)
+    import harness.config
+
+    def no_build(*a, **k):
+        raise AssertionError("the report built a model")
+
+    monkeypatch.setattr(harness.config, "check_model", no_build)  # runs are found from their stored hashes
     assert main(["report", "s.yaml", "--format", "md,html,tex,csv", "--verify"]) == 0
     out = tmp_path / "reports" / "grid"
     for f in ("README.md", "table.md", "table.html", "table.tex", "table.csv", "trials.csv", "stats.csv",
@@ -144,6 +151,20 @@ def test_report_from_mlflow_runs_end_to_end(tmp_path, monkeypatch, capsys):
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(GRID2, sort_keys=False))
     assert main(["report", "s.yaml", "--verify"]) == 1
     assert "MISMATCH fcn params: ours 1,000 vs paper 500" in capsys.readouterr().out
+
+
+def test_row_params_show_what_each_variant_ran_with():
+    # The variant of another family and the scale's widths: the table shows the parameters of the
+    # run (logged with it), or without a run those resolved at the scale, never the study's base.
+    study = StudyCfg.model_validate({**GRID, "scales": {"smoke": {"model": {"widths": [2, 2, 2, 2, 2]}}, "paper": {}},
+                                     "variants": [{"name": "fcn", "model": "unet3d", "params": {"base": 4},
+                                                   "tags": {"sg": "3D U-Net", "ip": "CSC"}}],
+                                     "layout": {**GRID["layout"], "row_params": {"w": "widths", "base": "base"}}})
+    t = trials([("A-CSC", 0, 70.0, 10)]).assign(model_params=json.dumps({"widths": [9, 9, 9, 9, 9]}))
+    table, _ = layout_table(StudyRuns(study, "smoke", t))
+    assert table.loc["A", "w"] == "(9, 9, 9, 9, 9)"  # as logged with the run
+    assert table.loc["B", "w"] == "(2, 2, 2, 2, 2)"  # no run: the smoke scale's widths
+    assert table.loc["3D U-Net", "base"] == "4" and table.loc["3D U-Net", "w"] == ""  # its own family's
 
 
 def test_report_bad_format_writes_nothing(tmp_path, monkeypatch, capsys):
