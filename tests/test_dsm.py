@@ -1,4 +1,4 @@
-"""Distill DSM family: exact parameter counts (ARCHITECTURES.md) and slice-exchange semantics."""
+"""Distill DSM family: exact parameter counts (docs/architectures.md) and slice-exchange semantics."""
 import pytest
 import torch
 
@@ -19,7 +19,7 @@ def test_parameter_counts_match_the_paper(name, kw, expected):
 
 
 def test_unet2d_conv_macs_per_voxel_match_the_hand_count():
-    # ARCHITECTURES.md: summing MACs per full-resolution pixel over the convs gives 38,640 (paper: 38,662).
+    # docs/architectures.md: summing MACs per full-resolution pixel over the convs gives 38,640 (paper: 38,662).
     by_op = count_macs(build_model("unet2d"), (1, 4, 4, 64, 64))["by_op"]
     assert by_op["conv"] / (4 * 64 * 64) == 38_640
 
@@ -80,12 +80,12 @@ def test_depth_modules_pass_information_between_slices(name, sees_neighbours):
 
 
 def test_3d_unet_baseline_parameter_count_matches_the_paper():
-    # Distill DSM Table 1 / ARCHITECTURES.md: residual 3D U-Net, base 8, [2, 2, 2, 2, 2], 4 in / 3 out.
+    # Distill DSM Table 1 / docs/architectures.md: residual 3D U-Net, base 8, [2, 2, 2, 2, 2], 4 in / 3 out.
     assert count_params(build_model("unet3d", in_channels=4, out_channels=3)) == 4_288_208
 
 
 def test_distill_dsm_blocks_choose_module_positions():
-    # Extra parameters per module: 9 (aC)^2 + aC (three 3x3 convs with bias, ARCHITECTURES.md).
+    # Extra parameters per module: 9 (aC)^2 + aC (three 3x3 convs with bias, docs/architectures.md).
     base = count_params(build_model("unet2d", in_channels=2, out_channels=2))
     widths = [32, 64, 128, 128, 128, 64, 32, 16]  # module channel counts by position
     for blocks in ([0, 1, 2, 3], [4, 5, 6, 7], [3], None):

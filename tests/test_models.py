@@ -32,7 +32,7 @@ def test_gsp_variants_cost_coverage(kw):
 
 
 def test_gsp_parameter_counts():
-    # ARCHITECTURES.md: widths 16..256, pointwise, concat skips, trilinear, 4 in / 3 out: about 221k.
+    # docs/architectures.md: widths 16..256, pointwise, concat skips, trilinear, 4 in / 3 out: about 221k.
     # Conv weights 217,920 + head 51 + BatchNorm affine 2 x 1,472 = 220,915.
     assert count_params(build_model("gsp_unet")) == 220_915
     # Group Shift is parameter-free: CSC+Dec (the paper's BraTS model) has the same count.
@@ -43,7 +43,7 @@ def test_gsp_parameter_counts():
 
 
 def test_gsp_conv_macs_at_brats_crop():
-    # ARCHITECTURES.md: 2.79 GMACs of convolutions at 4x128x128x64 for the pointwise net.
+    # docs/architectures.md: 2.79 GMACs of convolutions at 4x128x128x64 for the pointwise net.
     by_op = count_macs(build_model("gsp_unet"), (1, 4, 64, 128, 128))["by_op"]
     assert by_op["conv"] / 1e9 == pytest.approx(2.78, abs=0.01)
     assert by_op["upsample_trilinear3d"] > 0 and by_op["batch_norm"] > 0

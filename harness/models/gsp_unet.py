@@ -1,6 +1,6 @@
 """The tiny 3D U-Net of GSP-Conv (He et al., MICCAI 2021, Sec. 3 and Fig. 2).
 
-The paper's supplement (exact widths) is not available; ``ARCHITECTURES.md``
+The paper's supplement (exact widths) is not available; ``docs/architectures.md``
 gives the best reading: 5 stages of a "Conv Block" (two convs + norm + ReLU),
 max-pool down, trilinear up, concat skips. With widths (16, 32, 64, 128, 256),
 pointwise convs, 4 inputs and 3 outputs this is 220,915 parameters (paper: 0.25M

@@ -2,7 +2,7 @@
 
 The volume (N, C, T, H, W) is folded to (N*T, C, H, W), segmented slice by slice and
 unfolded again, so the 2D nets plug into the 3D pipeline. Architecture facts from the
-authors' code (``ARCHITECTURES.md``): blocks of 2 x [3x3 conv with bias, BatchNorm, ReLU],
+authors' code (``docs/architectures.md``): blocks of 2 x [3x3 conv with bias, BatchNorm, ReLU],
 stem 16 then 32, 64, 128, 128 with max pooling; up blocks bilinear x2, concat(skip, up),
 conv C_in -> C_in/2, conv -> C_out (256->64, 128->32, 64->16, 32->16); 1x1 head.
 With 4 inputs and 3 outputs: 1,082,211 parameters. A depth module (Residual DSM or

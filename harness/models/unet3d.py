@@ -1,6 +1,6 @@
 """Residual 3D U-Net: the Distill DSM paper's 3D baseline (Table 1: 4,288,208 parameters).
 
-Architecture facts (``ARCHITECTURES.md``; the authors used ellisdg/3DUnetCNN's ``UNet``):
+Architecture facts (``docs/architectures.md``; the authors used ellisdg/3DUnetCNN's ``UNet``):
 pre-activation residual blocks (Myronenko 2018) of 2 x [GroupNorm(8) -> ReLU -> 3x3x3 conv
 without bias] plus the identity (a bias-free 1x1x1 projection when widths differ); encoder
 widths ``base * 2**i`` with ``encoder_blocks`` blocks per level and a stride-2 3x3x3 conv

@@ -4,7 +4,7 @@ Three 2D U-Nets segment the volume slice by slice along the axial (D), coronal (
 sagittal (W) axes; a light 3D net fuses the image with the three views' probability maps.
 Xia et al. train the 2D nets first and the fusion net on their frozen outputs; here the
 whole net trains end to end from the one loss on the fused output (one training loop for
-every model). Neither the Distill DSM paper nor ARCHITECTURES.md gives VFN's layer widths,
+every model). Neither the Distill DSM paper nor docs/architectures.md gives VFN's layer widths,
 so the parts are ours: the Table 1 2D U-Net per view and a residual 3D U-Net (base 8, one
 block per level, 4 levels) as the fusion net.
 """
