@@ -35,7 +35,8 @@ def cmd_run(args) -> int:
 
     resources = {k: v for k, v in (("cpu", args.cpus_per_trial), ("gpu", args.gpus_per_trial)) if v is not None}
     return run_study(args.study, args.scale, args.seeds, args.address, args.resume, args.tracking_uri, args.dry_run,
-                     verbose=args.verbose, resources=resources, data_roots=args.data_root, folds=args.folds)
+                     verbose=args.verbose, resources=resources, data_roots=args.data_root, folds=args.folds,
+                     storage=args.storage)
 
 
 def cmd_data_check(args) -> int:
@@ -182,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--address", default=None, help="Ray cluster: 'auto' or 'ray://host:10001' (default: local Ray)")
     r.add_argument("--resume", action="store_true", help="finish an interrupted run; finished trials are kept")
     r.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///mlflow.db)")
+    r.add_argument("--storage", default=None, metavar="PATH|URI",
+                   help="Ray's trial storage (checkpoints travel through it): default ray_results/ beside "
+                        "mlflow.db; on a multi-node cluster a shared path or s3://...")
     r.add_argument("--cpus-per-trial", type=float, default=None, help="override the study's resources.cpu")
     r.add_argument("--gpus-per-trial", type=float, default=None, help="override resources.gpu (fractions allowed)")
     r.add_argument("--dry-run", action="store_true", help="validate, list trials and estimate their compute")

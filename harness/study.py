@@ -78,7 +78,7 @@ def dry_run(specs: list[TrialSpec], console: Console) -> None:
 def run_study(path: str, scale: str, seeds: int | None, address: str | None, resume: bool,
               tracking_uri: str | None, dry: bool, verbose: int = 1, console: Console | None = None,
               resources: dict[str, float] | None = None, data_roots: list[str] | None = None,
-              folds: int | None = None) -> int:
+              folds: int | None = None, storage: str | None = None) -> int:
     console = console or Console()
     study = load_study(path)
     apply_data_roots(study, scale, data_roots or [])
@@ -122,8 +122,10 @@ def run_study(path: str, scale: str, seeds: int | None, address: str | None, res
                                          {"study_file": str(Path(path)), "paper": study.paper, "title": study.title})
 
     failed: list[str] = []
-    storage = Path(tracker.uri[len("sqlite:///"):]).parent / "ray_results" if tracker.uri.startswith(
-        "sqlite:///") else Path("ray_results")
+    # Ray keeps trial state and checkpoints (the final weights) here; a multi-node cluster needs
+    # a path every node shares, or a URI (--storage s3://bucket/ray).
+    storage = storage or (Path(tracker.uri[len("sqlite:///"):]).parent / "ray_results" if tracker.uri.startswith(
+        "sqlite:///") else Path("ray_results"))
     while todo:
         writer = run_trials(todo, tracker, exp_id, parent_id, trial_hash, address, storage, verbose)
         failed += writer.failed
