@@ -186,3 +186,15 @@ def test_tune_and_search_do_not_import_each_other():
     imported = {n.module for n in ast.walk(ast.parse((root / "tune.py").read_text()))
                 if isinstance(n, ast.ImportFrom) and n.module}
     assert "harness.search" not in imported  # search drives tune; tune takes the space duck-typed
+
+
+def test_dry_run_sizes_a_trial_with_derived_targets_without_reading_cases():
+    from harness.data import build_task
+    from harness.study import measure_step_time, random_batch
+
+    s = spec(output="softmax", loss="dice_ce", targets=["signed_distance"], augment=False,
+             data=("synthetic_organ", {"n_cases": 5, "shape": [16, 32, 32], "seed": 99}))
+    task = build_task(s.data.dataset, **s.data.params)
+    batch = random_batch(s, task)
+    assert batch["sdm"].shape == batch["label"].shape == (2, 1, 16, 32, 32)
+    assert measure_step_time(s, task, steps=1) > 0 and task._split is None  # no case was generated or read
