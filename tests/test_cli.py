@@ -48,3 +48,14 @@ def test_bench_writes_ratios(tmp_path):
     dsm = {r["model"]: r for r in res["dsm_wall_time"]}
     assert set(dsm) == {"unet2d", "residual_dsm", "unet3d", "distill_dsm"}
     assert dsm["unet3d"]["paper_ratio"] == pytest.approx(8.6517 / 7.9498) and dsm["unet2d"]["ns_per_voxel"] > 0
+
+
+def test_list_names_every_registry_with_its_built_in_components(capsys):
+    from harness.cli import main
+
+    assert main(["list"]) == 0
+    out = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    assert {"models", "losses", "optimizers", "schedules", "augmentations", "targets", "inferers", "callbacks",
+            "studies"} <= set(out)
+    assert "tta" in out["inferers"] and "swa" in out["callbacks"] and "signed_distance" in out["targets"]
+    assert "poly" in out["schedules"] and "adamw" in out["optimizers"]
