@@ -229,6 +229,26 @@ class LayoutCfg(_Strict):
         return self
 
 
+Side = Union[str, dict[str, str]]  # a variant name, or {axis: label}: the mean over the variants so tagged
+
+
+class ClaimCfg(_Strict):
+    """A claim of the paper, judged on our runs by ``harness report``.
+
+    ``better`` has a ``direction``-er ``metric`` than ``than``, by more than ``margin`` (metric
+    units). A side is a variant, or a tag selector such as ``{ip: CSC}`` meaning the average
+    over every variant so tagged (the paper's "on average over the SG settings").
+    """
+
+    text: str
+    where: str  # where the paper makes it: "Table 1", "Sec. 3.1"
+    better: Side
+    than: Side
+    metric: str = "mean_dice"
+    direction: Literal["higher", "lower"] = "higher"
+    margin: float = 0.0
+
+
 class StudyCfg(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     paper: str
@@ -250,6 +270,7 @@ class StudyCfg(_Strict):
     landscape: bool = False  # add every registered model's ``landscape`` variants (efficiency landscape)
     expected: dict[str, dict[str, ExpectedValue | float]] = Field(default_factory=dict)
     layout: LayoutCfg = Field(default_factory=LayoutCfg)  # the paper table's rows/columns (report)
+    claims: list[ClaimCfg] = Field(default_factory=list)  # the paper's claims, judged by the report
 
     @model_validator(mode="after")
     def _has_scales_and_variants(self):
@@ -410,6 +431,25 @@ def check_layout(study: StudyCfg) -> None:
             raise ConfigError(str(UnknownNameError("axis", axis, axes, f"layout.{field}")))
     if lay.baseline is not None and lay.baseline not in [v.name for v in vs]:
         raise ConfigError(str(UnknownNameError("variant", lay.baseline, [v.name for v in vs], "layout.baseline")))
+    for i, c in enumerate(study.claims):
+        sides = [claim_members(study, c.better, vs, f"claims[{i}].better"),
+                 claim_members(study, c.than, vs, f"claims[{i}].than")]
+        if set(sides[0]) & set(sides[1]):
+            raise ConfigError(f"claims[{i}]: variants {sorted(set(sides[0]) & set(sides[1]))} are on both sides")
+
+
+def claim_members(study: StudyCfg, side, vs: list[VariantCfg] | None = None, field: str = "claims") -> list[str]:
+    """The variants a claim's side names: one variant, or every variant whose tags match."""
+    vs = vs if vs is not None else variants(study)
+    names = [v.name for v in vs]
+    if isinstance(side, str):
+        if side not in names:
+            raise ConfigError(str(UnknownNameError("variant", side, names, field)))
+        return [side]
+    hits = [v.name for v in vs if all({"variant": v.name, **v.tags}.get(k) == label for k, label in side.items())]
+    if not hits:
+        raise ConfigError(f"{field}: no variant has tags {side}")
+    return hits
 
 
 def variants(study: StudyCfg) -> list[VariantCfg]:

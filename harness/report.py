@@ -90,6 +90,7 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
         seen.add(key)
         variant = r.data.tags["variant"]
         rows.append({"run_id": r.info.run_id, "key": key, "variant": variant, "seed": int(r.data.tags["seed"]),
+                     "start_time": r.info.start_time, "end_time": r.info.end_time,
                      **axes.get(variant, {}), **r.data.metrics,
                      "model_params": r.data.params.get("model.params", "")
                      or json.dumps(_unflatten(r.data.params, "model.params."))})
@@ -143,18 +144,120 @@ def summarise(trials: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["variant", "metric", "n", "mean", "std", "ci_low", "ci_high"])
 
 
-def paired_test(per_case: pd.DataFrame | None, variant: str, baseline: str, metric: str) -> dict[str, Any]:
-    """Wilcoxon signed-rank test of ``variant`` vs ``baseline`` over matched (case, seed) pairs."""
+N_BOOT = 10_000
+# Cost metrics measured with timing noise: judged over seeds; the rest (params, MACs) are exact.
+NOISY_COSTS = ("latency", "peak_mem", "step_time")
+UNIT = ("crossed bootstrap over validation cases and seeds (both resampled, 10,000 times): the same "
+        "cases recur in every seed, so neither (case, seed) pairs nor cases alone are independent units")
+
+
+def crossed_bootstrap(d: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the grand mean of ``d`` (cases x seeds), resampling cases and
+    seeds independently with replacement (a two-way bootstrap for a crossed design).
+
+    A resample's grand mean is w_c^T d w_s with multinomial weights for rows and columns.
+    """
+    nc, ns = d.shape
+    rng = np.random.default_rng(seed)
+    wc = rng.multinomial(nc, np.full(nc, 1 / nc), size=n_boot) / nc
+    ws = rng.multinomial(ns, np.full(ns, 1 / ns), size=n_boot) / ns
+    means = np.einsum("bi,ij,bj->b", wc, d, ws)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _side_cases(per_case: pd.DataFrame, members: list[str], metric: str) -> pd.Series:
+    """Per (case, seed): the metric averaged over the side's variants (all of them present)."""
+    df = per_case[per_case.variant.isin(members)].dropna(subset=[metric])
+    g = df.groupby(["case", "seed"])[metric]
+    return g.mean()[g.count() == len(members)]
+
+
+def paired_difference(per_case: pd.DataFrame | None, a: list[str], b: list[str], metric: str) -> np.ndarray:
+    """cases x seeds matrix of a - b (each side averaged over its variants); empty when unpaired."""
     if per_case is None or metric not in per_case:
-        return {"pairs": 0, "p": math.nan, "delta": math.nan}
-    a = per_case[per_case.variant == variant].set_index(["case", "seed"])[metric]
-    b = per_case[per_case.variant == baseline].set_index(["case", "seed"])[metric]
-    both = pd.concat([a, b], axis=1, keys=["a", "b"], join="inner").dropna()
-    diff = (both["a"] - both["b"]).to_numpy(float)
-    if len(diff) == 0:
-        return {"pairs": 0, "p": math.nan, "delta": math.nan}
-    p = 1.0 if np.allclose(diff, 0) else float(stats.wilcoxon(diff).pvalue)
-    return {"pairs": int(len(diff)), "p": p, "delta": float(diff.mean())}
+        return np.empty((0, 0))
+    both = pd.concat([_side_cases(per_case, a, metric), _side_cases(per_case, b, metric)], axis=1,
+                     keys=["a", "b"], join="inner")
+    if both.empty:
+        return np.empty((0, 0))
+    return (both["a"] - both["b"]).unstack("seed").dropna(axis=0, how="any").to_numpy(float)
+
+
+def paired_test(per_case: pd.DataFrame | None, variant: str, baseline: str, metric: str) -> dict[str, Any]:
+    """``variant`` - ``baseline`` over matched (case, seed) pairs: mean, and its 95% crossed-bootstrap
+    interval (NaN with fewer than 2 cases or 2 seeds: training noise would go unsampled)."""
+    d = paired_difference(per_case, [variant], [baseline], metric)
+    if d.size == 0:
+        return {"pairs": 0, "cases": 0, "seeds": 0, "delta": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+    lo, hi = crossed_bootstrap(d) if min(d.shape) >= 2 else (math.nan, math.nan)
+    return {"pairs": int(d.size), "cases": d.shape[0], "seeds": d.shape[1], "delta": float(d.mean()),
+            "ci_low": lo, "ci_high": hi}
+
+
+def judge_claim(runs: "StudyRuns", claim) -> dict[str, Any]:
+    """reproduced / contradicted / inconclusive for one ``ClaimCfg`` on the runs at hand.
+
+    Effect = ``better`` - ``than`` signed so that positive means "as claimed". Accuracy
+    metrics (kept per case) use the crossed bootstrap (``UNIT``); exact costs (parameters,
+    MACs) compare the measured numbers; timed costs bootstrap over seeds. Reproduced when the
+    95% interval lies above ``margin``, contradicted when below it, inconclusive otherwise or
+    with fewer than 2 cases or 2 seeds.
+    """
+    from harness.config import claim_members
+
+    a, b = claim_members(runs.study, claim.better), claim_members(runs.study, claim.than)
+    sign = 1.0 if claim.direction == "higher" else -1.0
+    out = {"claim": claim.text, "where": claim.where, "metric": claim.metric, "verdict": "inconclusive",
+           "effect": math.nan, "ci_low": math.nan, "ci_high": math.nan, "cases": 0, "seeds": 0, "note": ""}
+    per_case_metric = runs.per_case is not None and claim.metric in runs.per_case
+    if per_case_metric:
+        d = sign * paired_difference(runs.per_case, a, b, claim.metric)
+        out.update(cases=d.shape[0], seeds=d.shape[1] if d.ndim == 2 else 0)
+        if d.size == 0:
+            out["note"] = "no matched runs"
+            return out
+        out["effect"] = float(d.mean())
+        if min(d.shape) < 2:
+            out["note"] = f"not enough pairs: {d.shape[0]} cases x {d.shape[1]} seeds (needs >= 2 of each)"
+            return out
+        out["ci_low"], out["ci_high"] = crossed_bootstrap(d)
+    else:
+        t = runs.trials
+        if t.empty or claim.metric not in t:
+            out["note"] = "no finished runs with this metric"
+            return out
+
+        def side(members):
+            g = t[t.variant.isin(members)].dropna(subset=[claim.metric]).groupby("seed")[claim.metric]
+            return g.mean()[g.count() == len(members)]
+
+        diff = (sign * (side(a) - side(b))).dropna().to_numpy(float)
+        out["seeds"] = len(diff)
+        if len(diff) == 0:
+            out["note"] = "no matched runs"
+            return out
+        out["effect"] = float(diff.mean())
+        if claim.metric.startswith(NOISY_COSTS):
+            if len(diff) < 2:
+                out["note"] = "a timed cost needs >= 2 seeds"
+                return out
+            rng = np.random.default_rng(0)
+            boots = rng.choice(diff, size=(N_BOOT, len(diff))).mean(1)
+            out["ci_low"], out["ci_high"] = (float(x) for x in np.percentile(boots, [2.5, 97.5]))
+        else:  # parameters and MACs are exact: the interval is the number itself
+            out["ci_low"] = out["ci_high"] = out["effect"]
+    if out["ci_low"] > claim.margin:
+        out["verdict"] = "reproduced"
+    elif out["ci_high"] < claim.margin:
+        out["verdict"] = "contradicted"
+    return out
+
+
+def claims_table(runs: "StudyRuns") -> pd.DataFrame:
+    return pd.DataFrame([judge_claim(runs, c) for c in runs.study.claims],
+                        columns=["claim", "where", "metric", "verdict", "effect", "ci_low", "ci_high", "cases",
+                                 "seeds", "note"])
 
 
 def _expected(study: StudyCfg, variant: str, metric: str) -> tuple[float, float | None]:
@@ -324,20 +427,20 @@ def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
 
 
 def stats_table(runs: StudyRuns) -> pd.DataFrame:
-    """Every variant x metric with mean, std, 95% CI; with a baseline, the paired test."""
+    """Every variant x metric with mean, std, 95% CI over seeds; with a baseline, the paired
+    difference and its crossed-bootstrap interval (``UNIT``)."""
     lay = runs.study.layout
     summary = summarise(runs.trials, layout_metrics(runs.study))
     base = lay.baseline
     if base and not summary.empty:
-        tests = [paired_test(runs.per_case, r.variant, base, r.metric) if r.variant != base else
-                 {"pairs": 0, "p": math.nan, "delta": math.nan} for r in summary.itertuples()]
+        tests = [paired_test(runs.per_case if r.variant != base else None, r.variant, base, r.metric)
+                 for r in summary.itertuples()]
         summary = pd.concat([summary, pd.DataFrame(tests).add_prefix(f"vs_{base}_")], axis=1)
-        base_std = summary[summary.variant == base].set_index("metric")["std"]
         summary["note"] = [
             "" if r.variant == base or math.isnan(getattr(r, f"vs_{base}_delta"))
-            else ("within seed noise" if (not math.isnan(base_std.get(r.metric, math.nan)) and
-                                          abs(getattr(r, f"vs_{base}_delta")) <= base_std.get(r.metric))
-                  or getattr(r, f"vs_{base}_p") >= 0.05 else "significant (p < 0.05)")
+            else "needs >= 2 cases and 2 seeds" if math.isnan(getattr(r, f"vs_{base}_ci_low"))
+            else "within noise (95% CI spans 0)" if getattr(r, f"vs_{base}_ci_low") <= 0 <= getattr(r, f"vs_{base}_ci_high")
+            else "differs (95% CI excludes 0)"
             for r in summary.itertuples()]
     return summary
 
@@ -521,12 +624,21 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
         runs.trials.to_csv(out / "trials.csv", index=False)
     figs = plots(runs, out, tracking_uri)
     problems = verify(runs)
+    claims, wall = claims_table(runs), wall_time(runs)
+    (out / "claims.json").write_text(json.dumps({"scale": scale, "wall_time_s": wall,
+                                                 "claims": claims.to_dict("records")}, indent=1, default=str))
     md = [f"# {study.title}", "", study.description.strip(), "",
           f"Scale: **{scale}**. {len(runs.trials)} finished trials"
           + (f", failed: {', '.join(runs.failed)}" if runs.failed else "")
-          + (f"; {runs.stale} finished runs of an older configuration left out" if runs.stale else "") + ".",
-          "Each cell: ours (mean ± std over seeds), the paper's value, and ours − paper.", "",
-          table.reset_index().to_markdown(index=False, disable_numparse=True), ""]
+          + (f"; {runs.stale} finished runs of an older configuration left out" if runs.stale else "")
+          + (f"; wall time of the study {wall / 60:.1f} min" if wall else "") + ".", ""]
+    if not claims.empty:
+        md += ["## The paper's claims on our runs", "",
+               "Effect: `better` − `than` in the claimed direction (positive = as claimed), with its 95% interval; "
+               f"unit: {UNIT}. Reproduced when the interval lies above the claimed margin, contradicted when below.",
+               "", claims.to_markdown(index=False, floatfmt=".3g"), ""]
+    md += ["## Table", "", "Each cell: ours (mean ± std over seeds), the paper's value, and ours − paper.", "",
+           table.reset_index().to_markdown(index=False, disable_numparse=True), ""]
     if notes:
         md += ["Missing:", ""] + [f"- {n}" for n in notes] + [""]
     md += ["## Statistics", "", st.to_markdown(index=False, floatfmt=".4g") if not st.empty else "No finished runs.", ""]
@@ -546,12 +658,30 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
     return out, problems
 
 
+def wall_time(runs: StudyRuns) -> float:
+    """Seconds from the first trial's start to the last one's end (the study as it ran)."""
+    t = runs.trials
+    if t.empty or "start_time" not in t or "end_time" not in t:
+        return 0.0
+    return float((t.end_time.max() - t.start_time.min()) / 1000)
+
+
+def _verdicts(d: Path) -> str:
+    path = d / "claims.json"
+    if not path.exists():
+        return ""
+    data = json.loads(path.read_text())
+    counts = pd.Series([c["verdict"] for c in data["claims"]]).value_counts().to_dict() if data["claims"] else {}
+    return (f" — claims at {data['scale']}: " + ", ".join(f"{n} {v}" for v, n in counts.items())) if counts else ""
+
+
 def write_index(reports: Path) -> None:
-    """``reports/index.md`` and ``index.html`` linking every study report present."""
+    """``reports/index.md`` and ``index.html`` linking every study report present, with its
+    claims' verdicts at a glance."""
     entries = []
     for d in sorted(p for p in reports.iterdir() if p.is_dir() and (p / "README.md").exists()):
         title = (d / "README.md").read_text().splitlines()[0].lstrip("# ")
-        entries.append((d.name, title))
+        entries.append((d.name, title + _verdicts(d)))
     md = ["# Reports", ""] + [f"- [{name}]({name}/README.md): {title}" for name, title in entries]
     (reports / "index.md").write_text("\n".join(md) + "\n")
     html = ["<html><head><meta charset='utf-8'><title>harness reports</title></head><body><h1>Reports</h1><ul>"]

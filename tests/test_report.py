@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from harness.cli import main
-from harness.config import StudyCfg, load_study, resolve
+from harness.config import ConfigError, StudyCfg, load_study, resolve
 from harness.cost import cost_report
 from harness.data import build_task
 from harness.models import build_model
@@ -68,9 +68,71 @@ def test_statistics_on_known_inputs():
     cases = pd.DataFrame([{"variant": v, "seed": 0, "case": f"c{i}", "dice": d}
                           for i in range(8) for v, d in (("x", 50 + i), ("y", 40 + i + (i % 2)))])
     r = paired_test(cases, "x", "y", "dice")
-    assert r["pairs"] == 8 and r["delta"] == pytest.approx(9.5)
-    assert r["p"] == pytest.approx(0.0078125)  # exact two-sided Wilcoxon, all 8 differences positive
-    assert paired_test(cases, "x", "x", "dice")["p"] == 1.0
+    # 8 cases of one seed: the mean difference, but no interval (training noise is not sampled),
+    # where a Wilcoxon test over the 8 pooled pairs would have said p = 0.008.
+    assert r["pairs"] == 8 and r["delta"] == pytest.approx(9.5) and math.isnan(r["ci_low"])
+    two = pd.concat([cases, cases.assign(seed=1, dice=cases.dice + 0.5)])
+    r = paired_test(two, "x", "y", "dice")
+    assert (r["cases"], r["seeds"], r["delta"]) == (8, 2, pytest.approx(9.5)) and 9 < r["ci_low"] < r["ci_high"] < 10
+
+
+CLAIMS = {**GRID, "claims": [
+    {"text": "A-CSC beats B-CSC", "where": "Table 2", "better": "A-CSC", "than": "B-CSC"},
+    {"text": "CSC beats CCS on average over SG", "where": "Table 2", "better": {"ip": "CSC"}, "than": {"ip": "CCS"}},
+    {"text": "fcn beats A-CSC by 20 points", "where": "Table 1", "better": "fcn", "than": "A-CSC", "margin": 20},
+    {"text": "A-CSC has fewer parameters", "where": "Table 3", "better": "A-CSC", "than": "fcn", "metric": "params",
+     "direction": "lower"},
+]}
+
+
+def _cases(effects: dict[str, float], seeds=3, cases=6):
+    """Per-case Dice: variant offset + a case effect shared by all variants + seed noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    case_fx, seed_fx = rng.normal(0, 5, cases), rng.normal(0, 0.5, (seeds, len(effects)))
+    return pd.DataFrame([{"variant": v, "seed": s, "case": f"c{c}", "mean_dice": 60 + e + case_fx[c] + seed_fx[s, i]}
+                         for i, (v, e) in enumerate(effects.items()) for s in range(seeds) for c in range(cases)])
+
+
+def test_claims_are_judged_with_cases_and_seeds_resampled():
+    from harness.report import claims_table
+
+    study = StudyCfg.model_validate(CLAIMS)
+    per_case = _cases({"A-CSC": 10, "A-CCS": 0, "B-CSC": 2, "B-CCS": 3, "fcn": 15})
+    t = per_case.groupby(["variant", "seed"]).mean_dice.mean().reset_index().assign(
+        params=lambda d: d.variant.map(lambda v: 1000 if v == "fcn" else 50))
+    c = claims_table(StudyRuns(study, "smoke", t, per_case=per_case)).set_index("claim")
+    held = c.loc["A-CSC beats B-CSC"]
+    assert held.verdict == "reproduced" and held.effect == pytest.approx(8, abs=1) and (held.cases, held.seeds) == (6, 3)
+    assert held.ci_low > 0 and held.ci_high > held.effect
+    # Every variant tagged ip=CSC (the 3D FCN row too): (10 + 2 + 15) / 3 - (0 + 3) / 2 = 7.5.
+    assert c.loc["CSC beats CCS on average over SG"].verdict == "reproduced"
+    assert c.loc["CSC beats CCS on average over SG"].effect == pytest.approx(7.5, abs=0.6)
+    margin = c.loc["fcn beats A-CSC by 20 points"]  # true direction (+5), but far short of the claimed 20
+    assert margin.verdict == "contradicted" and margin.ci_high < 20
+    cost = c.loc["A-CSC has fewer parameters"]
+    assert cost.verdict == "reproduced" and cost.effect == cost.ci_low == 950  # exact numbers, no interval
+    # One seed: not enough pairs to judge, whatever the effect.
+    one = claims_table(StudyRuns(study, "smoke", t[t.seed == 0], per_case=per_case[per_case.seed == 0]))
+    row = one.set_index("claim").loc["A-CSC beats B-CSC"]
+    assert row.verdict == "inconclusive" and "not enough pairs: 6 cases x 1 seeds" in row.note
+    # An effect inside the noise is inconclusive.
+    noisy = claims_table(StudyRuns(study, "smoke", t, per_case=_cases({"A-CSC": 0.1, "A-CCS": 0, "B-CSC": 0,
+                                                                       "B-CCS": 0, "fcn": 0})))
+    assert noisy.set_index("claim").loc["A-CSC beats B-CSC"].verdict == "inconclusive"
+
+
+def test_claims_must_name_variants_the_study_has():
+    from harness.config import check_layout
+
+    bad = StudyCfg.model_validate({**CLAIMS, "claims": [{"text": "x", "where": "T1", "better": "A-CSX", "than": "fcn"}]})
+    with pytest.raises(ConfigError, match="claims\\[0\\].better: unknown variant 'A-CSX'. Did you mean 'A-CSC'"):
+        check_layout(bad)
+    tags = StudyCfg.model_validate({**CLAIMS, "claims": [{"text": "x", "where": "T1", "better": {"ip": "CSS"},
+                                                          "than": "fcn"}]})
+    with pytest.raises(ConfigError, match="no variant has tags"):
+        check_layout(tags)
 
 
 def test_pareto_front():
