@@ -10,6 +10,8 @@ from pathlib import Path
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # silence the profiler's start/stop lines
 
+SCALES = ("smoke", "quick", "paper")  # harness.config.SCALES, kept here so that --help imports nothing heavy
+
 
 def _shape(text: str) -> list[int]:
     try:
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
     r = sub.add_parser("run", help="train every variant x seed of a study as Ray Tune trials, logged to MLflow")
     r.add_argument("study")
-    r.add_argument("--scale", default="smoke", choices=["smoke", "paper"])
+    r.add_argument("--scale", default="smoke", choices=list(SCALES))
     r.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the study's)")
     r.add_argument("--folds", type=int, default=None,
                    help="run every fold of a k-fold split (folder data sets; default: the scale's folds, else 1)")
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("cost", help="parameters, GMACs, latency and memory of a model or of a study's variants")
     c.add_argument("target", help="a registered model name or a study YAML")
     c.add_argument("--input", type=_shape, default=None, help="NxCxDxHxW, e.g. 1x4x128x128x64")
-    c.add_argument("--scale", default="paper", choices=["smoke", "paper"])
+    c.add_argument("--scale", default="paper", choices=list(SCALES))
     c.add_argument("--param", type=_kv, action="append", help="model parameter KEY=VALUE (YAML value)")
     c.add_argument("--out-channels", type=int, default=3)
     c.add_argument("--no-latency", action="store_true", help="skip latency and memory")
@@ -206,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rp = sub.add_parser("report", help="the paper's table, statistics and accuracy-vs-cost plots from MLflow")
     rp.add_argument("study")
-    rp.add_argument("--scale", default="smoke", choices=["smoke", "paper"])
+    rp.add_argument("--scale", default="smoke", choices=list(SCALES))
     rp.add_argument("--format", default="md,html,csv", help="comma-separated: md, html, tex, csv")
     rp.add_argument("--verify", action="store_true", help="exit 1 when a pinned number is outside its tolerance")
     rp.add_argument("--out", default="reports")
@@ -217,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ev = sub.add_parser("evaluate", help="re-evaluate a study's saved models with another inferer or as ensembles")
     ev.add_argument("study")
-    ev.add_argument("--scale", default="smoke", choices=["smoke", "paper"])
+    ev.add_argument("--scale", default="smoke", choices=list(SCALES))
     ev.add_argument("--inferer", default=None, metavar="NAME|YAML",
                     help="e.g. tta or '{name: tta, params: {views: mirror}}' (default: each trial's own)")
     ev.add_argument("--ensemble", default="none", choices=["none", "seeds"],

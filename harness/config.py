@@ -31,6 +31,12 @@ from harness.data.folders import detect_format
 from harness.registry import DATASETS, MODELS, UnknownNameError
 
 
+# smoke: seconds, plumbing (tests); quick: learns on 2 CPU cores in <= 10 min, enough seeds for
+# the claims; paper: the paper's protocol. ``quick`` becomes required once every study has one.
+SCALES = ("smoke", "quick", "paper")
+REQUIRED_SCALES = ("smoke", "paper")
+
+
 class ConfigError(ValueError):
     """Bad user input; the CLI prints it and exits with code 2."""
 
@@ -261,12 +267,12 @@ class StudyCfg(_Strict):
     variants: list[VariantCfg] = Field(default_factory=list)
     grid: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     # Named data sets of a table that spans several (Distill DSM Tables 2, 3), per scale.
-    tasks: dict[str, dict[Literal["smoke", "paper"], TaskScaleCfg]] = Field(default_factory=dict)
+    tasks: dict[str, dict[Literal[SCALES], TaskScaleCfg]] = Field(default_factory=dict)  # noqa: F821
     train: TrainCfg
     cost: CostCfg = Field(default_factory=CostCfg)
     resources: ResourcesCfg = Field(default_factory=ResourcesCfg)
     seeds: int = Field(1, ge=1)
-    scales: dict[Literal["smoke", "paper"], ScaleCfg]
+    scales: dict[Literal[SCALES], ScaleCfg]  # noqa: F821
     landscape: bool = False  # add every registered model's ``landscape`` variants (efficiency landscape)
     expected: dict[str, dict[str, ExpectedValue | float]] = Field(default_factory=dict)
     layout: LayoutCfg = Field(default_factory=LayoutCfg)  # the paper table's rows/columns (report)
@@ -274,15 +280,15 @@ class StudyCfg(_Strict):
 
     @model_validator(mode="after")
     def _has_scales_and_variants(self):
-        missing = {"smoke", "paper"} - set(self.scales)
+        missing = set(REQUIRED_SCALES) - set(self.scales)
         if missing:
-            raise ValueError(f"scales: missing {sorted(missing)}; every study needs 'smoke' and 'paper'")
+            raise ValueError(f"scales: missing {sorted(missing)}; every study needs {', '.join(REQUIRED_SCALES)}")
         if not self.variants and not self.grid and not self.landscape:
             raise ValueError("variants/grid: a study needs at least one variant")
         for name, per_scale in self.tasks.items():
-            missing = {"smoke", "paper"} - set(per_scale)
+            missing = set(self.scales) - set(per_scale)
             if missing:
-                raise ValueError(f"tasks.{name}: missing {sorted(missing)}; every task needs 'smoke' and 'paper'")
+                raise ValueError(f"tasks.{name}: missing {sorted(missing)}; every task needs the study's scales")
         return self
 
 

@@ -7,12 +7,14 @@ The study file's ``layout`` says how the paper laid its table out; no per-table 
 - ``columns: <axis>`` alone: one row (GSP Sec. 3.2);
 - ``row_params: {label: "param.path"}``: leading columns read from the variants' parameters;
 - ``best: max_per_column | max_per_row | min_per_column | min_per_row``: the cell the paper bolds;
-- ``baseline: <variant>``: paired Wilcoxon test of every variant against it over (case, seed).
+- ``baseline: <variant>``: every variant's paired difference to it, with a crossed bootstrap
+  interval over cases and seeds (``UNIT``).
 - ``columns: <axis>`` with ``values: {label: metric}``: metrics as rows (Distill DSM Table 1); with
   ``rows: <axis>`` too, ``values: {row: {label: metric}}`` gives each row group its own metric
   rows (Distill DSM Table 3: per data set, Dice per class and HD).
 
-An axis is a grid axis or a variant tag (``variant`` for the variant name).
+An axis is a grid axis or a variant tag (``variant`` for the variant name). Above the table,
+the study's ``claims`` are judged on the runs (``judge_claim``).
 """
 from __future__ import annotations
 

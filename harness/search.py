@@ -52,7 +52,7 @@ class SamplerCfg(_Strict):
 class SearchCfg(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     study: str  # base study, relative to this file
-    scale: Literal["smoke", "paper"] = "smoke"
+    scale: Literal["smoke", "quick", "paper"] = "smoke"
     task: Optional[str] = None  # one of the base study's ``tasks`` (its data at the scale)
     knobs: dict[str, Knob]
     objectives: list[Objective] = Field(min_length=1)
