@@ -168,8 +168,7 @@ def run_trials(specs: list[TrialSpec], tracker: Tracker, exp_id: str, parent_id:
             name=f"{specs[0].study}-{specs[0].scale}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=_storage_path(storage), callbacks=[writer], verbose=verbose,
             progress_reporter=reporter,
-            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
     )
     try:
         tuner.fit()

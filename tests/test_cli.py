@@ -59,3 +59,9 @@ def test_list_names_every_registry_with_its_built_in_components(capsys):
             "studies"} <= set(out)
     assert "tta" in out["inferers"] and "swa" in out["callbacks"] and "signed_distance" in out["targets"]
     assert "poly" in out["schedules"] and "adamw" in out["optimizers"]
+
+
+def test_cli_scales_are_the_schema_scales():
+    from harness import cli, config
+
+    assert cli.SCALES == config.SCALES
