@@ -389,7 +389,7 @@ def check_train(train: TrainCfg, where: str) -> None:
         return
     import torch
 
-    from harness import callbacks, inferers, losses, optim
+    from harness import callbacks, inferers, losses, optim  # noqa: F401  (callbacks: registers them)
     from harness.data import transforms
     from harness.registry import AUGMENTATIONS, CALLBACKS, INFERERS, LOSSES, OPTIMIZERS, SCHEDULES, TARGETS
 

@@ -53,6 +53,8 @@ def run_evaluate(path: str, scale: str, inferer_text: str | None, ensemble: str,
     study = load_study(path)
     apply_data_roots(study, scale, data_roots or [])
     inferer = parse_inferer(inferer_text)
+    if inferer is not None:  # a bad inferer fails before any model is loaded or run is written
+        check_train(study.train.model_copy(update={"inferer": inferer}), "--inferer")
     runs = load_runs(study, scale, tracking_uri, with_cases=False)
     if runs.trials.empty:
         raise ConfigError(f"{study.name}@{scale}: no finished trial of the study as it stands to evaluate")

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from harness.cost import cost_report, count_macs
-from harness.inferers import VIEW_SETS, View, build_inferer
+from harness.inferers import VIEW_SETS, build_inferer
 from harness.config import ComponentCfg
 from harness.models import build_model
 

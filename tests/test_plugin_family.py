@@ -62,6 +62,8 @@ def test_outside_family_runs_saves_weights_and_reevaluates(tmp_path, monkeypatch
     # inferer and an ensemble of the two seeds are costed as run.
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["evaluate", "s.yaml", "--inferer", "{name: ttaa}"]) == 2  # did you mean 'tta'; nothing written
+    assert not trial_runs(client, "evaluation")
     assert main(["evaluate", "s.yaml"]) == 0
     assert main(["evaluate", "s.yaml", "--inferer", "{name: tta, params: {views: mirror}}", "--ensemble", "seeds"]) == 0
     evals = trial_runs(client, "evaluation")
