@@ -23,7 +23,7 @@ from monai.losses import DiceLoss
 from harness.config import CostCfg, DataCfg, ModelCfg, ResourcesCfg, TrainCfg, TrialSpec
 from harness.models import build_model
 from harness.ops import group_shift
-from harness.train import build_trial, train_step
+from harness.train import build_trial, make_loader, train_step
 
 
 def _sync(device):
@@ -83,7 +83,7 @@ def bench_train_step(device: torch.device, quick: bool) -> dict:
     torch.manual_seed(0)
     bm = build_model("gsp_unet", in_channels=1, out_channels=1, **params).to(device).train()
     b_opt = torch.optim.SGD(bm.parameters(), lr=0.01, momentum=0.9)
-    fixed = next(iter(build_trial(spec.model_copy(update={"seed": 1}), device=device).loader))
+    fixed = next(iter(make_loader(trial.task, spec.train, 1, device)))
     bx = torch.as_tensor(fixed["image"]).as_subclass(torch.Tensor).to(device)
     by = torch.as_tensor(fixed["label"]).as_subclass(torch.Tensor).to(device).float()
     bare_loss = DiceLoss(sigmoid=True)

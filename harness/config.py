@@ -398,8 +398,8 @@ def check_train(train: TrainCfg, where: str) -> None:
         (LOSSES, train.loss, "train.loss", losses.INJECTED,
          lambda: losses.build_loss(train.loss, train.output, train.deep_supervision)),
         (OPTIMIZERS, train.optimizer, "train.optimizer", optim.OPTIMIZER_INJECTED,
-         lambda: OPTIMIZERS.get(train.optimizer.name)([torch.nn.Parameter(torch.zeros(1))], lr=train.lr,
-                                                      weight_decay=train.weight_decay, **train.optimizer.params)),
+         # param_groups match names of the real model: checked when the trial builds it
+         lambda: optim.build_optimizer(torch.nn.Linear(1, 1), train.model_copy(update={"param_groups": []}))),
         (SCHEDULES, train.schedule, "train.schedule", optim.SCHEDULE_INJECTED,
          lambda: optim.build_schedule(dummy, train, total_steps=train.epochs * train.steps_per_epoch)),
         (INFERERS, train.inferer, "train.inferer", inferers.INJECTED,
@@ -412,18 +412,20 @@ def check_train(train: TrainCfg, where: str) -> None:
                for i, t in enumerate(train.targets)]
     checks += [(CALLBACKS, c, f"train.callbacks[{i}]", (), lambda c=c: CALLBACKS.get(c.name)(**c.params))
                for i, c in enumerate(train.callbacks)]
+    prefix = "" if where == "train" else f"{where}: "
+    built = []
     for reg, spec, field, injected, build in checks:
         try:
             reg.check_params(spec.name, spec.params, field, injected)
-            build()
+            built.append(build())
         except UnknownNameError as e:
-            raise ConfigError(f"{where}: {e}" if where != "train" else str(e)) from None
+            raise ConfigError(f"{prefix}{e}") from None
         except (ValueError, TypeError, KeyError) as e:
-            raise ConfigError(f"{where}: {field} ({spec.name}): {e}".replace("train: train.", "train.")) from None
-    target_keys = [getattr(TARGETS.get(t.name)(**t.params), "key", t.name) for t in train.targets]
+            raise ConfigError(f"{prefix}{field} ({spec.name}): {e}") from None
+    target_keys = [x.key for x, (reg, *_) in zip(built, checks) if reg is TARGETS]
     clash = [k for k in target_keys if k in ("image", "label") or target_keys.count(k) > 1]
     if clash:
-        raise ConfigError(f"{where}.targets: output keys {sorted(set(clash))} clash (with image/label or each other)")
+        raise ConfigError(f"{prefix}train.targets: output keys {sorted(set(clash))} clash (with image/label or each other)")
     _CHECKED.add(key)
 
 

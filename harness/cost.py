@@ -14,6 +14,7 @@ operations per output voxel against thousands in the network.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 import os
 import statistics
 import sys
@@ -175,29 +176,24 @@ def inference_macs(model: nn.Module, input_shape: Sequence[int], inferer) -> dic
     from harness.inferers import Ensemble
 
     if isinstance(inferer, Ensemble):  # every member through the inner inferer (members may differ)
-        parts = [inference_macs(m, input_shape, inferer.inferer) for m in inferer.models]
-        by_op: dict[str, int] = {}
-        for p in parts:
-            for op, n in p["by_op"].items():
-                by_op[op] = by_op.get(op, 0) + n
-        return {"macs": sum(p["macs"] for p in parts), "by_op": by_op,
-                "forward_passes": sum(p["forward_passes"] for p in parts)}
-    model = model.eval()
-    calls: list[tuple[int, ...]] = []
+        parts = [inference_macs(m, input_shape, inferer.inferer) for m in inferer.members]
+    else:
+        model = model.eval()
+        calls: list[tuple[int, ...]] = []
 
-    def network(x: torch.Tensor) -> torch.Tensor:
-        calls.append(tuple(x.shape))
-        return model(x)
+        def network(x: torch.Tensor) -> torch.Tensor:
+            calls.append(tuple(x.shape))
+            return model(x)
 
-    with torch.no_grad():
-        inferer(torch.zeros(*input_shape, device=next(model.parameters()).device), network)
-    per_shape = {shape: count_macs(model, shape) for shape in set(calls)}
-    by_op: dict[str, int] = {}
-    for shape in calls:
-        for op, n in per_shape[shape]["by_op"].items():
-            by_op[op] = by_op.get(op, 0) + n
-    return {"macs": sum(per_shape[s]["macs"] for s in calls), "by_op": by_op,
-            "forward_passes": sum(s[0] for s in calls)}
+        with torch.no_grad():
+            inferer(torch.zeros(*input_shape, device=next(model.parameters()).device), network)
+        per_shape = {shape: count_macs(model, shape) for shape in set(calls)}
+        parts = [{**per_shape[shape], "forward_passes": shape[0]} for shape in calls]
+    by_op: Counter = Counter()
+    for p in parts:
+        by_op.update(p["by_op"])  # update, not +: ops counted as 0 stay listed
+    return {"macs": sum(p["macs"] for p in parts), "by_op": dict(by_op),
+            "forward_passes": sum(p["forward_passes"] for p in parts)}
 
 
 def cost_report(model: nn.Module, input_shape: Sequence[int], latency: bool = True, runs: int = 5,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import tempfile
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -77,14 +76,13 @@ def run_evaluate(path: str, scale: str, inferer_text: str | None, ensemble: str,
     rows = []
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for (variant, fold, _), members in groups.items():
-        with tempfile.TemporaryDirectory() as d:
-            try:
-                models = [load_model(client.download_artifacts(run.info.run_id, f"checkpoint/{CHECKPOINT}", d),
-                                     device) for run, _ in members]
-            except Exception as e:  # noqa: BLE001  a run without weights (older harness, lost artifact)
-                console.print(f"[yellow]{variant}: skipped, a member has no loadable checkpoint ({e})[/yellow]")
-                continue
-            ckpt = torch.load(Path(d) / CHECKPOINT, map_location="cpu", weights_only=True)
+        try:
+            ckpts = [_checkpoint(client, run.info.run_id) for run, _ in members]
+            models = [load_model(c, device) for c in ckpts]
+        except Exception as e:  # noqa: BLE001  a run without weights (older harness, lost artifact)
+            console.print(f"[yellow]{variant}: skipped, a member has no loadable checkpoint ({e})[/yellow]")
+            continue
+        ckpt = ckpts[0]
         spec = TrialSpec.model_validate_json(ckpt["trial"])
         cfg = spec.train
         if inferer is not None:
@@ -123,3 +121,9 @@ def run_evaluate(path: str, scale: str, inferer_text: str | None, ensemble: str,
         table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()))
     console.print(table)
     return 0 if rows else 1
+
+
+def _checkpoint(client, run_id: str) -> dict:
+    with tempfile.TemporaryDirectory() as d:
+        return torch.load(client.download_artifacts(run_id, f"checkpoint/{CHECKPOINT}", d), map_location="cpu",
+                          weights_only=True)

@@ -47,6 +47,9 @@ class SlidingWindow(Inferer):
     def __call__(self, volume: torch.Tensor, network: Network) -> torch.Tensor:
         logits = sliding_window_inference(volume, self.patch, self.batch_size, network, overlap=self.overlap,
                                           mode=self.mode)
+        if not isinstance(logits, torch.Tensor):  # MONAI passes mappings and tuples through
+            raise TypeError(f"{type(network).__name__} returned {type(logits).__name__} in eval mode; the output "
+                            f"contract (harness.contract) asks for the segmentation tensor only")
         return probabilities(logits.float(), self.output)
 
 
@@ -116,11 +119,6 @@ class Ensemble(Inferer):
 
     def __init__(self, inferer: Inferer, members: Sequence[Network]):
         self.inferer, self.members, self.ensemble = inferer, list(members), MeanEnsemble()
-
-    @property
-    def models(self) -> list:
-        """The members unwrapped to their modules (for counting their cost)."""
-        return [getattr(m, "model", m) for m in self.members]
 
     def __call__(self, volume: torch.Tensor, network: Network | None = None) -> torch.Tensor:
         return self.ensemble([self.inferer(volume, m) for m in self.members])

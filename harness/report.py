@@ -94,8 +94,7 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
         rows.append({"run_id": r.info.run_id, "key": key, "variant": variant, "seed": int(r.data.tags["seed"]),
                      "start_time": r.info.start_time, "end_time": r.info.end_time,
                      **axes.get(variant, {}), **r.data.metrics,
-                     "model_params": r.data.params.get("model.params", "")
-                     or json.dumps(_unflatten(r.data.params, "model.params."))})
+                     "model_params": r.data.tags.get("model_params")})
     failed = sorted(set(failed) - seen)
     trials = pd.DataFrame(rows)
     per_case = None
@@ -112,23 +111,6 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
             frames.append(cases)
         per_case = pd.concat(frames, ignore_index=True) if frames else None
     return StudyRuns(study, scale, trials, failed, stale, per_case)
-
-
-def _unflatten(params: dict[str, str], prefix: str) -> dict[str, Any]:
-    """The model parameters a run logged (``tracking.flatten``: one JSON value per key)."""
-    out: dict[str, Any] = {}
-    for k, v in params.items():
-        if k.startswith(prefix):
-            try:
-                value = json.loads(v)
-            except ValueError:
-                value = v
-            node = out
-            *parents, leaf = k[len(prefix):].split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = value
-    return out
 
 
 def summarise(trials: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
@@ -168,92 +150,73 @@ def crossed_bootstrap(d: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> tup
     return float(lo), float(hi)
 
 
-def _side_cases(per_case: pd.DataFrame, members: list[str], metric: str) -> pd.Series:
-    """Per (case, seed): the metric averaged over the side's variants (all of them present)."""
-    df = per_case[per_case.variant.isin(members)].dropna(subset=[metric])
-    g = df.groupby(["case", "seed"])[metric]
-    return g.mean()[g.count() == len(members)]
+def paired_difference(df: pd.DataFrame | None, a: list[str], b: list[str], metric: str,
+                      unit: tuple[str, ...] = ("case", "seed")) -> np.ndarray:
+    """Matrix of a - b, rows x seeds, each side averaged over its variants where all are present.
 
-
-def paired_difference(per_case: pd.DataFrame | None, a: list[str], b: list[str], metric: str) -> np.ndarray:
-    """cases x seeds matrix of a - b (each side averaged over its variants); empty when unpaired."""
-    if per_case is None or metric not in per_case:
+    Per-case metrics pair by (case, seed): rows are cases. Trial-level metrics (costs) pair by
+    seed: one row. Empty when nothing pairs.
+    """
+    if df is None or df.empty or metric not in df:
         return np.empty((0, 0))
-    both = pd.concat([_side_cases(per_case, a, metric), _side_cases(per_case, b, metric)], axis=1,
-                     keys=["a", "b"], join="inner")
-    if both.empty:
+
+    def side(members: list[str]) -> pd.Series:
+        g = df[df.variant.isin(members)].dropna(subset=[metric]).groupby(list(unit))[metric]
+        return g.mean()[g.count() == len(members)]
+
+    diff = (side(a) - side(b)).dropna()
+    if diff.empty:
         return np.empty((0, 0))
-    return (both["a"] - both["b"]).unstack("seed").dropna(axis=0, how="any").to_numpy(float)
+    if len(unit) == 1:
+        return diff.to_numpy(float)[None, :]
+    return diff.unstack("seed").dropna(axis=0, how="any").to_numpy(float)
 
 
-def paired_test(per_case: pd.DataFrame | None, variant: str, baseline: str, metric: str) -> dict[str, Any]:
-    """``variant`` - ``baseline`` over matched (case, seed) pairs: mean, and its 95% crossed-bootstrap
-    interval (NaN with fewer than 2 cases or 2 seeds: training noise would go unsampled)."""
-    d = paired_difference(per_case, [variant], [baseline], metric)
+def paired_test(df: pd.DataFrame | None, a: list[str], b: list[str], metric: str,
+                unit: tuple[str, ...] = ("case", "seed")) -> dict[str, Any]:
+    """a - b over matched pairs: the mean and its 95% crossed-bootstrap interval (``UNIT``).
+
+    The interval is NaN with fewer than 2 seeds, or fewer than 2 cases for per-case metrics:
+    the noise between seeds (or cases) would go unsampled.
+    """
+    d = paired_difference(df, a, b, metric, unit)
     if d.size == 0:
         return {"pairs": 0, "cases": 0, "seeds": 0, "delta": math.nan, "ci_low": math.nan, "ci_high": math.nan}
-    lo, hi = crossed_bootstrap(d) if min(d.shape) >= 2 else (math.nan, math.nan)
-    return {"pairs": int(d.size), "cases": d.shape[0], "seeds": d.shape[1], "delta": float(d.mean()),
-            "ci_low": lo, "ci_high": hi}
+    enough = d.shape[1] >= 2 and (d.shape[0] >= 2 or len(unit) == 1)
+    lo, hi = crossed_bootstrap(d) if enough else (math.nan, math.nan)
+    return {"pairs": int(d.size), "cases": d.shape[0] if len(unit) > 1 else 0, "seeds": d.shape[1],
+            "delta": float(d.mean()), "ci_low": lo, "ci_high": hi}
 
 
 def judge_claim(runs: "StudyRuns", claim) -> dict[str, Any]:
     """reproduced / contradicted / inconclusive for one ``ClaimCfg`` on the runs at hand.
 
     Effect = ``better`` - ``than`` signed so that positive means "as claimed". Accuracy
-    metrics (kept per case) use the crossed bootstrap (``UNIT``); exact costs (parameters,
-    MACs) compare the measured numbers; timed costs bootstrap over seeds. Reproduced when the
-    95% interval lies above ``margin``, contradicted when below it, inconclusive otherwise or
-    with fewer than 2 cases or 2 seeds.
+    metrics (kept per case) pair by (case, seed); costs by seed, where parameters and MACs are
+    exact (the interval is the number itself) and timed costs are bootstrapped. Reproduced when
+    the 95% interval lies above ``margin``, contradicted when below it, inconclusive otherwise
+    or when too few cases or seeds pair (``paired_test``).
     """
     from harness.config import claim_members
 
     a, b = claim_members(runs.study, claim.better), claim_members(runs.study, claim.than)
-    sign = 1.0 if claim.direction == "higher" else -1.0
-    out = {"claim": claim.text, "where": claim.where, "metric": claim.metric, "verdict": "inconclusive",
-           "effect": math.nan, "ci_low": math.nan, "ci_high": math.nan, "cases": 0, "seeds": 0, "note": ""}
-    per_case_metric = runs.per_case is not None and claim.metric in runs.per_case
-    if per_case_metric:
-        d = sign * paired_difference(runs.per_case, a, b, claim.metric)
-        out.update(cases=d.shape[0], seeds=d.shape[1] if d.ndim == 2 else 0)
-        if d.size == 0:
-            out["note"] = "no matched runs"
-            return out
-        out["effect"] = float(d.mean())
-        if min(d.shape) < 2:
-            out["note"] = f"not enough pairs: {d.shape[0]} cases x {d.shape[1]} seeds (needs >= 2 of each)"
-            return out
-        out["ci_low"], out["ci_high"] = crossed_bootstrap(d)
-    else:
-        t = runs.trials
-        if t.empty or claim.metric not in t:
-            out["note"] = "no finished runs with this metric"
-            return out
-
-        def side(members):
-            g = t[t.variant.isin(members)].dropna(subset=[claim.metric]).groupby("seed")[claim.metric]
-            return g.mean()[g.count() == len(members)]
-
-        diff = (sign * (side(a) - side(b))).dropna().to_numpy(float)
-        out["seeds"] = len(diff)
-        if len(diff) == 0:
-            out["note"] = "no matched runs"
-            return out
-        out["effect"] = float(diff.mean())
-        if claim.metric.startswith(NOISY_COSTS):
-            if len(diff) < 2:
-                out["note"] = "a timed cost needs >= 2 seeds"
-                return out
-            rng = np.random.default_rng(0)
-            boots = rng.choice(diff, size=(N_BOOT, len(diff))).mean(1)
-            out["ci_low"], out["ci_high"] = (float(x) for x in np.percentile(boots, [2.5, 97.5]))
-        else:  # parameters and MACs are exact: the interval is the number itself
-            out["ci_low"] = out["ci_high"] = out["effect"]
-    if out["ci_low"] > claim.margin:
-        out["verdict"] = "reproduced"
-    elif out["ci_high"] < claim.margin:
-        out["verdict"] = "contradicted"
-    return out
+    per_case = runs.per_case is not None and claim.metric in runs.per_case
+    better, worse = (a, b) if claim.direction == "higher" else (b, a)  # effect > 0 means as claimed
+    r = paired_test(runs.per_case if per_case else runs.trials, better, worse, claim.metric,
+                    ("case", "seed") if per_case else ("seed",))
+    lo, hi = r["ci_low"], r["ci_high"]
+    note = ""
+    if r["pairs"] == 0:
+        note = "no matched finished runs"
+    elif not per_case and not claim.metric.startswith(NOISY_COSTS):
+        lo = hi = r["delta"]  # parameters and MACs are exact
+    elif math.isnan(lo):
+        note = f"not enough pairs: {r['cases']} cases x {r['seeds']} seeds (needs >= 2 of each)" if per_case else \
+            "a timed cost needs >= 2 seeds"
+    verdict = "reproduced" if lo > claim.margin else "contradicted" if hi < claim.margin else "inconclusive"
+    return {"claim": claim.text, "where": claim.where, "metric": claim.metric, "verdict": verdict,
+            "effect": r["delta"], "ci_low": lo, "ci_high": hi, "cases": r["cases"], "seeds": r["seeds"],
+            "note": note}
 
 
 def claims_table(runs: "StudyRuns") -> pd.DataFrame:
@@ -435,7 +398,7 @@ def stats_table(runs: StudyRuns) -> pd.DataFrame:
     summary = summarise(runs.trials, layout_metrics(runs.study))
     base = lay.baseline
     if base and not summary.empty:
-        tests = [paired_test(runs.per_case if r.variant != base else None, r.variant, base, r.metric)
+        tests = [paired_test(runs.per_case if r.variant != base else None, [r.variant], [base], r.metric)
                  for r in summary.itertuples()]
         summary = pd.concat([summary, pd.DataFrame(tests).add_prefix(f"vs_{base}_")], axis=1)
         summary["note"] = [

@@ -96,6 +96,7 @@ class Tracker:
                 "trial_key": spec.key, "variant": spec.variant, "seed": str(spec.seed),
                 **({"fold": str(spec.fold)} if spec.fold is not None else {}), "config_hash": chash,
                 "git_commit": git_commit(), "mlflow.runName": spec.key, **environment(),
+                "model_params": json.dumps(spec.model.params),  # what the report's tables show, as run
                 **{f"tag.{k}": v for k, v in spec.tags.items()}}
         run_id = self.client.create_run(exp_id, tags=tags).info.run_id
         params = flatten(spec.model_dump(exclude={"study", "scale", "key", "tags"}))

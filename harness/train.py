@@ -130,17 +130,6 @@ def train_step(t: Trial, batch: dict[str, Any]) -> float:
     return loss.item()
 
 
-def _segmentation_only(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    def network(x: torch.Tensor) -> torch.Tensor:
-        out = model(x)
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"{type(model).__name__} returned {type(out).__name__} in eval mode; the output contract "
-                            f"(harness.contract) asks for the segmentation tensor only")
-        return out
-    network.model = model  # type: ignore[attr-defined]  (cost counting unwraps it)
-    return network
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module | list[nn.Module], task: Task, cfg: TrainCfg, device: torch.device,
              inferer: Inferer | None = None) -> dict[str, Any]:
@@ -158,15 +147,14 @@ def evaluate(model: nn.Module | list[nn.Module], task: Task, cfg: TrainCfg, devi
     for m in models:
         m.eval()
     if len(models) > 1:
-        inferer = Ensemble(inferer, [_segmentation_only(m) for m in models])
+        inferer = Ensemble(inferer, models)
     dice_m = DiceMetric(include_background=True, reduction="none", ignore_empty=False)
     hd_m = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
-    network = _segmentation_only(models[0])
     per_case = []
     for case in task.val:
         x = torch.from_numpy(case.image)[None].to(device)
         with torch.autocast(device.type, enabled=cfg.amp and device.type == "cuda"):
-            probs = inferer(x, network)
+            probs = inferer(x, models[0])
         pred = regions_of(probs.float(), cfg.output).cpu()
         ref = torch.from_numpy(case.label)[None].float()
         dice = dice_m(pred, ref)[0].tolist()

@@ -110,3 +110,16 @@ def test_vfn_slices_the_volume_along_each_view_and_fuses():
     assert m.fusion.encoder[0][0].body[2].in_channels == 1 + 3 * 2  # image + three views' probabilities
     with pytest.raises(ValueError, match="divisible by 16"):
         m.check_input([16, 32, 40])
+
+
+def test_the_figures_docs_architectures_states():
+    # docs/architectures.md and the README's known gaps quote these; they are measured here.
+    assert count_params(build_model("vfn")) == 4_015_371
+    assert count_params(build_model("distill_dsm", alpha=0.5)) == 1_216_715  # BraTS's 4 in / 3 out
+    voxels = 16 * 64 * 64
+    u3 = count_macs(build_model("unet3d"), (1, 4, 16, 64, 64))
+    assert u3["macs"] / voxels == pytest.approx(30_370, abs=1) and u3["by_op"]["conv"] / voxels == 29_891
+    assert count_macs(build_model("unet2d"), (1, 4, 4, 64, 64))["macs"] / (4 * 64 * 64) == pytest.approx(38_988, abs=1)
+    gsp = build_model("gsp_unet")  # pointwise, 4 in / 3 out: 3,158 MACs / voxel, 6.62 G at 4 x 128^3
+    assert count_macs(gsp, (1, 4, 64, 128, 128))["macs"] / (64 * 128 * 128) == pytest.approx(3_158, abs=1)
+    assert count_macs(gsp, (1, 4, 128, 128, 128))["macs"] / 1e9 == pytest.approx(6.62, abs=0.01)

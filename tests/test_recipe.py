@@ -198,3 +198,16 @@ def test_dry_run_sizes_a_trial_with_derived_targets_without_reading_cases():
     batch = random_batch(s, task)
     assert batch["sdm"].shape == batch["label"].shape == (2, 1, 16, 32, 32)
     assert measure_step_time(s, task, steps=1) > 0 and task._split is None  # no case was generated or read
+
+
+def test_a_model_breaking_the_eval_contract_is_named():
+    from harness.config import ComponentCfg
+    from harness.inferers import build_inferer
+
+    class Mapping(torch.nn.Module):
+        def forward(self, x):
+            return {"seg": x}
+
+    with pytest.raises(TypeError, match="Mapping returned dict in eval mode; the output contract"):
+        build_inferer(ComponentCfg(name="sliding_window"), [4, 8, 8], 1, "sigmoid")(torch.zeros(1, 1, 4, 8, 8),
+                                                                                     Mapping())

@@ -67,12 +67,12 @@ def test_statistics_on_known_inputs():
     assert math.isnan(s.set_index("variant").loc["b", "std"])
     cases = pd.DataFrame([{"variant": v, "seed": 0, "case": f"c{i}", "dice": d}
                           for i in range(8) for v, d in (("x", 50 + i), ("y", 40 + i + (i % 2)))])
-    r = paired_test(cases, "x", "y", "dice")
+    r = paired_test(cases, ["x"], ["y"], "dice")
     # 8 cases of one seed: the mean difference, but no interval (training noise is not sampled),
     # where a Wilcoxon test over the 8 pooled pairs would have said p = 0.008.
     assert r["pairs"] == 8 and r["delta"] == pytest.approx(9.5) and math.isnan(r["ci_low"])
     two = pd.concat([cases, cases.assign(seed=1, dice=cases.dice + 0.5)])
-    r = paired_test(two, "x", "y", "dice")
+    r = paired_test(two, ["x"], ["y"], "dice")
     assert (r["cases"], r["seeds"], r["delta"]) == (8, 2, pytest.approx(9.5)) and 9 < r["ci_low"] < r["ci_high"] < 10
 
 
