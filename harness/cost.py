@@ -53,6 +53,8 @@ _COUNTED = {
     "aten::upsample_trilinear3d": _per_output(8),  # 8 neighbours per output (fvcore's bilinear uses 4)
     "aten::upsample_bilinear2d": _per_output(4),
     "aten::grid_sampler": _grid_sampler,
+    # A regular sampling grid (harness.ops.obelisk): each coordinate is a 3-term dot product plus bias.
+    "aten::affine_grid_generator": _per_output(3),
     "aten::add": _per_output(1), "aten::add_": _per_output(1),
     "aten::sub": _per_output(1), "aten::sub_": _per_output(1), "aten::rsub": _per_output(1),
     "aten::mul": _per_output(1), "aten::mul_": _per_output(1),
@@ -71,6 +73,7 @@ _ZERO = [
     "aten::index", "aten::index_select", "aten::copy_", "aten::slice", "aten::narrow", "aten::empty_like",
     "aten::pad", "aten::constant_pad_nd", "aten::reshape", "aten::view", "aten::permute", "aten::contiguous",
     "aten::flip", "aten::dropout", "aten::feature_dropout", "aten::zeros_like", "aten::clone",
+    "aten::eye", "aten::expand", "aten::select", "aten::view_as", "aten::flatten",
 ]
 HANDLES: dict[str, Any] = {**_COUNTED, **{op: _zero for op in _ZERO}}
 

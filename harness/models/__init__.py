@@ -1,13 +1,14 @@
 """Networks, created by name through ``MODELS`` (importing this registers them all)."""
-from harness.models import gsp_unet, unet2d, unet3d, vfn  # noqa: F401  (registration)
+from harness.models import gsp_unet, obelisk, unet2d, unet3d, vfn  # noqa: F401  (registration)
 from harness.models.gsp_unet import GSPBlock, GSPUNet
+from harness.models.obelisk import ObeliskHybrid, ObeliskNet, ObeliskUNet
 from harness.models.unet2d import DistillDSMUNet, ResidualDSMUNet, UNet2D
 from harness.models.unet3d import ResidualUNet3D
 from harness.models.vfn import VFN
 from harness.registry import MODELS
 
-__all__ = ["DistillDSMUNet", "GSPBlock", "GSPUNet", "MODELS", "ResidualDSMUNet", "ResidualUNet3D", "UNet2D", "VFN",
-           "build_model"]
+__all__ = ["DistillDSMUNet", "GSPBlock", "GSPUNet", "MODELS", "ObeliskHybrid", "ObeliskNet", "ObeliskUNet",
+           "ResidualDSMUNet", "ResidualUNet3D", "UNet2D", "VFN", "build_model"]
 
 
 def build_model(name: str, **params):

@@ -1,0 +1,178 @@
+"""OBELISK (Heinrich et al., MedIA 2019): the sampling op against its equations, its cost in
+closed form, and the family's parameter counts (docs/architectures.md)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness.cost import count_macs, count_params
+from harness.models import build_model
+from harness.ops import Obelisk, regular_grid
+from harness.ops.obelisk import coarse_size
+
+
+def _step(n: int) -> float:
+    """One voxel in normalised coordinates with align_corners=True."""
+    return 2.0 / (n - 1)
+
+
+def test_zero_offsets_on_the_full_grid_read_every_voxel_exactly():
+    x = torch.randn(2, 3, 5, 6, 7)
+    op = Obelisk(offsets=1)
+    op.offsets.data.zero_()
+    out = op(x, regular_grid((5, 6, 7)))
+    assert out.shape == (2, 3, 5, 6, 7)
+    assert torch.allclose(out, x, atol=1e-5)
+
+
+@pytest.mark.parametrize("axis,coord", [(4, 0), (3, 1), (2, 2)])  # W is x, H is y, D is z
+def test_an_offset_of_one_voxel_shifts_along_its_axis_with_zero_padding(axis, coord):
+    x = torch.randn(1, 1, 5, 6, 7)
+    op = Obelisk(offsets=1)
+    op.offsets.data.zero_()
+    op.offsets.data[..., coord] = _step(x.shape[axis])
+    out = op(x, regular_grid(x.shape[2:]))
+    expected = torch.cat([x.narrow(axis, 1, x.shape[axis] - 1), torch.zeros_like(x.narrow(axis, 0, 1))], dim=axis)
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_binary_is_the_difference_of_two_samples_and_channels_are_c_major():
+    x = torch.randn(1, 2, 4, 5, 6)
+    op = Obelisk(offsets=3, binary=True)
+    grid = regular_grid((2, 3, 3))
+    a, b = Obelisk(3), Obelisk(3)
+    a.offsets.data, b.offsets.data = op.offsets.data[..., :1, :].clone(), op.offsets.data[..., 1:, :].clone()
+    out = op(x, grid)
+    assert out.shape == (1, 2 * 3, 2, 3, 3)
+    assert torch.allclose(out, a(x, grid) - b(x, grid), atol=1e-6)
+    # Channel c * K + k is input channel c read at offset k (the authors' view of (B, C, K, S)).
+    single = op(x[:, 1:2], grid)
+    assert torch.allclose(out[:, 3:6], single, atol=1e-6)
+
+
+def test_trilinear_weights_between_voxels():
+    # Half a voxel along x on a ramp along W reads the mean of two neighbours (Eq. 2-3, in 3D).
+    x = torch.arange(7.0).view(1, 1, 1, 1, 7).expand(1, 1, 3, 3, 7).contiguous()
+    op = Obelisk(offsets=1)
+    op.offsets.data.zero_()
+    op.offsets.data[..., 0] = 0.5 * _step(7)
+    out = op(x, regular_grid((3, 3, 7)))
+    assert torch.allclose(out[0, 0, 1, 1, :6], torch.arange(6.0) + 0.5, atol=1e-5)
+
+
+def test_offsets_learn_or_stay_frozen():
+    x = torch.randn(1, 1, 6, 6, 6)
+    learned, frozen = Obelisk(4), Obelisk(4, learn_offsets=False)
+    learned(x, regular_grid((3, 3, 3))).square().sum().backward()
+    assert learned.offsets.grad is not None and learned.offsets.grad.abs().sum() > 0
+    assert [n for n, _ in frozen.named_parameters()] == [] and "offsets" in frozen.state_dict()
+    assert not frozen.offsets.requires_grad
+    torch.manual_seed(0)
+    std = Obelisk(4096, init_std=0.05).offsets.std().item()
+    assert 0.045 < std < 0.055  # N(0, 0.05) in normalised coordinates (Sec. 2)
+
+
+def test_sparse_points_give_one_feature_column_per_point():
+    x = torch.randn(2, 1, 8, 8, 8)
+    points = torch.rand(2, 192, 1, 1, 3) * 2 - 1  # the original net's sparse training: 192 points per image
+    assert Obelisk(16, binary=True)(x, points).shape == (2, 16, 192, 1, 1)
+    out = build_model("obelisk_net", in_channels=1, out_channels=8, offsets=64)
+    assert out(x).shape == (2, 8, 8, 8, 8)
+
+
+def test_grid_sample_cost_is_trilinear_in_closed_form():
+    # 8 weighted reads per sampled value and channel: 8 * B * C * K * S * P.
+    class Layer(torch.nn.Module):
+        def __init__(self, binary):
+            super().__init__()
+            self.op = Obelisk(32, binary=binary)
+
+        def forward(self, x):
+            return self.op(x, regular_grid((4, 5, 6)))
+
+    for binary, P in ((False, 1), (True, 2)):
+        by_op = count_macs(Layer(binary), (2, 3, 8, 10, 12))["by_op"]
+        assert by_op["grid_sampler"] == 8 * 2 * 3 * 32 * (4 * 5 * 6) * P
+        assert by_op.get("sub", 0) == (2 * 3 * 32 * 120 if binary else 0)
+
+
+@pytest.mark.parametrize("name,params,count", [
+    ("obelisk_net", {"out_channels": 8}, 131_464),                                    # Table 2 (paper: 130k)
+    ("obelisk_net", {"out_channels": 9}, 131_721),
+    ("obelisk_net", {"out_channels": 8, "binary": False}, 128_392),                   # unary
+    ("obelisk_net", {"out_channels": 8, "learn_offsets": False}, 125_320),            # Rand. Offsets (trainable)
+    ("obelisk_hybrid", {"out_channels": 9}, 229_217),                                 # TCIA code (paper: 230k)
+    ("obelisk_hybrid", {"out_channels": 8, "layout": "visceral"}, 230_208),
+    ("obelisk_unet", {"out_channels": 9}, 883_740),                                   # TCIA code (paper: 880k)
+    ("obelisk_unet", {"out_channels": 9, "widths": [5, 16, 32, 64, 80], "decoder_widths": [64, 32, 9]}, 878_154),
+    ("obelisk_unet", {"out_channels": 8, "widths": [5, 16, 32, 64, 80], "decoder_widths": [64, 32, 8]}, 875_798),
+    ("obelisk_unet", {"out_channels": 9, "widths": [5, 16, 32, 64, 80], "decoder_widths": [64, 32, 9],
+                      "groups": {6: 4, 7: 4, 11: 4, 8: 8, 9: 8, 10: 8}}, 201_642),        # lean (paper: 220k)
+    ("obelisk_unet", {"out_channels": 9, "widths": [5, 10, 30, 50, 20], "decoder_widths": [20, 10, 8],
+                      "bottleneck": "fc", "input_size": [144, 144, 144]}, 11_944_816),    # global FC, TCIA
+    ("obelisk_unet", {"out_channels": 8, "widths": [5, 10, 30, 50, 20], "decoder_widths": [20, 10, 8],
+                      "bottleneck": "fc", "input_size": [156, 115, 160]}, 13_081_422),    # global FC, VISCERAL
+])
+def test_parameter_counts_of_the_authors_nets(name, params, count):
+    assert count_params(build_model(name, in_channels=1, **params)) == count
+
+
+@pytest.mark.parametrize("params,paper", [({"binary": False}, 126_000), ({"learn_offsets": False}, 124_000)])
+def test_unary_and_random_rows_within_3_percent_of_the_paper(params, paper):
+    # The paper's 126k / 124k come from an earlier model version: no single net gives both.
+    n = count_params(build_model("obelisk_net", in_channels=1, out_channels=8, **params))
+    assert abs(n - paper) / paper < 0.03
+
+
+def test_lean_unet_gap_to_the_paper_is_what_docs_state():
+    n = count_params(build_model("obelisk_unet", in_channels=1, out_channels=9, widths=[5, 16, 32, 64, 80],
+                                 decoder_widths=[64, 32, 9], groups={6: 4, 7: 4, 11: 4, 8: 8, 9: 8, 10: 8}))
+    assert 220_000 - n == 18_358  # the paper's description does not reach its 220k
+
+
+def test_every_net_returns_logits_at_the_input_size():
+    x = torch.randn(2, 1, 16, 24, 32)
+    for name, params in [("obelisk_net", {}), ("obelisk_hybrid", {}), ("obelisk_hybrid", {"layout": "visceral"}),
+                         ("obelisk_unet", {}), ("obelisk_unet", {"widths": [5, 10, 30, 50, 20],
+                                                                 "decoder_widths": [20, 10, 8], "bottleneck": "fc",
+                                                                 "input_size": [16, 24, 32]})]:
+        model = build_model(name, in_channels=1, out_channels=5, **params).eval()
+        assert model(x).shape == (2, 5, 16, 24, 32), (name, params)
+    assert coarse_size((144, 144, 144), 4) == (36, 36, 36) and coarse_size((115, 9, 1), 4) == (29, 3, 1)
+
+
+def test_hybrid_and_original_grids_follow_the_code():
+    model = build_model("obelisk_hybrid", in_channels=1, out_channels=9)
+    seen = []
+    model.obelisk1.register_forward_hook(lambda m, a, out: seen.append(a[1].shape[1:4]))
+    model.obelisk2.register_forward_hook(lambda m, a, out: seen.append(a[1].shape[1:4]))
+    model(torch.randn(1, 1, 32, 48, 64))
+    assert seen == [(8, 12, 16), (4, 6, 8)]  # 1/4 and 1/8 resolution (the code's 36^3 and 18^3 at 144^3)
+
+
+@pytest.mark.parametrize("name,params,message", [
+    ("obelisk_hybrid", {"layout": "brats"}, "model.layout: unknown layout 'brats'; allowed: tcia, visceral"),
+    ("obelisk_unet", {"decoder_widths": [8]}, "model.decoder_widths: need one width per skip level"),
+    ("obelisk_unet", {"groups": {2: 3}}, "model.groups: layer #2 (5->14) is not divisible by 3 groups"),
+    ("obelisk_unet", {"bottleneck": "fc"}, "model.input_size: bottleneck fc needs"),
+    ("obelisk_net", {"offsets": 3}, "model.offsets: in_channels x offsets"),
+    ("obelisk_net", {"smooth": [2]}, "model.smooth: kernel sizes must be odd"),
+])
+def test_bad_parameters_name_the_field(name, params, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build_model(name, in_channels=1, out_channels=4, **params)
+
+
+def test_global_fc_refuses_another_patch():
+    model = build_model("obelisk_unet", in_channels=1, out_channels=4, widths=[5, 10, 30, 50, 20],
+                        decoder_widths=[20, 10, 8], bottleneck="fc", input_size=[32, 32, 32])
+    with pytest.raises(ValueError, match=r"built for \(32, 32, 32\)"):
+        model.check_input((16, 32, 32))
+
+
+def test_regular_grid_is_the_codes_linspace():
+    g = regular_grid((3, 4, 5))
+    assert g.shape == (1, 3, 4, 5, 3)
+    assert torch.allclose(g[0, 0, 0, :, 0], torch.linspace(-1, 1, 5))  # x runs along W
+    assert torch.allclose(g[0, :, 0, 0, 2], torch.linspace(-1, 1, 3))  # z along D
+    ref = F.affine_grid(torch.eye(3, 4)[None], [1, 1, 3, 4, 5], align_corners=True)
+    assert torch.equal(g, ref)
