@@ -7,6 +7,10 @@
    model. Target: >= 0.95x.
 3. Distill DSM Table 1's wall time per voxel: each net's inference vs the 2D U-Net's on
    the same input (4 x 16 x 128 x 128 BraTS-like slab), beside the paper's V100 ratios.
+4. OBELISK vs strided convs, forward + backward, as the OBELISK paper's efficiency paragraph
+   (Sec. 5) sets them up: on 8 x 144^3 features, two strided 3^3 convs (8->32, 32->64) vs an
+   OBELISK layer with 128 offsets on the 36^3 grid and a 1x1 conv 8*128->64. Paper (GTX 1080
+   Ti): about 10 ms vs 20 ms, ratio about 2.
 Timings alternate between the two sides so that drift hits both equally.
 """
 from __future__ import annotations
@@ -22,7 +26,7 @@ from monai.losses import DiceLoss
 
 from harness.config import CostCfg, DataCfg, ModelCfg, ResourcesCfg, TrainCfg, TrialSpec
 from harness.models import build_model
-from harness.ops import group_shift
+from harness.ops import Obelisk, group_shift, regular_grid
 from harness.train import build_trial, make_loader, train_step
 
 
@@ -122,6 +126,25 @@ def bench_dsm_wall_time(device: torch.device, quick: bool) -> list[dict]:
     return rows
 
 
+def bench_obelisk(device: torch.device, quick: bool) -> dict:
+    size = 48 if quick else 144
+    x = torch.randn(1, 8, size, size, size, device=device, requires_grad=True)
+    convs = torch.nn.Sequential(torch.nn.Conv3d(8, 32, 3, stride=2, padding=1),
+                                torch.nn.Conv3d(32, 64, 3, stride=2, padding=1)).to(device)
+    obelisk, linear = Obelisk(128).to(device), torch.nn.Conv3d(8 * 128, 64, 1).to(device)
+    grid = regular_grid((size // 4,) * 3, device=device)
+
+    def conv_pass():
+        convs(x).sum().backward()
+
+    def obelisk_pass():
+        linear(obelisk(x, grid)).sum().backward()
+
+    t_ob, t_conv, ratio = _alternate(obelisk_pass, conv_pass, 3 if quick else 10, device)
+    return {"device": str(device), "input": f"1x8x{size}^3", "grid": f"{size // 4}^3", "obelisk_ms": 1e3 * t_ob,
+            "convs_ms": 1e3 * t_conv, "ratio": ratio, "paper_ratio": 2.0}
+
+
 def run_bench(out: Path, quick: bool = False) -> int:
     from rich.console import Console
 
@@ -130,11 +153,12 @@ def run_bench(out: Path, quick: bool = False) -> int:
     result = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
                           "cpu_threads": torch.get_num_threads(), "processor": platform.processor(),
                           "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
-              "quick": quick, "group_shift": [], "train_step": [], "dsm_wall_time": []}
+              "quick": quick, "group_shift": [], "train_step": [], "dsm_wall_time": [], "obelisk": []}
     for device in devices:
         result["group_shift"] += bench_group_shift(device, quick)
         result["train_step"].append(bench_train_step(device, quick))
         result["dsm_wall_time"] += bench_dsm_wall_time(device, quick)
+        result["obelisk"].append(bench_obelisk(device, quick))
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(result, indent=1))
     lines = ["# harness bench", "", f"Machine: {json.dumps(result['machine'])}", "",
@@ -151,6 +175,11 @@ def run_bench(out: Path, quick: bool = False) -> int:
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['device']} | {r['shape']} | {r['model']} | {r['ns_per_voxel']:.0f} | **{r['ratio_vs_unet2d']:.2f}** | "
               f"{r['paper_ns_per_voxel']:.0f} | {r['paper_ratio']:.2f} |" for r in result["dsm_wall_time"]]
+    lines += ["", "## OBELISK (128 offsets + 1x1) / two strided 3^3 convs, forward + backward (paper: about 2)", "",
+              "| device | input | grid | OBELISK ms | convs ms | ratio (median of pairs) | paper ratio |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['device']} | {r['input']} | {r['grid']} | {r['obelisk_ms']:.1f} | {r['convs_ms']:.1f} | "
+              f"**{r['ratio']:.2f}** | {r['paper_ratio']:.1f} |" for r in result["obelisk"]]
     (out / "README.md").write_text("\n".join(lines) + "\n")
     console.print("\n".join(lines))
     return 0

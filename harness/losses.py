@@ -7,6 +7,9 @@ label: ``SegLoss`` adapts a MONAI loss to the contract. A loss that needs more (
 outputs, a derived target such as a signed distance map, the training progress) reads it
 from ``outputs``, ``batch`` and ``state``.
 
+A loss that needs statistics of the training labels (class weights) has a ``fit(cases)``
+method; the trial calls it once with the training cases before the first step.
+
 Deep supervision is a wrapper a study asks for (``train.deep_supervision``), not part of
 every loss: ``DeepSupervision`` applies a ``SegLoss``'s criterion to the segmentation and
 to each auxiliary head of a named output, the target resized to each head (MONAI's
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+import numpy as np
 import torch
 from monai.losses import DeepSupervisionLoss, DiceCELoss, DiceLoss
 from torch import nn
@@ -44,6 +48,10 @@ class SegLoss(nn.Module):
     def forward(self, outputs: dict[str, Any], batch: dict[str, torch.Tensor], state: TrainState) -> torch.Tensor:
         return self.criterion(main_output(outputs), self.target(batch))
 
+    def fit(self, cases) -> None:
+        if hasattr(self.criterion, "fit"):
+            self.criterion.fit(cases)
+
 
 class DeepSupervision(nn.Module):
     """sum_i w_i * L(head_i, resize(target)), heads = [segmentation, *outputs[key]].
@@ -63,6 +71,9 @@ class DeepSupervision(nn.Module):
             raise KeyError(f"deep_supervision: the model has no output {self.key!r} (it returned {list(outputs)})")
         heads = [main_output(outputs), *outputs[self.key]]
         return self.ds(heads, self.base.target(batch))
+
+    def fit(self, cases) -> None:
+        self.base.fit(cases)
 
 
 @LOSSES.register("dice")
@@ -100,6 +111,53 @@ def ce(output: str, weight: Optional[list[float]] = None) -> SegLoss:
     """Cross-entropy over classes (softmax; ``weight`` per class, background first) or binary
     cross-entropy per region (sigmoid; ``weight`` is the positive weight per region)."""
     return SegLoss(_CrossEntropy(output, weight), output)
+
+
+class _OHEMCrossEntropy(nn.Module):
+    def __init__(self, weight: Optional[Sequence[float]], keep: float, background_weight: float):
+        super().__init__()
+        self.keep, self.background_weight = keep, background_weight
+        self.register_buffer("weight", None if weight is None else torch.tensor(weight, dtype=torch.float32))
+
+    def fit(self, cases) -> None:
+        if self.weight is not None:  # given explicitly
+            return
+        counts = None
+        for case in cases:
+            lab = np.asarray(case.label).reshape(case.label.shape[0], -1)
+            c = np.concatenate([[(lab.sum(0) == 0).sum()], lab.sum(1)]).astype(np.float64)
+            counts = c if counts is None else counts + c
+        w = 1.0 / np.sqrt(np.maximum(counts, 1.0))
+        w = w / w.mean()
+        w[0] = self.background_weight
+        self.weight = torch.tensor(w, dtype=torch.float32)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.weight is None:
+            raise RuntimeError("ohem_ce: class weights unknown: give train.loss.params.weight or fit on the cases")
+        t = target[:, 0].long()
+        ranked = nn.functional.cross_entropy(logits, t, reduction="none").flatten()  # unweighted, as the code
+        hard = ranked.topk(max(1, int(self.keep * ranked.numel()))).indices
+        weighted = nn.functional.cross_entropy(logits, t, weight=self.weight.to(logits.device), reduction="none")
+        return weighted.flatten()[hard].mean()
+
+
+@LOSSES.register("ohem_ce")
+def ohem_ce(output: str, keep: float = 0.25, weight: Optional[list[float]] = None,
+            background_weight: float = 0.5) -> SegLoss:
+    """Class-weighted cross-entropy with online hard example mining (OBELISK-Net, Sec. 3.4).
+
+    The voxels are ranked by their unweighted cross-entropy; the ``keep`` fraction with the
+    highest loss (the paper: top 25%) contributes the mean of its class-weighted NLL. Class
+    weights, unless given (``weight``, background first): w_c = sqrt(1 / n_c) over the training
+    labels, divided by their mean, then the background's set to ``background_weight`` (the
+    authors' code). Softmax outputs only.
+    """
+    if output != "softmax":
+        raise ValueError(f"train.loss: ohem_ce needs train.output softmax, got {output!r}")
+    if not 0 < keep <= 1:
+        raise ValueError(f"train.loss.params.keep: must be in (0, 1], got {keep}")
+    return SegLoss(_OHEMCrossEntropy(weight, keep, background_weight), output)
 
 
 def build_loss(spec, output: str, deep_supervision=None) -> nn.Module:

@@ -59,6 +59,16 @@ def cosine(optimizer, total_steps: int, eta_min: float = 0.0):
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=eta_min)
 
 
+@SCHEDULES.register("exponential")
+def exponential(optimizer, total_steps: int, gamma: float = 0.99, every: int = 1):
+    """lr * gamma ** (step // every): OBELISK-Net's ExponentialLR(0.99) per epoch is ``every`` =
+    the study's steps per epoch."""
+    if not 0 < gamma <= 1 or int(every) != every or every < 1:
+        raise ValueError(f"train.schedule.params: need 0 < gamma <= 1 and a positive integer every, "
+                         f"got gamma={gamma}, every={every}")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: gamma ** (step // every))
+
+
 def param_groups(model: nn.Module, lr: float, weight_decay: float, groups: list[Any]) -> list[dict]:
     """Parameter groups from ``train.param_groups`` (``ParamGroupCfg``); unmatched go last."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]

@@ -102,6 +102,8 @@ def build_trial(spec: TrialSpec, task: Task | None = None, device: torch.device 
     model = build_model(spec.model.name, in_channels=task.in_channels,
                         out_channels=out_channels(len(task.regions), cfg.output), **spec.model.params).to(device)
     loss_fn = build_loss(cfg.loss, cfg.output, cfg.deep_supervision).to(device)
+    if loader and hasattr(loss_fn, "fit"):  # statistics of the training labels (class weights)
+        loss_fn.fit(task.train)
     optimizer = build_optimizer(model, cfg)
     total = cfg.epochs * cfg.steps_per_epoch
     schedule = build_schedule(optimizer, cfg, total)

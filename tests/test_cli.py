@@ -48,6 +48,9 @@ def test_bench_writes_ratios(tmp_path):
     dsm = {r["model"]: r for r in res["dsm_wall_time"]}
     assert set(dsm) == {"unet2d", "residual_dsm", "unet3d", "distill_dsm"}
     assert dsm["unet3d"]["paper_ratio"] == pytest.approx(8.6517 / 7.9498) and dsm["unet2d"]["ns_per_voxel"] > 0
+    ob = res["obelisk"][0]
+    assert ob["grid"] == "12^3" and ob["obelisk_ms"] > 0 and ob["convs_ms"] > 0 and ob["ratio"] > 0
+    assert "OBELISK (128 offsets + 1x1) / two strided" in (tmp_path / "README.md").read_text()
 
 
 def test_list_names_every_registry_with_its_built_in_components(capsys):

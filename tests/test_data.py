@@ -32,6 +32,31 @@ def test_brats_regions_are_nested_and_channels_match():
         assert not (et & ~tc).any() and not (tc & ~wt).any()
 
 
+def test_brats_tumour_scale_and_contrast():
+    base = build_task("synthetic_brats", n_cases=4, shape=(32, 32, 32))
+    big = build_task("synthetic_brats", n_cases=4, shape=(32, 32, 32), tumour_scale=1.8, contrast=1.5)
+    frac = [np.mean([c.label[1].mean() for c in t.train]) for t in (base, big)]
+    assert frac[1] > 3 * frac[0]  # TC grows with the radii cubed
+    with pytest.raises(ValueError, match="tumour_scale and contrast must be > 0"):
+        build_task("synthetic_brats", tumour_scale=0)
+
+
+def test_abdomen_organs_are_exclusive_present_and_of_graded_difficulty():
+    t = build_task("synthetic_abdomen", n_cases=5, shape=(48, 48, 48))
+    assert t.in_channels == 1 and t.exclusive and len(t.regions) == 8 and t.regions[5] == "liver"
+    labels = np.stack([c.label for c in t.train + t.val]).astype(bool)
+    assert labels.sum(1).max() == 1  # mutually exclusive
+    assert labels.reshape(5, 8, -1).sum(-1).min() > 50  # every organ shows in every case
+    size = labels.mean((0, 2, 3, 4))
+    assert size[5] == size.max() and size[5] > 20 * size[[1, 3, 4, 7]].max()  # liver vs the small ones
+    images = np.stack([c.image[0] for c in t.train + t.val])
+    body = labels.sum(1) == 0
+    contrast = {r: images[labels[:, k]].mean() - np.median(images[body & (images > 0.3)]) for k, r in
+                enumerate(t.regions)}
+    assert contrast["pancreas"] < 0.5 * 0.8 and contrast["duodenum"] < 0.5 * 0.8  # below half the noise
+    assert contrast["kidney"] > 2 * contrast["pancreas"] and contrast["gallbladder"] < -0.3
+
+
 def _dice(pred, ref):
     return 2 * (pred & ref).sum() / (pred.sum() + ref.sum())
 

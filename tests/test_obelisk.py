@@ -1,5 +1,7 @@
 """OBELISK (Heinrich et al., MedIA 2019): the sampling op against its equations, its cost in
 closed form, and the family's parameter counts (docs/architectures.md)."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -176,3 +178,87 @@ def test_regular_grid_is_the_codes_linspace():
     assert torch.allclose(g[0, :, 0, 0, 2], torch.linspace(-1, 1, 3))  # z along D
     ref = F.affine_grid(torch.eye(3, 4)[None], [1, 1, 3, 4, 5], align_corners=True)
     assert torch.equal(g, ref)
+
+
+def test_ohem_ce_keeps_the_hardest_quarter_and_weights_classes():
+    from harness.contract import TrainState
+    from harness.losses import build_loss
+    from harness.config import ComponentCfg
+
+    loss = build_loss(ComponentCfg(name="ohem_ce", params={"weight": [0.5, 2.0]}), "softmax")
+    logits = torch.randn(1, 2, 2, 2, 2)
+    label = (torch.rand(1, 1, 2, 2, 2) > 0.5).float()  # one region -> classes 0/1
+    t = label[:, 0].long()
+    plain = F.cross_entropy(logits, t, reduction="none").flatten()
+    hard = plain.topk(2).indices  # 25% of 8 voxels
+    weighted = F.cross_entropy(logits, t, weight=torch.tensor([0.5, 2.0]), reduction="none").flatten()
+    got = loss({"seg": logits}, {"label": label}, TrainState())
+    assert torch.isclose(got, weighted[hard].mean())
+    with pytest.raises(ValueError, match="ohem_ce needs train.output softmax"):
+        build_loss(ComponentCfg(name="ohem_ce"), "sigmoid")
+
+
+def test_ohem_class_weights_are_sqrt_inverse_frequency_with_background_half():
+    from harness.data.task import Case
+    from harness.losses import build_loss
+    from harness.config import ComponentCfg
+    import numpy as np
+
+    lab = np.zeros((2, 4, 4, 4), np.uint8)
+    lab[0, :1] = 1  # 16 voxels of region 1
+    lab[1, 1:2, :1] = 1  # 4 voxels of region 2; 44 background
+    loss = build_loss(ComponentCfg(name="ohem_ce"), "softmax")
+    loss.fit([Case("a", np.zeros((1, 4, 4, 4), np.float32), lab)])
+    w = 1 / np.sqrt([44.0, 16.0, 4.0])
+    w = w / w.mean()
+    assert torch.allclose(loss.criterion.weight, torch.tensor([0.5, w[1], w[2]], dtype=torch.float32))
+
+
+def test_exponential_schedule_decays_per_epoch():
+    from harness.optim import exponential
+
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.002)
+    sched = exponential(opt, total_steps=100, gamma=0.99, every=10)
+    lrs = []
+    for _ in range(25):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[9] == pytest.approx(0.002) and lrs[10] == pytest.approx(0.002 * 0.99)
+    assert lrs[24] == pytest.approx(0.002 * 0.99**2)
+
+
+def test_matrix_affine_is_identity_at_zero_noise_and_keeps_labels_binary():
+    import numpy as np
+    from harness.data.transforms import RandMatrixAffined
+
+    img = np.random.rand(1, 8, 12, 16).astype(np.float32)
+    lab = (np.random.rand(2, 8, 12, 16) > 0.5).astype(np.uint8)
+    same = RandMatrixAffined(["image", "label"], std=1e-9).set_random_state(0)({"image": img, "label": lab})
+    assert np.abs(np.asarray(same["image"]) - img).max() < 1e-4 and (np.asarray(same["label"]) == lab).all()
+    moved = RandMatrixAffined(["image", "label"], std=0.075).set_random_state(0)({"image": img, "label": lab})
+    assert set(np.unique(np.asarray(moved["label"])).tolist()) <= {0, 1}
+    assert not np.allclose(np.asarray(moved["image"]), img)
+
+
+def test_the_obelisk_recipe_trains_end_to_end_on_the_abdomen_task():
+    # OBELISK-Net's recipe by name: softmax, OHEM cross-entropy with fitted class weights, the "++"
+    # affine, Adam with per-epoch exponential decay; the cost report has no unhandled op.
+    from harness.config import CostCfg, DataCfg, ModelCfg, ResourcesCfg, TrainCfg, TrialSpec
+    from harness.train import build_trial, run_trial
+
+    train = TrainCfg(patch=[16, 32, 32], epochs=2, steps_per_epoch=2, batch_size=2, output="softmax", loss="ohem_ce",
+                     optimizer="adam", lr=0.002, weight_decay=1e-5,
+                     schedule={"name": "exponential", "params": {"gamma": 0.99, "every": 2}},
+                     augment=["matrix_affine"])
+    spec = TrialSpec(study="t", scale="smoke", key="k", variant="v", tags={}, seed=0,
+                     data=DataCfg(dataset="synthetic_abdomen", params={"n_cases": 5, "shape": [16, 32, 32]}),
+                     model=ModelCfg(name="obelisk_net", params={"offsets": 64}), train=train,
+                     cost=CostCfg(latency=False), resources=ResourcesCfg(cpu=1))
+    t = build_trial(spec)
+    weight = t.loss_fn.criterion.weight
+    assert weight.shape == (9,) and weight[0] == 0.5 and weight[1:].max() > weight[6]  # liver (6) is the commonest
+    result = run_trial(spec)
+    assert math.isfinite(result["gmacs"]) and result["gmacs"] > 0 and 0 <= result["mean_dice"] <= 100
+    assert result["params"] == count_params(build_model("obelisk_net", in_channels=1, out_channels=9, offsets=64))
+    assert set(result) >= {f"dice_{r}" for r in ("spleen", "pancreas", "liver", "duodenum")}

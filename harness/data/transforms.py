@@ -15,8 +15,9 @@ from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-from monai.transforms import (DistanceTransformEDT, MapTransform, RandAffined, RandFlipd, RandScaleIntensityd,
-                              RandShiftIntensityd)
+import torch.nn.functional as F
+from monai.transforms import (DistanceTransformEDT, MapTransform, RandAffined, RandFlipd, RandomizableTransform,
+                              RandScaleIntensityd, RandShiftIntensityd)
 
 from harness.registry import AUGMENTATIONS, TARGETS
 
@@ -47,6 +48,41 @@ def affine(keys: list[str], prob: float = 0.2, rotate: float = 0.26, scale: floa
     nearest so they stay binary."""
     return [RandAffined(keys, prob=prob, rotate_range=[rotate] * 3, scale_range=[scale] * 3,
                         mode=("bilinear", "nearest"), padding_mode="zeros")]
+
+
+class RandMatrixAffined(RandomizableTransform, MapTransform):
+    """Resample with theta = [I | 0] + N(0, std^2) on all 12 entries, in ``affine_grid``'s
+    normalised coordinates (OBELISK-Net's "++" augmentation, the authors' training code).
+
+    The image is read trilinearly with border padding, the label with nearest neighbours, so
+    labels stay binary. Shapes: image (C, D, H, W), label (R, D, H, W), unchanged.
+    """
+
+    def __init__(self, keys: list[str], std: float = 0.075, prob: float = 1.0, align_corners: bool = True):
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        self.std, self.align_corners = std, align_corners
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        theta = torch.eye(3, 4) + torch.as_tensor(self.R.normal(0.0, self.std, (3, 4)), dtype=torch.float32)
+        for i, key in enumerate(self.keys):
+            x = torch.as_tensor(np.asarray(d[key]), dtype=torch.float32)[None]
+            grid = F.affine_grid(theta[None], list(x.shape), align_corners=self.align_corners)
+            image = i == 0  # keys are (image, label)
+            y = F.grid_sample(x, grid, mode="bilinear" if image else "nearest",
+                              padding_mode="border" if image else "zeros", align_corners=self.align_corners)[0]
+            d[key] = y if image else y.to(torch.as_tensor(np.asarray(d[key])).dtype)
+        return d
+
+
+@AUGMENTATIONS.register("matrix_affine")
+def matrix_affine(keys: list[str], std: float = 0.075, prob: float = 1.0) -> list:
+    """OBELISK-Net's "++": every sample resampled by I + N(0, ``std``^2) on all 12 affine entries."""
+    return [RandMatrixAffined(keys, std=std, prob=prob)]
 
 
 class SignedDistance(MapTransform):
