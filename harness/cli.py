@@ -84,7 +84,7 @@ def cmd_cost(args) -> int:
         for s in resolve(study, args.scale, 1):
             task = build_task(s.data.dataset, **s.data.params)  # per variant: a table may span tasks
             shape = args.input or s.cost.input or [1, task.in_channels, *s.train.patch]
-            model = build_model(s.model.name, in_channels=shape[1],
+            model = build_model(s.model.name, in_channels=shape[1], input_size=s.train.patch,
                                 out_channels=out_channels(len(task.regions), s.train.output), **s.model.params)
             check_model(s.model, shape[2:], f"variant {s.variant!r}")
             # As trials cost themselves: the study's inferer (TTA: every view) on one input-sized window.
@@ -100,7 +100,8 @@ def cmd_cost(args) -> int:
         shape = args.input or [1, 4, 64, 128, 128]
         params = dict(args.param or [])
         check_model(ModelCfg(name=args.target, params=params), shape[2:], "cost")
-        model = build_model(args.target, in_channels=shape[1], out_channels=args.out_channels, **params)
+        model = build_model(args.target, in_channels=shape[1], out_channels=args.out_channels, input_size=shape[2:],
+                            **params)
         rows.append({"name": args.target, **cost_report(model, shape, latency=not args.no_latency)})
     if args.json:
         print(json.dumps(rows, indent=1))

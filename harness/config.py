@@ -32,9 +32,8 @@ from harness.registry import DATASETS, MODELS, UnknownNameError
 
 
 # smoke: seconds, plumbing (tests); quick: learns on 2 CPU cores in <= 10 min, enough seeds for
-# the claims; paper: the paper's protocol. ``quick`` becomes required once every study has one.
+# the claims; paper: the paper's protocol. Every study has all three.
 SCALES = ("smoke", "quick", "paper")
-REQUIRED_SCALES = ("smoke", "paper")
 
 
 class ConfigError(ValueError):
@@ -280,9 +279,9 @@ class StudyCfg(_Strict):
 
     @model_validator(mode="after")
     def _has_scales_and_variants(self):
-        missing = set(REQUIRED_SCALES) - set(self.scales)
+        missing = set(SCALES) - set(self.scales)
         if missing:
-            raise ValueError(f"scales: missing {sorted(missing)}; every study needs {', '.join(REQUIRED_SCALES)}")
+            raise ValueError(f"scales: missing {sorted(missing)}; every study needs {', '.join(SCALES)}")
         if not self.variants and not self.grid and not self.landscape:
             raise ValueError("variants/grid: a study needs at least one variant")
         for name, per_scale in self.tasks.items():
@@ -664,8 +663,11 @@ def check_model(model: ModelCfg, patch: list[int], where: str):
         if k not in allowed:
             raise ConfigError(str(UnknownNameError(f"parameter of model {model.name!r}", k, allowed,
                                                    f"{where}: model.params")))
+    params = dict(model.params)
+    if "input_size" in allowed:  # set from the patch unless the study gives it (harness.models.build_model)
+        params.setdefault("input_size", list(patch))
     try:
-        net = cls(**model.params)
+        net = cls(**params)
         if hasattr(net, "check_input"):
             net.check_input(patch)
     except (ValueError, TypeError, KeyError) as e:

@@ -127,15 +127,17 @@ class _OHEMCrossEntropy(nn.Module):
             lab = np.asarray(case.label).reshape(case.label.shape[0], -1)
             c = np.concatenate([[(lab.sum(0) == 0).sum()], lab.sum(1)]).astype(np.float64)
             counts = c if counts is None else counts + c
+        if counts is None:
+            raise ValueError("ohem_ce: no training cases to fit the class weights on")
         w = 1.0 / np.sqrt(np.maximum(counts, 1.0))
         w = w / w.mean()
         w[0] = self.background_weight
         self.weight = torch.tensor(w, dtype=torch.float32)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.weight is None:
-            raise RuntimeError("ohem_ce: class weights unknown: give train.loss.params.weight or fit on the cases")
         t = target[:, 0].long()
+        if self.weight is None:  # not fitted: only a trial built without data (sizing, timing) gets here
+            self.weight = torch.full((logits.shape[1],), 1.0).index_fill_(0, torch.tensor([0]), self.background_weight)
         ranked = nn.functional.cross_entropy(logits, t, reduction="none").flatten()  # unweighted, as the code
         hard = ranked.topk(max(1, int(self.keep * ranked.numel()))).indices
         weighted = nn.functional.cross_entropy(logits, t, weight=self.weight.to(logits.device), reduction="none")

@@ -99,7 +99,7 @@ def build_trial(spec: TrialSpec, task: Task | None = None, device: torch.device 
     cfg = spec.train
     device = device or pick_device(spec.resources.gpu)
     task = task or build_task(spec.data.dataset, **spec.data.params)
-    model = build_model(spec.model.name, in_channels=task.in_channels,
+    model = build_model(spec.model.name, in_channels=task.in_channels, input_size=cfg.patch,
                         out_channels=out_channels(len(task.regions), cfg.output), **spec.model.params).to(device)
     loss_fn = build_loss(cfg.loss, cfg.output, cfg.deep_supervision).to(device)
     if loader and hasattr(loss_fn, "fit"):  # statistics of the training labels (class weights)
@@ -213,7 +213,7 @@ def load_model(ckpt: dict | str | Path, device: torch.device | str = "cpu") -> n
     spec = TrialSpec.model_validate_json(ckpt["trial"])
     import_plugins(spec.plugins)
     model = build_model(ckpt["model"], in_channels=ckpt["in_channels"], out_channels=ckpt["out_channels"],
-                        **spec.model.params)
+                        input_size=spec.train.patch, **spec.model.params)
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:

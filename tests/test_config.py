@@ -17,7 +17,7 @@ BASE = {
     "model": {"name": "gsp_unet", "params": {"conv": "pointwise", "widths": [4, 4, 8, 8, 8]}},
     "variants": [{"name": "pw"}],
     "train": {"patch": [16, 32, 32], "epochs": 1, "steps_per_epoch": 1, "batch_size": 1},
-    "scales": {"smoke": {}, "paper": {}},
+    "scales": {"smoke": {}, "quick": {}, "paper": {}},
 }
 
 
@@ -40,8 +40,6 @@ def with_(path, value, base=BASE):
 @pytest.mark.parametrize("scale", ["smoke", "quick", "paper"])
 def test_shipped_studies_validate(study, scale):
     s = load_study(study)
-    if scale not in s.scales:
-        pytest.skip(f"no {scale} scale yet")
     specs = resolve(s, scale)
     assert specs and len({t.key for t in specs}) == len(specs)
     assert s.expected or s.landscape or s.paper == "harness", "every paper study carries the paper's numbers"
@@ -69,7 +67,7 @@ CASES = [
      "stage 5 groups (2, 3, 2) do not divide its feature size (1, 2, 2)"),
     (with_(["train", "patch"], [16, 32]), "train.patch: Value error, must be three positive sizes"),
     (with_(["train", "lr"], -1), "train.lr: Input should be greater than 0"),
-    (with_(["scales"], {"smoke": {}}), "missing ['paper']"),
+    (with_(["scales"], {"smoke": {}}), "missing ['paper', 'quick']"),
     (with_(["expected"], {"pww": {"mean_dice": 1}}), "expected: unknown variant 'pww'. Did you mean 'pw'"),
     (with_(["model", "params", "in_channels"], 3), "in_channels is set by the data set"),
     (with_(["data", "params", "n_case"], 3), "data.params: unknown parameter of data set 'synthetic_organ' 'n_case'"),
@@ -139,10 +137,12 @@ def test_landscape_study_takes_every_registered_family(monkeypatch):
 
 TASKS = {
     "a": {"smoke": {"dataset": "synthetic_depth", "params": {"n_cases": 4, "shape": [16, 32, 32]}},
+          "quick": {"dataset": "synthetic_depth", "params": {"n_cases": 4, "shape": [16, 32, 32]}},
           "paper": {"dataset": "synthetic_depth", "params": {"n_cases": 4, "shape": [16, 64, 64]},
                     "train": {"patch": [16, 64, 64]}}},
     "b": {"smoke": {"dataset": "synthetic_depth", "params": {"n_cases": 4, "shape": [16, 32, 32], "in_channels": 2,
                                                              "regions": ["x", "y"]}},
+          "quick": {"dataset": "synthetic_depth", "params": {"n_cases": 4, "in_channels": 2, "regions": ["x", "y"]}},
           "paper": {"dataset": "synthetic_depth", "params": {"n_cases": 4, "in_channels": 2, "regions": ["x", "y"]}}},
 }
 
@@ -182,10 +182,10 @@ def test_folds_expand_folder_data_sets_only(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the split file is written under ./splits
 
     root = make_msd(tmp_path / "Task05", n=6)
-    study = {**BASE, "tasks": {"real": {s: {"dataset": "msd", "root": str(root)} for s in ("smoke", "paper")},
+    study = {**BASE, "tasks": {"real": {s: {"dataset": "msd", "root": str(root)} for s in ("smoke", "quick", "paper")},
                                "synth": TASKS["a"]},
              "variants": [{"name": "r", "task": "real"}, {"name": "s", "task": "synth"}],
-             "model": {"name": "unet2d"}, "scales": {"smoke": {"folds": 3}, "paper": {}}}
+             "model": {"name": "unet2d"}, "scales": {"smoke": {"folds": 3}, "quick": {}, "paper": {}}}
     s = load_study(write(tmp_path, study))
     specs = resolve(s, "smoke", seeds=2)
     real = [x for x in specs if x.variant == "r"]

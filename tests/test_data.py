@@ -55,6 +55,11 @@ def test_abdomen_organs_are_exclusive_present_and_of_graded_difficulty():
                 enumerate(t.regions)}
     assert contrast["pancreas"] < 0.5 * 0.8 and contrast["duodenum"] < 0.5 * 0.8  # below half the noise
     assert contrast["kidney"] > 2 * contrast["pancreas"] and contrast["gallbladder"] < -0.3
+    visceral = build_task("synthetic_abdomen", n_cases=5, shape=(40, 40, 40), layout="visceral")
+    assert visceral.regions == ("liver", "spleen", "bladder", "kidney_left", "kidney_right", "psoas_left", "psoas_right")
+    assert np.stack([c.label for c in visceral.train]).sum(1).max() == 1
+    with pytest.raises(ValueError, match="layout: unknown 'viscral'; allowed: tcia, visceral"):
+        build_task("synthetic_abdomen", layout="viscral")
 
 
 def _dice(pred, ref):

@@ -211,7 +211,7 @@ def test_run_checks_the_folder_first_and_writes_nothing(tmp_path, capsys):
     _break("labels", root)
     study = {"name": "real", "paper": "harness", "title": "real", "data": {"dataset": "msd", "root": str(root)},
              "model": {"name": "unet2d"}, "variants": [{"name": "a"}], "train": {"patch": [8, 16, 16]},
-             "scales": {"smoke": {}, "paper": {}}, "expected": {"a": {"mean_dice": 1}}}
+             "scales": {"smoke": {}, "quick": {}, "paper": {}}, "expected": {"a": {"mean_dice": 1}}}
     (tmp_path / "s.yaml").write_text(json.dumps(study))
     before = sorted(p.name for p in tmp_path.iterdir())
     assert main(["run", "s.yaml"]) == 2
@@ -234,7 +234,7 @@ def test_study_on_a_real_data_folder_end_to_end(tmp_path):
     study = {"name": "real_e2e", "paper": "harness", "title": "real", "data": {"dataset": "msd", "root": "/nowhere"},
              "model": {"name": "residual_dsm", "params": {"widths": [4, 4, 8, 8, 8]}}, "variants": [{"name": "a"}],
              "train": {"patch": [8, 16, 16], "epochs": 1, "steps_per_epoch": 2, "batch_size": 1},
-             "cost": {"latency_runs": 1}, "scales": {"smoke": {}, "paper": {}}, "expected": {"a": {"mean_dice": 1}}}
+             "cost": {"latency_runs": 1}, "scales": {"smoke": {}, "quick": {}, "paper": {}}, "expected": {"a": {"mean_dice": 1}}}
     (tmp_path / "s.yaml").write_text(json.dumps(study))
     done = subprocess.run([sys.executable, "-m", "harness.cli", "run", "s.yaml", "--data-root", str(root),
                            "--folds", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=600)

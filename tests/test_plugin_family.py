@@ -27,7 +27,7 @@ STUDY = {
               "callbacks": ["toy_all_foreground"], "inferer": "toy_flip_tta", "optimizer": "adam", "lr": 0.001},
     "cost": {"latency_runs": 1},
     "seeds": 2,
-    "scales": {"smoke": {}, "paper": {}},
+    "scales": {"smoke": {}, "quick": {}, "paper": {}},
 }
 
 

@@ -114,7 +114,7 @@ def test_softmax_trial_runs_with_background_channel_and_is_refused_for_overlappi
 
     study = {"name": "sm", "paper": "harness", "title": "t", "data": {"dataset": "synthetic_brats",
              "params": {"n_cases": 4, "shape": [16, 32, 32]}}, "model": {"name": "unet3d"}, "variants": [{"name": "a"}],
-             "train": {"patch": [16, 32, 32], "output": "softmax"}, "scales": {"smoke": {}, "paper": {}}}
+             "train": {"patch": [16, 32, 32], "output": "softmax"}, "scales": {"smoke": {}, "quick": {}, "paper": {}}}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
     with pytest.raises(ConfigError, match=r"softmax needs mutually exclusive regions, but synthetic_brats's regions"):
         resolve(load_study(tmp_path / "s.yaml"), "smoke")

@@ -23,7 +23,7 @@ GRID = {
              "ip": {"CSC": {"insert": "CSC"}, "CCS": {"insert": "CCS"}}},
     "variants": [{"name": "fcn", "params": {"conv": "conv3", "insert": None}, "tags": {"sg": "3D FCN", "ip": "CSC"}}],
     "train": {"patch": [16, 32, 32], "epochs": 1, "steps_per_epoch": 1, "batch_size": 1},
-    "scales": {"smoke": {}, "paper": {}},
+    "scales": {"smoke": {}, "quick": {}, "paper": {}},
     "expected": {"A-CSC": {"mean_dice": 80.0}, "B-CCS": {"mean_dice": 85.0},
                  "fcn": {"params": {"value": 1000, "tol": 10}}},
     "layout": {"rows": "sg", "columns": "ip", "value": "mean_dice", "best": "max_per_column",
@@ -218,7 +218,7 @@ def test_report_from_mlflow_runs_end_to_end(tmp_path, monkeypatch, capsys):
 def test_row_params_show_what_each_variant_ran_with():
     # The variant of another family and the scale's widths: the table shows the parameters of the
     # run (logged with it), or without a run those resolved at the scale, never the study's base.
-    study = StudyCfg.model_validate({**GRID, "scales": {"smoke": {"model": {"widths": [2, 2, 2, 2, 2]}}, "paper": {}},
+    study = StudyCfg.model_validate({**GRID, "scales": {"smoke": {"model": {"widths": [2, 2, 2, 2, 2]}}, "quick": {}, "paper": {}},
                                      "variants": [{"name": "fcn", "model": "unet3d", "params": {"base": 4},
                                                    "tags": {"sg": "3D U-Net", "ip": "CSC"}}],
                                      "layout": {**GRID["layout"], "row_params": {"w": "widths", "base": "base"}}})
@@ -241,11 +241,11 @@ VALUES = {
     "data": {"dataset": "synthetic_depth", "params": {"n_cases": 4, "shape": [16, 32, 32]}},
     "model": {"name": "unet2d"},
     "tasks": {t: {s: {"dataset": "synthetic_depth", "params": {"n_cases": 4, "shape": [16, 32, 32], "regions": r}}
-                  for s in ("smoke", "paper")} for t, r in (("heart", ["la"]), ("hippo", ["ant", "post"]))},
+                  for s in ("smoke", "quick", "paper")} for t, r in (("heart", ["la"]), ("hippo", ["ant", "post"]))},
     "grid": {"task": {"heart": {"task": "heart"}, "hippo": {"task": "hippo"}},
              "net": {"2D": {"model": "unet2d"}, "DSM": {"model": "distill_dsm"}}},
     "train": {"patch": [16, 32, 32]},
-    "scales": {"smoke": {}, "paper": {}},
+    "scales": {"smoke": {}, "quick": {}, "paper": {}},
     "expected": {"heart-2D": {"dice_la": 90.25, "spec_la": 99.97}, "hippo-DSM": {"dice_post": 87.86}},
     "layout": {"rows": "task", "columns": "net",
                "values": {"heart": {"Dice": "dice_la", "Specificity": "spec_la"},

@@ -20,7 +20,7 @@ TINY = {
     "variants": [{"name": "pw"}, {"name": "csc", "params": {"insert": "CSC"}}],
     "train": {"patch": [16, 32, 32], "epochs": 2, "steps_per_epoch": 2, "batch_size": 2},
     "cost": {"latency_runs": 1},
-    "scales": {"smoke": {}, "paper": {}},
+    "scales": {"smoke": {}, "quick": {}, "paper": {}},
     "expected": {"pw": {"mean_dice": 65.5}},
 }
 

@@ -18,7 +18,7 @@ BASE = {
     "variants": [{"name": "pw"}],
     "train": {"patch": [16, 32, 32], "epochs": 1, "steps_per_epoch": 2, "batch_size": 2},
     "cost": {"latency_runs": 1},
-    "scales": {"smoke": {}, "paper": {}},
+    "scales": {"smoke": {}, "quick": {}, "paper": {}},
 }
 SPACE = {
     "name": "tiny", "study": "base.yaml", "scale": "smoke",

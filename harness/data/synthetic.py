@@ -166,10 +166,10 @@ def synthetic_depth(n_cases: int = 20, shape=(16, 64, 64), seed: int = 0, object
                 load=lambda: split_cases(cached("synthetic_depth", params, make), val_fraction, seed))
 
 
-# name: (centre (z, y, x) in [-1, 1], radii, intensity above background, kind) per organ, TCIA's
-# label order. Tubes run along z (esophagus) or bend in-plane (duodenum); "low" organs differ from
-# the background by about a third of the noise.
-ABDOMEN = {
+# name: (centre (z, y, x) in [-1, 1], radii, intensity above background, kind) per organ, in the
+# data set's label order. Tubes run along z (esophagus) or bend in-plane (duodenum); "low" organs
+# differ from the background by about a third of the noise.
+TCIA = {
     "spleen": ((0.0, -0.15, 0.6), (0.4, 0.3, 0.22), 0.9, "blob"),
     "pancreas": ((0.1, 0.2, 0.05), (0.15, 0.1, 0.4), 0.35, "blob"),
     "kidney": ((0.15, 0.35, 0.5), (0.35, 0.2, 0.17), 1.1, "blob"),
@@ -179,12 +179,25 @@ ABDOMEN = {
     "stomach": ((-0.15, -0.2, 0.25), (0.35, 0.3, 0.3), 0.5, "blob"),
     "duodenum": ((0.25, 0.3, -0.1), (0.12, 0.1, 0.3), 0.3, "bend"),
 }
+# VISCERAL's seven structures (OBELISK-Net Table 3): paired kidneys and psoas muscles (long,
+# low-contrast, along z beside the spine), a dark bladder low in the volume.
+VISCERAL = {
+    "liver": ((-0.2, -0.1, -0.45), (0.5, 0.55, 0.45), 0.8, "blob"),
+    "spleen": ((-0.25, -0.05, 0.6), (0.3, 0.25, 0.2), 0.9, "blob"),
+    "bladder": ((0.75, -0.2, 0.0), (0.18, 0.22, 0.25), -0.5, "blob"),
+    "kidney_left": ((0.0, 0.4, 0.45), (0.3, 0.16, 0.14), 1.1, "blob"),
+    "kidney_right": ((0.0, 0.4, -0.45), (0.3, 0.16, 0.14), 1.1, "blob"),
+    "psoas_left": ((0.35, 0.5, 0.2), (0.55, 0.1, 0.1), 0.35, "tube"),
+    "psoas_right": ((0.35, 0.5, -0.2), (0.55, 0.1, 0.1), 0.35, "tube"),
+}
+LAYOUTS = {"tcia": TCIA, "visceral": VISCERAL}
 
 
 @DATASETS.register("synthetic_abdomen")
 def synthetic_abdomen(n_cases: int = 20, shape=(48, 48, 48), seed: int = 0, noise: float = 0.8,
-                      jitter: float = 0.08, val_fraction: float = 0.2) -> Task:
-    """Multi-organ task, 1 channel, 8 exclusive organs (module docstring; layout in ``ABDOMEN``).
+                      jitter: float = 0.08, val_fraction: float = 0.2, layout: str = "tcia") -> Task:
+    """Multi-organ task, 1 channel, exclusive organs (module docstring): ``layout`` ``tcia`` (8
+    organs, ``TCIA``) or ``visceral`` (7 structures, ``VISCERAL``).
 
     Organs are painted largest first, a smaller one overwriting a larger where they meet (as
     a gallbladder lies in the liver's fossa), so labels never overlap and every organ shows. Each case jitters every centre by U(-jitter, jitter) and every
@@ -192,6 +205,9 @@ def synthetic_abdomen(n_cases: int = 20, shape=(48, 48, 48), seed: int = 0, nois
     of std ``noise`` cover the volume.
     """
     check_split(n_cases, val_fraction)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: unknown {layout!r}; allowed: {', '.join(LAYOUTS)}")
+    organs = LAYOUTS[layout]
 
     def make():
         gen = torch.Generator().manual_seed(seed)
@@ -201,7 +217,7 @@ def synthetic_abdomen(n_cases: int = 20, shape=(48, 48, 48), seed: int = 0, nois
             img = 0.4 * _smooth_field(gen, shape, coarse=4)[0]
             body = _blob(gen, coords, [0, 0, 0], [1.1, 0.85, 0.95], wobble=0.05)
             img += 0.5 * body.float()
-            for k, (centre, radii, level, kind) in sorted(enumerate(ABDOMEN.values()),
+            for k, (centre, radii, level, kind) in sorted(enumerate(organs.values()),
                                                            key=lambda o: -math.prod(o[1][1])):
                 c = [m + d for m, d in zip(centre, _rand(gen, -jitter, jitter))]
                 r = [m * f for m, f in zip(radii, _rand(gen, 0.8, 1.2))]
@@ -213,14 +229,14 @@ def synthetic_abdomen(n_cases: int = 20, shape=(48, 48, 48), seed: int = 0, nois
                     mask = _blob(gen, coords, c, r, wobble=0.1 if kind == "blob" else 0.03)
                 mask &= body
                 labels[mask] = k + 1
-            for k, (_, _, level, _) in enumerate(ABDOMEN.values()):
+            for k, (name, (_, _, level, _)) in enumerate(organs.items()):
                 m = (labels == k + 1).float()
-                texture = 0.3 * _smooth_field(gen, shape, coarse=8)[0] if k == 6 else 0.0  # stomach contents
+                texture = 0.3 * _smooth_field(gen, shape, coarse=8)[0] if name == "stomach" else 0.0  # contents
                 img += m * (level + texture)
             img += noise * torch.randn(shape, generator=gen)
-            label = torch.stack([labels == k + 1 for k in range(len(ABDOMEN))])
+            label = torch.stack([labels == k + 1 for k in range(len(organs))])
             yield Case(f"abdomen_{i:03d}", img[None].numpy().astype(np.float32), label.numpy().astype(np.uint8))
 
-    params = dict(n=n_cases, shape=list(shape), seed=seed, s=noise, j=jitter, layout=repr(ABDOMEN))
-    return Task("synthetic_abdomen", in_channels=1, regions=tuple(ABDOMEN),
+    params = dict(n=n_cases, shape=list(shape), seed=seed, s=noise, j=jitter, layout=repr(organs))
+    return Task("synthetic_abdomen", in_channels=1, regions=tuple(organs),
                 load=lambda: split_cases(cached("synthetic_abdomen", params, make), val_fraction, seed))

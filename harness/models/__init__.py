@@ -1,4 +1,6 @@
 """Networks, created by name through ``MODELS`` (importing this registers them all)."""
+import inspect
+
 from harness.models import gsp_unet, obelisk, unet2d, unet3d, vfn  # noqa: F401  (registration)
 from harness.models.gsp_unet import GSPBlock, GSPUNet
 from harness.models.obelisk import ObeliskHybrid, ObeliskNet, ObeliskUNet
@@ -11,6 +13,14 @@ __all__ = ["DistillDSMUNet", "GSPBlock", "GSPUNet", "MODELS", "ObeliskHybrid", "
            "ResidualDSMUNet", "ResidualUNet3D", "UNet2D", "VFN", "build_model"]
 
 
-def build_model(name: str, **params):
-    """Create a registered model; unknown names get a "did you mean" error."""
-    return MODELS.get(name, field="model.name")(**params)
+def build_model(name: str, input_size=None, **params):
+    """Create a registered model; unknown names get a "did you mean" error.
+
+    A model whose layers depend on the input's size (a fully connected bottleneck) declares an
+    ``input_size`` parameter; it receives ``input_size`` (the trial's patch) unless the study
+    sets it.
+    """
+    cls = MODELS.get(name, field="model.name")
+    if input_size is not None and "input_size" in inspect.signature(cls).parameters:
+        params.setdefault("input_size", [int(s) for s in input_size])
+    return cls(**params)

@@ -150,7 +150,9 @@ class ObeliskHybrid(nn.Module):
         leak: leaky ReLU slope of the CNN (tcia 0.025 everywhere; visceral 0.05, ReLU in branches).
         learn_offsets, init_std, align_corners: the OBELISK layers'.
 
-    Shapes: (B, C, D, H, W) -> (B, L, D, H, W); D, H, W divisible by 8.
+    Shapes: (B, C, D, H, W) -> (B, L, D, H, W), any side >= 8: strided convs and grids round up
+    (the code's ``(n + 1) // 2``) and every upsampling goes to the size of the features it joins,
+    so VISCERAL's 156 x 115 x 160 works as it is.
     """
 
     default_input_size = (32, 64, 64)
@@ -189,8 +191,8 @@ class ObeliskHybrid(nn.Module):
             self.head = nn.Conv3d(32, out_channels, 1)
 
     def check_input(self, spatial: Sequence[int]) -> None:
-        if any(s % 8 for s in spatial):
-            raise ValueError(f"patch {tuple(spatial)}: every side must be divisible by 8")
+        if any(s < 8 for s in spatial):
+            raise ValueError(f"patch {tuple(spatial)}: every side must be at least 8 (the 1/8 grid)")
 
     def _branch(self, x, obelisk, lin, dense, stride, size):
         grid = regular_grid(coarse_size(x.shape[2:], stride), obelisk.align_corners, x.device).to(x.dtype)
@@ -237,7 +239,8 @@ class ObeliskUNet(nn.Module):
         bottleneck: ``conv`` (all-conv U-Net), or ``fc``: flatten the bottom level, Linear to
             ``fc_hidden``, Linear back, dropout ``fc_dropout`` after each, then a conv on
             cat(fc, bottom) to ``fc_width`` (the global-FC U-Net; fixes the input size).
-        input_size: (D, H, W) the FC layers are built for (``bottleneck: fc`` only).
+        input_size: (D, H, W) the FC layers are built for (``bottleneck: fc`` only); the harness
+            sets it to the trial's patch unless the study gives it.
         dropout: Dropout3d after every conv during training (the authors' TCIA code used 0.5 and
             left it on at inference, a bug not copied; the paper states none: default 0).
 
