@@ -3,9 +3,12 @@
 Model output contract
     In training a model returns a tensor (the segmentation logits) or a mapping of named
     outputs whose *first* entry is the segmentation (e.g. ``{"seg": y, "deep": [y2, y3]}``
-    for deep supervision, ``{"seg": y, "res": [r1, r2, r3]}`` for residual heads). In
-    evaluation (``model.eval()``) it returns the segmentation tensor only, which is what
-    inferers, metrics and the cost report see.
+    for deep supervision, ``{"seg": y, "res": [r1, r2, r3]}`` for residual heads). A model
+    trained at sampled points rather than on the whole patch (OBELISK's sparse training)
+    returns ``{"seg": y, "points": p}``, y (N, K, S, 1, 1) its logits at the points p
+    (N, S, 1, 1, 3) in ``grid_sample``'s (x, y, z) coordinates with ``align_corners=True``;
+    losses then read the label at those points. In evaluation (``model.eval()``) it returns
+    the segmentation tensor only, which is what inferers, metrics and the cost report see.
 
 Output activation (``train.output``)
     ``sigmoid``: one channel per region, regions may overlap (BraTS WT/TC/ET); a voxel is in

@@ -46,7 +46,11 @@ class SegLoss(nn.Module):
         return label if self.output == "sigmoid" else classes_of(label)
 
     def forward(self, outputs: dict[str, Any], batch: dict[str, torch.Tensor], state: TrainState) -> torch.Tensor:
-        return self.criterion(main_output(outputs), self.target(batch))
+        target = self.target(batch)
+        if "points" in outputs:  # predictions at sampled points (contract): the label read there
+            target = nn.functional.grid_sample(target.float(), outputs["points"].to(target.device), mode="nearest",
+                                               align_corners=True)
+        return self.criterion(main_output(outputs), target)
 
     def fit(self, cases) -> None:
         if hasattr(self.criterion, "fit"):

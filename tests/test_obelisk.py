@@ -273,3 +273,23 @@ def test_the_harness_sizes_the_global_fc_for_the_patch():
     small = check_model(ModelCfg(name="obelisk_unet", params=fc), [32, 48, 64], "variant 'global_fc'")
     assert small.input_size == (32, 48, 64)
     assert build_model("obelisk_unet", in_channels=1, out_channels=9, input_size=[32, 32, 32]).input_size is None
+
+
+def test_sparse_training_reads_the_label_at_the_models_points():
+    # Table 2's sparse training: logits at random points, and the loss reads the label there.
+    from harness.config import ComponentCfg
+    from harness.contract import TrainState, as_outputs
+    from harness.losses import build_loss
+
+    model = build_model("obelisk_net", in_channels=1, out_channels=3, offsets=16, sparse_points=192)
+    x = torch.randn(2, 1, 16, 16, 16)
+    out = as_outputs(model(x))
+    assert out["seg"].shape == (2, 3, 192, 1, 1) and out["points"].shape == (2, 192, 1, 1, 3)
+    label = torch.zeros(2, 2, 16, 16, 16)
+    label[:, 0, :, :, 8:] = 1  # region 1 fills x >= 0 (W half 8..15), region 2 is empty
+    loss = build_loss(ComponentCfg(name="ce"), "softmax")
+    inside = out["points"][..., 0] >= 0  # (2, 192, 1, 1): x >= 0 is class 1
+    expected = F.cross_entropy(out["seg"], inside.long().view(2, 192, 1, 1))
+    assert torch.isclose(loss(out, {"label": label}, TrainState()), expected)
+    model.eval()
+    assert model(x).shape == (2, 3, 16, 16, 16)  # evaluation: the dense grid

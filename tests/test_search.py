@@ -114,3 +114,9 @@ def test_pareto_lists_each_configuration_once(tmp_path):
     names = [v["name"] for v in yaml.safe_load((out / "pareto_variants.yaml").read_text())["variants"]]
     assert names == ["search_tiny_t001", "search_tiny_t000"]  # the repeat (trial 2) and the dominated one left out
     assert len((out / "trials.csv").read_text().splitlines()) == 5  # every complete trial kept in the CSV
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "search_spaces").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_spaces_validate_against_their_base_study(path):
+    space = Space(path)  # knobs, objectives and sampler checked against the base study's model and metrics
+    assert space.cfg.name == path.stem and space.cfg.scale == "quick" and space.cfg.trials >= 6

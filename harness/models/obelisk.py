@@ -87,6 +87,10 @@ class ObeliskNet(nn.Module):
         binary, learn_offsets, init_std, align_corners: the OBELISK layer's (``harness.ops.obelisk``).
         grid_stride: the regular sampling grid's spacing in voxels (4: quarter resolution).
         smooth: kernel sizes of the stride-1 average poolings applied to the image first.
+        sparse_points: in training, classify this many random points per image instead of the
+            regular grid (Table 2's sparse training; the paper: 192) and return
+            ``{"seg": (B, L, S, 1, 1), "points": (B, S, 1, 1, 3)}`` (the output contract); 0 trains
+            densely. Evaluation always uses the regular grid.
 
     Shapes: (B, C, D, H, W) -> (B, L, D, H, W); the OBELISK layer samples ceil(D/s) x ceil(H/s)
     x ceil(W/s) points, the dense-net classifies each, and trilinear upsampling returns to D, H, W.
@@ -97,8 +101,13 @@ class ObeliskNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, out_channels: int = 8, offsets: int = 1024, binary: bool = True,
                  learn_offsets: bool = True, init_std: float = 0.05, align_corners: bool = True, grid_stride: int = 4,
-                 smooth: Sequence[int] = (3, 3)):
+                 smooth: Sequence[int] = (3, 3), sparse_points: int = 0):
         super().__init__()
+        if int(sparse_points) != sparse_points or sparse_points < 0:
+            raise ValueError(f"model.sparse_points: must be a non-negative integer, got {sparse_points}")
+        if sparse_points and not align_corners:
+            raise ValueError("model.sparse_points: sampled points are read with align_corners=True (the contract)")
+        self.sparse_points = int(sparse_points)
         if (in_channels * offsets) % 4:
             raise ValueError(f"model.offsets: in_channels x offsets ({in_channels} x {offsets}) must be divisible "
                              f"by 4 (the first 1x1 conv has 4 groups)")
@@ -117,11 +126,16 @@ class ObeliskNet(nn.Module):
         if any(s < self.grid_stride for s in spatial):
             raise ValueError(f"patch {tuple(spatial)}: every side must be >= grid_stride {self.grid_stride}")
 
-    def forward(self, x: torch.Tensor, grid: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: torch.Tensor | None = None):
         size = x.shape[2:]
-        if grid is None:
+        sparse = grid is None and self.training and self.sparse_points > 0
+        if sparse:  # points uniform over the volume, fresh each step
+            grid = torch.rand(x.shape[0], self.sparse_points, 1, 1, 3, device=x.device) * 2 - 1
+        elif grid is None:
             grid = regular_grid(coarse_size(size, self.grid_stride), self.obelisk.align_corners, x.device)
         f = self.head(self.dense(self.reduce(self.obelisk(_smooth(x, self.smooth), grid.to(x.dtype)))))
+        if sparse:
+            return {"seg": f, "points": grid}
         return F.interpolate(f, size=size, mode="trilinear", align_corners=False)
 
 
