@@ -14,6 +14,7 @@ operations per output voxel against thousands in the network.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections import Counter
 import os
 import statistics
@@ -169,6 +170,39 @@ def measure_peak_memory(model: nn.Module, input_shape: Sequence[int], inferer=No
     running = peak = 0
     for e in sorted(prof.events(), key=lambda e: e.time_range.start):
         running += e.self_cpu_memory_usage  # exclusive, so nested ops are not counted twice
+        peak = max(peak, running)
+    return int(peak)
+
+
+def measure_training_memory(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Peak bytes of one training forward and backward pass on ``input_shape`` (the trial's
+    batch), measured as ``measure_peak_memory`` does, on a copy of the model so that its norm
+    statistics stay as trained. Parameters are not counted; activations, gradients and
+    workspace are. The loss is the mean of the segmentation output.
+    """
+    from harness.contract import as_outputs, main_output
+
+    net = copy.deepcopy(model).train()
+    device = next(net.parameters()).device
+    x = torch.randn(*input_shape, device=device)
+
+    def step():
+        main_output(as_outputs(net(x))).float().mean().backward()
+
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        with torch.autocast("cuda"):
+            step()
+        _sync(device)
+        return int(torch.cuda.max_memory_allocated(device) - base)
+    with _quiet_stderr(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                                 profile_memory=True) as prof:
+        step()
+    running = peak = 0
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        running += e.self_cpu_memory_usage
         peak = max(peak, running)
     return int(peak)
 

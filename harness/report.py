@@ -130,7 +130,7 @@ def summarise(trials: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
 
 N_BOOT = 10_000
 # Cost metrics measured with timing noise: judged over seeds; the rest (params, MACs) are exact.
-NOISY_COSTS = ("latency", "peak_mem", "step_time")
+NOISY_COSTS = ("latency", "peak_mem", "train_peak_mem", "step_time")
 UNIT = ("crossed bootstrap over validation cases and seeds (both resampled, 10,000 times): the same "
         "cases recur in every seed, so neither (case, seed) pairs nor cases alone are independent units")
 

@@ -26,7 +26,7 @@ from torch import nn
 from harness.callbacks import Callback, LoopContext
 from harness.config import TrainCfg, TrialSpec, import_plugins
 from harness.contract import TrainState, as_outputs, out_channels, regions_of
-from harness.cost import cost_report
+from harness.cost import cost_report, measure_training_memory
 from harness.data import Task, build_task
 from harness.inferers import Ensemble, Inferer, build_inferer
 from harness.losses import build_loss
@@ -270,6 +270,9 @@ def run_trial(spec: TrialSpec, report: Report = lambda m, e: None, threads: int 
     cost = cost_report(evaluated, cost_input, latency=spec.cost.latency, runs=spec.cost.latency_runs,
                        inferer=build_inferer(cfg.inferer, cost_input[2:], cost_input[0], cfg.output))
     final.update({k: v for k, v in cost.items() if k != "macs_by_op"})
+    if spec.cost.latency:  # what the OBELISK paper's memory figures measure: a training pass on the batch
+        batch_shape = [cfg.batch_size, t.task.in_channels, *cfg.patch]
+        final["train_peak_mem_mb"] = measure_training_memory(t.model, batch_shape) / 2**20
     final["step_time_s"] = float(np.median(step_times))
     final["device"] = str(t.device)
     return final

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.cost import UnsupportedOpError, cost_report, count_macs, measure_peak_memory
+from harness.models import build_model
 from harness.ops import GroupShift
 
 
@@ -63,3 +64,13 @@ def test_cost_report_fields_and_memory_scales_with_input():
     small, big = measure_peak_memory(m, (1, 1, 8, 16, 16)), measure_peak_memory(m, (1, 1, 32, 32, 32))
     assert big > 4 * small > 0  # the 8-channel output dominates: 8 x 4 bytes per voxel
     assert big >= 8 * 4 * 32**3
+
+
+def test_training_memory_grows_with_the_batch_and_leaves_the_model_as_trained():
+    from harness.cost import measure_training_memory
+
+    model = build_model("unet3d", in_channels=1, out_channels=2).eval()
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
+    one, four = (measure_training_memory(model, (b, 1, 16, 32, 32)) for b in (1, 4))
+    assert four > 1.5 * one > 0
+    assert not model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in stats.items())

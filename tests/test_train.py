@@ -25,7 +25,8 @@ def test_trial_reports_per_epoch_and_per_case_metrics_with_cost():
     assert [e for e, _ in seen] == [0, 1]
     assert seen[0][1]["lr"] > seen[1][1]["lr"]  # poly decay
     assert {"dice_WT", "dice_TC", "dice_ET", "mean_dice", "hd95_WT", "params", "gmacs", "latency_ns_per_voxel",
-            "peak_mem_mb"} <= set(out)
+            "peak_mem_mb", "train_peak_mem_mb"} <= set(out)
+    assert out["train_peak_mem_mb"] > out["peak_mem_mb"] > 0  # a training pass on the batch keeps activations
     assert len(out["per_case"]) == 1 and out["per_case"][0]["case"].startswith("brats_")
     assert 0 <= out["mean_dice"] <= 100
     assert out["mean_dice"] == pytest.approx(sum(out[f"dice_{r}"] for r in ("WT", "TC", "ET")) / 3)
