@@ -145,28 +145,21 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int], warmup: int = 
     return statistics.median(times)
 
 
-def measure_peak_memory(model: nn.Module, input_shape: Sequence[int], inferer=None) -> int:
-    """Peak bytes allocated during one inference.
-
-    CUDA: the allocator's high-water mark above the baseline. CPU: the running
-    sum of the profiler's per-op allocations minus frees, in time order.
-    """
-    model = model.eval()
-    device = next(model.parameters()).device
-    x = torch.randn(*input_shape, device=device)
-    run = _runner(model, inferer)
-    with torch.no_grad():
-        if device.type == "cuda":
-            _sync(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-            with torch.autocast("cuda"):
-                run(x)
-            _sync(device)
-            return int(torch.cuda.max_memory_allocated(device) - base)
-        with _quiet_stderr(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                                     profile_memory=True) as prof:
-            run(x)
+def _peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
+    """Peak bytes allocated while ``fn`` runs. CUDA: the allocator's high-water mark above the
+    baseline (under autocast, as trials run). CPU: the running sum of the profiler's per-op
+    allocations minus frees, in time order."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        with torch.autocast("cuda"):
+            fn()
+        _sync(device)
+        return int(torch.cuda.max_memory_allocated(device) - base)
+    with _quiet_stderr(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                                 profile_memory=True) as prof:
+        fn()
     running = peak = 0
     for e in sorted(prof.events(), key=lambda e: e.time_range.start):
         running += e.self_cpu_memory_usage  # exclusive, so nested ops are not counted twice
@@ -174,37 +167,28 @@ def measure_peak_memory(model: nn.Module, input_shape: Sequence[int], inferer=No
     return int(peak)
 
 
+def measure_peak_memory(model: nn.Module, input_shape: Sequence[int], inferer=None) -> int:
+    """Peak bytes allocated during one inference (``_peak_bytes``)."""
+    model = model.eval()
+    device = next(model.parameters()).device
+    x = torch.randn(*input_shape, device=device)
+    run = _runner(model, inferer)
+    with torch.no_grad():
+        return _peak_bytes(lambda: run(x), device)
+
+
 def measure_training_memory(model: nn.Module, input_shape: Sequence[int]) -> int:
     """Peak bytes of one training forward and backward pass on ``input_shape`` (the trial's
-    batch), measured as ``measure_peak_memory`` does, on a copy of the model so that its norm
-    statistics stay as trained. Parameters are not counted; activations, gradients and
-    workspace are. The loss is the mean of the segmentation output.
+    batch), on a copy of the model so that its norm statistics stay as trained. Parameters are
+    not counted; activations, gradients and workspace are. The loss is the mean of the
+    segmentation output.
     """
     from harness.contract import as_outputs, main_output
 
     net = copy.deepcopy(model).train()
     device = next(net.parameters()).device
     x = torch.randn(*input_shape, device=device)
-
-    def step():
-        main_output(as_outputs(net(x))).float().mean().backward()
-
-    if device.type == "cuda":
-        _sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        with torch.autocast("cuda"):
-            step()
-        _sync(device)
-        return int(torch.cuda.max_memory_allocated(device) - base)
-    with _quiet_stderr(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                                 profile_memory=True) as prof:
-        step()
-    running = peak = 0
-    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
-        running += e.self_cpu_memory_usage
-        peak = max(peak, running)
-    return int(peak)
+    return _peak_bytes(lambda: main_output(as_outputs(net(x))).float().mean().backward(), device)
 
 
 def inference_macs(model: nn.Module, input_shape: Sequence[int], inferer) -> dict[str, Any]:
