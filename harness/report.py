@@ -492,6 +492,7 @@ def plots(runs: StudyRuns, out: Path, tracking_uri: str | None = None) -> list[s
         fig.savefig(out / "accuracy_vs_cost.png", dpi=110)
         plt.close(fig)
         files.append("accuracy_vs_cost.png")
+    files += axis_curves(runs, out)
     region_cols = [c for c in t.columns if c.startswith("dice_")]
     if region_cols:
         long = t.melt(id_vars=["variant"], value_vars=region_cols, var_name="region", value_name="dice")
@@ -524,6 +525,46 @@ def plots(runs: StudyRuns, out: Path, tracking_uri: str | None = None) -> list[s
         g.savefig(out / "learning_curves.png", dpi=110)
         plt.close(g.figure)
         files.append("learning_curves.png")
+    return files
+
+
+def _numeric(label: str) -> float | None:
+    try:
+        return float(label)
+    except ValueError:
+        return None
+
+
+def axis_curves(runs: StudyRuns, out: Path) -> list[str]:
+    """Dice and cost against each grid axis whose options are numbers (OBELISK's offset count K):
+    ``<axis>_curve.png``, mean ± sd over seeds, one panel per metric (mean Dice, GMACs,
+    parameters, training memory, as logged)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    t, files = runs.trials, []
+    for axis, options in runs.study.grid.items():
+        values = {label: _numeric(str(label)) for label in options}
+        if len(values) < 3 or None in values.values() or axis not in t:
+            continue
+        d = t[t[axis].isin(list(values))].assign(**{axis: lambda f: f[axis].map(values)})
+        metrics = [m for m in ("mean_dice", "gmacs", "params", "train_peak_mem_mb") if m in d and d[m].notna().any()]
+        if d.empty or not metrics:
+            continue
+        fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.4), squeeze=False)
+        for ax, m in zip(axes[0], metrics):
+            sns.lineplot(data=d, x=axis, y=m, ax=ax, marker="o", errorbar="sd")
+            if max(values.values()) > 8 * min(values.values()) > 0:
+                ax.set_xscale("log", base=2)
+            ax.set_title(m, fontsize=9)
+        fig.suptitle(f"{runs.study.name} @ {runs.scale}: against {axis}")
+        fig.tight_layout()
+        fig.savefig(out / f"{axis}_curve.png", dpi=110)
+        plt.close(fig)
+        files.append(f"{axis}_curve.png")
     return files
 
 

@@ -240,8 +240,13 @@ def write_pareto(space: Space, study, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     objs = [o.metric for o in space.cfg.objectives]
     rows = []
-    for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE]):
+    complete = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+    for t in complete:
         rows.append({"trial": t.number, **dict(zip(objs, t.values)), **{k: _dec(v) for k, v in t.params.items()}})
+    # From the first trial's start to the last one's end (a resumed search counts its pause too).
+    minutes = ((max(t.datetime_complete for t in complete) - min(t.datetime_start for t in complete))
+               .total_seconds() / 60 if complete else 0.0)
+    wall = f" Wall time {minutes:.1f} min." if complete else ""
     df = pd.DataFrame(rows)
     df.to_csv(out / "trials.csv", index=False)
     best = {t.number for t in study.best_trials} if rows else set()
@@ -256,7 +261,7 @@ def write_pareto(space: Space, study, out: Path) -> Path:
         f"# Pareto set of search {space.cfg.name}\n\nBase study `{space.study.name}` at scale "
         f"`{space.cfg.scale}`; objectives: "
         + ", ".join(f"{o.mode} {o.metric}" for o in space.cfg.objectives)
-        + f"; sampler {space.cfg.sampler.name} (seed {space.cfg.sampler.seed}); {len(df)} complete trials.\n\n"
+        + f"; sampler {space.cfg.sampler.name} (seed {space.cfg.sampler.seed}); {len(df)} complete trials.{wall}\n\n"
         + (front.astype(str).to_markdown(index=False) if rows else "No complete trial yet.") + "\n")
     variants = [{"name": f"search_{space.cfg.name}_t{int(r['trial']):03d}",
                  **({"task": space.cfg.task} if space.cfg.task else {}),

@@ -280,3 +280,15 @@ def test_report_of_a_study_with_no_current_runs_says_so(tmp_path, monkeypatch):
                                  f"sqlite:///{tmp_path / 'mlflow.db'}")
     text = (out / "README.md").read_text()
     assert "0 finished trials" in text and "No finished runs." in text and problems == []
+
+
+def test_numeric_grid_axes_get_dice_and_cost_curves(tmp_path):
+    from harness.report import StudyRuns, axis_curves
+
+    study = StudyCfg.model_validate({**GRID, "grid": {"K": {"64": {"widths": [4] * 5}, "128": {"widths": [8] * 5},
+                                                            "256": {"widths": [16] * 5}}, "ip": GRID["grid"]["ip"]},
+                                     "variants": [], "expected": {}, "layout": {"rows": "K", "columns": "ip"}})
+    t = pd.DataFrame([{"variant": f"{k}-CSC", "seed": s, "K": k, "ip": "CSC", "mean_dice": 50 + s + int(k) / 64,
+                       "gmacs": int(k) / 100} for k in ("64", "128", "256") for s in (0, 1)])
+    files = axis_curves(StudyRuns(study, "smoke", t), tmp_path)
+    assert files == ["K_curve.png"] and (tmp_path / "K_curve.png").stat().st_size > 0  # ip is not numeric

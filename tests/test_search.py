@@ -1,4 +1,5 @@
 """Search spaces: valid-only group choices, clear errors, and a tiny search end to end with resume."""
+import re
 from pathlib import Path
 
 import optuna
@@ -94,6 +95,7 @@ def test_tiny_search_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     assert sum(r.info.status == "FINISHED" for r in runs) == 4 and all("gmacs" in r.data.metrics for r in runs)
     out = tmp_path / "reports" / "tiny"
     assert (out / "pareto.png").exists() and "Pareto set of search tiny" in (out / "pareto.md").read_text()
+    assert re.search(r"complete trials. Wall time \d+\.\d min.", (out / "pareto.md").read_text())
     variants = yaml.safe_load((out / "pareto_variants.yaml").read_text())["variants"]
     assert variants and len(variants) == len(study.best_trials)
     for v in variants:  # each exported Pareto point is a ready variant of the base study
