@@ -8,6 +8,7 @@ import yaml
 
 from harness.cli import main
 from harness.config import ConfigError, StudyCfg, load_study, resolve
+from harness.contract import out_channels
 from harness.cost import cost_report
 from harness.data import build_task
 from harness.models import build_model
@@ -164,8 +165,8 @@ def test_pinned_numbers_of_every_study_hold_or_are_declared_gaps(path):
     for spec in resolve(study, "paper"):
         if spec.variant in pinned:
             task = build_task(spec.data.dataset, **spec.data.params)
-            model = build_model(spec.model.name, in_channels=task.in_channels, out_channels=len(task.regions),
-                                **spec.model.params)
+            model = build_model(spec.model.name, in_channels=task.in_channels, input_size=spec.train.patch,
+                                out_channels=out_channels(len(task.regions), spec.train.output), **spec.model.params)
             shape = spec.cost.input or [1, task.in_channels, *spec.train.patch]
             rows.append({"variant": spec.variant, "seed": spec.seed, **cost_report(model, shape, latency=False)})
     runs = StudyRuns(study, "paper", pd.DataFrame(rows))
