@@ -64,7 +64,7 @@ def cmd_data_check(args) -> int:
     return 0
 
 
-PAPER_COST = ("params", "gmacs", "macs_per_voxel", "latency_ns_per_voxel")
+PAPER_COST = ("params", "size_mb", "gmacs", "macs_per_voxel", "latency_ns_per_voxel")
 
 
 def cmd_cost(args) -> int:
@@ -84,9 +84,9 @@ def cmd_cost(args) -> int:
         for s in resolve(study, args.scale, 1):
             task = build_task(s.data.dataset, **s.data.params)  # per variant: a table may span tasks
             shape = args.input or s.cost.input or [1, task.in_channels, *s.train.patch]
-            model = build_model(s.model.name, in_channels=shape[1], input_size=s.train.patch,
+            model = build_model(s.model.name, in_channels=shape[1], input_size=s.train.patch, output=s.train.output,
                                 out_channels=out_channels(len(task.regions), s.train.output), **s.model.params)
-            check_model(s.model, shape[2:], f"variant {s.variant!r}")
+            check_model(s.model, shape[2:], f"variant {s.variant!r}", s.train.output)
             # As trials cost themselves: the study's inferer (TTA: every view) on one input-sized window.
             inferer = build_inferer(s.train.inferer, shape[2:], shape[0], s.train.output)
             row = {"name": s.variant, **cost_report(model, shape, latency=not args.no_latency, inferer=inferer)}
@@ -107,7 +107,7 @@ def cmd_cost(args) -> int:
         print(json.dumps(rows, indent=1))
         return 0
     table = Table(title="cost (GMACs: fvcore, 1 multiply-add = 1)")
-    cols = ["name", "input", "params", "gmacs", "macs_per_voxel"] + (
+    cols = ["name", "input", "params", "size_mb", "gmacs", "macs_per_voxel"] + (
         [] if args.no_latency else ["latency_ns_per_voxel", "peak_mem_mb", "device"])
     cols += [f"paper {m}" for m in PAPER_COST if any(f"paper {m}" in r for r in rows)]
     for c in cols:

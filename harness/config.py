@@ -552,7 +552,7 @@ def resolve_variant(study: StudyCfg, scale: str, v: VariantCfg, seeds: int = 1, 
             raise ConfigError(str(e)) from None
         model = ModelCfg(name=v.model, params=v.params)
     if check:
-        check_model(model, train.patch, f"variant {v.name!r}")
+        check_model(model, train.patch, f"variant {v.name!r}", train.output)
         if train.output == "softmax":
             check_exclusive(data, f"variant {v.name!r}")
     if folds > 1 and "fold" in inspect.signature(DATASETS.get(data.dataset)).parameters:
@@ -603,6 +603,9 @@ def resolve(study: StudyCfg, scale: str, seeds: int | None = None, folds: int | 
     return specs
 
 
+PORTABLE_DATA_PARAMS = ("labels",)  # kept when --data-root swaps a synthetic set for a folder
+
+
 def apply_data_roots(study: StudyCfg, scale: str, roots: list[str]) -> None:
     """``--data-root PATH`` points the study's data at a folder; ``TASK=PATH`` one of its tasks.
 
@@ -621,7 +624,10 @@ def apply_data_roots(study: StudyCfg, scale: str, roots: list[str]) -> None:
                                   f"name one: --data-root TASK=PATH")
             cfg, path = None, item
         dataset = cfg.dataset if cfg else study.data.dataset
-        params = {"root": path}
+        old = cfg.params if cfg else {**study.data.params, **study.scales[scale].data}
+        # A synthetic set's parameters mean nothing to the folder's format, but for the label
+        # encoding (BraTS regions or classes), which is the study's choice, not the data's.
+        params = {"root": path, **{k: old[k] for k in PORTABLE_DATA_PARAMS if k in old}}
         if "root" not in inspect.signature(DATASETS.get(dataset)).parameters:
             dataset = detect_format(path)
             if dataset is None:
@@ -633,9 +639,9 @@ def apply_data_roots(study: StudyCfg, scale: str, roots: list[str]) -> None:
             cfg.dataset, cfg.params = dataset, params
         elif dataset == study.data.dataset:
             study.scales[scale].data = {**study.scales[scale].data, "root": path}
-        else:  # a synthetic set's parameters mean nothing to the folder's format
+        else:
             study.data = DataCfg(dataset=dataset)
-            study.scales[scale].data = {"root": path}
+            study.scales[scale].data = params
 
 
 def check_data(data: DataCfg) -> None:
@@ -652,7 +658,7 @@ def check_data(data: DataCfg) -> None:
         raise ConfigError(f"data: {e}") from None
 
 
-def check_model(model: ModelCfg, patch: list[int], where: str):
+def check_model(model: ModelCfg, patch: list[int], where: str, output: str = "sigmoid"):
     """Build the model once: unknown parameters and impossible settings fail here, not in a trial."""
     cls = MODELS.get(model.name, field="model.name")
     sig = inspect.signature(cls)
@@ -660,12 +666,16 @@ def check_model(model: ModelCfg, patch: list[int], where: str):
     for k in model.params:
         if k in ("in_channels", "out_channels"):
             raise ConfigError(f"{where}: model.params.{k} is set by the data set (its channels and regions); remove it")
+        if k == "output":
+            raise ConfigError(f"{where}: model.params.output is set from train.output; remove it")
         if k not in allowed:
             raise ConfigError(str(UnknownNameError(f"parameter of model {model.name!r}", k, allowed,
                                                    f"{where}: model.params")))
     params = dict(model.params)
     if "input_size" in allowed:  # set from the patch unless the study gives it (harness.models.build_model)
         params.setdefault("input_size", list(patch))
+    if "output" in allowed:
+        params["output"] = output
     try:
         net = cls(**params)
         if hasattr(net, "check_input"):

@@ -3,7 +3,10 @@
 Model output contract
     In training a model returns a tensor (the segmentation logits) or a mapping of named
     outputs whose *first* entry is the segmentation (e.g. ``{"seg": y, "deep": [y2, y3]}``
-    for deep supervision, ``{"seg": y, "res": [r1, r2, r3]}`` for residual heads). A model
+    for deep supervision). A model with context residual heads (ConResNet) returns
+    ``{"seg": y, "res": [r0, r1, r2], "res_axis": a}``: logits at the input size of
+    |label[s] - label[s-1]| along tensor dim ``a`` per label channel, so that the loss builds
+    the targets along the axis the model used (its view, set in one place). A model
     trained at sampled points rather than on the whole patch (OBELISK's sparse training)
     returns ``{"seg": y, "points": p}``, y (N, K, S, 1, 1) its logits at the points p
     (N, S, 1, 1, 3) in ``grid_sample``'s (x, y, z) coordinates with ``align_corners=True``;

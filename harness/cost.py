@@ -65,6 +65,8 @@ _COUNTED = {
     "aten::avg_pool3d": elementwise_flop_counter(1, 0), "aten::avg_pool2d": elementwise_flop_counter(1, 0),
     "aten::adaptive_avg_pool3d": elementwise_flop_counter(1, 0),
     "aten::mean": elementwise_flop_counter(1, 0), "aten::sum": elementwise_flop_counter(1, 0),
+    # Weight standardisation (ConResNet): per weight element, not per voxel.
+    "aten::var": elementwise_flop_counter(1, 0), "aten::sqrt": _per_output(1),
 }
 # Explicit zeros: data movement, comparisons and activations without multiply-adds.
 _ZERO = [
@@ -180,15 +182,21 @@ def measure_peak_memory(model: nn.Module, input_shape: Sequence[int], inferer=No
 def measure_training_memory(model: nn.Module, input_shape: Sequence[int]) -> int:
     """Peak bytes of one training forward and backward pass on ``input_shape`` (the trial's
     batch), on a copy of the model so that its norm statistics stay as trained. Parameters are
-    not counted; activations, gradients and workspace are. The loss is the mean of the
-    segmentation output.
+    not counted; activations, gradients and workspace are. The loss is the sum of the means of
+    every output tensor (segmentation and auxiliary heads), so every head's graph is kept.
     """
-    from harness.contract import as_outputs, main_output
+    from harness.contract import as_outputs
 
     net = copy.deepcopy(model).train()
     device = next(net.parameters()).device
     x = torch.randn(*input_shape, device=device)
-    return _peak_bytes(lambda: main_output(as_outputs(net(x))).float().mean().backward(), device)
+
+    def step():
+        outs = as_outputs(net(x)).values()
+        heads = [t for o in outs for t in (o if isinstance(o, (list, tuple)) else [o]) if isinstance(t, torch.Tensor)]
+        sum(h.float().mean() for h in heads).backward()
+
+    return _peak_bytes(step, device)
 
 
 def inference_macs(model: nn.Module, input_shape: Sequence[int], inferer) -> dict[str, Any]:
@@ -219,7 +227,7 @@ def inference_macs(model: nn.Module, input_shape: Sequence[int], inferer) -> dic
 
 def cost_report(model: nn.Module, input_shape: Sequence[int], latency: bool = True, runs: int = 5,
                 inferer=None) -> dict[str, Any]:
-    """Parameters, GMACs, latency per voxel and peak memory at ``input_shape``.
+    """Parameters, model size, GMACs, latency per voxel and peak memory at ``input_shape``.
 
     With ``inferer`` every figure is that of the inference procedure (``forward_passes``
     network passes); without, of one forward pass.
@@ -232,6 +240,8 @@ def cost_report(model: nn.Module, input_shape: Sequence[int], latency: bool = Tr
     out: dict[str, Any] = {
         "input": "x".join(str(int(s)) for s in input_shape),
         "params": count_params(model),
+        # Weights and buffers as saved, in 10^6 bytes (ConResNet Table VII: 18.8M fp32 -> 75.2 MB).
+        "size_mb": sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e6,
         "gmacs": macs["macs"] / 1e9,
         "macs_per_voxel": macs["macs"] / voxels,
         "forward_passes": macs.get("forward_passes", int(input_shape[0])),

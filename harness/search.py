@@ -18,8 +18,8 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import Field, model_validator
 
-from harness.config import (ConfigError, StudyCfg, TrialSpec, VariantCfg, _Strict, config_hash, import_plugins,
-                            load_study, load_yaml, resolve_variant)
+from harness.config import (ConfigError, StudyCfg, TrialSpec, VariantCfg, _merge, _Strict, config_hash,
+                            import_plugins, load_study, load_yaml, resolve_variant)
 from harness.registry import UnknownNameError
 
 
@@ -55,6 +55,7 @@ class SearchCfg(_Strict):
     scale: Literal["smoke", "quick", "paper"] = "smoke"
     task: Optional[str] = None  # one of the base study's ``tasks`` (its data at the scale)
     knobs: dict[str, Knob]
+    train: dict[str, Any] = Field(default_factory=dict)  # training overrides for every trial (e.g. targets)
     objectives: list[Objective] = Field(min_length=1)
     sampler: SamplerCfg = Field(default_factory=SamplerCfg)
     scheduler: Literal["none", "asha"] = "none"  # ASHA only for a single objective
@@ -141,22 +142,47 @@ class Space:
 
     def params(self, config: dict[str, Any]) -> dict[str, Any]:
         """Sampled knobs -> model parameters (``groups.<i>`` set stage i of the groups list)."""
+        return self.overrides(config)[0]
+
+    def overrides(self, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Sampled knobs -> (model parameters, training overrides).
+
+        ``groups.<i>`` sets stage i of the groups list; ``train.<path>`` sets a training field
+        (``train.loss.params.lam``); a choice whose options are mappings sets each key of the
+        option drawn (``{mapping: true, attention: false}``: parameters that only go together).
+        """
         params: dict[str, Any] = {}
+        train: dict[str, Any] = {}
         groups = [list(g) for g in self.base_params.get("groups") or [[1, 1, 1]] * len(
             self.base_params.get("widths", [0] * 5))]
+
+        def put(key: str, v: Any) -> None:
+            if key.startswith("train."):
+                *path, last = key.split(".")[1:]
+                node = train
+                for part in path:
+                    node = node.setdefault(part, {})
+                node[last] = v
+            else:
+                params[key] = v
+
         for name in self.cfg.knobs:
             v = _dec(config[name])
             if name.startswith("groups."):
                 groups[int(name.split(".", 1)[1])] = v
                 params["groups"] = groups
+            elif isinstance(v, dict):
+                for k, x in v.items():
+                    put(k, x)
             else:
-                params[name] = v
-        return params
+                put(name, v)
+        return params, _merge(self.cfg.train, train)
 
     def spec_for(self, config: dict[str, Any], name: str = "default") -> TrialSpec:
         import_plugins(self.study.plugins)  # on a Ray worker too, before the model is checked
+        params, train = self.overrides(config)
         return resolve_variant(self.study, self.cfg.scale,
-                               VariantCfg(name=name, params=self.params(config), task=self.cfg.task))[0]
+                               VariantCfg(name=name, params=params, train=train, task=self.cfg.task))[0]
 
 
 def _sampler(cfg: SamplerCfg, multi: bool):
@@ -263,11 +289,13 @@ def write_pareto(space: Space, study, out: Path) -> Path:
         + ", ".join(f"{o.mode} {o.metric}" for o in space.cfg.objectives)
         + f"; sampler {space.cfg.sampler.name} (seed {space.cfg.sampler.seed}); {len(df)} complete trials.{wall}\n\n"
         + (front.astype(str).to_markdown(index=False) if rows else "No complete trial yet.") + "\n")
-    variants = [{"name": f"search_{space.cfg.name}_t{int(r['trial']):03d}",
-                 **({"task": space.cfg.task} if space.cfg.task else {}),
-                 "params": space.params({k: _enc(r[k]) for k in space.cfg.knobs}),
-                 "tags": {"source": f"search {space.cfg.name} trial {int(r['trial'])}"}}
-                for r in front.to_dict("records")] if rows else []
+    variants = []
+    for r in front.to_dict("records") if rows else []:
+        params, train = space.overrides({k: _enc(r[k]) for k in space.cfg.knobs})
+        variants.append({"name": f"search_{space.cfg.name}_t{int(r['trial']):03d}",
+                         **({"task": space.cfg.task} if space.cfg.task else {}), "params": params,
+                         **({"train": train} if train else {}),
+                         "tags": {"source": f"search {space.cfg.name} trial {int(r['trial'])}"}})
     (out / "pareto_variants.yaml").write_text(
         f"# Pareto points of search {space.cfg.name}: paste under `variants:` of {space.cfg.study}\n"
         "# (or a copy of it) and train at full scale with `harness run STUDY --scale paper`.\n"

@@ -52,8 +52,8 @@ def dry_run(specs: list[TrialSpec], console: Console) -> None:
         table.add_column(col)
     total = 0.0
     # Show only the model parameters that tell the trials apart.
-    varying = [k for k in specs[0].model.params
-               if len({json.dumps(s.model.params.get(k), sort_keys=True) for s in specs}) > 1]
+    keys = list(dict.fromkeys(k for s in specs for k in s.model.params))
+    varying = [k for k in keys if len({json.dumps(s.model.params.get(k), sort_keys=True) for s in specs}) > 1]
     for spec in specs:
         dkey = config_hash(spec.data.model_dump())
         if dkey not in tasks:  # lazy: channels and regions only, no case is read

@@ -99,7 +99,7 @@ def build_trial(spec: TrialSpec, task: Task | None = None, device: torch.device 
     cfg = spec.train
     device = device or pick_device(spec.resources.gpu)
     task = task or build_task(spec.data.dataset, **spec.data.params)
-    model = build_model(spec.model.name, in_channels=task.in_channels, input_size=cfg.patch,
+    model = build_model(spec.model.name, in_channels=task.in_channels, input_size=cfg.patch, output=cfg.output,
                         out_channels=out_channels(len(task.regions), cfg.output), **spec.model.params).to(device)
     loss_fn = build_loss(cfg.loss, cfg.output, cfg.deep_supervision).to(device)
     if loader and hasattr(loss_fn, "fit"):  # statistics of the training labels (class weights)
@@ -157,8 +157,10 @@ def evaluate(model: nn.Module | list[nn.Module], task: Task, cfg: TrainCfg, devi
         x = torch.from_numpy(case.image)[None].to(device)
         with torch.autocast(device.type, enabled=cfg.amp and device.type == "cuda"):
             probs = inferer(x, models[0])
-        pred = regions_of(probs.float(), cfg.output).cpu()
-        ref = torch.from_numpy(case.label)[None].float()
+        # Metrics on the task's evaluation regions (unions of label channels, e.g. BraTS WT/TC/ET
+        # from the classes a multi-class net predicts).
+        pred = task.merge(regions_of(probs.float(), cfg.output).cpu())
+        ref = task.merge(torch.from_numpy(case.label)[None].float())
         dice = dice_m(pred, ref)[0].tolist()
         with np.errstate(all="ignore"):
             hd = [float("nan") if (p.sum() == 0 or r.sum() == 0) else float(hd_m(p[None, None], r[None, None])[0, 0])
@@ -167,23 +169,27 @@ def evaluate(model: nn.Module | list[nn.Module], task: Task, cfg: TrainCfg, devi
         sens = compute_confusion_matrix_metric("sensitivity", confusion)[0].tolist()
         spec = compute_confusion_matrix_metric("specificity", confusion)[0].tolist()
         row = {"case": case.id}
-        for name, d, h, se, sp in zip(task.regions, dice, hd, sens, spec):
+        names = list(task.eval_regions)
+        for name, d, h, se, sp in zip(names, dice, hd, sens, spec):
             row[f"dice_{name}"] = 100.0 * d
             row[f"hd95_{name}"] = h
             row[f"sens_{name}"] = 100.0 * se
             row[f"spec_{name}"] = 100.0 * sp
-        row["mean_dice"] = float(np.mean([row[f"dice_{n}"] for n in task.regions]))  # pairs for the report's tests
+        row["mean_dice"] = float(np.mean([row[f"dice_{n}"] for n in names]))  # pairs for the report's tests
+        hds = [row[f"hd95_{n}"] for n in names if not math.isnan(row[f"hd95_{n}"])]
+        row["mean_hd95"] = float(np.mean(hds)) if hds else float("nan")
         per_case.append(row)
     for m, training in zip(models, was_training):
         m.train(training)
     out: dict[str, Any] = {}
-    for name in task.regions:
+    names = list(task.eval_regions)
+    for name in names:
         out[f"dice_{name}"] = float(np.mean([r[f"dice_{name}"] for r in per_case]))
         for m in ("hd95", "sens", "spec"):
             vals = [r[f"{m}_{name}"] for r in per_case if not math.isnan(r[f"{m}_{name}"])]
             out[f"{m}_{name}"] = float(np.mean(vals)) if vals else float("nan")
-    out["mean_dice"] = float(np.mean([out[f"dice_{n}"] for n in task.regions]))
-    hds = [out[f"hd95_{n}"] for n in task.regions if not math.isnan(out[f"hd95_{n}"])]
+    out["mean_dice"] = float(np.mean([out[f"dice_{n}"] for n in names]))
+    hds = [out[f"hd95_{n}"] for n in names if not math.isnan(out[f"hd95_{n}"])]
     out["mean_hd95"] = float(np.mean(hds)) if hds else float("nan")
     out["per_case"] = per_case
     return out
@@ -213,7 +219,7 @@ def load_model(ckpt: dict | str | Path, device: torch.device | str = "cpu") -> n
     spec = TrialSpec.model_validate_json(ckpt["trial"])
     import_plugins(spec.plugins)
     model = build_model(ckpt["model"], in_channels=ckpt["in_channels"], out_channels=ckpt["out_channels"],
-                        input_size=spec.train.patch, **spec.model.params)
+                        input_size=spec.train.patch, output=spec.train.output, **spec.model.params)
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:

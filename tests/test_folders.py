@@ -3,6 +3,7 @@ import json
 
 import nibabel as nib
 import numpy as np
+import torch
 import pytest
 import SimpleITK as sitk
 
@@ -291,3 +292,23 @@ def test_preprocessing_in_worker_processes_matches_one_process(tmp_path, monkeyp
     assert [c.id for c in one] == [c.id for c in two]
     for a, b in zip(one, two):
         assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)
+
+
+def test_brats_folder_in_multi_class_mode_keeps_its_label_encoding_through_data_root(tmp_path):
+    from pathlib import Path
+
+    from harness.config import apply_data_roots, load_study, resolve
+
+    brats = make_brats(tmp_path / "brats", n=5)
+    regions, classes = build_task("brats", root=str(brats)), build_task("brats", root=str(brats), labels="classes")
+    assert classes.regions == ("ED", "NCR", "ET") and classes.exclusive and not regions.exclusive
+    for a, b in zip(regions.train, classes.train):
+        assert b.label.sum(0).max() <= 1  # exclusive classes
+        assert np.array_equal(classes.merge(torch.from_numpy(b.label)[None].float())[0].numpy(), a.label)
+    with pytest.raises(ValueError, match="data.labels: classes splits BraTS"):
+        build_task("msd", root=str(make_msd(tmp_path / "Task05_Prostate", channels=2)), labels="classes")
+    table5 = load_study(Path(__file__).parents[1] / "studies" / "conres_table5_modes.yaml")
+    apply_data_roots(table5, "smoke", [f"binary={brats}", f"multi={brats}"])
+    specs = {s.variant: s for s in resolve(table5, "smoke")}
+    assert specs["conresnet"].data.params == {"root": str(brats)}
+    assert specs["conresnet_multi"].data.params == {"root": str(brats), "labels": "classes"}  # the study's choice kept

@@ -122,3 +122,33 @@ def test_pareto_lists_each_configuration_once(tmp_path):
 def test_shipped_spaces_validate_against_their_base_study(path):
     space = Space(path)  # knobs, objectives and sampler checked against the base study's model and metrics
     assert space.cfg.name == path.stem and space.cfg.scale == "quick" and space.cfg.trials >= 6
+
+
+def test_train_knobs_and_mapping_choices_set_training_fields_and_linked_parameters():
+    path = Path(__file__).parents[1] / "search_spaces" / "conres.yaml"
+    space = Space(path)
+    spec = space.spec_for({"decoder": '{"mapping": true, "attention": false}', "view": "coronal",
+                           "train.loss.params.lam": 0.1, "train.loss.params.boundary": True})
+    assert spec.model.params == {"width": 8, "mapping": True, "attention": False, "view": "coronal"}
+    assert spec.train.loss.name == "conres" and spec.train.loss.params == {"lam": 0.1, "boundary": True}
+    assert [t.name for t in spec.train.targets] == ["signed_distance"]  # the space's train block, on every trial
+    assert spec.train.lr == 0.001  # the rest of the base study's quick recipe is kept
+
+
+def test_pareto_variants_carry_training_overrides(tmp_path):
+    from optuna.distributions import CategoricalDistribution
+
+    from harness.search import write_pareto
+
+    space = Space(write(tmp_path, {**SPACE, "knobs": {"train.lr": {"choice": [0.01, 0.1]}}}))
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.add_trial(optuna.trial.create_trial(params={"train.lr": 0.1}, values=[60.0, 2.0],
+                                              distributions={"train.lr": CategoricalDistribution([0.01, 0.1])}))
+    out = write_pareto(space, study, tmp_path / "out")
+    (v,) = yaml.safe_load((out / "pareto_variants.yaml").read_text())["variants"]
+    assert v["train"] == {"lr": 0.1} and v["params"] == {}
+
+
+def test_unknown_training_field_in_a_knob_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="lrr"):
+        Space(write(tmp_path, {**SPACE, "knobs": {"train.lrr": {"choice": [0.1]}}}))

@@ -32,7 +32,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from harness.data.task import Case, Task, cache_dir, cached
+from harness.data.task import LABELS, Case, Task, cache_dir, cached, nested_as_classes
 from harness.registry import DATASETS
 
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -326,11 +326,18 @@ def _load_all(layout: Layout, prep: dict, workers: int) -> Iterator[Case]:
 def folder_task(fmt: str, root: str, fold: int = 0, folds: int | None = 5, val_fraction: float | None = None,
                 seed: int = 0, split_file: str | None = None, spacing: Sequence[float] | None = None,
                 crop_foreground: bool = True, normalize: str = "auto",
-                ct_window: Sequence[float] = (-1000.0, 1000.0), workers: int | None = None) -> Task:
+                ct_window: Sequence[float] = (-1000.0, 1000.0), workers: int | None = None,
+                labels: str = "regions") -> Task:
     """A registered folder data set: checked, split, preprocessed lazily (module docstring).
 
     ``workers``: processes for the one-off preprocessing (default: up to 8 CPUs, one per 8 cases).
+    ``labels: classes`` (BraTS only) trains on the exclusive classes ED, NCR, ET and evaluates
+    the nested regions WT, TC, ET (multi-class mode; ``task.nested_as_classes``).
     """
+    if labels not in LABELS:
+        raise ValueError(f"data.labels: unknown {labels!r}; allowed: {', '.join(LABELS)}")
+    if labels == "classes" and fmt != "brats":
+        raise ValueError(f"data.labels: classes splits BraTS's nested regions; {fmt} regions are already exclusive")
     if normalize not in NORMALIZE:
         raise ValueError(f"data.normalize: {normalize!r} is not allowed; choose from {', '.join(NORMALIZE)}")
     if val_fraction is not None and not 0 < val_fraction < 1:
@@ -364,8 +371,9 @@ def folder_task(fmt: str, root: str, fold: int = 0, folds: int | None = 5, val_f
 
     value_sets = [set(v) for v in layout.to_regions.keywords["values"]]
     exclusive = all(not (a & b) for i, a in enumerate(value_sets) for b in value_sets[i + 1:])  # BraTS: nested
-    return Task(f"{fmt}:{Path(root).name}", in_channels=len(layout.channels), regions=layout.regions,
+    task = Task(f"{fmt}:{Path(root).name}", in_channels=len(layout.channels), regions=layout.regions,
                 exclusive=exclusive, load=load)
+    return nested_as_classes(task, ("ED", "NCR", "ET")) if labels == "classes" else task
 
 
 # One registered data set per format; the parameters are ``folder_task``'s after ``fmt``.

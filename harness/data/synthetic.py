@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.data.task import Case, Task, cached, check_split, split_cases
+from harness.data.task import LABELS, Case, Task, cached, check_split, nested_as_classes, split_cases
 from harness.registry import DATASETS
 
 
@@ -79,14 +79,19 @@ def synthetic_organ(n_cases: int = 20, shape=(16, 128, 128), seed: int = 0, cont
 
 @DATASETS.register("synthetic_brats")
 def synthetic_brats(n_cases: int = 20, shape=(64, 64, 64), seed: int = 0, noise: float = 0.35,
-                    val_fraction: float = 0.2, tumour_scale: float = 1.0, contrast: float = 1.0) -> Task:
+                    val_fraction: float = 0.2, tumour_scale: float = 1.0, contrast: float = 1.0,
+                    labels: str = "regions") -> Task:
     """Nested-tumour task, 4 channels (T1, T1ce, T2, FLAIR), regions WT, TC, ET.
 
     ``tumour_scale`` multiplies the radii of the whole tumour, core and necrosis (a small
     volume needs larger regions for TC and the enhancing rim to span more than a voxel or
     two); ``contrast`` multiplies every lesion's intensity change in every channel.
+    ``labels: classes`` trains on the exclusive classes ED, NCR, ET (softmax, multi-class
+    mode) and still evaluates WT, TC, ET (``nested_as_classes``).
     """
     check_split(n_cases, val_fraction)
+    if labels not in LABELS:
+        raise ValueError(f"data.labels: unknown {labels!r}; allowed: {', '.join(LABELS)}")
     if tumour_scale <= 0 or contrast <= 0:
         raise ValueError(f"tumour_scale and contrast must be > 0, got {tumour_scale} and {contrast}")
     k = tumour_scale
@@ -115,8 +120,9 @@ def synthetic_brats(n_cases: int = 20, shape=(64, 64, 64), seed: int = 0, noise:
     params = dict(n=n_cases, shape=list(shape), seed=seed, s=noise)
     if (tumour_scale, contrast) != (1.0, 1.0):  # keeps the cache key of the default task
         params.update(k=tumour_scale, c=contrast)
-    return Task("synthetic_brats", in_channels=4, regions=("WT", "TC", "ET"), exclusive=False,
+    task = Task("synthetic_brats", in_channels=4, regions=("WT", "TC", "ET"), exclusive=False,
                 load=lambda: split_cases(cached("synthetic_brats", params, make), val_fraction, seed))
+    return nested_as_classes(task, ("ED", "NCR", "ET")) if labels == "classes" else task
 
 
 @DATASETS.register("synthetic_depth")

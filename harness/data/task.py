@@ -11,9 +11,10 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
+import torch
 
 
 @dataclass
@@ -27,14 +28,32 @@ class Case:
 
 @dataclass
 class Task:
-    """``in_channels`` and ``regions`` need no data; ``train``/``val`` load the cases once."""
+    """``in_channels`` and ``regions`` need no data; ``train``/``val`` load the cases once.
+
+    ``regions`` are the label channels a model learns. ``evaluate`` maps the names metrics are
+    reported under to unions of those channels (BraTS in multi-class mode learns the exclusive
+    classes NCR, ED, ET and is judged on WT = all three, TC = NCR + ET, ET); by default each
+    region is evaluated as itself.
+    """
 
     name: str
     in_channels: int
     regions: tuple[str, ...]
     exclusive: bool = True  # regions never overlap, so softmax over background + regions is possible
     load: Callable[[], dict[str, list[Case]]] = field(repr=False, default=lambda: {"train": [], "val": []})
+    evaluate: dict[str, tuple[int, ...]] | None = None
     _split: dict[str, list[Case]] | None = field(default=None, repr=False)
+
+    @property
+    def eval_regions(self) -> dict[str, tuple[int, ...]]:
+        """{reported name: label channels whose union it is}."""
+        return self.evaluate or {name: (i,) for i, name in enumerate(self.regions)}
+
+    def merge(self, masks: torch.Tensor) -> torch.Tensor:
+        """Binary region masks (N, R, ...) -> evaluation masks (N, E, ...), each the union of its channels."""
+        if self.evaluate is None:
+            return masks
+        return torch.stack([masks[:, list(ch)].amax(1) for ch in self.evaluate.values()], 1)
 
     def _cases(self) -> dict[str, list[Case]]:
         if self._split is None:
@@ -97,3 +116,31 @@ def check_split(n_cases: int, val_fraction: float) -> None:
         raise ValueError(f"data.val_fraction: {val_fraction} is outside (0, 1)")
     if n_cases - max(1, round(val_fraction * n_cases)) < 1:
         raise ValueError(f"data.n_cases: {n_cases} cases leave nothing to train on (val_fraction {val_fraction})")
+
+
+LABELS = ("regions", "classes")
+
+
+def _peel(label: np.ndarray) -> np.ndarray:
+    inside = np.asarray(label).astype(bool)
+    out = inside.copy()
+    out[:-1] &= ~inside[1:]
+    return out.astype(np.uint8)
+
+
+def nested_as_classes(task: Task, classes: Sequence[str]) -> Task:
+    """A task of nested regions (outer first: BraTS WT > TC > ET) as exclusive classes.
+
+    Class i = region i minus region i + 1 (BraTS: ED = WT - TC, NCR = TC - ET, ET), so softmax
+    over background + classes applies (ConResNet's multi-class mode, Table V); metrics stay on
+    the nested regions, region i = classes i..R-1 (``Task.evaluate``).
+    """
+    if len(classes) != len(task.regions):
+        raise ValueError(f"{task.name}: {len(task.regions)} nested regions need as many class names, got {list(classes)}")
+
+    def load() -> dict[str, list[Case]]:
+        return {part: [Case(c.id, c.image, _peel(c.label)) for c in cases] for part, cases in task.load().items()}
+
+    k = len(task.regions)
+    return Task(f"{task.name} (classes)", task.in_channels, tuple(classes), exclusive=True, load=load,
+                evaluate={name: tuple(range(i, k)) for i, name in enumerate(task.regions)})

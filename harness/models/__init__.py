@@ -1,7 +1,8 @@
 """Networks, created by name through ``MODELS`` (importing this registers them all)."""
 import inspect
 
-from harness.models import gsp_unet, obelisk, unet2d, unet3d, vfn  # noqa: F401  (registration)
+from harness.models import conresnet, gsp_unet, obelisk, unet2d, unet3d, vfn  # noqa: F401  (registration)
+from harness.models.conresnet import ConResNet
 from harness.models.gsp_unet import GSPBlock, GSPUNet
 from harness.models.obelisk import ObeliskHybrid, ObeliskNet, ObeliskUNet
 from harness.models.unet2d import DistillDSMUNet, ResidualDSMUNet, UNet2D
@@ -9,18 +10,23 @@ from harness.models.unet3d import ResidualUNet3D
 from harness.models.vfn import VFN
 from harness.registry import MODELS
 
-__all__ = ["DistillDSMUNet", "GSPBlock", "GSPUNet", "MODELS", "ObeliskHybrid", "ObeliskNet", "ObeliskUNet",
+__all__ = ["ConResNet", "DistillDSMUNet", "GSPBlock", "GSPUNet", "MODELS", "ObeliskHybrid", "ObeliskNet", "ObeliskUNet",
            "ResidualDSMUNet", "ResidualUNet3D", "UNet2D", "VFN", "build_model"]
 
 
-def build_model(name: str, input_size=None, **params):
+def build_model(name: str, input_size=None, output=None, **params):
     """Create a registered model; unknown names get a "did you mean" error.
 
     A model whose layers depend on the input's size (a fully connected bottleneck) declares an
     ``input_size`` parameter; it receives ``input_size`` (the trial's patch) unless the study
-    sets it.
+    sets it. A model whose heads depend on the output activation (ConResNet's residual heads
+    predict the regions, not the softmax background) declares ``output``; it receives
+    ``train.output``.
     """
     cls = MODELS.get(name, field="model.name")
-    if input_size is not None and "input_size" in inspect.signature(cls).parameters:
+    declared = inspect.signature(cls).parameters
+    if input_size is not None and "input_size" in declared:
         params.setdefault("input_size", [int(s) for s in input_size])
+    if output is not None and "output" in declared:
+        params["output"] = output
     return cls(**params)

@@ -1,6 +1,8 @@
-"""Parameter-free and sampling ops that give networks 3D context."""
+"""Ops and blocks that give networks 3D context."""
+from harness.ops.context_residual import ContextResidualModule, WSConv3d, context_residual, slice_residual
 from harness.ops.depth_shift import DistillDSM, ResidualDSM, shift_slices
 from harness.ops.group_shift import GroupShift, group_shift
 from harness.ops.obelisk import Obelisk, regular_grid
 
-__all__ = ["DistillDSM", "GroupShift", "Obelisk", "ResidualDSM", "group_shift", "regular_grid", "shift_slices"]
+__all__ = ["ContextResidualModule", "DistillDSM", "GroupShift", "Obelisk", "ResidualDSM", "WSConv3d", "context_residual",
+           "group_shift", "regular_grid", "shift_slices", "slice_residual"]
