@@ -18,12 +18,15 @@ import importlib
 import inspect
 import itertools
 import json
+import math
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 import harness.data  # noqa: F401  (registers data sets)
 import harness.models  # noqa: F401  (registers models)
@@ -40,8 +43,38 @@ class ConfigError(ValueError):
     """Bad user input; the CLI prints it and exits with code 2."""
 
 
+def _scalar_type(annotation: Any) -> Any:
+    """int, float or bool behind an annotation (``Optional[int]`` -> int); None for anything else."""
+    if typing.get_origin(annotation) is Union:
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = inner[0] if len(inner) == 1 else None
+    return annotation if annotation in (int, float, bool) else None
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Numbers are finite; a number is never read from a string or a boolean, nor a boolean from
+    # anything else (pydantic's lax mode turns `epochs: true` into 1 and `lr: "1e-2"` into 0.01).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_coercion(cls, raw):
+        if not isinstance(raw, dict):
+            return raw
+        for name, field in cls.model_fields.items():
+            key = field.alias or name
+            kind, v = _scalar_type(field.annotation), raw.get(key)
+            if kind is None or v is None:
+                continue
+            if kind is bool and not isinstance(v, bool):
+                msg = "must be true or false"
+            elif kind in (int, float) and isinstance(v, (bool, str)):
+                msg = (f"must be {'a whole number' if kind is int else 'a number'}, not a "
+                       + ("string (write it without quotes)" if isinstance(v, str) else "boolean"))
+            else:
+                continue
+            raise PydanticCustomError("no_coercion", "{msg}", {"msg": msg, "field": key, "value": v})
+        return raw
 
 
 def _flat_params(keep: tuple[str, ...]):
@@ -162,6 +195,13 @@ class CostCfg(_Strict):
     input: Optional[list[int]] = None  # (N, C, D, H, W) for params/GMACs; default 1 x C x patch
     latency: bool = True
     latency_runs: int = Field(5, ge=1)
+
+    @field_validator("input")
+    @classmethod
+    def _input(cls, v):
+        if v is not None and (len(v) != 5 or any(s < 1 for s in v)):
+            raise ValueError(f"must be five positive sizes (N, C, D, H, W), got {v}")
+        return v
 
 
 class ResourcesCfg(_Strict):
@@ -284,6 +324,9 @@ class StudyCfg(_Strict):
             raise ValueError(f"scales: missing {sorted(missing)}; every study needs {', '.join(SCALES)}")
         if not self.variants and not self.grid and not self.landscape:
             raise ValueError("variants/grid: a study needs at least one variant")
+        empty = [axis for axis, options in self.grid.items() if not options]
+        if empty:
+            raise ValueError(f"grid.{empty[0]}: an axis needs at least one option (its product would be empty)")
         for name, per_scale in self.tasks.items():
             missing = set(self.scales) - set(per_scale)
             if missing:
@@ -321,13 +364,43 @@ def _fmt_validation(err: ValidationError, source: str) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
+        coerced = e["type"] == "no_coercion"  # raised for a field by its model (_Strict), located at the model
+        if coerced:
+            loc, e = f"{loc}.{e['ctx']['field']}" if e["loc"] else e["ctx"]["field"], {**e, "input": e["ctx"]["value"]}
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif e["type"] == "missing":
             msg = "required field is missing"
-        val = "" if e["type"] == "missing" or not e["loc"] else f" (got {e.get('input')!r})"
+        val = "" if e["type"] == "missing" or not (e["loc"] or coerced) else f" (got {e.get('input')!r})"
         lines.append(f"  {loc}: {msg}{val}")
     return "\n".join(lines)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key]}); give each key once",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def _non_finite(node: Any, path: str = "") -> tuple[str, float] | None:
+    """The first .inf / .nan anywhere in parsed YAML, with its dotted path."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return path or "(top level)", node
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        hit = _non_finite(v, f"{path}.{k}" if path else str(k))
+        if hit:
+            return hit
+    return None
 
 
 def load_yaml(path: str | Path, schema: type[BaseModel], kind: str = "study"):
@@ -335,12 +408,22 @@ def load_yaml(path: str | Path, schema: type[BaseModel], kind: str = "study"):
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{kind}: file {str(path)!r} does not exist")
+    data = p.read_bytes()
     try:
-        raw = yaml.safe_load(p.read_text())
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{p}: line {line}: byte 0x{data[e.start]:02x} is not UTF-8; save the {kind} as UTF-8 "
+                          f"text") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: malformed YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: a {kind} must be a YAML mapping, got {type(raw).__name__}")
+    bad = _non_finite(raw)
+    if bad:
+        raise ConfigError(f"{p}: {bad[0]}: {bad[1]} is not a finite number")
     try:
         return schema.model_validate(raw)
     except ValidationError as e:

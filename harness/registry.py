@@ -15,7 +15,8 @@ class UnknownNameError(KeyError):
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
         where = f"{field}: " if field else ""
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        self.message = f"{where}unknown {kind} {name!r}.{hint} Known: {', '.join(sorted(known))}."
+        listing = f" Known: {', '.join(sorted(known))}." if known else f" None is defined here."
+        self.message = f"{where}unknown {kind} {name!r}.{hint}{listing}"
         super().__init__(self.message)
 
     def __str__(self) -> str:

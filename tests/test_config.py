@@ -81,6 +81,17 @@ CASES = [
      "train.loss.params: unknown parameter of loss 'dice' 'smoth'. Did you mean 'smooth'"),
     (with_(["train", "poly_power"], 0.9), "train.poly_power is now a component parameter: write schedule"),
     (with_(["plugins"], ["no_such_family"]), "plugins: cannot import 'no_such_family'"),
+    (with_(["train", "lr"], float("inf")), "train.lr: inf is not a finite number"),
+    (with_(["data", "params", "shape"], [16, float("nan"), 32]), "data.params.shape.1: nan is not a finite number"),
+    (with_(["train", "epochs"], True), "train.epochs: must be a whole number, not a boolean (got True)"),
+    (with_(["train", "lr"], "1e-2"), "train.lr: must be a number, not a string (write it without quotes) (got '1e-2')"),
+    (with_(["train", "amp"], "yes"), "train.amp: must be true or false (got 'yes')"),
+    (with_(["seeds"], "3"), "seeds: must be a whole number, not a string"),
+    (with_(["data", "params", "shape"], [0, 32, 32]), "data.shape: must be three positive whole sizes (D, H, W), got [0,"),
+    (with_(["data", "params", "n_cases"], "4"), "data.n_cases: must be a whole number, got '4'"),
+    (with_(["cost"], {"input": [1, 16, 32, 32]}), "cost.input: Value error, must be five positive sizes (N, C, D, H, W)"),
+    (with_(["grid"], {"net": {}}), "grid.net: an axis needs at least one option"),
+    (yaml.safe_dump(BASE) + "name: again\n", "duplicate key 'name' (first at line"),
 ]
 
 
@@ -92,6 +103,16 @@ def test_bad_study_exits_2_with_field_message_and_writes_nothing(tmp_path, monke
     err = capsys.readouterr().err
     assert message in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]  # no mlflow.db, no ray_results, no reports
+
+
+def test_study_that_is_not_utf8_exits_2_naming_the_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    text = yaml.safe_dump(BASE).replace("title: tiny", "title: caf\xe9")
+    (tmp_path / "s.yaml").write_bytes(text.encode("latin-1"))  # one Latin-1 byte in the title
+    line = text[:text.index("caf")].count("\n") + 1
+    assert main(["run", "s.yaml"]) == 2
+    assert f"s.yaml: line {line}: byte 0xe9 is not UTF-8; save the study as UTF-8 text" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
 
 
 def test_missing_study_file_and_scale(tmp_path, monkeypatch, capsys):

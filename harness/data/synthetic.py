@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.data.task import LABELS, Case, Task, cached, check_split, nested_as_classes, split_cases
+from harness.data.task import LABELS, Case, Task, cached, check_shape, check_split, nested_as_classes, split_cases
 from harness.registry import DATASETS
 
 
@@ -58,6 +58,7 @@ def synthetic_organ(n_cases: int = 20, shape=(16, 128, 128), seed: int = 0, cont
     """Large-organ task, 1 channel, 1 region ("organ"); see module docstring."""
 
     check_split(n_cases, val_fraction)
+    check_shape(shape)
 
     def make():
         gen = torch.Generator().manual_seed(seed)
@@ -90,6 +91,7 @@ def synthetic_brats(n_cases: int = 20, shape=(64, 64, 64), seed: int = 0, noise:
     mode) and still evaluates WT, TC, ET (``nested_as_classes``).
     """
     check_split(n_cases, val_fraction)
+    check_shape(shape)
     if labels not in LABELS:
         raise ValueError(f"data.labels: unknown {labels!r}; allowed: {', '.join(LABELS)}")
     if tumour_scale <= 0 or contrast <= 0:
@@ -135,6 +137,7 @@ def synthetic_depth(n_cases: int = 20, shape=(16, 64, 64), seed: int = 0, object
     several channels, in contrast between channels (as PZ and TZ do between T2 and ADC).
     """
     check_split(n_cases, val_fraction)
+    check_shape(shape)
     if in_channels < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
     regions = tuple(regions)
@@ -211,6 +214,7 @@ def synthetic_abdomen(n_cases: int = 20, shape=(48, 48, 48), seed: int = 0, nois
     of std ``noise`` cover the volume.
     """
     check_split(n_cases, val_fraction)
+    check_shape(shape)
     if layout not in LAYOUTS:
         raise ValueError(f"layout: unknown {layout!r}; allowed: {', '.join(LAYOUTS)}")
     organs = LAYOUTS[layout]

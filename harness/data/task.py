@@ -110,8 +110,18 @@ def split_cases(cases: list[Case], val_fraction: float, seed: int) -> dict[str, 
             "val": [c for i, c in enumerate(ordered) if i in val]}
 
 
+def check_shape(shape) -> None:
+    """A synthetic volume's (D, H, W): three positive whole numbers (ValueError naming the field)."""
+    if len(shape) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
+        raise ValueError(f"data.shape: must be three positive whole sizes (D, H, W), got {list(shape)}")
+
+
 def check_split(n_cases: int, val_fraction: float) -> None:
     """Raise ValueError (naming the field) before any data is generated."""
+    if isinstance(n_cases, bool) or not isinstance(n_cases, int):
+        raise ValueError(f"data.n_cases: must be a whole number, got {n_cases!r}")
+    if isinstance(val_fraction, (bool, str)):
+        raise ValueError(f"data.val_fraction: must be a number, got {val_fraction!r}")
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"data.val_fraction: {val_fraction} is outside (0, 1)")
     if n_cases - max(1, round(val_fraction * n_cases)) < 1:
@@ -136,7 +146,8 @@ def nested_as_classes(task: Task, classes: Sequence[str]) -> Task:
     the nested regions, region i = classes i..R-1 (``Task.evaluate``).
     """
     if len(classes) != len(task.regions):
-        raise ValueError(f"{task.name}: {len(task.regions)} nested regions need as many class names, got {list(classes)}")
+        raise ValueError(f"{task.name}: {len(task.regions)} nested regions need as many class names, "
+                         f"got {list(classes)}")
 
     def load() -> dict[str, list[Case]]:
         return {part: [Case(c.id, c.image, _peel(c.label)) for c in cases] for part, cases in task.load().items()}
