@@ -176,6 +176,13 @@ class TrainCfg(_Strict):
                 raise ValueError(f"train.{k} is now a component parameter: write {_MOVED[k]}")
         return raw
 
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_shape(cls, v):
+        if not isinstance(v, (bool, list)):
+            raise ValueError(f"must be true, false or a list of augmentations, got {v!r}")
+        return v
+
     @field_validator("augment")
     @classmethod
     def _augment(cls, v):
@@ -359,10 +366,42 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _fmt_validation(err: ValidationError, source: str) -> str:
+_SCALAR_TAGS = ("float", "int", "str", "bool")
+
+
+def _is_tag(p: Any) -> bool:
+    """A union member's name in a pydantic error location: a scalar type, a model, ``list[...]``."""
+    return isinstance(p, str) and (p in _SCALAR_TAGS or (p[:1].isupper() and p.isidentifier())
+                                   or re.fullmatch(r"[a-z_-]+\[.*\]", p) is not None)
+
+
+def _union_errors(errors: list[dict]) -> list[dict]:
+    """A value that fits no member of a union gets one error per member, its location tagged with
+    the member's name (``expected.v.params.ExpectedValue.value``, ``expected.v.params.float``).
+    Keep the members the value's shape points to (a mapping or list: the structured ones; else the
+    scalars) and drop the tag, so one mistake reads as one message."""
+    out = []
+    for e in errors:
+        idx = next((i for i, p in enumerate(e["loc"]) if _is_tag(p)), None)
+        if idx is None:
+            out.append(e)
+            continue
+        prefix = e["loc"][:idx]
+        siblings = {x["loc"][idx] for x in errors if x["loc"][:idx] == prefix and len(x["loc"]) > idx}
+        if len(siblings) > 1:
+            # A scalar member's error sits at the tag itself and carries the whole value.
+            value = next((x.get("input") for x in errors if x["loc"][:idx] == prefix and len(x["loc"]) == idx + 1
+                          and x["loc"][idx] in _SCALAR_TAGS), {})
+            if (e["loc"][idx] in _SCALAR_TAGS) == isinstance(value, (dict, list)):
+                continue
+        out.append({**e, "loc": (*prefix, *e["loc"][idx + 1:])})
+    return out
+
+
+def _fmt_validation(err: ValidationError, source: str, prefix: str = "") -> str:
     lines = [f"{source}: invalid study"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    for e in _union_errors(err.errors()):
+        loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(e["loc"])) or "(top level)"
         msg = e["msg"]
         coerced = e["type"] == "no_coercion"  # raised for a field by its model (_Strict), located at the model
         if coerced:
@@ -599,9 +638,12 @@ def _scale_parts(study: StudyCfg, scale: str):
     try:
         base_train = _merge(study.train.model_dump(), sc.train)
         check_train(TrainCfg.model_validate(base_train), f"scales.{scale}")
+    except ValidationError as e:
+        raise ConfigError(_fmt_validation(e, f"scales.{scale}", "train")) from None
+    try:
         cost = CostCfg.model_validate(_merge(study.cost.model_dump(), sc.cost))
     except ValidationError as e:
-        raise ConfigError(_fmt_validation(e, f"scales.{scale}")) from None
+        raise ConfigError(_fmt_validation(e, f"scales.{scale}", "cost")) from None
     data = DataCfg(dataset=study.data.dataset, params=_merge(study.data.params, sc.data))
     return sc, base_train, cost, data
 

@@ -217,7 +217,9 @@ def run_search(path: str, trials: int | None, address: str | None, resume: bool,
     cfg = space.cfg
     n_total = trials or cfg.trials
     from harness.tracking import Tracker
+    from harness.tune import check_capacity
 
+    check_capacity(address, space.study.resources.cpu, space.study.resources.gpu, verbose)  # before mlflow.db
     tracker = Tracker(tracking_uri)
     db_dir = Path(tracker.uri[len("sqlite:///"):]).parent if tracker.uri.startswith("sqlite:///") else Path(".")
     storage_url = cfg.storage or str(db_dir / "optuna" / f"{cfg.name}.journal")

@@ -95,8 +95,9 @@ def run_study(path: str, scale: str, seeds: int | None, address: str | None, res
         build_task(data.dataset, **data.params).train  # generate/cache once, before trials race for it
 
     from harness.tracking import Tracker  # mlflow and ray are imported only when a run really starts
-    from harness.tune import run_trials
+    from harness.tune import check_capacity, run_trials
 
+    check_capacity(address, study.resources.cpu, study.resources.gpu, verbose)  # before mlflow.db exists
     tracker = Tracker(tracking_uri)
     exp_id = tracker.experiment(study.name)
     trial_hash = {s.key: spec_hash(s) for s in specs}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -136,6 +137,34 @@ def _init_ray(address: str | None, verbose: int) -> None:
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
                  runtime_env={"env_vars": env}, log_to_driver=verbose > 1)
+
+
+def check_capacity(address: str | None, cpu: float, gpu: float, verbose: int = 1) -> None:
+    """Start (or join) Ray and refuse a trial no node can hold, before anything is written: Ray
+    would keep it PENDING forever. A wrong ``--address`` fails here too, in one line."""
+    from harness.config import ConfigError
+
+    if address and address not in ("auto", "local") and not ray.is_initialized():
+        # Ray retries an unreachable GCS for minutes; a closed port is refused in a second.
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=3).close()
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--address: nothing answers at {address!r} "
+                              f"({getattr(e, 'strerror', None) or e}); give 'auto', HOST:PORT of the head's "
+                              f"GCS or ray://HOST:10001") from None
+    try:
+        _init_ray(address, verbose)
+    except Exception as e:  # noqa: BLE001  Ray raises ConnectionError, RuntimeError, ValueError ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"--address: cannot start or reach Ray at {address or 'a new local instance'!r}: "
+                          f"{first}") from None
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for kind, need in (("cpu", cpu), ("gpu", gpu)):
+        most = max((n.get(kind.upper(), 0.0) for n in nodes), default=0.0)
+        if need > most:
+            raise ConfigError(f"resources.{kind}: {need:g} per trial, but the largest Ray node offers {most:g} "
+                              f"{kind.upper()}s ({len(nodes)} node(s)); lower it (or --{kind}s-per-trial) or add nodes")
 
 
 def _report_trial(spec: TrialSpec) -> None:

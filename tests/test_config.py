@@ -92,6 +92,10 @@ CASES = [
     (with_(["cost"], {"input": [1, 16, 32, 32]}), "cost.input: Value error, must be five positive sizes (N, C, D, H, W)"),
     (with_(["grid"], {"net": {}}), "grid.net: an axis needs at least one option"),
     (yaml.safe_dump(BASE) + "name: again\n", "duplicate key 'name' (first at line"),
+    (with_(["train", "augment"], "yes"), "train.augment: Value error, must be true, false or a list of augmentations"),
+    (with_(["train", "augment"], [{"nam": "flip"}]), "train.augment.0.nam: unknown key (got 'flip')"),
+    (with_(["scales", "smoke"], {"train": {"epochs": 0}}), "train.epochs: Input should be greater than or equal to 1"),
+    (with_(["expected"], {"pw": {"params": {"valu": 3}}}), "expected.pw.params.valu: unknown key (got 3)"),
 ]
 
 
@@ -215,3 +219,38 @@ def test_folds_expand_folder_data_sets_only(tmp_path, monkeypatch):
                                                                                                   (1, 1, 1, 3)]
     assert [x.key for x in specs if x.variant == "s"] == ["s#s0", "s#s1"]  # synthetic: one split, seeds only
     assert len(resolve(s, "paper")) == 2 and len(resolve(s, "paper", folds=5)) == 6
+
+
+def test_a_bad_value_under_a_union_reads_as_one_mistake(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, with_(["expected"], {"pw": {"params": {"valu": 3}}}))
+    assert main(["run", "s.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "ExpectedValue" not in err and ".float" not in err and "valid number" not in err, err
+    write(tmp_path, with_(["expected"], {"pw": {"params": "many"}}))
+    assert main(["run", "s.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "expected.pw.params: Input should be a valid number" in err and "value: required" not in err, err
+
+
+@pytest.mark.slow
+def test_a_trial_no_ray_node_can_hold_exits_2_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, with_(["resources"], {"cpu": 100}))
+    assert main(["run", "s.yaml", "-v", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "resources.cpu: 100 per trial, but the largest Ray node offers" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]  # no mlflow.db, no parent run
+
+
+def test_an_unreachable_ray_address_exits_2_in_one_line_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    import ray
+
+    if ray.is_initialized():  # an earlier test's local instance would stand in for the address
+        ray.shutdown()
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, BASE)
+    assert main(["run", "s.yaml", "--address", "127.0.0.1:1", "-v", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--address: nothing answers at '127.0.0.1:1'" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
