@@ -312,3 +312,19 @@ def test_brats_folder_in_multi_class_mode_keeps_its_label_encoding_through_data_
     specs = {s.variant: s for s in resolve(table5, "smoke")}
     assert specs["conresnet"].data.params == {"root": str(brats)}
     assert specs["conresnet_multi"].data.params == {"root": str(brats), "labels": "classes"}  # the study's choice kept
+
+
+def test_a_config_error_beside_a_real_folder_writes_no_split_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    root = make_msd(tmp_path / "msd")
+    study = {"name": "real", "paper": "harness", "title": "real", "data": {"dataset": "msd", "root": str(root)},
+             "model": {"name": "unet2d", "params": {"widths": "oops"}}, "variants": [{"name": "a"}],
+             "train": {"patch": [8, 16, 16]}, "scales": {"smoke": {}, "quick": {}, "paper": {}},
+             "expected": {"a": {"mean_dice": 1}}}
+    (tmp_path / "s.yaml").write_text(json.dumps(study))
+    assert main(["run", "s.yaml", "--dry-run"]) == 2
+    assert not (tmp_path / "splits").exists()  # the folder was checked and split in memory only
+    task = build_task("msd", root=str(root))
+    assert not (tmp_path / "splits").exists()
+    task.train  # the first load fixes the split on disk
+    assert len(list((tmp_path / "splits").glob("*.json"))) == 1

@@ -290,8 +290,12 @@ def split_file_for(fmt: str, root: Path, folds: int | None, val_fraction: float 
 
 
 def load_split(path: Path, ids: list[str], folds: int | None, val_fraction: float | None, seed: int,
-               fold: int) -> dict[str, list[str]]:
-    """The fold's train/val ids, from the split file (written on first use, then reused)."""
+               fold: int, write: bool = True) -> dict[str, list[str]]:
+    """The fold's train/val ids, from the split file (written on first use, then reused).
+
+    ``write=False`` makes and checks the split without writing it: a study is validated before
+    anything lands on disk, and the file is written when the cases are first loaded.
+    """
     if path.exists():
         raw = json.loads(path.read_text())
         splits = raw["splits"] if isinstance(raw, dict) else raw  # ours, or nnU-Net's plain list
@@ -299,6 +303,7 @@ def load_split(path: Path, ids: list[str], folds: int | None, val_fraction: floa
         if val_fraction is None and folds > len(ids):
             raise ValueError(f"data.folds: {folds} folds need at least as many cases; the folder has {len(ids)}")
         splits = _splits(ids, folds, val_fraction, seed)
+    if write and not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"seed": seed, "folds": folds, "val_fraction": val_fraction,
@@ -358,7 +363,7 @@ def folder_task(fmt: str, root: str, fold: int = 0, folds: int | None = 5, val_f
         normalize = "ct" if layout.ct else "zscore"
     ids = [c.id for c in layout.cases]
     split_path = Path(split_file) if split_file else split_file_for(fmt, Path(root), folds, val_fraction, seed)
-    split = load_split(split_path.resolve(), ids, folds, val_fraction, seed, fold)
+    split = load_split(split_path.resolve(), ids, folds, val_fraction, seed, fold, write=False)
     prep = dict(spacing=list(spacing) if spacing else None, crop_foreground=crop_foreground, normalize=normalize,
                 ct_window=list(ct_window))
     n_workers = workers or min(8, os.cpu_count() or 1, max(1, len(layout.cases) // 8))
@@ -367,6 +372,7 @@ def folder_task(fmt: str, root: str, fold: int = 0, folds: int | None = 5, val_f
         by_id = {c.id: c for c in cached(f"{fmt}-{Path(root).name}",
                                          {"root": str(Path(root).resolve()), "files": _stats_key(layout), **prep},
                                          lambda: _load_all(layout, prep, n_workers))}
+        load_split(split_path.resolve(), ids, folds, val_fraction, seed, fold)  # fixed on disk at first use
         return {part: [by_id[i] for i in split[part]] for part in ("train", "val")}
 
     value_sets = [set(v) for v in layout.to_regions.keywords["values"]]
