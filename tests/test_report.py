@@ -315,3 +315,14 @@ def test_model_size_is_the_saved_weights_in_megabytes():
     net = build_model("conresnet", in_channels=4, out_channels=3, mapping=False, attention=False)
     report = cost_report(net, [1, 4, 16, 32, 32], latency=False)
     assert report["size_mb"] == pytest.approx(18_783_715 * 4 / 1e6)  # GroupNorm has no buffers
+
+
+def test_report_without_runs_exits_2_and_creates_no_database(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(GRID, sort_keys=False))
+    assert main(["report", "s.yaml"]) == 2
+    assert "no MLflow database at" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]  # no mlflow.db, no reports/
+    Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")  # a database holding no run of this study
+    assert main(["report", "s.yaml"]) == 2
+    assert "no runs in sqlite:///" in capsys.readouterr().err and not (tmp_path / "reports").exists()
