@@ -653,8 +653,10 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
                "Effect: `better` − `than` in the claimed direction (positive = as claimed), with its 95% interval; "
                f"unit: {UNIT}. Reproduced when the interval lies above the claimed margin, contradicted when below.",
                "", claims.to_markdown(index=False, floatfmt=".3g"), ""]
-    md += ["## Table", "", "Each cell: ours (mean ± std over seeds), the paper's value, and ours − paper.", "",
-           table.reset_index().to_markdown(index=False, disable_numparse=True), ""]
+    has_paper = any(str(c).endswith(" paper") for c in table.columns)
+    legend = ("Each cell: ours (mean ± std over seeds), the paper's value, and ours − paper." if has_paper else
+              "Each cell: ours (mean ± std over seeds); the paper prints no number for these cells.")
+    md += ["## Table", "", legend, "", table.reset_index().to_markdown(index=False, disable_numparse=True), ""]
     if notes:
         md += ["Missing:", ""] + [f"- {n}" for n in notes] + [""]
     md += ["## Statistics", "", st.to_markdown(index=False, floatfmt=".4g") if not st.empty else "No finished runs.", ""]
