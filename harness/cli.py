@@ -131,7 +131,6 @@ def cmd_report(args) -> int:
     study = load_study(args.study)
     apply_data_roots(study, args.scale, args.data_root or [])
     resolve(study, args.scale, check=False)  # bad input fails before anything is written; no model is built
-    from harness.report import load_runs
     from harness.tracking import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri()
@@ -139,11 +138,8 @@ def cmd_report(args) -> int:
         raise ConfigError(f"--tracking-uri: no MLflow database at {uri[len('sqlite:///'):]}: nothing has run "
                           f"here; run `harness run {args.study} --scale {args.scale}` first or point --tracking-uri "
                           f"at the runs")
-    runs = load_runs(study, args.scale, uri, with_cases=False)
-    if runs.trials.empty and not runs.failed and not runs.stale:
-        raise ConfigError(f"{study.name}@{args.scale}: no runs in {uri}; run `harness run {args.study} --scale "
-                          f"{args.scale}` first")
-    out, problems = write_report(args.study, args.scale, formats, Path(args.out), args.tracking_uri, args.data_root)
+    out, problems = write_report(args.study, args.scale, formats, Path(args.out), uri, args.data_root,
+                                 require_runs=True)
     print(f"report: {out}/README.md")
     for p in problems:
         print(f"MISMATCH {p}")

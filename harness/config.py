@@ -289,13 +289,15 @@ class ClaimCfg(_Strict):
 
     ``better`` has a ``direction``-er ``metric`` than ``than``, by more than ``margin`` (metric
     units). A side is a variant, or a tag selector such as ``{ip: CSC}`` meaning the average
-    over every variant so tagged (the paper's "on average over the SG settings").
+    over every variant so tagged (the paper's "on average over the SG settings"). ``than`` may
+    also be a number: a published figure of a net the study does not train (GSP-Conv Table 3's
+    "less than 8% of the parameters" of the other methods).
     """
 
     text: str
     where: str  # where the paper makes it: "Table 1", "Sec. 3.1"
     better: Side
-    than: Side
+    than: Union[Side, float]
     metric: str = "mean_dice"
     direction: Literal["higher", "lower"] = "higher"
     margin: float = 0.0
@@ -561,6 +563,9 @@ def check_layout(study: StudyCfg) -> None:
     if lay.baseline is not None and lay.baseline not in [v.name for v in vs]:
         raise ConfigError(str(UnknownNameError("variant", lay.baseline, [v.name for v in vs], "layout.baseline")))
     for i, c in enumerate(study.claims):
+        if isinstance(c.than, (int, float)):  # a published figure: only the variant side to check
+            claim_members(study, c.better, vs, f"claims[{i}].better")
+            continue
         sides = [claim_members(study, c.better, vs, f"claims[{i}].better"),
                  claim_members(study, c.than, vs, f"claims[{i}].than")]
         if set(sides[0]) & set(sides[1]):

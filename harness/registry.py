@@ -15,7 +15,7 @@ class UnknownNameError(KeyError):
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
         where = f"{field}: " if field else ""
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        listing = f" Known: {', '.join(sorted(known))}." if known else f" None is defined here."
+        listing = f" Known: {', '.join(sorted(known))}." if known else " None is defined here."
         self.message = f"{where}unknown {kind} {name!r}.{hint}{listing}"
         super().__init__(self.message)
 

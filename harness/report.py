@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from harness.config import StudyCfg, VariantCfg, apply_data_roots, load_study, resolve, spec_hash, variants
+from harness.config import ConfigError, StudyCfg, VariantCfg, apply_data_roots, load_study, resolve, spec_hash, variants
 
 FORMATS = ("md", "html", "tex", "csv")
 
@@ -150,12 +150,12 @@ def crossed_bootstrap(d: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> tup
     return float(lo), float(hi)
 
 
-def paired_difference(df: pd.DataFrame | None, a: list[str], b: list[str], metric: str,
+def paired_difference(df: pd.DataFrame | None, a: list[str], b: list[str] | float, metric: str,
                       unit: tuple[str, ...] = ("case", "seed")) -> np.ndarray:
     """Matrix of a - b, rows x seeds, each side averaged over its variants where all are present.
 
     Per-case metrics pair by (case, seed): rows are cases. Trial-level metrics (costs) pair by
-    seed: one row. Empty when nothing pairs.
+    seed: one row. ``b`` may be a number (a published figure): a - b then. Empty when nothing pairs.
     """
     if df is None or df.empty or metric not in df:
         return np.empty((0, 0))
@@ -164,7 +164,7 @@ def paired_difference(df: pd.DataFrame | None, a: list[str], b: list[str], metri
         g = df[df.variant.isin(members)].dropna(subset=[metric]).groupby(list(unit))[metric]
         return g.mean()[g.count() == len(members)]
 
-    diff = (side(a) - side(b)).dropna()
+    diff = (side(a) - (b if isinstance(b, (int, float)) else side(b))).dropna()
     if diff.empty:
         return np.empty((0, 0))
     if len(unit) == 1:
@@ -172,7 +172,7 @@ def paired_difference(df: pd.DataFrame | None, a: list[str], b: list[str], metri
     return diff.unstack("seed").dropna(axis=0, how="any").to_numpy(float)
 
 
-def paired_test(df: pd.DataFrame | None, a: list[str], b: list[str], metric: str,
+def paired_test(df: pd.DataFrame | None, a: list[str], b: list[str] | float, metric: str,
                 unit: tuple[str, ...] = ("case", "seed")) -> dict[str, Any]:
     """a - b over matched pairs: the mean and its 95% crossed-bootstrap interval (``UNIT``).
 
@@ -199,11 +199,13 @@ def judge_claim(runs: "StudyRuns", claim) -> dict[str, Any]:
     """
     from harness.config import claim_members
 
-    a, b = claim_members(runs.study, claim.better), claim_members(runs.study, claim.than)
+    a = claim_members(runs.study, claim.better)
+    b = claim.than if isinstance(claim.than, (int, float)) else claim_members(runs.study, claim.than)
     per_case = runs.per_case is not None and claim.metric in runs.per_case
-    better, worse = (a, b) if claim.direction == "higher" else (b, a)  # effect > 0 means as claimed
-    r = paired_test(runs.per_case if per_case else runs.trials, better, worse, claim.metric,
+    r = paired_test(runs.per_case if per_case else runs.trials, a, b, claim.metric,
                     ("case", "seed") if per_case else ("seed",))
+    if claim.direction == "lower":  # effect > 0 means as claimed
+        r = {**r, "delta": -r["delta"], "ci_low": -r["ci_high"], "ci_high": -r["ci_low"]}
     lo, hi = r["ci_low"], r["ci_high"]
     note = ""
     if r["pairs"] == 0:
@@ -622,14 +624,20 @@ def evaluations(runs: StudyRuns, tracking_uri: str | None = None) -> pd.DataFram
 
 
 def write_report(path: str, scale: str, formats: list[str], reports: Path = Path("reports"),
-                 tracking_uri: str | None = None, data_roots: list[str] | None = None) -> tuple[Path, list[str]]:
+                 tracking_uri: str | None = None, data_roots: list[str] | None = None,
+                 require_runs: bool = False) -> tuple[Path, list[str]]:
     """Write ``reports/<study>/`` and refresh the index; returns the folder and the verify problems.
 
     ``data_roots``: the run's ``--data-root`` values, so that its trials match the study as run.
+    ``require_runs``: a study with no run at all at ``scale`` (finished, failed or stale) is a
+    ConfigError, raised before anything is written.
     """
     study = load_study(path)
     apply_data_roots(study, scale, data_roots or [])
     runs = load_runs(study, scale, tracking_uri)
+    if require_runs and runs.trials.empty and not runs.failed and not runs.stale:
+        raise ConfigError(f"{study.name}@{scale}: no runs in {tracking_uri}; run `harness run {path} --scale "
+                          f"{scale}` first")
     out = reports / study.name
     out.mkdir(parents=True, exist_ok=True)
     table, notes = layout_table(runs)

@@ -152,6 +152,7 @@ def evaluate(model: nn.Module | list[nn.Module], task: Task, cfg: TrainCfg, devi
         inferer = Ensemble(inferer, models)
     dice_m = DiceMetric(include_background=True, reduction="none", ignore_empty=False)
     hd_m = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
+    names = list(task.eval_regions)  # what metrics are reported under (Task.evaluate)
     per_case = []
     for case in task.val:
         x = torch.from_numpy(case.image)[None].to(device)
@@ -169,7 +170,6 @@ def evaluate(model: nn.Module | list[nn.Module], task: Task, cfg: TrainCfg, devi
         sens = compute_confusion_matrix_metric("sensitivity", confusion)[0].tolist()
         spec = compute_confusion_matrix_metric("specificity", confusion)[0].tolist()
         row = {"case": case.id}
-        names = list(task.eval_regions)
         for name, d, h, se, sp in zip(names, dice, hd, sens, spec):
             row[f"dice_{name}"] = 100.0 * d
             row[f"hd95_{name}"] = h
@@ -182,7 +182,6 @@ def evaluate(model: nn.Module | list[nn.Module], task: Task, cfg: TrainCfg, devi
     for m, training in zip(models, was_training):
         m.train(training)
     out: dict[str, Any] = {}
-    names = list(task.eval_regions)
     for name in names:
         out[f"dice_{name}"] = float(np.mean([r[f"dice_{name}"] for r in per_case]))
         for m in ("hd95", "sens", "spec"):

@@ -124,6 +124,27 @@ def test_claims_are_judged_with_cases_and_seeds_resampled():
     assert noisy.set_index("claim").loc["A-CSC beats B-CSC"].verdict == "inconclusive"
 
 
+def test_a_claim_against_a_published_figure_of_a_net_not_trained():
+    from harness.report import claims_table
+
+    claims = [{"text": "A-CSC has under 100 parameters", "where": "T3", "better": "A-CSC", "than": 100,
+               "metric": "params", "direction": "lower"},
+              {"text": "fcn has under 100 parameters", "where": "T3", "better": "fcn", "than": 100,
+               "metric": "params", "direction": "lower"},
+              {"text": "A-CSC reaches 5 Dice", "where": "T3", "better": "A-CSC", "than": 5.0}]
+    study = StudyCfg.model_validate({**CLAIMS, "claims": claims})
+    per_case = _cases({"A-CSC": 10, "A-CCS": 0, "B-CSC": 2, "B-CCS": 3, "fcn": 15})
+    t = per_case.groupby(["variant", "seed"]).mean_dice.mean().reset_index().assign(
+        params=lambda d: d.variant.map(lambda v: 1000 if v == "fcn" else 50))
+    c = claims_table(StudyRuns(study, "smoke", t, per_case=per_case)).set_index("claim")
+    assert c.loc["A-CSC has under 100 parameters"].verdict == "reproduced"
+    assert c.loc["A-CSC has under 100 parameters"].effect == 50  # 100 - 50, exact
+    assert c.loc["fcn has under 100 parameters"].verdict == "contradicted"
+    dice = c.loc["A-CSC reaches 5 Dice"]  # per case against the number, cases and seeds resampled
+    mean = per_case[per_case.variant == "A-CSC"].mean_dice.mean()
+    assert dice.verdict == "reproduced" and dice.effect == pytest.approx(mean - 5) and dice.ci_low > 0
+
+
 def test_claims_must_name_variants_the_study_has():
     from harness.config import check_layout
 
