@@ -11,6 +11,9 @@ from pathlib import Path
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # silence the profiler's start/stop lines
 
 SCALES = ("smoke", "quick", "paper")  # harness.config.SCALES, kept here so that --help imports nothing heavy
+# Reports of the user's runs: the examples under reports/ are tracked, so writing there would
+# dirty the checkout and tag every later run <commit>-dirty.
+LOCAL_REPORTS = "reports/local"
 
 
 def _shape(text: str) -> list[int]:
@@ -177,7 +180,12 @@ def cmd_list(args) -> int:
     for kind in [args.kind] if args.kind != "all" else list(regs):
         print(f"{kind}: {', '.join(regs[kind].names())}")
     if args.kind == "all":
-        print("studies: " + ", ".join(sorted(p.name for p in Path("studies").glob("*.yaml"))))
+        # The working directory's studies/, else the ones beside the package (a source checkout).
+        for folder in (Path("studies"), Path(__file__).resolve().parents[1] / "studies"):
+            found = sorted(p.name for p in folder.glob("*.yaml"))
+            if found:
+                print(f"studies ({folder}): " + ", ".join(found))
+                break
     return 0
 
 
@@ -220,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--scale", default="smoke", choices=list(SCALES))
     rp.add_argument("--format", default="md,html,csv", help="comma-separated: md, html, tex, csv")
     rp.add_argument("--verify", action="store_true", help="exit 1 when a pinned number is outside its tolerance")
-    rp.add_argument("--out", default="reports")
+    rp.add_argument("--out", default=LOCAL_REPORTS,
+                    help=f"output folder (default: {LOCAL_REPORTS}, git-ignored: the tracked examples under "
+                         f"reports/ stay as committed)")
     rp.add_argument("--tracking-uri", default=None)
     rp.add_argument("--data-root", action="append", default=None, metavar="[TASK=]PATH",
                     help="as given to 'harness run' (the trials' data is part of their configuration)")
@@ -240,13 +250,18 @@ def main(argv: list[str] | None = None) -> int:
     ev.set_defaults(fn=cmd_evaluate)
 
     se = sub.add_parser("search", help="multi-objective NAS-style search (Optuna via Ray Tune), Pareto set out")
-    se.add_argument("space")
+    se.add_argument("space", help="a search space YAML (search_spaces/*.yaml): base study, scale, knobs, "
+                                  "objectives, sampler, trials")
     se.add_argument("--trials", type=int, default=None, help="total complete trials wanted (default: the space's)")
     se.add_argument("--address", default=None, help="Ray cluster: 'auto' or 'ray://host:10001'")
     se.add_argument("--resume", action="store_true", help="continue the Optuna study in its storage")
-    se.add_argument("--tracking-uri", default=None)
-    se.add_argument("--out", default="reports")
-    se.add_argument("-v", "--verbose", type=int, default=1, choices=[0, 1, 2])
+    se.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///mlflow.db); "
+                                                         "the Optuna journal goes under optuna/ beside it")
+    se.add_argument("--out", default=LOCAL_REPORTS,
+                    help=f"folder for <space>/pareto.md, pareto.png, trials.csv and pareto_variants.yaml "
+                         f"(default: {LOCAL_REPORTS}, git-ignored)")
+    se.add_argument("-v", "--verbose", type=int, default=1, choices=[0, 1, 2],
+                    help="0: a line per search; 1: Ray's progress table (default); 2: everything")
     se.set_defaults(fn=cmd_search)
 
     d = sub.add_parser("data", help="data folders: 'harness data check ROOT' validates one before training")

@@ -120,6 +120,7 @@ class DeepSupervisionCfg(_Strict):
     output: str = "deep"
     weight_mode: Literal["exp", "two", "same"] = "exp"
     weights: Optional[list[float]] = None
+    reduction: Literal["sum", "mean"] = "sum"  # mean: the weighted sum divided by the number of heads
 
 
 class ParamGroupCfg(_Strict):
@@ -288,7 +289,8 @@ class ClaimCfg(_Strict):
     """A claim of the paper, judged on our runs by ``harness report``.
 
     ``better`` has a ``direction``-er ``metric`` than ``than``, by more than ``margin`` (metric
-    units). A side is a variant, or a tag selector such as ``{ip: CSC}`` meaning the average
+    units); ``direction: equal`` claims no difference: ``better`` is within ``margin`` of
+    ``than`` either way (BraTS 2020 Table 2's "no clear benefit"). A side is a variant, or a tag selector such as ``{ip: CSC}`` meaning the average
     over every variant so tagged (the paper's "on average over the SG settings"). ``than`` may
     also be a number: a published figure of a net the study does not train (GSP-Conv Table 3's
     "less than 8% of the parameters" of the other methods).
@@ -299,8 +301,15 @@ class ClaimCfg(_Strict):
     better: Side
     than: Union[Side, float]
     metric: str = "mean_dice"
-    direction: Literal["higher", "lower"] = "higher"
+    direction: Literal["higher", "lower", "equal"] = "higher"
     margin: float = 0.0
+
+    @model_validator(mode="after")
+    def _equal_needs_margin(self):
+        if self.direction == "equal" and not self.margin > 0:
+            raise ValueError(f"margin: a claim of no difference (direction: equal) needs a margin > 0, "
+                             f"got {self.margin}")
+        return self
 
 
 class StudyCfg(_Strict):
@@ -362,9 +371,18 @@ class TrialSpec(BaseModel):
 
 
 def _merge(base: dict, over: dict) -> dict:
+    """``over`` on ``base``: mappings merge, other values replace; ``key+: [...]`` appends to the
+    list ``key`` (a variant adding a callback to the scale's, e.g. BraTS 2020's patient removal
+    beside the scale-sized self-ensembling)."""
     out = copy.deepcopy(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        if isinstance(k, str) and k.endswith("+"):
+            key, prev = k[:-1], out.get(k[:-1], [])
+            if not isinstance(v, list) or not isinstance(prev, list):
+                raise ConfigError(f"{k}: appends a list to the list {key!r}; got {v!r} onto {prev!r}")
+            out[key] = prev + copy.deepcopy(v)
+        else:
+            out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
 
 

@@ -76,7 +76,8 @@ _ZERO = [
     "aten::index", "aten::index_select", "aten::copy_", "aten::slice", "aten::narrow", "aten::empty_like",
     "aten::pad", "aten::constant_pad_nd", "aten::reshape", "aten::view", "aten::permute", "aten::contiguous",
     "aten::flip", "aten::dropout", "aten::feature_dropout", "aten::zeros_like", "aten::clone",
-    "aten::eye", "aten::expand", "aten::select", "aten::view_as", "aten::flatten",
+    "aten::eye", "aten::expand", "aten::select", "aten::view_as", "aten::flatten", "aten::stack",
+    "aten::amax",  # a max over a dimension: comparisons (as max pooling)
 ]
 HANDLES: dict[str, Any] = {**_COUNTED, **{op: _zero for op in _ZERO}}
 

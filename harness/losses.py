@@ -59,34 +59,46 @@ class SegLoss(nn.Module):
 
 
 class DeepSupervision(nn.Module):
-    """sum_i w_i * L(head_i, resize(target)), heads = [segmentation, *outputs[key]].
+    """sum_i w_i * L(head_i, resize(target)), heads = [segmentation, *outputs[key]], divided by
+    the number of heads when ``reduction`` is ``mean``.
 
     ``weight_mode`` as MONAI: ``exp`` (w_i = max(0.5**i, 0.0625)), ``two`` (1, 0.5, 0.5, ...),
-    ``same``; or explicit ``weights``.
+    ``same``; or explicit ``weights``. BraTS 2020 (Henry et al. Sec. 2.2): ``same``, and
+    ``sum`` as the paper says or ``mean`` as the authors' code does.
     """
 
     def __init__(self, base: SegLoss, key: str = "deep", weight_mode: str = "exp",
-                 weights: Optional[Sequence[float]] = None):
+                 weights: Optional[Sequence[float]] = None, reduction: str = "sum"):
         super().__init__()
-        self.base, self.key = base, key
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"deep_supervision.reduction: unknown {reduction!r}; allowed: sum, mean")
+        self.base, self.key, self.reduction = base, key, reduction
         self.ds = DeepSupervisionLoss(base.criterion, weight_mode=weight_mode, weights=weights)
 
     def forward(self, outputs: dict[str, Any], batch: dict[str, torch.Tensor], state: TrainState) -> torch.Tensor:
         if self.key not in outputs:
             raise KeyError(f"deep_supervision: the model has no output {self.key!r} (it returned {list(outputs)})")
         heads = [main_output(outputs), *outputs[self.key]]
-        return self.ds(heads, self.base.target(batch))
+        loss = self.ds(heads, self.base.target(batch))
+        return loss / len(heads) if self.reduction == "mean" else loss
 
     def fit(self, cases) -> None:
         self.base.fit(cases)
 
 
 @LOSSES.register("dice")
-def dice(output: str, include_background: bool = True, squared_pred: bool = False, smooth: float = 1e-5) -> SegLoss:
-    """Soft Dice (Milletari et al. 2016), the GSP-Conv and Distill DSM training loss."""
+def dice(output: str, include_background: bool = True, squared_pred: bool = False, smooth: float = 1e-5,
+         batch: bool = False) -> SegLoss:
+    """Soft Dice (Milletari et al. 2016), the GSP-Conv and Distill DSM training loss.
+
+    1 - (2 sum(p t) + smooth) / (sum p^k + sum t^k + smooth) per channel, k = 2 with
+    ``squared_pred``, sums over each sample (or over the whole batch with ``batch``), mean over
+    channels. The BraTS 2020 loss (Henry et al. Eq. 2, the authors' ``EDiceLoss``) is
+    ``squared_pred: true, smooth: 1, batch: true``.
+    """
     return SegLoss(DiceLoss(sigmoid=output == "sigmoid", softmax=output == "softmax", to_onehot_y=output == "softmax",
                             include_background=include_background, squared_pred=squared_pred,
-                            smooth_nr=smooth, smooth_dr=smooth), output)
+                            smooth_nr=smooth, smooth_dr=smooth, batch=batch), output)
 
 
 @LOSSES.register("dice_ce")
@@ -256,4 +268,5 @@ def build_loss(spec, output: str, deep_supervision=None) -> nn.Module:
     if not isinstance(loss, SegLoss):
         raise ValueError(f"train.deep_supervision: loss {spec.name!r} is not a criterion on the segmentation "
                          f"(SegLoss), so it cannot be applied per head")
-    return DeepSupervision(loss, deep_supervision.output, deep_supervision.weight_mode, deep_supervision.weights)
+    return DeepSupervision(loss, deep_supervision.output, deep_supervision.weight_mode, deep_supervision.weights,
+                           deep_supervision.reduction)

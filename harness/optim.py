@@ -11,6 +11,7 @@ group that matches takes it; the rest keep the study's settings).
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Sequence
 
@@ -57,6 +58,18 @@ def constant(optimizer, total_steps: int):
 def cosine(optimizer, total_steps: int, eta_min: float = 0.0):
     """Cosine annealing from lr to ``eta_min`` over the run."""
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=eta_min)
+
+
+@SCHEDULES.register("flat_cosine")
+def flat_cosine(optimizer, total_steps: int, flat: float = 0.5):
+    """lr for the first ``flat`` of the run, then cosine annealing to 0 over the rest: BraTS
+    2020's pipeline A (Henry et al. Sec. 2.5, "a cosine decay after 100 epochs" of 200)."""
+    if not 0 <= flat < 1:
+        raise ValueError(f"train.schedule.params.flat: {flat} is outside [0, 1)")
+    start = int(flat * total_steps)
+    span = max(1, total_steps - start)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 1.0 if step < start else 0.5 * (1 + math.cos(math.pi * min(1.0, (step - start) / span))))
 
 
 @SCHEDULES.register("exponential")

@@ -195,7 +195,9 @@ def judge_claim(runs: "StudyRuns", claim) -> dict[str, Any]:
     metrics (kept per case) pair by (case, seed); costs by seed, where parameters and MACs are
     exact (the interval is the number itself) and timed costs are bootstrapped. Reproduced when
     the 95% interval lies above ``margin``, contradicted when below it, inconclusive otherwise
-    or when too few cases or seeds pair (``paired_test``).
+    or when too few cases or seeds pair (``paired_test``). A claim of no difference
+    (``equal``) is reproduced when the interval lies within +-``margin``, contradicted when it
+    lies wholly outside.
     """
     from harness.config import claim_members
 
@@ -215,8 +217,13 @@ def judge_claim(runs: "StudyRuns", claim) -> dict[str, Any]:
     elif math.isnan(lo):
         note = f"not enough pairs: {r['cases']} cases x {r['seeds']} seeds (needs >= 2 of each)" if per_case else \
             "a timed cost needs >= 2 seeds"
-    verdict = "reproduced" if lo > claim.margin else "contradicted" if hi < claim.margin else "inconclusive"
-    return {"claim": claim.text, "where": claim.where, "metric": claim.metric, "verdict": verdict,
+    if claim.direction == "equal":  # equivalence: the interval inside (-margin, margin), or wholly outside it
+        m = claim.margin
+        verdict = "reproduced" if -m < lo and hi < m else "contradicted" if lo > m or hi < -m else "inconclusive"
+    else:
+        verdict = "reproduced" if lo > claim.margin else "contradicted" if hi < claim.margin else "inconclusive"
+    metric = f"{claim.metric} = (±{claim.margin:g})" if claim.direction == "equal" else claim.metric
+    return {"claim": claim.text, "where": claim.where, "metric": metric, "verdict": verdict,
             "effect": r["delta"], "ci_low": lo, "ci_high": hi, "cases": r["cases"], "seeds": r["seeds"],
             "note": note}
 
@@ -659,7 +666,10 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
     if not claims.empty:
         md += ["## The paper's claims on our runs", "",
                "Effect: `better` − `than` in the claimed direction (positive = as claimed), with its 95% interval; "
-               f"unit: {UNIT}. Reproduced when the interval lies above the claimed margin, contradicted when below.",
+               f"unit: {UNIT}. Reproduced when the interval lies above the claimed margin, contradicted when below"
+               + ("; a claim of no difference (metric `=`) is reproduced when the interval lies within ± its "
+                  "margin, contradicted when wholly outside" if any(c.direction == "equal" for c in study.claims)
+                  else "") + ".",
                "", claims.to_markdown(index=False, floatfmt=".3g"), ""]
     has_paper = any(str(c).endswith(" paper") for c in table.columns)
     legend = ("Each cell: ours (mean ± std over seeds), the paper's value, and ours − paper." if has_paper else

@@ -220,7 +220,7 @@ def run_search(path: str, trials: int | None, address: str | None, resume: bool,
     from harness.tune import check_capacity
 
     check_capacity(address, space.study.resources.cpu, space.study.resources.gpu, verbose)  # before mlflow.db
-    tracker = Tracker(tracking_uri)
+    tracker = Tracker(tracking_uri, verbose)
     db_dir = Path(tracker.uri[len("sqlite:///"):]).parent if tracker.uri.startswith("sqlite:///") else Path(".")
     storage_url = cfg.storage or str(db_dir / "optuna" / f"{cfg.name}.journal")
     storage = _storage(storage_url)
@@ -230,7 +230,8 @@ def run_search(path: str, trials: int | None, address: str | None, resume: bool,
                           f"or remove the storage to start afresh")
     directions = ["maximize" if o.mode == "max" else "minimize" for o in cfg.objectives]
     study = optuna.create_study(study_name=cfg.name, storage=storage, directions=directions,
-                                sampler=_sampler(cfg.sampler, len(directions) > 1), load_if_exists=True)
+                                sampler=_sampler(cfg.sampler, len(directions) > 1),
+                                load_if_exists=cfg.name in names)  # a fresh search is created, not "loaded"
     for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING]):
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # its process died: never completed
     done = len(study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE]))

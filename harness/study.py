@@ -98,7 +98,7 @@ def run_study(path: str, scale: str, seeds: int | None, address: str | None, res
     from harness.tune import check_capacity, run_trials
 
     check_capacity(address, study.resources.cpu, study.resources.gpu, verbose)  # before mlflow.db exists
-    tracker = Tracker(tracking_uri)
+    tracker = Tracker(tracking_uri, verbose)
     exp_id = tracker.experiment(study.name)
     trial_hash = {s.key: spec_hash(s) for s in specs}
     study_hash = config_hash(sorted(trial_hash.items()))
@@ -149,5 +149,7 @@ def run_study(path: str, scale: str, seeds: int | None, address: str | None, res
                   + (f"; failed: {', '.join(failed)}" if failed else "")
                   + (f"; not run: {', '.join(k for k in missing if k not in failed)} (rerun with --resume)"
                      if set(missing) - set(failed) else "")
-                  + f". MLflow: {tracker.uri}, parent run {parent_id}.")
+                  + f". MLflow: {tracker.uri}, parent run {parent_id}. "
+                  + f"Report: harness report {path} --scale {scale}"
+                  + (f" --tracking-uri {tracker.uri}" if tracking_uri else ""), soft_wrap=True)
     return 1 if missing else 0

@@ -63,8 +63,13 @@ def numeric(d: dict[str, Any]) -> dict[str, float]:
 
 
 class Tracker:
-    def __init__(self, uri: str | None = None):
+    def __init__(self, uri: str | None = None, verbose: int = 1):
         self.uri = uri or default_tracking_uri()
+        if verbose < 2:  # MLflow's schema migrations log INFO lines on every new database
+            import logging
+
+            for name in ("mlflow", "alembic"):
+                logging.getLogger(name).setLevel(logging.WARNING)
         self.client = MlflowClient(self.uri)
 
     def experiment(self, study: str) -> str:

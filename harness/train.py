@@ -8,6 +8,7 @@ Ray Tune, and from there to MLflow).
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import torch
 from monai.data import DataLoader, Dataset
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.metrics.confusion_matrix import compute_confusion_matrix_metric, get_confusion_matrix
-from monai.transforms import Compose, EnsureTyped, RandSpatialCropd, SpatialPadd
+from monai.transforms import CenterSpatialCropd, Compose, EnsureTyped, RandSpatialCropd, SpatialPadd
 from monai.utils import set_determinism
 from torch import nn
 
@@ -55,7 +56,7 @@ def sample_transforms(cfg: TrainCfg, seed: int) -> Compose:
 
 
 def make_loader(task: Task, cfg: TrainCfg, seed: int, device: torch.device) -> DataLoader:
-    ds = Dataset([{"image": c.image, "label": c.label} for c in task.train], sample_transforms(cfg, seed))
+    ds = Dataset([{"image": c.image, "label": c.label, "id": c.id} for c in task.train], sample_transforms(cfg, seed))
     # Fixed number of iterations per epoch (nnU-Net style), sampling cases with replacement.
     sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=cfg.steps_per_epoch * cfg.batch_size,
                                              generator=torch.Generator().manual_seed(seed))
@@ -85,7 +86,10 @@ class Trial:
         return self.spec.train.amp and self.device.type == "cuda"
 
     def context(self) -> LoopContext:
-        return LoopContext(self.model, self.optimizer, self.schedule, self.loader, self.state, self.device)
+        return LoopContext(self.model, self.optimizer, self.schedule, self.loader, self.state, self.device,
+                           base_lr=self.spec.train.lr,
+                           step=lambda batch, optimizer=None: train_step(self, batch, optimizer),
+                           case_losses=lambda: case_losses(self), keep_cases=lambda ids: keep_cases(self, ids))
 
 
 def build_trial(spec: TrialSpec, task: Task | None = None, device: torch.device | None = None,
@@ -115,21 +119,65 @@ def build_trial(spec: TrialSpec, task: Task | None = None, device: torch.device 
                  TrainState(total_steps=total, steps_per_epoch=cfg.steps_per_epoch))
 
 
-def train_step(t: Trial, batch: dict[str, Any]) -> float:
-    """One optimiser step on ``batch`` (image, label, derived targets); returns the loss."""
+def train_step(t: Trial, batch: dict[str, Any], optimizer: torch.optim.Optimizer | None = None) -> float:
+    """One optimiser step on ``batch`` (image, label, derived targets); returns the loss.
+
+    With ``optimizer`` (a procedure's own, e.g. SWA cycles) that one is stepped and the trial's
+    schedule and step count stay where training left them.
+    """
     batch = {k: v.to(t.device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
     batch["label"] = batch["label"].float()
     with torch.autocast(t.device.type, enabled=t.amp):
         loss = t.loss_fn(as_outputs(t.model(batch["image"])), batch, t.state)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"non-finite training loss ({loss.item()})")
-    t.optimizer.zero_grad(set_to_none=True)
+    opt = optimizer or t.optimizer
+    opt.zero_grad(set_to_none=True)
     t.scaler.scale(loss).backward()
-    t.scaler.step(t.optimizer)
+    t.scaler.step(opt)
     t.scaler.update()
-    t.schedule.step()
-    t.state.step += 1
+    if optimizer is None:
+        t.schedule.step()
+        t.state.step += 1
     return loss.item()
+
+
+@torch.no_grad()
+def case_losses(t: Trial) -> dict[str, float]:
+    """The training loss of each training case on its centre patch-sized crop, the model as
+    trained (a copy in training mode, so auxiliary heads are scored and no norm statistics move).
+
+    What patient removal ranks (Henry et al. Sec. 2.6: "cases with high training loss at the
+    end of the training procedure").
+    """
+    cfg = t.spec.train
+    keys = ["image", "label"]
+    targets = [TARGETS.get(x.name)(**x.params) for x in cfg.targets]
+    crop = Compose([SpatialPadd(keys, cfg.patch), CenterSpatialCropd(keys, cfg.patch), *targets,
+                    EnsureTyped(keys + [x.key for x in targets], track_meta=False)])
+    model = copy.deepcopy(t.model).train()
+    kept = {d["id"] for d in t.loader.dataset.data}
+    out = {}
+    for case in t.task.train:
+        if case.id not in kept:
+            continue
+        d = crop({"image": case.image, "label": case.label})
+        batch = {k: v[None].to(t.device) for k, v in d.items()}
+        batch["label"] = batch["label"].float()
+        with torch.autocast(t.device.type, enabled=t.amp):
+            out[case.id] = float(t.loss_fn(as_outputs(model(batch["image"])), batch, t.state))
+    return out
+
+
+def keep_cases(t: Trial, ids) -> None:
+    """Train on the cases ``ids`` only from now on (the sampler draws from what is left)."""
+    ids = set(ids)
+    unknown = ids - {d["id"] for d in t.loader.dataset.data}
+    if unknown:
+        raise ValueError(f"keep_cases: no training cases {sorted(unknown)}")
+    if not ids:
+        raise ValueError("keep_cases: no training case would be left")
+    t.loader.dataset.data = [d for d in t.loader.dataset.data if d["id"] in ids]
 
 
 @torch.no_grad()
@@ -280,4 +328,5 @@ def run_trial(spec: TrialSpec, report: Report = lambda m, e: None, threads: int 
         final["train_peak_mem_mb"] = measure_training_memory(t.model, batch_shape) / 2**20
     final["step_time_s"] = float(np.median(step_times))
     final["device"] = str(t.device)
+    final.update(ctx.results)  # what the procedures report (removed cases, SWA snapshots)
     return final

@@ -135,7 +135,9 @@ def _init_ray(address: str | None, verbose: int) -> None:
            # A study's plugins (families outside harness/) import on the workers as on the driver.
            **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {})}
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
+        # Ray's own warnings (its token-authentication notice on every local start) only with -v 2.
+        ray.init(address=address, include_dashboard=False,
+                 logging_level=logging.WARNING if verbose > 1 else logging.ERROR,
                  runtime_env={"env_vars": env}, log_to_driver=verbose > 1)
 
 
@@ -237,7 +239,13 @@ def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: s
 
     def spec_for(trial):
         spec = space.spec_for(trial.config, f"trial_{trial.trial_id}")
-        return spec, spec_hash(spec)
+        chash = spec_hash(spec)
+        # The Optuna trial behind the Ray trial (OptunaSearch keeps the map), so that a row of
+        # pareto.md (its "trial" column) leads to its MLflow run (tag.optuna_trial).
+        asked = getattr(searcher, "_ot_trials", {}).get(trial.trial_id)
+        if asked is not None:
+            spec = spec.model_copy(update={"tags": {**spec.tags, "optuna_trial": str(asked.number)}})
+        return spec, chash
 
     writer = MlflowWriter(tracker, exp_id, parent_id, spec_for)
     res = space.study.resources

@@ -53,15 +53,21 @@ def test_bench_writes_ratios(tmp_path):
     assert "OBELISK (128 offsets + 1x1) / two strided" in (tmp_path / "README.md").read_text()
 
 
-def test_list_names_every_registry_with_its_built_in_components(capsys):
+def test_list_names_every_registry_with_its_built_in_components(capsys, tmp_path, monkeypatch):
     from harness.cli import main
 
     assert main(["list"]) == 0
     out = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
     assert {"models", "losses", "optimizers", "schedules", "augmentations", "targets", "inferers", "callbacks",
-            "studies"} <= set(out)
+            "studies (studies)"} <= set(out)
     assert "tta" in out["inferers"] and "swa" in out["callbacks"] and "signed_distance" in out["targets"]
     assert "poly" in out["schedules"] and "adamw" in out["optimizers"]
+    assert "brats20_table2.yaml" in out["studies (studies)"]
+    # Elsewhere: the studies beside the package, never an empty line.
+    monkeypatch.chdir(tmp_path)
+    assert main(["list"]) == 0
+    studies = [line for line in capsys.readouterr().out.splitlines() if line.startswith("studies")]
+    assert len(studies) == 1 and "gsp_table1_promise12.yaml" in studies[0] and str(tmp_path) not in studies[0]
 
 
 def test_cli_scales_are_the_schema_scales():

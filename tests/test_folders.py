@@ -127,6 +127,17 @@ def test_ct_window_clips_and_scales(tmp_path):
     assert case.image.min() == 0.0 and case.image.max() == 1.0  # background 0 HU -> 0; tissue > 150 clipped to 1
 
 
+def test_percentile_normalisation_clips_each_channel_to_its_foreground_percentiles(tmp_path):
+    root = make_brats(tmp_path / "brats")
+    case = build_task("brats", root=str(root), crop_foreground=False, normalize="percentile").train[0]
+    img = case.image
+    for ch in img:
+        fg = ch[ch != 0]  # the voxels at or below the 1st percentile become 0 too
+        assert fg.min() >= 0 and fg.max() == pytest.approx(1.0, abs=1e-6)
+        assert np.isclose(fg, 1.0, atol=1e-6).mean() == pytest.approx(0.01, abs=0.005)  # the top 1% clipped to 1
+    assert (img[:, 0, 0, 0] == 0).all()  # background stays 0
+
+
 def test_folds_are_fixed_in_a_split_file_and_reused(tmp_path):
     root = make_msd(tmp_path / "msd", n=10)
     vals = [set(c.id for c in build_task("msd", root=str(root), fold=k).val) for k in range(5)]
@@ -256,7 +267,7 @@ def test_study_on_a_real_data_folder_end_to_end(tmp_path):
     # The report needs the same --data-root: the trials' data is part of their configuration.
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert main(["report", "s.yaml", "--data-root", str(root), "--tracking-uri", uri, "--format", "md"]) == 0
-    assert "2 finished trials" in (tmp_path / "reports" / "real_e2e" / "README.md").read_text()
+    assert "2 finished trials" in (tmp_path / "reports" / "local" / "real_e2e" / "README.md").read_text()
     assert main(["report", "s.yaml", "--tracking-uri", uri, "--format", "md"]) == 2  # /nowhere: not a folder
 
 

@@ -75,5 +75,5 @@ def test_outside_family_runs_saves_weights_and_reevaluates(tmp_path, monkeypatch
     assert ens.data.metrics["gmacs"] == pytest.approx(4 * runs[0].data.metrics["gmacs"], rel=1e-9)
     assert set(ens.data.tags["member_runs"].split(",")) == {r.info.run_id for r in runs}
     assert main(["report", "s.yaml", "--format", "md"]) == 0
-    text = (tmp_path / "reports" / "toy_family" / "README.md").read_text()
+    text = (tmp_path / "reports" / "local" / "toy_family" / "README.md").read_text()
     assert "## Re-evaluations" in text and "| tta " in text and "toy_flip_tta" in text

@@ -145,6 +145,27 @@ def test_a_claim_against_a_published_figure_of_a_net_not_trained():
     assert dice.verdict == "reproduced" and dice.effect == pytest.approx(mean - 5) and dice.ci_low > 0
 
 
+def test_a_claim_of_no_difference_holds_inside_its_margin_and_fails_outside():
+    from harness.report import claims_table
+
+    claims = [{"text": "B-CSC ~ B-CCS", "where": "T2", "better": "B-CSC", "than": "B-CCS", "direction": "equal",
+               "margin": 1.0},
+              {"text": "A-CSC ~ A-CCS", "where": "T2", "better": "A-CSC", "than": "A-CCS", "direction": "equal",
+               "margin": 1.0},
+              {"text": "B-CSC ~ A-CSC within 9", "where": "T2", "better": "B-CSC", "than": "A-CSC",
+               "direction": "equal", "margin": 9.0}]
+    study = StudyCfg.model_validate({**CLAIMS, "claims": claims})
+    per_case = _cases({"A-CSC": 10, "A-CCS": 0, "B-CSC": 3.1, "B-CCS": 3, "fcn": 15})
+    t = per_case.groupby(["variant", "seed"]).mean_dice.mean().reset_index()
+    c = claims_table(StudyRuns(study, "smoke", t, per_case=per_case)).set_index("claim")
+    assert c.loc["B-CSC ~ B-CCS"].verdict == "reproduced" and -1 < c.loc["B-CSC ~ B-CCS"].ci_low
+    assert c.loc["A-CSC ~ A-CCS"].verdict == "contradicted" and c.loc["A-CSC ~ A-CCS"].ci_low > 1
+    assert c.loc["B-CSC ~ A-CSC within 9"].verdict == "reproduced"  # -6.9, inside +-9
+    assert c.loc["B-CSC ~ B-CCS"].metric == "mean_dice = (±1)"
+    with pytest.raises(Exception, match="needs a margin > 0"):
+        StudyCfg.model_validate({**CLAIMS, "claims": [{**claims[0], "margin": 0}]})
+
+
 def test_claims_must_name_variants_the_study_has():
     from harness.config import check_layout
 
@@ -224,7 +245,7 @@ def test_report_from_mlflow_runs_end_to_end(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(harness.config, "check_model", no_build)  # runs are found from their stored hashes
     assert main(["report", "s.yaml", "--format", "md,html,tex,csv", "--verify"]) == 0
-    out = tmp_path / "reports" / "grid"
+    out = tmp_path / "reports" / "local" / "grid"
     for f in ("README.md", "table.md", "table.html", "table.tex", "table.csv", "trials.csv", "stats.csv",
               "accuracy_vs_cost.png", "dice_per_region.png", "learning_curves.png"):
         assert (out / f).exists(), f
@@ -232,8 +253,8 @@ def test_report_from_mlflow_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert "**90.0**" in table and "| A " in table
     st = pd.read_csv(out / "stats.csv").set_index("variant")
     assert st.loc["B-CCS", "vs_fcn_delta"] == pytest.approx(15.0) and st.loc["B-CCS", "vs_fcn_pairs"] == 3
-    assert "[grid](grid/README.md)" in (tmp_path / "reports" / "index.md").read_text()
-    assert "grid/table.html" in (tmp_path / "reports" / "index.html").read_text()
+    assert "[grid](grid/README.md)" in (tmp_path / "reports" / "local" / "index.md").read_text()
+    assert "grid/table.html" in (tmp_path / "reports" / "local" / "index.html").read_text()
     # A pinned number outside its tolerance fails --verify.
     GRID2 = {**GRID, "expected": {"fcn": {"params": {"value": 500, "tol": 1}}}}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(GRID2, sort_keys=False))

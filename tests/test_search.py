@@ -74,10 +74,16 @@ def test_bad_space_is_a_clear_error(tmp_path, knobs, objectives, message):
 
 
 @pytest.mark.slow
-def test_tiny_search_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
+def test_tiny_search_end_to_end_and_resume(tmp_path, monkeypatch, capsys, caplog):
     monkeypatch.chdir(tmp_path)
     path = write(tmp_path)
-    assert main(["search", str(path), "-v", "0"]) == 0
+    optuna.logging.enable_propagation()  # Optuna's own handler writes past capsys; caplog sees propagated records
+    try:
+        assert main(["search", str(path), "-v", "0"]) == 0
+    finally:
+        optuna.logging.disable_propagation()
+    assert "Using an existing study" not in caplog.text  # a fresh search creates its study
+    assert "A new study created" in caplog.text
     assert main(["search", str(path), "-v", "0"]) == 2  # exists: needs --resume
     assert "pass --resume" in capsys.readouterr().err
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna" / "tiny.journal")))
@@ -93,7 +99,10 @@ def test_tiny_search_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     exp = client.get_experiment_by_name("harness/search-tiny")
     runs = client.search_runs([exp.experiment_id], "tags.harness_role = 'trial'")
     assert sum(r.info.status == "FINISHED" for r in runs) == 4 and all("gmacs" in r.data.metrics for r in runs)
-    out = tmp_path / "reports" / "tiny"
+    # Each run names its Optuna trial (pareto.md's "trial" column): the four complete ones.
+    complete = {t.number for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE])}
+    assert {int(r.data.tags["tag.optuna_trial"]) for r in runs if r.info.status == "FINISHED"} == complete
+    out = tmp_path / "reports" / "local" / "tiny"
     assert (out / "pareto.png").exists() and "Pareto set of search tiny" in (out / "pareto.md").read_text()
     assert re.search(r"complete trials. Wall time \d+\.\d min.", (out / "pareto.md").read_text())
     variants = yaml.safe_load((out / "pareto_variants.yaml").read_text())["variants"]
@@ -133,6 +142,20 @@ def test_train_knobs_and_mapping_choices_set_training_fields_and_linked_paramete
     assert spec.train.loss.name == "conres" and spec.train.loss.params == {"lam": 0.1, "boundary": True}
     assert [t.name for t in spec.train.targets] == ["signed_distance"]  # the space's train block, on every trial
     assert spec.train.lr == 0.001  # the rest of the base study's quick recipe is kept
+
+
+def test_brats20_space_switches_heads_with_their_loss_and_procedures_as_lists():
+    import json
+
+    space = Space(Path(__file__).parents[1] / "search_spaces" / "brats20.yaml")
+    off = space.spec_for({"supervision": json.dumps({"deep_supervision": False, "train.deep_supervision": None}),
+                          "attention": True, "train.callbacks": "[]", "train.inferer.name": "tta"})
+    assert off.model.params["deep_supervision"] is False and off.train.deep_supervision is None
+    assert off.train.callbacks == [] and off.train.inferer.name == "tta"
+    on = space.spec_for({"supervision": json.dumps({"deep_supervision": True}), "attention": False,
+                         "train.callbacks": json.dumps([{"name": "self_ensemble", "params": {"cycles": 2}}]),
+                         "train.inferer.name": "sliding_window"})
+    assert on.train.deep_supervision.reduction == "mean" and on.train.callbacks[0].name == "self_ensemble"
 
 
 def test_pareto_variants_carry_training_overrides(tmp_path):

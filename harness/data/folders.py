@@ -5,7 +5,8 @@ a checker (``check_folder``: every problem as one line, before anyone spends GPU
 a registered data set whose cases are preprocessed once, as the papers describe, and cached
 as memory-mapped arrays (``task.cached``): read (nibabel for NIfTI, SimpleITK for
 MetaImage), crop to the image's non-zero bounding box, resample to a target spacing, then
-normalise (z-score over the foreground per channel, or CT window clipping and scaling).
+normalise (z-score over the foreground per channel, the BraTS 2020 percentile clip and min-max,
+or CT window clipping and scaling).
 Random crops and augmentation happen in training (``train.make_loader``).
 
 Arrays are (C, D, H, W) with D the slice axis (NIfTI/ITK z), so slice-wise nets see axial
@@ -38,7 +39,7 @@ from harness.registry import DATASETS
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 # BraTS labels: 1 necrotic/non-enhancing core, 2 oedema, 4 enhancing tumour; the evaluated regions:
 BRATS_REGIONS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
-NORMALIZE = ("auto", "zscore", "ct", "none")
+NORMALIZE = ("auto", "zscore", "percentile", "ct", "none")
 
 
 class DataFolderError(ValueError):
@@ -270,7 +271,20 @@ def _load_case(layout: Layout, c: CaseFiles, spacing: Sequence[float] | None, cr
         img = ScaleIntensityRange(a_min=ct_window[0], a_max=ct_window[1], b_min=0.0, b_max=1.0, clip=True)(img)
     elif normalize == "zscore":  # mean/std over the foreground (non-zero voxels) per channel
         img = NormalizeIntensity(nonzero=True, channel_wise=True)(img)
+    elif normalize == "percentile":  # BraTS 2020 pipeline A (_percentile_minmax), metadata kept
+        img = img.clone().copy_(torch.stack([_percentile_minmax(ch) for ch in img.as_tensor()]))
     return Case(c.id, np.asarray(img.as_tensor(), dtype=np.float32), (np.asarray(lab.as_tensor()) > 0.5).astype(np.uint8))
+
+
+def _percentile_minmax(x: torch.Tensor) -> torch.Tensor:
+    """Clip one channel to the 1st and 99th percentiles of its non-zero voxels, scale to [0, 1]
+    (Henry et al. Sec. 2.3, pipeline A); background (0) stays 0."""
+    fg = x[x != 0]
+    if fg.numel() == 0:
+        return x
+    lo, hi = np.percentile(fg.numpy(), [1, 99])
+    out = (x.clamp(float(lo), float(hi)) - float(lo)) / max(float(hi - lo), 1e-8)
+    return torch.where(x != 0, out, torch.zeros_like(x))
 
 
 def _splits(ids: list[str], folds: int | None, val_fraction: float | None, seed: int) -> list[dict[str, list[str]]]:

@@ -1,7 +1,8 @@
 """Networks, created by name through ``MODELS`` (importing this registers them all)."""
 import inspect
 
-from harness.models import conresnet, gsp_unet, obelisk, unet2d, unet3d, vfn  # noqa: F401  (registration)
+from harness.models import brats_unet, conresnet, gsp_unet, obelisk, unet2d, unet3d, vfn  # noqa: F401  (registration)
+from harness.models.brats_unet import BraTSUNet
 from harness.models.conresnet import ConResNet
 from harness.models.gsp_unet import GSPBlock, GSPUNet
 from harness.models.obelisk import ObeliskHybrid, ObeliskNet, ObeliskUNet
@@ -10,7 +11,7 @@ from harness.models.unet3d import ResidualUNet3D
 from harness.models.vfn import VFN
 from harness.registry import MODELS
 
-__all__ = ["ConResNet", "DistillDSMUNet", "GSPBlock", "GSPUNet", "MODELS", "ObeliskHybrid", "ObeliskNet", "ObeliskUNet",
+__all__ = ["BraTSUNet", "ConResNet", "DistillDSMUNet", "GSPBlock", "GSPUNet", "MODELS", "ObeliskHybrid", "ObeliskNet", "ObeliskUNet",
            "ResidualDSMUNet", "ResidualUNet3D", "UNet2D", "VFN", "build_model"]
 
 

@@ -1,0 +1,60 @@
+"""BraTS label maps and region masks (Henry et al. 2020, Sec. 2.6 and Table 1).
+
+BraTS labels: 0 background, 1 necrotic / non-enhancing tumour core (NCR/NET), 2 peritumoral
+oedema (ED), 4 enhancing tumour (ET). Evaluated regions: WT = {1, 2, 4}, TC = {1, 4},
+ET = {4} (``harness.data.folders.BRATS_REGIONS``).
+
+Reconstruction from three thresholded region channels (Sec. 2.6, "NonEnhancing = TC - ET;
+edema = WT - TC"): ET -> 4, TC and not ET -> 1, WT and not TC -> 2, in that order of
+precedence, so a voxel the net puts in ET but not in TC or WT is still ET (the authors' code).
+
+Two-pipeline merge (Table 1): model A's ET and NCR (4, 1) are kept; where A says background
+or oedema (0, 2) and B says oedema or background, B's label is taken; otherwise A's:
+
+    A \\ B   0  1  2  4
+    0        0  0  2  0
+    1        1  1  1  1
+    2        0  2  2  2
+    4        4  4  4  4
+"""
+from __future__ import annotations
+
+import numpy as np
+
+LABELS = (0, 1, 2, 4)
+
+
+def regions_to_labels(wt: np.ndarray, tc: np.ndarray, et: np.ndarray) -> np.ndarray:
+    """Binary WT, TC, ET masks (same shape) -> a BraTS label map (uint8 with 0, 1, 2, 4)."""
+    wt, tc, et = (np.asarray(m).astype(bool) for m in (wt, tc, et))
+    if not wt.shape == tc.shape == et.shape:
+        raise ValueError(f"region masks differ in shape: WT {wt.shape}, TC {tc.shape}, ET {et.shape}")
+    labels = np.zeros(wt.shape, np.uint8)
+    labels[wt & ~tc] = 2
+    labels[tc & ~et] = 1
+    labels[et] = 4
+    return labels
+
+
+def labels_to_regions(labels: np.ndarray) -> np.ndarray:
+    """A BraTS label map -> (3, ...) binary WT, TC, ET masks; fails on a label outside 0, 1, 2, 4."""
+    labels = np.asarray(labels)
+    bad = set(np.unique(labels).tolist()) - set(LABELS)
+    if bad:
+        raise ValueError(f"label map holds {sorted(bad)}; BraTS labels are {list(LABELS)}")
+    return np.stack([np.isin(labels, (1, 2, 4)), np.isin(labels, (1, 4)), labels == 4]).astype(np.uint8)
+
+
+def merge_labels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Table 1's merge of pipeline A's and pipeline B's label maps (module docstring)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        raise ValueError(f"label maps differ in shape: A {a.shape}, B {b.shape}")
+    for name, m in (("A", a), ("B", b)):
+        bad = set(np.unique(m).tolist()) - set(LABELS)
+        if bad:
+            raise ValueError(f"label map {name} holds {sorted(bad)}; BraTS labels are {list(LABELS)}")
+    out = a.copy()
+    swap = np.isin(a, (0, 2)) & np.isin(b, (0, 2))
+    out[swap] = b[swap]
+    return out
