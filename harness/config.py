@@ -701,6 +701,7 @@ def resolve_variant(study: StudyCfg, scale: str, v: VariantCfg, seeds: int = 1, 
         model = ModelCfg(name=v.model, params=v.params)
     if check:
         check_model(model, train.patch, f"variant {v.name!r}", train.output)
+        check_patch_fits(data, train.patch, f"variant {v.name!r}")
         if train.output == "softmax":
             check_exclusive(data, f"variant {v.name!r}")
     if folds > 1 and "fold" in inspect.signature(DATASETS.get(data.dataset)).parameters:
@@ -724,6 +725,21 @@ def check_exclusive(data: DataCfg, where: str) -> None:
     if not task.exclusive:
         raise ConfigError(f"{where}: train.output: softmax needs mutually exclusive regions, but {task.name}'s "
                           f"regions {list(task.regions)} overlap; use sigmoid")
+
+
+def check_patch_fits(data: DataCfg, patch: list[int], where: str) -> None:
+    """A synthetic volume's ``shape`` is known before any case exists: a patch larger than it
+    would be zero-padded in every crop, which no paper does; refuse it."""
+    factory = DATASETS.get(data.dataset)
+    default = inspect.signature(factory).parameters.get("shape")
+    shape = data.params.get("shape", default.default if default is not None else None)
+    if shape is None or shape is inspect.Parameter.empty:
+        return  # a folder: volumes differ per case, and padding a small one is the norm (nnU-Net)
+    over = [f"{'DHW'[i]} {p} > {s}" for i, (p, s) in enumerate(zip(patch, shape)) if p > s]
+    if over:
+        raise ConfigError(f"{where}: train.patch {list(patch)} is larger than the synthetic volume "
+                          f"data.shape {list(shape)} ({', '.join(over)}); every crop would be zero-padded. "
+                          f"Use a patch of at most the volume")
 
 
 def resolve(study: StudyCfg, scale: str, seeds: int | None = None, folds: int | None = None,

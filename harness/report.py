@@ -372,7 +372,8 @@ def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
                 ran = not runs.trials.empty and (runs.trials.variant == v.name).any()
                 measured = ran and m in runs.trials and runs.trials.loc[runs.trials.variant == v.name, m].notna().any()
                 status = ("not measured at this scale" if ran and m.startswith(NOISY_COSTS) and not measured else
-                          "undefined: empty masks" if ran else
+                          "undefined: empty masks" if ran and m.startswith(("dice", "hd95", "sens", "spec", "mean_"))
+                          else "not reported by this variant" if ran else
                           "failed" if any(k.startswith(f"{v.name}#") for k in runs.failed) else "no run")
                 ours.append(f"— ({status})")
                 notes.append(f"{v.name} / {m}: {status}")

@@ -236,7 +236,7 @@ def run_search(path: str, trials: int | None, address: str | None, resume: bool,
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # its process died: never completed
     done = len(study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE]))
     todo = max(0, n_total - done)
-    console.print(f"search {cfg.name}: {done} trials complete in {storage_url}, {todo} to run.")
+    console.print(f"search {cfg.name}: {done} trials complete in {storage_url}, {todo} to run.", soft_wrap=True)
 
     exp_id = tracker.experiment(f"search-{cfg.name}")
     chash = config_hash(cfg.model_dump())
@@ -257,7 +257,7 @@ def run_search(path: str, trials: int | None, address: str | None, resume: bool,
                           db_dir / "ray_results", verbose)
     tracker.client.set_terminated(parent_id, "FINISHED")
     out = write_pareto(space, optuna.load_study(study_name=cfg.name, storage=storage), reports / cfg.name)
-    console.print(f"Pareto set: {out}/pareto.md; variants to train: {out}/pareto_variants.yaml")
+    console.print(f"Pareto set: {out}/pareto.md; variants to train: {out}/pareto_variants.yaml", soft_wrap=True)
     return 0
 
 

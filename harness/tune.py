@@ -233,9 +233,18 @@ def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: s
     metrics = [o.metric for o in cfg.objectives]
     modes = [o.mode for o in cfg.objectives]
     single = len(metrics) == 1
-    searcher = OptunaSearch(space=space.define_by_run, metric=metrics[0] if single else metrics,
-                            mode=modes[0] if single else modes, sampler=study.sampler, study_name=cfg.name,
-                            storage=storage)
+    import optuna
+
+    # OptunaSearch reopens the study run_search has just created or resumed; Optuna would log
+    # "Using an existing study" on a fresh search.
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        searcher = OptunaSearch(space=space.define_by_run, metric=metrics[0] if single else metrics,
+                                mode=modes[0] if single else modes, sampler=study.sampler, study_name=cfg.name,
+                                storage=storage)
+    finally:
+        optuna.logging.set_verbosity(level)
 
     def spec_for(trial):
         spec = space.spec_for(trial.config, f"trial_{trial.trial_id}")

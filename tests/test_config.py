@@ -96,6 +96,12 @@ CASES = [
     (with_(["train", "augment"], [{"nam": "flip"}]), "train.augment.0.nam: unknown key (got 'flip')"),
     (with_(["scales", "smoke"], {"train": {"epochs": 0}}), "train.epochs: Input should be greater than or equal to 1"),
     (with_(["expected"], {"pw": {"params": {"valu": 3}}}), "expected.pw.params.valu: unknown key (got 3)"),
+    (with_(["train", "patch"], [16, 64, 32]), "train.patch [16, 64, 32] is larger than the synthetic volume "
+                                              "data.shape [16, 32, 32] (H 64 > 32)"),
+    (with_(["variants"], [{"name": "pw", "train": {"callbacks+": "swa"}}]),
+     "callbacks+: appends a list to the list 'callbacks'"),
+    (with_(["claims"], [{"text": "x", "where": "T", "better": "pw", "than": 1, "direction": "equal"}]),
+     "margin: a claim of no difference (direction: equal) needs a margin > 0"),
 ]
 
 
