@@ -134,6 +134,22 @@ def _init_ray(address: str | None, verbose: int) -> None:
            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
            # A study's plugins (families outside harness/) import on the workers as on the driver.
            **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {})}
+    if address and address not in ("auto", "local") and not address.startswith("ray://"):
+        # Ray 2.60's `ray start --head` turns token authentication on and saves the token; ray.init
+        # presents it for 'auto' but not for an explicit HOST:PORT, which the head then refuses
+        # (InvalidAuthToken). Do what 'auto' does: token mode when a token is at hand and
+        # RAY_AUTH_MODE is unset (a token-mode driver joins a cluster without authentication too).
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available)
+
+        quiet = logging.getLogger("ray._private.authentication")
+        level = quiet.level
+        if verbose < 2:  # "Token authentication is enabled ..." on every run
+            quiet.setLevel(logging.ERROR)
+        try:
+            maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+        finally:
+            quiet.setLevel(level)
     if not ray.is_initialized():
         # Ray's own warnings (its token-authentication notice on every local start) only with -v 2.
         ray.init(address=address, include_dashboard=False,
@@ -174,6 +190,7 @@ def _report_trial(spec: TrialSpec) -> None:
         final = run_trial(spec, report=lambda m, epoch: tune.report({**numeric(m), "epoch": epoch}),
                           checkpoint_dir=Path(d))
         per_case = final.pop("per_case", [])
+        final["node"] = ray.get_runtime_context().get_node_id()  # which machine ran it (tag result.node)
         tune.report({**numeric(final), "final": 1, "per_case_json": json.dumps(per_case),
                      "strings_json": json.dumps({k: v for k, v in final.items() if isinstance(v, str)})},
                     checkpoint=tune.Checkpoint.from_directory(d))
