@@ -210,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--dry-run", action="store_true", help="validate, list trials and estimate their compute")
     r.add_argument("--data-root", action="append", default=None, metavar="[TASK=]PATH",
                    help="point the study's data (or one of its tasks) at a folder on disk")
-    r.add_argument("-v", "--verbose", type=int, default=1, choices=[0, 1, 2])
+    r.add_argument("-v", "--verbose", type=int, default=1, choices=[0, 1, 2],
+                   help="0: the closing line only; 1: a line per finished or failed trial with counts and an "
+                        "ETA (default); 2: Ray's status tables, trial logs and warnings too")
     r.set_defaults(fn=cmd_run)
 
     c = sub.add_parser("cost", help="parameters, GMACs, latency and memory of a model or of a study's variants")
@@ -261,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"folder for <space>/pareto.md, pareto.png, trials.csv and pareto_variants.yaml "
                          f"(default: {LOCAL_REPORTS}, git-ignored)")
     se.add_argument("-v", "--verbose", type=int, default=1, choices=[0, 1, 2],
-                    help="0: a line per search; 1: Ray's progress table (default); 2: everything")
+                    help="0: a line per search; 1: a line per finished or failed trial (default); 2: Ray's "
+                         "status tables, trial logs and warnings too")
     se.set_defaults(fn=cmd_search)
 
     d = sub.add_parser("data", help="data folders: 'harness data check ROOT' validates one before training")

@@ -14,6 +14,7 @@ import os
 import socket
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,8 +47,9 @@ class MlflowWriter(tune.Callback):
     """
 
     def __init__(self, tracker: Tracker, exp_id: str, parent_id: str,
-                 spec_for: Callable[[Any], tuple[TrialSpec, str]]):
-        """``spec_for(trial)`` gives the Ray trial's spec and its config hash."""
+                 spec_for: Callable[[Any], tuple[TrialSpec, str]], total: int = 0, verbose: int = 0):
+        """``spec_for(trial)`` gives the Ray trial's spec and its config hash; with ``verbose`` 1
+        each settled trial prints one progress line (of ``total``)."""
         self.tracker, self.exp_id, self.parent_id, self.spec_for = tracker, exp_id, parent_id, spec_for
         self.keys: dict[str, str] = {}  # Ray trial id -> trial key
         self.run_ids: dict[str, str] = {}  # trial key -> MLflow run id
@@ -55,6 +57,24 @@ class MlflowWriter(tune.Callback):
         self.failed: list[str] = []
         self.awaiting_weights: set[str] = set()  # final result logged, checkpoint not yet
         self.crashed = False  # Tune raised instead of reporting the trial
+        self.total, self.verbose, self.t0 = total, verbose, time.monotonic()
+        self.started: dict[str, float] = {}
+        self.dice: dict[str, float] = {}
+
+    def _progress(self, key: str, outcome: str, why: str = "") -> None:
+        """One line per settled trial: the whole key, its outcome and time, counts and an ETA
+        (elapsed / settled x left: the study's own pace, parallelism included)."""
+        if self.verbose != 1:
+            return
+        settled = len(self.finished) + len(self.failed)
+        elapsed = time.monotonic() - self.t0
+        left = max(0, self.total - settled)
+        running = sum(1 for k in self.started if k not in self.finished and k not in self.failed)
+        took = time.monotonic() - self.started.get(key, self.t0)
+        dice = f"  Dice {self.dice[key]:.1f}" if key in self.dice and outcome == "done" else ""
+        eta = f", ETA {_mmss(elapsed / settled * left)}" if settled and left else ""
+        print(f"[{settled:>{len(str(self.total))}}/{self.total}] {outcome:<6} {key}{dice}  ({_mmss(took)}; "
+              f"{len(self.failed)} failed, {running} running{eta})" + (f"\n    {why}" if why else ""), flush=True)
 
     def _key(self, trial) -> str:
         if trial.trial_id not in self.keys:
@@ -68,6 +88,7 @@ class MlflowWriter(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run_id(trial)
+        self.started.setdefault(self._key(trial), time.monotonic())
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._run_id(trial)
@@ -77,6 +98,8 @@ class MlflowWriter(tune.Callback):
             self.tracker.log_final(run_id, {**metrics, **strings}, json.loads(result["per_case_json"]),
                                    step=int(result.get("training_iteration", 1)))
             self.awaiting_weights.add(self._key(trial))
+            if "mean_dice" in metrics:
+                self.dice[self._key(trial)] = metrics["mean_dice"]
         else:
             metrics = {k: v for k, v in numeric(result).items() if not _is_ray_key(k) and k != "epoch"}
             self.tracker.log_metrics(run_id, metrics, step=int(result["epoch"]))
@@ -93,6 +116,7 @@ class MlflowWriter(tune.Callback):
         self.awaiting_weights.discard(key)
         self.tracker.client.set_terminated(self.run_ids[key], "FINISHED")
         self.finished.append(key)
+        self._progress(key, "done")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         err = ""
@@ -100,6 +124,8 @@ class MlflowWriter(tune.Callback):
             err = Path(trial.error_file).read_text()
         self.tracker.fail_child(self._run_id(trial), err or "trial raised (no error file)")
         self.failed.append(self._key(trial))
+        last = [ln.strip() for ln in err.strip().splitlines() if ln.strip()][-1:] or ["no error file"]
+        self._progress(self._key(trial), "FAILED", last[0][:160])
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         key = self._key(trial)
@@ -110,6 +136,7 @@ class MlflowWriter(tune.Callback):
             self.tracker.client.set_tag(self.run_ids[key], "stopped_early", "true")
             self.tracker.client.set_terminated(self.run_ids[key], "KILLED")
             self.failed.append(key)
+            self._progress(key, "stopped")
 
     def abort(self, error: str) -> None:
         """Tune itself raised: close every started trial that has no outcome yet as FAILED."""
@@ -122,6 +149,25 @@ class MlflowWriter(tune.Callback):
 _RAY_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid", "time_since_restore",
              "iterations_since_restore", "done", "trial_id", "date", "hostname", "node_ip", "config",
              "checkpoint_dir_name", "should_checkpoint", "experiment_tag"}
+
+
+@contextmanager
+def _tune_logs(verbose: int):
+    """Below -v 2 Tune's own log lines (a failed trial's traceback, slow-callback warnings) are
+    off: the writer prints a line per trial and MLflow keeps each error in full."""
+    logger = logging.getLogger("ray.tune")
+    level = logger.level
+    if verbose < 2:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _mmss(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s"
 
 
 def _is_ray_key(k: str) -> bool:
@@ -202,7 +248,8 @@ def run_trials(specs: list[TrialSpec], tracker: Tracker, exp_id: str, parent_id:
     _init_ray(address, verbose)
     res = specs[0].resources
     by_key = {s.key: s for s in specs}
-    writer = MlflowWriter(tracker, exp_id, parent_id, lambda t: (by_key[t.config["key"]], chash[t.config["key"]]))
+    writer = MlflowWriter(tracker, exp_id, parent_id, lambda t: (by_key[t.config["key"]], chash[t.config["key"]]),
+                          total=len(specs), verbose=verbose)
     # Trials carry only their key; the specs travel once through Ray's object store.
     trainable = tune.with_resources(tune.with_parameters(_trainable, specs={s.key: s.model_dump() for s in specs}),
                                     {"cpu": res.cpu, "gpu": res.gpu})
@@ -214,12 +261,14 @@ def run_trials(specs: list[TrialSpec], tracker: Tracker, exp_id: str, parent_id:
         tune_config=tune.TuneConfig(num_samples=1),
         run_config=tune.RunConfig(
             name=f"{specs[0].study}-{specs[0].scale}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=_storage_path(storage), callbacks=[writer], verbose=verbose,
-            progress_reporter=reporter,
+            # -v 1: the writer's line per trial; -v 2: Ray's status tables and trial logs too.
+            storage_path=_storage_path(storage), callbacks=[writer], verbose=verbose if verbose > 1 else 0,
+            progress_reporter=reporter if verbose > 1 else None,
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
     )
     try:
-        tuner.fit()
+        with _tune_logs(verbose):
+            tuner.fit()
     except Exception as e:  # noqa: BLE001  e.g. Ray's OOM killer hitting a trial actor while it starts
         writer.abort(f"{type(e).__name__}: {e}")
         writer.crashed = True
@@ -273,7 +322,7 @@ def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: s
             spec = spec.model_copy(update={"tags": {**spec.tags, "optuna_trial": str(asked.number)}})
         return spec, chash
 
-    writer = MlflowWriter(tracker, exp_id, parent_id, spec_for)
+    writer = MlflowWriter(tracker, exp_id, parent_id, spec_for, total=n, verbose=verbose)
     res = space.study.resources
     base = space.spec_for(space.cfg_default())
     scheduler = ASHAScheduler(metric=metrics[0], mode=modes[0], max_t=base.train.epochs + 1,
@@ -286,11 +335,13 @@ def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: s
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=n),
         run_config=tune.RunConfig(
             name=f"search-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=_storage_path(storage_dir),
-            callbacks=[writer], verbose=verbose, progress_reporter=reporter,
+            callbacks=[writer], verbose=verbose if verbose > 1 else 0,
+            progress_reporter=reporter if verbose > 1 else None,
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
     )
     try:
-        tuner.fit()
+        with _tune_logs(verbose):
+            tuner.fit()
     except Exception as e:  # noqa: BLE001  see run_trials
         writer.abort(f"{type(e).__name__}: {e}")
         writer.crashed = True

@@ -60,7 +60,7 @@ def finished_keys_raw(tmp_path):
 def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path):
     study = {**TINY, "variants": TINY["variants"] + [{"name": "diverge", "train": {"lr": 1e30}}]}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
-    p = harness(["run", "s.yaml", "-v", "0"], tmp_path)
+    p = harness(["run", "s.yaml"], tmp_path)  # the default verbosity: a line per trial
     out = p.communicate(timeout=600)[0]
     assert p.returncode == 1, out
     rs = runs(tmp_path)
@@ -73,6 +73,14 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path):
     assert m["gmacs"] > 0 and m["params"] > 0 and 0 <= m["mean_dice"] <= 100 and "latency_ns_per_voxel" in m
     assert done.data.params["model.params.insert"] == "CSC" and done.data.tags["git_commit"]
     assert "diverge#s0" in out and "failed" in out
+    # Readable output: one line per settled trial with its whole key, no Ray status tables or
+    # token notices, and a closing line naming the MLflow run and the report command.
+    progress = [ln for ln in out.splitlines() if ln.startswith("[")]
+    assert len(progress) == 3 and any("FAILED diverge#s0" in ln for ln in progress), out
+    assert all(("/3]" in ln and "running" in ln) for ln in progress)
+    assert "Trial status" not in out and "Token authentication" not in out and len(out.splitlines()) < 12, out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("tiny_e2e@smoke: 2/3 trials finished") and "Report: harness report s.yaml" in last
 
 
 def test_kill_midway_then_resume_gives_one_finished_run_per_trial(tmp_path):
