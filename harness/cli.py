@@ -92,6 +92,7 @@ def cmd_cost(args) -> int:
             check_model(s.model, shape[2:], f"variant {s.variant!r}", s.train.output)
             # As trials cost themselves: the study's inferer (TTA: every view) on one input-sized window.
             inferer = build_inferer(s.train.inferer, shape[2:], shape[0], s.train.output)
+            print(f"costing {s.variant} at {'x'.join(map(str, shape))} ...", file=sys.stderr, flush=True)
             row = {"name": s.variant, **cost_report(model, shape, latency=not args.no_latency, inferer=inferer)}
             for metric, e in study.expected.get(s.variant, {}).items():  # the paper's figure beside ours
                 if metric in PAPER_COST:
@@ -113,6 +114,12 @@ def cmd_cost(args) -> int:
     cols = ["name", "input", "params", "size_mb", "gmacs", "macs_per_voxel"] + (
         [] if args.no_latency else ["latency_ns_per_voxel", "peak_mem_mb", "device"])
     cols += [f"paper {m}" for m in PAPER_COST if any(f"paper {m}" in r for r in rows)]
+    if not sys.stdout.isatty():  # a pipe or a file: whole numbers, tab-separated, never cut to a width
+        print("\t".join(cols))
+        for r in rows:
+            print("\t".join("" if c not in r else f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c])
+                            for c in cols))
+        return 0
     for c in cols:
         table.add_column(c)
     for r in rows:

@@ -51,6 +51,7 @@ def dry_run(specs: list[TrialSpec], console: Console) -> None:
     for col in ("trial", "varying model / params", "steps", "s/step", "est. train time"):
         table.add_column(col)
     total = 0.0
+    problems: list[str] = []
     # Show only the model parameters that tell the trials apart.
     keys = list(dict.fromkeys(k for s in specs for k in s.model.params))
     varying = [k for k in keys if len({json.dumps(s.model.params.get(k), sort_keys=True) for s in specs}) > 1]
@@ -60,15 +61,22 @@ def dry_run(specs: list[TrialSpec], console: Console) -> None:
             tasks[dkey] = build_task(spec.data.dataset, **spec.data.params)
         mkey = config_hash([spec.model.model_dump(), spec.train.model_dump(), dkey])
         if mkey not in step_times:
-            step_times[mkey] = measure_step_time(spec, tasks[dkey])
+            with console.status(f"measuring a training step of {spec.key} ({len(step_times) + 1} distinct)"):
+                try:
+                    step_times[mkey] = measure_step_time(spec, tasks[dkey])
+                except FloatingPointError as e:  # a recipe that diverges at once: say so, size the rest
+                    step_times[mkey] = float("nan")
+                    problems.append(f"{spec.key}: {e} in its first steps; as a trial it would be recorded FAILED")
         steps = spec.train.epochs * spec.train.steps_per_epoch
         est = steps * step_times[mkey]
-        total += est
+        total += 0.0 if est != est else est
         shown = ([spec.model.name] if len({s.model.name for s in specs}) > 1 else []) + [
             f"{k}={spec.model.params.get(k)}" for k in varying]
-        table.add_row(spec.key, ", ".join(shown), str(steps),
-                      f"{step_times[mkey]:.3f}", f"{est / 60:.1f} min")
+        table.add_row(spec.key, ", ".join(shown), str(steps), f"{step_times[mkey]:.3f}",
+                      "diverges" if est != est else f"{est / 60:.1f} min")
     console.print(table)
+    for p in problems:
+        console.print(f"[yellow]{p}[/yellow]", soft_wrap=True)
     device = pick_device(specs[0].resources.gpu)
     unit = "GPU-hours" if device.type == "cuda" else f"hours on this machine's CPU ({torch.get_num_threads()} threads)"
     console.print(f"Total training compute: {total / 3600:.2f} {unit} (measured step time x steps; "

@@ -21,6 +21,16 @@ def test_dry_run_lists_trials_and_compute_and_writes_nothing(tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
 
 
+def test_dry_run_sizes_the_rest_when_a_variant_diverges_at_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    study = {**BASE, "variants": [{"name": "pw"}, {"name": "diverge", "train": {"lr": 1e30}}]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    assert main(["run", "s.yaml", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "diverges" in out and "diverge#s0: non-finite training loss" in out and "Total training compute" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
 def test_cost_command_json_for_model_and_study(capsys):
     assert main(["cost", "gsp_unet", "--input", "1x4x16x32x32", "--json", "--no-latency"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
@@ -29,6 +39,16 @@ def test_cost_command_json_for_model_and_study(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in rows] == ["Cs_half", "Cs_all"] and rows[0]["latency_ns_per_voxel"] > 0
     assert rows[0]["gmacs"] == rows[1]["gmacs"]  # the shift ratio costs nothing
+
+
+def test_cost_command_prints_whole_numbers_when_piped_and_progress_on_stderr(capsys):
+    # capsys's stdout is not a terminal: tab-separated, nothing cut to a width.
+    assert main(["cost", "studies/gsp_shift_ratio_promise12.yaml", "--scale", "smoke", "--no-latency"]) == 0
+    captured = capsys.readouterr()
+    header, *rows = [ln.split("\t") for ln in captured.out.strip().splitlines()]
+    assert header[:3] == ["name", "input", "params"] and [r[0] for r in rows] == ["Cs_half", "Cs_all"]
+    assert all(r[2].isdigit() for r in rows) and "…" not in captured.out
+    assert "costing Cs_half at 1x1x" in captured.err
 
 
 def test_cost_command_bad_input(capsys):
