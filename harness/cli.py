@@ -295,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # A missing study or space file is known before torch, MONAI, MLflow and Ray load (seconds).
+    for kind, path in (("study", getattr(args, "study", None)), ("space", getattr(args, "space", None)),
+                       ("study", getattr(args, "target", None))):
+        if path and (kind != "study" or str(path).endswith((".yaml", ".yml"))) and not Path(path).is_file():
+            print(f"error: {kind}: file {str(path)!r} does not exist", file=sys.stderr)
+            return 2
     from harness.config import ConfigError
     from harness.registry import UnknownNameError
 

@@ -94,3 +94,16 @@ def test_cli_scales_are_the_schema_scales():
     from harness import cli, config
 
     assert cli.SCALES == config.SCALES
+
+
+def test_a_missing_study_or_space_is_reported_before_the_heavy_imports(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from harness.cli import main; rc = main([sys.argv[1], 'missing.yaml']); "
+            "print(sorted(m for m in ('torch', 'monai', 'mlflow', 'ray') if m in sys.modules)); sys.exit(rc)")
+    for cmd, kind in (("run", "study"), ("report", "study"), ("search", "space")):
+        p = subprocess.run([sys.executable, "-c", code, cmd], cwd=tmp_path, capture_output=True, text=True)
+        assert p.returncode == 2 and f"error: {kind}: file 'missing.yaml' does not exist" in p.stderr
+        assert p.stdout.strip() == "[]", p.stdout  # nothing heavy was imported
+    assert sorted(x.name for x in tmp_path.iterdir()) == []
