@@ -44,6 +44,37 @@ def cmd_run(args) -> int:
                      storage=args.storage)
 
 
+def cmd_merge_labels(args) -> int:
+    """BraTS 2020 Table 1: merge pipeline A's and pipeline B's label maps (NIfTI) into one."""
+    import nibabel as nib
+    import numpy as np
+
+    from harness.data.brats_labels import merge_labels
+
+    for name in ("a", "b"):
+        if not Path(getattr(args, name)).is_file():
+            print(f"error: {name.upper()}: file {getattr(args, name)!r} does not exist", file=sys.stderr)
+            return 2
+    out = Path(args.out)
+    if not out.name.endswith((".nii", ".nii.gz")):
+        print(f"error: --out: {args.out!r} is not a NIfTI name (.nii or .nii.gz)", file=sys.stderr)
+        return 2
+    try:
+        a, b = nib.load(args.a), nib.load(args.b)
+        la, lb = np.asanyarray(a.dataobj), np.asanyarray(b.dataobj)
+        if not np.allclose(a.affine, b.affine, atol=1e-3):
+            raise ValueError("A and B have different affines (voxel grids); resample one onto the other first")
+        merged = merge_labels(la.astype(np.int16), lb.astype(np.int16)).astype(np.uint8)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(merged, a.affine, a.header), str(out))
+    print(f"{out}: {int((merged != la).sum())} voxels taken from B (Table 1), labels "
+          + ", ".join(f"{v}: {int((merged == v).sum())}" for v in (0, 1, 2, 4)))
+    return 0
+
+
 def cmd_data_check(args) -> int:
     from harness.data.folders import SCANNERS, check_folder, detect_format, scan
 
@@ -281,6 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     dc.add_argument("--format", default=None, choices=["msd", "brats", "promise12"],
                     help="default: detected from the folder")
     dc.set_defaults(fn=cmd_data_check)
+    dm = dsub.add_parser("merge-labels", help="BraTS 2020 Table 1: merge two pipelines' label maps (0, 1, 2, 4): "
+                                              "A's NCR and ET kept, B's oedema/background where both say 0 or 2")
+    dm.add_argument("a", help="pipeline A's label map (NIfTI)")
+    dm.add_argument("b", help="pipeline B's label map (NIfTI, same grid)")
+    dm.add_argument("--out", required=True, help="the merged label map (.nii or .nii.gz)")
+    dm.set_defaults(fn=cmd_merge_labels)
 
     b = sub.add_parser("bench", help="speed benchmarks (results under reports/bench)")
     b.add_argument("--out", default="reports/bench")

@@ -237,3 +237,27 @@ def test_a_variant_appends_a_callback_to_the_scales_list():
 
     with pytest.raises(ConfigError, match=r"lr\+: appends a list to the list 'lr'"):
         _merge(base, {"lr+": [1]})
+
+
+def test_merge_labels_command_writes_table1_on_a_grid_and_refuses_bad_input(tmp_path, capsys):
+    import nibabel as nib
+
+    from harness.cli import main
+
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    a = np.array([0, 1, 2, 4] * 4, np.uint8).reshape(4, 2, 2)
+    b = np.repeat(np.array([0, 1, 2, 4], np.uint8), 4).reshape(4, 2, 2)
+    nib.save(nib.Nifti1Image(a, affine), str(tmp_path / "a.nii.gz"))
+    nib.save(nib.Nifti1Image(b, affine), str(tmp_path / "b.nii.gz"))
+    assert main(["data", "merge-labels", str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz"),
+                 "--out", str(tmp_path / "m.nii.gz")]) == 0
+    merged = np.asanyarray(nib.load(str(tmp_path / "m.nii.gz")).dataobj)
+    assert merged.tolist() == merge_labels(a, b).tolist() and "2 voxels taken from B" in capsys.readouterr().out
+    nib.save(nib.Nifti1Image(np.full_like(a, 3), affine), str(tmp_path / "bad.nii.gz"))
+    assert main(["data", "merge-labels", str(tmp_path / "a.nii.gz"), str(tmp_path / "bad.nii.gz"),
+                 "--out", str(tmp_path / "x.nii.gz")]) == 2
+    assert "label map B holds [3]" in capsys.readouterr().err and not (tmp_path / "x.nii.gz").exists()
+    nib.save(nib.Nifti1Image(b, np.diag([2.0, 1.0, 1.0, 1.0])), str(tmp_path / "moved.nii.gz"))
+    assert main(["data", "merge-labels", str(tmp_path / "a.nii.gz"), str(tmp_path / "moved.nii.gz"),
+                 "--out", str(tmp_path / "y.nii.gz")]) == 2
+    assert "different affines" in capsys.readouterr().err
