@@ -11,6 +11,10 @@
    (Sec. 5) sets them up: on 8 x 144^3 features, two strided 3^3 convs (8->32, 32->64) vs an
    OBELISK layer with 128 offsets on the 36^3 grid and a 1x1 conv 8*128->64. Paper (GTX 1080
    Ti): about 10 ms vs 20 ms, ratio about 2.
+5. BraTS 2020 U-Net at the quick scale's size (width 8, 32 x 64 x 64, deep supervision), one
+   training step (forward + backward): with CBAM (r = 8) vs without, beside their MAC ratio;
+   and the time per case at batch 1 vs batch 2, where PyTorch's CPU convolution leaves oneDNN
+   for its slow path at batch 1 (N C D H <= 20480).
 Timings alternate between the two sides so that drift hits both equally.
 """
 from __future__ import annotations
@@ -145,6 +149,30 @@ def bench_obelisk(device: torch.device, quick: bool) -> dict:
             "convs_ms": 1e3 * t_conv, "ratio": ratio, "paper_ratio": 2.0}
 
 
+def bench_brats(device: torch.device, quick: bool) -> dict:
+    from harness.cost import count_macs
+
+    shape = (4, 32, 64, 64)
+    nets = {name: build_model("brats_unet", width=8, deep_supervision=True, reduction=8, attention=att).to(device)
+            for name, att in (("plain", False), ("cbam", True))}
+
+    def step(net, batch):
+        x = torch.randn(batch, *shape, device=device)
+
+        def run():
+            out = net.train()(x)
+            sum(h.float().mean() for h in [out["seg"], *out["deep"]]).backward()
+        return run
+
+    rounds = 2 if quick else 10
+    t_cbam, t_plain, cbam_ratio = _alternate(step(nets["cbam"], 2), step(nets["plain"], 2), rounds, device)
+    t_b1, t_b2, b_ratio = _alternate(step(nets["plain"], 1), step(nets["plain"], 2), rounds, device)
+    macs = {n: count_macs(m, [1, *shape])["macs"] for n, m in nets.items()}
+    return {"device": str(device), "input": "x".join(map(str, shape)), "plain_step_s": t_plain, "cbam_step_s": t_cbam,
+            "cbam_time_ratio": cbam_ratio, "cbam_macs_ratio": macs["cbam"] / macs["plain"],
+            "batch1_step_s": t_b1, "batch2_step_s": t_b2, "per_case_batch1_vs_batch2": 2 * b_ratio}
+
+
 def run_bench(out: Path, quick: bool = False) -> int:
     from rich.console import Console
 
@@ -153,12 +181,13 @@ def run_bench(out: Path, quick: bool = False) -> int:
     result = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
                           "cpu_threads": torch.get_num_threads(), "processor": platform.processor(),
                           "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
-              "quick": quick, "group_shift": [], "train_step": [], "dsm_wall_time": [], "obelisk": []}
+              "quick": quick, "group_shift": [], "train_step": [], "dsm_wall_time": [], "obelisk": [], "brats": []}
     for device in devices:
         result["group_shift"] += bench_group_shift(device, quick)
         result["train_step"].append(bench_train_step(device, quick))
         result["dsm_wall_time"] += bench_dsm_wall_time(device, quick)
         result["obelisk"].append(bench_obelisk(device, quick))
+        result["brats"].append(bench_brats(device, quick))
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(result, indent=1))
     lines = ["# harness bench", "", f"Machine: {json.dumps(result['machine'])}", "",
@@ -180,6 +209,12 @@ def run_bench(out: Path, quick: bool = False) -> int:
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['device']} | {r['input']} | {r['grid']} | {r['obelisk_ms']:.1f} | {r['convs_ms']:.1f} | "
               f"**{r['ratio']:.2f}** | {r['paper_ratio']:.1f} |" for r in result["obelisk"]]
+    lines += ["", "## BraTS 2020 U-Net (width 8, deep supervision), one training step", "",
+              "| device | input | plain s | CBAM s | CBAM time ratio | CBAM MAC ratio | batch 1 s | batch 2 s | "
+              "time per case, batch 1 / batch 2 |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['device']} | {r['input']} | {r['plain_step_s']:.3f} | {r['cbam_step_s']:.3f} | "
+              f"**{r['cbam_time_ratio']:.2f}** | {r['cbam_macs_ratio']:.3f} | {r['batch1_step_s']:.3f} | "
+              f"{r['batch2_step_s']:.3f} | **{r['per_case_batch1_vs_batch2']:.2f}** |" for r in result["brats"]]
     (out / "README.md").write_text("\n".join(lines) + "\n")
     console.print("\n".join(lines))
     return 0

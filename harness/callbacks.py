@@ -94,6 +94,16 @@ def swa(start: float = 0.75) -> Callback:
     return SWA(start)
 
 
+def train_epoch(ctx: LoopContext, optimizer: Optional[torch.optim.Optimizer] = None) -> int:
+    """One pass over the training loader through ``ctx.step``; returns the steps taken."""
+    ctx.model.train()
+    steps = 0
+    for batch in ctx.loader:
+        ctx.step(batch, optimizer)
+        steps += 1
+    return steps
+
+
 class SelfEnsemble(Callback):
     """BraTS 2020 self-ensembling (Henry et al. Sec. 2.5; the authors' ``train.py``), a fast-SWA
     variant (Athiwaratkun et al. 2019) run after training:
@@ -136,10 +146,7 @@ class SelfEnsemble(Callback):
             opt = torch.optim.Adam(model.parameters(), lr=ctx.base_lr * self.lr_factor, weight_decay=0.0)
             cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.t_max)
             for epoch in range(self.cycle_epochs):
-                model.train()
-                for batch in ctx.loader:
-                    ctx.step(batch, opt)
-                    steps += 1
+                steps += train_epoch(ctx, opt)
                 cosine.step()
                 if (epoch + 1) % self.every == 0:
                     avg.update_parameters(model)
@@ -179,9 +186,7 @@ class PatientRemoval(Callback):
         saved = [copy.deepcopy(x.state_dict()) for x in (ctx.model, ctx.optimizer, ctx.schedule)]
         epochs = ctx.state.total_steps // max(1, ctx.state.steps_per_epoch)
         for _ in range(epochs):
-            ctx.model.train()
-            for batch in ctx.loader:
-                ctx.step(batch)
+            train_epoch(ctx)
         losses = ctx.case_losses()
         n = self.count if self.count is not None else max(1, round(self.fraction * len(losses)))
         if n >= len(losses):

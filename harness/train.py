@@ -43,11 +43,13 @@ def pick_device(gpu: float) -> torch.device:
     return torch.device("cuda") if gpu > 0 and torch.cuda.is_available() else torch.device("cpu")
 
 
-def sample_transforms(cfg: TrainCfg, seed: int) -> Compose:
-    """Random crop, the study's augmentations, then its label-derived targets (MONAI)."""
+def sample_transforms(cfg: TrainCfg, seed: int, random: bool = True) -> Compose:
+    """Random crop, the study's augmentations, then its label-derived targets (MONAI).
+    ``random=False``: the centre crop and no augmentation (scoring a training case)."""
     keys = ["image", "label"]
-    xforms = [SpatialPadd(keys, cfg.patch), RandSpatialCropd(keys, cfg.patch, random_size=False)]
-    for a in cfg.augment:
+    xforms = [SpatialPadd(keys, cfg.patch),
+              RandSpatialCropd(keys, cfg.patch, random_size=False) if random else CenterSpatialCropd(keys, cfg.patch)]
+    for a in cfg.augment if random else []:
         xforms += AUGMENTATIONS.get(a.name)(keys=keys, **a.params)
     targets = [TARGETS.get(t.name)(**t.params) for t in cfg.targets]
     # Plain tensors into the model: MetaTensor's per-op metadata tracking costs time in every layer.
@@ -150,11 +152,7 @@ def case_losses(t: Trial) -> dict[str, float]:
     What patient removal ranks (Henry et al. Sec. 2.6: "cases with high training loss at the
     end of the training procedure").
     """
-    cfg = t.spec.train
-    keys = ["image", "label"]
-    targets = [TARGETS.get(x.name)(**x.params) for x in cfg.targets]
-    crop = Compose([SpatialPadd(keys, cfg.patch), CenterSpatialCropd(keys, cfg.patch), *targets,
-                    EnsureTyped(keys + [x.key for x in targets], track_meta=False)])
+    crop = sample_transforms(t.spec.train, t.spec.seed, random=False)
     model = copy.deepcopy(t.model).train()
     kept = {d["id"] for d in t.loader.dataset.data}
     out = {}

@@ -71,6 +71,10 @@ def test_bench_writes_ratios(tmp_path):
     ob = res["obelisk"][0]
     assert ob["grid"] == "12^3" and ob["obelisk_ms"] > 0 and ob["convs_ms"] > 0 and ob["ratio"] > 0
     assert "OBELISK (128 offsets + 1x1) / two strided" in (tmp_path / "README.md").read_text()
+    br = res["brats"][0]
+    assert br["cbam_step_s"] > 0 and br["plain_step_s"] > 0 and br["per_case_batch1_vs_batch2"] > 0
+    assert 1.05 < br["cbam_macs_ratio"] < 1.07  # at width 8 the 7^3 gates add 5.9% (0.2% at width 48)
+    assert "BraTS 2020 U-Net (width 8" in (tmp_path / "README.md").read_text()
 
 
 def test_list_names_every_registry_with_its_built_in_components(capsys, tmp_path, monkeypatch):

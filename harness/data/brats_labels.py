@@ -2,7 +2,7 @@
 
 BraTS labels: 0 background, 1 necrotic / non-enhancing tumour core (NCR/NET), 2 peritumoral
 oedema (ED), 4 enhancing tumour (ET). Evaluated regions: WT = {1, 2, 4}, TC = {1, 4},
-ET = {4} (``harness.data.folders.BRATS_REGIONS``).
+ET = {4} (``harness.data.folders.BRATS_REGIONS``, used here too).
 
 Reconstruction from three thresholded region channels (Sec. 2.6, "NonEnhancing = TC - ET;
 edema = WT - TC"): ET -> 4, TC and not ET -> 1, WT and not TC -> 2, in that order of
@@ -21,7 +21,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from harness.data.folders import BRATS_REGIONS
+
 LABELS = (0, 1, 2, 4)
+
+
+def _check(name: str, labels: np.ndarray) -> None:
+    bad = set(np.unique(labels).tolist()) - set(LABELS)
+    if bad:
+        raise ValueError(f"label map {name}holds {sorted(bad)}; BraTS labels are {list(LABELS)}")
 
 
 def regions_to_labels(wt: np.ndarray, tc: np.ndarray, et: np.ndarray) -> np.ndarray:
@@ -39,10 +47,8 @@ def regions_to_labels(wt: np.ndarray, tc: np.ndarray, et: np.ndarray) -> np.ndar
 def labels_to_regions(labels: np.ndarray) -> np.ndarray:
     """A BraTS label map -> (3, ...) binary WT, TC, ET masks; fails on a label outside 0, 1, 2, 4."""
     labels = np.asarray(labels)
-    bad = set(np.unique(labels).tolist()) - set(LABELS)
-    if bad:
-        raise ValueError(f"label map holds {sorted(bad)}; BraTS labels are {list(LABELS)}")
-    return np.stack([np.isin(labels, (1, 2, 4)), np.isin(labels, (1, 4)), labels == 4]).astype(np.uint8)
+    _check("", labels)
+    return np.stack([np.isin(labels, values) for values in BRATS_REGIONS.values()]).astype(np.uint8)
 
 
 def merge_labels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -50,10 +56,8 @@ def merge_labels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape:
         raise ValueError(f"label maps differ in shape: A {a.shape}, B {b.shape}")
-    for name, m in (("A", a), ("B", b)):
-        bad = set(np.unique(m).tolist()) - set(LABELS)
-        if bad:
-            raise ValueError(f"label map {name} holds {sorted(bad)}; BraTS labels are {list(LABELS)}")
+    _check("A ", a)
+    _check("B ", b)
     out = a.copy()
     swap = np.isin(a, (0, 2)) & np.isin(b, (0, 2))
     out[swap] = b[swap]
