@@ -124,7 +124,8 @@ def cmd_cost(args) -> int:
             # As trials cost themselves: the study's inferer (TTA: every view) on one input-sized window.
             inferer = build_inferer(s.train.inferer, shape[2:], shape[0], s.train.output)
             print(f"costing {s.variant} at {'x'.join(map(str, shape))} ...", file=sys.stderr, flush=True)
-            row = {"name": s.variant, **cost_report(model, shape, latency=not args.no_latency, inferer=inferer)}
+            row = {"name": s.variant, **cost_report(model, shape, latency=not args.no_latency, inferer=inferer,
+                                                    train_shape=[s.train.batch_size, shape[1], *s.train.patch])}
             for metric, e in study.expected.get(s.variant, {}).items():  # the paper's figure beside ours
                 if metric in PAPER_COST:
                     row[f"paper {metric}"] = float(e) if isinstance(e, (int, float)) else e.value
@@ -137,13 +138,13 @@ def cmd_cost(args) -> int:
         check_model(ModelCfg(name=args.target, params=params), shape[2:], "cost")
         model = build_model(args.target, in_channels=shape[1], out_channels=args.out_channels, input_size=shape[2:],
                             **params)
-        rows.append({"name": args.target, **cost_report(model, shape, latency=not args.no_latency)})
+        rows.append({"name": args.target, **cost_report(model, shape, latency=not args.no_latency, train_shape=shape)})
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
     table = Table(title="cost (GMACs: fvcore, 1 multiply-add = 1)")
     cols = ["name", "input", "params", "size_mb", "gmacs", "macs_per_voxel"] + (
-        [] if args.no_latency else ["latency_ns_per_voxel", "peak_mem_mb", "device"])
+        [] if args.no_latency else ["latency_ns_per_voxel", "peak_mem_mb", "train_peak_mem_mb", "device"])
     cols += [f"paper {m}" for m in PAPER_COST if any(f"paper {m}" in r for r in rows)]
     if not sys.stdout.isatty():  # a pipe or a file: whole numbers, tab-separated, never cut to a width
         print("\t".join(cols))
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--scale", default="paper", choices=list(SCALES))
     c.add_argument("--param", type=_kv, action="append", help="model parameter KEY=VALUE (YAML value)")
     c.add_argument("--out-channels", type=int, default=3)
-    c.add_argument("--no-latency", action="store_true", help="skip latency and memory")
+    c.add_argument("--no-latency", action="store_true", help="skip the measured figures: latency, inference and training memory")
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=cmd_cost)
 

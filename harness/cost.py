@@ -227,11 +227,13 @@ def inference_macs(model: nn.Module, input_shape: Sequence[int], inferer) -> dic
 
 
 def cost_report(model: nn.Module, input_shape: Sequence[int], latency: bool = True, runs: int = 5,
-                inferer=None) -> dict[str, Any]:
+                inferer=None, train_shape: Sequence[int] | None = None) -> dict[str, Any]:
     """Parameters, model size, GMACs, latency per voxel and peak memory at ``input_shape``.
 
     With ``inferer`` every figure is that of the inference procedure (``forward_passes``
-    network passes); without, of one forward pass.
+    network passes); without, of one forward pass. With ``train_shape`` (and ``latency``, the
+    switch for every measured figure) also ``train_peak_mem_mb``: the peak of one training
+    forward and backward pass on that batch (``measure_training_memory``).
     """
     voxels = 1
     for s in input_shape[2:]:
@@ -253,4 +255,6 @@ def cost_report(model: nn.Module, input_shape: Sequence[int], latency: bool = Tr
         out.update(latency_s=lat, latency_ns_per_voxel=lat / voxels * 1e9,
                    peak_mem_mb=measure_peak_memory(model, input_shape, inferer) / 2**20,
                    device=str(next(model.parameters()).device))
+        if train_shape is not None:
+            out["train_peak_mem_mb"] = measure_training_memory(model, train_shape) / 2**20
     return out

@@ -94,7 +94,7 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
         rows.append({"run_id": r.info.run_id, "key": key, "variant": variant, "seed": int(r.data.tags["seed"]),
                      "start_time": r.info.start_time, "end_time": r.info.end_time,
                      **axes.get(variant, {}), **r.data.metrics,
-                     "model_params": r.data.tags.get("model_params")})
+                     "model_params": r.data.tags.get("model_params"), "device": r.data.tags.get("result.device")})
     failed = sorted(set(failed) - seen)
     trials = pd.DataFrame(rows)
     per_case = None
@@ -422,6 +422,25 @@ def stats_table(runs: StudyRuns) -> pd.DataFrame:
     return summary
 
 
+COST_COLUMNS = {"params": "parameters", "gmacs": "GMACs", "latency_ns_per_voxel": "latency (ns / voxel)",
+                "peak_mem_mb": "inference peak memory (MB)", "train_peak_mem_mb": "training peak memory (MB)",
+                "step_time_s": "training step (s)"}
+
+
+def cost_table(runs: StudyRuns) -> pd.DataFrame:
+    """Each variant's cost as its trials measured it, mean over seeds: parameters and GMACs of
+    inference as evaluated, latency, the inference peak and the peak of one training pass on
+    the batch (``harness.cost``), and the median training step."""
+    t = runs.trials
+    cols = [c for c in COST_COLUMNS if c in t and t[c].notna().any()]
+    if t.empty or not cols:
+        return pd.DataFrame()
+    agg = t.groupby("variant", sort=False)[cols].mean().reset_index()
+    if "device" in t and t["device"].notna().any():  # where the measured figures come from
+        agg["device"] = agg["variant"].map(t.groupby("variant")["device"].agg(lambda d: ", ".join(sorted(set(d.dropna())))))
+    return agg.rename(columns=COST_COLUMNS)
+
+
 def check_pinned(runs: StudyRuns) -> list[tuple[str, str]]:
     """(status, message) for every pinned number (an ``expected`` entry with ``tol``).
 
@@ -679,6 +698,14 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
     if notes:
         md += ["Missing:", ""] + [f"- {n}" for n in notes] + [""]
     md += ["## Statistics", "", st.to_markdown(index=False, floatfmt=".4g") if not st.empty else "No finished runs.", ""]
+    costs = cost_table(runs)
+    if not costs.empty:
+        costs.to_csv(out / "cost.csv", index=False)
+        md += ["## Cost", "", "Mean over seeds, as each trial measured it (`harness.cost`): GMACs of inference as "
+               "evaluated (every network pass of the inferer), peak memory of that inference and of one training "
+               "forward and backward pass on the training batch. CUDA: the allocator's high-water mark; CPU: the "
+               "profiler's running sum of allocations minus frees.", "",
+               costs.to_markdown(index=False, floatfmt=",.4g"), ""]
     evals = evaluations(runs, tracking_uri)
     if not evals.empty:
         evals.to_csv(out / "evaluations.csv", index=False)

@@ -39,6 +39,8 @@ def test_cost_command_json_for_model_and_study(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in rows] == ["Cs_half", "Cs_all"] and rows[0]["latency_ns_per_voxel"] > 0
     assert rows[0]["gmacs"] == rows[1]["gmacs"]  # the shift ratio costs nothing
+    # Training memory (one forward + backward on the study's batch) beside the inference peak.
+    assert rows[0]["train_peak_mem_mb"] > rows[0]["peak_mem_mb"] > 0
 
 
 def test_cost_command_prints_whole_numbers_when_piped_and_progress_on_stderr(capsys):
@@ -62,8 +64,14 @@ def test_cost_command_bad_input(capsys):
 def test_bench_writes_ratios(tmp_path):
     assert run_bench(tmp_path, quick=True) == 0
     res = json.loads((tmp_path / "bench.json").read_text())
-    assert [r["groups"] for r in res["group_shift"]][:3] == [[2, 2, 2], [1, 4, 4], [1, 8, 8]]
-    assert all(r["ratio"] > 0 for r in res["group_shift"]) and res["train_step"][0]["throughput_ratio"] > 0
+    gs = [r for r in res["group_shift"] if r["net"] == "promise12_ProSGv3"]
+    # Every Group Shift input of the PROMISE12 net at its 16x128x128 crop, stage by stage.
+    assert [(r["shape"], r["groups"]) for r in gs] == [
+        ("1x16x16x128x128", [2, 2, 2]), ("1x32x8x64x64", [1, 4, 4]), ("1x64x4x32x32", [1, 4, 4]),
+        ("1x128x2x16x16", [1, 8, 8]), ("1x256x1x8x8", [1, 8, 8])]
+    assert all(r["ratio"] > 0 and r["method"] in ("box", "rows") for r in res["group_shift"])
+    assert res["gs_share"][0]["gs_layers"] == 9 and res["gs_share"][0]["step_s"] > 0
+    assert res["train_step"][0]["throughput_ratio"] > 0 and res["train_step"][0]["patch"] == [16, 64, 64]
     assert "Group Shift forward / x.clone()" in (tmp_path / "README.md").read_text()
     dsm = {r["model"]: r for r in res["dsm_wall_time"]}
     assert set(dsm) == {"unet2d", "residual_dsm", "unet3d", "distill_dsm"}

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from harness.ops import GroupShift, group_shift
+from harness.ops.group_shift import _METHOD, _apply, _apply_rows
 
 
 def literal_eqs(x, groups, ratio):
@@ -67,11 +68,20 @@ def test_matches_literal_equations(groups, C, ratio):
     if int(ratio * C) == 0:
         pytest.skip("nothing shifted")
     x = torch.randn(2, C, groups[0] * 2, groups[1] * 1, groups[2] * 2)
-    assert torch.equal(group_shift(x, groups, ratio), literal_eqs(x, groups, ratio))
+    expected = literal_eqs(x, groups, ratio)
+    assert torch.equal(group_shift(x, groups, ratio), expected)
+    # Both realisations (the op keeps whichever is faster per shape) are the same map and inverse.
+    assert torch.equal(_apply(x, groups, ratio, inverse=False), expected)
+    assert torch.equal(_apply_rows(x, groups, ratio, inverse=False), expected)
+    assert torch.equal(_apply(expected, groups, ratio, inverse=True), x)
+    assert torch.equal(_apply_rows(expected, groups, ratio, inverse=True), x)
 
 
-def test_is_a_permutation_and_gradcheck():
+@pytest.mark.parametrize("method", ["box", "rows"])
+def test_is_a_permutation_and_gradcheck(method, monkeypatch):
     x = torch.randn(1, 6, 4, 4, 2, dtype=torch.float64, requires_grad=True)
+    for groups, ratio in [((2, 2, 1), 0.5), ((1, 2, 2), 1.0)]:
+        monkeypatch.setitem(_METHOD, (tuple(x.shape), groups, ratio, "cpu", torch.float64), method)
     y = group_shift(x, (2, 2, 1), 0.5)
     assert torch.equal(torch.sort(y.flatten())[0], torch.sort(x.flatten())[0])
     assert torch.autograd.gradcheck(lambda t: group_shift(t, (2, 2, 1), 0.5), (x,))

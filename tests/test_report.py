@@ -236,8 +236,9 @@ def test_report_from_mlflow_runs_end_to_end(tmp_path, monkeypatch, capsys):
         tracker.log_metrics(run, {"train_loss": 0.5, "mean_dice": dice - 5}, step=0)
         per_case = [{"case": f"c{i}", "mean_dice": dice + i, "dice_organ": dice + i} for i in range(3)]
         tracker.finish_child(run, {"mean_dice": dice, "dice_organ": dice, "gmacs": 1 + dice / 100,
-                                   "params": 1000 if spec.variant == "fcn" else 50,
-                                   "latency_ns_per_voxel": 3.0}, per_case, step=1)
+                                   "params": 1000 if spec.variant == "fcn" else 50, "latency_ns_per_voxel": 3.0,
+                                   "peak_mem_mb": 20.0, "train_peak_mem_mb": 100.0 + dice, "device": "cpu"},
+                             per_case, step=1)
     import harness.config
 
     def no_build(*a, **k):
@@ -251,6 +252,11 @@ def test_report_from_mlflow_runs_end_to_end(tmp_path, monkeypatch, capsys):
         assert (out / f).exists(), f
     table = (out / "table.md").read_text()
     assert "**90.0**" in table and "| A " in table
+    # The Cost section: both memory peaks beside parameters and GMACs, where they were measured.
+    cost = pd.read_csv(out / "cost.csv").set_index("variant")
+    assert cost.loc["B-CCS", "training peak memory (MB)"] == 190.0 and cost.loc["fcn", "parameters"] == 1000
+    assert cost.loc["fcn", "inference peak memory (MB)"] == 20.0 and cost.loc["fcn", "device"] == "cpu"
+    assert "## Cost" in (out / "README.md").read_text()
     st = pd.read_csv(out / "stats.csv").set_index("variant")
     assert st.loc["B-CCS", "vs_fcn_delta"] == pytest.approx(15.0) and st.loc["B-CCS", "vs_fcn_pairs"] == 3
     assert "[grid](grid/README.md)" in (tmp_path / "reports" / "local" / "index.md").read_text()

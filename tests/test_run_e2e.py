@@ -71,6 +71,7 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path):
     done = next(r for r in rs if r.data.tags["trial_key"] == "csc#s0")
     m = done.data.metrics
     assert m["gmacs"] > 0 and m["params"] > 0 and 0 <= m["mean_dice"] <= 100 and "latency_ns_per_voxel" in m
+    assert m["time_train_s"] > 0 and m["train_peak_mem_mb"] > 0
     assert done.data.params["model.params.insert"] == "CSC" and done.data.tags["git_commit"]
     assert "diverge#s0" in out and "failed" in out
     # Readable output: one line per settled trial with its whole key, no Ray status tables or

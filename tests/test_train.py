@@ -39,6 +39,25 @@ def test_trial_is_deterministic_on_cpu():
     assert a == b and repr(ra["per_case"]) == repr(rb["per_case"])  # repr: NaN == NaN
 
 
+def test_cost_is_measured_once_per_architecture_and_time_is_accounted(monkeypatch):
+    import harness.train
+
+    calls = []
+    real = harness.train.cost_report
+    monkeypatch.setattr(harness.train, "cost_report", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(harness.train, "_COSTS", {})
+    first = run_trial(spec())
+    second = run_trial(spec().model_copy(update={"seed": 1}))  # another seed: same architecture, same cost
+    assert len(calls) == 1 and second["latency_ns_per_voxel"] == first["latency_ns_per_voxel"]
+    widened = spec().model_copy(update={"model": ModelCfg(name="gsp_unet", params={
+        **spec().model.params, "widths": [4, 4, 8, 8, 16]})})
+    third = run_trial(widened)
+    assert len(calls) == 2 and third["params"] > first["params"]
+    # Where the trial's time went, phase by phase.
+    parts = [first[f"time_{k}_s"] for k in ("build", "train", "evaluate", "cost")]
+    assert all(p >= 0 for p in parts) and first["time_train_s"] > 0 and first["time_evaluate_s"] > 0
+
+
 def test_diverging_trial_raises():
     with pytest.raises(FloatingPointError, match="non-finite training loss"):
         run_trial(spec(lr=1e30))

@@ -6,16 +6,26 @@ cut into channel groups of C_g channels; channel group k moves every spatial gro
 k steps forward in the flattened group index (Eq. 2, depth index fastest), cyclic
 mod g_d*g_h*g_w (Eq. 4); voxels keep their position inside the group (Eqs. 5-7).
 
-Implementation: a shift of the flattened group index by j is a mixed-radix add
-(digits a, b, c over g_d, g_h, g_w). Splitting the source by the two carries
-turns it into at most 8 box copies per channel group, each box being a run of
-whole W rows (a W-row is rotated by whole groups, so its copies stay long and
-contiguous). Every element is read once and written once, as in ``x.clone()``.
+Implementation: two exact realisations of the same permutation, chosen per (shape, groups,
+ratio, device, dtype) by timing both once on the first call, as ``cudnn.benchmark`` does:
+
+- ``box``: a shift of the flattened group index by j is a mixed-radix add (digits a, b, c
+  over g_d, g_h, g_w). Splitting the source by the two carries turns it into at most 8 box
+  copies per channel group, each box a run of whole W rows (a W row is rotated by whole
+  groups, so its copies stay long and contiguous). Every element is read and written once,
+  as in ``x.clone()``, but each copy is a dispatch: fastest for large tensors, few groups.
+- ``rows``: every output W row is a rotation of one input W row, i.e. a run of W elements
+  of the input with every row written twice side by side. So one copy doubles the rows and
+  one ``index_select`` over the overlapping length-W windows of that buffer gathers all
+  rows: two dispatches whatever the number of channel groups (the deep stages, where the
+  box plan issues hundreds of tiny copies, and every GPU).
 """
 from __future__ import annotations
 
+import time
 from functools import lru_cache
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -94,26 +104,122 @@ def _plan(shape: tuple[int, ...], groups: tuple[int, int, int], shift_ratio: flo
     return copies, c_s
 
 
-def _apply(x: torch.Tensor, copies: list[tuple[Box, Box]], inverse: bool) -> torch.Tensor:
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    for src, dst in copies:
+def _shape(x: torch.Tensor) -> tuple[int, ...]:
+    return tuple(int(s) for s in x.shape)  # plain ints: a jit trace hands out traced sizes
+
+
+@lru_cache(maxsize=256)
+def _strided_plan(shape: tuple[int, ...], groups: tuple[int, int, int], shift_ratio: float):
+    """The box copies as (size, storage offset) pairs of views of a contiguous ``shape`` tensor."""
+    stride = torch.empty(shape, device="meta").stride()
+
+    def view(box: Box) -> tuple[list[int], int]:
+        return [shape[0], *(s.stop - s.start for s in box)], sum(s.start * st for s, st in zip(box, stride[1:]))
+
+    return [(view(src), view(dst)) for src, dst in _plan(shape, groups, shift_ratio)[0]], stride
+
+
+def _apply(x: torch.Tensor, groups: tuple[int, int, int], shift_ratio: float, inverse: bool) -> torch.Tensor:
+    """``box``: one copy per box, issued together (``_foreach_copy_``) to keep the dispatch cost low."""
+    plan, stride = _strided_plan(_shape(x), groups, shift_ratio)
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    if inverse:
+        plan = [(dst, src) for src, dst in plan]
+    torch._foreach_copy_([out.as_strided(size, stride, off) for _, (size, off) in plan],
+                         [x.as_strided(size, stride, off) for (size, off), _ in plan])
+    return out
+
+
+@lru_cache(maxsize=256)
+def _row_starts(chw: tuple[int, ...], groups: tuple[int, int, int], shift_ratio: float, inverse: bool) -> np.ndarray:
+    """(C*D*H,) int64: where output row i starts in one sample's row-doubled buffer (R, 2, W).
+
+    The box plan applied to element indices (in NumPy, so a jit trace records none of it), so
+    both methods are the same map.
+    """
+    C, D, H, W = chw
+    source, index = np.empty((C, D, H, W), np.int64), np.arange(C * D * H * W).reshape(C, D, H, W)
+    for src, dst in _plan((1, C, D, H, W), groups, shift_ratio)[0]:
         if inverse:
             src, dst = dst, src
-        out[(slice(None), *dst)].copy_(x[(slice(None), *src)])
-    return out
+        source[dst] = index[src]
+    first = source.reshape(C * D * H, W)[:, 0]  # flat source index of each output row's first element
+    return (first // W) * (2 * W) + first % W
+
+
+@lru_cache(maxsize=256)
+def _row_index(shape: tuple[int, ...], groups: tuple[int, int, int], shift_ratio: float, inverse: bool,
+               device: torch.device) -> torch.Tensor:
+    N, C, D, H, W = shape
+    starts = _row_starts(shape[1:], groups, shift_ratio, inverse)
+    index = np.arange(N)[:, None] * (C * D * H * 2 * W) + starts[None, :]
+    return torch.from_numpy(index.reshape(-1)).to(device)
+
+
+def _apply_rows(x: torch.Tensor, groups: tuple[int, int, int], shift_ratio: float, inverse: bool) -> torch.Tensor:
+    shape = _shape(x)
+    W = shape[-1]
+    rows = x.reshape(-1, 1, W)
+    doubled = torch.cat([rows, rows], dim=1)  # (N*R, 2, W): row r, then row r again
+    windows = doubled.view(-1).as_strided((doubled.numel() - W + 1, W), (1, 1))  # every run of W
+    return torch.nn.functional.embedding(_row_index(shape, groups, shift_ratio, inverse, x.device), windows).view(shape)
+
+
+_METHOD: dict[tuple, str] = {}
+_DISPATCH_S = 5e-6  # one box copy's fixed cost on CPU (``_foreach_copy_`` of strided views)
+_CLONE_S_PER_ELEMENT = 1e-10  # 10^10 elements per second: a fast, in-cache clone
+
+
+def _faster(fa, fb, x: torch.Tensor, rounds: int = 3) -> bool:
+    """Whether ``fa`` is faster than ``fb``: medians of alternated runs after a warm-up of each."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for r in range(rounds + 1):
+        for f, ts in zip((fa, fb), times):
+            if x.is_cuda:
+                torch.cuda.synchronize(x.device)
+            t0 = time.perf_counter()
+            f()
+            if x.is_cuda:
+                torch.cuda.synchronize(x.device)
+            if r:
+                ts.append(time.perf_counter() - t0)
+    return sorted(times[0])[rounds // 2] <= sorted(times[1])[rounds // 2]
+
+
+def _shift(x: torch.Tensor, groups: tuple[int, int, int], shift_ratio: float, inverse: bool) -> torch.Tensor:
+    key = (_shape(x), groups, shift_ratio, x.device.type, x.dtype)
+    method = _METHOD.get(key)
+    if method is None:
+        copies = len(_strided_plan(key[0], groups, shift_ratio)[0])
+        if copies * _DISPATCH_S < x.numel() * _CLONE_S_PER_ELEMENT:
+            method = "box"  # the copies' dispatch is < 10% of the data's own time: rows (2 passes) cannot win
+        else:  # both give identical results; keep the faster on this machine (once per shape)
+            method = "box" if _faster(lambda: _apply(x, groups, shift_ratio, inverse),
+                                      lambda: _apply_rows(x, groups, shift_ratio, inverse), x) else "rows"
+        _METHOD[key] = method
+    if method == "box":
+        return _apply(x, groups, shift_ratio, inverse)
+    return _apply_rows(x, groups, shift_ratio, inverse)
 
 
 class _GroupShiftFn(torch.autograd.Function):
     # A permutation: the backward pass is the inverse permutation of the gradient.
     @staticmethod
     def forward(ctx, x, groups, shift_ratio):
-        copies, _ = _plan(tuple(x.shape), groups, shift_ratio)
-        ctx.copies = copies
-        return _apply(x, copies, inverse=False)
+        ctx.groups, ctx.shift_ratio = groups, shift_ratio
+        # Under a jit trace (fvcore's count) the op is one node, a zero-MAC permutation: its
+        # inner copies, gathers and first-call timings stay out of the graph.
+        tracing = torch._C._get_tracing_state()
+        torch._C._set_tracing_state(None)
+        try:
+            return _shift(x.contiguous(), groups, shift_ratio, inverse=False)
+        finally:
+            torch._C._set_tracing_state(tracing)
 
     @staticmethod
     def backward(ctx, grad):
-        return _apply(grad.contiguous(), ctx.copies, inverse=True), None, None
+        return _shift(grad.contiguous(), ctx.groups, ctx.shift_ratio, inverse=True), None, None
 
 
 def group_shift(x: torch.Tensor, groups, shift_ratio: float = 0.5) -> torch.Tensor:
