@@ -337,7 +337,9 @@ def run_bench(out: Path, quick: bool = False) -> int:
              "## Group Shift forward / x.clone() (target: <= 1.2 x clone + 30 us)", "",
              "Every Group Shift input of the GSP nets at the papers' crops (CSC, encoder and decoder), batch 1 "
              "and 4, and issue 16's shapes. `method` is the realisation the op keeps for that shape (the faster "
-             "of `box`, one copy per box of whole W rows, and `rows`, one gather of rotated W rows).", "",
+             "of `box`, one copy per box of whole W rows, and `rows`, one gather of rotated W rows). Times under "
+             "0.1 ms, and outputs over 32 MB (above glibc's mmap threshold every fresh output page-faults, the "
+             "clone's too), are noisy on a shared 2-core machine: read the ratios, not single cells.", "",
              "| device | net | shape | groups | method | box copies | box ms | rows ms | group_shift ms | clone ms | "
              "ratio (median of pairs) | excess us | meets |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['device']} | {r['net']} | {r['shape']} | {tuple(r['groups'])} | {r['method']} | {r['box_copies']} | "
