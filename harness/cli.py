@@ -339,10 +339,19 @@ def main(argv: list[str] | None = None) -> int:
         if path and (kind != "study" or str(path).endswith((".yaml", ".yml"))) and not Path(path).is_file():
             print(f"error: {kind}: file {str(path)!r} does not exist", file=sys.stderr)
             return 2
-    from harness.config import ConfigError
+    from harness.config import ConfigError, StudyCfg, load_yaml
     from harness.registry import UnknownNameError
 
     try:
+        # So is a file that breaks the schema (a bad value, a wrong type, an unknown key): the
+        # registries' torch and MONAI load only once it passes.
+        if getattr(args, "space", None):
+            from harness.search import SearchCfg
+
+            load_yaml(args.space, SearchCfg, "search space")
+        for path in (getattr(args, "study", None), getattr(args, "target", None)):
+            if path and str(path).endswith((".yaml", ".yml")):
+                load_yaml(path, StudyCfg)
         return args.fn(args)
     except (ConfigError, UnknownNameError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -28,9 +28,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-import harness.data  # noqa: F401  (registers data sets)
-import harness.models  # noqa: F401  (registers models)
-from harness.data.folders import detect_format
+# The registries import their built-ins (torch, MONAI) on the first lookup: a study's schema is
+# checked without them.
 from harness.registry import DATASETS, MODELS, UnknownNameError
 
 
@@ -793,6 +792,8 @@ def apply_data_roots(study: StudyCfg, scale: str, roots: list[str]) -> None:
         # encoding (BraTS regions or classes), which is the study's choice, not the data's.
         params = {"root": path, **{k: old[k] for k in PORTABLE_DATA_PARAMS if k in old}}
         if "root" not in inspect.signature(DATASETS.get(dataset)).parameters:
+            from harness.data.folders import detect_format
+
             dataset = detect_format(path)
             if dataset is None:
                 raise ConfigError(f"--data-root: {path}: cannot tell the format (no dataset.json, CaseNN.mhd or "

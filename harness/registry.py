@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -24,11 +25,23 @@ class UnknownNameError(KeyError):
 
 
 class Registry:
-    """A named collection of factories. ``@REG.register("name")`` adds one."""
+    """A named collection of factories. ``@REG.register("name")`` adds one.
 
-    def __init__(self, kind: str):
+    ``builtins``: the module whose import registers the built-in entries, imported on the first
+    lookup, so that validating a study's schema needs neither torch nor MONAI (seconds).
+    """
+
+    def __init__(self, kind: str, builtins: str | None = None):
         self.kind = kind
         self._items: dict[str, Callable] = {}
+        self._builtins = builtins
+
+    @property
+    def _entries(self) -> dict[str, Callable]:
+        if self._builtins is not None:
+            module, self._builtins = self._builtins, None
+            importlib.import_module(module)
+        return self._items
 
     def register(self, name: str | None = None) -> Callable[[T], T]:
         def deco(obj: T) -> T:
@@ -42,7 +55,7 @@ class Registry:
 
     def get(self, name: str, field: str | None = None) -> Callable:
         try:
-            return self._items[name]
+            return self._entries[name]
         except KeyError:
             raise UnknownNameError(self.kind, name, list(self._items), field) from None
 
@@ -73,22 +86,22 @@ class Registry:
             raise ValueError(f"{field}.params: {self.kind} {name!r} needs {', '.join(missing)}")
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        return sorted(self._entries)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._items
+        return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
 
-OPS = Registry("op")
-MODELS = Registry("model")
-DATASETS = Registry("dataset")
-LOSSES = Registry("loss")
-OPTIMIZERS = Registry("optimizer")
-SCHEDULES = Registry("schedule")
-AUGMENTATIONS = Registry("augmentation")
-TARGETS = Registry("target")
-INFERERS = Registry("inferer")
-CALLBACKS = Registry("callback")
+OPS = Registry("op", "harness.ops")
+MODELS = Registry("model", "harness.models")
+DATASETS = Registry("dataset", "harness.data")
+LOSSES = Registry("loss", "harness.losses")
+OPTIMIZERS = Registry("optimizer", "harness.optim")
+SCHEDULES = Registry("schedule", "harness.optim")
+AUGMENTATIONS = Registry("augmentation", "harness.data.transforms")
+TARGETS = Registry("target", "harness.data.transforms")
+INFERERS = Registry("inferer", "harness.inferers")
+CALLBACKS = Registry("callback", "harness.callbacks")

@@ -119,3 +119,22 @@ def test_a_missing_study_or_space_is_reported_before_the_heavy_imports(tmp_path)
         assert p.returncode == 2 and f"error: {kind}: file 'missing.yaml' does not exist" in p.stderr
         assert p.stdout.strip() == "[]", p.stdout  # nothing heavy was imported
     assert sorted(x.name for x in tmp_path.iterdir()) == []
+
+
+def test_a_study_that_breaks_the_schema_is_reported_before_the_heavy_imports(tmp_path):
+    import subprocess
+    import sys
+
+    study = yaml.safe_load(open("studies/gsp_table1_promise12.yaml"))
+    study["train"]["lr"] = float("inf")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    space = {"name": "x", "study": "s.yaml", "scale": "smoke", "knobs": {}, "objectives": [], "bogus": 1}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    code = ("import sys; from harness.cli import main; rc = main(sys.argv[1:]); "
+            "print(sorted(m for m in ('torch', 'monai', 'mlflow', 'ray') if m in sys.modules)); sys.exit(rc)")
+    for args, message in ((["run", "s.yaml"], "train.lr"), (["report", "s.yaml"], "train.lr"),
+                          (["cost", "s.yaml"], "train.lr"), (["search", "space.yaml"], "bogus")):
+        p = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, capture_output=True, text=True)
+        assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
+        assert p.stdout.strip() == "[]", p.stdout  # nothing heavy was imported
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["s.yaml", "space.yaml"]
