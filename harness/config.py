@@ -30,7 +30,7 @@ from pydantic_core import PydanticCustomError
 
 # The registries import their built-ins (torch, MONAI) on the first lookup: a study's schema is
 # checked without them.
-from harness.registry import DATASETS, MODELS, UnknownNameError
+from harness.registry import DATASETS, MODELS, UnknownNameError, check_types
 
 
 # smoke: seconds, plumbing (tests); quick: learns on 2 CPU cores in <= 10 min, enough seeds for
@@ -818,6 +818,10 @@ def check_data(data: DataCfg) -> None:
             raise ConfigError(str(UnknownNameError(f"parameter of data set {data.dataset!r}", k, allowed,
                                                    "data.params")))
     try:
+        check_types(factory, data.params, "data.params")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    try:
         factory(**data.params)  # tasks load lazily: this only validates
     except (ValueError, TypeError) as e:
         raise ConfigError(f"data: {e}") from None
@@ -836,6 +840,10 @@ def check_model(model: ModelCfg, patch: list[int], where: str, output: str = "si
         if k not in allowed:
             raise ConfigError(str(UnknownNameError(f"parameter of model {model.name!r}", k, allowed,
                                                    f"{where}: model.params")))
+    try:
+        check_types(cls, model.params, f"{where}: model.params")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     params = dict(model.params)
     if "input_size" in allowed:  # set from the patch unless the study gives it (harness.models.build_model)
         params.setdefault("input_size", list(patch))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import typing
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -22,6 +23,51 @@ class UnknownNameError(KeyError):
 
     def __str__(self) -> str:
         return self.message
+
+
+def _coerced(raw: Any, value: Any) -> bool:
+    """Whether validation turned a string or a boolean into something else (``"16"`` -> 16)."""
+    if isinstance(raw, (str, bool)):
+        return type(raw) is not type(value)
+    if isinstance(raw, (list, tuple)) and isinstance(value, (list, tuple)):
+        return any(_coerced(r, v) for r, v in zip(raw, value))
+    if isinstance(raw, dict) and isinstance(value, dict):
+        return any(_coerced(raw[k], value.get(k)) for k in raw)
+    return False
+
+
+def check_types(factory: Callable, params: dict[str, Any], field: str) -> None:
+    """Each of ``params`` against the factory's type annotation (``widths: Sequence[int]``),
+    so that ``widths: [a, 16]`` is refused naming ``field.widths.0`` instead of failing inside
+    the component. Nothing is coerced: ``"16"`` for an int is refused too. Parameters without
+    an annotation, or with one that does not resolve, are left to the component."""
+    from pydantic import TypeAdapter, ValidationError
+
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001  annotations naming what only a type checker sees
+        return
+    for name, raw in params.items():
+        if name not in hints or hints[name] is Any:
+            continue
+        try:
+            value = TypeAdapter(hints[name]).validate_python(raw)
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in (name, *err["loc"]) if not str(x).startswith(("function-", "json-")))
+            raise ValueError(f"{field}.{loc}: {err['msg']} (got {err['input']!r}; {name} is "
+                             f"{_type_name(hints[name])})") from None
+        except Exception:  # noqa: BLE001  a type pydantic cannot check (a module, a tensor): left to the component
+            continue
+        if _coerced(raw, value):
+            what = "a string (write it without quotes)" if isinstance(raw, str) else "a boolean"
+            raise ValueError(f"{field}.{name}: must be {_type_name(hints[name])}, not {what} (got {raw!r})")
+
+
+def _type_name(hint: Any) -> str:
+    plain = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
+    return plain.get(hint) or str(hint).replace("typing.", "").replace("collections.abc.", "")
 
 
 class Registry:
@@ -84,6 +130,7 @@ class Registry:
                    and n not in injected and n not in params and n != "self"]
         if missing:
             raise ValueError(f"{field}.params: {self.kind} {name!r} needs {', '.join(missing)}")
+        check_types(factory, params, f"{field}.params")
 
     def names(self) -> list[str]:
         return sorted(self._entries)
