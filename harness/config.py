@@ -316,6 +316,8 @@ class StudyCfg(_Strict):
     paper: str
     title: str
     description: str = ""
+    # Where the study departs from the paper's protocol, each with why; the report prints them.
+    deviations: list[str] = Field(default_factory=list)
     # Modules to import before the study is read: a family living outside harness/ registers itself.
     plugins: list[str] = Field(default_factory=list)
     data: DataCfg

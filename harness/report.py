@@ -678,11 +678,13 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
     claims, wall = claims_table(runs), wall_time(runs)
     (out / "claims.json").write_text(json.dumps({"scale": scale, "wall_time_s": wall,
                                                  "claims": claims.to_dict("records")}, indent=1, default=str))
-    md = [f"# {study.title}", "", study.description.strip(), "",
-          f"Scale: **{scale}**. {len(runs.trials)} finished trials"
-          + (f", failed: {', '.join(runs.failed)}" if runs.failed else "")
-          + (f"; {runs.stale} finished runs of an older configuration left out" if runs.stale else "")
-          + (f"; wall time of the study {wall / 60:.1f} min" if wall else "") + ".", ""]
+    md = [f"# {study.title}", "", study.description.strip(), ""]
+    if study.deviations:
+        md += ["## Deviations from the paper", "", *[f"- {d.strip()}" for d in study.deviations], ""]
+    md += [f"Scale: **{scale}**. {len(runs.trials)} finished trials"
+           + (f", failed: {', '.join(runs.failed)}" if runs.failed else "")
+           + (f"; {runs.stale} finished runs of an older configuration left out" if runs.stale else "")
+           + (f"; wall time of the study {wall / 60:.1f} min" if wall else "") + ".", ""]
     if not claims.empty:
         md += ["## The paper's claims on our runs", "",
                "Effect: `better` − `than` in the claimed direction (positive = as claimed), with its 95% interval; "

@@ -45,6 +45,15 @@ def test_shipped_studies_validate(study, scale):
     assert s.expected or s.landscape or s.paper == "harness", "every paper study carries the paper's numbers"
 
 
+@pytest.mark.parametrize("study", [p for p in STUDIES if p.stem.startswith(("gsp_", "dsm_table"))], ids=lambda p: p.stem)
+def test_gsp_and_dsm_studies_declare_the_flips_their_papers_do_not_use(study):
+    # GSP-Conv states random cropping only and Distill DSM no augmentation: a study that keeps
+    # the harness's default flips says so, and its report prints it.
+    s = load_study(study)
+    if s.train.augment and all(v.train.get("augment") in (None, s.train.augment) for v in s.variants):
+        assert any(d.startswith("Augmentation: random flips") for d in s.deviations), s.name
+
+
 def test_grid_expands_to_product_with_tags():
     s = load_study(Path(__file__).parents[1] / "studies" / "gsp_table2_promise12.yaml")
     vs = variants(s)

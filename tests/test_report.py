@@ -222,7 +222,8 @@ def test_pinned_numbers_of_every_study_hold_or_are_declared_gaps(path):
 
 def test_report_from_mlflow_runs_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(GRID, sort_keys=False))
+    grid = {**GRID, "deviations": ["Crop: 32^3 instead of the paper's 128^3, to fit a laptop."]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
     study = load_study("s.yaml")
     tracker = Tracker()
     exp = tracker.experiment(study.name)
@@ -256,7 +257,9 @@ def test_report_from_mlflow_runs_end_to_end(tmp_path, monkeypatch, capsys):
     cost = pd.read_csv(out / "cost.csv").set_index("variant")
     assert cost.loc["B-CCS", "training peak memory (MB)"] == 190.0 and cost.loc["fcn", "parameters"] == 1000
     assert cost.loc["fcn", "inference peak memory (MB)"] == 20.0 and cost.loc["fcn", "device"] == "cpu"
-    assert "## Cost" in (out / "README.md").read_text()
+    readme = (out / "README.md").read_text()
+    assert "## Cost" in readme
+    assert "## Deviations from the paper\n\n- Crop: 32^3 instead of the paper's 128^3, to fit a laptop." in readme
     st = pd.read_csv(out / "stats.csv").set_index("variant")
     assert st.loc["B-CCS", "vs_fcn_delta"] == pytest.approx(15.0) and st.loc["B-CCS", "vs_fcn_pairs"] == 3
     assert "[grid](grid/README.md)" in (tmp_path / "reports" / "local" / "index.md").read_text()
