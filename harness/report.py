@@ -707,7 +707,8 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
                "evaluated (every network pass of the inferer), peak memory of that inference and of one training "
                "forward and backward pass on the training batch. CUDA: the allocator's high-water mark; CPU: the "
                "profiler's running sum of allocations minus frees.", "",
-               costs.to_markdown(index=False, floatfmt=",.4g"), ""]
+               (costs.assign(parameters=costs["parameters"].map(lambda v: f"{int(round(v)):,}"))  # not 2.209e+05
+                if "parameters" in costs else costs).to_markdown(index=False, floatfmt=",.4g"), ""]
     evals = evaluations(runs, tracking_uri)
     if not evals.empty:
         evals.to_csv(out / "evaluations.csv", index=False)
