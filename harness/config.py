@@ -249,6 +249,17 @@ class ExpectedValue(_Strict):
     tol: Optional[float] = Field(None, ge=0)  # set for pinned numbers (params, GMACs); None = reported only
     known_gap: bool = False  # a pinned number we cannot match and say so: reported, not a --verify failure
     note: Optional[str] = None
+    # GMACs only: the input (N, C, D, H, W) the paper's figure is for. The report then compares
+    # ours at that input, MACs per voxel x its voxels (exact for nets whose every op scales with
+    # the voxels: convolutions, norms, upsampling), wherever the trials were costed.
+    at: Optional[list[int]] = None
+
+    @field_validator("at")
+    @classmethod
+    def _five_sizes(cls, v):
+        if v is not None and (len(v) != 5 or any(s < 1 for s in v)):
+            raise ValueError(f"must be five positive sizes (N, C, D, H, W), got {v}")
+        return v
 
 
 BEST = ("max_per_column", "max_per_row", "min_per_column", "min_per_row")

@@ -241,6 +241,22 @@ def _expected(study: StudyCfg, variant: str, metric: str) -> tuple[float, float 
     return (float(e), None) if isinstance(e, (int, float)) else (e.value, e.tol)
 
 
+def _at_paper_input(runs: StudyRuns) -> pd.DataFrame:
+    """The trials with ``gmacs`` recomputed at the input the paper's figure is for, where the
+    study says which (``expected.<variant>.gmacs.at``): MACs per voxel x that input's voxels."""
+    t = runs.trials
+    if t.empty or "macs_per_voxel" not in t:
+        return t
+    t = t.copy()
+    for variant, metrics in runs.study.expected.items():
+        e = metrics.get("gmacs")
+        if getattr(e, "at", None):
+            voxels = math.prod([e.at[0], *e.at[2:]])
+            rows = t.variant == variant
+            t.loc[rows, "gmacs"] = t.loc[rows, "macs_per_voxel"] * voxels / 1e9
+    return t
+
+
 def _param(params: dict[str, Any], path: str) -> Any:
     node: Any = params
     for part in path.split("."):
@@ -336,7 +352,7 @@ def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
     metric_cols = isinstance(cols_spec, list)
     value = lay.value
     metrics = cols_spec if metric_cols else [value]
-    summary = summarise(runs.trials, metrics) if not runs.trials.empty else summarise(
+    summary = summarise(_at_paper_input(runs), metrics) if not runs.trials.empty else summarise(
         pd.DataFrame({"variant": []}), metrics)
     by = {(r.variant, r.metric): r for r in summary.itertuples()}
     row_axis = lay.rows
@@ -378,7 +394,8 @@ def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
                 ours.append(f"— ({status})")
                 notes.append(f"{v.name} / {m}: {status}")
             else:
-                ours.append(_cell(s, m))
+                at = getattr(study.expected.get(v.name, {}).get(m), "at", None)
+                ours.append(_cell(s, m) + (f" (at {'x'.join(map(str, at))})" if at else ""))
                 means.loc[r, c] = s.mean
             paper.append(_fmt_paper(exp))
             delta.append(_fmt(s.mean - exp) if s is not None and s.n and not math.isnan(exp) else "—")
