@@ -198,6 +198,13 @@ class TrainCfg(_Strict):
         return v
 
 
+def _five_sizes(v: Optional[list[int]]) -> Optional[list[int]]:
+    """An input shape (N, C, D, H, W), or None."""
+    if v is not None and (len(v) != 5 or any(s < 1 for s in v)):
+        raise ValueError(f"must be five positive sizes (N, C, D, H, W), got {v}")
+    return v
+
+
 class CostCfg(_Strict):
     input: Optional[list[int]] = None  # (N, C, D, H, W) for params/GMACs; default 1 x C x patch
     latency: bool = True
@@ -206,9 +213,7 @@ class CostCfg(_Strict):
     @field_validator("input")
     @classmethod
     def _input(cls, v):
-        if v is not None and (len(v) != 5 or any(s < 1 for s in v)):
-            raise ValueError(f"must be five positive sizes (N, C, D, H, W), got {v}")
-        return v
+        return _five_sizes(v)
 
 
 class ResourcesCfg(_Strict):
@@ -256,10 +261,8 @@ class ExpectedValue(_Strict):
 
     @field_validator("at")
     @classmethod
-    def _five_sizes(cls, v):
-        if v is not None and (len(v) != 5 or any(s < 1 for s in v)):
-            raise ValueError(f"must be five positive sizes (N, C, D, H, W), got {v}")
-        return v
+    def _at(cls, v):
+        return _five_sizes(v)
 
 
 BEST = ("max_per_column", "max_per_row", "min_per_column", "min_per_row")
