@@ -254,6 +254,7 @@ class ExpectedValue(_Strict):
     tol: Optional[float] = Field(None, ge=0)  # set for pinned numbers (params, GMACs); None = reported only
     known_gap: bool = False  # a pinned number we cannot match and say so: reported, not a --verify failure
     note: Optional[str] = None
+    sd: Optional[float] = Field(None, ge=0)  # the paper's ± (its spread over folds or runs), shown beside ours
     # GMACs only: the input (N, C, D, H, W) the paper's figure is for. The report then compares
     # ours at that input, MACs per voxel x its voxels (exact for nets whose every op scales with
     # the voxels: convolutions, norms, upsampling), wherever the trials were costed.

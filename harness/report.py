@@ -257,6 +257,13 @@ def _at_paper_input(runs: StudyRuns) -> pd.DataFrame:
     return t
 
 
+def _paper_cell(study: StudyCfg, variant: str, metric: str) -> str:
+    """The paper's number as printed, with its ± where the study carries it (``sd``)."""
+    e = study.expected.get(variant, {}).get(metric)
+    sd = getattr(e, "sd", None)
+    return _fmt_paper(_expected(study, variant, metric)[0]) + (f" ± {sd:g}" if sd is not None else "")
+
+
 def _param(params: dict[str, Any], path: str) -> Any:
     node: Any = params
     for part in path.split("."):
@@ -335,7 +342,7 @@ def _values_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
                     notes.append(f"{v.name} / {m}: {'failed' if failed else 'no run'}")
             else:
                 ours.append(_cell(s, m))
-            paper.append(_fmt_paper(_expected(study, v.name, m)[0]))
+            paper.append(_paper_cell(study, v.name, m))
         table[f"{c} ours"], table[f"{c} paper"] = ours, paper
     if not row_axis:
         table = table.drop(columns=[""])
@@ -397,7 +404,7 @@ def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
                 at = getattr(study.expected.get(v.name, {}).get(m), "at", None)
                 ours.append(_cell(s, m) + (f" (at {'x'.join(map(str, at))})" if at else ""))
                 means.loc[r, c] = s.mean
-            paper.append(_fmt_paper(exp))
+            paper.append(_paper_cell(study, v.name, m))
             delta.append(_fmt(s.mean - exp) if s is not None and s.n and not math.isnan(exp) else "—")
         table[f"{c} ours"] = ours
         if any(p not in ("", "—") for p in paper):  # a column the paper has no number for shows ours only

@@ -316,7 +316,7 @@ VALUES = {
              "net": {"2D": {"model": "unet2d"}, "DSM": {"model": "distill_dsm"}}},
     "train": {"patch": [16, 32, 32]},
     "scales": {"smoke": {}, "quick": {}, "paper": {}},
-    "expected": {"heart-2D": {"dice_la": 90.25, "spec_la": 99.97}, "hippo-DSM": {"dice_post": 87.86}},
+    "expected": {"heart-2D": {"dice_la": {"value": 90.25, "sd": 0.4}, "spec_la": 99.97}, "hippo-DSM": {"dice_post": 87.86}},
     "layout": {"rows": "task", "columns": "net",
                "values": {"heart": {"Dice": "dice_la", "Specificity": "spec_la"},
                           "hippo": {"Dice 1": "dice_ant", "Dice 2": "dice_post"}}},
@@ -332,7 +332,8 @@ def test_values_layout_puts_metrics_in_rows_per_row_group():
     assert list(flat.columns) == ["task", "metric", "2D ours", "2D paper", "DSM ours", "DSM paper"]
     assert flat[["task", "metric"]].values.tolist() == [["heart", "Dice"], ["heart", "Specificity"],
                                                         ["hippo", "Dice 1"], ["hippo", "Dice 2"]]
-    assert flat.loc[0, "2D ours"] == "82.0 ± 2.83 (n=2)" and flat.loc[0, "2D paper"] == "90.25"
+    # Ours ± over seeds beside the paper's ± as printed (Distill DSM Tables 2 and 3).
+    assert flat.loc[0, "2D ours"] == "82.0 ± 2.83 (n=2)" and flat.loc[0, "2D paper"] == "90.25 ± 0.4"
     assert flat.loc[1, "2D ours"] == "99.971 (n=2)" and flat.loc[1, "2D paper"] == "99.97"  # specificity: 3 decimals
     assert flat.loc[3, "DSM ours"] == "60.0" and flat.loc[3, "DSM paper"] == "87.86"
     assert flat.loc[0, "DSM ours"] == "— (failed)" and flat.loc[2, "2D ours"] == "—"
