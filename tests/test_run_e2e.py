@@ -85,14 +85,17 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path):
 
 
 def test_kill_midway_then_resume_gives_one_finished_run_per_trial(tmp_path):
-    study = {**TINY, "variants": [{"name": f"v{i}", "params": {"insert": ins}}
+    # v0 is short; the others train long enough (a few seconds) that the kill lands while they
+    # run, however quickly a reused worker starts the next trial.
+    study = {**TINY, "variants": [{"name": f"v{i}", "params": {"insert": ins},
+                                   **({"train": {"steps_per_epoch": 150}} if i else {})}
                                   for i, ins in enumerate(["CSC", "CCS", "CSCS", "CSCSUpShift"])],
              "expected": {}}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
     p = harness(["run", "s.yaml", "-v", "0"], tmp_path, start_new_session=True)
     deadline = time.time() + 400
     while time.time() < deadline and p.poll() is None and not finished_keys_raw(tmp_path):
-        time.sleep(1)
+        time.sleep(0.2)
     assert finished_keys_raw(tmp_path), "no trial finished before the deadline"
     os.killpg(p.pid, signal.SIGKILL)  # the driver, its Ray instance and the trials
     p.wait()
