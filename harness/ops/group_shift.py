@@ -7,7 +7,9 @@ k steps forward in the flattened group index (Eq. 2, depth index fastest), cycli
 mod g_d*g_h*g_w (Eq. 4); voxels keep their position inside the group (Eqs. 5-7).
 
 Implementation: two exact realisations of the same permutation, chosen per (shape, groups,
-ratio, device, dtype) by timing both once on the first call, as ``cudnn.benchmark`` does:
+ratio, device, dtype) on the first call: ``box`` outright when its copies' dispatch costs less
+than an in-cache clone of the data, otherwise the faster of the two, timed once (as
+``cudnn.benchmark`` does):
 
 - ``box``: a shift of the flattened group index by j is a mixed-radix add (digits a, b, c
   over g_d, g_h, g_w). Splitting the source by the two carries turns it into at most 8 box
@@ -16,9 +18,9 @@ ratio, device, dtype) by timing both once on the first call, as ``cudnn.benchmar
   as in ``x.clone()``, but each copy is a dispatch: fastest for large tensors, few groups.
 - ``rows``: every output W row is a rotation of one input W row, i.e. a run of W elements
   of the input with every row written twice side by side. So one copy doubles the rows and
-  one ``index_select`` over the overlapping length-W windows of that buffer gathers all
+  one gather (``embedding``) over the overlapping length-W windows of that buffer fetches all
   rows: two dispatches whatever the number of channel groups (the deep stages, where the
-  box plan issues hundreds of tiny copies, and every GPU).
+  box plan issues hundreds of tiny copies).
 """
 from __future__ import annotations
 
@@ -193,7 +195,7 @@ def _shift(x: torch.Tensor, groups: tuple[int, int, int], shift_ratio: float, in
     if method is None:
         copies = len(_strided_plan(key[0], groups, shift_ratio)[0])
         if copies * _DISPATCH_S < x.numel() * _CLONE_S_PER_ELEMENT:
-            method = "box"  # the copies' dispatch is < 10% of the data's own time: rows (2 passes) cannot win
+            method = "box"  # dispatch below an in-cache clone: rows, moving the data twice more, cannot win
         else:  # both give identical results; keep the faster on this machine (once per shape)
             method = "box" if _faster(lambda: _apply(x, groups, shift_ratio, inverse),
                                       lambda: _apply_rows(x, groups, shift_ratio, inverse), x) else "rows"
