@@ -78,6 +78,27 @@ def test_matches_literal_equations(groups, C, ratio):
 
 
 @pytest.mark.parametrize("method", ["box", "rows"])
+def test_a_contiguous_view_into_a_larger_buffer(method, monkeypatch):
+    # Batch 1, channels 2..4 of a bigger tensor: contiguous, but its storage starts mid-buffer, as
+    # the gradient reaching CSCSUpShift's shift does (a slice of torch.cat's gradient).
+    big = torch.randn(1, 6, 2, 4, 4)
+    view = big[:, 2:4]
+    assert view.is_contiguous() and view.storage_offset() > 0
+    monkeypatch.setitem(_METHOD, (tuple(view.shape), (2, 2, 2), 1.0, "cpu", torch.float32), method)
+    assert torch.equal(group_shift(view, (2, 2, 2), 1.0), literal_eqs(view.clone(), (2, 2, 2), 1.0))
+    # And through autograd: the gradient arrives as a slice of cat's gradient.
+    x = torch.randn(1, 2, 2, 4, 4, requires_grad=True)
+    w = torch.randn(1, 6, 2, 4, 4)
+    (torch.cat([torch.zeros(1, 2, 2, 4, 4), group_shift(x, (2, 2, 2), 1.0), torch.zeros(1, 2, 2, 4, 4)], 1) * w).sum().backward()
+    expected = torch.zeros_like(x)
+    for c, d, h, ww in itertools.product(range(2), range(2), range(4), range(4)):  # d out[i] / d x[j]
+        one = torch.zeros_like(x)
+        one[0, c, d, h, ww] = 1
+        expected[0, c, d, h, ww] = (literal_eqs(one, (2, 2, 2), 1.0) * w[:, 2:4]).sum()
+    assert torch.equal(x.grad, expected)
+
+
+@pytest.mark.parametrize("method", ["box", "rows"])
 def test_is_a_permutation_and_gradcheck(method, monkeypatch):
     x = torch.randn(1, 6, 4, 4, 2, dtype=torch.float64, requires_grad=True)
     for groups, ratio in [((2, 2, 1), 0.5), ((1, 2, 2), 1.0)]:

@@ -128,8 +128,9 @@ def _apply(x: torch.Tensor, groups: tuple[int, int, int], shift_ratio: float, in
     out = torch.empty_like(x)
     if inverse:
         plan = [(dst, src) for src, dst in plan]
+    base = x.storage_offset()  # a contiguous view into a larger buffer (a slice of cat's gradient)
     torch._foreach_copy_([out.as_strided(size, stride, off) for _, (size, off) in plan],
-                         [x.as_strided(size, stride, off) for (size, off), _ in plan])
+                         [x.as_strided(size, stride, base + off) for (size, off), _ in plan])
     return out
 
 
