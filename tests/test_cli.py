@@ -72,6 +72,7 @@ def test_bench_writes_ratios(tmp_path):
     assert all(r["ratio"] > 0 and r["method"] in ("box", "rows") for r in res["group_shift"])
     assert res["gs_share"][0]["gs_layers"] == 9 and res["gs_share"][0]["step_s"] > 0
     assert res["train_step"][0]["throughput_ratio"] > 0 and res["train_step"][0]["patch"] == [16, 64, 64]
+    assert res["train_step"][0]["samples_ms_per_batch"] > 0 and res["train_step"][0]["samples_ms_per_batch_with_metadata"] > 0
     assert "Group Shift forward / x.clone()" in (tmp_path / "README.md").read_text()
     dsm = {r["model"]: r for r in res["dsm_wall_time"]}
     assert set(dsm) == {"unet2d", "residual_dsm", "unet3d", "distill_dsm"}
