@@ -317,9 +317,18 @@ def bench_brats(device: torch.device, quick: bool) -> dict:
     t_cbam, t_plain, cbam_ratio = _alternate(step(nets["cbam"], 2), step(nets["plain"], 2), rounds, device)
     t_b1, t_b2, b_ratio = _alternate(step(nets["plain"], 1), step(nets["plain"], 2), rounds, device)
     macs = {n: count_macs(m, [1, *shape])["macs"] for n, m in nets.items()}
+    # CBAM's spatial gate conv (2 -> 1, 7^3) forward + backward in the two memory layouts
+    # (harness.ops.cbam moves it to channels-last on CPU).
+    conv = torch.nn.Conv3d(2, 1, 7, padding=3, bias=False).to(device)
+    maps = torch.randn(2, 2, *shape[1:], device=device, requires_grad=True)
+
+    def gate(layout):
+        return lambda: conv(maps.contiguous(memory_format=layout)).sum().backward()
+    t_ncdhw, t_cl, gate_ratio = _alternate(gate(torch.contiguous_format), gate(torch.channels_last_3d), rounds, device)
     return {"device": str(device), "input": "x".join(map(str, shape)), "plain_step_s": t_plain, "cbam_step_s": t_cbam,
             "cbam_time_ratio": cbam_ratio, "cbam_macs_ratio": macs["cbam"] / macs["plain"],
-            "batch1_step_s": t_b1, "batch2_step_s": t_b2, "per_case_batch1_vs_batch2": 2 * b_ratio}
+            "batch1_step_s": t_b1, "batch2_step_s": t_b2, "per_case_batch1_vs_batch2": 2 * b_ratio,
+            "gate_ncdhw_ms": 1e3 * t_ncdhw, "gate_channels_last_ms": 1e3 * t_cl, "gate_ncdhw_vs_channels_last": gate_ratio}
 
 
 def run_bench(out: Path, quick: bool = False) -> int:
@@ -378,10 +387,12 @@ def run_bench(out: Path, quick: bool = False) -> int:
               f"**{r['ratio']:.2f}** | {r['paper_ratio']:.1f} |" for r in result["obelisk"]]
     lines += ["", "## BraTS 2020 U-Net (width 8, deep supervision), one training step", "",
               "| device | input | plain s | CBAM s | CBAM time ratio | CBAM MAC ratio | batch 1 s | batch 2 s | "
-              "time per case, batch 1 / batch 2 |", "|---|---|---|---|---|---|---|---|---|"]
+              "time per case, batch 1 / batch 2 | CBAM gate conv NCDHW ms | channels-last ms | NCDHW / channels-last |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['device']} | {r['input']} | {r['plain_step_s']:.3f} | {r['cbam_step_s']:.3f} | "
               f"**{r['cbam_time_ratio']:.2f}** | {r['cbam_macs_ratio']:.3f} | {r['batch1_step_s']:.3f} | "
-              f"{r['batch2_step_s']:.3f} | **{r['per_case_batch1_vs_batch2']:.2f}** |" for r in result["brats"]]
+              f"{r['batch2_step_s']:.3f} | **{r['per_case_batch1_vs_batch2']:.2f}** | {r['gate_ncdhw_ms']:.1f} | "
+              f"{r['gate_channels_last_ms']:.1f} | **{r['gate_ncdhw_vs_channels_last']:.2f}** |" for r in result["brats"]]
     if "throughput" in result:
         r = result["throughput"]
         lines += ["", f"## Trials per hour: {r['study']} @ {r['scale']}, {r['trials']} trials ({r['variants']} variants x 3 "

@@ -69,6 +69,22 @@ def test_cbam_spatial_gate_with_the_authors_relu_never_halves_a_voxel():
     assert count_params(CBAM3d(48)) == 2 * 48 * 3 + 3 + 48 + 686 + 2
 
 
+def test_cbam_is_eq2_and_eq3_as_written_whatever_memory_layout_its_gate_conv_runs_in():
+    # On CPU the gate conv runs in channels-last (a faster kernel): output and gradients must be
+    # those of the literal NCDHW transcription of Woo et al. Eqs. 2-3.
+    torch.manual_seed(0)
+    cbam = CBAM3d(16, 8).double()
+    x = torch.randn(2, 16, 4, 6, 8, dtype=torch.double, requires_grad=True)
+    n, c = x.shape[:2]
+    f1 = x * torch.sigmoid(cbam.mlp(x.mean((2, 3, 4))) + cbam.mlp(x.amax((2, 3, 4)))).view(n, c, 1, 1, 1)
+    ref = f1 * torch.sigmoid(cbam.spatial(torch.cat([f1.amax(1, keepdim=True), f1.mean(1, keepdim=True)], 1)))
+    out = cbam(x)
+    assert out.is_contiguous() and torch.allclose(out, ref, atol=1e-12)
+    params = [x, *cbam.parameters()]
+    for a, b in zip(torch.autograd.grad(out.square().sum(), params), torch.autograd.grad(ref.square().sum(), params)):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
 def test_dice_loss_is_the_papers_eq2_over_the_batch_and_deep_supervision_mean_or_sum():
     torch.manual_seed(0)
     logits, target = torch.randn(2, 3, 4, 4, 4), (torch.rand(2, 3, 4, 4, 4) > 0.5).float()
