@@ -277,8 +277,12 @@ class LayoutCfg(_Strict):
 
     rows: Optional[str] = None
     columns: Union[str, list[str]] = "variant"  # an axis, or a list of metrics (one column each)
-    value: str = "mean_dice"  # the metric in the cells of a rows x columns pivot
-    values: Optional[dict[str, Union[str, dict[str, str]]]] = None  # metrics as rows: {label: metric}
+    # The metric in the cells of a rows x columns pivot; or {column label: [metric, ...]}: each
+    # column label a group of metric columns (GSP Table 1: BraTS18 WT, TC, ET, mDice; PROMISE12 mDice).
+    value: Union[str, dict[str, list[str]]] = "mean_dice"
+    # Metrics as rows: {label: metric}; with rows, {row: {label: metric}}, where the row "*" is one
+    # group above the others that every row shares (Distill DSM Table 2's single parameter row).
+    values: Optional[dict[str, Union[str, dict[str, str]]]] = None
     row_params: dict[str, str] = Field(default_factory=dict)  # {column label: "param.path"}
     best: Union[Literal[BEST], dict[str, Literal["max", "min"]], None] = None  # noqa: F821
     baseline: Optional[str] = None  # the variant every other is tested against
@@ -596,6 +600,20 @@ def check_layout(study: StudyCfg) -> None:
             raise ConfigError(str(UnknownNameError("axis", axis, axes, f"layout.{field}")))
     if lay.baseline is not None and lay.baseline not in [v.name for v in vs]:
         raise ConfigError(str(UnknownNameError("variant", lay.baseline, [v.name for v in vs], "layout.baseline")))
+    if isinstance(lay.value, dict):  # column groups: each key a label of the columns axis
+        if not isinstance(lay.columns, str):
+            raise ConfigError("layout.value: metric groups {label: [metric, ...]} need columns to be an axis")
+        labels = list(dict.fromkeys({"variant": v.name, **v.tags}.get(lay.columns, v.name) for v in vs))
+        for label in lay.value:
+            if label not in labels:
+                raise ConfigError(str(UnknownNameError(f"label of axis {lay.columns!r}", label, labels,
+                                                       "layout.value")))
+    if lay.values is not None and lay.rows:  # row groups: each key a label of the rows axis, or "*"
+        labels = list(dict.fromkeys({"variant": v.name, **v.tags}.get(lay.rows, v.name) for v in vs))
+        for label in lay.values:
+            if label != "*" and label not in labels:
+                raise ConfigError(str(UnknownNameError(f"label of axis {lay.rows!r}", label, [*labels, "*"],
+                                                       "layout.values")))
     for i, c in enumerate(study.claims):
         if isinstance(c.than, (int, float)):  # a published figure: only the variant side to check
             claim_members(study, c.better, vs, f"claims[{i}].better")

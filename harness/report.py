@@ -3,7 +3,9 @@
 The study file's ``layout`` says how the paper laid its table out; no per-table code:
 
 - ``rows: <axis>`` and ``columns: <axis>`` with ``value: <metric>``: a pivot (GSP Table 2);
-- ``rows: <axis>`` and ``columns: [metric, ...]``: one column per metric (GSP Table 1);
+- ``rows: <axis>`` and ``columns: [metric, ...]``: one column per metric (ConResNet Table III);
+- ``rows: <axis>``, ``columns: <axis>`` and ``value: {label: [metric, ...]}``: under each column
+  label a group of metric columns (GSP Table 1: BraTS18 WT, TC, ET, mDice and PROMISE12 mDice);
 - ``columns: <axis>`` alone: one row (GSP Sec. 3.2);
 - ``row_params: {label: "param.path"}``: leading columns read from the variants' parameters;
 - ``best: max_per_column | max_per_row | min_per_column | min_per_row``: the cell the paper bolds;
@@ -11,7 +13,9 @@ The study file's ``layout`` says how the paper laid its table out; no per-table 
   interval over cases and seeds (``UNIT``).
 - ``columns: <axis>`` with ``values: {label: metric}``: metrics as rows (Distill DSM Table 1); with
   ``rows: <axis>`` too, ``values: {row: {label: metric}}`` gives each row group its own metric
-  rows (Distill DSM Table 3: per data set, Dice per class and HD).
+  rows (Distill DSM Table 3: per data set, Dice per class and HD); the row group ``"*"`` comes
+  first and is shared by all rows (Distill DSM Table 2's one parameter row): each column's cell
+  is the variant the paper's figure is pinned on (an ``expected`` entry for that metric).
 
 An axis is a grid axis or a variant tag (``variant`` for the variant name). Above the table,
 the study's ``claims`` are judged on the runs (``judge_claim``).
@@ -305,14 +309,16 @@ def layout_values(study: StudyCfg) -> list[tuple[str, str, str]]:
     if not row_axis:
         return [("", label, m) for label, m in lay.values.items()]
     groups = list(dict.fromkeys(_tag_axes(v).get(row_axis, "") for v in variants(study)))
-    return [(g, label, m) for g in groups for label, m in lay.values.get(g, {}).items()]
+    return [(g, label, m) for g in ["*", *groups] for label, m in lay.values.get(g, {}).items()]
 
 
 def layout_metrics(study: StudyCfg) -> list[str]:
     lay = study.layout
     if lay.values is not None:
         return list(dict.fromkeys(m for _, _, m in layout_values(study)))
-    return lay.columns if isinstance(lay.columns, list) else [lay.value]
+    if isinstance(lay.columns, list):
+        return lay.columns
+    return [lay.value] if isinstance(lay.value, str) else list(dict.fromkeys(m for ms in lay.value.values() for m in ms))
 
 
 def _values_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
@@ -325,7 +331,12 @@ def _values_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
     by = {(r.variant, r.metric): r for r in summary.itertuples()}
     cols = list(dict.fromkeys(_tag_axes(v).get(col_axis, v.name) for v in vs))
     cell = {(_tag_axes(v).get(row_axis, "") if row_axis else "", _tag_axes(v).get(col_axis, v.name)): v for v in vs}
-    table = pd.DataFrame({row_axis or "": [g for g, _, _ in rows], "metric": [label for _, label, _ in rows]})
+    for v in vs:  # the shared row group: per column, the variant the paper's figure is pinned on
+        c = _tag_axes(v).get(col_axis, v.name)
+        if any(study.expected.get(v.name, {}).get(m) is not None for g, _, m in rows if g == "*"):
+            cell.setdefault(("*", c), v)
+    table = pd.DataFrame({row_axis or "": ["all" if g == "*" else g for g, _, _ in rows],
+                          "metric": [label for _, label, _ in rows]})
     notes: list[str] = []
     for c in cols:
         ours, paper = [], []
@@ -341,7 +352,8 @@ def _values_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
                 if failed or runs.trials.empty or not (runs.trials.variant == v.name).any():
                     notes.append(f"{v.name} / {m}: {'failed' if failed else 'no run'}")
             else:
-                ours.append(_cell(s, m))
+                shared = f" ({_tag_axes(v).get(row_axis, '')})" if g == "*" else ""  # whose figure it is
+                ours.append(_cell(s, m) + shared)
             paper.append(_paper_cell(study, v.name, m))
         table[f"{c} ours"], table[f"{c} paper"] = ours, paper
     if not row_axis:
@@ -358,7 +370,7 @@ def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
     cols_spec = lay.columns
     metric_cols = isinstance(cols_spec, list)
     value = lay.value
-    metrics = cols_spec if metric_cols else [value]
+    metrics = layout_metrics(study)
     summary = summarise(_at_paper_input(runs), metrics) if not runs.trials.empty else summarise(
         pd.DataFrame({"variant": []}), metrics)
     by = {(r.variant, r.metric): r for r in summary.itertuples()}
@@ -372,9 +384,12 @@ def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
     row_labels = list(dict.fromkeys(cell_variant(v)[0] for v in vs))
     if metric_cols:
         col_labels, lookup = metrics, {(cell_variant(v)[0], m): (v, m) for v in vs for m in metrics}
-    else:
+    elif isinstance(value, str):
         col_labels = list(dict.fromkeys(cell_variant(v)[1] for v in vs))
         lookup = {cell_variant(v): (v, value) for v in vs}
+    else:  # metric groups under each column label
+        col_labels = [f"{a} {m}" for a in dict.fromkeys(cell_variant(v)[1] for v in vs) for m in value.get(a, [])]
+        lookup = {(r, f"{a} {m}"): (v, m) for v in vs for r, a in [cell_variant(v)] for m in value.get(a, [])}
     means = pd.DataFrame(index=row_labels, columns=col_labels, dtype=float)
     table = pd.DataFrame(index=row_labels)
     for label, path in lay.row_params.items():

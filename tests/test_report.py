@@ -341,6 +341,52 @@ def test_values_layout_puts_metrics_in_rows_per_row_group():
                      "hippo-2D / dice_ant: no run", "hippo-2D / dice_post: no run"]
 
 
+def test_values_layout_shares_one_row_across_groups_from_the_variant_the_paper_pinned():
+    # Distill DSM Table 2 prints one parameter row for all tasks, each alpha counted with another
+    # task's channels: the "*" group takes each column's cell from the variant pinned there.
+    values = {**VALUES["layout"]["values"], "*": {"Parameters": "params"}}
+    expected = {**VALUES["expected"], "heart-DSM": {"params": {"value": 1216266, "tol": 0}},
+                "hippo-2D": {"params": {"value": 1082211, "tol": 0}}}
+    study = StudyCfg.model_validate({**VALUES, "expected": expected, "layout": {**VALUES["layout"], "values": values}})
+    t = pd.DataFrame([{"variant": v, "seed": 0, "params": p} for v, p in
+                      (("heart-2D", 1082194), ("hippo-2D", 1082211), ("heart-DSM", 1216266), ("hippo-DSM", 1216283))])
+    flat = layout_table(StudyRuns(study, "smoke", t, failed=[]))[0].reset_index()
+    assert flat[["task", "metric"]].values.tolist()[0] == ["all", "Parameters"]  # first, once
+    assert flat.loc[0, "2D ours"] == "1,082,211 (hippo)" and flat.loc[0, "2D paper"] == "1,082,211"
+    assert flat.loc[0, "DSM ours"] == "1,216,266 (heart)" and flat.loc[0, "DSM paper"] == "1,216,266"
+    assert "Parameters" not in flat.metric.iloc[1:].tolist()
+    bad = {**VALUES["layout"], "values": {**VALUES["layout"]["values"], "hipo": {"Dice": "dice_ant"}}}
+    with pytest.raises(ConfigError, match=r"layout.values: unknown label of axis 'task' 'hipo'. Did you mean 'hippo'\?"):
+        load_study_dict({**VALUES, "layout": bad})
+
+
+def test_metric_groups_under_each_column_label():
+    # GSP Table 1: BraTS18 WT, TC, ET, mDice beside PROMISE12 mDice, one row per net.
+    layout = {"rows": "net", "columns": "task", "best": "max_per_column",
+              "value": {"hippo": ["dice_ant", "mean_dice"], "heart": ["mean_dice"]}}
+    study = StudyCfg.model_validate({**VALUES, "expected": {"heart-DSM": {"mean_dice": 92.35}}, "layout": layout})
+    t = pd.DataFrame([{"variant": v, "seed": 0, "dice_ant": a, "mean_dice": d} for v, a, d in
+                      (("heart-2D", None, 80.0), ("heart-DSM", None, 90.0), ("hippo-2D", 70.0, 65.0),
+                       ("hippo-DSM", 60.0, 66.0))])
+    table, notes = layout_table(StudyRuns(study, "smoke", t, failed=[]))
+    assert list(table.index) == ["2D", "DSM"]
+    assert list(table.columns) == ["heart mean_dice ours", "heart mean_dice paper", "heart mean_dice Δ",
+                                   "hippo dice_ant ours", "hippo mean_dice ours"]  # the paper's order of groups
+    assert table.loc["DSM", "heart mean_dice ours"] == "**90.0**" and table.loc["DSM", "heart mean_dice Δ"] == "-2.35"
+    assert table.loc["2D", "hippo dice_ant ours"] == "**70.0**" and table.loc["DSM", "hippo mean_dice ours"] == "**66.0**"
+    assert not notes
+    with pytest.raises(ConfigError, match=r"layout.value: unknown label of axis 'task' 'prostate'"):
+        load_study_dict({**VALUES, "layout": {**layout, "value": {"prostate": ["mean_dice"]}}})
+
+
+def load_study_dict(d):
+    from harness.config import check_layout
+
+    study = StudyCfg.model_validate(d)
+    check_layout(study)
+    return study
+
+
 def test_report_of_a_study_with_no_current_runs_says_so(tmp_path, monkeypatch):
     # Every run stale (the study changed since) or none at all: an empty table, not a crash.
     from harness.report import write_report
