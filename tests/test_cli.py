@@ -100,7 +100,7 @@ def test_list_names_every_registry_with_its_built_in_components(capsys, tmp_path
     monkeypatch.chdir(tmp_path)
     assert main(["list"]) == 0
     studies = [line for line in capsys.readouterr().out.splitlines() if line.startswith("studies")]
-    assert len(studies) == 1 and "gsp_table1_promise12.yaml" in studies[0] and str(tmp_path) not in studies[0]
+    assert len(studies) == 1 and "gsp_table1.yaml" in studies[0] and str(tmp_path) not in studies[0]
 
 
 def test_cli_scales_are_the_schema_scales():
@@ -126,7 +126,7 @@ def test_a_study_that_breaks_the_schema_is_reported_before_the_heavy_imports(tmp
     import subprocess
     import sys
 
-    study = yaml.safe_load(open("studies/gsp_table1_promise12.yaml"))
+    study = yaml.safe_load(open("studies/gsp_table1.yaml"))
     study["train"]["lr"] = float("inf")
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
     space = {"name": "x", "study": "s.yaml", "scale": "smoke", "knobs": {}, "objectives": [], "bogus": 1}
