@@ -228,6 +228,17 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _did_you_mean_file(path: str, kind: str) -> str:
+    """A study or space named without its folder or with a typo: the closest file in the working
+    directory's ``studies/`` (``search_spaces/``), as ``harness list`` names them."""
+    import difflib
+
+    folder = Path("studies" if kind == "study" else "search_spaces")
+    known = {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+    hit = difflib.get_close_matches(Path(path).stem, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {known[hit[0]]}?" if hit else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="harness", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -334,10 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
     # A missing study or space file is known before torch, MONAI, MLflow and Ray load (seconds).
-    for kind, path in (("study", getattr(args, "study", None)), ("space", getattr(args, "space", None)),
-                       ("study", getattr(args, "target", None))):
-        if path and (kind != "study" or str(path).endswith((".yaml", ".yml"))) and not Path(path).is_file():
-            print(f"error: {kind}: file {str(path)!r} does not exist", file=sys.stderr)
+    for kind, path, always in (("study", getattr(args, "study", None), True),
+                               ("space", getattr(args, "space", None), True),
+                               ("study", getattr(args, "target", None), False)):  # cost: a model name, or a study
+        if path and (always or str(path).endswith((".yaml", ".yml"))) and not Path(path).is_file():
+            print(f"error: {kind}: file {str(path)!r} does not exist{_did_you_mean_file(path, kind)}", file=sys.stderr)
             return 2
     from harness.config import ConfigError, StudyCfg, load_yaml
     from harness.registry import UnknownNameError

@@ -122,6 +122,17 @@ def test_a_missing_study_or_space_is_reported_before_the_heavy_imports(tmp_path)
     assert sorted(x.name for x in tmp_path.iterdir()) == []
 
 
+def test_a_study_named_without_its_folder_or_mistyped_gets_the_file_it_meant(capsys):
+    # As `harness list` names them: the closest file under studies/ (search_spaces/), exit 2.
+    for argv, meant in ((["run", "gsp_table1"], "studies/gsp_table1.yaml"),
+                        (["report", "gsp_tabel2_promise12.yaml"], "studies/gsp_table2_promise12.yaml"),
+                        (["search", "gsp"], "search_spaces/gsp.yaml")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.strip().endswith(f"does not exist; did you mean {meant}?"), err
+    assert main(["run", "zzz.yaml"]) == 2 and "did you mean" not in capsys.readouterr().err
+
+
 def test_a_study_that_breaks_the_schema_is_reported_before_the_heavy_imports(tmp_path):
     import subprocess
     import sys
