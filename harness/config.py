@@ -590,6 +590,11 @@ def check_train(train: TrainCfg, where: str) -> None:
     _CHECKED.add(key)
 
 
+def _axis_labels(vs: list[VariantCfg], axis: str) -> list[str]:
+    """The labels an axis (grid axis, tag or ``variant``) takes over the variants, in order."""
+    return list(dict.fromkeys({"variant": v.name, **v.tags}.get(axis, v.name) for v in vs))
+
+
 def check_layout(study: StudyCfg) -> None:
     """The layout's axes and baseline name things the study has."""
     lay = study.layout
@@ -603,13 +608,13 @@ def check_layout(study: StudyCfg) -> None:
     if isinstance(lay.value, dict):  # column groups: each key a label of the columns axis
         if not isinstance(lay.columns, str):
             raise ConfigError("layout.value: metric groups {label: [metric, ...]} need columns to be an axis")
-        labels = list(dict.fromkeys({"variant": v.name, **v.tags}.get(lay.columns, v.name) for v in vs))
+        labels = _axis_labels(vs, lay.columns)
         for label in lay.value:
             if label not in labels:
                 raise ConfigError(str(UnknownNameError(f"label of axis {lay.columns!r}", label, labels,
                                                        "layout.value")))
     if lay.values is not None and lay.rows:  # row groups: each key a label of the rows axis, or "*"
-        labels = list(dict.fromkeys({"variant": v.name, **v.tags}.get(lay.rows, v.name) for v in vs))
+        labels = _axis_labels(vs, lay.rows)
         for label in lay.values:
             if label != "*" and label not in labels:
                 raise ConfigError(str(UnknownNameError(f"label of axis {lay.rows!r}", label, [*labels, "*"],

@@ -61,8 +61,8 @@ class CBAM3d(nn.Module):
         maps = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)  # [max; mean] (code order)
         if maps.device.type == "cpu":
             # The same sums, another kernel: in NCDHW PyTorch's CPU conv computes this conv's input
-            # gradient (1 -> 2 channels, 7^3) on a slow path, 450 ms at 2 x 2 x 32 x 64 x 64 on one
-            # thread; in channels-last oneDNN does, about 4x faster forward + backward (harness bench,
-            # BraTS 2020 section).
+            # gradient (1 -> 2 channels, 7^3) on a slow path; in channels-last oneDNN does. Forward +
+            # backward at 2 x 2 x 32 x 64 x 64 on 2 threads: 257 vs 74 ms (harness bench, BraTS 2020
+            # section, gate columns).
             maps = maps.contiguous(memory_format=torch.channels_last_3d)
         return x * torch.sigmoid(self.spatial(maps))
