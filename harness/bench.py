@@ -96,10 +96,10 @@ def gs_shapes(net: str) -> list[tuple[tuple[int, ...], tuple[int, int, int]]]:
 def bench_group_shift(device: torch.device, quick: bool) -> list[dict]:
     """Group Shift forward vs ``x.clone()`` at every stage of the GSP nets at the papers' crops.
 
-    The op keeps whichever of its two exact realisations is faster per shape (ops/group_shift.py);
-    both are timed here too, so the table shows why.
+    The op keeps whichever of its exact realisations is fastest per shape (ops/group_shift.py);
+    each is timed here too, so the table shows why (``kernel``: CPU, where it could be built).
     """
-    from harness.ops.group_shift import _METHOD, _apply, _apply_rows, _plan
+    from harness.ops.group_shift import _METHOD, _apply, _apply_kernel, _apply_rows, _kernel, _plan
 
     cases = []
     for net in (["promise12_ProSGv3"] if quick else list(GS_NETS)):
@@ -115,10 +115,12 @@ def bench_group_shift(device: torch.device, quick: bool) -> list[dict]:
         copies = _plan(shape, groups, 0.5)[0]
         t_box, _, _ = _alternate(lambda: _apply(x, groups, 0.5, False), lambda: None, rounds, device)
         t_rows, _, _ = _alternate(lambda: _apply_rows(x, groups, 0.5, False), lambda: None, rounds, device)
+        t_kernel = (_alternate(lambda: _apply_kernel(x, groups, 0.5, False), lambda: None, rounds, device)[0]
+                    if device.type == "cpu" and _kernel() is not None else float("nan"))
         rows.append({"device": str(device), "net": net, "shape": "x".join(map(str, shape)), "groups": list(groups),
                      "method": _METHOD[(shape, groups, 0.5, device.type, x.dtype)], "box_copies": len(copies),
                      "group_shift_ms": 1e3 * t_gs, "clone_ms": 1e3 * t_clone, "box_ms": 1e3 * t_box,
-                     "rows_ms": 1e3 * t_rows, "ratio": ratio, "excess_us": 1e6 * (t_gs - t_clone),
+                     "rows_ms": 1e3 * t_rows, "kernel_ms": 1e3 * t_kernel, "ratio": ratio, "excess_us": 1e6 * (t_gs - t_clone),
                      "meets_target": t_gs <= 1.2 * t_clone + GS_DISPATCH_S})
         del x
     return rows
@@ -355,14 +357,15 @@ def run_bench(out: Path, quick: bool = False) -> int:
     lines = ["# harness bench", "", f"Machine: {json.dumps(result['machine'])}", "",
              "## Group Shift forward / x.clone() (target: <= 1.2 x clone + 30 us)", "",
              "Every Group Shift input of the GSP nets at the papers' crops (CSC, encoder and decoder), batch 1 "
-             "and 4, and issue 16's shapes. `method` is the realisation the op keeps for that shape (the faster "
-             "of `box`, one copy per box of whole W rows, and `rows`, one gather of rotated W rows). Times under "
+             "and 4, and issue 16's shapes. `method` is the realisation the op keeps for that shape (the fastest "
+             "of `box`, one copy per box of whole W rows, `rows`, one gather of rotated W rows, and `kernel`, "
+             "every run in one call of the compiled C kernel; `rows` is not tried where `box` dispatches little). Times under "
              "0.1 ms, and outputs over 32 MB (above glibc's mmap threshold every fresh output page-faults, the "
              "clone's too), are noisy on a shared 2-core machine: read the ratios, not single cells.", "",
-             "| device | net | shape | groups | method | box copies | box ms | rows ms | group_shift ms | clone ms | "
-             "ratio (median of pairs) | excess us | meets |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| device | net | shape | groups | method | box copies | box ms | rows ms | kernel ms | group_shift ms | "
+             "clone ms | ratio (median of pairs) | excess us | meets |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['device']} | {r['net']} | {r['shape']} | {tuple(r['groups'])} | {r['method']} | {r['box_copies']} | "
-              f"{r['box_ms']:.3f} | {r['rows_ms']:.3f} | {r['group_shift_ms']:.3f} | {r['clone_ms']:.3f} | "
+              f"{r['box_ms']:.3f} | {r['rows_ms']:.3f} | {r['kernel_ms']:.3f} | {r['group_shift_ms']:.3f} | {r['clone_ms']:.3f} | "
               f"**{r['ratio']:.2f}** | {r['excess_us']:.0f} | {'yes' if r['meets_target'] else 'no'} |"
               for r in result["group_shift"]]
     lines += ["", "## Group Shift's share of a GSP training step (forward + backward + SGD)", "",

@@ -1,11 +1,16 @@
 """Group Shift against hand-worked cases of Eqs. 2-8 and a literal per-voxel transcription."""
+import importlib
 import itertools
 
 import pytest
 import torch
 
 from harness.ops import GroupShift, group_shift
-from harness.ops.group_shift import _METHOD, _apply, _apply_rows
+from harness.ops.group_shift import _METHOD, _apply, _apply_kernel, _apply_rows, _kernel
+
+needs_kernel = pytest.mark.skipif(_kernel() is None, reason="no C compiler: the kernel realisation is not built")
+METHODS = ["box", "rows", pytest.param("kernel", marks=needs_kernel)]
+gs_module = importlib.import_module("harness.ops.group_shift")  # the module (harness.ops.group_shift is also the function)
 
 
 def literal_eqs(x, groups, ratio):
@@ -70,14 +75,14 @@ def test_matches_literal_equations(groups, C, ratio):
     x = torch.randn(2, C, groups[0] * 2, groups[1] * 1, groups[2] * 2)
     expected = literal_eqs(x, groups, ratio)
     assert torch.equal(group_shift(x, groups, ratio), expected)
-    # Both realisations (the op keeps whichever is faster per shape) are the same map and inverse.
-    assert torch.equal(_apply(x, groups, ratio, inverse=False), expected)
-    assert torch.equal(_apply_rows(x, groups, ratio, inverse=False), expected)
-    assert torch.equal(_apply(expected, groups, ratio, inverse=True), x)
-    assert torch.equal(_apply_rows(expected, groups, ratio, inverse=True), x)
+    # Every realisation (the op keeps whichever is fastest per shape) is the same map and inverse.
+    applies = [_apply, _apply_rows] + ([_apply_kernel] if _kernel() is not None else [])
+    for apply in applies:
+        assert torch.equal(apply(x, groups, ratio, inverse=False), expected), apply.__name__
+        assert torch.equal(apply(expected, groups, ratio, inverse=True), x), apply.__name__
 
 
-@pytest.mark.parametrize("method", ["box", "rows"])
+@pytest.mark.parametrize("method", METHODS)
 def test_a_contiguous_view_into_a_larger_buffer(method, monkeypatch):
     # Batch 1, channels 2..4 of a bigger tensor: contiguous, but its storage starts mid-buffer, as
     # the gradient reaching CSCSUpShift's shift does (a slice of torch.cat's gradient).
@@ -98,7 +103,7 @@ def test_a_contiguous_view_into_a_larger_buffer(method, monkeypatch):
     assert torch.equal(x.grad, expected)
 
 
-@pytest.mark.parametrize("method", ["box", "rows"])
+@pytest.mark.parametrize("method", METHODS)
 def test_is_a_permutation_and_gradcheck(method, monkeypatch):
     x = torch.randn(1, 6, 4, 4, 2, dtype=torch.float64, requires_grad=True)
     for groups, ratio in [((2, 2, 1), 0.5), ((1, 2, 2), 1.0)]:
@@ -107,6 +112,57 @@ def test_is_a_permutation_and_gradcheck(method, monkeypatch):
     assert torch.equal(torch.sort(y.flatten())[0], torch.sort(x.flatten())[0])
     assert torch.autograd.gradcheck(lambda t: group_shift(t, (2, 2, 1), 0.5), (x,))
     assert torch.autograd.gradcheck(lambda t: group_shift(t, (1, 2, 2), 1.0), (x,))
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64, torch.int8, torch.complex64])
+def test_kernel_moves_whole_elements_of_any_dtype(dtype):
+    # Byte-generic: runs of 1 to 16 bytes per element, rotated rows included ((1,1,4): w=2 of W=8).
+    x = (torch.randn(2, 12, 4, 4, 8) * 50).to(dtype)
+    for groups in [(2, 2, 2), (1, 1, 4), (1, 4, 4)]:
+        assert torch.equal(_apply_kernel(x, groups, 0.5, inverse=False), _apply(x, groups, 0.5, inverse=False))
+        assert torch.equal(_apply_kernel(_apply(x, groups, 0.5, False), groups, 0.5, inverse=True), x)
+
+
+@needs_kernel
+def test_kernel_cuts_boxes_and_splits_them_over_threads(monkeypatch):
+    # The paper-scale path on a small tensor: boxes cut to at most 16 elements (along C, D and H,
+    # with whole-row runs merged first) and shared by 3 threads must still give Eqs. 1-8 exactly.
+    monkeypatch.setattr(gs_module, "_KERNEL_BOX_MAX", 16)
+    monkeypatch.setattr(gs_module, "_KERNEL_BYTES_PER_THREAD", 1)
+    for f in (gs_module._kernel_boxes, gs_module._kernel_call):
+        f.cache_clear()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        x, nested = torch.randn(3, 10, 4, 6, 4), False
+        for groups, ratio in [((2, 2, 2), 0.5), ((1, 3, 2), 1.0), ((4, 1, 1), 0.5)]:
+            boxes = gs_module._kernel_boxes((10, 4, 6, 4), groups, ratio, False)
+            big = boxes[:, 2] * boxes[:, 4] * boxes[:, 6] * boxes[:, 8] > 16
+            assert big.any() and (boxes[big][:, [2, 4, 6]] == 1).all()  # only a single (merged) run exceeds it: runs are never cut
+            nested |= bool((boxes[:, [2, 4, 6]] > 1).any())
+            assert gs_module._kernel_call(tuple(x.shape), groups, ratio, False, 4)[1] == 3
+            assert torch.equal(_apply_kernel(x, groups, ratio, inverse=False), literal_eqs(x, groups, ratio))
+        assert nested  # the cut left nests of several runs too
+    finally:
+        torch.set_num_threads(threads)
+        for f in (gs_module._kernel_boxes, gs_module._kernel_call):
+            f.cache_clear()
+
+
+def test_without_a_compiler_the_op_falls_back_to_torch(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(gs_module, "_METHOD", {})
+    _kernel.cache_clear()
+    try:
+        assert _kernel() is None
+        assert "no compiled kernel" in caplog.text
+        x = torch.randn(1, 8, 2, 4, 4)
+        assert torch.equal(group_shift(x, (2, 2, 2), 0.5), literal_eqs(x, (2, 2, 2), 0.5))
+        assert "kernel" not in gs_module._METHOD.values()
+    finally:
+        _kernel.cache_clear()
 
 
 @pytest.mark.parametrize("shape,groups,axis", [((1, 4, 6, 8, 8), (4, 2, 2), "D=6"), ((1, 4, 8, 6, 8), (2, 4, 2), "H=6"),
