@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from harness.config import (ConfigError, ResourcesCfg, TrialSpec, apply_data_roots, config_hash, load_study, resolve,
                             spec_hash)
 from harness.data import Task, build_task
-from harness.train import build_trial, pick_device, sample_transforms, train_step
+from harness.cost import count_macs
+from harness.train import build_trial, pick_device, sample_transforms, train_step, trial_model
 
 
 def random_batch(spec: TrialSpec, task: Task) -> dict[str, torch.Tensor]:
@@ -42,6 +43,31 @@ def measure_step_time(spec: TrialSpec, task: Task, steps: int = 2) -> float:
     if t.device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - t0) / steps
+
+
+def longest_first(specs: list[TrialSpec], tasks: dict[str, Task]) -> list[TrialSpec]:
+    """``specs`` ordered by training work, the largest first (stable among equals).
+
+    Ray Tune starts trials in the order given; started in study order, a long trial that comes
+    last runs alone at the end (the landscape's VFN: 4 of its 13 minutes). Longest first is the
+    LPT rule, whose makespan is within 4/3 of the best. Work = forward MACs of one training batch
+    (fvcore, once per architecture and patch) x steps; a trial whose MACs cannot be counted is
+    taken as the longest (its cost measurement will fail the trial anyway, early).
+    """
+    macs: dict[str, float] = {}
+
+    def work(spec: TrialSpec) -> float:
+        cfg = spec.train
+        key = config_hash([spec.model.model_dump(), spec.data.model_dump(), cfg.patch, cfg.batch_size, cfg.output])
+        if key not in macs:
+            task = tasks[config_hash(spec.data.model_dump())]
+            try:
+                macs[key] = count_macs(trial_model(spec, task), [cfg.batch_size, task.in_channels, *cfg.patch])["macs"]
+            except Exception:  # noqa: BLE001  an ordering hint only; the trial itself reports the error
+                macs[key] = float("inf")
+        return macs[key] * cfg.epochs * cfg.steps_per_epoch
+
+    return sorted(specs, key=work, reverse=True)
 
 
 def dry_run(specs: list[TrialSpec], console: Console) -> None:
@@ -99,8 +125,10 @@ def run_study(path: str, scale: str, seeds: int | None, address: str | None, res
     if dry:
         dry_run(specs, console)
         return 0
-    for data in {config_hash(s.data.model_dump()): s.data for s in specs}.values():
-        build_task(data.dataset, **data.params).train  # generate/cache once, before trials race for it
+    tasks = {}
+    for key, data in {config_hash(s.data.model_dump()): s.data for s in specs}.items():
+        tasks[key] = build_task(data.dataset, **data.params)
+        tasks[key].train  # generate/cache once, before trials race for it
 
     from harness.tracking import Tracker  # mlflow and ray are imported only when a run really starts
     from harness.tune import check_capacity, run_trials
@@ -135,6 +163,7 @@ def run_study(path: str, scale: str, seeds: int | None, address: str | None, res
     # a path every node shares, or a URI (--storage s3://bucket/ray).
     storage = storage or (Path(tracker.uri[len("sqlite:///"):]).parent / "ray_results" if tracker.uri.startswith(
         "sqlite:///") else Path("ray_results"))
+    todo = longest_first(todo, tasks)
     while todo:
         writer = run_trials(todo, tracker, exp_id, parent_id, trial_hash, address, storage, verbose)
         failed += writer.failed

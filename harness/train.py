@@ -110,6 +110,13 @@ class Trial:
                            case_losses=lambda: case_losses(self), keep_cases=lambda ids: keep_cases(self, ids))
 
 
+def trial_model(spec: TrialSpec, task: Task) -> nn.Module:
+    """The trial's network, sized for its task (channels, regions) and patch."""
+    cfg = spec.train
+    return build_model(spec.model.name, in_channels=task.in_channels, input_size=cfg.patch, output=cfg.output,
+                       out_channels=out_channels(len(task.regions), cfg.output), **spec.model.params)
+
+
 def build_trial(spec: TrialSpec, task: Task | None = None, device: torch.device | None = None,
                 loader: bool = True) -> Trial:
     """Model, loss, optimiser, schedule, scaler, loader, callbacks and inferer of ``spec``.
@@ -121,8 +128,7 @@ def build_trial(spec: TrialSpec, task: Task | None = None, device: torch.device 
     cfg = spec.train
     device = device or pick_device(spec.resources.gpu)
     task = task or build_task(spec.data.dataset, **spec.data.params)
-    model = build_model(spec.model.name, in_channels=task.in_channels, input_size=cfg.patch, output=cfg.output,
-                        out_channels=out_channels(len(task.regions), cfg.output), **spec.model.params).to(device)
+    model = trial_model(spec, task).to(device)
     loss_fn = build_loss(cfg.loss, cfg.output, cfg.deep_supervision).to(device)
     if loader and hasattr(loss_fn, "fit"):  # statistics of the training labels (class weights)
         loss_fn.fit(task.train)

@@ -14,6 +14,7 @@ import os
 import socket
 import tempfile
 import time
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
@@ -29,8 +30,16 @@ from harness.tracking import Tracker, numeric
 from harness.train import CHECKPOINT, run_trial
 
 
+# A trial whose worker process dies (Ray's OOM monitor, a lost node) is started again this many
+# times; a trial that raises is final at once (the same recipe and seed would raise again).
+WORKER_RETRIES = 2
+
+
 def _trainable(config: dict[str, Any], specs: dict[str, dict]) -> None:
-    _report_trial(TrialSpec.model_validate(specs[config["key"]]))
+    try:
+        _report_trial(TrialSpec.model_validate(specs[config["key"]]))
+    except Exception:  # noqa: BLE001  reported as the trial's outcome, so Ray retries only dead workers
+        tune.report({"final": 1, "trial_error": traceback.format_exc()[-5000:]})
 
 
 def _search_trainable(config: dict[str, Any], spec_for: Callable[[dict, str], TrialSpec]) -> None:
@@ -56,6 +65,7 @@ class MlflowWriter(tune.Callback):
         self.finished: list[str] = []
         self.failed: list[str] = []
         self.awaiting_weights: set[str] = set()  # final result logged, checkpoint not yet
+        self.retries: dict[str, int] = {}  # trial key -> times its worker died and it started again
         self.crashed = False  # Tune raised instead of reporting the trial
         self.total, self.verbose, self.t0 = total, verbose, time.monotonic()
         self.started: dict[str, float] = {}
@@ -92,7 +102,9 @@ class MlflowWriter(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._run_id(trial)
-        if result.get("final"):
+        if result.get("trial_error"):
+            self._fail(trial, result["trial_error"])
+        elif result.get("final"):
             strings = json.loads(result.get("strings_json", "{}"))
             metrics = {k: v for k, v in numeric(result).items() if not _is_ray_key(k) and k not in ("final", "epoch")}
             self.tracker.log_final(run_id, {**metrics, **strings}, json.loads(result["per_case_json"]),
@@ -118,14 +130,29 @@ class MlflowWriter(tune.Callback):
         self.finished.append(key)
         self._progress(key, "done")
 
-    def on_trial_error(self, iteration, trials, trial, **info):
-        err = ""
-        if trial.error_file and os.path.exists(trial.error_file):
-            err = Path(trial.error_file).read_text()
+    def _fail(self, trial, err: str) -> None:
         self.tracker.fail_child(self._run_id(trial), err or "trial raised (no error file)")
         self.failed.append(self._key(trial))
         last = [ln.strip() for ln in err.strip().splitlines() if ln.strip()][-1:] or ["no error file"]
         self._progress(self._key(trial), "FAILED", last[0][:160])
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        # Its worker died more than WORKER_RETRIES times (a trial's own exception comes as a result).
+        err = ""
+        if trial.error_file and os.path.exists(trial.error_file):
+            err = Path(trial.error_file).read_text()
+        self._fail(trial, err)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # Its worker died (e.g. killed by Ray's OOM monitor): Tune starts it again from scratch;
+        # the run keeps the epochs' metrics of both attempts and counts the retries.
+        key = self._key(trial)
+        self.retries[key] = self.retries.get(key, 0) + 1
+        self.tracker.client.set_tag(self.run_ids[key], "worker_retries", str(self.retries[key]))
+        self.started[key] = time.monotonic()
+        if self.verbose == 1:
+            print(f"    retry  {key}: its worker died (attempt {self.retries[key] + 1} of {WORKER_RETRIES + 1})",
+                  flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         key = self._key(trial)
@@ -266,7 +293,7 @@ def run_trials(specs: list[TrialSpec], tracker: Tracker, exp_id: str, parent_id:
             # -v 1: the writer's line per trial; -v 2: Ray's status tables and trial logs too.
             storage_path=_storage_path(storage), callbacks=[writer], verbose=verbose if verbose > 1 else 0,
             progress_reporter=reporter if verbose > 1 else None,
-            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
+            failure_config=tune.FailureConfig(max_failures=WORKER_RETRIES, fail_fast=False)),
     )
     try:
         with _tune_logs(verbose):

@@ -211,3 +211,22 @@ def test_a_model_breaking_the_eval_contract_is_named():
     with pytest.raises(TypeError, match="Mapping returned dict in eval mode; the output contract"):
         build_inferer(ComponentCfg(name="sliding_window"), [4, 8, 8], 1, "sigmoid")(torch.zeros(1, 1, 4, 8, 8),
                                                                                      Mapping())
+
+
+def test_trials_start_longest_first_by_macs_times_steps():
+    from harness.config import config_hash
+    from harness.data import build_task
+    from harness.study import longest_first
+
+    def named(s, key):
+        return s.model_copy(update={"key": key})
+
+    narrow = named(spec(), "narrow")
+    wide = named(spec(params={**narrow.model.params, "widths": [8, 16, 16, 32, 32]}), "wide")
+    long = named(spec(steps_per_epoch=40), "narrow_long")  # 10x the steps of `narrow`, a quarter of wide's MACs
+    twin = named(spec(), "narrow_twin")
+    broken = named(spec(params={**narrow.model.params, "groups": [[3, 3, 3]] * 5}), "uncountable")  # 3 does not divide 16
+    tasks = {config_hash(narrow.data.model_dump()): build_task(narrow.data.dataset, **narrow.data.params)}
+    order = [s.key for s in longest_first([narrow, wide, twin, long, broken], tasks)]
+    # Unknown work goes first (it fails early, at its cost measurement), then by work; equals keep their order.
+    assert order == ["uncountable", "narrow_long", "wide", "narrow", "narrow_twin"]

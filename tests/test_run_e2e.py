@@ -143,3 +143,55 @@ def test_tune_crash_marks_in_flight_trials_failed_and_the_study_goes_on(tmp_path
     status = {r.data.tags["trial_key"]: r.info.status for r in runs(tmp_path)}
     assert status == {"v0#s0": "FINISHED", "v1#s0": "FAILED", "v2#s0": "FINISHED", "v3#s0": "FINISHED"}
     assert "OutOfMemoryError" in next(r for r in runs(tmp_path) if r.info.status == "FAILED").data.tags["error"]
+
+
+MARK_PLUGIN = '''
+import os
+from harness.callbacks import Callback
+from harness.registry import CALLBACKS
+
+
+class Mark(Callback):
+    """Writes a line per training start; with die, its first start kills the worker process."""
+
+    def __init__(self, path: str, die: bool):
+        self.path, self.die = path, die
+
+    def on_train_start(self, ctx):
+        first = not os.path.exists(self.path)
+        with open(self.path, "a") as f:
+            f.write("start\\n")
+        if self.die and first:
+            os._exit(1)  # as Ray's OOM monitor kills a worker: no exception, the process is gone
+
+
+@CALLBACKS.register("mark_start")
+def mark_start(path: str, die: bool = False) -> Callback:
+    return Mark(path, die)
+'''
+
+
+def test_a_dead_worker_is_retried_and_a_raising_trial_is_not(tmp_path):
+    (tmp_path / "mark_plugin.py").write_text(MARK_PLUGIN)
+
+    def mark(name, die=False):
+        return [{"name": "mark_start", "params": {"path": str(tmp_path / f"{name}.starts"), "die": die}}]
+
+    study = {**TINY, "plugins": ["mark_plugin"], "expected": {},
+             "variants": [{"name": "killed", "train": {"callbacks": mark("killed", die=True)}},
+                          {"name": "diverge", "train": {"lr": 1e30, "callbacks": mark("diverge")}}]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "PYTHONWARNINGS": "ignore"}
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "run", "s.yaml"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=600)
+    out = p.stdout + p.stderr
+    assert p.returncode == 1, out
+    rs = {r.data.tags["trial_key"]: r for r in runs(tmp_path)}
+    assert {k: r.info.status for k, r in rs.items()} == {"killed#s0": "FINISHED", "diverge#s0": "FAILED"}, out
+    # The killed worker's trial started twice and finished on its second start, in the same MLflow run.
+    assert (tmp_path / "killed.starts").read_text().count("start") == 2
+    assert rs["killed#s0"].data.tags["worker_retries"] == "1" and rs["killed#s0"].data.metrics["mean_dice"] >= 0
+    assert "retry  killed#s0: its worker died (attempt 2 of 3)" in p.stdout
+    # The trial that raised was not run again: the same recipe and seed would raise again.
+    assert (tmp_path / "diverge.starts").read_text().count("start") == 1
+    assert "non-finite training loss" in rs["diverge#s0"].data.tags["error"] and "worker_retries" not in rs["diverge#s0"].data.tags
