@@ -2,6 +2,7 @@
 import importlib
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -185,3 +186,41 @@ def test_module_matches_function_and_non_contiguous_input():
     x = torch.randn(2, 8, 4, 4, 4).transpose(2, 4)  # non-contiguous view
     assert torch.equal(m(x), literal_eqs(x.contiguous(), (2, 2, 2), 0.5))
     assert "groups=(2, 2, 2)" in repr(m)
+
+
+@needs_kernel
+def test_kernel_keeps_its_plan_alive_when_the_plan_cache_is_cleared():
+    # The kernel reads its boxes through a raw pointer: the array must live as long as the pointer.
+    import gc
+
+    x = torch.randn(2, 8, 4, 4, 4)
+    expected = literal_eqs(x, (2, 2, 2), 0.5)
+    assert torch.equal(_apply_kernel(x, (2, 2, 2), 0.5, inverse=False), expected)
+    gs_module._kernel_boxes.cache_clear()
+    gc.collect()
+    _ = [np.full(4096, -1, dtype=np.int64) for _ in range(64)]  # reuse any freed memory with garbage
+    assert torch.equal(_apply_kernel(x, (2, 2, 2), 0.5, inverse=False), expected)
+
+
+def test_the_fastest_realisation_is_kept_with_more_rounds_for_quick_ones(monkeypatch):
+    import time
+
+    def timed(fast: float, slow: float, mid: float) -> tuple[str, dict]:
+        calls = {"box": 0, "rows": 0, "kernel": 0}
+
+        def fake(name, seconds):
+            def apply(x, groups, ratio, inverse):
+                calls[name] += 1
+                time.sleep(seconds)
+            return apply
+
+        monkeypatch.setattr(gs_module, "_APPLY", {"box": fake("box", slow), "rows": fake("rows", fast),
+                                                  "kernel": fake("kernel", mid)})
+        return gs_module._fastest(["box", "rows", "kernel"], torch.zeros(1), (1, 1, 1), 0.5, False), calls
+
+    # Quick realisations (a round of ~2 ms): up to 15 rounds fit the 50 ms budget.
+    best, calls = timed(0.0001, 0.001, 0.0005)
+    assert best == "rows" and calls["box"] == calls["rows"] == calls["kernel"] and 8 <= calls["box"] - 1 <= 15
+    # Slow ones (a round of 90 ms): the minimum of 3 rounds after the warm-up.
+    best, calls = timed(0.02, 0.04, 0.03)
+    assert best == "rows" and calls == {"box": 4, "rows": 4, "kernel": 4}

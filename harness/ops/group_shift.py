@@ -270,16 +270,17 @@ def _kernel_boxes(chw: tuple[int, ...], groups: tuple[int, int, int], shift_rati
 
 @lru_cache(maxsize=256)
 def _kernel_call(shape: tuple[int, ...], groups: tuple[int, int, int], shift_ratio: float, inverse: bool, itemsize: int):
-    """The kernel's arguments after the two data pointers, and its thread count, for this input."""
+    """The kernel's arguments after the two data pointers, its thread count, and the boxes array
+    their pointer points into (held here, so the pointer outlives any eviction of _kernel_boxes)."""
     N, C, D, H, W = shape
-    boxes = _kernel_boxes((C, D, H, W), groups, shift_ratio, inverse)  # kept alive by _kernel_boxes' cache
+    boxes = _kernel_boxes((C, D, H, W), groups, shift_ratio, inverse)
     threads = max(1, min(torch.get_num_threads(), N * C * D * H * W * itemsize // _KERNEL_BYTES_PER_THREAD))
-    return (boxes.ctypes.data, len(boxes), N, C * D * H * W, itemsize), threads
+    return (boxes.ctypes.data, len(boxes), N, C * D * H * W, itemsize), threads, boxes
 
 
 def _apply_kernel(x: torch.Tensor, groups: tuple[int, int, int], shift_ratio: float, inverse: bool) -> torch.Tensor:
     """``kernel``: all runs of the box plan in one call of the compiled kernel (CPU)."""
-    args, threads = _kernel_call(_shape(x), groups, shift_ratio, inverse, x.element_size())
+    args, threads, _ = _kernel_call(_shape(x), groups, shift_ratio, inverse, x.element_size())
     x = x.contiguous()
     out = torch.empty_like(x)
     _kernel().gs_permute(x.data_ptr(), out.data_ptr(), *args, min(threads, torch.get_num_threads()))
@@ -294,10 +295,15 @@ _CLONE_S_PER_ELEMENT = 1e-10  # 10^10 elements per second: a fast, in-cache clon
 _APPLY = {"box": _apply, "rows": _apply_rows, "kernel": _apply_kernel}
 
 
-def _fastest(methods: list[str], x: torch.Tensor, groups, shift_ratio: float, inverse: bool, rounds: int = 3) -> str:
-    """The fastest of ``methods`` on ``x``: medians of alternated runs after a warm-up of each."""
+def _fastest(methods: list[str], x: torch.Tensor, groups, shift_ratio: float, inverse: bool) -> str:
+    """The fastest of ``methods`` on ``x``: medians of alternated runs after a warm-up of each.
+
+    Rounds fill about 50 ms (3 to 15): a small tensor's sub-millisecond times need more samples
+    on a noisy machine than a paper-scale one's, which cannot afford them.
+    """
     times: dict[str, list[float]] = {m: [] for m in methods}
-    for r in range(rounds + 1):
+    rounds, r = 3, 0
+    while r <= rounds:
         for m in methods:
             if x.is_cuda:
                 torch.cuda.synchronize(x.device)
@@ -305,9 +311,12 @@ def _fastest(methods: list[str], x: torch.Tensor, groups, shift_ratio: float, in
             _APPLY[m](x, groups, shift_ratio, inverse)
             if x.is_cuda:
                 torch.cuda.synchronize(x.device)
-            if r:
-                times[m].append(time.perf_counter() - t0)
-    return min(methods, key=lambda m: sorted(times[m])[rounds // 2])
+            times[m].append(time.perf_counter() - t0)
+        if r == 0:  # the warm-up round sets the budget and is not counted
+            rounds = max(3, min(15, int(0.05 / max(sum(ts[0] for ts in times.values()), 1e-9))))
+            times = {m: [] for m in methods}
+        r += 1
+    return min(methods, key=lambda m: sorted(times[m])[len(times[m]) // 2])
 
 
 def _shift(x: torch.Tensor, groups: tuple[int, int, int], shift_ratio: float, inverse: bool) -> torch.Tensor:
