@@ -151,9 +151,17 @@ def test_kernel_cuts_boxes_and_splits_them_over_threads(monkeypatch):
             f.cache_clear()
 
 
-def test_without_a_compiler_the_op_falls_back_to_torch(monkeypatch, tmp_path, caplog):
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+@pytest.mark.parametrize("broken", ["no compiler", "library will not load"])
+def test_without_a_usable_kernel_the_op_falls_back_to_torch(broken, monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    if broken == "no compiler":
+        monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    else:  # e.g. a cache on a noexec mount: the build succeeds, dlopen refuses it
+
+        def refuse(path, *a, **k):
+            raise OSError(f"{path}: failed to map segment from shared object")
+
+        monkeypatch.setattr(gs_module.ctypes, "CDLL", refuse)
     monkeypatch.setattr(gs_module, "_METHOD", {})
     _kernel.cache_clear()
     try:

@@ -31,6 +31,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import platform
 import subprocess
 import sysconfig
 import time
@@ -183,6 +184,8 @@ def _apply_rows(x: torch.Tensor, groups: tuple[int, int, int], shift_ratio: floa
 
 
 _KERNEL_SOURCE = Path(__file__).with_name("group_shift_kernel.c")
+# -fno-tree-loop-distribute-patterns: keep the short-run loops from being turned into memcpy calls.
+_KERNEL_FLAGS = ("-O3", "-shared", "-fPIC", "-pthread", "-fno-tree-loop-distribute-patterns")
 _KERNEL_MERGE_MAX = 1 << 15  # runs up to 32K elements: long enough for memcpy's full speed
 _KERNEL_BOX_MAX = 1 << 16  # elements per box: threads split the work at box boundaries
 _KERNEL_BYTES_PER_THREAD = 1 << 22  # starting a thread costs 20-80 us here: worth it from ~4 MB a thread
@@ -194,25 +197,25 @@ def _kernel():
 
     Built once per source version with the system C compiler (``$CC``, else ``cc``) into
     ``$HARNESS_CACHE`` (default ``~/.cache/harness``); a plain C file with no Python or torch
-    headers, so it builds in well under a second. ``HARNESS_GS_KERNEL=0`` turns it off.
+    headers, so it builds in under a second. ``HARNESS_GS_KERNEL=0`` turns it off.
     """
     if os.environ.get("HARNESS_GS_KERNEL", "1") == "0":
         return None
-    source = _KERNEL_SOURCE.read_bytes()
+    command = [os.environ.get("CC", "cc"), *_KERNEL_FLAGS, str(_KERNEL_SOURCE)]
+    # One build per source, flags and machine: a home shared by a cluster's nodes may mix them.
+    tag = hashlib.sha256(_KERNEL_SOURCE.read_bytes() + " ".join([platform.machine(), *command]).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
-    lib = cache / f"group_shift_kernel-{hashlib.sha256(source).hexdigest()[:16]}{sysconfig.get_config_var('SHLIB_SUFFIX') or '.so'}"
-    if not lib.exists():
-        try:
+    lib = cache / f"group_shift_kernel-{tag}{sysconfig.get_config_var('SHLIB_SUFFIX') or '.so'}"
+    try:
+        if not lib.exists():
             cache.mkdir(parents=True, exist_ok=True)
             tmp = lib.with_suffix(f".{os.getpid()}.tmp")  # concurrent workers: build apart, rename atomically
-            subprocess.run([os.environ.get("CC", "cc"), "-O3", "-shared", "-fPIC", "-pthread",
-                            "-fno-tree-loop-distribute-patterns", str(_KERNEL_SOURCE), "-o", str(tmp)],
-                           check=True, capture_output=True, timeout=120)
+            subprocess.run([*command, "-o", str(tmp)], check=True, capture_output=True, timeout=120)
             os.replace(tmp, lib)
-        except (OSError, subprocess.SubprocessError) as e:
-            log.warning("group_shift: no compiled kernel (%s); using the torch realisations", e)
-            return None
-    dll = ctypes.CDLL(str(lib))
+        dll = ctypes.CDLL(str(lib))  # may fail too, e.g. a cache on a noexec mount
+    except (OSError, subprocess.SubprocessError) as e:
+        log.warning("group_shift: no compiled kernel (%s); using the torch realisations", e)
+        return None
     dll.gs_permute.restype = ctypes.c_int
     dll.gs_permute.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 4 + [ctypes.c_int]
     return dll
