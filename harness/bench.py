@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 from monai.losses import DiceLoss
 
-from harness.config import CostCfg, DataCfg, ModelCfg, ResourcesCfg, TrainCfg, TrialSpec
+from harness.config import ConfigError, CostCfg, DataCfg, ModelCfg, ResourcesCfg, TrainCfg, TrialSpec
+from harness.data import build_task
 from harness.models import build_model
 from harness.ops import Obelisk, group_shift, regular_grid
 from harness.train import build_trial, make_loader, train_step
@@ -333,11 +334,56 @@ def bench_brats(device: torch.device, quick: bool) -> dict:
             "gate_ncdhw_ms": 1e3 * t_ncdhw, "gate_channels_last_ms": 1e3 * t_cl, "gate_ncdhw_vs_channels_last": gate_ratio}
 
 
-def run_bench(out: Path, quick: bool = False) -> int:
+# One reference study per family: a paper-scale training step of its first variant on a GPU.
+PAPER_STEP_STUDIES = ["gsp_table3_brats18", "dsm_table1_brats20", "obelisk_table3_visceral", "conres_table3_ablation",
+                      "brats20_table2"]
+
+
+def bench_paper_steps(device: torch.device, steps: int = 3) -> list[dict]:
+    """A paper-scale training step of each family (its study's first variant: the paper's patch,
+    batch and recipe, AMP as trials run): median seconds per step after a warm-up, and the peak
+    memory of a step (the allocator's high-water mark, weights and optimiser state included).
+    CUDA only: on 2 CPU cores one step takes minutes and tens of GB. A study that fails (out of
+    memory, say) gives a row with its error, and the rest go on."""
+    from harness.config import load_study, resolve
+    from harness.study import random_batch
+
+    rows = []
+    for name in PAPER_STEP_STUDIES:
+        spec = resolve(load_study(f"studies/{name}.yaml"), "paper", 1, None)[0]
+        row = {"device": str(device), "study": name, "trial": spec.key, "model": spec.model.name,
+               "batch": spec.train.batch_size, "patch": spec.train.patch}
+        try:
+            task = build_task(spec.data.dataset, **spec.data.params)  # channels and regions; no case is read
+            t = build_trial(spec, task=task, device=device, loader=False)
+            batch = random_batch(spec, task)
+            train_step(t, batch)  # warm-up: cuDNN's algorithm search, the allocator's first blocks
+            _sync(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            times = []
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                train_step(t, batch)
+                _sync(device)
+                times.append(time.perf_counter() - t0)
+            row.update(amp=t.amp, step_s=statistics.median(times),
+                       peak_mem_mb=torch.cuda.max_memory_allocated(device) / 2**20)
+            del t, batch
+        except Exception as e:  # noqa: BLE001  one family's failure is a row, not the end of the bench
+            row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        torch.cuda.empty_cache()
+        rows.append(row)
+    return rows
+
+
+def run_bench(out: Path, quick: bool = False, devices: str = "all") -> int:
     from rich.console import Console
 
     console = Console()
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    if devices == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device: cuda, but no CUDA device is available here (allowed: all, cpu, cuda)")
+    devices = ([torch.device("cpu")] if devices in ("all", "cpu") else []) + (
+        [torch.device("cuda")] if devices in ("all", "cuda") and torch.cuda.is_available() else [])
     result = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
                           "cpu_threads": torch.get_num_threads(), "processor": platform.processor(),
                           "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
@@ -350,7 +396,9 @@ def run_bench(out: Path, quick: bool = False) -> int:
         result["dsm_wall_time"] += bench_dsm_wall_time(device, quick)
         result["obelisk"].append(bench_obelisk(device, quick))
         result["brats"].append(bench_brats(device, quick))
-    if not quick:  # minutes of Ray and MLflow: the full bench only
+        if device.type == "cuda":
+            result["paper_steps"] = bench_paper_steps(device)
+    if not quick and any(d.type == "cpu" for d in devices):  # minutes of Ray and MLflow (CPU trials): full bench only
         result["throughput"] = bench_throughput()
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(result, indent=1))
@@ -396,6 +444,14 @@ def run_bench(out: Path, quick: bool = False) -> int:
               f"**{r['cbam_time_ratio']:.2f}** | {r['cbam_macs_ratio']:.3f} | {r['batch1_step_s']:.3f} | "
               f"{r['batch2_step_s']:.3f} | **{r['per_case_batch1_vs_batch2']:.2f}** | {r['gate_ncdhw_ms']:.1f} | "
               f"{r['gate_channels_last_ms']:.1f} | **{r['gate_ncdhw_vs_channels_last']:.2f}** |" for r in result["brats"]]
+    if result.get("paper_steps"):
+        lines += ["", "## A paper-scale training step of each family (CUDA)", "",
+                  "| device | study | trial | model | batch | patch | AMP | step s | peak memory MB |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['device']} | {r['study']} | {r['trial']} | {r['model']} | {r['batch']} | "
+                  f"{'x'.join(map(str, r['patch']))} | "
+                  + (f"{r['amp']} | **{r['step_s']:.3f}** | {r['peak_mem_mb']:.0f} |" if "error" not in r
+                     else f"- | failed: {r['error']} | - |") for r in result["paper_steps"]]
     if "throughput" in result:
         r = result["throughput"]
         lines += ["", f"## Trials per hour: {r['study']} @ {r['scale']}, {r['trials']} trials ({r['variants']} variants x 3 "

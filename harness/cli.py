@@ -205,7 +205,7 @@ def cmd_search(args) -> int:
 def cmd_bench(args) -> int:
     from harness.bench import run_bench
 
-    return run_bench(Path(args.out), quick=args.quick)
+    return run_bench(Path(args.out), quick=args.quick, devices=args.device)
 
 
 def cmd_list(args) -> int:
@@ -334,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("bench", help="speed benchmarks (results under reports/bench)")
     b.add_argument("--out", default="reports/bench")
     b.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
+    b.add_argument("--device", choices=["all", "cpu", "cuda"], default="all",
+                   help="where to measure (all: the CPU, and CUDA when present); cuda: a lent GPU's lines alone")
     b.set_defaults(fn=cmd_bench)
 
     ls = sub.add_parser("list", help="registered components (models, losses, inferers, ...) and the studies")

@@ -154,3 +154,10 @@ def test_a_study_that_breaks_the_schema_is_reported_before_the_heavy_imports(tmp
         assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
         assert p.stdout.strip() == "[]", p.stdout  # nothing heavy was imported
     assert sorted(x.name for x in tmp_path.iterdir()) == ["s.yaml", "space.yaml"]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is present")
+def test_bench_on_cuda_without_a_gpu_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
+    assert main(["bench", "--device", "cuda", "--out", str(tmp_path / "bench")]) == 2
+    assert "--device: cuda, but no CUDA device is available here" in capsys.readouterr().err
+    assert not (tmp_path / "bench").exists()
