@@ -227,10 +227,11 @@ def _kernel_boxes(chw: tuple[int, ...], groups: tuple[int, int, int], shift_rati
 
     The box plan's boxes for one sample, each a nest of runs over (C, D, H) with its W range as
     the run; the plan's two halves of a rotated W row become one box of whole rows, rotated (the
-    kernel writes each output row front to back). A run that fills its level's stride absorbs that level (whole W rows merge their H
-    rows, whole H planes their D planes) up to ``_KERNEL_MERGE_MAX`` elements; a box over
-    ``_KERNEL_BOX_MAX`` elements is cut along its outer levels so threads get equal shares; the
-    level with most runs goes innermost (the kernel's tight loop).
+    kernel writes each output row front to back). A run that fills its level's stride absorbs
+    that level (whole W rows merge their H rows, whole H planes their D planes) up to
+    ``_KERNEL_MERGE_MAX`` elements; a box over ``_KERNEL_BOX_MAX`` elements is cut along its
+    outer levels so threads get equal shares. Levels stay in memory order: the innermost, the
+    kernel's tight loop, has the smallest stride (locality beats a longer inner loop).
     """
     C, D, H, W = chw
     strides = (D * H * W, H * W, W)
