@@ -341,34 +341,22 @@ PAPER_STEP_STUDIES = ["gsp_table3_brats18", "dsm_table1_brats20", "obelisk_table
 
 def bench_paper_steps(device: torch.device, steps: int = 3) -> list[dict]:
     """A paper-scale training step of each family (its study's first variant: the paper's patch,
-    batch and recipe, AMP as trials run): median seconds per step after a warm-up, and the peak
-    memory of a step (the allocator's high-water mark, weights and optimiser state included).
-    CUDA only: on 2 CPU cores one step takes minutes and tens of GB. A study that fails (out of
-    memory, say) gives a row with its error, and the rest go on."""
+    batch and recipe, AMP as trials run), as ``harness run --dry-run`` measures it: seconds per
+    step after a warm-up, and the peak memory of a step (the allocator's high-water mark, weights
+    and optimiser state included). CUDA only: on 2 CPU cores one step takes minutes and tens of
+    GB. A study that fails (out of memory, say) gives a row with its error, and the rest go on."""
     from harness.config import load_study, resolve
-    from harness.study import random_batch
+    from harness.study import measure_step_time
 
     rows = []
     for name in PAPER_STEP_STUDIES:
         spec = resolve(load_study(f"studies/{name}.yaml"), "paper", 1, None)[0]
         row = {"device": str(device), "study": name, "trial": spec.key, "model": spec.model.name,
-               "batch": spec.train.batch_size, "patch": spec.train.patch}
+               "batch": spec.train.batch_size, "patch": spec.train.patch, "amp": spec.train.amp}
         try:
             task = build_task(spec.data.dataset, **spec.data.params)  # channels and regions; no case is read
-            t = build_trial(spec, task=task, device=device, loader=False)
-            batch = random_batch(spec, task)
-            train_step(t, batch)  # warm-up: cuDNN's algorithm search, the allocator's first blocks
-            _sync(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            times = []
-            for _ in range(steps):
-                t0 = time.perf_counter()
-                train_step(t, batch)
-                _sync(device)
-                times.append(time.perf_counter() - t0)
-            row.update(amp=t.amp, step_s=statistics.median(times),
-                       peak_mem_mb=torch.cuda.max_memory_allocated(device) / 2**20)
-            del t, batch
+            row["step_s"] = measure_step_time(spec, task, steps=steps, device=device)
+            row["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         except Exception as e:  # noqa: BLE001  one family's failure is a row, not the end of the bench
             row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
         torch.cuda.empty_cache()
@@ -376,14 +364,14 @@ def bench_paper_steps(device: torch.device, steps: int = 3) -> list[dict]:
     return rows
 
 
-def run_bench(out: Path, quick: bool = False, devices: str = "all") -> int:
+def run_bench(out: Path, quick: bool = False, device: str = "all") -> int:
     from rich.console import Console
 
     console = Console()
-    if devices == "cuda" and not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device: cuda, but no CUDA device is available here (allowed: all, cpu, cuda)")
-    devices = ([torch.device("cpu")] if devices in ("all", "cpu") else []) + (
-        [torch.device("cuda")] if devices in ("all", "cuda") and torch.cuda.is_available() else [])
+    devices = ([torch.device("cpu")] if device in ("all", "cpu") else []) + (
+        [torch.device("cuda")] if device in ("all", "cuda") and torch.cuda.is_available() else [])
     result = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
                           "cpu_threads": torch.get_num_threads(), "processor": platform.processor(),
                           "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},

@@ -205,7 +205,7 @@ def cmd_search(args) -> int:
 def cmd_bench(args) -> int:
     from harness.bench import run_bench
 
-    return run_bench(Path(args.out), quick=args.quick, devices=args.device)
+    return run_bench(Path(args.out), quick=args.quick, device=args.device)
 
 
 def cmd_list(args) -> int:

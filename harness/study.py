@@ -32,16 +32,21 @@ def random_batch(spec: TrialSpec, task: Task) -> dict[str, torch.Tensor]:
     return {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in samples[0]}
 
 
-def measure_step_time(spec: TrialSpec, task: Task, steps: int = 2) -> float:
-    """Seconds per training step of this trial (built as ``run`` builds it) on this machine."""
-    t = build_trial(spec, task=task, loader=False)
+def measure_step_time(spec: TrialSpec, task: Task, steps: int = 2, device: torch.device | None = None) -> float:
+    """Seconds per training step of this trial (built as ``run`` builds it) on this machine, or on
+    ``device``. On CUDA the allocator's peak is reset after the warm-up, so
+    ``torch.cuda.max_memory_allocated`` then reads the peak of a step (not of cuDNN's search)."""
+    t = build_trial(spec, task=task, device=device, loader=False)
     batch = random_batch(spec, task)
-    train_step(t, batch)  # warm-up
+    train_step(t, batch)  # warm-up: cuDNN's algorithm search, the allocator's first blocks
+    if t.device.type == "cuda":
+        torch.cuda.synchronize(t.device)  # the warm-up's queued kernels must not land in the timing
+        torch.cuda.reset_peak_memory_stats(t.device)
     t0 = time.perf_counter()
     for _ in range(steps):
         train_step(t, batch)
     if t.device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(t.device)
     return (time.perf_counter() - t0) / steps
 
 

@@ -62,7 +62,7 @@ class CBAM3d(nn.Module):
         if maps.device.type == "cpu":
             # The same sums, another kernel: in NCDHW PyTorch's CPU conv computes this conv's input
             # gradient (1 -> 2 channels, 7^3) on a slow path; in channels-last oneDNN does. Forward +
-            # backward at 2 x 2 x 32 x 64 x 64 on 2 threads: 257 vs 74 ms (harness bench, BraTS 2020
-            # section, gate columns).
+            # backward at 2 x 2 x 32 x 64 x 64 on 2 threads: about 3.5x faster (harness bench, BraTS
+            # 2020 section, gate columns).
             maps = maps.contiguous(memory_format=torch.channels_last_3d)
         return x * torch.sigmoid(self.spatial(maps))

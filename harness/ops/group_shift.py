@@ -23,7 +23,8 @@ groups, ratio, device, dtype), timed once on the first call (as ``cudnn.benchmar
 - ``kernel`` (CPU, where a C compiler is at hand): the box plan's runs, every rotated W row
   written front to back, in one call of ``group_shift_kernel.c``: no dispatch per box and no
   second pass over the data. Its floor is a few nanoseconds per run: at the deep stages (runs
-  of 1-8 elements) about 2-4x a clone that runs at cache speed, against 5-15x for ``rows``.
+  of 1-16 elements) 1.4-5x a clone that runs at cache speed, against 5-15x for ``rows``
+  (``reports/bench``).
 """
 from __future__ import annotations
 
