@@ -1,6 +1,9 @@
 """Group Shift against hand-worked cases of Eqs. 2-8 and a literal per-voxel transcription."""
 import importlib
 import itertools
+import os
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,12 +128,36 @@ def test_kernel_moves_whole_elements_of_any_dtype(dtype):
         assert torch.equal(_apply_kernel(_apply(x, groups, 0.5, False), groups, 0.5, inverse=True), x)
 
 
+def _kernel_builds():
+    """Every build of the kernel this machine can make, with and without its SIMD rows."""
+    if _kernel() is None:
+        return []
+    cache = Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
+    out = []
+    for openmp in (True, False):
+        command = gs_module._kernel_command() + (["-fopenmp"] if openmp else [])
+        try:
+            lib = gs_module._build(command, cache)
+        except subprocess.SubprocessError:
+            continue
+        for simd in (True, False):
+            out.append(pytest.param(lib, simd, id=f"{'openmp' if openmp else 'pthread'}-{'simd' if simd else 'scalar'}"))
+    return out
+
+
 @needs_kernel
-def test_kernel_cuts_boxes_and_splits_them_over_threads(monkeypatch):
+@pytest.mark.parametrize("lib, simd", _kernel_builds())
+def test_kernel_cuts_boxes_and_splits_them_over_threads(lib, simd, monkeypatch):
     # The paper-scale path on a small tensor: boxes cut to at most 16 elements (along C, D and H,
-    # with whole-row runs merged first) and shared by 3 threads must still give Eqs. 1-8 exactly.
+    # with whole-row runs merged first) and shared by 3 threads must still give Eqs. 1-8 exactly,
+    # from OpenMP's threads and from pthreads, with rows rotated in registers and without.
+    dll = gs_module._load(lib)
+    if simd and not dll.simd:
+        pytest.skip("this CPU has no AVX-512 VBMI")
+    dll.gs_simd(int(simd))
+    dll.bytes_per_thread = 1
+    monkeypatch.setattr(gs_module, "_kernel", lambda: dll)
     monkeypatch.setattr(gs_module, "_KERNEL_BOX_MAX", 16)
-    monkeypatch.setattr(gs_module, "_KERNEL_BYTES_PER_THREAD", 1)
     for f in (gs_module._kernel_boxes, gs_module._kernel_call):
         f.cache_clear()
     threads = torch.get_num_threads()
@@ -146,9 +173,35 @@ def test_kernel_cuts_boxes_and_splits_them_over_threads(monkeypatch):
             assert torch.equal(_apply_kernel(x, groups, ratio, inverse=False), literal_eqs(x, groups, ratio))
         assert nested  # the cut left nests of several runs too
     finally:
+        dll.gs_simd(1)  # the library is shared with the op (dlopen returns one handle per path)
         torch.set_num_threads(threads)
         for f in (gs_module._kernel_boxes, gs_module._kernel_call):
             f.cache_clear()
+
+
+@needs_kernel
+@pytest.mark.parametrize("lib, simd", _kernel_builds())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_kernel_rotates_rows_of_every_length_in_and_out_of_registers(lib, simd, dtype, monkeypatch):
+    # Rows of 2-40 elements (4 to 320 bytes): the SIMD path takes rows up to 128 bytes in one
+    # register (up to 64 bytes) or two, longer ones the run copies; every rotation by whole groups.
+    # Lines of 12 rows: whole-register stores run into the next rows, the last ones are masked.
+    # Against the box realisation (tested against Eqs. 1-8 above), which has no rows at all.
+    dll = gs_module._load(lib)
+    if simd and not dll.simd:
+        pytest.skip("this CPU has no AVX-512 VBMI")
+    dll.gs_simd(int(simd))
+    monkeypatch.setattr(gs_module, "_kernel", lambda: dll)
+    gs_module._kernel_call.cache_clear()
+    try:
+        for W, gw in [(2, 2), (5, 5), (8, 4), (12, 6), (16, 8), (20, 4), (24, 8), (32, 8), (40, 5)]:
+            x = torch.randn(2, 2 * gw, 2, 12, W).to(dtype)
+            shifted = _apply_kernel(x, (1, 1, gw), 1.0, inverse=False)
+            assert torch.equal(shifted, _apply(x, (1, 1, gw), 1.0, inverse=False)), (W, gw)
+            assert torch.equal(_apply_kernel(shifted, (1, 1, gw), 1.0, inverse=True), x), (W, gw)
+    finally:
+        dll.gs_simd(1)
+        gs_module._kernel_call.cache_clear()
 
 
 @pytest.mark.parametrize("broken", ["no compiler", "library will not load"])

@@ -22,9 +22,9 @@ groups, ratio, device, dtype), timed once on the first call (as ``cudnn.benchmar
   box plan issues hundreds of tiny copies).
 - ``kernel`` (CPU, where a C compiler is at hand): the box plan's runs, every rotated W row
   written front to back, in one call of ``group_shift_kernel.c``: no dispatch per box and no
-  second pass over the data. Its floor is a few nanoseconds per run: at the deep stages (runs
-  of 1-16 elements) 1.4-5x a clone that runs at cache speed, against 5-15x for ``rows``
-  (``reports/bench``).
+  second pass over the data. Rows of up to 128 bytes are rotated in AVX-512 registers where
+  the CPU has VBMI, and threads come from torch's OpenMP team, so the deep stages run at
+  1.2-1.8x a clone that itself runs at cache speed (``reports/bench``).
 """
 from __future__ import annotations
 
@@ -189,7 +189,23 @@ _KERNEL_SOURCE = Path(__file__).with_name("group_shift_kernel.c")
 _KERNEL_FLAGS = ("-O3", "-shared", "-fPIC", "-pthread", "-fno-tree-loop-distribute-patterns")
 _KERNEL_MERGE_MAX = 1 << 15  # runs up to 32K elements: long enough for memcpy's full speed
 _KERNEL_BOX_MAX = 1 << 16  # elements per box: threads split the work at box boundaries
-_KERNEL_BYTES_PER_THREAD = 1 << 22  # starting a thread costs 20-80 us here: worth it from ~4 MB a thread
+# Bytes a thread must have before another starts. With OpenMP, torch's team (awake after the
+# previous op) made 1 MB tensors 1.15x faster on 2 threads; a fresh pthread per call (30-55 us,
+# on a core that may be asleep) made 8 MB ones 1.6-2.2x slower and 16 MB ones 1.3-1.7x faster.
+_KERNEL_BYTES_PER_THREAD = {True: 1 << 19, False: 1 << 23}  # keyed by "built with OpenMP"
+
+
+def _build(command: list[str], cache: Path) -> Path:
+    """The library ``command`` builds, compiled once into ``cache`` (named by a hash of the
+    source, flags and machine: a home shared by a cluster's nodes may mix them)."""
+    tag = hashlib.sha256(_KERNEL_SOURCE.read_bytes() + " ".join([platform.machine(), *command]).encode()).hexdigest()[:16]
+    lib = cache / f"group_shift_kernel-{tag}{sysconfig.get_config_var('SHLIB_SUFFIX') or '.so'}"
+    if not lib.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = lib.with_suffix(f".{os.getpid()}.tmp")  # concurrent workers: build apart, rename atomically
+        subprocess.run([*command, "-o", str(tmp)], check=True, capture_output=True, timeout=120)
+        os.replace(tmp, lib)
+    return lib
 
 
 @lru_cache(maxsize=1)
@@ -198,27 +214,37 @@ def _kernel():
 
     Built once per source version with the system C compiler (``$CC``, else ``cc``) into
     ``$HARNESS_CACHE`` (default ``~/.cache/harness``); a plain C file with no Python or torch
-    headers, so it builds in under a second. ``HARNESS_GS_KERNEL=0`` turns it off.
+    headers, so it builds in under a second. With OpenMP (``-fopenmp``) where the compiler has
+    it: its threads are then torch's (the loader binds ``libgomp.so.1`` to the copy torch
+    loaded); else a pthread per call. ``HARNESS_GS_KERNEL=0`` turns it off.
     """
     if os.environ.get("HARNESS_GS_KERNEL", "1") == "0":
         return None
-    command = [os.environ.get("CC", "cc"), *_KERNEL_FLAGS, str(_KERNEL_SOURCE)]
-    # One build per source, flags and machine: a home shared by a cluster's nodes may mix them.
-    tag = hashlib.sha256(_KERNEL_SOURCE.read_bytes() + " ".join([platform.machine(), *command]).encode()).hexdigest()[:16]
+    command = _kernel_command()
     cache = Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
-    lib = cache / f"group_shift_kernel-{tag}{sysconfig.get_config_var('SHLIB_SUFFIX') or '.so'}"
     try:
-        if not lib.exists():
-            cache.mkdir(parents=True, exist_ok=True)
-            tmp = lib.with_suffix(f".{os.getpid()}.tmp")  # concurrent workers: build apart, rename atomically
-            subprocess.run([*command, "-o", str(tmp)], check=True, capture_output=True, timeout=120)
-            os.replace(tmp, lib)
-        dll = ctypes.CDLL(str(lib))  # may fail too, e.g. a cache on a noexec mount
-    except (OSError, subprocess.SubprocessError) as e:
+        try:
+            return _load(_build([*command, "-fopenmp"], cache))
+        except subprocess.SubprocessError:  # no OpenMP (e.g. Apple clang): pthreads
+            return _load(_build(command, cache))
+    except (OSError, subprocess.SubprocessError) as e:  # no compiler; a cache on a noexec mount
         log.warning("group_shift: no compiled kernel (%s); using the torch realisations", e)
         return None
+
+
+def _kernel_command() -> list[str]:
+    return [os.environ.get("CC", "cc"), *_KERNEL_FLAGS, str(_KERNEL_SOURCE)]
+
+
+def _load(lib: Path) -> ctypes.CDLL:
+    """The built kernel with its C signatures, its SIMD switched on where the CPU has it."""
+    dll = ctypes.CDLL(str(lib))
     dll.gs_permute.restype = ctypes.c_int
     dll.gs_permute.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 4 + [ctypes.c_int]
+    dll.gs_simd.restype = dll.gs_openmp.restype = ctypes.c_int
+    dll.gs_simd.argtypes = [ctypes.c_int]
+    dll.simd = bool(dll.gs_simd(1))  # rotated rows in AVX-512 registers where the CPU has VBMI
+    dll.bytes_per_thread = _KERNEL_BYTES_PER_THREAD[bool(dll.gs_openmp())]
     return dll
 
 
@@ -279,7 +305,7 @@ def _kernel_call(shape: tuple[int, ...], groups: tuple[int, int, int], shift_rat
     their pointer points into (held here, so the pointer outlives any eviction of _kernel_boxes)."""
     N, C, D, H, W = shape
     boxes = _kernel_boxes((C, D, H, W), groups, shift_ratio, inverse)
-    threads = max(1, min(torch.get_num_threads(), N * C * D * H * W * itemsize // _KERNEL_BYTES_PER_THREAD))
+    threads = max(1, min(torch.get_num_threads(), N * C * D * H * W * itemsize // _kernel().bytes_per_thread))
     return (boxes.ctypes.data, len(boxes), N, C * D * H * W, itemsize), threads, boxes
 
 
@@ -301,10 +327,12 @@ _APPLY = {"box": _apply, "rows": _apply_rows, "kernel": _apply_kernel}
 
 
 def _fastest(methods: list[str], x: torch.Tensor, groups, shift_ratio: float, inverse: bool) -> str:
-    """The fastest of ``methods`` on ``x``: medians of alternated runs after a warm-up of each.
+    """The fastest of ``methods`` on ``x``: the least time of alternated runs after a warm-up of each.
 
     Rounds fill about 50 ms (3 to 15): a small tensor's sub-millisecond times need more samples
-    on a noisy machine than a paper-scale one's, which cannot afford them.
+    on a noisy machine than a paper-scale one's, which cannot afford them. The least, not the
+    median: interference only slows a run, and on a shared machine it hit medians hard enough to
+    keep ``box`` at 8x the kernel's time.
     """
     times: dict[str, list[float]] = {m: [] for m in methods}
     rounds, r = 3, 0
@@ -321,7 +349,7 @@ def _fastest(methods: list[str], x: torch.Tensor, groups, shift_ratio: float, in
             rounds = max(3, min(15, int(0.05 / max(sum(ts[0] for ts in times.values()), 1e-9))))
             times = {m: [] for m in methods}
         r += 1
-    return min(methods, key=lambda m: sorted(times[m])[len(times[m]) // 2])
+    return min(methods, key=lambda m: min(times[m]))
 
 
 def _shift(x: torch.Tensor, groups: tuple[int, int, int], shift_ratio: float, inverse: bool) -> torch.Tensor:
