@@ -36,10 +36,10 @@ def _kv(text: str) -> tuple[str, object]:
 
 
 def cmd_run(args) -> int:
-    from harness.study import run_study
+    from harness.study import run_studies
 
     resources = {k: v for k, v in (("cpu", args.cpus_per_trial), ("gpu", args.gpus_per_trial)) if v is not None}
-    return run_study(args.study, args.scale, args.seeds, args.address, args.resume, args.tracking_uri, args.dry_run,
+    return run_studies(args.study, args.scale, args.seeds, args.address, args.resume, args.tracking_uri, args.dry_run,
                      verbose=args.verbose, resources=resources, data_roots=args.data_root, folds=args.folds,
                      storage=args.storage)
 
@@ -243,8 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="harness", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    r = sub.add_parser("run", help="train every variant x seed of a study as Ray Tune trials, logged to MLflow")
-    r.add_argument("study")
+    r = sub.add_parser("run", help="train every variant x seed of a study (or of several) as Ray Tune trials, "
+                                   "logged to MLflow")
+    r.add_argument("study", nargs="+",
+                   help="a study YAML; several (e.g. studies/*.yaml) run as one Ray run: one start-up, one "
+                        "longest-first order over all their trials, each study its own MLflow runs and report")
     r.add_argument("--scale", default="smoke", choices=list(SCALES))
     r.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the study's)")
     r.add_argument("--folds", type=int, default=None,
@@ -347,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
     # A missing study or space file is known before torch, MONAI, MLflow and Ray load (seconds).
-    for kind, path, always in (("study", getattr(args, "study", None), True),
+    studies = getattr(args, "study", None)
+    studies = studies if isinstance(studies, list) else [studies]  # run takes several
+    for kind, path, always in (*(("study", st, True) for st in studies),
                                ("space", getattr(args, "space", None), True),
                                ("study", getattr(args, "target", None), False)):  # cost: a model name, or a study
         if path and (always or str(path).endswith((".yaml", ".yml"))) and not Path(path).is_file():
@@ -363,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             from harness.search import SearchCfg
 
             load_yaml(args.space, SearchCfg, "search space")
-        for path in (getattr(args, "study", None), getattr(args, "target", None)):
+        for path in (*studies, getattr(args, "target", None)):
             if path and str(path).endswith((".yaml", ".yml")):
                 load_yaml(path, StudyCfg)
         return args.fn(args)

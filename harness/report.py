@@ -48,6 +48,7 @@ class StudyRuns:
     failed: list[str] = field(default_factory=list)
     stale: int = 0  # finished runs of an older configuration, left out
     per_case: pd.DataFrame | None = None  # variant, seed, case, metric columns
+    ran_with: list[str] = field(default_factory=list)  # studies whose trials ran in the same `harness run`
 
     def params_of(self, variant: str) -> dict[str, Any]:
         """The model parameters ``variant`` ran with: logged with its run, or (no run yet) the
@@ -70,7 +71,7 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
     """Finished trial runs of ``study`` at ``scale`` whose configuration matches the study file now."""
     from mlflow.tracking import MlflowClient
 
-    from harness.tracking import default_tracking_uri
+    from harness.tracking import PARENT, default_tracking_uri
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = MlflowClient(tracking_uri or default_tracking_uri())
@@ -98,8 +99,12 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
         rows.append({"run_id": r.info.run_id, "key": key, "variant": variant, "seed": int(r.data.tags["seed"]),
                      "start_time": r.info.start_time, "end_time": r.info.end_time,
                      **axes.get(variant, {}), **r.data.metrics,
-                     "model_params": r.data.tags.get("model_params"), "device": r.data.tags.get("result.device")})
+                     "model_params": r.data.tags.get("model_params"), "device": r.data.tags.get("result.device"),
+                     "parent": r.data.tags.get(PARENT)})
     failed = sorted(set(failed) - seen)
+    # Studies run together (`harness run A.yaml B.yaml`) share their time: the report says so.
+    ran_with = sorted({name for parent in {row["parent"] for row in rows if row["parent"]}
+                       for name in client.get_run(parent).data.tags.get("run_with", "").split(",") if name})
     trials = pd.DataFrame(rows)
     per_case = None
     if with_cases and rows:
@@ -114,7 +119,7 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
             cases["variant"], cases["seed"] = row["variant"], row["seed"]
             frames.append(cases)
         per_case = pd.concat(frames, ignore_index=True) if frames else None
-    return StudyRuns(study, scale, trials, failed, stale, per_case)
+    return StudyRuns(study, scale, trials, failed, stale, per_case, ran_with)
 
 
 def summarise(trials: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
@@ -585,7 +590,7 @@ def plots(runs: StudyRuns, out: Path, tracking_uri: str | None = None) -> list[s
         files.append("dice_per_region.png")
     from mlflow.tracking import MlflowClient
 
-    from harness.tracking import default_tracking_uri
+    from harness.tracking import PARENT, default_tracking_uri
 
     client = MlflowClient(tracking_uri or default_tracking_uri())
     curves = []
@@ -664,7 +669,7 @@ def evaluations(runs: StudyRuns, tracking_uri: str | None = None) -> pd.DataFram
     """``harness evaluate`` runs whose members are all trials shown in this report, newest first."""
     from mlflow.tracking import MlflowClient
 
-    from harness.tracking import default_tracking_uri
+    from harness.tracking import PARENT, default_tracking_uri
 
     if runs.trials.empty:
         return pd.DataFrame()
@@ -715,7 +720,7 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
     figs = plots(runs, out, tracking_uri)
     problems = verify(runs)
     claims, wall = claims_table(runs), wall_time(runs)
-    (out / "claims.json").write_text(json.dumps({"scale": scale, "wall_time_s": wall,
+    (out / "claims.json").write_text(json.dumps({"scale": scale, "wall_time_s": wall, "ran_with": runs.ran_with,
                                                  "claims": claims.to_dict("records")}, indent=1, default=str))
     md = [f"# {study.title}", "", study.description.strip(), ""]
     if study.deviations:
@@ -723,7 +728,10 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
     md += [f"Scale: **{scale}**. {len(runs.trials)} finished trials"
            + (f", failed: {', '.join(runs.failed)}" if runs.failed else "")
            + (f"; {runs.stale} finished runs of an older configuration left out" if runs.stale else "")
-           + (f"; wall time of the study {wall / 60:.1f} min" if wall else "") + ".", ""]
+           + (f"; wall time of the study {wall / 60:.1f} min" if wall and not runs.ran_with else "")
+           + (f"; its trials ran in {wall / 60:.1f} min, in one `harness run` with {len(runs.ran_with)} other "
+              f"studies ({', '.join(runs.ran_with)}), whose trials shared the cores"
+              if wall and runs.ran_with else "") + ".", ""]
     if not claims.empty:
         md += ["## The paper's claims on our runs", "",
                "Effect: `better` − `than` in the claimed direction (positive = as claimed), with its 95% interval; "

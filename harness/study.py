@@ -1,4 +1,4 @@
-"""``harness run``: validate a study, then train its trials (or size them with --dry-run)."""
+"""``harness run``: validate one or more studies, then train their trials (or size them with --dry-run)."""
 from __future__ import annotations
 
 import json
@@ -118,50 +118,87 @@ def run_study(path: str, scale: str, seeds: int | None, address: str | None, res
               tracking_uri: str | None, dry: bool, verbose: int = 1, console: Console | None = None,
               resources: dict[str, float] | None = None, data_roots: list[str] | None = None,
               folds: int | None = None, storage: str | None = None) -> int:
+    """``harness run STUDY``: one study's trials on Ray Tune (see ``run_studies``)."""
+    return run_studies([path], scale, seeds, address, resume, tracking_uri, dry, verbose, console, resources,
+                       data_roots, folds, storage)
+
+
+def run_studies(paths: list[str], scale: str, seeds: int | None, address: str | None, resume: bool,
+                tracking_uri: str | None, dry: bool, verbose: int = 1, console: Console | None = None,
+                resources: dict[str, float] | None = None, data_roots: list[str] | None = None,
+                folds: int | None = None, storage: str | None = None) -> int:
+    """Train the trials of one or more studies, as one Ray Tune run.
+
+    Several studies share the run's fixed cost (imports, Ray's start, the workers' imports:
+    20-30 s a study on 2 cores) and one longest-first order over all their trials, so no study's
+    last trial runs alone while cores idle. Each study keeps its own MLflow experiment, parent
+    run, ``--resume`` and report; its report's wall time is then the span its trials ran in,
+    among the other studies' (it says so). Every study is validated before anything is written.
+    """
     console = console or Console()
-    study = load_study(path)
-    apply_data_roots(study, scale, data_roots or [])
-    if resources:
-        try:
-            study.resources = ResourcesCfg.model_validate({**study.resources.model_dump(), **resources})
-        except ValidationError as e:
-            raise ConfigError(f"--cpus-per-trial/--gpus-per-trial: {e.errors()[0]['msg']} (got {resources})") from None
-    specs = resolve(study, scale, seeds, folds)  # every config error is raised before anything is written
+    if data_roots and len(paths) > 1:
+        raise ConfigError(f"--data-root: {len(paths)} studies given; a data root belongs to one study's data: "
+                          f"run the studies on folders one at a time")
+    studies, specs_of = [], {}
+    for path in paths:
+        study = load_study(path)
+        apply_data_roots(study, scale, data_roots or [])
+        if resources:
+            try:
+                study.resources = ResourcesCfg.model_validate({**study.resources.model_dump(), **resources})
+            except ValidationError as e:
+                raise ConfigError(f"--cpus-per-trial/--gpus-per-trial: {e.errors()[0]['msg']} (got {resources})") from None
+        if study.name in specs_of:
+            raise ConfigError(f"study: {path!r} names study {study.name!r} again (given twice?)")
+        specs_of[study.name] = resolve(study, scale, seeds, folds)  # every config error before anything is written
+        studies.append((path, study))
     if dry:
-        dry_run(specs, console)
+        for _, study in studies:
+            dry_run(specs_of[study.name], console)
         return 0
     tasks = {}
-    for key, data in {config_hash(s.data.model_dump()): s.data for s in specs}.items():
+    for key, data in {config_hash(s.data.model_dump()): s.data for specs in specs_of.values() for s in specs}.items():
         tasks[key] = build_task(data.dataset, **data.params)
         tasks[key].train  # generate/cache once, before trials race for it
 
     from harness.tracking import Tracker  # mlflow and ray are imported only when a run really starts
-    from harness.tune import check_capacity, run_trials
+    from harness.tune import check_capacity, run_trials, trial_id
 
-    check_capacity(address, study.resources.cpu, study.resources.gpu, verbose)  # before mlflow.db exists
+    check_capacity(address, max(st.resources.cpu for _, st in studies), max(st.resources.gpu for _, st in studies),
+                   verbose)  # before mlflow.db exists
     tracker = Tracker(tracking_uri, verbose)
-    exp_id = tracker.experiment(study.name)
-    trial_hash = {s.key: spec_hash(s) for s in specs}
-    study_hash = config_hash(sorted(trial_hash.items()))
-    todo = specs
-    parent = tracker.find_parent(exp_id, scale, study_hash) if resume else None
-    if parent is not None:
-        parent_id = parent.info.run_id
-        done = set()
-        for run in tracker.children(exp_id, parent_id):
-            if run.info.status == "FINISHED":
-                done.add(run.data.tags.get("trial_key"))
-            elif run.info.status == "RUNNING":  # its driver was killed: keep it for the record, closed
-                tracker.client.set_terminated(run.info.run_id, "KILLED")
-        todo = [s for s in specs if s.key not in done]
-        tracker.client.update_run(parent_id, status="RUNNING")
-        console.print(f"Resuming {study.name}@{scale}: {len(done)} of {len(specs)} trials finished, "
-                      f"{len(todo)} to run.")
-    else:
-        if resume:
-            console.print(f"No earlier run of {study.name}@{scale} with this configuration: starting afresh.")
-        parent_id = tracker.start_parent(exp_id, study.name, scale, study_hash,
-                                         {"study_file": str(Path(path)), "paper": study.paper, "title": study.title})
+    parents: dict[str, tuple[str, str]] = {}
+    trial_hash: dict[str, str] = {}
+    todo: list[TrialSpec] = []
+    for path, study in studies:
+        specs = specs_of[study.name]
+        exp_id = tracker.experiment(study.name)
+        hashes = {s.key: spec_hash(s) for s in specs}
+        trial_hash |= {trial_id(s): hashes[s.key] for s in specs}
+        study_hash = config_hash(sorted(hashes.items()))
+        parent = tracker.find_parent(exp_id, scale, study_hash) if resume else None
+        left = specs
+        if parent is not None:
+            parent_id = parent.info.run_id
+            done = set()
+            for run in tracker.children(exp_id, parent_id):
+                if run.info.status == "FINISHED":
+                    done.add(run.data.tags.get("trial_key"))
+                elif run.info.status == "RUNNING":  # its driver was killed: keep it for the record, closed
+                    tracker.client.set_terminated(run.info.run_id, "KILLED")
+            left = [s for s in specs if s.key not in done]
+            tracker.client.update_run(parent_id, status="RUNNING")
+            console.print(f"Resuming {study.name}@{scale}: {len(done)} of {len(specs)} trials finished, "
+                          f"{len(left)} to run.")
+        else:
+            if resume:
+                console.print(f"No earlier run of {study.name}@{scale} with this configuration: starting afresh.")
+            parent_id = tracker.start_parent(exp_id, study.name, scale, study_hash,
+                                             {"study_file": str(Path(path)), "paper": study.paper, "title": study.title,
+                                              **({"run_with": ",".join(st.name for _, st in studies if st is not study)}
+                                                 if len(studies) > 1 else {})})
+        parents[study.name] = (exp_id, parent_id)
+        todo += left
 
     failed: list[str] = []
     # Ray keeps trial state and checkpoints (the final weights) here; a multi-node cluster needs
@@ -170,7 +207,7 @@ def run_study(path: str, scale: str, seeds: int | None, address: str | None, res
         "sqlite:///") else Path("ray_results"))
     todo = longest_first(todo, tasks)
     while todo:
-        writer = run_trials(todo, tracker, exp_id, parent_id, trial_hash, address, storage, verbose)
+        writer = run_trials(todo, tracker, parents, trial_hash, address, storage, verbose)
         failed += writer.failed
         if not writer.crashed:
             break
@@ -179,19 +216,25 @@ def run_study(path: str, scale: str, seeds: int | None, address: str | None, res
         if not settled:
             console.print("Ray Tune stopped before any trial started; nothing more is launched.")
             break
-        todo = [s for s in todo if s.key not in settled]
+        todo = [s for s in todo if trial_id(s) not in settled]
         console.print(f"Ray Tune stopped early; {len(todo)} trials left to launch.")
-    finished = {r.data.tags.get("trial_key") for r in tracker.children(exp_id, parent_id)
-                if r.info.status == "FINISHED"}
-    missing = [s.key for s in specs if s.key not in finished]
-    tracker.client.set_tag(parent_id, "trials_finished", str(len(specs) - len(missing)))
-    tracker.client.set_tag(parent_id, "trials_failed", ",".join(failed))
-    tracker.client.set_terminated(parent_id, "FINISHED" if not missing else ("FAILED" if failed else "KILLED"))
-    console.print(f"{study.name}@{scale}: {len(specs) - len(missing)}/{len(specs)} trials finished"
-                  + (f"; failed: {', '.join(failed)}" if failed else "")
-                  + (f"; not run: {', '.join(k for k in missing if k not in failed)} (rerun with --resume)"
-                     if set(missing) - set(failed) else "")
-                  + f". MLflow: {tracker.uri}, parent run {parent_id}. "
-                  + f"Report: harness report {path} --scale {scale}"
-                  + (f" --tracking-uri {tracker.uri}" if tracking_uri else ""), soft_wrap=True)
-    return 1 if missing else 0
+    code = 0
+    for path, study in studies:
+        specs = specs_of[study.name]
+        exp_id, parent_id = parents[study.name]
+        finished = {r.data.tags.get("trial_key") for r in tracker.children(exp_id, parent_id)
+                    if r.info.status == "FINISHED"}
+        missing = [s.key for s in specs if s.key not in finished]
+        lost = [s.key for s in specs if trial_id(s) in failed]
+        tracker.client.set_tag(parent_id, "trials_finished", str(len(specs) - len(missing)))
+        tracker.client.set_tag(parent_id, "trials_failed", ",".join(lost))
+        tracker.client.set_terminated(parent_id, "FINISHED" if not missing else ("FAILED" if lost else "KILLED"))
+        console.print(f"{study.name}@{scale}: {len(specs) - len(missing)}/{len(specs)} trials finished"
+                      + (f"; failed: {', '.join(lost)}" if lost else "")
+                      + (f"; not run: {', '.join(k for k in missing if k not in lost)} (rerun with --resume)"
+                         if set(missing) - set(lost) else "")
+                      + f". MLflow: {tracker.uri}, parent run {parent_id}. "
+                      + f"Report: harness report {path} --scale {scale}"
+                      + (f" --tracking-uri {tracker.uri}" if tracking_uri else ""), soft_wrap=True)
+        code = code or (1 if missing else 0)
+    return code

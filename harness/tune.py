@@ -37,7 +37,7 @@ WORKER_RETRIES = 2
 
 def _trainable(config: dict[str, Any], specs: dict[str, dict]) -> None:
     try:
-        _report_trial(TrialSpec.model_validate(specs[config["key"]]))
+        _report_trial(TrialSpec.model_validate(specs[config["trial"]]))
     except Exception:  # noqa: BLE001  reported as the trial's outcome, so Ray retries only dead workers
         tune.report({"final": 1, "trial_error": traceback.format_exc()[-5000:]})
 
@@ -47,21 +47,28 @@ def _search_trainable(config: dict[str, Any], spec_for: Callable[[dict, str], Tr
     _report_trial(spec_for(config, f"trial_{tune.get_context().get_trial_id()}"))
 
 
+def trial_id(spec: TrialSpec) -> str:
+    """A trial's name across studies run together (its key is unique within its study only)."""
+    return f"{spec.study}/{spec.key}"
+
+
 class MlflowWriter(tune.Callback):
     """Driver-side MLflow writer: child run per trial, per-epoch metrics, weights, final status.
 
     A trial's final result arrives first (metrics, per-case numbers), then its checkpoint; the
     run is marked FINISHED once the weights are logged (or, should no checkpoint come, when
-    Tune completes the trial).
+    Tune completes the trial). Trials are named by ``trial_id`` (study/key): one writer serves
+    several studies run together, each trial a child of its own study's parent run.
     """
 
-    def __init__(self, tracker: Tracker, exp_id: str, parent_id: str,
+    def __init__(self, tracker: Tracker, parents: dict[str, tuple[str, str]],
                  spec_for: Callable[[Any], tuple[TrialSpec, str]], total: int = 0, verbose: int = 0):
-        """``spec_for(trial)`` gives the Ray trial's spec and its config hash; with ``verbose`` 1
+        """``parents`` maps a study's name to its MLflow (experiment id, parent run id);
+        ``spec_for(trial)`` gives the Ray trial's spec and its config hash; with ``verbose`` 1
         each settled trial prints one progress line (of ``total``)."""
-        self.tracker, self.exp_id, self.parent_id, self.spec_for = tracker, exp_id, parent_id, spec_for
-        self.keys: dict[str, str] = {}  # Ray trial id -> trial key
-        self.run_ids: dict[str, str] = {}  # trial key -> MLflow run id
+        self.tracker, self.parents, self.spec_for = tracker, parents, spec_for
+        self.keys: dict[str, str] = {}  # Ray trial id -> trial_id (study/key)
+        self.run_ids: dict[str, str] = {}  # trial_id -> MLflow run id
         self.finished: list[str] = []
         self.failed: list[str] = []
         self.awaiting_weights: set[str] = set()  # final result logged, checkpoint not yet
@@ -83,14 +90,18 @@ class MlflowWriter(tune.Callback):
         took = time.monotonic() - self.started.get(key, self.t0)
         dice = f"  Dice {self.dice[key]:.1f}" if key in self.dice and outcome == "done" else ""
         eta = f", ETA {_mmss(elapsed / settled * left)}" if settled and left else ""
-        print(f"[{settled:>{len(str(self.total))}}/{self.total}] {outcome:<6} {key}{dice}  ({_mmss(took)}; "
+        print(f"[{settled:>{len(str(self.total))}}/{self.total}] {outcome:<6} {self._shown(key)}{dice}  ({_mmss(took)}; "
               f"{len(self.failed)} failed, {running} running{eta})" + (f"\n    {why}" if why else ""), flush=True)
+
+    def _shown(self, key: str) -> str:
+        """A trial as progress lines name it: study/key when studies run together, else its key."""
+        return key if len(self.parents) > 1 else key.split("/", 1)[1]
 
     def _key(self, trial) -> str:
         if trial.trial_id not in self.keys:
             spec, chash = self.spec_for(trial)
-            self.keys[trial.trial_id] = spec.key
-            self.run_ids[spec.key] = self.tracker.start_child(self.exp_id, self.parent_id, spec, chash)
+            self.keys[trial.trial_id] = trial_id(spec)
+            self.run_ids[trial_id(spec)] = self.tracker.start_child(*self.parents[spec.study], spec, chash)
         return self.keys[trial.trial_id]
 
     def _run_id(self, trial) -> str:
@@ -151,7 +162,7 @@ class MlflowWriter(tune.Callback):
         self.tracker.client.set_tag(self.run_ids[key], "worker_retries", str(self.retries[key]))
         self.started[key] = time.monotonic()
         if self.verbose == 1:
-            print(f"    retry  {key}: its worker died (attempt {self.retries[key] + 1} of {WORKER_RETRIES + 1})",
+            print(f"    retry  {self._shown(key)}: its worker died (attempt {self.retries[key] + 1} of {WORKER_RETRIES + 1})",
                   flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -269,27 +280,33 @@ def _report_trial(spec: TrialSpec) -> None:
                     checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def run_trials(specs: list[TrialSpec], tracker: Tracker, exp_id: str, parent_id: str, chash: dict[str, str],
+def run_trials(specs: list[TrialSpec], tracker: Tracker, parents: dict[str, tuple[str, str]], chash: dict[str, str],
                address: str | None, storage: str | Path, verbose: int = 1) -> MlflowWriter:
-    """Launch ``specs`` as Ray Tune trials; returns the writer with finished/failed keys."""
+    """Launch ``specs`` (of one study or several) as Ray Tune trials, in the order given; returns
+    the writer with the finished and failed ``trial_id``s. ``parents``: study -> (experiment id,
+    parent run id); ``chash``: trial_id -> config hash."""
     _init_ray(address, verbose)
-    res = specs[0].resources
-    by_key = {s.key: s for s in specs}
-    writer = MlflowWriter(tracker, exp_id, parent_id, lambda t: (by_key[t.config["key"]], chash[t.config["key"]]),
+    by_id = {trial_id(s): s for s in specs}
+    writer = MlflowWriter(tracker, parents, lambda t: (by_id[t.config["trial"]], chash[t.config["trial"]]),
                           total=len(specs), verbose=verbose)
-    # Trials carry only their key; the specs travel once through Ray's object store.
-    trainable = tune.with_resources(tune.with_parameters(_trainable, specs={s.key: s.model_dump() for s in specs}),
-                                    {"cpu": res.cpu, "gpu": res.gpu})
+    # Trials carry only their id; the specs travel once through Ray's object store. Studies run
+    # together may ask for different resources: each trial gets its own.
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, specs={i: s.model_dump() for i, s in by_id.items()}),
+        lambda config: tune.PlacementGroupFactory([{"CPU": by_id[config["trial"]].resources.cpu,
+                                                    "GPU": by_id[config["trial"]].resources.gpu}]))
     reporter = tune.CLIReporter(metric_columns={"epoch": "epoch", "train_loss": "loss", "mean_dice": "Dice%"},
-                                parameter_columns={"key": "trial"}, max_report_frequency=15)
+                                parameter_columns={"trial": "trial"}, max_report_frequency=15)
+    studies = list(dict.fromkeys(s.study for s in specs))
     tuner = tune.Tuner(
         trainable,
-        param_space={"key": tune.grid_search([s.key for s in specs])},
+        param_space={"trial": tune.grid_search(list(by_id))},
         # A trial's actor runs the next trial: no new process, no second import of torch and
         # MONAI (about 6 s per trial on 2 cores, longer than a smoke trial's training).
         tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
         run_config=tune.RunConfig(
-            name=f"{specs[0].study}-{specs[0].scale}-{time.strftime('%Y%m%d-%H%M%S')}",
+            name=f"{studies[0] if len(studies) == 1 else f'{len(studies)}-studies'}-{specs[0].scale}-"
+                 f"{time.strftime('%Y%m%d-%H%M%S')}",
             # -v 1: the writer's line per trial; -v 2: Ray's status tables and trial logs too.
             storage_path=_storage_path(storage), callbacks=[writer], verbose=verbose if verbose > 1 else 0,
             progress_reporter=reporter if verbose > 1 else None,
@@ -351,7 +368,7 @@ def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: s
             spec = spec.model_copy(update={"tags": {**spec.tags, "optuna_trial": str(asked.number)}})
         return spec, chash
 
-    writer = MlflowWriter(tracker, exp_id, parent_id, spec_for, total=n, verbose=verbose)
+    writer = MlflowWriter(tracker, {space.study.name: (exp_id, parent_id)}, spec_for, total=n, verbose=verbose)
     res = space.study.resources
     base = space.spec_for(space.cfg_default())
     scheduler = ASHAScheduler(metric=metrics[0], mode=modes[0], max_t=base.train.epochs + 1,

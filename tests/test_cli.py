@@ -31,6 +31,26 @@ def test_dry_run_sizes_the_rest_when_a_variant_diverges_at_once(tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
 
 
+def test_several_studies_are_all_validated_and_sized_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({**BASE, "name": "study_a", "variants": [{"name": "pw"}]}))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({**BASE, "name": "study_b", "variants": [{"name": "csc", "params": {
+        "insert": "CSC", "groups": [[2, 2, 2], [1, 2, 2], [1, 2, 2], [1, 1, 1], [1, 1, 1]]}}]}))
+    assert main(["run", "a.yaml", "b.yaml", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "study_a @ smoke: 1 trials" in out and "study_b @ smoke: 1 trials" in out and "csc#s0" in out
+    # A bad second study, the same study twice, a data root for several: exit 2, nothing written.
+    bad = {**BASE, "name": "study_c", "variants": [{"name": "pw", "params": {"no_such_param": 1}}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(bad))
+    for argv, message in ((["a.yaml", "c.yaml"], "no_such_param"),
+                          (["a.yaml", "a.yaml"], "names study 'study_a' again"),
+                          (["a.yaml", "b.yaml", "--data-root", str(tmp_path)], "--data-root: 2 studies given"),
+                          (["a.yaml", "missing.yaml"], "study: file 'missing.yaml' does not exist")):
+        assert main(["run", *argv]) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.yaml", "b.yaml", "c.yaml"]
+
+
 def test_cost_command_json_for_model_and_study(capsys):
     assert main(["cost", "gsp_unet", "--input", "1x4x16x32x32", "--json", "--no-latency"]) == 0
     (row,) = json.loads(capsys.readouterr().out)

@@ -121,17 +121,17 @@ def test_tune_crash_marks_in_flight_trials_failed_and_the_study_goes_on(tmp_path
 
     calls = []
 
-    def fake_run_trials(specs, tracker, exp_id, parent_id, chash, address, storage, verbose=1):
-        writer = ht.MlflowWriter(tracker, exp_id, parent_id, lambda cfg: None)
+    def fake_run_trials(specs, tracker, parents, chash, address, storage, verbose=1):
+        writer = ht.MlflowWriter(tracker, parents, lambda cfg: None)
         calls.append([s.key for s in specs])
         for i, s in enumerate(specs):
-            writer.run_ids[s.key] = tracker.start_child(exp_id, parent_id, s, chash[s.key])
+            writer.run_ids[ht.trial_id(s)] = tracker.start_child(*parents[s.study], s, chash[ht.trial_id(s)])
             if len(calls) == 1 and i == 1:  # second trial in flight when Tune dies
                 writer.abort("OutOfMemoryError: 2 worker(s) were killed")
                 writer.crashed = True
                 return writer
-            tracker.finish_child(writer.run_ids[s.key], {"mean_dice": 50.0}, [], step=1)
-            writer.finished.append(s.key)
+            tracker.finish_child(writer.run_ids[ht.trial_id(s)], {"mean_dice": 50.0}, [], step=1)
+            writer.finished.append(ht.trial_id(s))
         return writer
 
     monkeypatch.setattr(ht, "run_trials", fake_run_trials)
@@ -195,3 +195,43 @@ def test_a_dead_worker_is_retried_and_a_raising_trial_is_not(tmp_path):
     # The trial that raised was not run again: the same recipe and seed would raise again.
     assert (tmp_path / "diverge.starts").read_text().count("start") == 1
     assert "non-finite training loss" in rs["diverge#s0"].data.tags["error"] and "worker_retries" not in rs["diverge#s0"].data.tags
+
+
+def test_studies_run_together_keep_their_own_runs_reports_and_resume(tmp_path):
+    # Two studies with the same trial keys in one `harness run`: one Ray run, each trial a child
+    # of its own study's parent, each study closed and reported on its own, and --resume of the
+    # pair reruns only what did not finish (b's diverging trial).
+    a = {**TINY, "name": "tiny_a", "variants": [{"name": "pw"}], "expected": {}}
+    b = {**TINY, "name": "tiny_b", "variants": [{"name": "pw"}, {"name": "diverge", "train": {"lr": 1e30}}],
+         "expected": {}}
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(a))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(b))
+    p = harness(["run", "a.yaml", "b.yaml"], tmp_path)
+    out = p.communicate(timeout=600)[0]
+    assert p.returncode == 1, out
+    ra, rb = runs(tmp_path, "tiny_a"), runs(tmp_path, "tiny_b")
+    assert {r.data.tags["trial_key"]: r.info.status for r in ra} == {"pw#s0": "FINISHED"}, out
+    assert {r.data.tags["trial_key"]: r.info.status for r in rb} == {"pw#s0": "FINISHED", "diverge#s0": "FAILED"}, out
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent_a, parent_b = (client.get_run(rs[0].data.tags["mlflow.parentRunId"]) for rs in (ra, rb))
+    assert parent_a.data.tags["study"] == "tiny_a" and parent_a.data.tags["run_with"] == "tiny_b"
+    assert parent_a.info.status == "FINISHED" and parent_b.info.status == "FAILED"
+    assert parent_b.data.tags["trials_failed"] == "diverge#s0" and parent_a.data.tags["trials_failed"] == ""
+    progress = [ln for ln in out.splitlines() if ln.startswith("[")]
+    assert len(progress) == 3 and all("/3]" in ln for ln in progress), out
+    assert any("FAILED tiny_b/diverge#s0" in ln for ln in progress), out  # named with their study
+    closing = [ln for ln in out.splitlines() if "trials finished" in ln]
+    assert closing[0].startswith("tiny_a@smoke: 1/1") and closing[1].startswith("tiny_b@smoke: 1/2"), out
+
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "report", "a.yaml", "--out", "rep"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "in one `harness run` with 1 other studies (tiny_b)" in (tmp_path / "rep" / "tiny_a" / "README.md").read_text()
+
+    p = harness(["run", "a.yaml", "b.yaml", "--resume", "-v", "0"], tmp_path)
+    out = p.communicate(timeout=600)[0]
+    assert p.returncode == 1, out
+    assert "Resuming tiny_a@smoke: 1 of 1 trials finished, 0 to run." in out
+    assert "Resuming tiny_b@smoke: 1 of 2 trials finished, 1 to run." in out
+    assert len(finished_by_key(runs(tmp_path, "tiny_a"))["pw#s0"]) == 1  # not redone
+    assert sorted(r.data.tags["trial_key"] for r in runs(tmp_path, "tiny_b")) == ["diverge#s0", "diverge#s0", "pw#s0"]
