@@ -93,31 +93,31 @@ static void rotate_box_vbmi(char *y, const char *x, const int64_t *B, int64_t es
     const __m512i i0 = _mm512_mask_sub_epi8(r0, _mm512_cmpge_epu8_mask(r0, len), r0, len);
     const __m512i i1 = _mm512_mask_sub_epi8(r1, _mm512_cmpge_epu8_mask(r1, len), r1, len);
     const __mmask64 m = low_bytes(L <= 64 ? L : L - 64);
-    for (int64_t a = 0; a < B[2]; a++)
-        for (int64_t b = 0; b < B[4]; b++) {
+    /* The box's counts in locals: the stores may alias B (char data), which would otherwise be
+     * reloaded, and the division redone, for every line. Rows of a line follow each other when
+     * t2 == L: a row's whole-register load and store may then run into the rows after it,
+     * which are rewritten next; only the rows within a register of the line's end are masked. */
+    const int64_t n0 = B[2], n1 = B[4], n2 = B[6];
+    const int64_t open = t2 != L ? 0 : n2 - (L <= 64 ? (64 + L - 1) / L : 1);
+    for (int64_t a = 0; a < n0; a++)
+        for (int64_t b = 0; b < n1; b++) {
             char *d = y + a * t0 + b * t1;
             const char *s = x + a * t0 + b * t1;
-            /* Rows of a line follow each other (t2 == L): a row's whole-register load and store
-             * may run into the rows after it, which are rewritten next; only the rows within a
-             * register of the line's end are masked. */
             int64_t k = 0;
-            if (t2 == L) {
-                const int64_t open = B[6] - (L <= 64 ? (64 + L - 1) / L : 1);
-                if (L <= 64)
-                    for (; k < open; k++, d += t2, s += t2)
-                        _mm512_storeu_si512(d, _mm512_permutexvar_epi8(i0, _mm512_loadu_si512(s)));
-                else
-                    for (; k < open; k++, d += t2, s += t2) {
-                        const __m512i lo = _mm512_loadu_si512(s), hi = _mm512_loadu_si512(s + 64);
-                        _mm512_storeu_si512(d, _mm512_permutex2var_epi8(lo, i0, hi));
-                        _mm512_storeu_si512(d + 64, _mm512_permutex2var_epi8(lo, i1, hi));
-                    }
-            }
+            if (L <= 64)
+                for (; k < open; k++, d += t2, s += t2)
+                    _mm512_storeu_si512(d, _mm512_permutexvar_epi8(i0, _mm512_loadu_si512(s)));
+            else
+                for (; k < open; k++, d += t2, s += t2) {
+                    const __m512i lo = _mm512_loadu_si512(s), hi = _mm512_loadu_si512(s + 64);
+                    _mm512_storeu_si512(d, _mm512_permutex2var_epi8(lo, i0, hi));
+                    _mm512_storeu_si512(d + 64, _mm512_permutex2var_epi8(lo, i1, hi));
+                }
             if (L <= 64) {
-                for (; k < B[6]; k++, d += t2, s += t2)
+                for (; k < n2; k++, d += t2, s += t2)
                     _mm512_mask_storeu_epi8(d, m, _mm512_permutexvar_epi8(i0, _mm512_maskz_loadu_epi8(m, s)));
             } else {
-                for (; k < B[6]; k++, d += t2, s += t2) {
+                for (; k < n2; k++, d += t2, s += t2) {
                     const __m512i lo = _mm512_loadu_si512(s), hi = _mm512_maskz_loadu_epi8(m, s + 64);
                     _mm512_storeu_si512(d, _mm512_permutex2var_epi8(lo, i0, hi));
                     _mm512_mask_storeu_epi8(d + 64, m, _mm512_permutex2var_epi8(lo, i1, hi));
