@@ -114,15 +114,6 @@ def dry_run(specs: list[TrialSpec], console: Console) -> None:
                   f"validation and cost measurement not included).")
 
 
-def run_study(path: str, scale: str, seeds: int | None, address: str | None, resume: bool,
-              tracking_uri: str | None, dry: bool, verbose: int = 1, console: Console | None = None,
-              resources: dict[str, float] | None = None, data_roots: list[str] | None = None,
-              folds: int | None = None, storage: str | None = None) -> int:
-    """``harness run STUDY``: one study's trials on Ray Tune (see ``run_studies``)."""
-    return run_studies([path], scale, seeds, address, resume, tracking_uri, dry, verbose, console, resources,
-                       data_roots, folds, storage)
-
-
 def run_studies(paths: list[str], scale: str, seeds: int | None, address: str | None, resume: bool,
                 tracking_uri: str | None, dry: bool, verbose: int = 1, console: Console | None = None,
                 resources: dict[str, float] | None = None, data_roots: list[str] | None = None,

@@ -72,7 +72,7 @@ class MlflowWriter(tune.Callback):
         self.finished: list[str] = []
         self.failed: list[str] = []
         self.awaiting_weights: set[str] = set()  # final result logged, checkpoint not yet
-        self.retries: dict[str, int] = {}  # trial key -> times its worker died and it started again
+        self.retries: dict[str, int] = {}  # trial_id -> times its worker died and it started again
         self.crashed = False  # Tune raised instead of reporting the trial
         self.total, self.verbose, self.t0 = total, verbose, time.monotonic()
         self.started: dict[str, float] = {}

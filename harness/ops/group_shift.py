@@ -23,8 +23,8 @@ groups, ratio, device, dtype), timed once on the first call (as ``cudnn.benchmar
 - ``kernel`` (CPU, where a C compiler is at hand): the box plan's runs, every rotated W row
   written front to back, in one call of ``group_shift_kernel.c``: no dispatch per box and no
   second pass over the data. Rows of up to 128 bytes are rotated in AVX-512 registers where
-  the CPU has VBMI, and threads come from torch's OpenMP team, so the deep stages run at
-  1.2-1.8x a clone that itself runs at cache speed (``reports/bench``).
+  the CPU has VBMI, and threads come from torch's OpenMP team, so the middle and deep stages
+  run at 1.2-3x a clone that itself runs at cache speed (``reports/bench``).
 """
 from __future__ import annotations
 

@@ -11,8 +11,8 @@
  *
  * Deep stages rotate short rows (W = 5-32 elements): two short runs per row cost more than the
  * row's bytes. Where the CPU has AVX-512 VBMI (checked at run time; the file builds without
- * -march flags), a row of up to 128 bytes is rotated in registers instead: a masked load, one
- * byte permute (vpermb / vpermi2b) and a masked store per 64 bytes.
+ * -march flags), a row of up to 128 bytes is rotated in registers instead: a load, one byte
+ * permute (vpermb / vpermi2b) and a store per 64 bytes.
  */
 #include <pthread.h>
 #include <stdint.h>
@@ -77,8 +77,8 @@ static inline __mmask64 low_bytes(size_t n) { return n >= 64 ? ~(__mmask64)0 : (
 
 /* A whole rotated box of rows of L <= 128 bytes (B as in run_items, x and y already offset to
  * the box's first row): out[j] = in[(j + rot) % L] as one byte permute per 64 bytes. The index
- * is built once per box (deep stages have lines of 2-6 rows); masked loads and stores touch only
- * a row's L bytes (masked-off bytes never fault). */
+ * is built once per box (deep stages have lines of 2-20 rows); the masked loads and stores at a
+ * line's end touch only a row's L bytes (masked-off bytes never fault). */
 __attribute__((target("avx512f,avx512bw,avx512vbmi")))
 static void rotate_box_vbmi(char *y, const char *x, const int64_t *B, int64_t es) {
     static const uint8_t iota[64] = {0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15,
@@ -184,8 +184,7 @@ int gs_permute(const void *x, void *y, const int64_t *box, int64_t nbox, int64_t
     if (nthreads < 1) nthreads = 1;
     if (nthreads > 64) nthreads = 64;
     job_t jobs[64];
-    pthread_t tid[64];
-    int started[64] = {0}, status = 0;
+    int status = 0;
     int64_t items = nbox * nsample, total = sample * nsample, done = 0, k = 0;
     for (int t = 0; t < nthreads; t++) {  /* item ranges of about total / nthreads elements each */
         job_t J = {(const char *)x, (char *)y, box, nbox, sample, es, k, k};
@@ -202,10 +201,11 @@ int gs_permute(const void *x, void *y, const int64_t *box, int64_t nbox, int64_t
     /* torch's own OpenMP team (the loader binds libgomp.so.1 to the copy torch loaded): its
      * threads are awake after the previous op, where a new pthread costs 30-55 us and a core
      * that may be asleep. */
-    (void)tid; (void)started;
 #pragma omp parallel for num_threads(nthreads) schedule(static, 1)
     for (int t = 0; t < nthreads; t++) run_items(&jobs[t]);
 #else
+    pthread_t tid[64];
+    int started[64] = {0};
     for (int t = 1; t < nthreads; t++) started[t] = pthread_create(&tid[t], NULL, run_items, &jobs[t]) == 0;
     run_items(&jobs[0]);
     for (int t = 1; t < nthreads; t++) {
