@@ -16,6 +16,8 @@
    training step (forward + backward): with CBAM (r = 8) vs without, beside their MAC ratio;
    and the time per case at batch 1 vs batch 2, where PyTorch's CPU convolution leaves oneDNN
    for its slow path at batch 1 (N C D H <= 20480).
+6. 3D convolutions at batch 1 on the CPU, forward + backward: ``F.conv3d`` (PyTorch's backend
+   rule) vs ``harness.ops.conv.conv3d`` (oneDNN), at the feature maps of a small 3D U-Net.
 Timings alternate between the two sides so that drift hits both equally.
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ from monai.losses import DiceLoss
 from harness.config import ConfigError, CostCfg, DataCfg, ModelCfg, ResourcesCfg, TrainCfg, TrialSpec
 from harness.data import build_task
 from harness.models import build_model
-from harness.ops import Obelisk, group_shift, regular_grid
+from harness.ops import Obelisk, conv3d, group_shift, onednn_convs, regular_grid
 from harness.train import build_trial, make_loader, train_step
 
 
@@ -285,8 +287,8 @@ def bench_dsm_wall_time(device: torch.device, quick: bool) -> list[dict]:
 def bench_obelisk(device: torch.device, quick: bool) -> dict:
     size = 48 if quick else 144
     x = torch.randn(1, 8, size, size, size, device=device, requires_grad=True)
-    convs = torch.nn.Sequential(torch.nn.Conv3d(8, 32, 3, stride=2, padding=1),
-                                torch.nn.Conv3d(32, 64, 3, stride=2, padding=1)).to(device)
+    convs = onednn_convs(torch.nn.Sequential(torch.nn.Conv3d(8, 32, 3, stride=2, padding=1),
+                                             torch.nn.Conv3d(32, 64, 3, stride=2, padding=1))).to(device)
     obelisk, linear = Obelisk(128).to(device), torch.nn.Conv3d(8 * 128, 64, 1).to(device)
     grid = regular_grid((size // 4,) * 3, device=device)
 
@@ -334,6 +336,29 @@ def bench_brats(device: torch.device, quick: bool) -> dict:
             "gate_ncdhw_ms": 1e3 * t_ncdhw, "gate_channels_last_ms": 1e3 * t_cl, "gate_ncdhw_vs_channels_last": gate_ratio}
 
 
+# Batch-1 feature maps (C_in, C_out, kernel, D, H, W) of a 3D U-Net at 16x128x128 (widths 8-64)
+# and at 32x64x64, where PyTorch's rule (N C D H <= 20480) leaves oneDNN.
+CONV_SHAPES = [(1, 8, 3, 16, 128, 128), (8, 8, 3, 16, 128, 128), (16, 16, 3, 8, 64, 64), (32, 32, 3, 4, 32, 32),
+               (64, 64, 3, 2, 16, 16), (8, 8, (1, 3, 3), 16, 128, 128), (4, 8, 3, 32, 64, 64)]
+
+
+def bench_conv3d(device: torch.device, quick: bool) -> list[dict]:
+    """Forward + backward of one batch-1 convolution: ``F.conv3d`` / ``harness.ops.conv.conv3d``."""
+    rows = []
+    for cin, cout, k, d, h, w in CONV_SHAPES[:3] if quick else CONV_SHAPES:
+        k = (k,) * 3 if isinstance(k, int) else k
+        x = torch.randn(1, cin, d, h, w, device=device, requires_grad=True)
+        weight = torch.randn(cout, cin, *k, device=device, requires_grad=True)
+        pad = [kk // 2 for kk in k]
+        t_torch, t_ours, ratio = _alternate(lambda: torch.nn.functional.conv3d(x, weight, padding=pad).sum().backward(),
+                                            lambda: conv3d(x, weight, padding=pad).sum().backward(),
+                                            2 if quick else 5, device)
+        rows.append({"device": str(device), "conv": f"{cin}->{cout}, {'x'.join(map(str, k))}",
+                     "input": f"1x{cin}x{d}x{h}x{w}", "torch_ms": 1e3 * t_torch, "harness_ms": 1e3 * t_ours,
+                     "ratio": ratio})
+    return rows
+
+
 # One reference study per family: a paper-scale training step of its first variant on a GPU.
 PAPER_STEP_STUDIES = ["gsp_table3_brats18", "dsm_table1_brats20", "obelisk_table3_visceral", "conres_table3_ablation",
                       "brats20_table2"]
@@ -375,7 +400,8 @@ def run_bench(out: Path, quick: bool = False, device: str = "all") -> int:
     result = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
                           "cpu_threads": torch.get_num_threads(), "processor": platform.processor(),
                           "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
-              "quick": quick, "group_shift": [], "gs_share": [], "train_step": [], "dsm_wall_time": [], "obelisk": [], "brats": []}
+              "quick": quick, "group_shift": [], "gs_share": [], "train_step": [], "dsm_wall_time": [], "obelisk": [], "brats": [],
+              "conv3d": []}
     for device in devices:
         result["group_shift"] += bench_group_shift(device, quick)
         result["gs_share"] += bench_gs_share(device, quick)
@@ -384,6 +410,8 @@ def run_bench(out: Path, quick: bool = False, device: str = "all") -> int:
         result["dsm_wall_time"] += bench_dsm_wall_time(device, quick)
         result["obelisk"].append(bench_obelisk(device, quick))
         result["brats"].append(bench_brats(device, quick))
+        if device.type == "cpu":  # the rule and the route are the CPU's; CUDA runs cuDNN
+            result["conv3d"] += bench_conv3d(device, quick)
         if device.type == "cuda":
             result["paper_steps"] = bench_paper_steps(device)
     if not quick and any(d.type == "cpu" for d in devices):  # minutes of Ray and MLflow (CPU trials): full bench only
@@ -432,6 +460,12 @@ def run_bench(out: Path, quick: bool = False, device: str = "all") -> int:
               f"**{r['cbam_time_ratio']:.2f}** | {r['cbam_macs_ratio']:.3f} | {r['batch1_step_s']:.3f} | "
               f"{r['batch2_step_s']:.3f} | **{r['per_case_batch1_vs_batch2']:.2f}** | {r['gate_ncdhw_ms']:.1f} | "
               f"{r['gate_channels_last_ms']:.1f} | **{r['gate_ncdhw_vs_channels_last']:.2f}** |" for r in result["brats"]]
+    lines += ["", "## 3D convolution at batch 1, forward + backward: PyTorch's rule / harness.ops.conv (CPU)", "",
+              "PyTorch leaves oneDNN for `slow_conv3d` where N C D H <= 20480 (a rule written for 2D); "
+              "`harness.ops.conv` keeps oneDNN for every batch-1 3D convolution of the registered models.", "",
+              "| device | conv | input | F.conv3d ms | harness conv3d ms | ratio (median of pairs) |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['device']} | {r['conv']} | {r['input']} | {r['torch_ms']:.1f} | {r['harness_ms']:.1f} | "
+              f"**{r['ratio']:.2f}** |" for r in result.get("conv3d", [])]
     if result.get("paper_steps"):
         lines += ["", "## A paper-scale training step of each family (CUDA)", "",
                   "| device | study | trial | model | batch | patch | AMP | step s | peak memory MB |",

@@ -108,6 +108,10 @@ def test_bench_writes_ratios(tmp_path):
     assert br["cbam_step_s"] > 0 and br["plain_step_s"] > 0 and br["per_case_batch1_vs_batch2"] > 0
     assert 1.05 < br["cbam_macs_ratio"] < 1.07  # at width 8 the 7^3 gates add 5.9% (0.2% at width 48)
     assert "BraTS 2020 U-Net (width 8" in (tmp_path / "README.md").read_text()
+    conv = res["conv3d"]
+    assert [r["input"] for r in conv] == ["1x1x16x128x128", "1x8x16x128x128", "1x16x8x64x64"]
+    assert all(r["torch_ms"] > 0 and r["harness_ms"] > 0 for r in conv)
+    assert "3D convolution at batch 1" in (tmp_path / "README.md").read_text()
 
 
 def test_list_names_every_registry_with_its_built_in_components(capsys, tmp_path, monkeypatch):

@@ -1,4 +1,6 @@
 """Registry-parametrised model tests plus the GSP-Conv architecture facts."""
+import warnings
+
 import pytest
 import torch
 
@@ -17,6 +19,14 @@ def test_every_model_runs_and_has_full_cost_coverage(name):
     out = out[0] if isinstance(out, (list, tuple)) else out
     assert out.shape == (1, 3, *cls.default_input_size)
     assert count_macs(model, x.shape)["macs"] > 0  # raises on any op without a handle
+    assert not [m for m in model.modules() if type(m) is torch.nn.Conv3d]  # every one on harness.ops.conv
+    if torch.backends.mkldnn.is_available():  # its batch-1 oneDNN convolutions compute PyTorch's sums
+        with warnings.catch_warnings(), torch.backends.mkldnn.flags(enabled=False):
+            warnings.simplefilter("ignore")  # flags() also sets oneDNN's TF32, with a warning
+            ref = model(x)
+        ref = ref[0] if isinstance(ref, (list, tuple)) else ref
+        # to rounding: ConResNet's float32 output (scale 67) is 2e-3 off float64 on either path
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 
 GROUPS = [(2, 2, 2), (1, 4, 4), (1, 4, 4), (1, 8, 8), (1, 8, 8)]

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.ops.conv import conv3d
 from harness.registry import OPS
 
 VIEWS = {"axial": 2, "coronal": 3, "sagittal": 4}
@@ -68,7 +69,7 @@ class WSConv3d(nn.Conv3d):
         w = self.weight
         flat = w.flatten(1)
         w = (w - flat.mean(1).view(-1, 1, 1, 1, 1)) / torch.sqrt(flat.var(1) + 1e-12).view(-1, 1, 1, 1, 1)
-        return F.conv3d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return conv3d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 def conv3(cin: int, cout: int, kernel: int = 3, stride: int = 1, dilation: int = 1, weight_std: bool = True) -> nn.Conv3d:

@@ -1,0 +1,111 @@
+"""3D convolution that keeps oneDNN on the CPU at batch 1.
+
+PyTorch picks a CPU convolution backend by a rule written for 2D images
+(``ConvParams::use_mkldnn``, aten/src/ATen/native/Convolution.cpp): a float32 convolution whose
+kernel is not 1 x 1 in its last two dims goes to oneDNN only if ``groups > 1``, N > 1, or
+``N * C * size(2) * size(3) > 20480``. For a 5D input that product is N C D H: W is left out. At
+batch 1 most 3D feature maps fail it (1 x 8 x 16 x 128 = 16,384; 1 x 64 x 4 x 16 = 4,096), and
+both the forward and the backward then run ``slow_conv3d`` (im2col + GEMM). Measured on one
+thread of this project's 2-core machine, forward + backward, 3^3 kernel:
+
+    ===========================  ===========  ===========
+    input (N = 1)                slow_conv3d  oneDNN
+    ===========================  ===========  ===========
+    8 -> 8, 16 x 128 x 128        681 ms       125 ms
+    16 -> 16, 8 x 64 x 64         164 ms        16 ms
+    32 -> 32, 8 x 32 x 32          55 ms        14 ms
+    64 -> 64, 4 x 16 x 16          15 ms         6 ms
+    ===========================  ===========  ===========
+
+and 1.6-6.6x for (1, 3, 3) and (3, 1, 1) kernels. So every batch-1 3D convolution on a CPU (a
+latency measurement, a batch-1 recipe, a validation pass over one window) paid 2.5-10x in
+PyTorch's fallback, not in the method: the Distill DSM bench's 3D U-Net ran 6.9x the
+2D U-Net per voxel (the paper: 1.09x). ``conv3d`` hands such a convolution to oneDNN by
+passing its input as a oneDNN tensor (``Tensor.to_mkldnn``, which the rule accepts as is), in
+the forward and in the backward (``aten::convolution_backward``); tensors stay dense (NCDHW)
+between layers, and only the dense input is saved, as ``F.conv3d`` saves it.
+
+The same sums in another order: results equal ``F.conv3d``'s to float rounding (about 1e-6
+relative). Untouched, so bit-identical to ``F.conv3d``: N > 1, 1 x 1 x 1 kernels (the fallback's
+GEMM is faster there: 3.7 vs 33 ms at 1 x 8 x 16 x 128 x 128), non-float32 inputs, other
+devices, oneDNN disabled (``torch.backends.mkldnn.flags(enabled=False)``), "same" padding of
+an even dilated kernel, and tracing (so fvcore counts the same ``aten::_convolution``).
+
+Shapes: as ``torch.nn.functional.conv3d``, input (N, C_in, D, H, W) -> (N, C_out, D', H', W').
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.utils import _triple
+
+
+def _onednn_at_batch_one(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True where PyTorch's rule (module docstring) may send this convolution to ``slow_conv3d``
+    and oneDNN is faster: CPU float32, N = 1, a kernel that is not 1 x 1 x 1."""
+    return (not torch.jit.is_tracing() and not torch.compiler.is_compiling()  # first: no traced shape tests
+            and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 5 and x.shape[0] == 1
+            and weight.shape[2:].numel() > 1 and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled)
+
+
+def _int_padding(padding, weight: torch.Tensor, dilation) -> list[int] | None:
+    """``padding`` as three ints ("valid": 0; "same": half the dilated kernel), or None where
+    "same" needs uneven padding (an even dilated kernel), which ``F.conv3d`` pads itself."""
+    if padding == "valid":
+        return [0, 0, 0]
+    if padding == "same":
+        total = [d * (k - 1) for d, k in zip(_triple(dilation), weight.shape[2:])]
+        return None if any(t % 2 for t in total) else [t // 2 for t in total]
+    return list(_triple(padding))
+
+
+class _OneDNNConv3d(torch.autograd.Function):
+    """Forward and backward on oneDNN tensors; saves the dense input, so that no second copy
+    of each activation is kept for the backward (passing ``x.to_mkldnn()`` through autograd
+    keeps one: twice the training memory of a 3D U-Net at batch 1)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (None if bias is None else list(bias.shape), stride, padding, dilation, groups)
+        return F.conv3d(x.contiguous().to_mkldnn(), weight, bias, stride, padding, dilation, groups).to_dense()
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        bias_sizes, stride, padding, dilation, groups = ctx.conv
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            grad.contiguous().to_mkldnn(), x.contiguous().to_mkldnn(), weight, bias_sizes, stride, padding, dilation,
+            False, [0, 0, 0], groups, list(ctx.needs_input_grad[:3]))
+        return None if gx is None else gx.to_dense(), gw, gb, None, None, None, None
+
+
+def conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
+           dilation=1, groups: int = 1) -> torch.Tensor:
+    """``F.conv3d``, on oneDNN at batch 1 on the CPU (module docstring)."""
+    pad = _int_padding(padding, weight, dilation) if _onednn_at_batch_one(x, weight) else None
+    if pad is None:
+        return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
+    return _OneDNNConv3d.apply(x, weight, bias, list(_triple(stride)), pad, list(_triple(dilation)), groups)
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` whose convolution is ``conv3d`` (same parameters, state dict and repr)."""
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return conv3d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return conv3d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def onednn_convs(model: nn.Module) -> nn.Module:
+    """``model`` with every plain ``nn.Conv3d`` turned into ``Conv3d`` in place (the class only:
+    parameters, buffers and hooks stay). Subclasses with their own forward (``WSConv3d``) call
+    ``conv3d`` themselves. ``build_model`` applies this to every registered model."""
+    for m in model.modules():
+        if type(m) is nn.Conv3d:
+            m.__class__ = Conv3d
+    return model

@@ -1,0 +1,96 @@
+"""harness.ops.conv: batch-1 CPU 3D convolutions on oneDNN, equal to F.conv3d."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.cost import count_macs, measure_training_memory
+from harness.ops.conv import Conv3d, conv3d, onednn_convs
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+
+
+def _ops(fn) -> set[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.name for e in prof.events()}
+
+
+@pytest.mark.parametrize("kw", [
+    dict(kernel=3, padding=1),
+    dict(kernel=(1, 3, 3), padding=(0, 1, 1)),
+    dict(kernel=(3, 1, 1), padding=(1, 0, 0), bias=False),
+    dict(kernel=3, stride=2, padding=1),
+    dict(kernel=3, dilation=2, padding=2, groups=2),
+    dict(kernel=3, padding="same"),
+    dict(kernel=(3, 1, 3), padding="valid"),
+])
+def test_batch_one_matches_f_conv3d_forward_and_backward(kw):
+    kw = dict(kw)
+    kernel, bias = kw.pop("kernel"), kw.pop("bias", True)
+    k = (kernel,) * 3 if isinstance(kernel, int) else kernel
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 6, 10, 12, generator=g, requires_grad=True)
+    w = torch.randn(6, 4 // kw.get("groups", 1), *k, generator=g, requires_grad=True)
+    b = torch.randn(6, generator=g, requires_grad=True) if bias else None
+    ours, ref = conv3d(x, w, b, **kw), F.conv3d(x, w, b, **kw)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn(ref.shape, generator=g)
+    leaves = [t for t in (x, w, b) if t is not None]
+    torch.testing.assert_close(torch.autograd.grad(ours, leaves, grad), torch.autograd.grad(ref, leaves, grad),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_batch_one_runs_on_onednn_where_pytorch_falls_back():
+    # 1 x 8 x 8 x 32 = 2048 <= 20480: PyTorch's own rule takes slow_conv3d, forward and backward.
+    x = torch.randn(1, 8, 8, 32, 32, requires_grad=True)
+    w = torch.randn(8, 8, 3, 3, 3, requires_grad=True)
+    plain = _ops(lambda: F.conv3d(x, w, padding=1).sum().backward())
+    assert "aten::slow_conv3d_forward" in plain  # if this fails, PyTorch changed its rule: re-measure the module's table
+    ours = _ops(lambda: conv3d(x, w, padding=1).sum().backward())
+    assert "aten::mkldnn_convolution" in ours
+    assert not {"aten::slow_conv3d_forward", "aten::slow_conv3d_backward"} & ours
+    assert x.grad is not None and w.grad is not None
+
+
+@pytest.mark.parametrize("case", ["batch2", "pointwise", "float64", "uneven same"])
+def test_left_to_pytorch_bit_for_bit(case):
+    n, k, dtype = {"batch2": (2, 3, torch.float32), "pointwise": (1, 1, torch.float32),
+                   "float64": (1, 3, torch.float64), "uneven same": (1, 2, torch.float32)}[case]
+    x = torch.randn(n, 4, 6, 8, 8, dtype=dtype)
+    w = torch.randn(5, 4, k, k, k, dtype=dtype)
+    pad = "same" if case == "uneven same" else k // 2
+    assert torch.equal(conv3d(x, w, padding=pad), F.conv3d(x, w, padding=pad))
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")  # mkldnn.flags() sets TF32 too
+def test_disabled_onednn_and_tracing_leave_pytorch_alone():
+    x, w = torch.randn(1, 4, 6, 8, 8), torch.randn(5, 4, 3, 3, 3)
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert torch.equal(conv3d(x, w, padding=1), F.conv3d(x, w, padding=1))
+    traced = torch.jit.trace(lambda t: conv3d(t, w, padding=1), x)
+    assert "to_mkldnn" not in str(traced.graph) and "aten::_convolution" in str(traced.graph)
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")
+def test_training_memory_is_pytorchs():
+    # Only the dense input is saved for the backward: a oneDNN copy kept per layer doubled this.
+    net = onednn_convs(nn.Sequential(nn.Conv3d(1, 8, 3, padding=1), nn.BatchNorm3d(8), nn.ReLU(),
+                                     nn.Conv3d(8, 8, 3, padding=1), nn.BatchNorm3d(8), nn.ReLU(), nn.Conv3d(8, 1, 1)))
+    ours = measure_training_memory(net, [1, 1, 8, 32, 32])
+    with torch.backends.mkldnn.flags(enabled=False):
+        plain = measure_training_memory(net, [1, 1, 8, 32, 32])
+    assert ours <= 1.1 * plain, (ours, plain)
+
+
+def test_module_swap_keeps_weights_and_counts():
+    net = nn.Sequential(nn.Conv3d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 4, 3, padding=1, padding_mode="replicate"),
+                        nn.Conv3d(4, 3, 1))
+    x = torch.randn(1, 2, 6, 8, 8)
+    ref, state = net(x), {k: v.clone() for k, v in net.state_dict().items()}
+    macs = count_macs(net, x.shape)["macs"]
+    assert onednn_convs(net) is net
+    assert [type(m) for m in net if isinstance(m, nn.Conv3d)] == [Conv3d] * 3
+    assert net.state_dict().keys() == state.keys() and all(torch.equal(net.state_dict()[k], v) for k, v in state.items())
+    torch.testing.assert_close(net(x), ref, rtol=1e-5, atol=1e-5)  # replicate padding included
+    assert count_macs(net, x.shape)["macs"] == macs
