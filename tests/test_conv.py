@@ -21,7 +21,7 @@ def _ops(fn) -> set[str]:
     dict(kernel=(1, 3, 3), padding=(0, 1, 1)),
     dict(kernel=(3, 1, 1), padding=(1, 0, 0), bias=False),
     dict(kernel=3, stride=2, padding=1),
-    dict(kernel=3, dilation=2, padding=2, groups=2),
+    dict(kernel=3, dilation=2, padding=2),
     dict(kernel=3, padding="same"),
     dict(kernel=(3, 1, 3), padding="valid"),
 ])
@@ -53,14 +53,20 @@ def test_batch_one_runs_on_onednn_where_pytorch_falls_back():
     assert x.grad is not None and w.grad is not None
 
 
-@pytest.mark.parametrize("case", ["batch2", "pointwise", "float64", "uneven same"])
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # PyTorch's, for "uneven same"
+@pytest.mark.parametrize("case", ["batch2", "pointwise", "float64", "uneven same", "large map", "groups"])
 def test_left_to_pytorch_bit_for_bit(case):
-    n, k, dtype = {"batch2": (2, 3, torch.float32), "pointwise": (1, 1, torch.float32),
-                   "float64": (1, 3, torch.float64), "uneven same": (1, 2, torch.float32)}[case]
-    x = torch.randn(n, 4, 6, 8, 8, dtype=dtype)
-    w = torch.randn(5, 4, k, k, k, dtype=dtype)
+    # Where PyTorch's rule already takes oneDNN (a map with C D H > 20480, groups > 1), and where
+    # the fallback is faster or oneDNN cannot help, the op is F.conv3d's.
+    n, c, d, k, groups, dtype = {
+        "batch2": (2, 4, 6, 3, 1, torch.float32), "pointwise": (1, 4, 6, 1, 1, torch.float32),
+        "float64": (1, 4, 6, 3, 1, torch.float64), "uneven same": (1, 4, 6, 2, 1, torch.float32),
+        "large map": (1, 24, 128, 3, 1, torch.float32), "groups": (1, 4, 6, 3, 2, torch.float32)}[case]
+    x = torch.randn(n, c, d, 8, 8, dtype=dtype)
+    w = torch.randn(4, c // groups, k, k, k, dtype=dtype)
     pad = "same" if case == "uneven same" else k // 2
-    assert torch.equal(conv3d(x, w, padding=pad), F.conv3d(x, w, padding=pad))
+    assert torch.equal(conv3d(x, w, padding=pad, groups=groups), F.conv3d(x, w, padding=pad, groups=groups))
+    assert "aten::to_mkldnn" not in _ops(lambda: conv3d(x, w, padding=pad, groups=groups))
 
 
 @pytest.mark.filterwarnings("ignore:TF32 acceleration")  # mkldnn.flags() sets TF32 too

@@ -1,11 +1,13 @@
 """3D convolution that keeps oneDNN on the CPU at batch 1.
 
 PyTorch picks a CPU convolution backend by a rule written for 2D images
-(``ConvParams::use_mkldnn``, aten/src/ATen/native/Convolution.cpp): a float32 convolution whose
-kernel is not 1 x 1 in its last two dims goes to oneDNN only if ``groups > 1``, N > 1, or
-``N * C * size(2) * size(3) > 20480``. For a 5D input that product is N C D H: W is left out. At
-batch 1 most 3D feature maps fail it (1 x 8 x 16 x 128 = 16,384; 1 x 64 x 4 x 16 = 4,096), and
-both the forward and the backward then run ``slow_conv3d`` (im2col + GEMM). Measured on one
+(``ConvParams::use_mkldnn``, aten/src/ATen/native/Convolution.cpp, torch 2.13): a float32
+convolution goes to oneDNN if (a) it is strided or dilated, N >= 16, its kernel is not 1 x 1 in
+its last two dims, or torch runs more than one thread, and (b) ``groups > 1``, both of those
+kernel dims exceed 3, N > 1, or ``N * C * size(2) * size(3) > 20480``. For a 5D input that
+product is N C D H: W is left out. At batch 1 most 3D feature maps fail (b) (1 x 8 x 16 x 128 =
+16,384; 1 x 64 x 4 x 16 = 4,096), and both the forward and the backward then run
+``slow_conv3d`` (im2col + GEMM). Measured on one
 thread of this project's 2-core machine, forward + backward, 3^3 kernel:
 
     ===========================  ===========  ===========
@@ -20,14 +22,16 @@ thread of this project's 2-core machine, forward + backward, 3^3 kernel:
 and 1.6-6.6x for (1, 3, 3) and (3, 1, 1) kernels. So every batch-1 3D convolution on a CPU (a
 latency measurement, a batch-1 recipe, a validation pass over one window) paid 2.5-10x in
 PyTorch's fallback, not in the method: the Distill DSM bench's 3D U-Net ran 6.9x the
-2D U-Net per voxel (the paper: 1.09x). ``conv3d`` hands such a convolution to oneDNN by
+2D U-Net per voxel (the paper: 1.09x). ``conv3d`` evaluates the same rule and hands the
+convolutions it would leave to the fallback (but 1 x 1 x 1 kernels) to oneDNN by
 passing its input as a oneDNN tensor (``Tensor.to_mkldnn``, which the rule accepts as is), in
 the forward and in the backward (``aten::convolution_backward``); tensors stay dense (NCDHW)
 between layers, and only the dense input is saved, as ``F.conv3d`` saves it.
 
 The same sums in another order: results equal ``F.conv3d``'s to float rounding (about 1e-6
-relative). Untouched, so bit-identical to ``F.conv3d``: N > 1, 1 x 1 x 1 kernels (the fallback's
-GEMM is faster there: 3.7 vs 33 ms at 1 x 8 x 16 x 128 x 128), non-float32 inputs, other
+relative). Untouched, so bit-identical to ``F.conv3d``: convolutions the rule already gives
+oneDNN, N > 1, 1 x 1 x 1 kernels (the fallback's GEMM is faster there: 3.7 vs 33 ms at
+1 x 8 x 16 x 128 x 128), non-float32 inputs, other
 devices, oneDNN disabled (``torch.backends.mkldnn.flags(enabled=False)``), "same" padding of
 an even dilated kernel, and tracing (so fvcore counts the same ``aten::_convolution``).
 
@@ -41,13 +45,22 @@ from torch import nn
 from torch.nn.modules.utils import _triple
 
 
-def _onednn_at_batch_one(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """True where PyTorch's rule (module docstring) may send this convolution to ``slow_conv3d``
-    and oneDNN is faster: CPU float32, N = 1, a kernel that is not 1 x 1 x 1."""
-    return (not torch.jit.is_tracing() and not torch.compiler.is_compiling()  # first: no traced shape tests
-            and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 5 and x.shape[0] == 1
-            and weight.shape[2:].numel() > 1 and torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled)
+def _onednn_at_batch_one(x: torch.Tensor, weight: torch.Tensor, stride, dilation, groups: int) -> bool:
+    """True where PyTorch's rule (module docstring) sends this CPU float32 batch-1 convolution
+    to its fallback and oneDNN is faster: every kernel but 1 x 1 x 1. Where the rule already
+    picks oneDNN (large maps, groups > 1, 4+ x 4+ kernels) the route's two layout conversions
+    would only cost (0.84-1.05x at 1 x 4-128 x 20-80 x 40-160^2)."""
+    if (torch.jit.is_tracing() or torch.compiler.is_compiling()  # first: no traced shape tests
+            or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 5 or x.shape[0] != 1
+            or weight.shape[2:].numel() == 1 or not torch.backends.mkldnn.is_available()
+            or not torch.backends.mkldnn.enabled):
+        return False
+    kh, kw = weight.shape[-2:]
+    c, d, h = x.shape[1:4]
+    rule_first = (any(s > 1 for s in _triple(stride)) or any(v > 1 for v in _triple(dilation)) or kw != 1 or kh != 1
+                  or torch.get_num_threads() > 1)
+    rule_second = groups > 1 or (kw > 3 and kh > 3) or c * d * h > 20480
+    return not (rule_first and rule_second)
 
 
 def _int_padding(padding, weight: torch.Tensor, dilation) -> list[int] | None:
@@ -85,7 +98,7 @@ class _OneDNNConv3d(torch.autograd.Function):
 def conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
            dilation=1, groups: int = 1) -> torch.Tensor:
     """``F.conv3d``, on oneDNN at batch 1 on the CPU (module docstring)."""
-    pad = _int_padding(padding, weight, dilation) if _onednn_at_batch_one(x, weight) else None
+    pad = _int_padding(padding, weight, dilation) if _onednn_at_batch_one(x, weight, stride, dilation, groups) else None
     if pad is None:
         return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
     return _OneDNNConv3d.apply(x, weight, bias, list(_triple(stride)), pad, list(_triple(dilation)), groups)
