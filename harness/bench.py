@@ -462,7 +462,7 @@ def run_bench(out: Path, quick: bool = False, device: str = "all") -> int:
               f"{r['gate_channels_last_ms']:.1f} | **{r['gate_ncdhw_vs_channels_last']:.2f}** |" for r in result["brats"]]
     lines += ["", "## 3D convolution at batch 1, forward + backward: PyTorch's rule / harness.ops.conv (CPU)", "",
               "PyTorch leaves oneDNN for `slow_conv3d` where N C D H <= 20480 (a rule written for 2D); "
-              "`harness.ops.conv` keeps oneDNN for every batch-1 3D convolution of the registered models.", "",
+              "`harness.ops.conv` hands those (but 1x1x1 kernels) to oneDNN in every registered model.", "",
               "| device | conv | input | F.conv3d ms | harness conv3d ms | ratio (median of pairs) |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['device']} | {r['conv']} | {r['input']} | {r['torch_ms']:.1f} | {r['harness_ms']:.1f} | "
               f"**{r['ratio']:.2f}** |" for r in result.get("conv3d", [])]

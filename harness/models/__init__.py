@@ -24,7 +24,7 @@ def build_model(name: str, input_size=None, output=None, **params):
     sets it. A model whose heads depend on the output activation (ConResNet's residual heads
     predict the regions, not the softmax background) declares ``output``; it receives
     ``train.output``. Its ``nn.Conv3d`` layers run batch-1 CPU convolutions on oneDNN
-    (``harness.ops.conv``), not on PyTorch's 2.5-10x slower fallback.
+    (``harness.ops.conv``), not on PyTorch's fallback (up to 11x slower, ``harness bench``).
     """
     cls = MODELS.get(name, field="model.name")
     declared = inspect.signature(cls).parameters

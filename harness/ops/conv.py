@@ -7,21 +7,12 @@ its last two dims, or torch runs more than one thread, and (b) ``groups > 1``, b
 kernel dims exceed 3, N > 1, or ``N * C * size(2) * size(3) > 20480``. For a 5D input that
 product is N C D H: W is left out. At batch 1 most 3D feature maps fail (b) (1 x 8 x 16 x 128 =
 16,384; 1 x 64 x 4 x 16 = 4,096), and both the forward and the backward then run
-``slow_conv3d`` (im2col + GEMM). Measured on one
-thread of this project's 2-core machine, forward + backward, 3^3 kernel:
-
-    ===========================  ===========  ===========
-    input (N = 1)                slow_conv3d  oneDNN
-    ===========================  ===========  ===========
-    8 -> 8, 16 x 128 x 128        681 ms       125 ms
-    16 -> 16, 8 x 64 x 64         164 ms        16 ms
-    32 -> 32, 8 x 32 x 32          55 ms        14 ms
-    64 -> 64, 4 x 16 x 16          15 ms         6 ms
-    ===========================  ===========  ===========
-
-and 1.6-6.6x for (1, 3, 3) and (3, 1, 1) kernels. So every batch-1 3D convolution on a CPU (a
-latency measurement, a batch-1 recipe, a validation pass over one window) paid 2.5-10x in
-PyTorch's fallback, not in the method: the Distill DSM bench's 3D U-Net ran 6.9x the
+``slow_conv3d`` (im2col + GEMM). ``harness bench`` (batch-1 convolution table, forward +
+backward, 2 threads, reports/bench) measures F.conv3d / ``conv3d``: 6.98x at 8 -> 8 on
+16 x 128 x 128, 10.87x at 16 -> 16 on 8 x 64 x 64, 3.13x at 32 -> 32 on 4 x 32 x 32, 1.20x at
+64 -> 64 on 2 x 16 x 16, 6.51x for a 1 x 3 x 3 kernel, 1.44x for the 1-channel input conv.
+So every batch-1 3D convolution on a CPU (a latency measurement, a batch-1 recipe, a
+validation pass over one window) paid up to 11x in PyTorch's fallback, not in the method: the Distill DSM bench's 3D U-Net ran 6.9x the
 2D U-Net per voxel (the paper: 1.09x). ``conv3d`` evaluates the same rule and hands the
 convolutions it would leave to the fallback (but 1 x 1 x 1 kernels) to oneDNN by
 passing its input as a oneDNN tensor (``Tensor.to_mkldnn``, which the rule accepts as is), in
@@ -30,9 +21,8 @@ between layers, and only the dense input is saved, as ``F.conv3d`` saves it.
 
 The same sums in another order: results equal ``F.conv3d``'s to float rounding (about 1e-6
 relative). Untouched, so bit-identical to ``F.conv3d``: convolutions the rule already gives
-oneDNN, N > 1, 1 x 1 x 1 kernels (the fallback's GEMM is faster there: 3.7 vs 33 ms at
-1 x 8 x 16 x 128 x 128), non-float32 inputs, other
-devices, oneDNN disabled (``torch.backends.mkldnn.flags(enabled=False)``), "same" padding of
+oneDNN, N > 1, 1 x 1 x 1 kernels (the fallback's GEMM was faster there, measured by hand:
+3.7 vs 33 ms at 1 x 8 x 16 x 128 x 128), non-float32 inputs, other devices, oneDNN disabled (``torch.backends.mkldnn.flags(enabled=False)``), "same" padding of
 an even dilated kernel, and tracing (so fvcore counts the same ``aten::_convolution``).
 
 Shapes: as ``torch.nn.functional.conv3d``, input (N, C_in, D, H, W) -> (N, C_out, D', H', W').
@@ -49,7 +39,8 @@ def _onednn_at_batch_one(x: torch.Tensor, weight: torch.Tensor, stride, dilation
     """True where PyTorch's rule (module docstring) sends this CPU float32 batch-1 convolution
     to its fallback and oneDNN is faster: every kernel but 1 x 1 x 1. Where the rule already
     picks oneDNN (large maps, groups > 1, 4+ x 4+ kernels) the route's two layout conversions
-    would only cost (0.84-1.05x at 1 x 4-128 x 20-80 x 40-160^2)."""
+    would only cost (0.84-1.05x at 1 x 4-128 x 20-80 x 40-160^2, inference, measured once by
+hand, not benched)."""
     if (torch.jit.is_tracing() or torch.compiler.is_compiling()  # first: no traced shape tests
             or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 5 or x.shape[0] != 1
             or weight.shape[2:].numel() == 1 or not torch.backends.mkldnn.is_available()
