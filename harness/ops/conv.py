@@ -6,24 +6,25 @@ convolution goes to oneDNN if (a) it is strided or dilated, N >= 16, its kernel 
 its last two dims, or torch runs more than one thread, and (b) ``groups > 1``, both of those
 kernel dims exceed 3, N > 1, or ``N * C * size(2) * size(3) > 20480``. For a 5D input that
 product is N C D H: W is left out. At batch 1 most 3D feature maps fail (b) (1 x 8 x 16 x 128 =
-16,384; 1 x 64 x 4 x 16 = 4,096), and both the forward and the backward then run
-``slow_conv3d`` (im2col + GEMM). ``harness bench`` (batch-1 convolution table, forward +
-backward, 2 threads, reports/bench) measures F.conv3d / ``conv3d``: 6.98x at 8 -> 8 on
-16 x 128 x 128, 10.87x at 16 -> 16 on 8 x 64 x 64, 3.13x at 32 -> 32 on 4 x 32 x 32, 1.20x at
-64 -> 64 on 2 x 16 x 16, 6.51x for a 1 x 3 x 3 kernel, 1.44x for the 1-channel input conv.
-So every batch-1 3D convolution on a CPU (a latency measurement, a batch-1 recipe, a
-validation pass over one window) paid up to 11x in PyTorch's fallback, not in the method: the Distill DSM bench's 3D U-Net ran 6.9x the
-2D U-Net per voxel (the paper: 1.09x). ``conv3d`` evaluates the same rule and hands the
-convolutions it would leave to the fallback (but 1 x 1 x 1 kernels) to oneDNN by
-passing its input as a oneDNN tensor (``Tensor.to_mkldnn``, which the rule accepts as is), in
-the forward and in the backward (``aten::convolution_backward``); tensors stay dense (NCDHW)
-between layers, and only the dense input is saved, as ``F.conv3d`` saves it.
+16,384; 1 x 64 x 4 x 16 = 4,096), and both the forward and the backward then run ``slow_conv3d``
+(im2col + GEMM). ``harness bench`` (batch-1 convolution table, forward + backward, 2 threads,
+reports/bench) measures F.conv3d / ``conv3d``: 6.98x at 8 -> 8 on 16 x 128 x 128, 10.87x at
+16 -> 16 on 8 x 64 x 64, 3.13x at 32 -> 32 on 4 x 32 x 32, 1.20x at 64 -> 64 on 2 x 16 x 16, 6.51x
+for a 1 x 3 x 3 kernel, 1.44x for the 1-channel input conv. So every batch-1 3D convolution on a
+CPU (a latency measurement, a batch-1 recipe, a validation pass over one window) paid up to 11x
+in PyTorch's fallback, not in the method: the Distill DSM bench's 3D U-Net ran 6.9x the 2D U-Net
+per voxel (the paper: 1.09x). ``conv3d`` evaluates the same rule and hands the convolutions it
+would leave to the fallback (but 1 x 1 x 1 kernels) to oneDNN by passing its input as a oneDNN
+tensor (``Tensor.to_mkldnn``, which the rule accepts as is), in the forward and in the backward
+(``aten::convolution_backward``); tensors stay dense (NCDHW) between layers, and only the dense
+input is saved, as ``F.conv3d`` saves it.
 
 The same sums in another order: results equal ``F.conv3d``'s to float rounding (about 1e-6
 relative). Untouched, so bit-identical to ``F.conv3d``: convolutions the rule already gives
-oneDNN, N > 1, 1 x 1 x 1 kernels (the fallback's GEMM was faster there, measured by hand:
-3.7 vs 33 ms at 1 x 8 x 16 x 128 x 128), non-float32 inputs, other devices, oneDNN disabled (``torch.backends.mkldnn.flags(enabled=False)``), "same" padding of
-an even dilated kernel, and tracing (so fvcore counts the same ``aten::_convolution``).
+oneDNN, N > 1, 1 x 1 x 1 kernels (the fallback's GEMM was faster there, measured by hand: 3.7 vs
+33 ms at 1 x 8 x 16 x 128 x 128), non-float32 inputs, other devices, oneDNN disabled
+(``torch.backends.mkldnn.flags(enabled=False)``), "same" padding of an even dilated kernel, and
+tracing (so fvcore counts the same ``aten::_convolution``).
 
 Shapes: as ``torch.nn.functional.conv3d``, input (N, C_in, D, H, W) -> (N, C_out, D', H', W').
 """
