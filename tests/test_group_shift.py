@@ -153,7 +153,7 @@ def test_kernel_cuts_boxes_and_splits_them_over_threads(lib, simd, monkeypatch):
     # from OpenMP's threads and from pthreads, with rows rotated in registers and without.
     dll = gs_module._load(lib)
     if simd and not dll.simd:
-        pytest.skip("this CPU has no AVX-512 VBMI")
+        pytest.skip("this CPU has no AVX-512BW")
     dll.gs_simd(int(simd))
     dll.bytes_per_thread = 1
     monkeypatch.setattr(gs_module, "_kernel", lambda: dll)
@@ -183,25 +183,40 @@ def test_kernel_cuts_boxes_and_splits_them_over_threads(lib, simd, monkeypatch):
 @pytest.mark.parametrize("lib, simd", _kernel_builds())
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
 def test_kernel_rotates_rows_of_every_length_in_and_out_of_registers(lib, simd, dtype, monkeypatch):
-    # Rows of 2-40 elements (4 to 320 bytes): the SIMD path takes rows up to 128 bytes in one
-    # register (up to 64 bytes) or two, longer ones the run copies; every rotation by whole groups.
-    # Lines of 12 rows: whole-register stores run into the next rows, the last ones are masked.
-    # Against the box realisation (tested against Eqs. 1-8 above), which has no rows at all.
+    # Rows of 2-65 elements (4 to 520 bytes), every rotation by whole groups. The SIMD path reads
+    # stretches of side-by-side rows as 64-byte blocks with periodic masks: a box of whole H
+    # planes (groups (1, 1, gw): one stretch over both D planes), lines of 3-9 of the 12 rows
+    # ((2, 3, gw): channel k moves by k groups, so boxes end mid-plane), blocks ending mid-row and
+    # stretches shorter than a block. Rows of 65 elements repeat their masks every 65 blocks, over
+    # _KERNEL_MASK_PERIOD_MAX: they take the run copies. Against the box realisation (tested
+    # against Eqs. 1-8 above), which has no rows at all.
     dll = gs_module._load(lib)
     if simd and not dll.simd:
-        pytest.skip("this CPU has no AVX-512 VBMI")
+        pytest.skip("this CPU has no AVX-512BW")
     dll.gs_simd(int(simd))
     monkeypatch.setattr(gs_module, "_kernel", lambda: dll)
     gs_module._kernel_call.cache_clear()
     try:
-        for W, gw in [(2, 2), (5, 5), (8, 4), (12, 6), (16, 8), (20, 4), (24, 8), (32, 8), (40, 5)]:
+        for W, gw in [(2, 2), (5, 5), (8, 4), (12, 6), (16, 8), (20, 4), (24, 8), (32, 8), (40, 5), (65, 5)]:
             x = torch.randn(2, 2 * gw, 2, 12, W).to(dtype)
-            shifted = _apply_kernel(x, (1, 1, gw), 1.0, inverse=False)
-            assert torch.equal(shifted, _apply(x, (1, 1, gw), 1.0, inverse=False)), (W, gw)
-            assert torch.equal(_apply_kernel(shifted, (1, 1, gw), 1.0, inverse=True), x), (W, gw)
+            for groups in [(1, 1, gw), (2, 3, gw)]:
+                shifted = _apply_kernel(x, groups, 1.0, inverse=False)
+                assert torch.equal(shifted, _apply(x, groups, 1.0, inverse=False)), (W, groups)
+                assert torch.equal(_apply_kernel(shifted, groups, 1.0, inverse=True), x), (W, groups)
+        assert gs_module._rotation_masks(65 * x.element_size(), x.element_size()).size == 0
     finally:
         dll.gs_simd(1)
         gs_module._kernel_call.cache_clear()
+
+
+def test_rotation_masks_pick_the_wrapped_bytes():
+    # Rows of 10 floats (40 bytes) rotated by 2 elements: bytes 32-39 of each row come from the
+    # row's start, i.e. from p + r - L; the pattern repeats every 40 / gcd(40, 64) = 5 blocks.
+    masks = gs_module._rotation_masks(40, 4)
+    assert masks.shape == (10, 5) and not masks[0].any()
+    bits = np.unpackbits(masks[2].view(np.uint8), bitorder="little").reshape(5, 64)
+    p = np.arange(5 * 64).reshape(5, 64)
+    assert np.array_equal(bits, (p % 40 >= 32).astype(np.uint8))
 
 
 @pytest.mark.parametrize("broken", ["no compiler", "library will not load"])

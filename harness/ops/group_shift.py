@@ -22,14 +22,17 @@ groups, ratio, device, dtype), timed once on the first call (as ``cudnn.benchmar
   box plan issues hundreds of tiny copies).
 - ``kernel`` (CPU, where a C compiler is at hand): the box plan's runs, every rotated W row
   written front to back, in one call of ``group_shift_kernel.c``: no dispatch per box and no
-  second pass over the data. Rows of up to 128 bytes are rotated in AVX-512 registers where
-  the CPU has VBMI, and threads come from torch's OpenMP team, so the middle and deep stages
-  run at 1.2-3x a clone that itself runs at cache speed (``reports/bench``).
+  second pass over the data. A box's rotated rows lie side by side, so where the CPU has
+  AVX-512BW each 64 output bytes of them are two masked loads (from p + r and p + r - L, the
+  masks periodic in p, from ``_rotation_masks``) and one store; threads come from torch's
+  OpenMP team from 64 KB up. The middle and deep stages run at 1.1-3x a clone that itself
+  runs at cache speed (``reports/bench``).
 """
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import logging
 import os
 import platform
@@ -190,9 +193,10 @@ _KERNEL_FLAGS = ("-O3", "-shared", "-fPIC", "-pthread", "-fno-tree-loop-distribu
 _KERNEL_MERGE_MAX = 1 << 15  # runs up to 32K elements: long enough for memcpy's full speed
 _KERNEL_BOX_MAX = 1 << 16  # elements per box: threads split the work at box boundaries
 # Bytes a thread must have before another starts. With OpenMP, torch's team (awake after the
-# previous op) made 1 MB tensors 1.15x faster on 2 threads; a fresh pthread per call (30-55 us,
-# on a core that may be asleep) made 8 MB ones 1.6-2.2x slower and 16 MB ones 1.3-1.7x faster.
-_KERNEL_BYTES_PER_THREAD = {True: 1 << 19, False: 1 << 23}  # keyed by "built with OpenMP"
+# previous op) made 256 KB tensors 1.4x and 1 MB ones 1.5x faster on 2 threads (125 KB: 1.1x);
+# a fresh pthread per call (30-55 us, on a core that may be asleep) made 8 MB ones 1.6-2.2x
+# slower and 16 MB ones 1.3-1.7x faster.
+_KERNEL_BYTES_PER_THREAD = {True: 1 << 16, False: 1 << 23}  # keyed by "built with OpenMP"
 
 
 def _build(command: list[str], cache: Path) -> Path:
@@ -240,10 +244,11 @@ def _load(lib: Path) -> ctypes.CDLL:
     """The built kernel with its C signatures, its SIMD switched on where the CPU has it."""
     dll = ctypes.CDLL(str(lib))
     dll.gs_permute.restype = ctypes.c_int
-    dll.gs_permute.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 4 + [ctypes.c_int]
+    dll.gs_permute.argtypes = ([ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_int64]
+                               + [ctypes.c_int])
     dll.gs_simd.restype = dll.gs_openmp.restype = ctypes.c_int
     dll.gs_simd.argtypes = [ctypes.c_int]
-    dll.simd = bool(dll.gs_simd(1))  # rotated rows in AVX-512 registers where the CPU has VBMI
+    dll.simd = bool(dll.gs_simd(1))  # rotated rows as masked 64-byte blocks where the CPU has AVX-512BW
     dll.bytes_per_thread = _KERNEL_BYTES_PER_THREAD[bool(dll.gs_openmp())]
     return dll
 
@@ -299,19 +304,44 @@ def _kernel_boxes(chw: tuple[int, ...], groups: tuple[int, int, int], shift_rati
     return np.ascontiguousarray(out, dtype=np.int64)
 
 
+_KERNEL_MASK_PERIOD_MAX = 64  # rows whose block masks repeat less often (odd byte lengths) take the run copies
+
+
+@lru_cache(maxsize=64)
+def _rotation_masks(row_bytes: int, itemsize: int) -> np.ndarray:
+    """(W, P) uint64 block masks of rows of ``row_bytes`` rotated by 0..W-1 elements (kernel).
+
+    A box's rows lie side by side, so output byte p of a stretch of rows has row position
+    q = p % L (L = ``row_bytes``) and comes from p + r if q < L - r, else from p + r - L, for a
+    rotation of r bytes. Bit j of mask [rot, i] is set where byte j of the stretch's 64-byte
+    block i takes the second; the pattern repeats every P = L / gcd(L, 64) blocks. Empty
+    (P = 0) where P exceeds ``_KERNEL_MASK_PERIOD_MAX``.
+    """
+    period = row_bytes // math.gcd(row_bytes, 64)
+    if period > _KERNEL_MASK_PERIOD_MAX:
+        return np.zeros((0, 0), np.uint64)
+    q = (64 * np.arange(period)[:, None] + np.arange(64)[None, :]) % row_bytes  # (P, 64)
+    r = itemsize * np.arange(row_bytes // itemsize)[:, None, None]  # (W, 1, 1) bytes
+    bits = np.packbits(q[None] >= row_bytes - r, axis=-1, bitorder="little")  # (W, P, 8)
+    return np.ascontiguousarray(bits).view("<u8")[..., 0].astype(np.uint64)
+
+
 @lru_cache(maxsize=256)
 def _kernel_call(shape: tuple[int, ...], groups: tuple[int, int, int], shift_ratio: float, inverse: bool, itemsize: int):
-    """The kernel's arguments after the two data pointers, its thread count, and the boxes array
-    their pointer points into (held here, so the pointer outlives any eviction of _kernel_boxes)."""
+    """The kernel's arguments after the two data pointers, its thread count, and the arrays their
+    pointers point into (held here, so the pointers outlive any eviction of their caches)."""
     N, C, D, H, W = shape
     boxes = _kernel_boxes((C, D, H, W), groups, shift_ratio, inverse)
+    masks = _rotation_masks(W * itemsize, itemsize)
     threads = max(1, min(torch.get_num_threads(), N * C * D * H * W * itemsize // _kernel().bytes_per_thread))
-    return (boxes.ctypes.data, len(boxes), N, C * D * H * W, itemsize), threads, boxes
+    args = (boxes.ctypes.data, len(boxes), N, C * D * H * W, itemsize, masks.ctypes.data, masks.shape[1])
+    return args, threads, (boxes, masks)
 
 
 def _apply_kernel(x: torch.Tensor, groups: tuple[int, int, int], shift_ratio: float, inverse: bool) -> torch.Tensor:
     """``kernel``: all runs of the box plan in one call of the compiled kernel (CPU)."""
-    args, threads, _ = _kernel_call(_shape(x), groups, shift_ratio, inverse, x.element_size())
+    # x.shape, not _shape(x): never traced here, and a torch.Size hashes as its tuple (1 us less)
+    args, threads, _ = _kernel_call(x.shape, groups, shift_ratio, inverse, x.element_size())
     x = x.contiguous()
     out = torch.empty_like(x)
     _kernel().gs_permute(x.data_ptr(), out.data_ptr(), *args, min(threads, torch.get_num_threads()))
@@ -353,10 +383,13 @@ def _fastest(methods: list[str], x: torch.Tensor, groups, shift_ratio: float, in
 
 
 def _shift(x: torch.Tensor, groups: tuple[int, int, int], shift_ratio: float, inverse: bool) -> torch.Tensor:
-    key = (_shape(x), groups, shift_ratio, x.device.type, x.dtype)
+    """The permutation of a contiguous ``x`` by the realisation kept for its key (chosen, after
+    ``_check``, on the key's first call). Never under a jit trace: ``x.shape`` holds plain ints."""
+    key = (x.shape, groups, shift_ratio, x.device.type, x.dtype)
     method = _METHOD.get(key)
     if method is None:
-        copies = len(_strided_plan(key[0], groups, shift_ratio)[0])
+        _check(_shape(x), groups, shift_ratio)
+        copies = len(_strided_plan(_shape(x), groups, shift_ratio)[0])
         # Dispatch below an in-cache clone: rows, moving the data twice more, cannot beat box.
         methods = ["box"] if copies * _DISPATCH_S < x.numel() * _CLONE_S_PER_ELEMENT else ["box", "rows"]
         if x.device.type == "cpu" and _kernel() is not None:
@@ -395,10 +428,12 @@ def group_shift(x: torch.Tensor, groups, shift_ratio: float = 0.5) -> torch.Tens
     ``C_s = int(shift_ratio * C)`` channels are shifted in channel groups of
     ``C_g = max(1, C_s // (g_d*g_h*g_w))`` channels, group k by k spatial groups.
     """
-    groups = tuple(int(g) for g in groups)
-    _check(_shape(x), groups, shift_ratio)
+    groups = tuple(map(int, groups))
     if torch._C._get_tracing_state() is None and not (x.requires_grad and torch.is_grad_enabled()):
-        return _shift(x.contiguous(), groups, float(shift_ratio), inverse=False)  # no graph to record: skip autograd's wrapper
+        # No graph to record: skip autograd's wrapper, and check the input once per key (_shift):
+        # at the deep stages these few microseconds are a tenth of the op.
+        return _shift(x.contiguous(), groups, shift_ratio, inverse=False)
+    _check(_shape(x), groups, shift_ratio)
     return _GroupShiftFn.apply(x, groups, float(shift_ratio))
 
 

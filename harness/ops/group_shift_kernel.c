@@ -9,10 +9,15 @@
  * once, as by a clone; unlike one torch copy per box, a run costs nanoseconds, not a dispatch.
  * Byte-generic (element size es): the op moves whole elements, so any dtype works.
  *
- * Deep stages rotate short rows (W = 5-32 elements): two short runs per row cost more than the
- * row's bytes. Where the CPU has AVX-512 VBMI (checked at run time; the file builds without
- * -march flags), a row of up to 128 bytes is rotated in registers instead: a load, one byte
- * permute (vpermb / vpermi2b) and a store per 64 bytes.
+ * Rotated rows: the deep and middle stages rotate short rows (W = 5-40 elements), where two
+ * short runs per row cost more than the row's bytes. A rotated box's rows lie side by side (a
+ * line of n2 rows is one stretch of n2*L bytes, and a box of whole H planes is one stretch over
+ * its D planes), and within a stretch out[p] = in[p + r] where the row position q = p % L is
+ * below L - r, else in[p + r - L]. So where the CPU has AVX-512BW (checked at run time; the file
+ * builds without -march flags) each 64 output bytes are two masked loads, from p + r and from
+ * p + r - L, and one store: a copy that reads two streams, its masks periodic in p with period
+ * P = L / gcd(L, 64) (1 to 10 for the GSP nets' float rows of 5-160 elements), precomputed by
+ * the caller.
  */
 #include <pthread.h>
 #include <stdint.h>
@@ -20,7 +25,7 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-#define GS_VBMI 1
+#define GS_AVX512 1
 #endif
 
 #define BOX 10
@@ -29,7 +34,8 @@ typedef struct {
     const char *x;
     char *y;
     const int64_t *box;
-    int64_t nbox, sample, es, k0, k1;  /* work items k = n * nbox + b, k0 <= k < k1 */
+    const uint64_t *masks; /* masks[rot * P + i]: the bytes block i of a row rotated by rot takes from p + r - L */
+    int64_t nbox, sample, es, P, k0, k1;  /* work items k = n * nbox + b, k0 <= k < k1 */
 } job_t;
 
 /* One run of L bytes. The deep stages' runs are 4-32 bytes, where a call to memcpy costs more
@@ -70,71 +76,57 @@ static inline void rotate_line(char *d, const char *s, size_t L, size_t rot, int
     }
 }
 
-#ifdef GS_VBMI
-static int use_vbmi = 0; /* off until gs_simd(1) finds the CPU has it */
+#ifdef GS_AVX512
+static int use_avx512 = 0; /* off until gs_simd(1) finds the CPU has it */
 
-static inline __mmask64 low_bytes(size_t n) { return n >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << n) - 1); }
+static inline __mmask64 low_bytes(int64_t n) { return n >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << n) - 1); }
 
-/* A whole rotated box of rows of L <= 128 bytes (B as in run_items, x and y already offset to
- * the box's first row): out[j] = in[(j + rot) % L] as one byte permute per 64 bytes. The index
- * is built once per box (deep stages have lines of 2-20 rows); the masked loads and stores at a
- * line's end touch only a row's L bytes (masked-off bytes never fault). */
-__attribute__((target("avx512f,avx512bw,avx512vbmi")))
-static void rotate_box_vbmi(char *y, const char *x, const int64_t *B, int64_t es) {
-    static const uint8_t iota[64] = {0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15,
-                                     16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31,
-                                     32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47,
-                                     48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63};
-    const int64_t L = B[8] * es, t0 = B[3] * es, t1 = B[5] * es, t2 = B[7] * es;
-    /* idx[j] = j + rot, less L where that passes the row's end */
-    const __m512i len = _mm512_set1_epi8((char)L);
-    const __m512i r0 = _mm512_add_epi8(_mm512_loadu_si512(iota), _mm512_set1_epi8((char)(B[9] * es)));
-    const __m512i r1 = _mm512_add_epi8(r0, _mm512_set1_epi8(64));
-    const __m512i i0 = _mm512_mask_sub_epi8(r0, _mm512_cmpge_epu8_mask(r0, len), r0, len);
-    const __m512i i1 = _mm512_mask_sub_epi8(r1, _mm512_cmpge_epu8_mask(r1, len), r1, len);
-    const __mmask64 m = low_bytes(L <= 64 ? L : L - 64);
-    /* The box's counts in locals: the stores may alias B (char data), which would otherwise be
-     * reloaded, and the division redone, for every line. Rows of a line follow each other when
-     * t2 == L: a row's whole-register load and store may then run into the rows after it,
-     * which are rewritten next; only the rows within a register of the line's end are masked. */
-    const int64_t n0 = B[2], n1 = B[4], n2 = B[6];
-    const int64_t open = t2 != L ? 0 : n2 - (L <= 64 ? (64 + L - 1) / L : 1);
+/* One stretch of len bytes of rotated rows of L bytes (d, s at its start; s already moved on by
+ * the rotation r), as 64-byte blocks, block i taking the bytes of mask M[i % P] from p + r - L
+ * and the rest from p + r (see the top of the file). Masked-off bytes are neither read nor
+ * written (and never fault), so the loads stay inside the stretch's rows and the last block
+ * writes only the stretch's bytes. (Blocks aligned to the output's cache lines measured no
+ * faster.) */
+__attribute__((target("avx512f,avx512bw")))
+static inline void rotate_stretch(char *d, const char *s, int64_t len, int64_t L, const uint64_t *M, int64_t P) {
+    int64_t p = 0, i = 0;
+    for (; p + 64 <= len; p += 64) {
+        const __mmask64 m = M[i];
+        i = i + 1 == P ? 0 : i + 1;
+        __m512i v = _mm512_maskz_loadu_epi8(~m, s + p);
+        v = _mm512_mask_loadu_epi8(v, m, s + p - L);
+        _mm512_storeu_si512(d + p, v);
+    }
+    if (p < len) {
+        const __mmask64 tail = low_bytes(len - p), m = M[i];
+        __m512i v = _mm512_maskz_loadu_epi8(~m & tail, s + p);
+        v = _mm512_mask_loadu_epi8(v, m & tail, s + p - L);
+        _mm512_mask_storeu_epi8(d + p, tail, v);
+    }
+}
+
+/* A rotated box whose rows are contiguous (t2 == len), x and y at the box's first row: each
+ * stretch of rows (a line; a box of whole H planes: all its D planes) by rotate_stretch. */
+__attribute__((target("avx512f,avx512bw")))
+static void rotate_box_avx512(char *y, const char *x, const int64_t *B, int64_t es, const uint64_t *M, int64_t P) {
+    const int64_t L = B[8] * es, r = B[9] * es, t0 = B[3] * es;
+    int64_t n0 = B[2], n1 = B[4], t1 = B[5] * es, len = B[6] * L;
+    if (len == t1) { /* whole H planes: the D planes of the box follow each other */
+        len *= n1;
+        n1 = 1;
+    }
     for (int64_t a = 0; a < n0; a++)
-        for (int64_t b = 0; b < n1; b++) {
-            char *d = y + a * t0 + b * t1;
-            const char *s = x + a * t0 + b * t1;
-            int64_t k = 0;
-            if (L <= 64)
-                for (; k < open; k++, d += t2, s += t2)
-                    _mm512_storeu_si512(d, _mm512_permutexvar_epi8(i0, _mm512_loadu_si512(s)));
-            else
-                for (; k < open; k++, d += t2, s += t2) {
-                    const __m512i lo = _mm512_loadu_si512(s), hi = _mm512_loadu_si512(s + 64);
-                    _mm512_storeu_si512(d, _mm512_permutex2var_epi8(lo, i0, hi));
-                    _mm512_storeu_si512(d + 64, _mm512_permutex2var_epi8(lo, i1, hi));
-                }
-            if (L <= 64) {
-                for (; k < n2; k++, d += t2, s += t2)
-                    _mm512_mask_storeu_epi8(d, m, _mm512_permutexvar_epi8(i0, _mm512_maskz_loadu_epi8(m, s)));
-            } else {
-                for (; k < n2; k++, d += t2, s += t2) {
-                    const __m512i lo = _mm512_loadu_si512(s), hi = _mm512_maskz_loadu_epi8(m, s + 64);
-                    _mm512_storeu_si512(d, _mm512_permutex2var_epi8(lo, i0, hi));
-                    _mm512_mask_storeu_epi8(d + 64, m, _mm512_permutex2var_epi8(lo, i1, hi));
-                }
-            }
-        }
+        for (int64_t b = 0; b < n1; b++) rotate_stretch(y + a * t0 + b * t1, x + a * t0 + b * t1 + r, len, L, M, P);
 }
 #endif
 
-/* Rotated rows use registers where they can (see the top of the file). Returns the level in
- * use: 1 with AVX-512 VBMI, 0 without. want = 0 turns it off (tests compare both), 1 asks. */
+/* Rotated rows as masked 64-byte blocks where the CPU can (see the top of the file). Returns the
+ * level in use: 1 with AVX-512BW, 0 without. want = 0 turns it off (tests compare both), 1 asks. */
 int gs_simd(int want) {
-#ifdef GS_VBMI
+#ifdef GS_AVX512
     __builtin_cpu_init();
-    use_vbmi = want && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
-               && __builtin_cpu_supports("avx512vbmi");
-    return use_vbmi;
+    use_avx512 = want && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+    return use_avx512;
 #else
     (void)want;
     return 0;
@@ -144,12 +136,14 @@ int gs_simd(int want) {
 static void *run_items(void *arg) {
     const job_t *j = (const job_t *)arg;
     const int64_t es = j->es;
-    for (int64_t k = j->k0; k < j->k1; k++) {
-        const int64_t *B = j->box + BOX * (k % j->nbox);
-        int64_t base = (k / j->nbox) * j->sample;
-#ifdef GS_VBMI
-        if (B[9] && use_vbmi && B[8] * es <= 128) {
-            rotate_box_vbmi(j->y + (base + B[1]) * es, j->x + (base + B[0]) * es, B, es);
+    /* box b of sample n for k = n * nbox + b, stepped without a division per item (the deep
+     * stages have hundreds of boxes of a few hundred bytes) */
+    int64_t b = j->k0 % j->nbox, base = (j->k0 / j->nbox) * j->sample;
+    for (int64_t k = j->k0; k < j->k1; k++, b = b + 1 == j->nbox ? (base += j->sample, 0) : b + 1) {
+        const int64_t *B = j->box + BOX * b;
+#ifdef GS_AVX512
+        if (B[9] && use_avx512 && j->P && B[7] == B[8]) {
+            rotate_box_avx512(j->y + (base + B[1]) * es, j->x + (base + B[0]) * es, B, es, j->masks + B[9] * j->P, j->P);
             continue;
         }
 #endif
@@ -177,17 +171,19 @@ int gs_openmp(void) {
 }
 
 /* y = the permutation of x given by the boxes, over nthreads threads (equal bytes each; the
- * caller keeps boxes small enough to balance). Returns 0, or -1 if a thread could not start
- * (its items are then done by the calling thread: the result is complete either way). */
+ * caller keeps boxes small enough to balance). masks: (W, P) block masks of rotated rows (W =
+ * the row length in elements, P as at the top of the file; P = 0: rotated rows by runs). Returns
+ * 0, or -1 if a thread could not start (its items are then done by the calling thread: the
+ * result is complete either way). */
 int gs_permute(const void *x, void *y, const int64_t *box, int64_t nbox, int64_t nsample, int64_t sample,
-               int64_t es, int nthreads) {
+               int64_t es, const uint64_t *masks, int64_t P, int nthreads) {
     if (nthreads < 1) nthreads = 1;
     if (nthreads > 64) nthreads = 64;
     job_t jobs[64];
     int status = 0;
     int64_t items = nbox * nsample, total = sample * nsample, done = 0, k = 0;
     for (int t = 0; t < nthreads; t++) {  /* item ranges of about total / nthreads elements each */
-        job_t J = {(const char *)x, (char *)y, box, nbox, sample, es, k, k};
+        job_t J = {(const char *)x, (char *)y, box, masks, nbox, sample, es, P, k, k};
         int64_t goal = total * (t + 1) / nthreads;
         while (k < items && (t == nthreads - 1 || done < goal)) {
             const int64_t *B = box + BOX * (k % nbox);
