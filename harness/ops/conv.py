@@ -8,9 +8,10 @@ kernel dims exceed 3, N > 1, or ``N * C * size(2) * size(3) > 20480``. For a 5D 
 product is N C D H: W is left out. At batch 1 most 3D feature maps fail (b) (1 x 8 x 16 x 128 =
 16,384; 1 x 64 x 4 x 16 = 4,096), and both the forward and the backward then run ``slow_conv3d``
 (im2col + GEMM). ``harness bench`` (batch-1 convolution table, forward + backward, 2 threads,
-reports/bench) measures F.conv3d / ``conv3d``: 6.98x at 8 -> 8 on 16 x 128 x 128, 10.87x at
-16 -> 16 on 8 x 64 x 64, 3.13x at 32 -> 32 on 4 x 32 x 32, 1.20x at 64 -> 64 on 2 x 16 x 16, 6.51x
-for a 1 x 3 x 3 kernel, 1.44x for the 1-channel input conv. So every batch-1 3D convolution on a
+reports/bench) measures F.conv3d / ``conv3d``, in two full runs: 6.98-7.22x at 8 -> 8 on
+16 x 128 x 128, 6.66-10.87x at 16 -> 16 on 8 x 64 x 64, 3.13-3.35x at 32 -> 32 on 4 x 32 x 32,
+1.20-1.61x at 64 -> 64 on 2 x 16 x 16, 5.20-6.51x for a 1 x 3 x 3 kernel, 1.19-1.44x for the
+1-channel input conv. So every batch-1 3D convolution on a
 CPU (a latency measurement, a batch-1 recipe, a validation pass over one window) paid up to 11x
 in PyTorch's fallback, not in the method: the Distill DSM bench's 3D U-Net ran 6.9x the 2D U-Net
 per voxel (the paper: 1.09x). ``conv3d`` evaluates the same rule and hands the convolutions it

@@ -328,12 +328,13 @@ def _rotation_masks(row_bytes: int, itemsize: int) -> np.ndarray:
 
 @lru_cache(maxsize=256)
 def _kernel_call(shape: tuple[int, ...], groups: tuple[int, int, int], shift_ratio: float, inverse: bool, itemsize: int):
-    """The kernel's arguments after the two data pointers, its thread count, and the arrays their
-    pointers point into (held here, so the pointers outlive any eviction of their caches)."""
+    """The kernel's arguments after the two data pointers, the most threads its bytes are worth
+    (the call takes the least of that and torch's thread count at the time: a trial sets its
+    own), and the arrays the pointers point into (held here, so they outlive their caches)."""
     N, C, D, H, W = shape
     boxes = _kernel_boxes((C, D, H, W), groups, shift_ratio, inverse)
     masks = _rotation_masks(W * itemsize, itemsize)
-    threads = max(1, min(torch.get_num_threads(), N * C * D * H * W * itemsize // _kernel().bytes_per_thread))
+    threads = max(1, N * C * D * H * W * itemsize // _kernel().bytes_per_thread)
     args = (boxes.ctypes.data, len(boxes), N, C * D * H * W, itemsize, masks.ctypes.data, masks.shape[1])
     return args, threads, (boxes, masks)
 
