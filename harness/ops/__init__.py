@@ -1,7 +1,7 @@
 """Ops and blocks that give networks 3D context."""
 from harness.ops.cbam import CBAM3d
-from harness.ops.conv import Conv3d, conv3d, onednn_convs
 from harness.ops.context_residual import ContextResidualModule, WSConv3d, context_residual, slice_residual
+from harness.ops.conv import Conv3d, conv3d, onednn_convs
 from harness.ops.depth_shift import DistillDSM, ResidualDSM, shift_slices
 from harness.ops.group_shift import GroupShift, group_shift
 from harness.ops.obelisk import Obelisk, regular_grid

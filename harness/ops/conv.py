@@ -11,14 +11,13 @@ product is N C D H: W is left out. At batch 1 most 3D feature maps fail (b) (1 x
 reports/bench) measures F.conv3d / ``conv3d``, in two full runs: 6.98-7.22x at 8 -> 8 on
 16 x 128 x 128, 6.66-10.87x at 16 -> 16 on 8 x 64 x 64, 3.13-3.35x at 32 -> 32 on 4 x 32 x 32,
 1.20-1.61x at 64 -> 64 on 2 x 16 x 16, 5.20-6.51x for a 1 x 3 x 3 kernel, 1.19-1.44x for the
-1-channel input conv. So every batch-1 3D convolution on a
-CPU (a latency measurement, a batch-1 recipe, a validation pass over one window) paid up to 11x
-in PyTorch's fallback, not in the method: the Distill DSM bench's 3D U-Net ran 6.9x the 2D U-Net
-per voxel (the paper: 1.09x). ``conv3d`` evaluates the same rule and hands the convolutions it
-would leave to the fallback (but 1 x 1 x 1 kernels) to oneDNN by passing its input as a oneDNN
-tensor (``Tensor.to_mkldnn``, which the rule accepts as is), in the forward and in the backward
-(``aten::convolution_backward``); tensors stay dense (NCDHW) between layers, and only the dense
-input is saved, as ``F.conv3d`` saves it.
+1-channel input conv. So every batch-1 3D convolution on a CPU (a latency measurement, a batch-1
+recipe, a validation pass over one window) paid up to 11x in PyTorch's fallback, not in the method:
+the Distill DSM bench's 3D U-Net ran 6.9x the 2D U-Net per voxel (the paper: 1.09x). ``conv3d``
+evaluates the same rule and hands the convolutions it would leave to the fallback (but 1 x 1 x 1
+kernels) to oneDNN by passing its input as a oneDNN tensor (``Tensor.to_mkldnn``, which the rule
+accepts as is), in the forward and in the backward (``aten::convolution_backward``); tensors stay
+dense (NCDHW) between layers, and only the dense input is saved, as ``F.conv3d`` saves it.
 
 The same sums in another order: results equal ``F.conv3d``'s to float rounding (about 1e-6
 relative). Untouched, so bit-identical to ``F.conv3d``: convolutions the rule already gives
@@ -42,7 +41,7 @@ def _onednn_at_batch_one(x: torch.Tensor, weight: torch.Tensor, stride, dilation
     to its fallback and oneDNN is faster: every kernel but 1 x 1 x 1. Where the rule already
     picks oneDNN (large maps, groups > 1, 4+ x 4+ kernels) the route's two layout conversions
     would only cost (0.84-1.05x at 1 x 4-128 x 20-80 x 40-160^2, inference, measured once by
-hand, not benched)."""
+    hand, not benched)."""
     if (torch.jit.is_tracing() or torch.compiler.is_compiling()  # first: no traced shape tests
             or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 5 or x.shape[0] != 1
             or weight.shape[2:].numel() == 1 or not torch.backends.mkldnn.is_available()

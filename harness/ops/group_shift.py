@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import math
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -193,7 +193,8 @@ _KERNEL_FLAGS = ("-O3", "-shared", "-fPIC", "-pthread", "-fno-tree-loop-distribu
 _KERNEL_MERGE_MAX = 1 << 15  # runs up to 32K elements: long enough for memcpy's full speed
 _KERNEL_BOX_MAX = 1 << 16  # elements per box: threads split the work at box boundaries
 # Bytes a thread must have before another starts. With OpenMP, torch's team (awake after the
-# previous op) made 256 KB tensors 1.4x and 1 MB ones 1.5x faster on 2 threads (125 KB: 1.1x);
+# previous op) made 256 KB tensors 1.4x and 1 MB ones 1.5x faster on 2 threads (125 KB: 1.1x;
+# timed by hand at the deep stages' shapes, kernel alone);
 # a fresh pthread per call (30-55 us, on a core that may be asleep) made 8 MB ones 1.6-2.2x
 # slower and 16 MB ones 1.3-1.7x faster.
 _KERNEL_BYTES_PER_THREAD = {True: 1 << 16, False: 1 << 23}  # keyed by "built with OpenMP"
@@ -384,12 +385,11 @@ def _fastest(methods: list[str], x: torch.Tensor, groups, shift_ratio: float, in
 
 
 def _shift(x: torch.Tensor, groups: tuple[int, int, int], shift_ratio: float, inverse: bool) -> torch.Tensor:
-    """The permutation of a contiguous ``x`` by the realisation kept for its key (chosen, after
-    ``_check``, on the key's first call). Never under a jit trace: ``x.shape`` holds plain ints."""
+    """The permutation of a contiguous ``x`` by the realisation kept for its key (chosen on the
+    key's first call). Never under a jit trace: ``x.shape`` holds plain ints."""
     key = (x.shape, groups, shift_ratio, x.device.type, x.dtype)
     method = _METHOD.get(key)
     if method is None:
-        _check(_shape(x), groups, shift_ratio)
         copies = len(_strided_plan(_shape(x), groups, shift_ratio)[0])
         # Dispatch below an in-cache clone: rows, moving the data twice more, cannot beat box.
         methods = ["box"] if copies * _DISPATCH_S < x.numel() * _CLONE_S_PER_ELEMENT else ["box", "rows"]
@@ -430,11 +430,9 @@ def group_shift(x: torch.Tensor, groups, shift_ratio: float = 0.5) -> torch.Tens
     ``C_g = max(1, C_s // (g_d*g_h*g_w))`` channels, group k by k spatial groups.
     """
     groups = tuple(map(int, groups))
-    if torch._C._get_tracing_state() is None and not (x.requires_grad and torch.is_grad_enabled()):
-        # No graph to record: skip autograd's wrapper, and check the input once per key (_shift):
-        # at the deep stages these few microseconds are a tenth of the op.
-        return _shift(x.contiguous(), groups, shift_ratio, inverse=False)
     _check(_shape(x), groups, shift_ratio)
+    if torch._C._get_tracing_state() is None and not (x.requires_grad and torch.is_grad_enabled()):
+        return _shift(x.contiguous(), groups, shift_ratio, inverse=False)  # no graph to record: skip autograd's wrapper
     return _GroupShiftFn.apply(x, groups, float(shift_ratio))
 
 
