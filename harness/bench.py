@@ -34,7 +34,7 @@ from monai.losses import DiceLoss
 from harness.config import ConfigError, CostCfg, DataCfg, ModelCfg, ResourcesCfg, TrainCfg, TrialSpec
 from harness.data import build_task
 from harness.models import build_model
-from harness.ops import Obelisk, conv3d, group_shift, onednn_convs, regular_grid
+from harness.ops import Obelisk, conv3d, group_shift, onednn_convs, regular_grid, upsample_trilinear2x
 from harness.train import build_trial, make_loader, train_step
 
 
@@ -164,6 +164,64 @@ def bench_gs_share(device: torch.device, quick: bool) -> list[dict]:
         out.append({"device": str(device), "net": net, "input": "x".join(map(str, (batch, params["in_channels"], *patch))),
                     "step_s": t_gs, "step_without_gs_s": t_id, "gs_share": 1 - 1 / ratio, "gs_layers": len(shifts)})
     return out
+
+
+# The GSP nets' decoder upsampling inputs: Table 2 (PROMISE12) at its quick scale and at the
+# paper's crop, Table 3 (BraTS18) at its quick scale: (net, input of one step, model params).
+UP_NETS = {
+    "promise12 quick": ((1, 1, 16, 128, 128), {"in_channels": 1, "out_channels": 1, "widths": [8, 16, 32, 64, 128]}),
+    "promise12 paper crop": ((1, 1, 16, 128, 128), {"in_channels": 1, "out_channels": 1}),
+    "brats18 quick": ((2, 4, 32, 64, 64), {"in_channels": 4, "out_channels": 3}),
+}
+
+
+def bench_upsample(quick: bool) -> tuple[list[dict], list[dict]]:
+    """Trilinear x2 (``harness.ops.upsample``) on CPU: PyTorch's kernels / the compiled one, forward
+    and backward, at every decoder stage of the GSP nets (identical numbers; the op keeps the
+    faster per shape and direction), and a GSP training step with PyTorch's upsampling / with the op."""
+    from harness.ops import upsample as up
+
+    if up._kernel() is None:
+        return [], []
+    cpu, rows, steps = torch.device("cpu"), [], []
+    for net, (shape, params) in list(UP_NETS.items())[: 1 if quick else None]:
+        model = build_model("gsp_unet", **params, insert="CSC", groups=[[2, 2, 2], [1, 4, 4], [1, 4, 4], [1, 2, 2], [1, 1, 1]])
+        inputs = []
+        for u in model.up:
+            u.register_forward_pre_hook(lambda m, i: inputs.append(tuple(i[0].shape)))
+        with torch.device("meta"):
+            model.to("meta")(torch.empty(shape, device="meta"))
+        for in_shape in inputs:
+            x = torch.randn(in_shape)
+            g = torch.randn(*in_shape[:2], *(2 * s for s in in_shape[2:]))
+            rounds = 3 if quick else 10
+            f_torch, f_kernel, f_ratio = _alternate(lambda: up._forward(x, "torch"), lambda: up._forward(x, "kernel"), rounds, cpu)
+            b_torch, b_kernel, b_ratio = _alternate(lambda: up._backward(g, x.shape, "torch"),
+                                                    lambda: up._backward(g, x.shape, "kernel"), rounds, cpu)
+            upsample_trilinear2x(x.requires_grad_()).backward(g)  # the op's own choice for this shape
+            rows.append({"net": net, "input": "x".join(map(str, in_shape)), "forward_torch_ms": 1e3 * f_torch,
+                         "forward_kernel_ms": 1e3 * f_kernel, "forward_speedup": f_ratio,
+                         "backward_torch_ms": 1e3 * b_torch, "backward_kernel_ms": 1e3 * b_kernel, "backward_speedup": b_ratio,
+                         "kept": f"{up._METHOD[('forward', x.shape)]} / {up._METHOD[('backward', g.shape)]}"})
+        model = build_model("gsp_unet", **params, insert="CSC",
+                            groups=[[2, 2, 2], [1, 4, 4], [1, 4, 4], [1, 2, 2], [1, 1, 1]]).train()
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        x = torch.randn(shape)
+
+        def step(ours: bool):
+            def run():
+                for u in model.up:
+                    u[0] = up.Upsample2x() if ours else torch.nn.Upsample(scale_factor=2, mode="trilinear")
+                loss = model(x).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            return run
+
+        t_torch, t_ours, ratio = _alternate(step(False), step(True), 3 if quick else 10, cpu)
+        steps.append({"net": net, "input": "x".join(map(str, shape)), "step_torch_upsample_s": t_torch,
+                      "step_s": t_ours, "speedup": ratio})
+    return rows, steps
 
 
 def bench_train_step(device: torch.device, patch: list[int], rounds: int) -> dict:
@@ -412,6 +470,7 @@ def run_bench(out: Path, quick: bool = False, device: str = "all") -> int:
         result["brats"].append(bench_brats(device, quick))
         if device.type == "cpu":  # the rule and the route are the CPU's; CUDA runs cuDNN
             result["conv3d"] += bench_conv3d(device, quick)
+            result["upsample"], result["upsample_step"] = bench_upsample(quick)  # CUDA: the op is F.interpolate
         if device.type == "cuda":
             result["paper_steps"] = bench_paper_steps(device)
     if not quick and any(d.type == "cpu" for d in devices):  # minutes of Ray and MLflow (CPU trials): full bench only
@@ -466,6 +525,19 @@ def run_bench(out: Path, quick: bool = False, device: str = "all") -> int:
               "| device | conv | input | F.conv3d ms | harness conv3d ms | ratio (median of pairs) |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['device']} | {r['conv']} | {r['input']} | {r['torch_ms']:.1f} | {r['harness_ms']:.1f} | "
               f"**{r['ratio']:.2f}** |" for r in result.get("conv3d", [])]
+    if result.get("upsample"):
+        lines += ["", "## Trilinear x2, forward and backward: PyTorch's CPU kernels / harness.ops.upsample's (CPU)", "",
+                  "The decoder upsampling inputs of the GSP nets; both give the same numbers bit for bit, and the op "
+                  "keeps the faster per shape and direction (`kept`: forward / backward).", "",
+                  "| net | input | forward PyTorch ms | forward kernel ms | speed-up | backward PyTorch ms | "
+                  "backward kernel ms | speed-up | kept |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['net']} | {r['input']} | {r['forward_torch_ms']:.2f} | {r['forward_kernel_ms']:.2f} | "
+                  f"**{r['forward_speedup']:.1f}** | {r['backward_torch_ms']:.2f} | {r['backward_kernel_ms']:.2f} | "
+                  f"**{r['backward_speedup']:.1f}** | {r['kept']} |" for r in result["upsample"]]
+        lines += ["", "A GSP training step (forward + backward + SGD, CSC) with PyTorch's upsampling / with the op:", "",
+                  "| net | input | step s, PyTorch's upsampling | step s | speed-up (median of pairs) |", "|---|---|---|---|---|"]
+        lines += [f"| {r['net']} | {r['input']} | {r['step_torch_upsample_s']:.3f} | {r['step_s']:.3f} | **{r['speedup']:.2f}** |"
+                  for r in result["upsample_step"]]
     if result.get("paper_steps"):
         lines += ["", "## A paper-scale training step of each family (CUDA)", "",
                   "| device | study | trial | model | batch | patch | AMP | step s | peak memory MB |",

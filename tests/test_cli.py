@@ -98,6 +98,14 @@ def test_bench_writes_ratios(tmp_path):
     assert res["train_step"][0]["throughput_ratio"] > 0 and res["train_step"][0]["patch"] == [16, 64, 64]
     assert res["train_step"][0]["samples_ms_per_batch"] > 0 and res["train_step"][0]["samples_ms_per_batch_with_metadata"] > 0
     assert "Group Shift forward / x.clone()" in (tmp_path / "README.md").read_text()
+    # Trilinear x2 at each decoder stage of the PROMISE12 quick net (8 to 128 channels), where the kernel builds.
+    from harness.ops.upsample import _kernel as up_kernel
+
+    if up_kernel() is not None:
+        assert [r["input"] for r in res["upsample"]] == ["1x128x1x8x8", "1x64x2x16x16", "1x32x4x32x32", "1x16x8x64x64"]
+        assert all(r["forward_speedup"] > 0 and r["backward_speedup"] > 0 for r in res["upsample"])
+        assert all(set(r["kept"].split(" / ")) <= {"torch", "kernel"} for r in res["upsample"])
+        assert res["upsample_step"][0]["step_s"] > 0 and "Trilinear x2" in (tmp_path / "README.md").read_text()
     dsm = {r["model"]: r for r in res["dsm_wall_time"]}
     assert set(dsm) == {"unet2d", "residual_dsm", "unet3d", "distill_dsm"}
     assert dsm["unet3d"]["paper_ratio"] == pytest.approx(8.6517 / 7.9498) and dsm["unet2d"]["ns_per_voxel"] > 0

@@ -1,15 +1,13 @@
 """Group Shift against hand-worked cases of Eqs. 2-8 and a literal per-voxel transcription."""
 import importlib
 import itertools
-import os
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from harness.ops import GroupShift, group_shift
+from harness.ops import GroupShift, group_shift, native
 from harness.ops.group_shift import _METHOD, _apply, _apply_kernel, _apply_rows, _kernel
 
 needs_kernel = pytest.mark.skipif(_kernel() is None, reason="no C compiler: the kernel realisation is not built")
@@ -132,12 +130,11 @@ def _kernel_builds():
     """Every build of the kernel this machine can make, with and without its SIMD rows."""
     if _kernel() is None:
         return []
-    cache = Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
     out = []
     for openmp in (True, False):
         command = gs_module._kernel_command() + (["-fopenmp"] if openmp else [])
         try:
-            lib = gs_module._build(command, cache)
+            lib = native.build(command, native.cache_dir(), gs_module._KERNEL_SOURCE)
         except subprocess.SubprocessError:
             continue
         for simd in (True, False):
@@ -278,21 +275,18 @@ def test_kernel_keeps_its_plan_alive_when_the_plan_cache_is_cleared():
     assert torch.equal(_apply_kernel(x, (2, 2, 2), 0.5, inverse=False), expected)
 
 
-def test_the_fastest_realisation_is_kept_with_more_rounds_for_quick_ones(monkeypatch):
+def test_the_fastest_realisation_is_kept_with_more_rounds_for_quick_ones():
     import time
 
     def timed(fast: float, slow: float, mid: float) -> tuple[str, dict]:
         calls = {"box": 0, "rows": 0, "kernel": 0}
+        seconds = {"box": slow, "rows": fast, "kernel": mid}
 
-        def fake(name, seconds):
-            def apply(x, groups, ratio, inverse):
-                calls[name] += 1
-                time.sleep(seconds)
-            return apply
+        def run(name):
+            calls[name] += 1
+            time.sleep(seconds[name])
 
-        monkeypatch.setattr(gs_module, "_APPLY", {"box": fake("box", slow), "rows": fake("rows", fast),
-                                                  "kernel": fake("kernel", mid)})
-        return gs_module._fastest(["box", "rows", "kernel"], torch.zeros(1), (1, 1, 1), 0.5, False), calls
+        return native.fastest(["box", "rows", "kernel"], run), calls
 
     # Quick realisations (a round of ~2 ms): up to 15 rounds fit the 50 ms budget.
     best, calls = timed(0.0001, 0.001, 0.0005)

@@ -21,6 +21,7 @@ from torch import nn
 
 from harness.models.blocks import ConvNormAct
 from harness.ops.group_shift import GroupShift
+from harness.ops.upsample import Upsample2x
 from harness.registry import MODELS, UnknownNameError
 
 INSERTS = ("CSC", "CCS", "CSCS", "CSCSUpShift")
@@ -118,6 +119,7 @@ class GSPUNet(nn.Module):
         for i in reversed(range(n - 1)):
             ups: list[nn.Module] = [
                 nn.ConvTranspose3d(widths[i + 1], widths[i + 1], 2, stride=2) if upsample == "transpose"
+                else Upsample2x() if upsample == "trilinear"  # nn.Upsample's numbers, bit for bit, faster on CPU
                 else nn.Upsample(scale_factor=2, mode=upsample)
             ]
             if dec_ins == "CSCSUpShift":

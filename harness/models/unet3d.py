@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from harness.ops.upsample import upsample_trilinear2x
 from harness.registry import MODELS
 
 
@@ -107,6 +107,6 @@ class ResidualUNet3D(nn.Module):
                 x = self.down[i](x)
         for block, proj in zip(self.dec_blocks, self.dec_proj):
             x = proj(block(x))
-            x = F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
+            x = upsample_trilinear2x(x)  # F.interpolate(scale_factor=2, mode="trilinear"), bit for bit
             x = torch.cat([x, skips.pop()], dim=1)
         return self.head(self.last(x))

@@ -31,14 +31,10 @@ groups, ratio, device, dtype), timed once on the first call (as ``cudnn.benchmar
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import math
 import os
-import platform
 import subprocess
-import sysconfig
-import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -46,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness.ops import native
 from harness.registry import OPS
 
 log = logging.getLogger(__name__)
@@ -200,19 +197,6 @@ _KERNEL_BOX_MAX = 1 << 16  # elements per box: threads split the work at box bou
 _KERNEL_BYTES_PER_THREAD = {True: 1 << 16, False: 1 << 23}  # keyed by "built with OpenMP"
 
 
-def _build(command: list[str], cache: Path) -> Path:
-    """The library ``command`` builds, compiled once into ``cache`` (named by a hash of the
-    source, flags and machine: a home shared by a cluster's nodes may mix them)."""
-    tag = hashlib.sha256(_KERNEL_SOURCE.read_bytes() + " ".join([platform.machine(), *command]).encode()).hexdigest()[:16]
-    lib = cache / f"group_shift_kernel-{tag}{sysconfig.get_config_var('SHLIB_SUFFIX') or '.so'}"
-    if not lib.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = lib.with_suffix(f".{os.getpid()}.tmp")  # concurrent workers: build apart, rename atomically
-        subprocess.run([*command, "-o", str(tmp)], check=True, capture_output=True, timeout=120)
-        os.replace(tmp, lib)
-    return lib
-
-
 @lru_cache(maxsize=1)
 def _kernel():
     """The compiled ``group_shift_kernel.c`` (``ctypes``), or None where it cannot be built.
@@ -225,20 +209,19 @@ def _kernel():
     """
     if os.environ.get("HARNESS_GS_KERNEL", "1") == "0":
         return None
-    command = _kernel_command()
-    cache = Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
+    command, cache = _kernel_command(), native.cache_dir()
     try:
         try:
-            return _load(_build([*command, "-fopenmp"], cache))
+            return _load(native.build([*command, "-fopenmp"], cache, _KERNEL_SOURCE))
         except subprocess.SubprocessError:  # no OpenMP (e.g. Apple clang): pthreads
-            return _load(_build(command, cache))
+            return _load(native.build(command, cache, _KERNEL_SOURCE))
     except (OSError, subprocess.SubprocessError) as e:  # no compiler; a cache on a noexec mount
         log.warning("group_shift: no compiled kernel (%s); using the torch realisations", e)
         return None
 
 
 def _kernel_command() -> list[str]:
-    return [os.environ.get("CC", "cc"), *_KERNEL_FLAGS, str(_KERNEL_SOURCE)]
+    return [native.compiler(), *_KERNEL_FLAGS, str(_KERNEL_SOURCE)]
 
 
 def _load(lib: Path) -> ctypes.CDLL:
@@ -358,32 +341,6 @@ _CLONE_S_PER_ELEMENT = 1e-10  # 10^10 elements per second: a fast, in-cache clon
 _APPLY = {"box": _apply, "rows": _apply_rows, "kernel": _apply_kernel}
 
 
-def _fastest(methods: list[str], x: torch.Tensor, groups, shift_ratio: float, inverse: bool) -> str:
-    """The fastest of ``methods`` on ``x``: the least time of alternated runs after a warm-up of each.
-
-    Rounds fill about 50 ms (3 to 15): a small tensor's sub-millisecond times need more samples
-    on a noisy machine than a paper-scale one's, which cannot afford them. The least, not the
-    median: interference only slows a run, and on a shared machine it hit medians hard enough to
-    keep ``box`` at 8x the kernel's time.
-    """
-    times: dict[str, list[float]] = {m: [] for m in methods}
-    rounds, r = 3, 0
-    while r <= rounds:
-        for m in methods:
-            if x.is_cuda:
-                torch.cuda.synchronize(x.device)
-            t0 = time.perf_counter()
-            _APPLY[m](x, groups, shift_ratio, inverse)
-            if x.is_cuda:
-                torch.cuda.synchronize(x.device)
-            times[m].append(time.perf_counter() - t0)
-        if r == 0:  # the warm-up round sets the budget and is not counted
-            rounds = max(3, min(15, int(0.05 / max(sum(ts[0] for ts in times.values()), 1e-9))))
-            times = {m: [] for m in methods}
-        r += 1
-    return min(methods, key=lambda m: min(times[m]))
-
-
 def _shift(x: torch.Tensor, groups: tuple[int, int, int], shift_ratio: float, inverse: bool) -> torch.Tensor:
     """The permutation of a contiguous ``x`` by the realisation kept for its key (chosen on the
     key's first call). Never under a jit trace: ``x.shape`` holds plain ints."""
@@ -396,7 +353,9 @@ def _shift(x: torch.Tensor, groups: tuple[int, int, int], shift_ratio: float, in
         if x.device.type == "cpu" and _kernel() is not None:
             methods.append("kernel")
         # All give identical results; keep the fastest on this machine (once per shape).
-        method = methods[0] if len(methods) == 1 else _fastest(methods, x, groups, shift_ratio, inverse)
+        method = methods[0] if len(methods) == 1 else native.fastest(
+            methods, lambda m: _APPLY[m](x, groups, shift_ratio, inverse),
+            (lambda: torch.cuda.synchronize(x.device)) if x.is_cuda else None)
         _METHOD[key] = method
     return _APPLY[method](x, groups, shift_ratio, inverse)
 
