@@ -173,6 +173,7 @@ UP_NETS = {
     "promise12 paper crop": ((1, 1, 16, 128, 128), {"in_channels": 1, "out_channels": 1}),
     "brats18 quick": ((2, 4, 32, 64, 64), {"in_channels": 4, "out_channels": 3}),
 }
+UP_GROUPS = [[2, 2, 2], [1, 4, 4], [1, 4, 4], [1, 2, 2], [1, 1, 1]]  # divide every stage of the three inputs
 
 
 def bench_upsample(quick: bool) -> tuple[list[dict], list[dict]]:
@@ -185,7 +186,7 @@ def bench_upsample(quick: bool) -> tuple[list[dict], list[dict]]:
         return [], []
     cpu, rows, steps = torch.device("cpu"), [], []
     for net, (shape, params) in list(UP_NETS.items())[: 1 if quick else None]:
-        model = build_model("gsp_unet", **params, insert="CSC", groups=[[2, 2, 2], [1, 4, 4], [1, 4, 4], [1, 2, 2], [1, 1, 1]])
+        model = build_model("gsp_unet", **params, insert="CSC", groups=UP_GROUPS)
         inputs = []
         for u in model.up:
             u.register_forward_pre_hook(lambda m, i: inputs.append(tuple(i[0].shape)))
@@ -203,8 +204,7 @@ def bench_upsample(quick: bool) -> tuple[list[dict], list[dict]]:
                          "forward_kernel_ms": 1e3 * f_kernel, "forward_speedup": f_ratio,
                          "backward_torch_ms": 1e3 * b_torch, "backward_kernel_ms": 1e3 * b_kernel, "backward_speedup": b_ratio,
                          "kept": f"{up._METHOD[('forward', x.shape)]} / {up._METHOD[('backward', g.shape)]}"})
-        model = build_model("gsp_unet", **params, insert="CSC",
-                            groups=[[2, 2, 2], [1, 4, 4], [1, 4, 4], [1, 2, 2], [1, 1, 1]]).train()
+        model = build_model("gsp_unet", **params, insert="CSC", groups=UP_GROUPS).train()  # the meta one is spent
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         x = torch.randn(shape)
 
