@@ -17,7 +17,8 @@
    and the time per case at batch 1 vs batch 2, where PyTorch's CPU convolution leaves oneDNN
    for its slow path at batch 1 (N C D H <= 20480).
 6. 3D convolutions at batch 1 on the CPU, forward + backward: ``F.conv3d`` (PyTorch's backend
-   rule) vs ``harness.ops.conv.conv3d`` (oneDNN), at the feature maps of a small 3D U-Net.
+   rule) vs ``harness.ops.conv.conv3d`` (oneDNN), at the feature maps of a small 3D U-Net; and at
+   batch 2 with few channels, where ``conv3d`` runs the backward on channels-last copies.
 Timings alternate between the two sides so that drift hits both equally.
 """
 from __future__ import annotations
@@ -417,6 +418,28 @@ def bench_conv3d(device: torch.device, quick: bool) -> list[dict]:
     return rows
 
 
+# Batch-2 training convolutions (C_in, C_out, kernel, D, H, W) whose backward harness.ops.conv runs
+# in channels-last: the 3D FCN's and 3D U-Net's first stages at the quick crops, a 16 -> 8 decoder
+# conv, and CBAM's 7^3 spatial gate (2 -> 1).
+CL_BACKWARD_SHAPES = [(8, 8, 3, 32, 64, 64), (4, 8, 3, 32, 64, 64), (24, 8, 3, 32, 64, 64), (16, 8, 3, 32, 48, 48),
+                      (2, 1, 7, 32, 48, 48)]
+
+
+def bench_conv3d_channels_last(device: torch.device, quick: bool) -> list[dict]:
+    """Forward + backward of one batch-2 convolution with few channels: ``F.conv3d`` /
+    ``harness.ops.conv.conv3d`` (the same forward, the backward on channels-last copies)."""
+    rows = []
+    for cin, cout, k, d, h, w in CL_BACKWARD_SHAPES[:2] if quick else CL_BACKWARD_SHAPES:
+        x = torch.randn(2, cin, d, h, w, device=device, requires_grad=True)
+        weight = torch.randn(cout, cin, k, k, k, device=device, requires_grad=True)
+        t_torch, t_ours, ratio = _alternate(lambda: torch.nn.functional.conv3d(x, weight, padding=k // 2).sum().backward(),
+                                            lambda: conv3d(x, weight, padding=k // 2).sum().backward(),
+                                            2 if quick else 5, device)
+        rows.append({"device": str(device), "conv": f"{cin}->{cout}, {k}x{k}x{k}", "input": f"2x{cin}x{d}x{h}x{w}",
+                     "torch_ms": 1e3 * t_torch, "harness_ms": 1e3 * t_ours, "ratio": ratio})
+    return rows
+
+
 # One reference study per family: a paper-scale training step of its first variant on a GPU.
 PAPER_STEP_STUDIES = ["gsp_table3_brats18", "dsm_table1_brats20", "obelisk_table3_visceral", "conres_table3_ablation",
                       "brats20_table2"]
@@ -459,7 +482,7 @@ def run_bench(out: Path, quick: bool = False, device: str = "all") -> int:
                           "cpu_threads": torch.get_num_threads(), "processor": platform.processor(),
                           "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
               "quick": quick, "group_shift": [], "gs_share": [], "train_step": [], "dsm_wall_time": [], "obelisk": [], "brats": [],
-              "conv3d": []}
+              "conv3d": [], "conv3d_channels_last": []}
     for device in devices:
         result["group_shift"] += bench_group_shift(device, quick)
         result["gs_share"] += bench_gs_share(device, quick)
@@ -470,6 +493,7 @@ def run_bench(out: Path, quick: bool = False, device: str = "all") -> int:
         result["brats"].append(bench_brats(device, quick))
         if device.type == "cpu":  # the rule and the route are the CPU's; CUDA runs cuDNN
             result["conv3d"] += bench_conv3d(device, quick)
+            result["conv3d_channels_last"] += bench_conv3d_channels_last(device, quick)
             result["upsample"], result["upsample_step"] = bench_upsample(quick)  # CUDA: the op is F.interpolate
         if device.type == "cuda":
             result["paper_steps"] = bench_paper_steps(device)
@@ -525,6 +549,13 @@ def run_bench(out: Path, quick: bool = False, device: str = "all") -> int:
               "| device | conv | input | F.conv3d ms | harness conv3d ms | ratio (median of pairs) |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['device']} | {r['conv']} | {r['input']} | {r['torch_ms']:.1f} | {r['harness_ms']:.1f} | "
               f"**{r['ratio']:.2f}** |" for r in result.get("conv3d", [])]
+    lines += ["", "## 3D convolution at batch 2 with few channels, forward + backward: dense layout / harness.ops.conv (CPU)", "",
+              "oneDNN's backward on dense NCDHW tensors with fewer than 16 input channels is slow; `harness.ops.conv` "
+              "runs it on channels-last copies where 2 <= C_in <= 24 and min(C_in, C_out) < 16 (the forward is "
+              "F.conv3d's).", "",
+              "| device | conv | input | F.conv3d ms | harness conv3d ms | ratio (median of pairs) |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['device']} | {r['conv']} | {r['input']} | {r['torch_ms']:.1f} | {r['harness_ms']:.1f} | "
+              f"**{r['ratio']:.2f}** |" for r in result.get("conv3d_channels_last", [])]
     if result.get("upsample"):
         lines += ["", "## Trilinear x2, forward and backward: PyTorch's CPU kernels / harness.ops.upsample's (CPU)", "",
                   "The decoder upsampling inputs of the GSP nets; both give the same numbers bit for bit, and the op "

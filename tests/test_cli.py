@@ -120,6 +120,10 @@ def test_bench_writes_ratios(tmp_path):
     assert [r["input"] for r in conv] == ["1x1x16x128x128", "1x8x16x128x128", "1x16x8x64x64"]
     assert all(r["torch_ms"] > 0 and r["harness_ms"] > 0 for r in conv)
     assert "3D convolution at batch 1" in (tmp_path / "README.md").read_text()
+    cl = res["conv3d_channels_last"]
+    assert [r["input"] for r in cl] == ["2x8x32x64x64", "2x4x32x64x64"]
+    assert all(r["torch_ms"] > 0 and r["harness_ms"] > 0 for r in cl)
+    assert "3D convolution at batch 2 with few channels" in (tmp_path / "README.md").read_text()
 
 
 def test_list_names_every_registry_with_its_built_in_components(capsys, tmp_path, monkeypatch):

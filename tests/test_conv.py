@@ -1,8 +1,10 @@
-"""harness.ops.conv: batch-1 CPU 3D convolutions on oneDNN, equal to F.conv3d."""
+"""harness.ops.conv: batch-1 CPU 3D convolutions on oneDNN, and the channels-last backward with few
+channels; equal to F.conv3d."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from harness.cost import count_macs, measure_training_memory
 from harness.ops.conv import Conv3d, conv3d, onednn_convs
@@ -67,6 +69,72 @@ def test_left_to_pytorch_bit_for_bit(case):
     pad = "same" if case == "uneven same" else k // 2
     assert torch.equal(conv3d(x, w, padding=pad, groups=groups), F.conv3d(x, w, padding=pad, groups=groups))
     assert "aten::to_mkldnn" not in _ops(lambda: conv3d(x, w, padding=pad, groups=groups))
+
+
+class _BackwardLayouts(TorchDispatchMode):
+    """Records whether each ``aten::convolution_backward`` got channels-last gradient and input."""
+
+    def __init__(self):
+        super().__init__()
+        self.channels_last = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution_backward.default:
+            cl = torch.channels_last_3d
+            self.channels_last.append(args[0].is_contiguous(memory_format=cl) and args[1].is_contiguous(memory_format=cl)
+                                      and not args[1].is_contiguous())
+        return func(*args, **(kwargs or {}))
+
+
+def _layouts_and_grads(conv, x, w, b, **kw):
+    xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
+    bs = None if b is None else b.clone().requires_grad_()
+    y = conv(xs, ws, bs, **kw)
+    with _BackwardLayouts() as mode:
+        y.backward(torch.linspace(-1, 1, y.numel()).reshape(y.shape))
+    return y.detach(), [t.grad for t in (xs, ws, bs) if t is not None], mode.channels_last
+
+
+@pytest.mark.parametrize("kw", [
+    dict(n=2, cin=8, cout=8, kernel=3, padding=1),
+    dict(n=2, cin=4, cout=8, kernel=3, stride=2, padding=1, bias=False),
+    dict(n=3, cin=13, cout=8, kernel=3, padding="same"),
+    dict(n=2, cin=24, cout=8, kernel=(1, 3, 3), padding=(0, 1, 1)),
+    dict(n=2, cin=2, cout=1, kernel=7, padding=3, bias=False),  # CBAM's spatial gate
+])
+def test_few_channels_backward_in_channels_last(kw):
+    # The forward is F.conv3d's bit for bit; the backward runs on channels-last copies and its
+    # gradients, handed back dense, equal PyTorch's to float rounding.
+    kw = dict(kw)
+    n, cin, cout, kernel, bias = *(kw.pop(k) for k in ("n", "cin", "cout", "kernel")), kw.pop("bias", True)
+    kernel = (kernel,) * 3 if isinstance(kernel, int) else kernel
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(n, cin, 6, 10, 12, generator=gen), torch.randn(cout, cin, *kernel, generator=gen)
+    b = torch.randn(cout, generator=gen) if bias else None
+    y, grads, layouts = _layouts_and_grads(conv3d, x, w, b, **kw)
+    y_ref, grads_ref, layouts_ref = _layouts_and_grads(F.conv3d, x, w, b, **kw)
+    assert torch.equal(y, y_ref)
+    assert layouts == [True] and layouts_ref == [False]
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        assert g.is_contiguous() and g.shape == g_ref.shape
+        torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["32 channels in", "1 channel in", "16 -> 16", "groups", "pointwise", "batch 1", "no grad"])
+def test_backward_left_dense_outside_the_rule(case):
+    n, cin, cout, k, groups = {"32 channels in": (2, 32, 8, 3, 1), "1 channel in": (2, 1, 8, 3, 1),
+                               "16 -> 16": (2, 16, 16, 3, 1), "groups": (2, 8, 8, 3, 2), "pointwise": (2, 8, 8, 1, 1),
+                               "batch 1": (1, 8, 8, 3, 1), "no grad": (2, 8, 8, 3, 1)}[case]
+    x, w = torch.randn(n, cin, 4, 6, 6), torch.randn(cout, cin // groups, k, k, k)
+    if case == "no grad":
+        with torch.no_grad():
+            assert torch.equal(conv3d(x, w, padding=k // 2), F.conv3d(x, w, padding=k // 2))
+        return
+    _, grads, layouts = _layouts_and_grads(conv3d, x, w, None, padding=k // 2, groups=groups)
+    _, grads_ref, _ = _layouts_and_grads(F.conv3d, x, w, None, padding=k // 2, groups=groups)
+    assert layouts in ([False], [])  # [] at batch 1: its oneDNN route's backward takes oneDNN tensors
+    if case != "batch 1":  # the batch-1 route sums in another order (its own test above)
+        assert all(torch.equal(g, r) for g, r in zip(grads, grads_ref, strict=True))
 
 
 @pytest.mark.filterwarnings("ignore:TF32 acceleration")  # mkldnn.flags() sets TF32 too
