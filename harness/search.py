@@ -10,6 +10,7 @@ each Pareto point as a ready study variant for ``harness run``.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from pathlib import Path
@@ -185,12 +186,45 @@ class Space:
                                VariantCfg(name=name, params=params, train=train, task=self.cfg.task))[0]
 
 
+@functools.cache
+def _nsga2_class():
+    """NSGA-II that pickles: Optuna 5.1's genetic samplers (``BaseGASampler``) hold a
+    ``threading.Lock`` and no ``__getstate__``, and Ray Tune pickles the search algorithm with
+    its sampler ("cannot pickle '_thread.lock' object"). Locks leave the state and come back
+    fresh on unpickling, as Optuna's own storages do. Built on first use (Optuna is imported
+    lazily); the module's ``__getattr__`` builds it for pickle's lookup by name."""
+    import threading
+
+    import optuna
+
+    class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+        def __getstate__(self):
+            locks = [k for k, v in self.__dict__.items() if isinstance(v, type(threading.Lock()))]
+            return {**{k: v for k, v in self.__dict__.items() if k not in locks}, "_harness_locks": locks}
+
+        def __setstate__(self, state):
+            state = dict(state)
+            locks = state.pop("_harness_locks", [])
+            self.__dict__.update(state)
+            for k in locks:
+                setattr(self, k, threading.Lock())
+
+    PicklableNSGAIISampler.__module__, PicklableNSGAIISampler.__qualname__ = __name__, "PicklableNSGAIISampler"
+    return PicklableNSGAIISampler
+
+
+def __getattr__(name: str):
+    if name == "PicklableNSGAIISampler":
+        return _nsga2_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _sampler(cfg: SamplerCfg, multi: bool):
     import optuna
 
     # Pinned explicitly: Optuna 5 changed the default multi-objective sampler.
     if cfg.name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=cfg.seed, population_size=cfg.population_size)
+        return _nsga2_class()(seed=cfg.seed, population_size=cfg.population_size)
     if cfg.name == "tpe":
         return optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True)
     return optuna.samplers.RandomSampler(seed=cfg.seed)

@@ -29,8 +29,12 @@ def spec(model="gsp_unet", params=None, data=("synthetic_organ", {"n_cases": 5, 
 
 
 # Final validation Dice of two fixed-seed CPU trials, recorded with the closed recipe (before
-# components by name, commit fc81d05) and asserted unchanged after it.
+# components by name, commit fc81d05) and asserted unchanged after it. The GSP trial's ops (Group
+# Shift, pointwise convs) sum alike on every CPU seen, so it is pinned exactly; Distill DSM's 2D
+# convs run oneDNN kernels that the CPU picks: 80.0704 on the AMD EPYC it was recorded on,
+# 80.5013 on an Intel Xeon (the same commit on both), so that pin allows a point.
 BEFORE = {"gsp": 19.817441701889038, "dsm": 80.07044196128845}
+DSM_ACROSS_CPUS = 1.0
 
 
 def test_fixed_seed_trials_give_the_dice_they_gave_before_the_recipe_opened():
@@ -38,7 +42,7 @@ def test_fixed_seed_trials_give_the_dice_they_gave_before_the_recipe_opened():
     dsm = run_trial(spec("distill_dsm", {"alpha": 0.5}, ("synthetic_depth", {"n_cases": 5, "shape": [16, 32, 32]}),
                          steps_per_epoch=5, loss="dice_ce", optimizer="adam", lr=0.003, schedule="constant"))
     assert gsp["mean_dice"] == pytest.approx(BEFORE["gsp"], abs=1e-6)
-    assert dsm["mean_dice"] == pytest.approx(BEFORE["dsm"], abs=1e-6)
+    assert dsm["mean_dice"] == pytest.approx(BEFORE["dsm"], abs=DSM_ACROSS_CPUS)
 
 
 def test_a_bare_name_is_a_component_and_params_are_checked_against_the_factory():

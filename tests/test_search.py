@@ -175,3 +175,20 @@ def test_pareto_variants_carry_training_overrides(tmp_path):
 def test_unknown_training_field_in_a_knob_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="lrr"):
         Space(write(tmp_path, {**SPACE, "knobs": {"train.lrr": {"choice": [0.1]}}}))
+
+
+def test_nsga2_sampler_survives_pickling_as_ray_tune_does():
+    # Optuna 5.1's genetic samplers hold a thread lock; Ray Tune pickles the search algorithm.
+    import pickle
+
+    from ray import cloudpickle
+
+    from harness.search import SamplerCfg, _sampler
+
+    sampler = _sampler(SamplerCfg(name="nsga2", seed=7, population_size=4), multi=True)
+    for dumps in (pickle.dumps, cloudpickle.dumps):
+        copy = pickle.loads(dumps(sampler))
+        assert isinstance(copy, optuna.samplers.NSGAIISampler) and copy.population_size == 4
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=copy)
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), n_trials=6)
+    assert len(study.trials) == 6
