@@ -83,25 +83,37 @@ def _int_padding(padding, weight: torch.Tensor, dilation) -> list[int] | None:
     return list(_triple(padding))
 
 
-class _OneDNNConv3d(torch.autograd.Function):
-    """Forward and backward on oneDNN tensors; saves the dense input, so that no second copy
-    of each activation is kept for the backward (passing ``x.to_mkldnn()`` through autograd
-    keeps one: twice the training memory of a 3D U-Net at batch 1)."""
+class _RoutedConv3d(torch.autograd.Function):
+    """A convolution whose forward and backward run on layout copies made by ``layout``:
+    ``to_mkldnn`` (batch-1 route: forward and backward on oneDNN tensors) or ``channels_last``
+    (few-channel route: the forward is ``F.conv3d``'s, the backward on channels-last copies of
+    gradient, input and weight). Either way only the dense input and the weight are saved, as
+    ``F.conv3d`` saves them (a oneDNN copy kept per layer doubled a 3D U-Net's training memory at
+    batch 1), and the layers around get dense NCDHW tensors back."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, layout):
         ctx.save_for_backward(x, weight)
-        ctx.conv = (None if bias is None else list(bias.shape), stride, padding, dilation, groups)
-        return F.conv3d(x.contiguous().to_mkldnn(), weight, bias, stride, padding, dilation, groups).to_dense()
+        ctx.conv = (None if bias is None else list(bias.shape), stride, padding, dilation, groups, layout)
+        if layout == "to_mkldnn":
+            return F.conv3d(x.contiguous().to_mkldnn(), weight, bias, stride, padding, dilation, groups).to_dense()
+        return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        bias_sizes, stride, padding, dilation, groups = ctx.conv
-        gx, gw, gb = torch.ops.aten.convolution_backward(
-            grad.contiguous().to_mkldnn(), x.contiguous().to_mkldnn(), weight, bias_sizes, stride, padding, dilation,
-            False, [0, 0, 0], groups, list(ctx.needs_input_grad[:3]))
-        return None if gx is None else gx.to_dense(), gw, gb, None, None, None, None
+        bias_sizes, stride, padding, dilation, groups, layout = ctx.conv
+        if layout == "to_mkldnn":
+            grad, x = grad.contiguous().to_mkldnn(), x.contiguous().to_mkldnn()
+        else:
+            cl = torch.channels_last_3d
+            grad, x, weight = (t.contiguous(memory_format=cl) for t in (grad, x, weight))
+        gx, gw, gb = torch.ops.aten.convolution_backward(grad, x, weight, bias_sizes, stride, padding, dilation,
+                                                         False, [0, 0, 0], groups, list(ctx.needs_input_grad[:3]))
+        dense = (lambda t: t.to_dense()) if layout == "to_mkldnn" else (lambda t: t.contiguous())
+        return (None if gx is None else dense(gx), None if gw is None else gw.contiguous(), gb,
+                None, None, None, None, None)
 
 
 def _channels_last_backward(x: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
@@ -117,45 +129,20 @@ def _channels_last_backward(x: torch.Tensor, weight: torch.Tensor, groups: int) 
     return 2 <= cin <= 24 and min(cin, cout) < 16
 
 
-class _ChannelsLastBackwardConv3d(torch.autograd.Function):
-    """``F.conv3d`` forward; backward by ``aten::convolution_backward`` on channels-last copies of
-    the gradient, the input and the weight, the gradients handed back dense (NCDHW), so the
-    layers around see the layout they always see. Saves what ``F.conv3d`` saves (input, weight);
-    the copies live only during this layer's backward."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
-        ctx.save_for_backward(x, weight)
-        ctx.conv = (None if bias is None else list(bias.shape), stride, padding, dilation, groups)
-        return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        bias_sizes, stride, padding, dilation, groups = ctx.conv
-        cl = torch.channels_last_3d
-        gx, gw, gb = torch.ops.aten.convolution_backward(
-            grad.contiguous(memory_format=cl), x.contiguous(memory_format=cl), weight.contiguous(memory_format=cl),
-            bias_sizes, stride, padding, dilation, False, [0, 0, 0], groups, list(ctx.needs_input_grad[:3]))
-        return (None if gx is None else gx.contiguous(), None if gw is None else gw.contiguous(), gb,
-                None, None, None, None)
-
-
 def conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
            dilation=1, groups: int = 1) -> torch.Tensor:
     """``F.conv3d``, on oneDNN at batch 1 on the CPU, its backward in channels-last where few
     channels make the dense layout's slow (module docstring)."""
     if _onednn_at_batch_one(x, weight, stride, dilation, groups):
-        route = _OneDNNConv3d
+        layout = "to_mkldnn"
     elif _channels_last_backward(x, weight, groups):
-        route = _ChannelsLastBackwardConv3d
+        layout = "channels_last"
     else:
         return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
     pad = _int_padding(padding, weight, dilation)
     if pad is None:
         return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
-    return route.apply(x, weight, bias, list(_triple(stride)), pad, list(_triple(dilation)), groups)
+    return _RoutedConv3d.apply(x, weight, bias, list(_triple(stride)), pad, list(_triple(dilation)), groups, layout)
 
 
 class Conv3d(nn.Conv3d):
