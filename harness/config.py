@@ -321,6 +321,12 @@ class ClaimCfg(_Strict):
     metric: str = "mean_dice"
     direction: Literal["higher", "lower", "equal"] = "higher"
     margin: float = 0.0
+    # paper: the paper states it; ours: a check of our own (a sanity check, a procedure the paper
+    # does not ablate). The index counts the two apart.
+    source: Literal["paper", "ours"] = "paper"
+    # The comparison's name where several studies judge it (ConResNet vs its baseline in Tables
+    # III-V): claims sharing an id within a paper count once in the index.
+    id: Optional[str] = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
 
     @model_validator(mode="after")
     def _equal_needs_margin(self):

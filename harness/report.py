@@ -9,8 +9,8 @@ The study file's ``layout`` says how the paper laid its table out; no per-table 
 - ``columns: <axis>`` alone: one row (GSP Sec. 3.2);
 - ``row_params: {label: "param.path"}``: leading columns read from the variants' parameters;
 - ``best: max_per_column | max_per_row | min_per_column | min_per_row``: the cell the paper bolds;
-- ``baseline: <variant>``: every variant's paired difference to it, with a crossed bootstrap
-  interval over cases and seeds (``UNIT``).
+- ``baseline: <variant>``: every variant's paired difference to it, with its 95% interval over
+  seeds and cases (``UNIT``).
 - ``columns: <axis>`` with ``values: {label: metric}``: metrics as rows (Distill DSM Table 1); with
   ``rows: <axis>`` too, ``values: {row: {label: metric}}`` gives each row group its own metric
   rows (Distill DSM Table 3: per data set, Dice per class and HD); the row group ``"*"`` comes
@@ -22,6 +22,7 @@ the study's ``claims`` are judged on the runs (``judge_claim``).
 """
 from __future__ import annotations
 
+import html as html_lib
 import json
 import math
 import os
@@ -35,6 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from harness import stats as stats_
 from harness.config import ConfigError, StudyCfg, VariantCfg, apply_data_roots, load_study, resolve, spec_hash, variants
 
 FORMATS = ("md", "html", "tex", "csv")
@@ -137,26 +139,11 @@ def summarise(trials: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["variant", "metric", "n", "mean", "std", "ci_low", "ci_high"])
 
 
-N_BOOT = 10_000
 # Cost metrics measured with timing noise: judged over seeds; the rest (params, MACs) are exact.
 NOISY_COSTS = ("latency", "peak_mem", "train_peak_mem", "step_time")
-UNIT = ("crossed bootstrap over validation cases and seeds (both resampled, 10,000 times): the same "
-        "cases recur in every seed, so neither (case, seed) pairs nor cases alone are independent units")
-
-
-def crossed_bootstrap(d: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of the grand mean of ``d`` (cases x seeds), resampling cases and
-    seeds independently with replacement (a two-way bootstrap for a crossed design).
-
-    A resample's grand mean is w_c^T d w_s with multinomial weights for rows and columns.
-    """
-    nc, ns = d.shape
-    rng = np.random.default_rng(seed)
-    wc = rng.multinomial(nc, np.full(nc, 1 / nc), size=n_boot) / nc
-    ws = rng.multinomial(ns, np.full(ns, 1 / ns), size=n_boot) / ns
-    means = np.einsum("bi,ij,bj->b", wc, d, ws)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(lo), float(hi)
+UNIT = ("a t-interval over training seeds with a validation-case term (`harness.stats`: the seed and case "
+        "parts of the paired differences, each at its own degrees of freedom, combined in quadrature; "
+        "calibrated in docs/calibration.md)")
 
 
 def paired_difference(df: pd.DataFrame | None, a: list[str], b: list[str] | float, metric: str,
@@ -182,31 +169,52 @@ def paired_difference(df: pd.DataFrame | None, a: list[str], b: list[str] | floa
 
 
 def paired_test(df: pd.DataFrame | None, a: list[str], b: list[str] | float, metric: str,
-                unit: tuple[str, ...] = ("case", "seed")) -> dict[str, Any]:
-    """a - b over matched pairs: the mean and its 95% crossed-bootstrap interval (``UNIT``).
+                unit: tuple[str, ...] = ("case", "seed"), sign: float = 1.0) -> dict[str, Any]:
+    """``sign`` x (a - b) over matched pairs: the mean, its 95% interval (``UNIT``) and the
+    minimum detectable effect at 80% power (``detectable``; ``detectable_equal`` for a claim of
+    no difference), all from ``harness.stats``.
 
-    The interval is NaN with fewer than 2 seeds, or fewer than 2 cases for per-case metrics:
-    the noise between seeds (or cases) would go unsampled.
+    The interval is NaN with fewer than 2 seeds: the noise between seeds would go unsampled.
     """
-    d = paired_difference(df, a, b, metric, unit)
+    d = sign * paired_difference(df, a, b, metric, unit)
     if d.size == 0:
-        return {"pairs": 0, "cases": 0, "seeds": 0, "delta": math.nan, "ci_low": math.nan, "ci_high": math.nan}
-    enough = d.shape[1] >= 2 and (d.shape[0] >= 2 or len(unit) == 1)
-    lo, hi = crossed_bootstrap(d) if enough else (math.nan, math.nan)
+        return {"pairs": 0, "cases": 0, "seeds": 0, "delta": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+                "detectable": math.nan, "detectable_equal": math.nan}
+    mean, lo, hi = stats_.interval(d)
     return {"pairs": int(d.size), "cases": d.shape[0] if len(unit) > 1 else 0, "seeds": d.shape[1],
-            "delta": float(d.mean()), "ci_low": lo, "ci_high": hi}
+            "delta": float(mean), "ci_low": float(lo), "ci_high": float(hi),
+            "detectable": float(stats_.detectable(d)), "detectable_equal": float(stats_.detectable(d, equivalence=True))}
+
+
+def paper_effect(study: StudyCfg, claim) -> float:
+    """The claim's effect in the paper's own numbers (``expected``), signed as claimed; NaN
+    where the paper prints no number for a side (for ``equal``: the absolute difference)."""
+    from harness.config import claim_members
+
+    def side(s) -> float:
+        if isinstance(s, (int, float)):
+            return float(s)
+        vals = [_expected(study, v, claim.metric)[0] for v in claim_members(study, s)]
+        return float(np.mean(vals))  # NaN when any member lacks the figure
+
+    eff = side(claim.better) - side(claim.than)
+    return abs(eff) if claim.direction == "equal" else -eff if claim.direction == "lower" else eff
 
 
 def judge_claim(runs: "StudyRuns", claim) -> dict[str, Any]:
-    """reproduced / contradicted / inconclusive for one ``ClaimCfg`` on the runs at hand.
+    """reproduced / contradicted / inconclusive for one ``ClaimCfg`` on the runs at hand, with
+    the design's detectable effect and a flag.
 
     Effect = ``better`` - ``than`` signed so that positive means "as claimed". Accuracy
     metrics (kept per case) pair by (case, seed); costs by seed, where parameters and MACs are
-    exact (the interval is the number itself) and timed costs are bootstrapped. Reproduced when
-    the 95% interval lies above ``margin``, contradicted when below it, inconclusive otherwise
-    or when too few cases or seeds pair (``paired_test``). A claim of no difference
-    (``equal``) is reproduced when the interval lies within +-``margin``, contradicted when it
-    lies wholly outside.
+    exact (the interval is the number itself) and timed costs get the paired t over seeds.
+    Verdicts: ``harness.stats.verdict`` on the 95% interval (``UNIT``); too few seeds to sample
+    their noise is inconclusive. ``detectable``: for a directional claim, the true effect the
+    design would reproduce with 80% power (margin + minimum detectable effect); for ``equal``,
+    the smallest margin it would show a true zero difference within. ``flag``: ``underpowered``
+    when an inconclusive claim's detectable effect exceeds the paper's own (``paper_effect``;
+    for ``equal``: exceeds the margin), ``borderline`` when moving the interval by a tenth of
+    its half-width would change the verdict (``harness.stats.is_borderline``).
     """
     from harness.config import claim_members
 
@@ -214,33 +222,48 @@ def judge_claim(runs: "StudyRuns", claim) -> dict[str, Any]:
     b = claim.than if isinstance(claim.than, (int, float)) else claim_members(runs.study, claim.than)
     per_case = runs.per_case is not None and claim.metric in runs.per_case
     r = paired_test(runs.per_case if per_case else runs.trials, a, b, claim.metric,
-                    ("case", "seed") if per_case else ("seed",))
-    if claim.direction == "lower":  # effect > 0 means as claimed
-        r = {**r, "delta": -r["delta"], "ci_low": -r["ci_high"], "ci_high": -r["ci_low"]}
+                    ("case", "seed") if per_case else ("seed",), sign=-1.0 if claim.direction == "lower" else 1.0)
     lo, hi = r["ci_low"], r["ci_high"]
+    equal = claim.direction == "equal"
+    found = r["detectable_equal"] if equal else claim.margin + r["detectable"]
     note = ""
     if r["pairs"] == 0:
         note = "no matched finished runs"
     elif not per_case and not claim.metric.startswith(NOISY_COSTS):
         lo = hi = r["delta"]  # parameters and MACs are exact
+        found = claim.margin if not equal else 0.0
     elif math.isnan(lo):
-        note = f"not enough pairs: {r['cases']} cases x {r['seeds']} seeds (needs >= 2 of each)" if per_case else \
+        note = f"not enough pairs: {r['cases']} cases x {r['seeds']} seeds (needs >= 2 seeds)" if per_case else \
             "a timed cost needs >= 2 seeds"
-    if claim.direction == "equal":  # equivalence: the interval inside (-margin, margin), or wholly outside it
-        m = claim.margin
-        verdict = "reproduced" if -m < lo and hi < m else "contradicted" if lo > m or hi < -m else "inconclusive"
-    else:
-        verdict = "reproduced" if lo > claim.margin else "contradicted" if hi < claim.margin else "inconclusive"
-    metric = f"{claim.metric} = (±{claim.margin:g})" if claim.direction == "equal" else claim.metric
-    return {"claim": claim.text, "where": claim.where, "metric": metric, "verdict": verdict,
-            "effect": r["delta"], "ci_low": lo, "ci_high": hi, "cases": r["cases"], "seeds": r["seeds"],
-            "note": note}
+    verdict = str(stats_.verdict(lo, hi, claim.margin, claim.direction))
+    paper = paper_effect(runs.study, claim)
+    flag = ""
+    if verdict == "inconclusive" and (found > claim.margin if equal else found > paper):
+        flag = "underpowered"
+    elif not math.isnan(lo) and stats_.is_borderline(lo, hi, claim.margin, claim.direction):
+        flag = "borderline"
+    metric = f"{claim.metric} = (±{claim.margin:g})" if equal else claim.metric
+    return {"claim": claim.text, "where": claim.where, "source": claim.source, "id": claim_id(runs.study, claim),
+            "metric": metric, "verdict": verdict, "flag": flag, "effect": r["delta"], "ci_low": lo, "ci_high": hi,
+            "detectable": found, "paper": paper, "cases": r["cases"], "seeds": r["seeds"], "note": note}
+
+
+def claim_id(study: StudyCfg, claim) -> str:
+    """The comparison a claim judges, for counting each once (``reports/index.md``): its ``id``
+    where the study gives one (the same comparison in several studies), else paper, study,
+    sides and metric: two margins on one comparison (GSP Table 1's "> 0" and "> 20") are one."""
+    if claim.id:
+        return f"{study.paper}:{claim.id}"
+    side = lambda s: s if isinstance(s, (str, int, float)) else json.dumps(s, sort_keys=True)  # noqa: E731
+    return f"{study.paper}:{study.name}:{side(claim.better)}|{side(claim.than)}|{claim.metric}"
+
+
+CLAIM_COLUMNS = ["claim", "where", "source", "id", "metric", "verdict", "flag", "effect", "ci_low", "ci_high",
+                 "detectable", "paper", "cases", "seeds", "note"]
 
 
 def claims_table(runs: "StudyRuns") -> pd.DataFrame:
-    return pd.DataFrame([judge_claim(runs, c) for c in runs.study.claims],
-                        columns=["claim", "where", "metric", "verdict", "effect", "ci_low", "ci_high", "cases",
-                                 "seeds", "note"])
+    return pd.DataFrame([judge_claim(runs, c) for c in runs.study.claims], columns=CLAIM_COLUMNS)
 
 
 def _expected(study: StudyCfg, variant: str, metric: str) -> tuple[float, float | None]:
@@ -449,17 +472,18 @@ def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
 
 def stats_table(runs: StudyRuns) -> pd.DataFrame:
     """Every variant x metric with mean, std, 95% CI over seeds; with a baseline, the paired
-    difference and its crossed-bootstrap interval (``UNIT``)."""
+    difference, its 95% interval (``UNIT``) and the design's minimum detectable difference."""
     lay = runs.study.layout
     summary = summarise(runs.trials, layout_metrics(runs.study))
     base = lay.baseline
     if base and not summary.empty:
-        tests = [paired_test(runs.per_case if r.variant != base else None, [r.variant], [base], r.metric)
+        tests = [{k: v for k, v in paired_test(runs.per_case if r.variant != base else None, [r.variant], [base],
+                                               r.metric).items() if k != "detectable_equal"}
                  for r in summary.itertuples()]
         summary = pd.concat([summary, pd.DataFrame(tests).add_prefix(f"vs_{base}_")], axis=1)
         summary["note"] = [
             "" if r.variant == base or math.isnan(getattr(r, f"vs_{base}_delta"))
-            else "needs >= 2 cases and 2 seeds" if math.isnan(getattr(r, f"vs_{base}_ci_low"))
+            else "needs >= 2 seeds" if math.isnan(getattr(r, f"vs_{base}_ci_low"))
             else "within noise (95% CI spans 0)" if getattr(r, f"vs_{base}_ci_low") <= 0 <= getattr(r, f"vs_{base}_ci_high")
             else "differs (95% CI excludes 0)"
             for r in summary.itertuples()]
@@ -720,8 +744,9 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
     figs = plots(runs, out, tracking_uri)
     problems = verify(runs)
     claims, wall = claims_table(runs), wall_time(runs)
-    (out / "claims.json").write_text(json.dumps({"scale": scale, "wall_time_s": wall, "ran_with": runs.ran_with,
-                                                 "claims": claims.to_dict("records")}, indent=1, default=str))
+    (out / "claims.json").write_text(json.dumps({"scale": scale, "engine": stats_.ENGINE, "wall_time_s": wall,
+                                                 "ran_with": runs.ran_with, "claims": claims.to_dict("records")},
+                                                indent=1, default=str))
     md = [f"# {study.title}", "", study.description.strip(), ""]
     if study.deviations:
         md += ["## Deviations from the paper", "", *[f"- {d.strip()}" for d in study.deviations], ""]
@@ -733,13 +758,7 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
               f"studies ({', '.join(runs.ran_with)}), whose trials shared the cores"
               if wall and runs.ran_with else "") + ".", ""]
     if not claims.empty:
-        md += ["## The paper's claims on our runs", "",
-               "Effect: `better` − `than` in the claimed direction (positive = as claimed), with its 95% interval; "
-               f"unit: {UNIT}. Reproduced when the interval lies above the claimed margin, contradicted when below"
-               + ("; a claim of no difference (metric `=`) is reproduced when the interval lies within ± its "
-                  "margin, contradicted when wholly outside" if any(c.direction == "equal" for c in study.claims)
-                  else "") + ".",
-               "", claims.to_markdown(index=False, floatfmt=".3g"), ""]
+        md += ["## Claims on our runs", "", claims_legend(study), "", claims_markdown(claims), ""]
     has_paper = any(str(c).endswith(" paper") for c in table.columns)
     legend = ("Each cell: ours (mean ± std over seeds), the paper's value, and ours − paper." if has_paper else
               "Each cell: ours (mean ± std over seeds); the paper prints no number for these cells.")
@@ -772,6 +791,31 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
     return out, problems
 
 
+def claims_legend(study: StudyCfg) -> str:
+    return ("Effect: `better` − `than` in the claimed direction (positive = as claimed), with its 95% interval; "
+            f"unit: {UNIT}. Reproduced when the interval lies above the claimed margin, contradicted when below"
+            + ("; a claim of no difference (metric `=`) is reproduced when the interval lies within ± its margin, "
+               "contradicted when wholly outside" if any(c.direction == "equal" for c in study.claims) else "")
+            + ". Detectable: the true effect this design reproduces with 80% power (for `=`: the smallest margin it "
+            "shows a true zero difference within), from the observed seed and case variance; paper: the effect in "
+            "the paper's own numbers. *underpowered*: inconclusive, and the design could not have detected the "
+            "paper's effect; *borderline*: a shift of a tenth of the interval's half-width would change the verdict. "
+            "Source: the paper's claim, or ours (a check the paper does not state), counted apart in the index.")
+
+
+def claims_markdown(claims: pd.DataFrame) -> str:
+    """The claims table as the report prints it: the flag beside the verdict, the interval in one cell."""
+    def num(x: float) -> str:
+        return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
+
+    rows = [{"claim": r.claim, "where": r.where, "source": r.source, "metric": r.metric,
+             "verdict": r.verdict + (f" — *{r.flag}*" if r.flag else ""), "effect": num(r.effect),
+             "95% interval": "—" if math.isnan(r.ci_low) else f"{num(r.ci_low)} to {num(r.ci_high)}",
+             "detectable": num(r.detectable), "paper": num(r.paper), "cases x seeds": f"{r.cases} x {r.seeds}",
+             "note": r.note} for r in claims.itertuples()]
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+
+
 def wall_time(runs: StudyRuns) -> float:
     """Seconds from the first trial's start to the last one's end (the study as it ran)."""
     t = runs.trials
@@ -780,26 +824,79 @@ def wall_time(runs: StudyRuns) -> float:
     return float((t.end_time.max() - t.start_time.min()) / 1000)
 
 
-def _verdicts(d: Path) -> str:
+def _claims_of(d: Path) -> tuple[str, bool, list[dict]]:
+    """(scale, judged by the current engine, claims) of a report folder."""
     path = d / "claims.json"
     if not path.exists():
-        return ""
+        return "", True, []
     data = json.loads(path.read_text())
-    counts = pd.Series([c["verdict"] for c in data["claims"]]).value_counts().to_dict() if data["claims"] else {}
-    return (f" — claims at {data['scale']}: " + ", ".join(f"{n} {v}" for v, n in counts.items())) if counts else ""
+    return data["scale"], data.get("engine") == stats_.ENGINE, [{**c, "study": d.name} for c in data["claims"]]
+
+
+def _counts(claims: list[dict]) -> str:
+    counts = pd.Series([c["verdict"] for c in claims]).value_counts() if claims else pd.Series(dtype=int)
+    under = sum(c.get("flag") == "underpowered" for c in claims)
+    return ", ".join(f"{n} {v}" for v, n in counts.items()) + (f" ({under} underpowered)" if under else "")
+
+
+def comparisons(claims: list[dict], source: str) -> pd.DataFrame:
+    """One row per distinct comparison (``claim_id``) of ``source``: within a study its first
+    claim's verdict (the headline; other margins on the same comparison are in the study's
+    report), across studies that share the id the common verdict, or ``mixed``."""
+    rows = [c for c in claims if c.get("source", "paper") == source]
+    if not rows:
+        return pd.DataFrame(columns=["id", "verdict", "studies", "flag"])
+    df = pd.DataFrame(rows)
+    for col in ("id", "flag"):  # reports written before claims carried them
+        df[col] = df[col] if col in df else None
+    df["id"] = df["id"].where(df["id"].notna(), df.study + ":" + df.claim)
+    df["flag"] = df["flag"].fillna("")
+    first = df.groupby(["id", "study"], sort=False).first().reset_index()
+    return first.groupby("id", sort=False).agg(
+        verdict=("verdict", lambda v: v.iloc[0] if v.nunique() == 1 else "mixed"),
+        studies=("study", lambda v: ", ".join(v)),
+        flag=("flag", lambda f: "underpowered" if (f == "underpowered").all() else "")).reset_index()
 
 
 def write_index(reports: Path) -> None:
     """``reports/index.md`` and ``index.html`` linking every study report present, with its
-    claims' verdicts at a glance."""
-    entries = []
+    claims' verdicts at a glance; the paper's claims and ours counted apart, each distinct
+    comparison once (``comparisons``)."""
+    entries, everything, older = [], [], []
     for d in sorted(p for p in reports.iterdir() if p.is_dir() and (p / "README.md").exists()):
         title = (d / "README.md").read_text().splitlines()[0].lstrip("# ")
-        entries.append((d.name, title + _verdicts(d)))
-    md = ["# Reports", ""] + [f"- [{name}]({name}/README.md): {title}" for name, title in entries]
+        scale, current, claims = _claims_of(d)
+        if current:
+            everything += claims
+        elif claims:
+            older.append(d.name)
+        parts = [f"{who} {_counts(c)}" for who, c in (
+            ("paper's", [c for c in claims if c.get("source", "paper") == "paper"]),
+            ("ours", [c for c in claims if c.get("source") == "ours"])) if c]
+        entries.append((d.name, title, (f" — claims at {scale}: " + "; ".join(parts) if parts else "")
+                        + ("" if current else " (judged by an earlier engine: not in the totals)")))
+    totals = []
+    for source, label in (("paper", "The papers' claims"), ("ours", "Our own checks")):
+        comp = comparisons(everything, source)
+        if len(comp):
+            n = len([c for c in everything if c.get("source", "paper") == source])
+            totals.append(f"- {label}: {len(comp)} distinct comparisons ({n} claim rows): "
+                          f"{_counts(comp.to_dict('records'))}")
+    if older:
+        totals.append(f"- Not in these totals: {len(older)} reports judged by an earlier engine (a percentile "
+                      f"bootstrap, too liberal at 2-3 seeds: docs/calibration.md) and not yet re-run: "
+                      f"{', '.join(older)}")
+    md = ["# Reports", ""]
+    if totals:
+        md += ["Each distinct comparison counted once: within a study by its first claim, across studies that "
+               "judge the same comparison (a shared claim `id`) by their common verdict, or *mixed*.", ""]
+        md += totals + [""]
+    md += [f"- [{name}]({name}/README.md): {title}{v}" for name, title, v in entries]
     (reports / "index.md").write_text("\n".join(md) + "\n")
-    html = ["<html><head><meta charset='utf-8'><title>harness reports</title></head><body><h1>Reports</h1><ul>"]
-    html += [f"<li><a href='{name}/table.html'>{name}</a>: {title}</li>" if (reports / name / "table.html").exists()
-             else f"<li><a href='{name}/README.md'>{name}</a>: {title}</li>" for name, title in entries]
-    html.append("</ul></body></html>")
-    (reports / "index.html").write_text("\n".join(html) + "\n")
+    esc = html_lib.escape
+    page = ["<html><head><meta charset='utf-8'><title>harness reports</title></head><body><h1>Reports</h1>"]
+    page += [f"<p>{esc(t.removeprefix('- '))}</p>" for t in totals] + ["<ul>"]
+    page += [f"<li><a href='{esc(name)}/{'table.html' if (reports / name / 'table.html').exists() else 'README.md'}'>"
+             f"{esc(name)}</a>: {esc(title + v)}</li>" for name, title, v in entries]
+    page.append("</ul></body></html>")
+    (reports / "index.html").write_text("\n".join(page) + "\n")

@@ -200,6 +200,17 @@ def keep_cases(t: Trial, ids) -> None:
     t.loader.dataset.data = [d for d in t.loader.dataset.data if d["id"] in ids]
 
 
+def hd95_or_convention(metric: HausdorffDistanceMetric, pred: torch.Tensor, ref: torch.Tensor) -> float:
+    """HD95 in voxels of two binary masks (D, H, W); for empty sets the BraTS convention: 0 when
+    both are empty, the volume's diagonal when one is (``evaluate``)."""
+    empty_p, empty_r = not bool(pred.any()), not bool(ref.any())
+    if empty_p and empty_r:
+        return 0.0
+    if empty_p or empty_r:
+        return float(math.sqrt(sum(s * s for s in pred.shape)))
+    return float(metric(pred[None, None], ref[None, None])[0, 0])
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module | list[nn.Module], task: Task, cfg: TrainCfg, device: torch.device,
              inferer: Inferer | None = None) -> dict[str, Any]:
@@ -208,8 +219,11 @@ def evaluate(model: nn.Module | list[nn.Module], task: Task, cfg: TrainCfg, devi
 
     Dice, sensitivity and specificity are in percent. Empty sets: Dice is 100 when
     prediction and reference are both empty (0 when only one is); sensitivity is NaN when
-    the reference is empty and specificity NaN when it fills the volume; HD95 (voxels) is
-    NaN when either is empty. NaNs are left out of the means.
+    the reference is empty and specificity NaN when it fills the volume; NaNs are left out of
+    the means. HD95 (voxels) follows the BraTS challenge's convention for empty sets: 0 when
+    both are empty, the volume's diagonal (the largest distance it holds) when only one is, so
+    that a net which misses a region scores its worst distance instead of dropping out of the
+    mean (which would make missing a region look better than finding it roughly).
     """
     inferer = inferer or build_inferer(cfg.inferer, cfg.patch, cfg.batch_size, cfg.output)
     models = model if isinstance(model, list) else [model]
@@ -232,8 +246,7 @@ def evaluate(model: nn.Module | list[nn.Module], task: Task, cfg: TrainCfg, devi
         ref = task.merge(torch.from_numpy(case.label)[None].float())
         dice = dice_m(pred, ref)[0].tolist()
         with np.errstate(all="ignore"):
-            hd = [float("nan") if (p.sum() == 0 or r.sum() == 0) else float(hd_m(p[None, None], r[None, None])[0, 0])
-                  for p, r in zip(pred[0], ref[0])]
+            hd = [hd95_or_convention(hd_m, p, r) for p, r in zip(pred[0], ref[0])]
         confusion = get_confusion_matrix(pred, ref, include_background=True)  # MONAI: NaN where 0/0
         sens = compute_confusion_matrix_metric("sensitivity", confusion)[0].tolist()
         spec = compute_confusion_matrix_metric("specificity", confusion)[0].tolist()
@@ -244,8 +257,7 @@ def evaluate(model: nn.Module | list[nn.Module], task: Task, cfg: TrainCfg, devi
             row[f"sens_{name}"] = 100.0 * se
             row[f"spec_{name}"] = 100.0 * sp
         row["mean_dice"] = float(np.mean([row[f"dice_{n}"] for n in names]))  # pairs for the report's tests
-        hds = [row[f"hd95_{n}"] for n in names if not math.isnan(row[f"hd95_{n}"])]
-        row["mean_hd95"] = float(np.mean(hds)) if hds else float("nan")
+        row["mean_hd95"] = float(np.mean([row[f"hd95_{n}"] for n in names]))
         per_case.append(row)
     for m, training in zip(models, was_training):
         m.train(training)
@@ -256,8 +268,7 @@ def evaluate(model: nn.Module | list[nn.Module], task: Task, cfg: TrainCfg, devi
             vals = [r[f"{m}_{name}"] for r in per_case if not math.isnan(r[f"{m}_{name}"])]
             out[f"{m}_{name}"] = float(np.mean(vals)) if vals else float("nan")
     out["mean_dice"] = float(np.mean([out[f"dice_{n}"] for n in names]))
-    hds = [out[f"hd95_{n}"] for n in names if not math.isnan(out[f"hd95_{n}"])]
-    out["mean_hd95"] = float(np.mean(hds)) if hds else float("nan")
+    out["mean_hd95"] = float(np.mean([out[f"hd95_{n}"] for n in names]))
     out["per_case"] = per_case
     return out
 

@@ -22,6 +22,25 @@ def test_seeded_cached_and_split_fixed(tmp_path, monkeypatch):
     assert not np.array_equal(a.train[0].image, c.train[0].image)
 
 
+@pytest.mark.parametrize("name,params", [("synthetic_organ", {}), ("synthetic_brats", {"labels": "classes"}),
+                                         ("synthetic_depth", {}), ("synthetic_abdomen", {})])
+def test_a_held_out_validation_set_is_drawn_apart_from_the_training_cases(name, params):
+    # val_cases: every generated case trains, and as many new cases of the same distribution validate.
+    shape = (16, 32, 32)
+    held = build_task(name, n_cases=3, val_cases=4, shape=shape, **params)
+    split = build_task(name, n_cases=3, shape=shape, **params)
+    assert len(held.train) == 3 and len(held.val) == 4 and {c.id[:4] for c in held.val} == {"val_"}
+    assert len(split.train) + len(split.val) == 3  # the ratio split of the same cases, as before
+    train_ids = sorted(c.id for c in split.train + split.val)
+    assert [c.id for c in held.train] == train_ids  # same training draws, same cache
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(held.train, sorted(split.train + split.val,
+                                                                                   key=lambda c: c.id)))
+    assert not any(np.array_equal(v.image, t.image) for v in held.val for t in held.train)
+    assert held.val[0].image.shape == held.train[0].image.shape and held.val[0].label.dtype == np.uint8
+    with pytest.raises(ValueError, match="data.val_cases: must be a whole number >= 0"):
+        build_task(name, n_cases=3, val_cases=-2, shape=shape, **params)
+
+
 def test_brats_regions_are_nested_and_channels_match():
     t = build_task("synthetic_brats", n_cases=4, shape=(32, 32, 32))
     assert t.in_channels == 4 and t.regions == ("WT", "TC", "ET")

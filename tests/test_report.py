@@ -438,3 +438,34 @@ def test_report_without_runs_exits_2_and_creates_no_database(tmp_path, monkeypat
     Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")  # a database holding no run of this study
     assert main(["report", "s.yaml"]) == 2
     assert "no runs in sqlite:///" in capsys.readouterr().err and not (tmp_path / "reports").exists()
+
+
+def test_index_counts_each_comparison_once_and_ours_apart(tmp_path):
+    from harness.report import write_index
+    from harness.stats import ENGINE
+
+    def study(name, claims, engine=ENGINE):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "README.md").write_text(f"# {name} <title>\n")
+        (tmp_path / name / "claims.json").write_text(json.dumps({"scale": "quick", "engine": engine, "claims": claims}))
+
+    def claim(text, verdict, id, source="paper", flag=""):
+        return {"claim": text, "verdict": verdict, "id": id, "source": source, "flag": flag}
+
+    # GSP Table 1's "> 20 points" and "> 0" judge one comparison: counted once, by the first (headline).
+    study("t1", [claim("by 20", "inconclusive", "p:t1:a|b|dice", flag="underpowered"),
+                 claim("by 0", "reproduced", "p:t1:a|b|dice"), claim("fewer MACs", "reproduced", "p:t1:a|b|gmacs")])
+    # ConResNet vs baseline judged in two studies: agreeing verdicts count once, disagreeing ones as mixed.
+    study("t3", [claim("conres vs base", "reproduced", "conres:cb"), claim("views", "reproduced", "conres:v")])
+    study("t4", [claim("axial vs base", "reproduced", "conres:cb"), claim("views", "inconclusive", "conres:v"),
+                 claim("our check", "contradicted", "x:ours", source="ours")])
+    study("old", [claim("bootstrapped", "reproduced", "o:x")], engine=None)  # before this engine: listed apart
+    write_index(tmp_path)
+    md = (tmp_path / "index.md").read_text()
+    assert "- The papers' claims: 4 distinct comparisons (7 claim rows): 2 reproduced, 1 inconclusive, 1 mixed " \
+           "(1 underpowered)" in md, md
+    assert "- Our own checks: 1 distinct comparisons (1 claim rows): 1 contradicted" in md
+    assert "t4/README.md): t4 <title> — claims at quick: paper's 1 reproduced, 1 inconclusive; ours 1 contradicted" in md
+    assert "Not in these totals: 1 reports judged by an earlier engine" in md and md.count("bootstrap") == 1
+    html = (tmp_path / "index.html").read_text()
+    assert "t4 &lt;title&gt;" in html and "<title>\n" not in html.split("</title>", 1)[1]

@@ -86,7 +86,12 @@ def test_evaluate_counts_sensitivity_specificity_and_empty_conventions():
     assert out["spec_a"] == pytest.approx(100 * 120 / 128)
     assert out["dice_a"] == pytest.approx(100 * 2 * 64 / (72 + 128))
     assert out["dice_b"] == 100.0 and math.isnan(out["sens_b"]) and out["spec_b"] == 100.0  # both empty
-    assert math.isnan(out["hd95_b"])
+    assert out["hd95_b"] == 0.0  # BraTS convention: both empty is a perfect 0
+    # A region the net misses (or invents) scores the volume's diagonal, never drops out of the mean.
+    missed = evaluate(_Fixed(torch.zeros_like(pred)), task, TrainCfg(patch=[4, 8, 8], batch_size=1),
+                      torch.device("cpu"))
+    assert missed["hd95_a"] == pytest.approx(math.sqrt(4 ** 2 + 8 ** 2 + 8 ** 2)) and missed["hd95_b"] == 0.0
+    assert missed["mean_hd95"] == pytest.approx(missed["hd95_a"] / 2) and missed["mean_hd95"] > out["mean_hd95"]
 
 
 def test_augmentations_by_name_keep_shapes_and_binary_labels():

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.data.task import LABELS, Case, Task, cached, check_shape, check_split, nested_as_classes, split_cases
+from harness.data.task import LABELS, Case, Task, check_shape, check_split, held_out_or_split, nested_as_classes
 from harness.registry import DATASETS
 
 
@@ -54,16 +54,16 @@ def _rand(gen, lo, hi, n=3):
 
 @DATASETS.register("synthetic_organ")
 def synthetic_organ(n_cases: int = 20, shape=(16, 128, 128), seed: int = 0, contrast: float = 0.6,
-                    noise: float = 1.0, distractors: int = 3, val_fraction: float = 0.2) -> Task:
+                    noise: float = 1.0, distractors: int = 3, val_fraction: float = 0.2, val_cases: int = 0) -> Task:
     """Large-organ task, 1 channel, 1 region ("organ"); see module docstring."""
 
-    check_split(n_cases, val_fraction)
+    check_split(n_cases, val_fraction, val_cases)
     check_shape(shape)
 
-    def make():
-        gen = torch.Generator().manual_seed(seed)
+    def make(n: int, gen_seed: int, prefix: str):
+        gen = torch.Generator().manual_seed(gen_seed)
         coords = _coords(shape)
-        for i in range(n_cases):
+        for i in range(n):
             organ = _blob(gen, coords, _rand(gen, -0.15, 0.15), _rand(gen, 0.55, 0.75), wobble=0.15)
             img = 0.5 * _smooth_field(gen, shape, coarse=5)[0]  # bias field
             img += contrast * organ.float()
@@ -71,16 +71,16 @@ def synthetic_organ(n_cases: int = 20, shape=(16, 128, 128), seed: int = 0, cont
                 d = _blob(gen, coords, _rand(gen, -0.8, 0.8), _rand(gen, 0.08, 0.18), wobble=0.05) & ~organ
                 img += contrast * d.float()
             img += noise * torch.randn(shape, generator=gen)
-            yield Case(f"organ_{i:03d}", img[None].numpy().astype(np.float32), organ[None].numpy().astype(np.uint8))
+            yield Case(f"{prefix}organ_{i:03d}", img[None].numpy().astype(np.float32), organ[None].numpy().astype(np.uint8))
 
     params = dict(n=n_cases, shape=list(shape), seed=seed, c=contrast, s=noise, k=distractors)
     return Task("synthetic_organ", in_channels=1, regions=("organ",),
-                load=lambda: split_cases(cached("synthetic_organ", params, make), val_fraction, seed))
+                load=lambda: held_out_or_split("synthetic_organ", params, make, n_cases, val_cases, val_fraction, seed))
 
 
 @DATASETS.register("synthetic_brats")
 def synthetic_brats(n_cases: int = 20, shape=(64, 64, 64), seed: int = 0, noise: float = 0.35,
-                    val_fraction: float = 0.2, tumour_scale: float = 1.0, contrast: float = 1.0,
+                    val_fraction: float = 0.2, val_cases: int = 0, tumour_scale: float = 1.0, contrast: float = 1.0,
                     labels: str = "regions") -> Task:
     """Nested-tumour task, 4 channels (T1, T1ce, T2, FLAIR), regions WT, TC, ET.
 
@@ -90,7 +90,7 @@ def synthetic_brats(n_cases: int = 20, shape=(64, 64, 64), seed: int = 0, noise:
     ``labels: classes`` trains on the exclusive classes ED, NCR, ET (softmax, multi-class
     mode) and still evaluates WT, TC, ET (``nested_as_classes``).
     """
-    check_split(n_cases, val_fraction)
+    check_split(n_cases, val_fraction, val_cases)
     check_shape(shape)
     if labels not in LABELS:
         raise ValueError(f"data.labels: unknown {labels!r}; allowed: {', '.join(LABELS)}")
@@ -98,10 +98,10 @@ def synthetic_brats(n_cases: int = 20, shape=(64, 64, 64), seed: int = 0, noise:
         raise ValueError(f"tumour_scale and contrast must be > 0, got {tumour_scale} and {contrast}")
     k = tumour_scale
 
-    def make():
-        gen = torch.Generator().manual_seed(seed)
+    def make(n: int, gen_seed: int, prefix: str):
+        gen = torch.Generator().manual_seed(gen_seed)
         coords = _coords(shape)
-        for i in range(n_cases):
+        for i in range(n):
             brain = _blob(gen, coords, [0, 0, 0], [0.9, 0.9, 0.9], wobble=0.05)
             c = _rand(gen, -0.35, 0.35)
             wt = _blob(gen, coords, c, _rand(gen, 0.25 * k, 0.4 * k), wobble=0.2) & brain
@@ -117,26 +117,26 @@ def synthetic_brats(n_cases: int = 20, shape=(64, 64, 64), seed: int = 0, noise:
             img[3] += contrast * (0.9 * (wtf - tcf) + 0.4 * tcf)  # FLAIR: whole tumour bright
             img += noise * torch.randn(img.shape, generator=gen)
             label = torch.stack([wt, tc, et])
-            yield Case(f"brats_{i:03d}", img.numpy().astype(np.float32), label.numpy().astype(np.uint8))
+            yield Case(f"{prefix}brats_{i:03d}", img.numpy().astype(np.float32), label.numpy().astype(np.uint8))
 
     params = dict(n=n_cases, shape=list(shape), seed=seed, s=noise)
     if (tumour_scale, contrast) != (1.0, 1.0):  # keeps the cache key of the default task
         params.update(k=tumour_scale, c=contrast)
     task = Task("synthetic_brats", in_channels=4, regions=("WT", "TC", "ET"), exclusive=False,
-                load=lambda: split_cases(cached("synthetic_brats", params, make), val_fraction, seed))
+                load=lambda: held_out_or_split("synthetic_brats", params, make, n_cases, val_cases, val_fraction, seed))
     return nested_as_classes(task, ("ED", "NCR", "ET")) if labels == "classes" else task
 
 
 @DATASETS.register("synthetic_depth")
 def synthetic_depth(n_cases: int = 20, shape=(16, 64, 64), seed: int = 0, objects: int = 4, noise: float = 0.3,
-                    val_fraction: float = 0.2, in_channels: int = 1, regions=("sphere",)) -> Task:
+                    val_fraction: float = 0.2, val_cases: int = 0, in_channels: int = 1, regions=("sphere",)) -> Task:
     """Depth-context task (module docstring), shaped like a real task by ``in_channels`` and ``regions``.
 
     Region k's spheres and its look-alike discs share an intensity signature: level
     1 + ((k + c) mod R) in channel c (R regions), so regions differ in brightness and, with
     several channels, in contrast between channels (as PZ and TZ do between T2 and ADC).
     """
-    check_split(n_cases, val_fraction)
+    check_split(n_cases, val_fraction, val_cases)
     check_shape(shape)
     if in_channels < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
@@ -146,10 +146,10 @@ def synthetic_depth(n_cases: int = 20, shape=(16, 64, 64), seed: int = 0, object
     D, H, W = shape
     R = len(regions)
 
-    def make():
-        gen = torch.Generator().manual_seed(seed)
+    def make(n: int, gen_seed: int, prefix: str):
+        gen = torch.Generator().manual_seed(gen_seed)
         z, y, x = torch.meshgrid(*(torch.arange(s, dtype=torch.float32) for s in shape), indexing="ij")
-        for i in range(n_cases):
+        for i in range(n):
             spheres = torch.zeros(shape, dtype=torch.long)  # 0 background, k + 1 region k
             discs = torch.zeros(shape, dtype=torch.long)
             for k in range(6 * objects * R):  # five discs per sphere: as many disc voxels as sphere voxels
@@ -168,11 +168,11 @@ def synthetic_depth(n_cases: int = 20, shape=(16, 64, 64), seed: int = 0, object
                     img[c][objects_map == k + 1] = 1 + (k + c) % R
             img += noise * torch.randn(img.shape, generator=gen)
             label = torch.stack([spheres == k + 1 for k in range(R)])
-            yield Case(f"depth_{i:03d}", img.numpy().astype(np.float32), label.numpy().astype(np.uint8))
+            yield Case(f"{prefix}depth_{i:03d}", img.numpy().astype(np.float32), label.numpy().astype(np.uint8))
 
     params = dict(n=n_cases, shape=list(shape), seed=seed, k=objects, s=noise, c=in_channels, r=list(regions))
     return Task("synthetic_depth", in_channels=in_channels, regions=regions,
-                load=lambda: split_cases(cached("synthetic_depth", params, make), val_fraction, seed))
+                load=lambda: held_out_or_split("synthetic_depth", params, make, n_cases, val_cases, val_fraction, seed))
 
 
 # name: (centre (z, y, x) in [-1, 1], radii, intensity above background, kind) per organ, in the
@@ -204,7 +204,7 @@ LAYOUTS = {"tcia": TCIA, "visceral": VISCERAL}
 
 @DATASETS.register("synthetic_abdomen")
 def synthetic_abdomen(n_cases: int = 20, shape=(48, 48, 48), seed: int = 0, noise: float = 0.8,
-                      jitter: float = 0.08, val_fraction: float = 0.2, layout: str = "tcia") -> Task:
+                      jitter: float = 0.08, val_fraction: float = 0.2, val_cases: int = 0, layout: str = "tcia") -> Task:
     """Multi-organ task, 1 channel, exclusive organs (module docstring): ``layout`` ``tcia`` (8
     organs, ``TCIA``) or ``visceral`` (7 structures, ``VISCERAL``).
 
@@ -213,16 +213,16 @@ def synthetic_abdomen(n_cases: int = 20, shape=(48, 48, 48), seed: int = 0, nois
     radius by +-20%; the stomach carries its own smooth texture; a bias field and Gaussian noise
     of std ``noise`` cover the volume.
     """
-    check_split(n_cases, val_fraction)
+    check_split(n_cases, val_fraction, val_cases)
     check_shape(shape)
     if layout not in LAYOUTS:
         raise ValueError(f"layout: unknown {layout!r}; allowed: {', '.join(LAYOUTS)}")
     organs = LAYOUTS[layout]
 
-    def make():
-        gen = torch.Generator().manual_seed(seed)
+    def make(n: int, gen_seed: int, prefix: str):
+        gen = torch.Generator().manual_seed(gen_seed)
         coords = _coords(shape)
-        for i in range(n_cases):
+        for i in range(n):
             labels = torch.zeros(shape, dtype=torch.long)
             img = 0.4 * _smooth_field(gen, shape, coarse=4)[0]
             body = _blob(gen, coords, [0, 0, 0], [1.1, 0.85, 0.95], wobble=0.05)
@@ -245,8 +245,8 @@ def synthetic_abdomen(n_cases: int = 20, shape=(48, 48, 48), seed: int = 0, nois
                 img += m * (level + texture)
             img += noise * torch.randn(shape, generator=gen)
             label = torch.stack([labels == k + 1 for k in range(len(organs))])
-            yield Case(f"abdomen_{i:03d}", img[None].numpy().astype(np.float32), label.numpy().astype(np.uint8))
+            yield Case(f"{prefix}abdomen_{i:03d}", img[None].numpy().astype(np.float32), label.numpy().astype(np.uint8))
 
     params = dict(n=n_cases, shape=list(shape), seed=seed, s=noise, j=jitter, layout=repr(organs))
     return Task("synthetic_abdomen", in_channels=1, regions=tuple(organs),
-                load=lambda: split_cases(cached("synthetic_abdomen", params, make), val_fraction, seed))
+                load=lambda: held_out_or_split("synthetic_abdomen", params, make, n_cases, val_cases, val_fraction, seed))

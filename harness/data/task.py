@@ -116,10 +116,35 @@ def check_shape(shape) -> None:
         raise ValueError(f"data.shape: must be three positive whole sizes (D, H, W), got {list(shape)}")
 
 
-def check_split(n_cases: int, val_fraction: float) -> None:
+# Offset of a held-out validation set's generator seed from the training set's: its cases are
+# new draws of the same distribution.
+HELD_OUT_SEED = 1_000_003
+
+
+def held_out_or_split(name: str, params: dict, make: Callable[[int, int, str], Iterator[Case]], n_cases: int,
+                      val_cases: int, val_fraction: float, seed: int) -> dict[str, list[Case]]:
+    """A synthetic data set's train / val cases. ``val_cases`` 0: the seeded ratio split of
+    ``n_cases`` (``split_cases``); otherwise all ``n_cases`` train and ``val_cases`` more, drawn
+    by ``make(count, generator seed, id prefix)`` from another seed, validate: a validation set
+    as large as the claims' statistics need (case noise averaged out) without growing the
+    training set, ids prefixed ``val_``."""
+    train = cached(name, params, lambda: make(n_cases, seed, ""))
+    if not val_cases:
+        return split_cases(train, val_fraction, seed)
+    val = cached(name, {**params, "n": val_cases, "held_out": seed + HELD_OUT_SEED},
+                 lambda: make(val_cases, seed + HELD_OUT_SEED, "val_"))
+    return {"train": train, "val": val}
+
+
+def check_split(n_cases: int, val_fraction: float, val_cases: int = 0) -> None:
     """Raise ValueError (naming the field) before any data is generated."""
     if isinstance(n_cases, bool) or not isinstance(n_cases, int):
         raise ValueError(f"data.n_cases: must be a whole number, got {n_cases!r}")
+    if isinstance(val_cases, bool) or not isinstance(val_cases, int) or val_cases < 0:
+        raise ValueError(f"data.val_cases: must be a whole number >= 0 (0: split n_cases by val_fraction), "
+                         f"got {val_cases!r}")
+    if val_cases and n_cases >= 1:
+        return  # every generated case trains
     if isinstance(val_fraction, (bool, str)):
         raise ValueError(f"data.val_fraction: must be a number, got {val_fraction!r}")
     if not 0.0 < val_fraction < 1.0:
