@@ -307,7 +307,9 @@ class ClaimCfg(_Strict):
     """A claim of the paper, judged on our runs by ``harness report``.
 
     ``better`` has a ``direction``-er ``metric`` than ``than``, by more than ``margin`` (metric
-    units); ``direction: equal`` claims no difference: ``better`` is within ``margin`` of
+    units); ``direction: noninferior`` claims ``better`` matches or beats ``than``: it is higher,
+    or lower by less than ``margin`` (Distill DSM's "comparable to the 3D U-Net");
+    ``direction: equal`` claims no difference: ``better`` is within ``margin`` of
     ``than`` either way (BraTS 2020 Table 2's "no clear benefit"). A side is a variant, or a tag selector such as ``{ip: CSC}`` meaning the average
     over every variant so tagged (the paper's "on average over the SG settings"). ``than`` may
     also be a number: a published figure of a net the study does not train (GSP-Conv Table 3's
@@ -319,7 +321,7 @@ class ClaimCfg(_Strict):
     better: Side
     than: Union[Side, float]
     metric: str = "mean_dice"
-    direction: Literal["higher", "lower", "equal"] = "higher"
+    direction: Literal["higher", "lower", "noninferior", "equal"] = "higher"
     margin: float = 0.0
     # paper: the paper states it; ours: a check of our own (a sanity check, a procedure the paper
     # does not ablate). The index counts the two apart.
@@ -333,6 +335,9 @@ class ClaimCfg(_Strict):
         if self.direction == "equal" and not self.margin > 0:
             raise ValueError(f"margin: a claim of no difference (direction: equal) needs a margin > 0, "
                              f"got {self.margin}")
+        if self.direction == "noninferior" and not self.margin > 0:
+            raise ValueError(f"margin: a non-inferiority claim (direction: noninferior) needs a margin > 0 (how "
+                             f"much worse still counts as matching), got {self.margin}")
         return self
 
 

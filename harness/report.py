@@ -187,18 +187,28 @@ def paired_test(df: pd.DataFrame | None, a: list[str], b: list[str] | float, met
 
 
 def paper_effect(study: StudyCfg, claim) -> float:
-    """The claim's effect in the paper's own numbers (``expected``), signed as claimed; NaN
+    """The claim's effect in the paper's own numbers (``_paper_value``), signed as claimed; NaN
     where the paper prints no number for a side (for ``equal``: the absolute difference)."""
     from harness.config import claim_members
 
     def side(s) -> float:
         if isinstance(s, (int, float)):
             return float(s)
-        vals = [_expected(study, v, claim.metric)[0] for v in claim_members(study, s)]
+        vals = [_paper_value(study, v, claim.metric) for v in claim_members(study, s)]
         return float(np.mean(vals))  # NaN when any member lacks the figure
 
     eff = side(claim.better) - side(claim.than)
     return abs(eff) if claim.direction == "equal" else -eff if claim.direction == "lower" else eff
+
+
+def _paper_value(study: StudyCfg, variant: str, metric: str) -> float:
+    """The paper's figure for ``variant``: ``expected``, or for ``mean_dice`` where the paper
+    prints only per-region Dice (ConResNet's ET / WT / TC), their mean."""
+    value = _expected(study, variant, metric)[0]
+    if math.isnan(value) and metric == "mean_dice":
+        regions = [m for m in study.expected.get(variant, {}) if m.startswith("dice_")]
+        value = float(np.mean([_expected(study, variant, m)[0] for m in regions])) if regions else math.nan
+    return value
 
 
 def judge_claim(runs: "StudyRuns", claim) -> dict[str, Any]:
@@ -225,13 +235,14 @@ def judge_claim(runs: "StudyRuns", claim) -> dict[str, Any]:
                     ("case", "seed") if per_case else ("seed",), sign=-1.0 if claim.direction == "lower" else 1.0)
     lo, hi = r["ci_low"], r["ci_high"]
     equal = claim.direction == "equal"
-    found = r["detectable_equal"] if equal else claim.margin + r["detectable"]
+    target = stats_.bound(claim.margin, claim.direction)  # what a directional effect must exceed
+    found = r["detectable_equal"] if equal else target + r["detectable"]
     note = ""
     if r["pairs"] == 0:
         note = "no matched finished runs"
     elif not per_case and not claim.metric.startswith(NOISY_COSTS):
         lo = hi = r["delta"]  # parameters and MACs are exact
-        found = claim.margin if not equal else 0.0
+        found = target if not equal else 0.0
     elif math.isnan(lo):
         note = f"not enough pairs: {r['cases']} cases x {r['seeds']} seeds (needs >= 2 seeds)" if per_case else \
             "a timed cost needs >= 2 seeds"
@@ -242,7 +253,8 @@ def judge_claim(runs: "StudyRuns", claim) -> dict[str, Any]:
         flag = "underpowered"
     elif not math.isnan(lo) and stats_.is_borderline(lo, hi, claim.margin, claim.direction):
         flag = "borderline"
-    metric = f"{claim.metric} = (±{claim.margin:g})" if equal else claim.metric
+    metric = (f"{claim.metric} = (±{claim.margin:g})" if equal else
+              f"{claim.metric} ≥ (−{claim.margin:g})" if claim.direction == "noninferior" else claim.metric)
     return {"claim": claim.text, "where": claim.where, "source": claim.source, "id": claim_id(runs.study, claim),
             "metric": metric, "verdict": verdict, "flag": flag, "effect": r["delta"], "ci_low": lo, "ci_high": hi,
             "detectable": found, "paper": paper, "cases": r["cases"], "seeds": r["seeds"], "note": note}
@@ -796,6 +808,9 @@ def claims_legend(study: StudyCfg) -> str:
             f"unit: {UNIT}. Reproduced when the interval lies above the claimed margin, contradicted when below"
             + ("; a claim of no difference (metric `=`) is reproduced when the interval lies within ± its margin, "
                "contradicted when wholly outside" if any(c.direction == "equal" for c in study.claims) else "")
+            + ("; a claim to match or beat (metric `≥ −margin`, non-inferiority) is reproduced when the interval "
+               "lies above −margin, contradicted when below" if any(c.direction == "noninferior" for c in study.claims)
+               else "")
             + ". Detectable: the true effect this design reproduces with 80% power (for `=`: the smallest margin it "
             "shows a true zero difference within), from the observed seed and case variance; paper: the effect in "
             "the paper's own numbers. *underpowered*: inconclusive, and the design could not have detected the "

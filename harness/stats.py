@@ -97,15 +97,23 @@ def detectable(d: np.ndarray, equivalence: bool = False, level: float = LEVEL, p
                            stats.t.ppf(q, p["df_case"]) + stats.t.ppf(b, p["df_case"]))
 
 
+def bound(margin: float, direction: str) -> float:
+    """The bound a directional claim's interval must clear: ``margin`` (superiority by more than
+    it), or ``-margin`` for ``noninferior`` (not worse by more than it: "matches or beats")."""
+    return -margin if direction == "noninferior" else margin
+
+
 def verdict(lo: np.ndarray, hi: np.ndarray, margin: float, direction: str) -> np.ndarray:
     """reproduced / contradicted / inconclusive, elementwise, for an effect signed so that
-    positive is as claimed: above ``margin`` (``higher`` / ``lower``), or within +-``margin``
-    (``equal``: reproduced when the interval lies inside, contradicted when wholly outside)."""
+    positive is as claimed: above ``bound`` (``higher`` / ``lower``: by more than ``margin``;
+    ``noninferior``: less than ``margin`` worse), or within +-``margin`` (``equal``: reproduced
+    when the interval lies inside, contradicted when wholly outside)."""
     lo, hi = np.asarray(lo, float), np.asarray(hi, float)
     if direction == "equal":
         yes, no = (lo > -margin) & (hi < margin), (lo > margin) | (hi < -margin)
     else:
-        yes, no = lo > margin, hi < margin
+        b = bound(margin, direction)
+        yes, no = lo > b, hi < b
     return np.where(yes, "reproduced", np.where(no, "contradicted", "inconclusive"))
 
 
@@ -114,7 +122,7 @@ def is_borderline(lo: float, hi: float, margin: float, direction: str) -> bool:
     half = (hi - lo) / 2
     if not half > 0:  # exact numbers (parameters, MACs) or no interval
         return False
-    bounds = (-margin, margin) if direction == "equal" else (margin,)
+    bounds = (-margin, margin) if direction == "equal" else (bound(margin, direction),)
     return any(abs(end - b) < BORDERLINE * half for end in (lo, hi) for b in bounds)
 
 

@@ -144,3 +144,64 @@ def test_quick_designs_have_the_seeds_and_validation_cases_their_accuracy_claims
     specs = resolve(study, "quick", check=False)
     assert len({s.seed for s in specs}) >= 3
     assert min(_validation_cases(s.data) for s in specs) >= 24
+
+
+def test_equivalence_and_published_figure_claims_state_what_the_paper_says():
+    rng = np.random.default_rng(2)
+    d = rng.normal(0, 0.3, (24, 5)) + rng.normal(0, 0.2, (1, 5))  # no difference, little noise
+    equal = {**STUDY, "claims": [{"text": "a ~ b", "where": "T2", "better": "a", "than": "b", "direction": "equal",
+                                  "margin": 1.0}]}
+    row = claims_table(_runs(d, equal)).iloc[0]
+    assert row.verdict == "reproduced" and row.paper == 1.0 and 0 < row.detectable < 1.0  # |80 - 79|
+    tight = {**equal, "claims": [{**equal["claims"][0], "margin": 0.05}]}  # a margin below what 5 seeds resolve
+    row = claims_table(_runs(d, tight)).iloc[0]
+    assert row.verdict == "inconclusive" and row.flag == "underpowered" and row.detectable > 0.05
+    # Against a published number: the paper's effect is its own figure for `better` minus that number.
+    fig = {**STUDY, "claims": [{"text": "a reaches 60", "where": "T3", "better": "a", "than": 60.0}]}
+    assert claims_table(_runs(d, fig)).iloc[0].paper == 20.0
+
+
+def test_a_noninferiority_claim_holds_above_minus_its_margin():
+    assert list(stats.verdict(np.array([-0.9, -3.0, -1.5]), np.array([2.0, -1.2, 0.5]), 1.0, "noninferior")) == \
+        ["reproduced", "contradicted", "inconclusive"]
+    assert stats.is_borderline(-0.95, 1.05, 1.0, "noninferior")  # -0.95 is 0.05 above the bound -1
+    rng = np.random.default_rng(4)
+    d = -0.5 + rng.normal(0, 0.3, (24, 5)) + rng.normal(0, 0.2, (1, 5))  # a half point worse
+    ni = {**STUDY, "claims": [{"text": "a matches b", "where": "T1", "better": "a", "than": "b",
+                               "direction": "noninferior", "margin": 2.0}]}
+    row = claims_table(_runs(d, ni)).iloc[0]
+    assert row.verdict == "reproduced" and row.metric == "mean_dice ≥ (−2)" and -2 < row.ci_low < -0.5
+    assert row.detectable == pytest.approx(-2 + float(stats.detectable(d)))  # the true effect it detects
+    assert claims_table(_runs(d - 5, ni)).iloc[0].verdict == "contradicted"
+    with pytest.raises(Exception, match="non-inferiority claim .* needs a margin > 0"):
+        StudyCfg.model_validate({**ni, "claims": [{**ni["claims"][0], "margin": 0}]})
+
+
+def test_the_papers_mean_dice_is_the_mean_of_its_regions_where_it_prints_only_those():
+    regions = {**STUDY, "expected": {"a": {"dice_ET": 80.0, "dice_WT": 90.0}, "b": {"dice_ET": 79.0, "dice_WT": 88.0}}}
+    d = np.random.default_rng(0).normal(0, 1, (24, 3))
+    assert claims_table(_runs(d, regions)).iloc[0].paper == pytest.approx(1.5)
+
+
+# Central claims of the papers (issue: every central claim declared), by study and a piece of
+# the claim text, with the kind the paper's wording calls for.
+CENTRAL = [
+    ("dsm_table1_brats20", "comparable to the 3D U-Net", "noninferior"),
+    ("dsm_table2_alpha", "heart: alpha 1 brings not much", "equal"),
+    ("dsm_table2_alpha", "hippocampus: alpha 1 brings not much", "equal"),
+    ("dsm_table2_alpha", "prostate: alpha 1 brings not much", "equal"),
+    ("obelisk_table3_visceral", "without augmentation, the original OBELISK beats the all-conv U-Net", "higher"),
+    ("obelisk_table3_visceral", "Hybrid OBELISK+CNN ++ beats the original OBELISK ++", "higher"),
+    ("obelisk_table3_visceral", "on par with the much bigger global-FC U-Net", "equal"),
+    ("obelisk_table4_tcia", "lean U-Net of the hybrid's parameter count", "higher"),
+    ("obelisk_table4_tcia", "global-FC U-Net perform similarly well", "equal"),
+    ("conres_table4_views", "sagittal view is comparable to the axial", "equal"),
+    ("conres_table4_views", "coronal view is comparable to the axial", "equal"),
+    ("conres_table3_ablation", "Table III: by 1.21 / 0.62 / 2.25", "higher"),
+]
+
+
+@pytest.mark.parametrize("study,text,direction", CENTRAL, ids=lambda x: str(x)[:40])
+def test_central_claims_are_declared_with_the_kind_their_wording_needs(study, text, direction):
+    claims = [c for c in load_study(STUDIES[0].parent / f"{study}.yaml").claims if text in c.text]
+    assert len(claims) == 1 and claims[0].direction == direction and claims[0].source == "paper"
