@@ -32,7 +32,33 @@ def _kv(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--param: {text!r} is not KEY=VALUE")
     k, v = text.split("=", 1)
-    return k, yaml.safe_load(v)
+    try:
+        return k, yaml.safe_load(v)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise argparse.ArgumentTypeError(f"{k}: {v!r} is not a YAML value ({problem})") from None
+
+
+def _positive(text: str) -> int:
+    """A count of at least 1 (``--seeds``, ``--folds``, ``--trials``)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return n
+
+
+def _missing_data_root(roots: list[str] | None) -> str | None:
+    """The first ``--data-root`` whose folder does not exist (``TASK=PATH`` or ``PATH``), said at
+    once rather than after the study has loaded."""
+    for item in roots or []:
+        name, sep, path = item.partition("=")
+        path = path if sep and name and not Path(item).exists() else item
+        if not Path(path).exists():
+            return f"error: --data-root: {path!r} does not exist"
+    return None
 
 
 def cmd_run(args) -> int:
@@ -249,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="a study YAML; several (e.g. studies/*.yaml) run as one Ray run: one start-up, one "
                         "longest-first order over all their trials, each study its own MLflow runs and report")
     r.add_argument("--scale", default="smoke", choices=list(SCALES))
-    r.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the study's)")
-    r.add_argument("--folds", type=int, default=None,
+    r.add_argument("--seeds", type=_positive, default=None, help="seeds per variant (default: the study's)")
+    r.add_argument("--folds", type=_positive, default=None,
                    help="run every fold of a k-fold split (folder data sets; default: the scale's folds, else 1)")
     r.add_argument("--address", default=None, help="Ray cluster: 'auto' or 'ray://host:10001' (default: local Ray)")
     r.add_argument("--resume", action="store_true", help="finish an interrupted run; finished trials are kept")
@@ -307,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     se = sub.add_parser("search", help="multi-objective NAS-style search (Optuna via Ray Tune), Pareto set out")
     se.add_argument("space", help="a search space YAML (search_spaces/*.yaml): base study, scale, knobs, "
                                   "objectives, sampler, trials")
-    se.add_argument("--trials", type=int, default=None, help="total complete trials wanted (default: the space's)")
+    se.add_argument("--trials", type=_positive, default=None,
+                    help="total complete trials wanted (default: the space's)")
     se.add_argument("--address", default=None, help="Ray cluster: 'auto' or 'ray://host:10001'")
     se.add_argument("--resume", action="store_true", help="continue the Optuna study in its storage")
     se.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///mlflow.db); "
@@ -358,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
         if path and (always or str(path).endswith((".yaml", ".yml"))) and not Path(path).is_file():
             print(f"error: {kind}: file {str(path)!r} does not exist{_did_you_mean_file(path, kind)}", file=sys.stderr)
             return 2
+    missing = _missing_data_root(getattr(args, "data_root", None))
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     from harness.config import ConfigError, StudyCfg, load_yaml
     from harness.registry import UnknownNameError
 

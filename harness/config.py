@@ -303,6 +303,10 @@ class LayoutCfg(_Strict):
 Side = Union[str, dict[str, str]]  # a variant name, or {axis: label}: the mean over the variants so tagged
 
 
+# A name that becomes a file or folder name: letters, digits, '_', '.', '-', not only dots.
+PLAIN_NAME = r"^[A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
+
+
 class ClaimCfg(_Strict):
     """A claim of the paper, judged on our runs by ``harness report``.
 
@@ -342,7 +346,8 @@ class ClaimCfg(_Strict):
 
 
 class StudyCfg(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    # The study's name is a folder (reports/<name>/): a plain name, never "." or "..".
+    name: str = Field(pattern=PLAIN_NAME)
     paper: str
     title: str
     description: str = ""
@@ -376,6 +381,11 @@ class StudyCfg(_Strict):
         empty = [axis for axis, options in self.grid.items() if not options]
         if empty:
             raise ValueError(f"grid.{empty[0]}: an axis needs at least one option (its product would be empty)")
+        # An axis names a plot (reports/<study>/<axis>_curve.png): a plain name, no folder in it.
+        bad = [axis for axis in self.grid if not re.fullmatch(PLAIN_NAME, axis)]
+        if bad:
+            raise ValueError(f"grid: axis {bad[0]!r} is not a plain name (letters, digits, '_', '.', '-'; not "
+                             f"'.' or '..'): it names a file of the report")
         for name, per_scale in self.tasks.items():
             missing = set(self.scales) - set(per_scale)
             if missing:

@@ -266,8 +266,9 @@ def claim_id(study: StudyCfg, claim) -> str:
     sides and metric: two margins on one comparison (GSP Table 1's "> 0" and "> 20") are one."""
     if claim.id:
         return f"{study.paper}:{claim.id}"
-    side = lambda s: s if isinstance(s, (str, int, float)) else json.dumps(s, sort_keys=True)  # noqa: E731
-    return f"{study.paper}:{study.name}:{side(claim.better)}|{side(claim.than)}|{claim.metric}"
+    better, than = (s if isinstance(s, (str, int, float)) else json.dumps(s, sort_keys=True)
+                    for s in (claim.better, claim.than))
+    return f"{study.paper}:{study.name}:{better}|{than}|{claim.metric}"
 
 
 CLAIM_COLUMNS = ["claim", "where", "source", "id", "metric", "verdict", "flag", "effect", "ci_low", "ci_high",

@@ -287,8 +287,13 @@ def run_search(path: str, trials: int | None, address: str | None, resume: bool,
     if todo:
         from harness.tune import run_search_trials
 
-        run_search_trials(space, study, storage, todo, tracker, exp_id, parent_id, address,
-                          db_dir / "ray_results", verbose)
+        writer = run_search_trials(space, study, storage, todo, tracker, exp_id, parent_id, address,
+                                   db_dir / "ray_results", verbose)
+        if writer.crashed:  # Ray Tune raised: the search did not run, whatever the journal holds
+            tracker.client.set_terminated(parent_id, "FAILED")
+            console.print(f"search {cfg.name}: Ray Tune stopped with {writer.error}; {len(writer.finished)} of "
+                          f"{todo} trials finished. Fix the cause and pass --resume.", soft_wrap=True)
+            return 1
     tracker.client.set_terminated(parent_id, "FINISHED")
     out = write_pareto(space, optuna.load_study(study_name=cfg.name, storage=storage), reports / cfg.name)
     console.print(f"Pareto set: {out}/pareto.md; variants to train: {out}/pareto_variants.yaml", soft_wrap=True)

@@ -74,6 +74,7 @@ class MlflowWriter(tune.Callback):
         self.awaiting_weights: set[str] = set()  # final result logged, checkpoint not yet
         self.retries: dict[str, int] = {}  # trial_id -> times its worker died and it started again
         self.crashed = False  # Tune raised instead of reporting the trial
+        self.error = ""  # what it raised
         self.total, self.verbose, self.t0 = total, verbose, time.monotonic()
         self.started: dict[str, float] = {}
         self.dice: dict[str, float] = {}
@@ -178,6 +179,7 @@ class MlflowWriter(tune.Callback):
 
     def abort(self, error: str) -> None:
         """Tune itself raised: close every started trial that has no outcome yet as FAILED."""
+        self.error = error
         for key, run_id in self.run_ids.items():
             if key not in self.finished and key not in self.failed:
                 self.tracker.fail_child(run_id, f"Ray Tune stopped with: {error}")

@@ -1,4 +1,5 @@
 """Bad input: one clear message naming the field, exit code 2, nothing written."""
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -273,4 +274,34 @@ def test_an_unreachable_ray_address_exits_2_in_one_line_before_anything_is_writt
     assert main(["run", "s.yaml", "--address", "127.0.0.1:1", "-v", "0"]) == 2
     err = capsys.readouterr().err
     assert "--address: nothing answers at '127.0.0.1:1'" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
+@pytest.mark.parametrize("change,message", [
+    ((["name"], ".."), "name: String should match pattern"),
+    ((["grid"], {"../../../tmp/x": {"a": {}}}), "grid: axis '../../../tmp/x' is not a plain name"),
+])
+def test_names_that_become_paths_are_plain_names(tmp_path, monkeypatch, capsys, change, message):
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, with_(*change))
+    assert main(["run", str(path)]) == 2
+    assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["run", "S", "--seeds", "0"], "argument --seeds: '0' is not a whole number >= 1"),
+    (["run", "S", "--seeds", "-1"], "argument --seeds: '-1' is not a whole number >= 1"),
+    (["run", "S", "--data-root", "/nonexistent/x"], "error: --data-root: '/nonexistent/x' does not exist"),
+    (["run", "S", "--data-root", "BraTS18=/nonexistent/x"], "error: --data-root: '/nonexistent/x' does not exist"),
+    (["cost", "gsp_unet", "--param", "conv=[unclosed"], "argument --param: conv: '[unclosed' is not a YAML value"),
+])
+def test_bad_command_line_values_exit_2_in_one_line_and_write_nothing(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, BASE)
+    with pytest.raises(SystemExit) if "argument" in message else contextlib.nullcontext() as raised:
+        rc = main([str(path) if a == "S" else a for a in argv])
+    assert (raised.value.code if raised else rc) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]

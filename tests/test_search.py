@@ -192,3 +192,21 @@ def test_nsga2_sampler_survives_pickling_as_ray_tune_does():
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=copy)
     study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), n_trials=6)
     assert len(study.trials) == 6
+
+
+def test_a_search_whose_tuner_raises_exits_1_with_the_cause(tmp_path, monkeypatch, capsys):
+    # Optuna 5.1's unpicklable NSGA-II lock once made Tuner.fit raise: the search said
+    # "0 trials complete" and exited 0. Now: exit 1, the cause, the parent run FAILED.
+    import harness.tune
+
+    class Crashed:
+        crashed, error, finished = True, "TypeError: cannot pickle '_thread.lock' object", []
+
+    monkeypatch.setattr(harness.tune, "run_search_trials", lambda *a, **k: Crashed())
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", str(write(tmp_path)), "-v", "0"]) == 1
+    assert "Ray Tune stopped with TypeError: cannot pickle '_thread.lock' object" in capsys.readouterr().out
+    client = Tracker().client
+    (parent,) = client.search_runs([client.get_experiment_by_name("harness/search-tiny").experiment_id],
+                                   "tags.harness_role = 'study'")
+    assert parent.info.status == "FAILED" and not (tmp_path / "reports").exists()
