@@ -13,6 +13,7 @@ value and what is allowed.
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import importlib
 import inspect
@@ -459,7 +460,9 @@ def _union_errors(errors: list[dict]) -> list[dict]:
     return out
 
 
-def _fmt_validation(err: ValidationError, source: str, prefix: str = "") -> str:
+def _fmt_validation(err: ValidationError, source: str, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """One line per error, naming the field; an unknown key gets "did you mean" and the allowed
+    keys where ``model`` (the schema validated against) has them at that place."""
     lines = [f"{source}: invalid study"]
     for e in _union_errors(err.errors()):
         loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(e["loc"])) or "(top level)"
@@ -468,12 +471,60 @@ def _fmt_validation(err: ValidationError, source: str, prefix: str = "") -> str:
         if coerced:
             loc, e = f"{loc}.{e['ctx']['field']}" if e["loc"] else e["ctx"]["field"], {**e, "input": e["ctx"]["value"]}
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            allowed = _allowed_keys(model, e["loc"][:-1]) if model else []
+            close = difflib.get_close_matches(str(e["loc"][-1]), allowed, n=3, cutoff=0.5)
+            msg = ("unknown key." + (f" Did you mean {', '.join(repr(c) for c in close)}?" if close else "")
+                   + (f" Allowed: {', '.join(allowed)}." if allowed else ""))
         elif e["type"] == "missing":
             msg = "required field is missing"
-        val = "" if e["type"] == "missing" or not (e["loc"] or coerced) else f" (got {e.get('input')!r})"
+        got = repr(e.get("input"))
+        got = got if len(got) <= 80 else got[:77] + "..."  # an unknown top-level key may hold a whole section
+        val = "" if e["type"] == "missing" or not (e["loc"] or coerced) else f" (got {got})"
         lines.append(f"  {loc}: {msg}{val}")
     return "\n".join(lines)
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The fields of the model at ``loc`` under ``model`` (a key's siblings, for "did you mean");
+    empty where the path leaves the schema's models (a free-form mapping such as model params)."""
+    ann: Any = model
+    for part in loc:
+        ann = _step(ann, part)
+    found = _model_in(ann)
+    return list(found.model_fields) if found is not None and ann is not None else []
+
+
+def _step(ann: Any, part: str | int) -> Any:
+    """The annotation one ``loc`` step below ``ann``: a model's field, a mapping's value type, a
+    list's item type (through ``Optional`` and unions); None where the schema says no more."""
+    if ann is None:
+        return None
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        field = ann.model_fields.get(str(part))
+        return field.annotation if field is not None else None
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is dict and len(args) == 2:
+        return args[1]
+    if origin is list and args:
+        return args[0]
+    for arg in args:  # a union: the member that has this step
+        nxt = _step(arg, part)
+        if nxt is not None:
+            return nxt
+    return None
+
+
+def _model_in(annotation) -> type[BaseModel] | None:
+    """The pydantic model an annotation is, or holds as a union member (``Optional[X]``, ``X | float``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (dict, list):
+        return None
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -527,7 +578,7 @@ def load_yaml(path: str | Path, schema: type[BaseModel], kind: str = "study"):
     try:
         return schema.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_fmt_validation(e, str(p)).replace("invalid study", f"invalid {kind}")) from None
+        raise ConfigError(_fmt_validation(e, str(p), model=schema).replace("invalid study", f"invalid {kind}")) from None
 
 
 def load_study(path: str | Path) -> StudyCfg:
@@ -722,11 +773,11 @@ def _scale_parts(study: StudyCfg, scale: str):
         base_train = _merge(study.train.model_dump(), sc.train)
         check_train(TrainCfg.model_validate(base_train), f"scales.{scale}")
     except ValidationError as e:
-        raise ConfigError(_fmt_validation(e, f"scales.{scale}", "train")) from None
+        raise ConfigError(_fmt_validation(e, f"scales.{scale}", "train", TrainCfg)) from None
     try:
         cost = CostCfg.model_validate(_merge(study.cost.model_dump(), sc.cost))
     except ValidationError as e:
-        raise ConfigError(_fmt_validation(e, f"scales.{scale}", "cost")) from None
+        raise ConfigError(_fmt_validation(e, f"scales.{scale}", "cost", CostCfg)) from None
     data = DataCfg(dataset=study.data.dataset, params=_merge(study.data.params, sc.data))
     return sc, base_train, cost, data
 
@@ -747,7 +798,7 @@ def resolve_variant(study: StudyCfg, scale: str, v: VariantCfg, seeds: int = 1, 
     try:
         train = TrainCfg.model_validate(_merge(base_train, v.train))
     except ValidationError as e:
-        raise ConfigError(_fmt_validation(e, f"variant {v.name!r} train")) from None
+        raise ConfigError(_fmt_validation(e, f"variant {v.name!r} train", model=TrainCfg)) from None
     if check and v.train:
         check_train(train, f"variant {v.name!r}")
     if v.model is None or v.model == study.model.name:

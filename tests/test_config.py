@@ -64,8 +64,9 @@ def test_grid_expands_to_product_with_tags():
 
 CASES = [
     ("name: [unclosed", "malformed YAML"),
-    (with_(["bogus"], 1), "bogus: unknown key"),
-    (with_(["train", "lr_rate"], 1), "train.lr_rate: unknown key"),
+    (with_(["bogus"], 1), "bogus: unknown key. Allowed: name, paper, title,"),
+    (with_(["train", "lr_rate"], 1), "train.lr_rate: unknown key. Allowed: output, loss, deep_supervision, optimizer, lr,"),
+    (with_(["clams"], [{"text": "x" * 200}]), "clams: unknown key. Did you mean 'claims'? Allowed: name, paper"),
     (with_(["model", "name"], "gsp_unte"), "model.name: unknown model 'gsp_unte'. Did you mean 'gsp_unet'"),
     (with_(["data", "dataset"], "synthetic_organs"), "data.dataset: unknown dataset 'synthetic_organs'. Did you mean"),
     (with_(["train", "loss"], "dicece"), "train.loss.name: unknown loss 'dicece'. Did you mean 'dice_ce'"),
@@ -82,7 +83,7 @@ CASES = [
     (with_(["model", "params", "in_channels"], 3), "in_channels is set by the data set"),
     (with_(["data", "params", "n_case"], 3), "data.params: unknown parameter of data set 'synthetic_organ' 'n_case'"),
     (with_(["data", "params", "n_cases"], 1), "data: data.n_cases: 1 cases leave nothing to train on"),
-    (with_(["layout"], {"rows": "variant", "colums": ["mean_dice"]}), "layout.colums: unknown key"),
+    (with_(["layout"], {"rows": "variant", "colums": ["mean_dice"]}), "layout.colums: unknown key. Did you mean 'columns', 'values'?"),
     (with_(["layout"], {"rows": "varient"}), "layout.rows: unknown axis 'varient'. Did you mean 'variant'"),
     (with_(["layout"], {"columns": "variant", "best": "max_per_colum"}), "layout.best"),
     (with_(["layout"], {"baseline": "pww"}), "layout.baseline: unknown variant 'pww'. Did you mean 'pw'"),
@@ -108,9 +109,9 @@ CASES = [
     (with_(["grid"], {"net": {}}), "grid.net: an axis needs at least one option"),
     (yaml.safe_dump(BASE) + "name: again\n", "duplicate key 'name' (first at line"),
     (with_(["train", "augment"], "yes"), "train.augment: Value error, must be true, false or a list of augmentations"),
-    (with_(["train", "augment"], [{"nam": "flip"}]), "train.augment.0.nam: unknown key (got 'flip')"),
+    (with_(["train", "augment"], [{"nam": "flip"}]), "train.augment.0.nam: unknown key. Did you mean 'name'? Allowed: name, params. (got 'flip')"),
     (with_(["scales", "smoke"], {"train": {"epochs": 0}}), "train.epochs: Input should be greater than or equal to 1"),
-    (with_(["expected"], {"pw": {"params": {"valu": 3}}}), "expected.pw.params.valu: unknown key (got 3)"),
+    (with_(["expected"], {"pw": {"params": {"valu": 3}}}), "expected.pw.params.valu: unknown key. Did you mean 'value'?"),
     (with_(["train", "patch"], [16, 64, 32]), "train.patch [16, 64, 32] is larger than the synthetic volume "
                                               "data.shape [16, 32, 32] (H 64 > 32)"),
     (with_(["variants"], [{"name": "pw", "train": {"callbacks+": "swa"}}]),
