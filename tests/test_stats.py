@@ -205,3 +205,14 @@ CENTRAL = [
 def test_central_claims_are_declared_with_the_kind_their_wording_needs(study, text, direction):
     claims = [c for c in load_study(STUDIES[0].parent / f"{study}.yaml").claims if text in c.text]
     assert len(claims) == 1 and claims[0].direction == direction and claims[0].source == "paper"
+
+
+@pytest.mark.parametrize("direction", ["equal", "noninferior"])
+def test_equivalence_and_noninferiority_hold_their_rate_at_the_margin(direction):
+    # The least favourable truth: the difference sits exactly on the margin's edge (+m for a
+    # claim of no difference, -m for "matches or beats"); "reproduced" must stay rare.
+    m = 2.0
+    edge = m if direction == "equal" else -m
+    for seeds, cases, noise in ((2, 5, "seeds"), (3, 24, "mixed"), (5, 50, "cases"), (10, 20, "seeds")):
+        _, lo, hi = stats.interval(stats.simulate(seeds, cases, noise, REPS, effect=edge, seed=seeds + cases))
+        assert (stats.verdict(lo, hi, m, direction) == "reproduced").mean() <= 0.04
