@@ -21,8 +21,8 @@ t-quantile at its own degrees of freedom, combined in quadrature (the combinatio
 uncertainties). Why not the alternatives (their false-positive rates beside ours in
 ``docs/calibration.md``, made by ``python -m harness.stats``): a percentile bootstrap over seeds
 and cases treats two seeds as if they showed the seed spread, so it calls null 2-seed designs
-"reproduced" several times too often; a t over seed means alone ignores that every seed shares
-the same cases (too liberal when cases dominate and C < S); one Satterthwaite t over the summed
+"reproduced" several times too often; a t over seed means alone cannot see the noise of the
+case sample, which every seed shares (far too liberal when case noise dominates); one Satterthwaite t over the summed
 variance is too liberal at 2 seeds, its estimated degrees of freedom being large exactly when the
 seed spread happens to come out small. With one seed part only (trial-level metrics such as timed
 costs, C = 1) the interval is the paired t over seeds. Two seeds give t_1 = 12.7: an accuracy
@@ -43,7 +43,7 @@ from scipy import stats
 LEVEL = 0.95  # two-sided: each one-sided verdict ("reproduced", "contradicted") at 2.5%
 POWER = 0.80  # of the minimum detectable effect
 # A verdict is borderline when shifting its interval by this fraction of its half-width would
-# change it: the verdicts that moved between two CPUs' rounding (10 of 80) were of this kind.
+# change it: the kind a rerun on another CPU (other rounding, other kernels) may flip.
 BORDERLINE = 0.1
 # Written into each report's claims.json: the index tells reports judged by this engine from older ones.
 ENGINE = "seed-case-t-quadrature"
