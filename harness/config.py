@@ -527,6 +527,37 @@ def _model_in(annotation) -> type[BaseModel] | None:
     return None
 
 
+# A study expands to some hundred values; aliases that expand to more than this are refused
+# before they are built (nine nested levels of nine aliases, under 1 KB, expand to 9^9).
+MAX_YAML_NODES = 100_000
+
+
+def _load_bounded(text: str) -> Any:
+    """YAML through ``_UniqueKeyLoader``, refusing a document whose aliases expand past
+    ``MAX_YAML_NODES`` (its expanded size counted on the node graph, each node once)."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size: dict[int, int] = {}
+
+        def expanded(n: yaml.Node) -> int:
+            if id(n) not in size:
+                size[id(n)] = 0  # a recursive alias counts once
+                kids = [x for pair in n.value for x in pair] if isinstance(n, yaml.MappingNode) else \
+                    n.value if isinstance(n, yaml.SequenceNode) else []
+                size[id(n)] = 1 + sum(expanded(k) for k in kids)
+                if size[id(n)] > MAX_YAML_NODES:
+                    raise yaml.YAMLError(f"its aliases expand to more than {MAX_YAML_NODES:,} values (an alias bomb?)")
+            return size[id(n)]
+
+        expanded(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a key given twice in one mapping (YAML keeps the last silently)."""
 
@@ -567,7 +598,7 @@ def load_yaml(path: str | Path, schema: type[BaseModel], kind: str = "study"):
         raise ConfigError(f"{p}: line {line}: byte 0x{data[e.start]:02x} is not UTF-8; save the {kind} as UTF-8 "
                           f"text") from None
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+        raw = _load_bounded(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: malformed YAML: {e}") from None
     if not isinstance(raw, dict):

@@ -108,6 +108,10 @@ CASES = [
     (with_(["cost"], {"input": [1, 16, 32, 32]}), "cost.input: Value error, must be five positive sizes (N, C, D, H, W)"),
     (with_(["grid"], {"net": {}}), "grid.net: an axis needs at least one option"),
     (yaml.safe_dump(BASE) + "name: again\n", "duplicate key 'name' (first at line"),
+    # A YAML alias bomb (under 1 KB, 9^9 values expanded) is refused before it is built.
+    (yaml.safe_dump(BASE) + "bomb0: &b0 [1, 2, 3, 4, 5, 6, 7, 8, 9]\n" + "".join(
+        f"bomb{i}: &b{i} [{', '.join([f'*b{i - 1}'] * 9)}]\n" for i in range(1, 10)),
+     "malformed YAML: its aliases expand to more than 100,000 values"),
     (with_(["train", "augment"], "yes"), "train.augment: Value error, must be true, false or a list of augmentations"),
     (with_(["train", "augment"], [{"nam": "flip"}]), "train.augment.0.nam: unknown key. Did you mean 'name'? Allowed: name, params. (got 'flip')"),
     (with_(["scales", "smoke"], {"train": {"epochs": 0}}), "train.epochs: Input should be greater than or equal to 1"),
