@@ -620,14 +620,29 @@ def load_study(path: str | Path) -> StudyCfg:
     return study
 
 
+MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
 def import_plugins(modules: list[str]) -> None:
-    """Import the study's plugin modules (their registrations add models, losses, ...)."""
+    """Import the study's plugin modules (their registrations add models, losses, ...); each must
+    be a module name (not a path) and register at least one component."""
+    from harness.registry import REGISTRIES
+
     for name in modules:
+        if not isinstance(name, str) or not MODULE_NAME.fullmatch(name):
+            raise ConfigError(f"plugins: {name!r} is not a module name (dotted Python identifiers, e.g. "
+                              f"my_lab.nets; a file path is not one): put its folder on PYTHONPATH and name the module")
+        before = sum(len(reg.names()) for reg in REGISTRIES)
         try:
             importlib.import_module(name)
         except ImportError as e:
             raise ConfigError(f"plugins: cannot import {name!r} ({e}); it must be importable (on PYTHONPATH) "
                               f"on the driver and on every Ray worker") from None
+        # Registered now, or earlier by the module itself (imported before, e.g. by another study).
+        grew = sum(len(reg.names()) for reg in REGISTRIES) > before
+        if not grew and not any(reg.registered_by(name) for reg in REGISTRIES):
+            raise ConfigError(f"plugins: {name!r} registered no component; a plugin registers models, losses, "
+                              f"... with harness.registry's decorators (e.g. @MODELS.register('my_net'))")
 
 
 def _check_names(study: StudyCfg) -> None:

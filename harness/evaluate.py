@@ -73,14 +73,18 @@ def run_evaluate(path: str, scale: str, inferer_text: str | None, ensemble: str,
         key = (r.variant, run.data.tags.get("fold"), r.run_id if ensemble == "none" else None)
         groups[key].append((run, r))
 
-    rows = []
+    rows, skipped = [], []
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for (variant, fold, _), members in groups.items():
         try:
             ckpts = [_checkpoint(client, run.info.run_id) for run, _ in members]
+            foreign = {p for c in ckpts for p in TrialSpec.model_validate_json(c["trial"]).plugins} - set(study.plugins)
+            if foreign:  # the checkpoint's list is data: only the study on the command line imports
+                raise ValueError(f"it was trained with plugins {sorted(foreign)} that {path} does not name")
             models = [load_model(c, device) for c in ckpts]
-        except Exception as e:  # noqa: BLE001  a run without weights (older harness, lost artifact)
-            console.print(f"[yellow]{variant}: skipped, a member has no loadable checkpoint ({e})[/yellow]")
+        except Exception as e:  # noqa: BLE001  a run without weights (older harness, lost artifact, damaged file)
+            console.print(f"[yellow]{variant}: skipped, {e}[/yellow]", soft_wrap=True)
+            skipped.append(variant)
             continue
         ckpt = ckpts[0]
         spec = TrialSpec.model_validate_json(ckpt["trial"])
@@ -120,10 +124,25 @@ def run_evaluate(path: str, scale: str, inferer_text: str | None, ensemble: str,
     for r in rows:
         table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()))
     console.print(table)
-    return 0 if rows else 1
+    named_and_skipped = sorted(set(variants or []) & set(skipped))
+    if named_and_skipped:
+        console.print(f"[red]--variant {', '.join(named_and_skipped)}: not evaluated (see above)[/red]")
+    return 0 if rows and not named_and_skipped else 1
 
 
 def _checkpoint(client, run_id: str) -> dict:
+    """The run's checkpoint; ValueError saying the file is missing or damaged (not torch's advice
+    to unpickle it unsafely)."""
     with tempfile.TemporaryDirectory() as d:
-        return torch.load(client.download_artifacts(run_id, f"checkpoint/{CHECKPOINT}", d), map_location="cpu",
-                          weights_only=True)
+        try:
+            path = client.download_artifacts(run_id, f"checkpoint/{CHECKPOINT}", d)
+        except Exception:  # noqa: BLE001  MLflow raises several kinds for a missing artifact
+            raise ValueError(f"run {run_id} has no checkpoint/{CHECKPOINT}") from None
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001  a truncated zip, garbage bytes, a pickle of other objects
+            raise ValueError(f"the checkpoint of run {run_id} is damaged or not a harness checkpoint "
+                             f"({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "harness-checkpoint-1":
+        raise ValueError(f"the checkpoint of run {run_id} is not a harness checkpoint")
+    return ckpt

@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import sys
 import typing
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -80,6 +81,7 @@ class Registry:
     def __init__(self, kind: str, builtins: str | None = None):
         self.kind = kind
         self._items: dict[str, Callable] = {}
+        self._origins: dict[str, str] = {}  # name -> the module that registered it
         self._builtins = builtins
 
     @property
@@ -95,6 +97,9 @@ class Registry:
             if key in self._items:
                 raise ValueError(f"{self.kind} {key!r} is registered twice")
             self._items[key] = obj
+            # Who registered it (the module calling the decorator, whatever module defined obj):
+            # a plugin that registers nothing is a mistake the study is told about.
+            self._origins[key] = sys._getframe(1).f_globals.get("__name__", "")
             return obj
 
         return deco
@@ -135,6 +140,10 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def registered_by(self, module: str) -> list[str]:
+        """Names registered by ``module`` or its submodules."""
+        return sorted(k for k, m in self._origins.items() if m == module or m.startswith(f"{module}."))
+
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
@@ -152,3 +161,4 @@ AUGMENTATIONS = Registry("augmentation", "harness.data.transforms")
 TARGETS = Registry("target", "harness.data.transforms")
 INFERERS = Registry("inferer", "harness.inferers")
 CALLBACKS = Registry("callback", "harness.callbacks")
+REGISTRIES = (OPS, MODELS, DATASETS, LOSSES, OPTIMIZERS, SCHEDULES, AUGMENTATIONS, TARGETS, INFERERS, CALLBACKS)

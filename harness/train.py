@@ -291,11 +291,14 @@ def save_checkpoint(path: Path, model: nn.Module, t: Trial) -> int:
 
 
 def load_model(ckpt: dict | str | Path, device: torch.device | str = "cpu") -> nn.Module:
-    """The registered model of a checkpoint (a dict or a ``model.pt`` path) with its weights, in eval mode."""
+    """The registered model of a checkpoint (a dict or a ``model.pt`` path) with its weights, in eval mode.
+
+    The model must be registered already: a checkpoint never chooses what is imported (its
+    stored plugin list is data from a file); the study given on the command line imports its
+    plugins (``harness evaluate``)."""
     if not isinstance(ckpt, dict):
         ckpt = torch.load(ckpt, map_location="cpu", weights_only=True)
     spec = TrialSpec.model_validate_json(ckpt["trial"])
-    import_plugins(spec.plugins)
     model = build_model(ckpt["model"], in_channels=ckpt["in_channels"], out_channels=ckpt["out_channels"],
                         input_size=spec.train.patch, output=spec.train.output, **spec.model.params)
     try:

@@ -1,5 +1,6 @@
 """A toy family registered from outside harness/ runs through `harness run`, then its saved
 weights are re-evaluated (`harness evaluate`) without retraining."""
+import json
 import os
 import shutil
 import subprocess
@@ -36,7 +37,7 @@ def trial_runs(client, role="trial"):
     return client.search_runs([exp.experiment_id], f"tags.harness_role = '{role}'")
 
 
-def test_outside_family_runs_saves_weights_and_reevaluates(tmp_path, monkeypatch):
+def test_outside_family_runs_saves_weights_and_reevaluates(tmp_path, monkeypatch, capsys):
     shutil.copy(PLUGIN, tmp_path / "toy_family.py")
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(STUDY))
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "PYTHONWARNINGS": "ignore"}
@@ -77,3 +78,19 @@ def test_outside_family_runs_saves_weights_and_reevaluates(tmp_path, monkeypatch
     assert main(["report", "s.yaml", "--format", "md"]) == 0
     text = (tmp_path / "reports" / "local" / "toy_family" / "README.md").read_text()
     assert "## Re-evaluations" in text and "| tta " in text and "toy_flip_tta" in text
+
+    # A checkpoint does not choose what is imported: trained with a plugin the study on the
+    # command line does not name, it is skipped, and a --variant named but skipped exits 1.
+    capsys.readouterr()
+    (ckpt_file,) = tmp_path.glob(f"**/{runs[0].info.run_id}/artifacts/checkpoint/model.pt")
+    ckpt = torch.load(ckpt_file, weights_only=True)
+    torch.save({**ckpt, "trial": json.dumps({**json.loads(ckpt["trial"]), "plugins": ["evil_module"]})}, ckpt_file)
+    assert main(["evaluate", "s.yaml", "--variant", "toy"]) == 1
+    out = capsys.readouterr().out
+    assert "trained with plugins ['evil_module'] that s.yaml does not name" in out and "--variant toy" in out
+    # A damaged file is said to be damaged (not torch's advice to unpickle it unsafely).
+    ckpt_file.write_bytes(b"not a checkpoint")
+    assert main(["evaluate", "s.yaml", "--variant", "toy"]) == 1
+    out = capsys.readouterr().out
+    assert f"the checkpoint of run {runs[0].info.run_id} is damaged or not a harness checkpoint" in out
+    assert "weights_only" not in out
