@@ -688,15 +688,27 @@ def axis_curves(runs: StudyRuns, out: Path) -> list[str]:
     return files
 
 
+def md_text(text: Any) -> str:
+    """A study's own words (titles, claim texts, variant names) as Markdown text: HTML tags shown,
+    not run, and a '|' that would split a table cell escaped."""
+    return html_lib.escape(str(text), quote=False).replace("|", "\\|")
+
+
+def _md_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Every label and text cell through ``md_text`` (the table's own ** bold marks kept)."""
+    return df.rename(columns=md_text).map(lambda v: md_text(v) if isinstance(v, str) else v)
+
+
 def _write_table(table: pd.DataFrame, out: Path, stem: str, formats: list[str]) -> None:
     flat = table.reset_index()
     if "md" in formats:
-        (out / f"{stem}.md").write_text(flat.to_markdown(index=False, disable_numparse=True) + "\n")
+        (out / f"{stem}.md").write_text(_md_frame(flat).to_markdown(index=False, disable_numparse=True) + "\n")
     if "html" in formats:
         html = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", flat.to_html(index=False, escape=True))
         (out / f"{stem}.html").write_text(f"<html><head><meta charset='utf-8'></head><body>{html}</body></html>\n")
-    if "tex" in formats:
-        tex = re.sub(r"\*\*(.+?)\*\*", r"\\textbf{\1}", flat.to_latex(index=False).replace("±", "$\\pm$"))
+    if "tex" in formats:  # LaTeX's specials (_ % & # $ { } ~ ^ \\) escaped, then our bold and ±
+        tex = flat.to_latex(index=False, escape=True).replace("±", "$\\pm$")
+        tex = re.sub(r"\*\*(.+?)\*\*", r"\\textbf{\1}", tex)
         (out / f"{stem}.tex").write_text(tex)
     if "csv" in formats:
         flat.to_csv(out / f"{stem}.csv", index=False)
@@ -760,9 +772,9 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
     (out / "claims.json").write_text(json.dumps({"scale": scale, "engine": stats_.ENGINE, "wall_time_s": wall,
                                                  "ran_with": runs.ran_with, "claims": claims.to_dict("records")},
                                                 indent=1, default=str))
-    md = [f"# {study.title}", "", study.description.strip(), ""]
+    md = [f"# {md_text(study.title)}", "", md_text(study.description.strip()), ""]
     if study.deviations:
-        md += ["## Deviations from the paper", "", *[f"- {d.strip()}" for d in study.deviations], ""]
+        md += ["## Deviations from the paper", "", *[f"- {md_text(d.strip())}" for d in study.deviations], ""]
     md += [f"Scale: **{scale}**. {len(runs.trials)} finished trials"
            + (f", failed: {', '.join(runs.failed)}" if runs.failed else "")
            + (f"; {runs.stale} finished runs of an older configuration left out" if runs.stale else "")
@@ -775,7 +787,7 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
     has_paper = any(str(c).endswith(" paper") for c in table.columns)
     legend = ("Each cell: ours (mean ± std over seeds), the paper's value, and ours − paper." if has_paper else
               "Each cell: ours (mean ± std over seeds); the paper prints no number for these cells.")
-    md += ["## Table", "", legend, "", table.reset_index().to_markdown(index=False, disable_numparse=True), ""]
+    md += ["## Table", "", legend, "", _md_frame(table.reset_index()).to_markdown(index=False, disable_numparse=True), ""]
     if notes:
         md += ["Missing:", ""] + [f"- {n}" for n in notes] + [""]
     md += ["## Statistics", "", st.to_markdown(index=False, floatfmt=".4g") if not st.empty else "No finished runs.", ""]
@@ -824,7 +836,7 @@ def claims_markdown(claims: pd.DataFrame) -> str:
     def num(x: float) -> str:
         return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
 
-    rows = [{"claim": r.claim, "where": r.where, "source": r.source, "metric": r.metric,
+    rows = [{"claim": md_text(r.claim), "where": md_text(r.where), "source": r.source, "metric": r.metric,
              "verdict": r.verdict + (f" — *{r.flag}*" if r.flag else ""), "effect": num(r.effect),
              "95% interval": "—" if math.isnan(r.ci_low) else f"{num(r.ci_low)} to {num(r.ci_high)}",
              "detectable": num(r.detectable), "paper": num(r.paper), "cases x seeds": f"{r.cases} x {r.seeds}",

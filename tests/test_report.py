@@ -469,3 +469,20 @@ def test_index_counts_each_comparison_once_and_ours_apart(tmp_path):
     assert "Not in these totals: 1 reports judged by an earlier engine" in md and md.count("bootstrap") == 1
     html = (tmp_path / "index.html").read_text()
     assert "t4 &lt;title&gt;" in html and "<title>\n" not in html.split("</title>", 1)[1]
+
+
+def test_a_studys_own_words_are_escaped_for_each_format(tmp_path):
+    from harness.report import _write_table, claims_markdown, md_text
+
+    assert md_text("<script>alert(1)</script> a|b") == "&lt;script&gt;alert(1)&lt;/script&gt; a\\|b"
+    table = pd.DataFrame({"net": ["<b>x</b>|y", "a_b 50%"], "Dice ours": ["**90.0 ± 1.0**", "80.0"]}).set_index("net")
+    _write_table(table, tmp_path, "t", ["md", "html", "tex"])
+    md = (tmp_path / "t.md").read_text()
+    assert "&lt;b&gt;x&lt;/b&gt;\\|y" in md and "<b>" not in md and "**90.0 ± 1.0**" in md
+    assert "&lt;b&gt;x&lt;/b&gt;|y" in (tmp_path / "t.html").read_text()  # inside a cell, | is plain text in HTML
+    tex = (tmp_path / "t.tex").read_text()
+    assert "a\\_b 50\\%" in tex and "\\textbf{90.0 $\\pm$ 1.0}" in tex
+    row = {"claim": "x | <i>y</i>", "where": "T1", "source": "paper", "metric": "mean_dice", "verdict": "reproduced",
+           "flag": "", "effect": 1.0, "ci_low": 0.5, "ci_high": 1.5, "detectable": 1.0, "paper": 2.0, "cases": 24,
+           "seeds": 3, "note": ""}
+    assert "x \\| &lt;i&gt;y&lt;/i&gt;" in claims_markdown(pd.DataFrame([row]))
