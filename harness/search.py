@@ -250,9 +250,10 @@ def run_search(path: str, trials: int | None, address: str | None, resume: bool,
     space = Space(path)  # all validation before anything is written
     cfg = space.cfg
     n_total = trials or cfg.trials
-    from harness.tracking import Tracker
+    from harness.tracking import Tracker, check_store
     from harness.tune import check_capacity
 
+    check_store(tracking_uri)  # a damaged mlflow.db is said in one line, before Ray starts
     check_capacity(address, space.study.resources.cpu, space.study.resources.gpu, verbose)  # before mlflow.db
     tracker = Tracker(tracking_uri, verbose)
     db_dir = Path(tracker.uri[len("sqlite:///"):]).parent if tracker.uri.startswith("sqlite:///") else Path(".")

@@ -152,9 +152,10 @@ def run_studies(paths: list[str], scale: str, seeds: int | None, address: str | 
         tasks[key] = build_task(data.dataset, **data.params)
         tasks[key].train  # generate/cache once, before trials race for it
 
-    from harness.tracking import Tracker  # mlflow and ray are imported only when a run really starts
+    from harness.tracking import Tracker, check_store  # mlflow and ray are imported only when a run really starts
     from harness.tune import check_capacity, run_trials, trial_id
 
+    check_store(tracking_uri)  # a damaged mlflow.db is said in one line, before Ray starts
     check_capacity(address, max(st.resources.cpu for _, st in studies), max(st.resources.gpu for _, st in studies),
                    verbose)  # before mlflow.db exists
     tracker = Tracker(tracking_uri, verbose)

@@ -7,9 +7,11 @@ their numbers through Ray Tune's results. A study execution is identified by
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import platform
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -62,6 +64,32 @@ def numeric(d: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI; None for any other store."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def check_store(uri: str | None) -> None:
+    """Refuse a damaged sqlite tracking store in one line (ConfigError), before Ray starts and
+    before MLflow would print a long traceback; a missing or empty file is a new store."""
+    from harness.config import ConfigError
+
+    path = sqlite_path(uri or default_tracking_uri())
+    if path is None or not path.exists() or path.stat().st_size == 0:
+        return
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            problem = con.execute("PRAGMA quick_check").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        problem = str(e)
+    if problem != "ok":
+        raise ConfigError(f"{path}: not a readable MLflow database ({problem}); move it aside "
+                          f"(mv {path} {path}.broken) to start a new one, or pass --tracking-uri")
+
+
 class Tracker:
     def __init__(self, uri: str | None = None, verbose: int = 1):
         self.uri = uri or default_tracking_uri()
@@ -70,7 +98,19 @@ class Tracker:
 
             for name in ("mlflow", "alembic"):
                 logging.getLogger(name).setLevel(logging.WARNING)
-        self.client = MlflowClient(self.uri)
+        path = sqlite_path(self.uri)
+        if path is None:
+            self.client = MlflowClient(self.uri)
+            return
+        # Two runs started together would both create (or migrate) the schema ("table datasets
+        # already exists"): the client, which creates it, is made under a file lock.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self.client = MlflowClient(self.uri)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def experiment(self, study: str) -> str:
         name = f"harness/{study}"
