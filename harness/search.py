@@ -250,10 +250,11 @@ def run_search(path: str, trials: int | None, address: str | None, resume: bool,
     space = Space(path)  # all validation before anything is written
     cfg = space.cfg
     n_total = trials or cfg.trials
-    from harness.tracking import Tracker, check_store
+    from harness.tracking import Tracker, check_store, hold_lock
     from harness.tune import check_capacity
 
     check_store(tracking_uri)  # a damaged mlflow.db is said in one line, before Ray starts
+    lock = hold_lock(tracking_uri, f"search-{cfg.name}", f"search {cfg.name}")  # noqa: F841  one runner a journal
     check_capacity(address, space.study.resources.cpu, space.study.resources.gpu, verbose)  # before mlflow.db
     tracker = Tracker(tracking_uri, verbose)
     db_dir = Path(tracker.uri[len("sqlite:///"):]).parent if tracker.uri.startswith("sqlite:///") else Path(".")

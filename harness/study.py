@@ -152,10 +152,12 @@ def run_studies(paths: list[str], scale: str, seeds: int | None, address: str | 
         tasks[key] = build_task(data.dataset, **data.params)
         tasks[key].train  # generate/cache once, before trials race for it
 
-    from harness.tracking import Tracker, check_store  # mlflow and ray are imported only when a run really starts
+    from harness.tracking import Tracker, check_store, hold_lock  # mlflow and ray load only when a run starts
     from harness.tune import check_capacity, run_trials, trial_id
 
     check_store(tracking_uri)  # a damaged mlflow.db is said in one line, before Ray starts
+    # One runner per study and scale: a second `--resume` at once would train every trial left twice.
+    locks = [hold_lock(tracking_uri, f"{study.name}@{scale}", f"{study.name}@{scale}") for _, study in studies]  # noqa: F841
     check_capacity(address, max(st.resources.cpu for _, st in studies), max(st.resources.gpu for _, st in studies),
                    verbose)  # before mlflow.db exists
     tracker = Tracker(tracking_uri, verbose)

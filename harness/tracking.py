@@ -90,6 +90,32 @@ def check_store(uri: str | None) -> None:
                           f"(mv {path} {path}.broken) to start a new one, or pass --tracking-uri")
 
 
+def hold_lock(uri: str | None, name: str, what: str):
+    """An exclusive lock on ``name`` (a study at a scale, a search) beside the tracking store,
+    held until the returned file is closed (or the process ends: a killed holder never leaves a
+    stale lock). Taken already: ConfigError naming the holder (pid, host, since)."""
+    from harness.config import ConfigError
+
+    db = sqlite_path(uri or default_tracking_uri())
+    folder = (db.parent if db is not None else Path(".")) / ".harness" / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.lock"
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise ConfigError(f"{what} is being run already by {holder} (lock {path}); wait for it to end, or stop "
+                          f"it first (the lock goes with its process)") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {platform.node()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    f.flush()
+    return f
+
+
 class Tracker:
     def __init__(self, uri: str | None = None, verbose: int = 1):
         self.uri = uri or default_tracking_uri()

@@ -35,3 +35,25 @@ def test_a_damaged_store_is_refused_in_one_line_before_ray_starts(tmp_path, monk
     assert f"{tmp_path / 'mlflow.db'}: not a readable MLflow database" in err and "mv " in err
     assert len(err.strip().splitlines()) == 1 and time.monotonic() - start < 60
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "s.yaml"]
+
+
+def test_a_study_run_twice_at_once_is_refused_naming_the_holder(tmp_path, monkeypatch, capsys):
+    # Two `--resume`s at once would each train every trial left: the second exits 2, and the
+    # lock goes with its holder (closing it, as a process ending does, frees it).
+    from harness.tracking import hold_lock
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(BASE, sort_keys=False))
+    held = hold_lock(None, f"{BASE['name']}@smoke", "first")
+    import harness.tune
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray started")
+
+    monkeypatch.setattr(harness.tune, "check_capacity", no_ray)
+    assert main(["run", "s.yaml", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"{BASE['name']}@smoke is being run already by pid " in err and "since" in err
+    held.close()
+    again = hold_lock(None, f"{BASE['name']}@smoke", "second")  # free once its holder is gone
+    again.close()
