@@ -202,11 +202,12 @@ def paper_effect(study: StudyCfg, claim) -> float:
 
 
 def _paper_value(study: StudyCfg, variant: str, metric: str) -> float:
-    """The paper's figure for ``variant``: ``expected``, or for ``mean_dice`` where the paper
-    prints only per-region Dice (ConResNet's ET / WT / TC), their mean."""
+    """The paper's figure for ``variant``: ``expected``, or for ``mean_dice`` / ``mean_hd95`` where
+    the paper prints only per-region figures (ConResNet's ET / WT / TC), their mean."""
     value = _expected(study, variant, metric)[0]
-    if math.isnan(value) and metric == "mean_dice":
-        regions = [m for m in study.expected.get(variant, {}) if m.startswith("dice_")]
+    if math.isnan(value) and metric in ("mean_dice", "mean_hd95"):
+        prefix = metric.removeprefix("mean_") + "_"
+        regions = [m for m in study.expected.get(variant, {}) if m.startswith(prefix)]
         value = float(np.mean([_expected(study, variant, m)[0] for m in regions])) if regions else math.nan
     return value
 
