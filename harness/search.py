@@ -254,8 +254,8 @@ def run_search(path: str, trials: int | None, address: str | None, resume: bool,
     from harness.tune import check_capacity
 
     check_store(tracking_uri)  # a damaged mlflow.db is said in one line, before Ray starts
-    lock = hold_lock(tracking_uri, f"search-{cfg.name}", f"search {cfg.name}")  # noqa: F841  one runner a journal
     check_capacity(address, space.study.resources.cpu, space.study.resources.gpu, verbose)  # before mlflow.db
+    lock = hold_lock(tracking_uri, f"search-{cfg.name}", f"search {cfg.name}")  # noqa: F841  one runner a journal
     tracker = Tracker(tracking_uri, verbose)
     db_dir = Path(tracker.uri[len("sqlite:///"):]).parent if tracker.uri.startswith("sqlite:///") else Path(".")
     storage_url = cfg.storage or str(db_dir / "optuna" / f"{cfg.name}.journal")

@@ -156,10 +156,10 @@ def run_studies(paths: list[str], scale: str, seeds: int | None, address: str | 
     from harness.tune import check_capacity, run_trials, trial_id
 
     check_store(tracking_uri)  # a damaged mlflow.db is said in one line, before Ray starts
-    # One runner per study and scale: a second `--resume` at once would train every trial left twice.
-    locks = [hold_lock(tracking_uri, f"{study.name}@{scale}", f"{study.name}@{scale}") for _, study in studies]  # noqa: F841
     check_capacity(address, max(st.resources.cpu for _, st in studies), max(st.resources.gpu for _, st in studies),
                    verbose)  # before mlflow.db exists
+    # One runner per study and scale: a second `--resume` at once would train every trial left twice.
+    locks = [hold_lock(tracking_uri, f"{study.name}@{scale}", f"{study.name}@{scale}") for _, study in studies]  # noqa: F841
     tracker = Tracker(tracking_uri, verbose)
     parents: dict[str, tuple[str, str]] = {}
     trial_hash: dict[str, str] = {}
