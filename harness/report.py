@@ -180,10 +180,12 @@ def paired_test(df: pd.DataFrame | None, a: list[str], b: list[str] | float, met
     if d.size == 0:
         return {"pairs": 0, "cases": 0, "seeds": 0, "delta": math.nan, "ci_low": math.nan, "ci_high": math.nan,
                 "detectable": math.nan, "detectable_equal": math.nan}
-    mean, lo, hi = stats_.interval(d)
+    parts = stats_.components(d)  # once for the interval and both detectable effects
+    mean, lo, hi = stats_.interval(d, p=parts)
     return {"pairs": int(d.size), "cases": d.shape[0] if len(unit) > 1 else 0, "seeds": d.shape[1],
             "delta": float(mean), "ci_low": float(lo), "ci_high": float(hi),
-            "detectable": float(stats_.detectable(d)), "detectable_equal": float(stats_.detectable(d, equivalence=True))}
+            "detectable": float(stats_.detectable(d, p=parts)),
+            "detectable_equal": float(stats_.detectable(d, equivalence=True, p=parts))}
 
 
 def paper_effect(study: StudyCfg, claim) -> float:

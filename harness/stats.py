@@ -74,23 +74,26 @@ def _quadrature(p: dict[str, np.ndarray], q_seed: float | np.ndarray, q_case: fl
     return np.sqrt(q_seed ** 2 * p["u_seed2"] + q_case ** 2 * p["u_case2"])
 
 
-def interval(d: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean, low, high) of the ``level`` interval of the grand mean of ``d`` (..., C, S)."""
-    p = components(d)
+def interval(d: np.ndarray, level: float = LEVEL, p: dict[str, np.ndarray] | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, low, high) of the ``level`` interval of the grand mean of ``d`` (..., C, S);
+    ``p``: its ``components`` where the caller has them already."""
+    p = components(d) if p is None else p
     q = 0.5 + level / 2
     with np.errstate(invalid="ignore"):
         half = _quadrature(p, stats.t.ppf(q, p["df_seed"]), stats.t.ppf(q, p["df_case"]))
     return p["mean"], p["mean"] - half, p["mean"] + half
 
 
-def detectable(d: np.ndarray, equivalence: bool = False, level: float = LEVEL, power: float = POWER) -> np.ndarray:
+def detectable(d: np.ndarray, equivalence: bool = False, level: float = LEVEL, power: float = POWER,
+               p: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """The minimum detectable effect of the design ``d`` (..., C, S) at ``power``, from its
     observed variance parts: (t_{1-a/2} + t_{power}) per part, combined in quadrature as the
     interval is. A directional claim with margin m is reproduced with probability ``power`` when
     its true effect is m + this. For equivalence (``equivalence=True``): the smallest margin the
     design would show a true zero difference to lie within, t_{power} taken two-sided
     (t_{(1+power)/2}), since both ends must clear their bound."""
-    p = components(d)
+    p = components(d) if p is None else p
     q, b = 0.5 + level / 2, (1 + power) / 2 if equivalence else power
     with np.errstate(invalid="ignore"):
         return _quadrature(p, stats.t.ppf(q, p["df_seed"]) + stats.t.ppf(b, p["df_seed"]),
