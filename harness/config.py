@@ -93,8 +93,11 @@ def _flat_params(keep: tuple[str, ...]):
 class DataCfg(_Strict):
     dataset: str
     params: dict[str, Any] = Field(default_factory=dict)
+    # Parameters of the folder data set ``--data-root`` swaps in for a synthetic one: the paper's
+    # preprocessing of its real data (ConResNet Table II: CT window [-100, 240], 4 folds).
+    folder: dict[str, Any] = Field(default_factory=dict)
 
-    _flat = _flat_params(("dataset", "params"))
+    _flat = _flat_params(("dataset", "params", "folder"))
 
 
 class ModelCfg(_Strict):
@@ -304,6 +307,9 @@ class LayoutCfg(_Strict):
 Side = Union[str, dict[str, str]]  # a variant name, or {axis: label}: the mean over the variants so tagged
 
 
+# Costs that are numbers, not measurements (the same every seed): a ratio claim's metrics.
+EXACT_COSTS = ("params", "size_mb", "gmacs", "macs_per_voxel", "forward_passes", "checkpoint_bytes")
+
 # A name that becomes a file or folder name: letters, digits, '_', '.', '-', not only dots.
 PLAIN_NAME = r"^[A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
 
@@ -319,6 +325,12 @@ class ClaimCfg(_Strict):
     over every variant so tagged (the paper's "on average over the SG settings"). ``than`` may
     also be a number: a published figure of a net the study does not train (GSP-Conv Table 3's
     "less than 8% of the parameters" of the other methods).
+
+    A claim of a magnitude judges it, not only its sign: ``value`` (with ``direction: equal``)
+    is the effect the paper states, and ``better`` is within ``margin`` of it ("nearly 4 points":
+    value 3.84). ``measure: ratio`` makes the effect ``better / than`` on an exact cost
+    (parameters, MACs): "28% of the parameters" is ratio 0.28, "+18.64% computation" 1.1864; a
+    directional ratio claim compares with 1 (``lower``: below ``1 - margin``).
     """
 
     text: str
@@ -328,6 +340,8 @@ class ClaimCfg(_Strict):
     metric: str = "mean_dice"
     direction: Literal["higher", "lower", "noninferior", "equal"] = "higher"
     margin: float = 0.0
+    measure: Literal["difference", "ratio"] = "difference"
+    value: Optional[float] = None  # the stated magnitude of an ``equal`` claim (default: 0, or 1 for a ratio)
     # paper: the paper states it; ours: a check of our own (a sanity check, a procedure the paper
     # does not ablate). The index counts the two apart.
     source: Literal["paper", "ours"] = "paper"
@@ -343,7 +357,21 @@ class ClaimCfg(_Strict):
         if self.direction == "noninferior" and not self.margin > 0:
             raise ValueError(f"margin: a non-inferiority claim (direction: noninferior) needs a margin > 0 (how "
                              f"much worse still counts as matching), got {self.margin}")
+        if self.value is not None and self.direction != "equal":
+            raise ValueError(f"value: a stated magnitude ({self.value:g}) is judged by direction: equal (within "
+                             f"margin of it), got direction: {self.direction}")
+        if self.measure == "ratio":
+            if self.metric not in EXACT_COSTS:
+                raise ValueError(f"metric: measure: ratio is for an exact cost, one of {', '.join(EXACT_COSTS)}; "
+                                 f"got {self.metric!r}")
+            if self.value is not None and not self.value > 0:
+                raise ValueError(f"value: a ratio is > 0, got {self.value:g}")
         return self
+
+    @property
+    def reference(self) -> float:
+        """What the effect is compared with: the stated ``value``, else no difference (0, or 1 for a ratio)."""
+        return self.value if self.value is not None else 1.0 if self.measure == "ratio" else 0.0
 
 
 class StudyCfg(_Strict):
@@ -930,8 +958,9 @@ PORTABLE_DATA_PARAMS = ("labels",)  # kept when --data-root swaps a synthetic se
 def apply_data_roots(study: StudyCfg, scale: str, roots: list[str]) -> None:
     """``--data-root PATH`` points the study's data at a folder; ``TASK=PATH`` one of its tasks.
 
-    A synthetic data set is replaced by the folder's format (detected), so a paper table runs
-    on real data without editing its study file; the task's training overrides stay.
+    A synthetic data set is replaced by the folder's format (detected), with the study's
+    ``data.folder`` parameters, so a paper table runs on real data without editing its study
+    file; the task's training overrides stay.
     """
     for item in roots:
         name, sep, path = item.partition("=")
@@ -948,7 +977,8 @@ def apply_data_roots(study: StudyCfg, scale: str, roots: list[str]) -> None:
         old = cfg.params if cfg else {**study.data.params, **study.scales[scale].data}
         # A synthetic set's parameters mean nothing to the folder's format, but for the label
         # encoding (BraTS regions or classes), which is the study's choice, not the data's.
-        params = {"root": path, **{k: old[k] for k in PORTABLE_DATA_PARAMS if k in old}}
+        params = {"root": path, **{k: old[k] for k in PORTABLE_DATA_PARAMS if k in old},
+                  **(study.data.folder if cfg is None else {})}
         if "root" not in inspect.signature(DATASETS.get(dataset)).parameters:
             from harness.data.folders import detect_format
 

@@ -60,6 +60,36 @@ def sliding_window(patch: Sequence[int], batch_size: int, output: str, overlap: 
     return SlidingWindow(patch, batch_size, output, overlap, mode)
 
 
+class WholeVolume(Inferer):
+    """The network on the whole volume in one pass, zero-padded at the end of each spatial axis
+    to a multiple of ``divisor`` and cropped back (BraTS 2020 Sec. 2.6: the volume cropped to
+    the brain, "zero-padded to have each of the spatial dimensions divisible by 8")."""
+
+    def __init__(self, output: str, divisor: int = 8):
+        if divisor < 1:
+            raise ValueError(f"divisor: {divisor} must be >= 1")
+        self.output, self.divisor = output, divisor
+
+    def __call__(self, volume: torch.Tensor, network: Network) -> torch.Tensor:
+        size = volume.shape[2:]
+        pad = [(-s) % self.divisor for s in size]
+        x = torch.nn.functional.pad(volume, [p for q in reversed(pad) for p in (0, q)])
+        logits = network(x)
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(f"{type(network).__name__} returned {type(logits).__name__} in eval mode; the output "
+                            f"contract (harness.contract) asks for the segmentation tensor only")
+        return probabilities(logits[..., :size[0], :size[1], :size[2]].float(), self.output)
+
+
+@INFERERS.register("whole_volume")
+def whole_volume(patch: Sequence[int], batch_size: int, output: str, divisor: int = 8) -> Inferer:
+    """The whole volume in one pass (BraTS 2020's inference), padded to a multiple of ``divisor``."""
+    return WholeVolume(output, divisor)
+
+
+BASES = ("sliding_window", "whole_volume")
+
+
 @dataclass(frozen=True)
 class View:
     """One test-time view: flip ``flip`` (a spatial dim of N, C, D, H, W, or None), then rotate
@@ -103,11 +133,16 @@ class TTA(Inferer):
 
 @INFERERS.register("tta")
 def tta(patch: Sequence[int], batch_size: int, output: str, views: str = "brats2020", overlap: float = 0.25,
-        mode: str = "constant") -> Inferer:
-    """Test-time augmentation: every view of ``VIEW_SETS[views]`` through the sliding window,
-    mapped back and averaged. Rotations in the axial plane need a square in-plane patch."""
+        mode: str = "constant", base: str = "sliding_window") -> Inferer:
+    """Test-time augmentation: every view of ``VIEW_SETS[views]`` through the ``base`` inferer
+    (the sliding window, or the whole volume as BraTS 2020 infers), mapped back and averaged.
+    Rotations in the axial plane need a square in-plane window (sliding window) or volume."""
     if views not in VIEW_SETS:
         raise ValueError(f"views: {views!r} is not one of {', '.join(VIEW_SETS)}")
+    if base not in BASES:
+        raise ValueError(f"base: {base!r} is not one of {', '.join(BASES)}")
+    if base == "whole_volume":
+        return TTA(WholeVolume(output), VIEW_SETS[views])
     if any(v.rot % 2 for v in VIEW_SETS[views]) and patch[1] != patch[2]:
         raise ValueError(f"views {views!r} rotate the axial plane: the patch's H and W must be equal, got {list(patch)}")
     return TTA(SlidingWindow(patch, batch_size, output, overlap, mode), VIEW_SETS[views])

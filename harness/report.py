@@ -37,7 +37,8 @@ import pandas as pd
 from scipy import stats
 
 from harness import stats as stats_
-from harness.config import ConfigError, StudyCfg, VariantCfg, apply_data_roots, load_study, resolve, spec_hash, variants
+from harness.config import (EXACT_COSTS, ConfigError, StudyCfg, VariantCfg, apply_data_roots, load_study, resolve,
+                            spec_hash, variants)
 
 FORMATS = ("md", "html", "tex", "csv")
 
@@ -190,7 +191,8 @@ def paired_test(df: pd.DataFrame | None, a: list[str], b: list[str] | float, met
 
 def paper_effect(study: StudyCfg, claim) -> float:
     """The claim's effect in the paper's own numbers (``_paper_value``), signed as claimed; NaN
-    where the paper prints no number for a side (for ``equal``: the absolute difference)."""
+    where the paper prints no number for a side (for ``equal``: the absolute difference, or the
+    difference where the claim states a magnitude; for a ratio claim: the ratio)."""
     from harness.config import claim_members
 
     def side(s) -> float:
@@ -199,8 +201,12 @@ def paper_effect(study: StudyCfg, claim) -> float:
         vals = [_paper_value(study, v, claim.metric) for v in claim_members(study, s)]
         return float(np.mean(vals))  # NaN when any member lacks the figure
 
+    if claim.measure == "ratio":
+        return side(claim.better) / side(claim.than)
     eff = side(claim.better) - side(claim.than)
-    return abs(eff) if claim.direction == "equal" else -eff if claim.direction == "lower" else eff
+    if claim.direction == "equal":
+        return eff if claim.value is not None else abs(eff)
+    return -eff if claim.direction == "lower" else eff
 
 
 def _paper_value(study: StudyCfg, variant: str, metric: str) -> float:
@@ -218,9 +224,11 @@ def judge_claim(runs: "StudyRuns", claim) -> dict[str, Any]:
     """reproduced / contradicted / inconclusive for one ``ClaimCfg`` on the runs at hand, with
     the design's detectable effect and a flag.
 
-    Effect = ``better`` - ``than`` signed so that positive means "as claimed". Accuracy
+    Effect = ``better`` - ``than`` signed so that positive means "as claimed" (a ratio claim:
+    ``better / than`` as it is, judged against its reference, ``ClaimCfg.reference``). Accuracy
     metrics (kept per case) pair by (case, seed); costs by seed, where parameters and MACs are
-    exact (the interval is the number itself) and timed costs get the paired t over seeds.
+    exact (``EXACT_COSTS``: the interval is the number itself) and every other trial-level
+    number (timed costs, the worst case's Dice) gets the paired t over seeds.
     Verdicts: ``harness.stats.verdict`` on the 95% interval (``UNIT``); too few seeds to sample
     their noise is inconclusive. ``detectable``: for a directional claim, the true effect the
     design would reproduce with 80% power (margin + minimum detectable effect); for ``equal``,
@@ -234,30 +242,44 @@ def judge_claim(runs: "StudyRuns", claim) -> dict[str, Any]:
     a = claim_members(runs.study, claim.better)
     b = claim.than if isinstance(claim.than, (int, float)) else claim_members(runs.study, claim.than)
     per_case = runs.per_case is not None and claim.metric in runs.per_case
-    r = paired_test(runs.per_case if per_case else runs.trials, a, b, claim.metric,
-                    ("case", "seed") if per_case else ("seed",), sign=-1.0 if claim.direction == "lower" else 1.0)
-    lo, hi = r["ci_low"], r["ci_high"]
+    ratio = claim.measure == "ratio"
     equal = claim.direction == "equal"
+    if ratio:  # exact costs (config): the ratio is a number, its log difference the same every seed
+        logs = runs.trials.assign(**{claim.metric: np.log(runs.trials[claim.metric])}) \
+            if claim.metric in runs.trials else runs.trials
+        r = paired_test(logs, a, math.log(b) if isinstance(b, (int, float)) else b, claim.metric, ("seed",))
+        r["delta"] = math.exp(r["delta"])
+    else:
+        r = paired_test(runs.per_case if per_case else runs.trials, a, b, claim.metric,
+                        ("case", "seed") if per_case else ("seed",), sign=-1.0 if claim.direction == "lower" else 1.0)
+    lo, hi = r["ci_low"], r["ci_high"]
     target = stats_.bound(claim.margin, claim.direction)  # what a directional effect must exceed
     found = r["detectable_equal"] if equal else target + r["detectable"]
     note = ""
     if r["pairs"] == 0:
         note = "no matched finished runs"
-    elif not per_case and not claim.metric.startswith(NOISY_COSTS):
+    elif not per_case and claim.metric in EXACT_COSTS:
         lo = hi = r["delta"]  # parameters and MACs are exact
         found = target if not equal else 0.0
     elif math.isnan(lo):
         note = f"not enough pairs: {r['cases']} cases x {r['seeds']} seeds (needs >= 2 seeds)" if per_case else \
-            "a timed cost needs >= 2 seeds"
-    verdict = str(stats_.verdict(lo, hi, claim.margin, claim.direction))
+            "a measurement over seeds needs >= 2 seeds"
+    # The verdict reads an interval signed as claimed and centred on the claim's reference.
+    ref = claim.reference
+    slo, shi = (ref - hi, ref - lo) if ratio and claim.direction == "lower" else (lo - ref, hi - ref)
+    verdict = str(stats_.verdict(slo, shi, claim.margin, claim.direction))
     paper = paper_effect(runs.study, claim)
     flag = ""
     if verdict == "inconclusive" and (found > claim.margin if equal else found > paper):
         flag = "underpowered"
-    elif not math.isnan(lo) and stats_.is_borderline(lo, hi, claim.margin, claim.direction):
+    elif not math.isnan(lo) and stats_.is_borderline(slo, shi, claim.margin, claim.direction):
         flag = "borderline"
-    metric = (f"{claim.metric} = (±{claim.margin:g})" if equal else
-              f"{claim.metric} ≥ (−{claim.margin:g})" if claim.direction == "noninferior" else claim.metric)
+    name = f"{claim.metric} ratio" if ratio else claim.metric
+    metric = (f"{name} = {claim.reference:g} (±{claim.margin:g})" if equal and (ratio or claim.value is not None) else
+              f"{name} = (±{claim.margin:g})" if equal else
+              f"{name} ≥ (−{claim.margin:g})" if claim.direction == "noninferior" else
+              f"{name} < {1 - claim.margin:g}" if ratio and claim.direction == "lower" else
+              f"{name} > {1 + claim.margin:g}" if ratio else name)
     return {"claim": claim.text, "where": claim.where, "source": claim.source, "id": claim_id(runs.study, claim),
             "metric": metric, "verdict": verdict, "flag": flag, "effect": r["delta"], "ci_low": lo, "ci_high": hi,
             "detectable": found, "paper": paper, "cases": r["cases"], "seeds": r["seeds"], "note": note}
@@ -848,11 +870,14 @@ def claims_markdown(claims: pd.DataFrame) -> str:
 
 
 def wall_time(runs: StudyRuns) -> float:
-    """Seconds from the first trial's start to the last one's end (the study as it ran)."""
+    """Seconds the study's trials ran: per ``harness run`` (parent run), its first trial's start
+    to its last one's end, summed over the runs the trials come from (a resumed run, or seeds
+    added on another day, add their own time, not the days between)."""
     t = runs.trials
     if t.empty or "start_time" not in t or "end_time" not in t:
         return 0.0
-    return float((t.end_time.max() - t.start_time.min()) / 1000)
+    g = t.assign(parent=t["parent"].fillna("") if "parent" in t else "").groupby("parent")
+    return float((g.end_time.max() - g.start_time.min()).sum() / 1000)
 
 
 def _claims_of(d: Path) -> tuple[str, bool, list[dict]]:

@@ -269,6 +269,9 @@ def evaluate(model: nn.Module | list[nn.Module], task: Task, cfg: TrainCfg, devi
             out[f"{m}_{name}"] = float(np.mean(vals)) if vals else float("nan")
     out["mean_dice"] = float(np.mean([out[f"dice_{n}"] for n in names]))
     out["mean_hd95"] = float(np.mean([out[f"hd95_{n}"] for n in names]))
+    # The worst and best case (pancreas papers' "min / max Dice", ConResNet Table II).
+    out["min_dice"] = float(min(r["mean_dice"] for r in per_case))
+    out["max_dice"] = float(max(r["mean_dice"] for r in per_case))
     out["per_case"] = per_case
     return out
 

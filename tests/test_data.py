@@ -79,6 +79,13 @@ def test_abdomen_organs_are_exclusive_present_and_of_graded_difficulty():
     assert np.stack([c.label for c in visceral.train]).sum(1).max() == 1
     with pytest.raises(ValueError, match="layout: unknown 'viscral'; allowed: tcia, visceral"):
         build_task("synthetic_abdomen", layout="viscral")
+    # One organ labelled (ConResNet Table II's pancreas): the same volumes, the others unlabelled.
+    pancreas = build_task("synthetic_abdomen", n_cases=5, shape=(48, 48, 48), regions=["pancreas"])
+    assert pancreas.regions == ("pancreas",) and pancreas.train[0].label.shape[0] == 1
+    for one, every in zip(pancreas.train, t.train):
+        assert np.array_equal(one.image, every.image) and np.array_equal(one.label[0], every.label[1])
+    with pytest.raises(ValueError, match="regions: \\['pancreaz'\\] must be distinct organs of layout 'tcia'"):
+        build_task("synthetic_abdomen", regions=["pancreaz"])
 
 
 def _dice(pred, ref):

@@ -289,6 +289,12 @@ def test_data_root_points_a_paper_table_at_real_folders(tmp_path, capsys):
     apply_data_roots(table1, "smoke", [str(brats)])
     spec = resolve(table1, "smoke")[0]
     assert spec.data.dataset == "brats" and spec.data.params == {"root": str(brats)}
+    # A study's data.folder: the paper's preprocessing of the real folder (ConResNet Table II's CT window).
+    pancreas = load_study(studies / "conres_table2_pancreas.yaml")
+    apply_data_roots(pancreas, "paper", [str(root)])
+    spec = resolve(pancreas, "paper", folds=4)[0]
+    assert spec.data.dataset == "msd"
+    assert spec.data.params == {"root": str(root), "ct_window": [-100, 240], "folds": 4, "fold": 0}
     assert main(["run", str(studies / "dsm_table3_msd.yaml"), "--data-root", str(root), "--dry-run"]) == 2
     assert "name one: --data-root TASK=PATH" in capsys.readouterr().err
     assert main(["run", str(studies / "dsm_table3_msd.yaml"), "--data-root", f"prostat={root}", "--dry-run"]) == 2

@@ -52,3 +52,33 @@ def test_tta_costs_every_view_in_macs_and_passes():
     assert sw["gmacs"] * 1e9 == single and sw["forward_passes"] == 1
     assert tta["gmacs"] * 1e9 == 16 * single and tta["forward_passes"] == 16
     assert tta["latency_s"] > 0 and tta["macs_by_op"]["conv"] == 16 * count_macs(model, shape)["by_op"]["conv"]
+
+
+class _NeedsEight(nn.Module):
+    """Refuses sizes not divisible by 8 (a 3-level U-Net would); a position-dependent output."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        assert all(s % 8 == 0 for s in x.shape[2:]), x.shape
+        return x + torch.arange(x.shape[-1], dtype=x.dtype)
+
+
+def test_whole_volume_pads_to_the_divisor_crops_back_and_costs_one_pass():
+    x = torch.randn(1, 2, 12, 20, 20)  # not divisible by 8
+    whole = build_inferer(ComponentCfg(name="whole_volume"), [8, 16, 16], 1, "sigmoid")
+    out = whole(x, _NeedsEight())
+    assert out.shape == x.shape and torch.allclose(out, torch.sigmoid(x + torch.arange(20.0)))
+    model = build_model("gsp_unet", in_channels=1, out_channels=1, widths=[4, 4, 8, 8, 8])
+    shape = [1, 1, 16, 32, 32]
+    cost = cost_report(model, shape, latency=False, inferer=whole)
+    assert cost["forward_passes"] == 1 and cost["gmacs"] * 1e9 == count_macs(model, shape)["macs"]
+    # BraTS 2020's TTA on whole volumes: 16 passes, each view undone (an identity comes back).
+    tta = build_inferer(ComponentCfg(name="tta", params={"base": "whole_volume"}), [8, 16, 16], 1, "sigmoid")
+    assert cost_report(model, shape, latency=False, inferer=tta)["forward_passes"] == 16
+    y = torch.randn(1, 1, 8, 16, 16)
+    assert torch.allclose(tta(y, Identity()), torch.sigmoid(y), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="base: 'whole' is not one of sliding_window, whole_volume"):
+        build_inferer(ComponentCfg(name="tta", params={"base": "whole"}), [8, 16, 16], 1, "sigmoid")

@@ -110,6 +110,17 @@ def _cases(effects: dict[str, float], seeds=3, cases=6):
                          for i, (v, e) in enumerate(effects.items()) for s in range(seeds) for c in range(cases)])
 
 
+def _judged(claims: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The claims judged on ``_cases`` of known effects (fcn 1,000 parameters, the others 50)."""
+    from harness.report import claims_table
+
+    per_case = _cases({"A-CSC": 10, "A-CCS": 0, "B-CSC": 2, "B-CCS": 3, "fcn": 15})
+    t = per_case.groupby(["variant", "seed"]).mean_dice.mean().reset_index().assign(
+        params=lambda d: d.variant.map(lambda v: 1000 if v == "fcn" else 50))
+    study = StudyCfg.model_validate({**CLAIMS, "claims": claims})
+    return claims_table(StudyRuns(study, "smoke", t, per_case=per_case)).set_index("claim"), per_case
+
+
 def test_claims_are_judged_with_cases_and_seeds_resampled():
     from harness.report import claims_table
 
@@ -139,18 +150,12 @@ def test_claims_are_judged_with_cases_and_seeds_resampled():
 
 
 def test_a_claim_against_a_published_figure_of_a_net_not_trained():
-    from harness.report import claims_table
-
     claims = [{"text": "A-CSC has under 100 parameters", "where": "T3", "better": "A-CSC", "than": 100,
                "metric": "params", "direction": "lower"},
               {"text": "fcn has under 100 parameters", "where": "T3", "better": "fcn", "than": 100,
                "metric": "params", "direction": "lower"},
               {"text": "A-CSC reaches 5 Dice", "where": "T3", "better": "A-CSC", "than": 5.0}]
-    study = StudyCfg.model_validate({**CLAIMS, "claims": claims})
-    per_case = _cases({"A-CSC": 10, "A-CCS": 0, "B-CSC": 2, "B-CCS": 3, "fcn": 15})
-    t = per_case.groupby(["variant", "seed"]).mean_dice.mean().reset_index().assign(
-        params=lambda d: d.variant.map(lambda v: 1000 if v == "fcn" else 50))
-    c = claims_table(StudyRuns(study, "smoke", t, per_case=per_case)).set_index("claim")
+    c, per_case = _judged(claims)
     assert c.loc["A-CSC has under 100 parameters"].verdict == "reproduced"
     assert c.loc["A-CSC has under 100 parameters"].effect == 50  # 100 - 50, exact
     assert c.loc["fcn has under 100 parameters"].verdict == "contradicted"
@@ -176,6 +181,45 @@ def test_a_claim_of_no_difference_holds_inside_its_margin_and_fails_outside():
     assert c.loc["A-CSC ~ A-CCS"].verdict == "contradicted" and c.loc["A-CSC ~ A-CCS"].ci_low > 1
     assert c.loc["B-CSC ~ A-CSC within 9"].verdict == "reproduced"  # -6.9, inside +-9
     assert c.loc["B-CSC ~ B-CCS"].metric == "mean_dice = (±1)"
+
+def test_a_claim_of_a_magnitude_is_judged_at_it_not_at_its_sign():
+    """ "28% of the parameters", "+18.64% computation", "by nearly 4 points": a ratio of exact costs
+    or a difference, within the margin of the stated value; the sign alone is not enough."""
+    def ratio(text, better, than, value, margin, **kw):
+        return {"text": text, "where": "T7", "better": better, "than": than, "metric": "params",
+                "measure": "ratio", "margin": margin, **({"direction": "equal", "value": value} if value else kw)}
+
+    claims = [ratio("A-CSC has about 5% of fcn's", "A-CSC", "fcn", 0.05, 0.01),
+              ratio("A-CSC has about 28% of fcn's", "A-CSC", "fcn", 0.28, 0.05),  # fewer, but not 28%
+              ratio("fcn has +1900% over A-CSC", "fcn", "A-CSC", 20.0, 0.5),
+              ratio("A-CSC has under half of fcn's", "A-CSC", "fcn", None, 0.5, direction="lower"),
+              ratio("A-CSC has under 3% of fcn's", "A-CSC", "fcn", None, 0.97, direction="lower"),
+              ratio("A-CSC has about 50 of a published 1000", "A-CSC", 1000.0, 0.05, 0.001),
+              {"text": "fcn beats A-CSC by about 5 points", "where": "T2", "better": "fcn", "than": "A-CSC",
+               "direction": "equal", "value": 5.0, "margin": 2.0},
+              {"text": "fcn beats A-CSC by about 15 points", "where": "T2", "better": "fcn", "than": "A-CSC",
+               "direction": "equal", "value": 15.0, "margin": 2.0}]
+    c, _ = _judged(claims)
+    assert c.loc["A-CSC has about 5% of fcn's"].verdict == "reproduced"
+    assert c.loc["A-CSC has about 5% of fcn's"].effect == pytest.approx(0.05)  # the ratio as it is, exact
+    assert c.loc["A-CSC has about 5% of fcn's"].metric == "params ratio = 0.05 (±0.01)"
+    assert c.loc["A-CSC has about 28% of fcn's"].verdict == "contradicted"
+    assert c.loc["fcn has +1900% over A-CSC"].verdict == "reproduced"
+    assert c.loc["A-CSC has under half of fcn's"].verdict == "reproduced"
+    assert c.loc["A-CSC has under half of fcn's"].metric == "params ratio < 0.5"
+    assert c.loc["A-CSC has under 3% of fcn's"].verdict == "contradicted"
+    assert c.loc["A-CSC has about 50 of a published 1000"].verdict == "reproduced"
+    about5, about15 = c.loc["fcn beats A-CSC by about 5 points"], c.loc["fcn beats A-CSC by about 15 points"]
+    assert about5.verdict == "reproduced" and about5.metric == "mean_dice = 5 (±2)"
+    assert about15.verdict == "contradicted" and about15.effect == pytest.approx(5, abs=1)
+    for bad, msg in [({"measure": "ratio"}, "measure: ratio is for an exact cost"),
+                     ({"value": 3.0, "margin": 1.0}, "value: a stated magnitude"),
+                     ({"measure": "ratio", "metric": "params", "direction": "equal", "value": -1.0, "margin": 0.1},
+                      "a ratio is > 0")]:
+        with pytest.raises(Exception, match=msg):
+            StudyCfg.model_validate({**CLAIMS, "claims": [{"text": "x", "where": "T", "better": "fcn",
+                                                           "than": "A-CSC", **bad}]})
+
     with pytest.raises(Exception, match="needs a margin > 0"):
         StudyCfg.model_validate({**CLAIMS, "claims": [{**claims[0], "margin": 0}]})
 
@@ -486,3 +530,13 @@ def test_a_studys_own_words_are_escaped_for_each_format(tmp_path):
            "flag": "", "effect": 1.0, "ci_low": 0.5, "ci_high": 1.5, "detectable": 1.0, "paper": 2.0, "cases": 24,
            "seeds": 3, "note": ""}
     assert "x \\| &lt;i&gt;y&lt;/i&gt;" in claims_markdown(pd.DataFrame([row]))
+
+
+def test_wall_time_sums_each_run_and_skips_the_days_between():
+    from harness.report import wall_time
+
+    day = 86_400_000
+    t = pd.DataFrame({"variant": ["a", "b", "a"], "seed": [0, 0, 1], "parent": ["p1", "p1", "p2"],
+                      "start_time": [0, 60_000, day], "end_time": [120_000, 180_000, day + 30_000]})
+    study = StudyCfg.model_validate(GRID)
+    assert wall_time(StudyRuns(study, "quick", t, failed=[])) == 180 + 30  # not a day and more

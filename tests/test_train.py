@@ -92,6 +92,12 @@ def test_evaluate_counts_sensitivity_specificity_and_empty_conventions():
                       torch.device("cpu"))
     assert missed["hd95_a"] == pytest.approx(math.sqrt(4 ** 2 + 8 ** 2 + 8 ** 2)) and missed["hd95_b"] == 0.0
     assert missed["mean_hd95"] == pytest.approx(missed["hd95_a"] / 2) and missed["mean_hd95"] > out["mean_hd95"]
+    # Worst and best case (Table II's min / max Dice): a second case the net gets right.
+    easy = Case("c1", np.zeros((1, 4, 8, 8), np.float32), pred.numpy().astype(np.uint8))
+    two = Task("t", 1, ("a", "b"), load=lambda: {"train": [], "val": [task.val[0], easy]})
+    both = evaluate(_Fixed(pred), two, TrainCfg(patch=[4, 8, 8], batch_size=1), torch.device("cpu"))
+    assert both["min_dice"] == pytest.approx(out["mean_dice"]) and both["max_dice"] == pytest.approx(100.0)
+    assert both["min_dice"] < both["mean_dice"] < both["max_dice"]
 
 
 def test_augmentations_by_name_keep_shapes_and_binary_labels():

@@ -204,9 +204,12 @@ LAYOUTS = {"tcia": TCIA, "visceral": VISCERAL}
 
 @DATASETS.register("synthetic_abdomen")
 def synthetic_abdomen(n_cases: int = 20, shape=(48, 48, 48), seed: int = 0, noise: float = 0.8,
-                      jitter: float = 0.08, val_fraction: float = 0.2, val_cases: int = 0, layout: str = "tcia") -> Task:
+                      jitter: float = 0.08, val_fraction: float = 0.2, val_cases: int = 0, layout: str = "tcia",
+                      regions=None) -> Task:
     """Multi-organ task, 1 channel, exclusive organs (module docstring): ``layout`` ``tcia`` (8
-    organs, ``TCIA``) or ``visceral`` (7 structures, ``VISCERAL``).
+    organs, ``TCIA``) or ``visceral`` (7 structures, ``VISCERAL``). ``regions``: the organs to
+    label (default: all); the others stay in the image, unlabelled neighbours (ConResNet
+    Table II's pancreas among the abdomen's organs).
 
     Organs are painted largest first, a smaller one overwriting a larger where they meet (as
     a gallbladder lies in the liver's fossa), so labels never overlap and every organ shows. Each case jitters every centre by U(-jitter, jitter) and every
@@ -218,6 +221,12 @@ def synthetic_abdomen(n_cases: int = 20, shape=(48, 48, 48), seed: int = 0, nois
     if layout not in LAYOUTS:
         raise ValueError(f"layout: unknown {layout!r}; allowed: {', '.join(LAYOUTS)}")
     organs = LAYOUTS[layout]
+    regions = tuple(organs) if regions is None else tuple(regions)
+    unknown = [r for r in regions if r not in organs]
+    if unknown or not regions or len(set(regions)) != len(regions):
+        raise ValueError(f"regions: {list(regions)} must be distinct organs of layout {layout!r}, at least one; "
+                         f"allowed: {', '.join(organs)}")
+    names = list(organs)
 
     def make(n: int, gen_seed: int, prefix: str):
         gen = torch.Generator().manual_seed(gen_seed)
@@ -244,9 +253,11 @@ def synthetic_abdomen(n_cases: int = 20, shape=(48, 48, 48), seed: int = 0, nois
                 texture = 0.3 * _smooth_field(gen, shape, coarse=8)[0] if name == "stomach" else 0.0  # contents
                 img += m * (level + texture)
             img += noise * torch.randn(shape, generator=gen)
-            label = torch.stack([labels == k + 1 for k in range(len(organs))])
+            label = torch.stack([labels == names.index(r) + 1 for r in regions])
             yield Case(f"{prefix}abdomen_{i:03d}", img[None].numpy().astype(np.float32), label.numpy().astype(np.uint8))
 
     params = dict(n=n_cases, shape=list(shape), seed=seed, s=noise, j=jitter, layout=repr(organs))
-    return Task("synthetic_abdomen", in_channels=1, regions=tuple(organs),
+    if regions != tuple(organs):  # keeps the cache key of the all-organ task
+        params["r"] = list(regions)
+    return Task("synthetic_abdomen", in_channels=1, regions=regions,
                 load=lambda: held_out_or_split("synthetic_abdomen", params, make, n_cases, val_cases, val_fraction, seed))
