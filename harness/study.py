@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from torch import nn
 from rich.table import Table
 
 from pydantic import ValidationError
@@ -56,8 +57,9 @@ def longest_first(specs: list[TrialSpec], tasks: dict[str, Task]) -> list[TrialS
     Ray Tune starts trials in the order given; started in study order, a long trial that comes
     last runs alone at the end (the landscape's VFN: 4 of its 13 minutes). Longest first is the
     LPT rule, whose makespan is within 4/3 of the best. Work = forward MACs of one training batch
-    (fvcore, once per architecture and patch) x steps; a trial whose MACs cannot be counted is
-    taken as the longest (its cost measurement will fail the trial anyway, early).
+    x steps, the MACs estimated (``proxy_macs``) without a forward pass at the training patch,
+    which in the driver could exhaust its memory; a trial whose MACs cannot be counted is taken
+    as the longest (its cost measurement will fail the trial anyway, early).
     """
     macs: dict[str, float] = {}
 
@@ -65,14 +67,91 @@ def longest_first(specs: list[TrialSpec], tasks: dict[str, Task]) -> list[TrialS
         cfg = spec.train
         key = config_hash([spec.model.model_dump(), spec.data.model_dump(), cfg.patch, cfg.batch_size, cfg.output])
         if key not in macs:
-            task = tasks[config_hash(spec.data.model_dump())]
             try:
-                macs[key] = count_macs(trial_model(spec, task), [cfg.batch_size, task.in_channels, *cfg.patch])["macs"]
+                macs[key] = proxy_macs(spec, tasks[config_hash(spec.data.model_dump())])
             except Exception:  # noqa: BLE001  an ordering hint only; the trial itself reports the error
                 macs[key] = float("inf")
         return macs[key] * cfg.epochs * cfg.steps_per_epoch
 
     return sorted(specs, key=work, reverse=True)
+
+
+PROXY_SHRINK = (4, 2, 1)  # per axis: 1/64, 1/8 of the patch's voxels, then the patch itself
+
+
+def _at_proxy(spec: TrialSpec, task: Task, measure) -> tuple[float, float, nn.Module]:
+    """``measure(model, shape)`` at batch 1 on the patch shrunk by the largest factor of
+    ``PROXY_SHRINK`` the model accepts (groups and strides must still divide), with the factor
+    (voxels x batch) that scales it to a training batch, and the model: never a training-sized
+    forward pass in the driver, whose memory it could exhaust."""
+    cfg = spec.train
+    for f in PROXY_SHRINK:
+        if any(p % f for p in cfg.patch):
+            continue
+        small = [p // f for p in cfg.patch]
+        proxy = spec.model_copy(update={"train": cfg.model_copy(update={"patch": small})})
+        try:
+            model = trial_model(proxy, task)
+            return float(measure(model, [1, task.in_channels, *small])), float(f**3 * cfg.batch_size), model
+        except Exception:  # noqa: BLE001  the model refuses this size (groups, strides): try a larger one
+            if f == 1:
+                raise
+    raise ValueError(f"patch {cfg.patch}: no size to measure at")
+
+
+def proxy_macs(spec: TrialSpec, task: Task) -> float:
+    """Forward MACs of a training batch (``_at_proxy``): exact for nets whose every op scales
+    with the voxels (convolutions, norms, upsampling), an estimate for the rest (a fully
+    connected bottleneck)."""
+    macs, scale, _ = _at_proxy(spec, task, lambda model, shape: count_macs(model, shape)["macs"])
+    return macs * scale
+
+
+def _leaf_output_values(model: nn.Module, shape: list[int]) -> int:
+    """Values every leaf module outputs in one forward pass at ``shape``."""
+    total = [0]
+
+    def hook(_m, _i, out):
+        total[0] += sum(t.numel() for t in (out if isinstance(out, (tuple, list)) else [out])
+                        if isinstance(t, torch.Tensor))
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0]
+
+
+def estimate_train_memory(spec: TrialSpec, task: Task) -> float:
+    """Bytes a training step needs, roughly: 16 a parameter (weights, gradients, Adam's two
+    moments) and 8 a value every leaf module outputs (kept for the backward, and its gradient),
+    counted at ``_at_proxy``'s size and scaled to the training batch. Functional ops (Group
+    Shift, concatenations) are not counted: a floor, enough to refuse what cannot fit."""
+    values, scale, model = _at_proxy(spec, task, _leaf_output_values)
+    return 16.0 * sum(p.numel() for p in model.parameters()) + 8.0 * values * scale
+
+
+def largest_cpu_trial(specs_of: dict[str, list[TrialSpec]], tasks: dict[str, Task]) -> tuple[str, float] | None:
+    """(trial, estimated training bytes) of the hungriest trial that trains on CPUs (a GPU trial's
+    activations live on its GPU), or None; a trial whose estimate fails is left to fail itself."""
+    best, seen = None, set()
+    for spec in (s for specs in specs_of.values() for s in specs if s.resources.gpu == 0):
+        cfg = spec.train
+        key = config_hash([spec.model.model_dump(), spec.data.model_dump(), cfg.patch, cfg.batch_size, cfg.output])
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            need = estimate_train_memory(spec, tasks[config_hash(spec.data.model_dump())])
+        except Exception:  # noqa: BLE001  an estimate only
+            continue
+        if best is None or need > best[1]:
+            best = (f"{spec.study}/{spec.key}", need)
+    return best
 
 
 def dry_run(specs: list[TrialSpec], console: Console) -> None:
@@ -157,7 +236,7 @@ def run_studies(paths: list[str], scale: str, seeds: int | None, address: str | 
 
     check_store(tracking_uri)  # a damaged mlflow.db is said in one line, before Ray starts
     check_capacity(address, max(st.resources.cpu for _, st in studies), max(st.resources.gpu for _, st in studies),
-                   verbose)  # before mlflow.db exists
+                   verbose, largest_cpu_trial(specs_of, tasks))  # before mlflow.db exists
     # One runner per study and scale: a second `--resume` at once would train every trial left twice.
     locks = [hold_lock(tracking_uri, f"{study.name}@{scale}", f"{study.name}@{scale}") for _, study in studies]  # noqa: F841
     tracker = Tracker(tracking_uri, verbose)

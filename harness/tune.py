@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import tempfile
 import time
 import traceback
@@ -243,9 +244,12 @@ def _init_ray(address: str | None, verbose: int) -> None:
                  runtime_env={"env_vars": env}, log_to_driver=verbose > 1)
 
 
-def check_capacity(address: str | None, cpu: float, gpu: float, verbose: int = 1) -> None:
+def check_capacity(address: str | None, cpu: float, gpu: float, verbose: int = 1,
+                   memory: tuple[str, float] | None = None) -> None:
     """Start (or join) Ray and refuse a trial no node can hold, before anything is written: Ray
-    would keep it PENDING forever. A wrong ``--address`` fails here too, in one line."""
+    would keep it PENDING forever, or the kernel kill it. ``memory``: (trial, estimated training
+    bytes) of the hungriest CPU trial (``harness.study.estimate_train_memory``), refused when
+    no node's memory holds it. A wrong ``--address`` fails here too, in one line."""
     from harness.config import ConfigError
 
     if address and address not in ("auto", "local") and not ray.is_initialized():
@@ -269,6 +273,28 @@ def check_capacity(address: str | None, cpu: float, gpu: float, verbose: int = 1
         if need > most:
             raise ConfigError(f"resources.{kind}: {need:g} per trial, but the largest Ray node offers {most:g} "
                               f"{kind.upper()}s ({len(nodes)} node(s)); lower it (or --{kind}s-per-trial) or add nodes")
+    if memory is not None:
+        most = max((n.get("memory", 0.0) for n in nodes), default=0.0)
+        if most and memory[1] > most:
+            raise ConfigError(f"{memory[0]}: a training step needs about {memory[1] / 2**30:.1f} GiB (estimated: "
+                              f"weights, gradients, Adam and the activations of its batch and patch), but the "
+                              f"largest Ray node has {most / 2**30:.1f} GiB for tasks; lower train.batch_size or "
+                              f"train.patch, or run it on a GPU (resources.gpu)")
+    warning = packing_warning(cpu, max((n.get("CPU", 0.0) for n in nodes), default=0.0))
+    if warning:
+        print(warning, file=sys.stderr)
+
+
+def packing_warning(cpu: float, node_cpus: float) -> str | None:
+    """What a fractional ``resources.cpu`` does: Ray packs ``node_cpus / cpu`` trials on a node,
+    each a process holding its data, model and optimiser (15 trials on 2 cores were OOM-killed
+    by Ray's monitor), none of them faster for it (a trial's torch keeps at least 1 thread)."""
+    if cpu >= 1 or node_cpus <= 0:
+        return None
+    return (f"warning: resources.cpu {cpu:g} packs up to {int(node_cpus / cpu)} trials at once on a node of "
+            f"{node_cpus:g} CPUs, each holding its own data and model in memory and none running faster for it "
+            f"(torch uses at least 1 thread a trial); expect memory pressure and killed workers. 1 or more is "
+            f"what this harness is tested at.")
 
 
 def _report_trial(spec: TrialSpec) -> None:
@@ -328,6 +354,40 @@ def _storage_path(storage: str | Path) -> str:
     return storage if isinstance(storage, str) and "://" in storage else str(Path(storage).resolve())
 
 
+def _fresh_optuna_search():
+    """Ray Tune's OptunaSearch that never trains a configuration the Optuna study already holds
+    (complete, or running now): a repeat is told PRUNED (no values, so NSGA-II's population and
+    ``trials.csv`` keep the first) and the sampler is asked again. A resumed NSGA-II restarts
+    from its seed and would re-propose its first generation; this way it moves on to new points.
+    After ``REDRAWS`` repeats in a row the space is taken as exhausted and the search ends.
+    Reads OptunaSearch's private ``_ot_trials`` and ``_ot_study`` (tests/test_search.py fails
+    loudly when an installed Ray renames them)."""
+    import optuna
+    from ray.tune.search import Searcher
+    from ray.tune.search.optuna import OptunaSearch
+
+    state = optuna.trial.TrialState
+
+    class FreshOptunaSearch(OptunaSearch):
+        REDRAWS = 100
+
+        def suggest(self, trial_id: str):
+            for _ in range(self.REDRAWS):
+                config = super().suggest(trial_id)
+                if not isinstance(config, dict):
+                    return config
+                asked = self._ot_trials[trial_id]
+                held = {json.dumps(t.params, sort_keys=True) for t in self._ot_study.get_trials(
+                    deepcopy=False, states=(state.COMPLETE, state.RUNNING)) if t.number != asked.number}
+                if json.dumps(asked.params, sort_keys=True) not in held:
+                    return config
+                self._ot_study.tell(asked, state=state.PRUNED)
+                del self._ot_trials[trial_id]
+            return Searcher.FINISHED
+
+    return FreshOptunaSearch
+
+
 def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: str, parent_id: str,
                       address: str | None, storage_dir: str | Path, verbose: int = 1) -> MlflowWriter:
     """Run ``n`` more trials of an Optuna study through Ray Tune's OptunaSearch.
@@ -336,7 +396,6 @@ def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: s
     ``spec_for(config, name)`` and ``cfg_default()``.
     """
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from harness.config import spec_hash
 
@@ -354,7 +413,7 @@ def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: s
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        searcher = OptunaSearch(space=space.define_by_run, metric=metrics[0] if single else metrics,
+        searcher = _fresh_optuna_search()(space=space.define_by_run, metric=metrics[0] if single else metrics,
                                 mode=modes[0] if single else modes, sampler=study.sampler, study_name=cfg.name,
                                 storage=storage)
     finally:
@@ -365,7 +424,7 @@ def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: s
         chash = spec_hash(spec)
         # The Optuna trial behind the Ray trial (OptunaSearch keeps the map), so that a row of
         # pareto.md (its "trial" column) leads to its MLflow run (tag.optuna_trial).
-        asked = getattr(searcher, "_ot_trials", {}).get(trial.trial_id)
+        asked = searcher._ot_trials.get(trial.trial_id)
         if asked is not None:
             spec = spec.model_copy(update={"tags": {**spec.tags, "optuna_trial": str(asked.number)}})
         return spec, chash

@@ -234,3 +234,68 @@ def test_trials_start_longest_first_by_macs_times_steps():
     order = [s.key for s in longest_first([narrow, wide, twin, long, broken], tasks)]
     # Unknown work goes first (it fails early, at its cost measurement), then by work; equals keep their order.
     assert order == ["uncountable", "narrow_long", "wide", "narrow", "narrow_twin"]
+
+
+def test_work_is_counted_on_a_shrunk_patch_and_scaled_never_at_the_training_size(monkeypatch):
+    import harness.study as study_mod
+    from harness.cost import count_macs
+    from harness.data import build_task
+    from harness.train import trial_model
+
+    cube = ("synthetic_organ", {"n_cases": 2, "shape": [64, 64, 64]})
+    plain = spec(params={"conv": "conv3", "insert": None, "widths": [4, 4, 8, 8, 8]}, data=cube, patch=[64, 64, 64])
+    task = build_task(plain.data.dataset, **plain.data.params)
+    cfg = plain.train
+    exact = count_macs(trial_model(plain, task), [cfg.batch_size, task.in_channels, *cfg.patch])["macs"]
+    sizes = []
+    monkeypatch.setattr(study_mod, "count_macs", lambda m, shape: sizes.append(list(shape)) or count_macs(m, shape))
+    assert study_mod.proxy_macs(plain, task) == pytest.approx(exact, rel=0.02)  # every op scales with the voxels
+    assert sizes == [[1, 1, 16, 16, 16]]  # batch 1, 1/64 of the voxels
+    # Stage 5 groups of 4 along depth divide only the full patch's 4: the shrunk sizes are tried and
+    # refused, then the patch is counted (at batch 1).
+    grouped = spec(params={**plain.model.params, "conv": "pointwise", "insert": "CSC",
+                           "groups": [[1, 1, 1]] * 4 + [[4, 1, 1]]}, data=cube, patch=[64, 64, 64])
+    sizes.clear()
+    study_mod.proxy_macs(grouped, task)
+    assert sizes == [[1, 1, 16, 16, 16], [1, 1, 32, 32, 32], [1, 1, 64, 64, 64]]
+
+
+def test_a_fractional_cpu_share_is_warned_about_with_the_trials_it_packs():
+    from harness.tune import packing_warning
+
+    assert packing_warning(1, 2) is None and packing_warning(2, 16) is None
+    msg = packing_warning(0.125, 2)
+    assert msg.startswith("warning: resources.cpu 0.125 packs up to 16 trials at once on a node of 2 CPUs")
+
+
+def test_a_trial_too_big_for_every_node_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    import json
+
+    import harness.tune
+    from harness.cli import main
+    from harness.data import build_task
+    from harness.study import estimate_train_memory
+    from harness.train import trial_model
+
+    cube = ("synthetic_organ", {"n_cases": 2, "shape": [64, 64, 64]})
+    small = spec(params={"conv": "conv3", "insert": None, "widths": [4, 4, 8, 8, 8]}, data=cube, patch=[64, 64, 64])
+    task = build_task(small.data.dataset, **small.data.params)
+    two, four = (estimate_train_memory(small.model_copy(update={"train": small.train.model_copy(
+        update={"batch_size": b})}), task) for b in (2, 4))
+    params = 16 * sum(p.numel() for p in trial_model(small, task).parameters())
+    assert four - params == pytest.approx(2 * (two - params))  # activations scale with the batch
+    assert two - params > 8 * 64**3 * 2  # at least the input-sized outputs of the first layers
+    # A node of 1 GiB for tasks and a trial that needs more: exit 2 naming both, no mlflow.db.
+    monkeypatch.chdir(tmp_path)
+    study = {"name": "big", "paper": "harness", "title": "big", "data": {"dataset": "synthetic_organ",
+             "params": {"n_cases": 2, "shape": [64, 256, 256]}},
+             "model": {"name": "gsp_unet", "params": {"conv": "conv3", "widths": [32, 64, 128, 256, 320]}},
+             "variants": [{"name": "a"}], "train": {"patch": [64, 256, 256], "batch_size": 8},
+             "scales": {"smoke": {}, "quick": {}, "paper": {}}}
+    (tmp_path / "s.yaml").write_text(json.dumps(study))
+    monkeypatch.setattr(harness.tune, "_init_ray", lambda *a, **k: None)
+    monkeypatch.setattr(harness.tune.ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2.0, "memory": 2.0**30}}])
+    assert main(["run", "s.yaml", "-v", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "big/a#s0: a training step needs about" in err and "largest Ray node has 1.0 GiB" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]

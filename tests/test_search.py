@@ -95,6 +95,8 @@ def test_tiny_search_end_to_end_and_resume(tmp_path, monkeypatch, capsys, caplog
     study = optuna.load_study(study_name="tiny", storage=storage)
     states = [t.state for t in study.get_trials()]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 4 and optuna.trial.TrialState.RUNNING not in states
+    trained = [tuple(sorted(t.params.items())) for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE])]
+    assert len(set(trained)) == 4  # the resumed sampler did not re-propose the first session's points
     client = Tracker().client
     exp = client.get_experiment_by_name("harness/search-tiny")
     runs = client.search_runs([exp.experiment_id], "tags.harness_role = 'trial'")
@@ -210,3 +212,40 @@ def test_a_search_whose_tuner_raises_exits_1_with_the_cause(tmp_path, monkeypatc
     (parent,) = client.search_runs([client.get_experiment_by_name("harness/search-tiny").experiment_id],
                                    "tags.harness_role = 'study'")
     assert parent.info.status == "FAILED" and not (tmp_path / "reports").exists()
+
+
+def test_a_resumed_sampler_never_trains_a_configuration_twice_and_stops_when_the_space_is_spent(tmp_path):
+    # NSGA-II restarts from its seed on resume and re-proposes its first generation: the searcher
+    # tells each repeat PRUNED and asks again. Relies on OptunaSearch's private _ot_trials and
+    # _ot_study: this test fails loudly when an installed Ray renames them.
+    from optuna.storages.journal import JournalFileBackend
+    from ray.tune.search import Searcher
+
+    from harness.search import _nsga2_class
+    from harness.tune import _fresh_optuna_search
+
+    def space(trial):
+        trial.suggest_categorical("a", [1, 2, 3])
+        trial.suggest_categorical("b", ["x", "y"])
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "s.journal")))
+
+    def searcher():
+        return _fresh_optuna_search()(space=space, metric=["m", "n"], mode=["max", "min"], storage=storage,
+                                      sampler=_nsga2_class()(seed=0, population_size=2), study_name="s")
+
+    first = searcher()
+    seen = []
+    for i in range(3):  # a first session: three trials complete
+        seen.append(first.suggest(f"t{i}"))
+        first.on_trial_complete(f"t{i}", {"m": float(i), "n": 1.0})
+    again = searcher()  # resumed: the same seed
+    for i in range(3, 6):
+        config = again.suggest(f"t{i}")
+        assert config not in seen, (config, seen)
+        seen.append(config)
+        again.on_trial_complete(f"t{i}", {"m": float(i), "n": 1.0})
+    assert again.suggest("t6") is Searcher.FINISHED  # all 6 configurations trained once
+    study = optuna.load_study(study_name="s", storage=storage)
+    complete = [t.params for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE])]
+    assert len(complete) == 6 and len({tuple(sorted(p.items())) for p in complete}) == 6

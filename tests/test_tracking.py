@@ -55,3 +55,4 @@ def test_a_study_run_twice_at_once_is_refused_naming_the_holder(tmp_path, monkey
     held.close()
     again = hold_lock(None, f"{BASE['name']}@smoke", "second")  # free once its holder is gone
     again.close()
+
