@@ -206,7 +206,7 @@ CENTRAL = [
     ("dsm_table1_brats20", "about 28% of the 3D U-Net's parameters", "equal", "ratio"),
     ("obelisk_table3_visceral", "about a seventh of the all-conv U-Net's parameters", "equal", "ratio"),
     ("obelisk_table4_tcia", "about a quarter of the all-conv U-Net's parameters", "equal", "ratio"),
-    ("conres_table7_cost", "slightly more parameters than the baseline (+2.66%)", "equal", "ratio"),
+    ("conres_table7_cost", "slightly more parameters than the baseline (+2.66%", "equal", "ratio"),
     ("conres_table7_cost", "more computation than the baseline (+18.64%)", "equal", "ratio"),
 ]
 

@@ -59,6 +59,35 @@ def receptive_field(model: torch.nn.Module, shape: tuple[int, ...], inits: int =
     return {"share": float(seen.mean()), "depth": int(np.ptp(idx[:, 0]) + 1), "in_plane": int(np.ptp(idx[:, 1]) + 1)}
 
 
+def context_curve(radii=(0, 1, 2, 4, 8, 16), cases: int = 8) -> dict[int, float]:
+    """How much context the task rewards: the best Dice (%) of one threshold on the image
+    averaged over a box of radius r (in depth at most 7: 16 slices), per r, over training
+    cases of the quick data."""
+    import torch.nn.functional as F
+
+    from harness.config import load_study, resolve
+    from harness.data import build_task
+
+    spec = resolve(load_study(STUDY), "quick", seeds=1, check=False)[0]
+    task = build_task(spec.data.dataset, **{**spec.data.params, "n_cases": cases, "val_cases": 0})
+    out = {}
+    for r in radii:
+        scores = []
+        for case in task.train:
+            img = torch.from_numpy(case.image)[None]
+            rd = min(r, (img.shape[2] - 1) // 2)  # the crop's 16 slices bound the box in depth
+            smooth = F.avg_pool3d(img, (2 * rd + 1, 2 * r + 1, 2 * r + 1), stride=1, padding=(rd, r, r),
+                                  count_include_pad=False)[0, 0].numpy() if r else img[0, 0].numpy()
+            ref = case.label[0].astype(bool)
+            best = 0.0
+            for q in np.quantile(smooth, np.linspace(0.3, 0.97, 25)):
+                pred = smooth > q
+                best = max(best, 2 * (pred & ref).sum() / (pred.sum() + ref.sum()))
+            scores.append(best)
+        out[r] = round(100 * float(np.mean(scores)), 1)
+    return out
+
+
 def runs_of(study_path: Path) -> tuple[object, object]:
     from harness.config import load_study
     from harness.report import load_runs
@@ -96,7 +125,8 @@ def main() -> None:
             r = paired_test(cases, [a], [b], "mean_dice")
             row[f"{a} - {b}"] = {k: round(r[k], 2) for k in ("delta", "ci_low", "ci_high")}
         budgets[label] = row
-    print(json.dumps({"crop": shape, "receptive_field": rf, "budgets": budgets}, indent=1))
+    print(json.dumps({"crop": shape, "receptive_field": rf, "context_curve": context_curve(), "budgets": budgets},
+                     indent=1))
 
 
 if __name__ == "__main__":
