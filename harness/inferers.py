@@ -32,6 +32,15 @@ class Inferer:
         raise NotImplementedError
 
 
+def _segmentation(logits, network: Network) -> torch.Tensor:
+    """The network's eval-mode output, which the contract makes the segmentation tensor alone
+    (MONAI's sliding window passes mappings and tuples through)."""
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"{type(network).__name__} returned {type(logits).__name__} in eval mode; the output "
+                        f"contract (harness.contract) asks for the segmentation tensor only")
+    return logits
+
+
 class SlidingWindow(Inferer):
     """MONAI sliding-window inference over ``patch``-sized windows, logits blended with
     ``mode`` weights and ``overlap``, then the output activation."""
@@ -47,10 +56,7 @@ class SlidingWindow(Inferer):
     def __call__(self, volume: torch.Tensor, network: Network) -> torch.Tensor:
         logits = sliding_window_inference(volume, self.patch, self.batch_size, network, overlap=self.overlap,
                                           mode=self.mode)
-        if not isinstance(logits, torch.Tensor):  # MONAI passes mappings and tuples through
-            raise TypeError(f"{type(network).__name__} returned {type(logits).__name__} in eval mode; the output "
-                            f"contract (harness.contract) asks for the segmentation tensor only")
-        return probabilities(logits.float(), self.output)
+        return probabilities(_segmentation(logits, network).float(), self.output)
 
 
 @INFERERS.register("sliding_window")
@@ -74,10 +80,7 @@ class WholeVolume(Inferer):
         size = volume.shape[2:]
         pad = [(-s) % self.divisor for s in size]
         x = torch.nn.functional.pad(volume, [p for q in reversed(pad) for p in (0, q)])
-        logits = network(x)
-        if not isinstance(logits, torch.Tensor):
-            raise TypeError(f"{type(network).__name__} returned {type(logits).__name__} in eval mode; the output "
-                            f"contract (harness.contract) asks for the segmentation tensor only")
+        logits = _segmentation(network(x), network)
         return probabilities(logits[..., :size[0], :size[1], :size[2]].float(), self.output)
 
 

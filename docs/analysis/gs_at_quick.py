@@ -119,8 +119,7 @@ def main() -> None:
         trials, cases = runs_of(path)
         if trials.empty:
             continue
-        row = {"steps": int(trials.get("train_steps", [0])[0]) if "train_steps" in trials else None,
-               "dice": trials.groupby("variant").mean_dice.agg(["mean", "std", "count"]).round(2).to_dict("index")}
+        row = {"dice": trials.groupby("variant").mean_dice.agg(["mean", "std", "count"]).round(2).to_dict("index")}
         for a, b in (("pointwise_gs", "pointwise"), ("fcn3d", "pointwise_gs")):
             r = paired_test(cases, [a], [b], "mean_dice")
             row[f"{a} - {b}"] = {k: round(r[k], 2) for k in ("delta", "ci_low", "ci_high")}
