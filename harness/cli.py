@@ -221,6 +221,16 @@ def cmd_evaluate(args) -> int:
                         args.data_root)
 
 
+def cmd_submit(args) -> int:
+    from harness.submit import run_submit
+
+    if len(args.data_root) > 1:
+        from harness.config import ConfigError
+
+        raise ConfigError(f"--data-root: given {len(args.data_root)} times; a submission reads one folder")
+    return run_submit(args.study, args.scale, args.data_root[0], args.out, args.tracking_uri, args.row)
+
+
 def cmd_search(args) -> int:
     from harness.search import run_search
 
@@ -329,6 +339,17 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--data-root", action="append", default=None, metavar="[TASK=]PATH",
                     help="as given to 'harness run'")
     ev.set_defaults(fn=cmd_evaluate)
+
+    sm = sub.add_parser("submit", help="label maps of a challenge's unlabelled validation/test cases, in its "
+                                       "submission format (ConResNet Table I, BraTS 2020 Table 4)")
+    sm.add_argument("study")
+    sm.add_argument("--scale", default="paper", choices=list(SCALES))
+    sm.add_argument("--data-root", required=True, action="append", metavar="PATH",
+                    help="the challenge's unlabelled case folders")
+    sm.add_argument("--out", required=True, help="a new folder for the label maps")
+    sm.add_argument("--row", default=None, help="another row than the study's submission.row")
+    sm.add_argument("--tracking-uri", default=None)
+    sm.set_defaults(fn=cmd_submit)
 
     se = sub.add_parser("search", help="multi-objective NAS-style search (Optuna via Ray Tune), Pareto set out")
     se.add_argument("space", help="a search space YAML (search_spaces/*.yaml): base study, scale, knobs, "

@@ -31,7 +31,7 @@ from pydantic_core import PydanticCustomError
 
 # The registries import their built-ins (torch, MONAI) on the first lookup: a study's schema is
 # checked without them.
-from harness.registry import DATASETS, MODELS, UnknownNameError, check_types
+from harness.registry import COMBINERS, DATASETS, MODELS, UnknownNameError, check_types
 
 
 # smoke: seconds, plumbing (tests); quick: learns on 2 CPU cores in <= 10 min, enough seeds for
@@ -253,6 +253,26 @@ class VariantCfg(_Strict):
     tags: dict[str, str] = Field(default_factory=dict)
 
 
+class CombinedCfg(_Strict):
+    """A row evaluated, not trained: per seed (and fold), the predictions of the variants ``of``
+    on the validation cases, combined by a registered ``rule`` (``harness.combine``): an
+    ensemble of pipelines, a label-map reconstruction, BraTS 2020's merge (Table 3). A member may be an earlier
+    combined row. Costed as run: every member network's inference, summed."""
+
+    name: str
+    of: list[str] = Field(min_length=1)  # one member: a rule that post-processes it (BraTS label maps)
+    rule: ComponentCfg
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class SubmissionCfg(_Strict):
+    """What ``harness submit`` writes for a challenge's unlabelled cases (``harness.submit``):
+    the ``row`` (a variant or combined row) whose label maps are uploaded, in ``format``."""
+
+    row: str
+    format: Literal["brats"] = "brats"
+
+
 class ExpectedValue(_Strict):
     value: float
     tol: Optional[float] = Field(None, ge=0)  # set for pinned numbers (params, GMACs); None = reported only
@@ -387,6 +407,8 @@ class StudyCfg(_Strict):
     data: DataCfg
     model: ModelCfg
     variants: list[VariantCfg] = Field(default_factory=list)
+    combined: list[CombinedCfg] = Field(default_factory=list)  # rows combining trained variants' predictions
+    submission: Optional[SubmissionCfg] = None  # a challenge-server table: the row whose label maps are uploaded
     grid: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     # Named data sets of a table that spans several (Distill DSM Tables 2, 3), per scale.
     tasks: dict[str, dict[Literal[SCALES], TaskScaleCfg]] = Field(default_factory=dict)  # noqa: F821
@@ -613,11 +635,10 @@ def _non_finite(node: Any, path: str = "") -> tuple[str, float] | None:
     return None
 
 
-def load_yaml(path: str | Path, schema: type[BaseModel], kind: str = "study"):
-    """Read a YAML file into ``schema``; every failure is a ConfigError naming file and field."""
-    p = Path(path)
+def _read_mapping(p: Path, kind: str) -> dict:
+    """A YAML file's mapping, every malformation said with the file and line."""
     if not p.is_file():
-        raise ConfigError(f"{kind}: file {str(path)!r} does not exist")
+        raise ConfigError(f"{kind}: file {str(p)!r} does not exist")
     data = p.read_bytes()
     try:
         text = data.decode("utf-8")
@@ -634,6 +655,35 @@ def load_yaml(path: str | Path, schema: type[BaseModel], kind: str = "study"):
     bad = _non_finite(raw)
     if bad:
         raise ConfigError(f"{p}: {bad[0]}: {bad[1]} is not a finite number")
+    return raw
+
+
+def _extended(p: Path, raw: dict, chain: list[Path]) -> dict:
+    """``extends: BASE.yaml`` (beside the file): the base study with this file's keys merged on
+    it (``_merge``: mappings merge, lists and values replace, ``key+`` appends), as detectron2's
+    ``_BASE_``. The child names itself; chains are followed, cycles refused."""
+    base_path = p.parent / str(raw["extends"])
+    if base_path.resolve() in chain:
+        raise ConfigError(f"{p}: extends: {raw['extends']!r} leads back to {chain[0].name} (a cycle)")
+    base = _read_mapping(base_path, "study") if base_path.is_file() else None
+    if base is None:
+        raise ConfigError(f"{p}: extends: {raw['extends']!r} is not a study file beside it ({base_path})")
+    if "extends" in base:
+        base = _extended(base_path, base, [*chain, base_path.resolve()])
+    child = {k: v for k, v in raw.items() if k != "extends"}
+    if child.get("name", base.get("name")) == base.get("name"):
+        raise ConfigError(f"{p}: name: a study that extends {base_path.name} needs a name of its own")
+    # What the base's claims, expectations and rows said about its own table is not the child's.
+    base = {k: v for k, v in base.items() if k not in ("expected", "claims", "title", "description", "submission")}
+    return _merge(base, child)
+
+
+def load_yaml(path: str | Path, schema: type[BaseModel], kind: str = "study"):
+    """Read a YAML file into ``schema``; every failure is a ConfigError naming file and field."""
+    p = Path(path)
+    raw = _read_mapping(p, kind)
+    if kind == "study" and "extends" in raw:
+        raw = _extended(p, raw, [p.resolve()])
     try:
         return schema.model_validate(raw)
     except ValidationError as e:
@@ -744,11 +794,13 @@ def _axis_labels(vs: list[VariantCfg], axis: str) -> list[str]:
 def check_layout(study: StudyCfg) -> None:
     """The layout's axes and baseline name things the study has."""
     lay = study.layout
-    vs = variants(study)
+    vs = table_rows(study)
     axes = ["variant", *study.grid, *{k for v in vs for k in v.tags}]
     for field, axis in (("rows", lay.rows), ("columns", lay.columns)):
         if isinstance(axis, str) and axis not in axes:
             raise ConfigError(str(UnknownNameError("axis", axis, axes, f"layout.{field}")))
+    if study.submission is not None and study.submission.row not in [v.name for v in vs]:
+        raise ConfigError(str(UnknownNameError("row", study.submission.row, [v.name for v in vs], "submission.row")))
     if lay.baseline is not None and lay.baseline not in [v.name for v in vs]:
         raise ConfigError(str(UnknownNameError("variant", lay.baseline, [v.name for v in vs], "layout.baseline")))
     if isinstance(lay.value, dict):  # column groups: each key a label of the columns axis
@@ -777,7 +829,7 @@ def check_layout(study: StudyCfg) -> None:
 
 def claim_members(study: StudyCfg, side, vs: list[VariantCfg] | None = None, field: str = "claims") -> list[str]:
     """The variants a claim's side names: one variant, or every variant whose tags match."""
-    vs = vs if vs is not None else variants(study)
+    vs = vs if vs is not None else table_rows(study)
     names = [v.name for v in vs]
     if isinstance(side, str):
         if side not in names:
@@ -822,6 +874,55 @@ def variants(study: StudyCfg) -> list[VariantCfg]:
     for v in out:
         if v.task is not None and v.task not in study.tasks:
             raise ConfigError(str(UnknownNameError(f"task of variant {v.name!r}", v.task, list(study.tasks), "task")))
+    return out
+
+
+def table_rows(study: StudyCfg) -> list[VariantCfg]:
+    """The rows a report shows and claims name: the trained variants, then the combined rows
+    (as variants with their name and tags only). Each combined row's members must come before
+    it, its rule must be registered with valid parameters, and no name may repeat."""
+    vs = variants(study)
+    names = [v.name for v in vs]
+    for i, c in enumerate(study.combined):
+        where = f"combined[{i}]"
+        if c.name in names:
+            raise ConfigError(f"{where}.name: {c.name!r} is already a variant or combined row")
+        for m in c.of:
+            if m not in names:
+                raise ConfigError(str(UnknownNameError("variant (or earlier combined row)", m, names, f"{where}.of")))
+        if len(set(c.of)) != len(c.of):
+            raise ConfigError(f"{where}.of: {c.of} names a member twice")
+        try:
+            COMBINERS.check_params(c.rule.name, c.rule.params, f"{where}.rule")
+        except (UnknownNameError, ValueError) as e:
+            raise ConfigError(str(e)) from None
+        names.append(c.name)
+        vs = [*vs, VariantCfg(name=c.name, tags=c.tags)]
+    return vs
+
+
+def combined_keys(study: StudyCfg, specs: list[TrialSpec]) -> list[dict[str, Any]]:
+    """The combined rows' evaluations at the trials ``specs``: per row and (seed, fold), its
+    ``key`` (as a trial key: ``name#s0``), the member ``keys`` and its ``hash`` (its rule and
+    the members' hashes, so that a retrained member makes the row stale too)."""
+    hashes = {s.key: spec_hash(s) for s in specs}
+    suffix = {s.key: s.key[len(s.variant):] for s in specs}
+    by_variant: dict[str, list[str]] = {}
+    for s in specs:
+        by_variant.setdefault(s.variant, []).append(suffix[s.key])
+    seeds = {s.key: (s.seed, s.fold) for s in specs}
+    out = []
+    for c in study.combined:
+        for sfx in by_variant.get(c.of[0], []):
+            keys = [f"{m}{sfx}" for m in c.of]
+            if not all(k in hashes for k in keys):
+                continue
+            key = f"{c.name}{sfx}"
+            hashes[key] = config_hash([c.rule.model_dump(), [hashes[k] for k in keys]])
+            seeds[key] = seeds[keys[0]]
+            by_variant.setdefault(c.name, []).append(sfx)
+            out.append({"key": key, "variant": c.name, "of": keys, "hash": hashes[key], "seed": seeds[key][0],
+                        "fold": seeds[key][1], "rule": c.rule, "tags": c.tags})
     return out
 
 
@@ -945,7 +1046,7 @@ def resolve(study: StudyCfg, scale: str, seeds: int | None = None, folds: int | 
     vs = variants(study)
     n_folds = folds or sc.folds or 1
     specs = [spec for v in vs for spec in resolve_variant(study, scale, v, n_seeds, n_folds, check)]
-    known = [v.name for v in vs]
+    known = [v.name for v in table_rows(study)]
     for vname in study.expected:
         if vname not in known:
             raise ConfigError(str(UnknownNameError("variant", vname, known, "expected")))

@@ -77,7 +77,7 @@ def run_evaluate(path: str, scale: str, inferer_text: str | None, ensemble: str,
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for (variant, fold, _), members in groups.items():
         try:
-            ckpts = [_checkpoint(client, run.info.run_id) for run, _ in members]
+            ckpts = [load_checkpoint(client, run.info.run_id) for run, _ in members]
             foreign = {p for c in ckpts for p in TrialSpec.model_validate_json(c["trial"]).plugins} - set(study.plugins)
             if foreign:  # the checkpoint's list is data: only the study on the command line imports
                 raise ValueError(f"it was trained with plugins {sorted(foreign)} that {path} does not name")
@@ -130,7 +130,7 @@ def run_evaluate(path: str, scale: str, inferer_text: str | None, ensemble: str,
     return 0 if rows and not named_and_skipped else 1
 
 
-def _checkpoint(client, run_id: str) -> dict:
+def load_checkpoint(client, run_id: str) -> dict:
     """The run's checkpoint; ValueError saying the file is missing or damaged (not torch's advice
     to unpickle it unsafely)."""
     with tempfile.TemporaryDirectory() as d:

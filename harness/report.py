@@ -37,8 +37,8 @@ import pandas as pd
 from scipy import stats
 
 from harness import stats as stats_
-from harness.config import (EXACT_COSTS, ConfigError, StudyCfg, VariantCfg, apply_data_roots, load_study, resolve,
-                            spec_hash, variants)
+from harness.config import (EXACT_COSTS, ConfigError, StudyCfg, VariantCfg, apply_data_roots, combined_keys,
+                            load_study, resolve, spec_hash, table_rows)
 
 FORMATS = ("md", "html", "tex", "csv")
 
@@ -85,8 +85,9 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
     seeds = 1 + max([int(r.data.tags.get("seed", 0)) for r in runs] or [0])
     folds = 1 + max([int(r.data.tags.get("fold", 0)) for r in runs] or [0])
     # The study's trials as it stands, without building a model or reading data: only their hashes.
-    expected_hash = {s.key: spec_hash(s) for s in resolve(study, scale, seeds, folds, check=False)}
-    axes = {v.name: _tag_axes(v) for v in variants(study)}
+    specs = resolve(study, scale, seeds, folds, check=False)
+    expected_hash = {s.key: spec_hash(s) for s in specs} | {c["key"]: c["hash"] for c in combined_keys(study, specs)}
+    axes = {v.name: _tag_axes(v) for v in table_rows(study)}
     rows, failed, stale, seen = [], [], 0, set()
     for r in runs:  # newest first: the first finished run of a key is the one that counts
         key = r.data.tags.get("trial_key")
@@ -374,7 +375,7 @@ def layout_values(study: StudyCfg) -> list[tuple[str, str, str]]:
     lay, row_axis = study.layout, study.layout.rows
     if not row_axis:
         return [("", label, m) for label, m in lay.values.items()]
-    groups = list(dict.fromkeys(_tag_axes(v).get(row_axis, "") for v in variants(study)))
+    groups = list(dict.fromkeys(_tag_axes(v).get(row_axis, "") for v in table_rows(study)))
     return [(g, label, m) for g in ["*", *groups] for label, m in lay.values.get(g, {}).items()]
 
 
@@ -390,7 +391,7 @@ def layout_metrics(study: StudyCfg) -> list[str]:
 def _values_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
     """Metrics as rows, one column (ours, paper) per ``columns`` axis label."""
     study, lay = runs.study, runs.study.layout
-    vs, row_axis, col_axis = variants(study), lay.rows, lay.columns
+    vs, row_axis, col_axis = table_rows(study), lay.rows, lay.columns
     rows = layout_values(study)
     summary = summarise(runs.trials if not runs.trials.empty else pd.DataFrame({"variant": []}),
                         layout_metrics(study))
@@ -432,7 +433,7 @@ def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
     study, lay = runs.study, runs.study.layout
     if lay.values is not None:
         return _values_table(runs)
-    vs = variants(study)
+    vs = table_rows(study)
     cols_spec = lay.columns
     metric_cols = isinstance(cols_spec, list)
     value = lay.value

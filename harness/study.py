@@ -12,8 +12,9 @@ from rich.table import Table
 
 from pydantic import ValidationError
 
-from harness.config import (ConfigError, ResourcesCfg, TrialSpec, apply_data_roots, config_hash, load_study, resolve,
-                            spec_hash)
+from harness.combine import run_combined
+from harness.config import (ConfigError, ResourcesCfg, TrialSpec, apply_data_roots, combined_keys, config_hash,
+                            load_study, resolve, spec_hash)
 from harness.data import Task, build_task
 from harness.cost import count_macs
 from harness.train import build_trial, pick_device, sample_transforms, train_step, trial_model
@@ -259,6 +260,7 @@ def run_studies(paths: list[str], scale: str, seeds: int | None, address: str | 
                     done.add(run.data.tags.get("trial_key"))
                 elif run.info.status == "RUNNING":  # its driver was killed: keep it for the record, closed
                     tracker.client.set_terminated(run.info.run_id, "KILLED")
+            done &= {s.key for s in specs}  # trained trials (combined rows are evaluated after them)
             left = [s for s in specs if s.key not in done]
             tracker.client.update_run(parent_id, status="RUNNING")
             console.print(f"Resuming {study.name}@{scale}: {len(done)} of {len(specs)} trials finished, "
@@ -295,14 +297,17 @@ def run_studies(paths: list[str], scale: str, seeds: int | None, address: str | 
     for path, study in studies:
         specs = specs_of[study.name]
         exp_id, parent_id = parents[study.name]
+        # Combined rows (harness.combine) after their members, in the driver (it writes MLflow).
+        _, lost_combined = run_combined(study, specs, tracker, exp_id, parent_id, console)
         finished = {r.data.tags.get("trial_key") for r in tracker.children(exp_id, parent_id)
                     if r.info.status == "FINISHED"}
-        missing = [s.key for s in specs if s.key not in finished]
-        lost = [s.key for s in specs if trial_id(s) in failed]
-        tracker.client.set_tag(parent_id, "trials_finished", str(len(specs) - len(missing)))
+        keys = [s.key for s in specs] + [c["key"] for c in combined_keys(study, specs)]
+        missing = [k for k in keys if k not in finished]
+        lost = [s.key for s in specs if trial_id(s) in failed] + lost_combined
+        tracker.client.set_tag(parent_id, "trials_finished", str(len(keys) - len(missing)))
         tracker.client.set_tag(parent_id, "trials_failed", ",".join(lost))
         tracker.client.set_terminated(parent_id, "FINISHED" if not missing else ("FAILED" if lost else "KILLED"))
-        console.print(f"{study.name}@{scale}: {len(specs) - len(missing)}/{len(specs)} trials finished"
+        console.print(f"{study.name}@{scale}: {len(keys) - len(missing)}/{len(keys)} trials finished"
                       + (f"; failed: {', '.join(lost)}" if lost else "")
                       + (f"; not run: {', '.join(k for k in missing if k not in lost)} (rerun with --resume)"
                          if set(missing) - set(lost) else "")

@@ -174,6 +174,17 @@ class Tracker:
         self.client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
         return run_id
 
+    def start_combined(self, exp_id: str, parent_id: str, study: str, scale: str, row: dict[str, Any],
+                       members: list[str]) -> str:
+        """A combined row's evaluation (``harness.combine``), tagged as a trial so the report counts it."""
+        tags = {PARENT: parent_id, "harness_role": "trial", "study": study, "scale": scale, "trial_key": row["key"],
+                "variant": row["variant"], "seed": str(row["seed"]),
+                **({"fold": str(row["fold"])} if row["fold"] is not None else {}), "config_hash": row["hash"],
+                "git_commit": git_commit(), "mlflow.runName": row["key"], **environment(),
+                "combined_of": ",".join(members), "rule": row["rule"].model_dump_json(),
+                **{f"tag.{k}": v for k, v in row["tags"].items()}}
+        return self.client.create_run(exp_id, tags=tags).info.run_id
+
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
         ts = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])

@@ -232,8 +232,6 @@ def evaluate(model: nn.Module | list[nn.Module], task: Task, cfg: TrainCfg, devi
         m.eval()
     if len(models) > 1:
         inferer = Ensemble(inferer, models)
-    dice_m = DiceMetric(include_background=True, reduction="none", ignore_empty=False)
-    hd_m = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
     names = list(task.eval_regions)  # what metrics are reported under (Task.evaluate)
     per_case = []
     for case in task.val:
@@ -244,23 +242,35 @@ def evaluate(model: nn.Module | list[nn.Module], task: Task, cfg: TrainCfg, devi
         # from the classes a multi-class net predicts).
         pred = task.merge(regions_of(probs.float(), cfg.output).cpu())
         ref = task.merge(torch.from_numpy(case.label)[None].float())
-        dice = dice_m(pred, ref)[0].tolist()
-        with np.errstate(all="ignore"):
-            hd = [hd95_or_convention(hd_m, p, r) for p, r in zip(pred[0], ref[0])]
-        confusion = get_confusion_matrix(pred, ref, include_background=True)  # MONAI: NaN where 0/0
-        sens = compute_confusion_matrix_metric("sensitivity", confusion)[0].tolist()
-        spec = compute_confusion_matrix_metric("specificity", confusion)[0].tolist()
-        row = {"case": case.id}
-        for name, d, h, se, sp in zip(names, dice, hd, sens, spec):
-            row[f"dice_{name}"] = 100.0 * d
-            row[f"hd95_{name}"] = h
-            row[f"sens_{name}"] = 100.0 * se
-            row[f"spec_{name}"] = 100.0 * sp
-        row["mean_dice"] = float(np.mean([row[f"dice_{n}"] for n in names]))  # pairs for the report's tests
-        row["mean_hd95"] = float(np.mean([row[f"hd95_{n}"] for n in names]))
-        per_case.append(row)
+        per_case.append(case_metrics(case.id, pred, ref, names))
     for m, training in zip(models, was_training):
         m.train(training)
+    return summarise_cases(per_case, names)
+
+
+def case_metrics(case_id: str, pred: torch.Tensor, ref: torch.Tensor, names: list[str]) -> dict[str, Any]:
+    """One case's metrics (``evaluate``'s conventions) from binary masks (1, E, D, H, W) of the
+    evaluation regions ``names``."""
+    dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(pred, ref)[0].tolist()
+    hd_m = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
+    with np.errstate(all="ignore"):
+        hd = [hd95_or_convention(hd_m, p, r) for p, r in zip(pred[0], ref[0])]
+    confusion = get_confusion_matrix(pred, ref, include_background=True)  # MONAI: NaN where 0/0
+    sens = compute_confusion_matrix_metric("sensitivity", confusion)[0].tolist()
+    spec = compute_confusion_matrix_metric("specificity", confusion)[0].tolist()
+    row: dict[str, Any] = {"case": case_id}
+    for name, d, h, se, sp in zip(names, dice, hd, sens, spec):
+        row[f"dice_{name}"] = 100.0 * d
+        row[f"hd95_{name}"] = h
+        row[f"sens_{name}"] = 100.0 * se
+        row[f"spec_{name}"] = 100.0 * sp
+    row["mean_dice"] = float(np.mean([row[f"dice_{n}"] for n in names]))  # pairs for the report's tests
+    row["mean_hd95"] = float(np.mean([row[f"hd95_{n}"] for n in names]))
+    return row
+
+
+def summarise_cases(per_case: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """Means over cases (NaNs left out), the worst and best case, and ``per_case`` itself."""
     out: dict[str, Any] = {}
     for name in names:
         out[f"dice_{name}"] = float(np.mean([r[f"dice_{name}"] for r in per_case]))

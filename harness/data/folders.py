@@ -54,7 +54,7 @@ class DataFolderError(ValueError):
 class CaseFiles:
     id: str
     images: list[Path]  # one file per channel, or one 4D file holding every channel
-    label: Path
+    label: Path | None  # None: an unlabelled case (a challenge's validation or test set)
 
 
 @dataclass
@@ -146,6 +146,27 @@ def scan_promise12(root: Path) -> Layout:
 
 
 SCANNERS = {"msd": scan_msd, "brats": scan_brats, "promise12": scan_promise12}
+
+
+def scan_unlabelled_brats(root: str | Path) -> list[CaseFiles]:
+    """A BraTS validation or test folder: one folder per case with *_t1, *_t1ce, *_t2, *_flair
+    NIfTI files and no segmentation (the challenge scores it). DataFolderError lists every problem."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataFolderError(str(root), [f"{root}: not a folder"])
+    cases, problems = [], []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        found = {m: sorted(d.glob(f"*_{m}.nii*")) for m in BRATS_MODALITIES}
+        bad = [m for m, hits in found.items() if len(hits) != 1]
+        if bad:
+            problems += [f"{d.name}: {'no' if not found[m] else 'several'} *_{m}.nii(.gz) file(s)" for m in bad]
+        else:
+            cases.append(CaseFiles(d.name, [found[m][0] for m in BRATS_MODALITIES], None))
+    if not cases and not problems:
+        problems.append(f"{root}: no case folders (expected one folder per case with *_t1/_t1ce/_t2/_flair)")
+    if problems:
+        raise DataFolderError(str(root), problems)
+    return cases
 
 
 def scan(root: str | Path, fmt: str) -> Layout:

@@ -18,6 +18,9 @@ Both tasks are built so that the papers' ablations mean something:
   one-slice-thick discs of the same intensity and in-plane size. Inside a single
   slice a disc looks exactly like a sphere's cross-section; only the neighbouring
   slices tell them apart.
+- ``synthetic_marker`` (ours, for Group Shift): two identical blobs, of which only the one with
+  a dark marker 44-56 voxels away in-plane is labelled. Locally a target looks exactly like a
+  distractor; only context a spatial group away tells them apart.
 """
 from __future__ import annotations
 
@@ -173,6 +176,63 @@ def synthetic_depth(n_cases: int = 20, shape=(16, 64, 64), seed: int = 0, object
     params = dict(n=n_cases, shape=list(shape), seed=seed, k=objects, s=noise, c=in_channels, r=list(regions))
     return Task("synthetic_depth", in_channels=in_channels, regions=regions,
                 load=lambda: held_out_or_split("synthetic_depth", params, make, n_cases, val_cases, val_fraction, seed))
+
+
+@DATASETS.register("synthetic_marker")
+def synthetic_marker(n_cases: int = 20, shape=(16, 128, 128), seed: int = 0, noise: float = 0.5,
+                     distance=(44, 56), val_fraction: float = 0.2, val_cases: int = 0) -> Task:
+    """Group-context task (module docstring), 1 channel, 1 region ("target"); ours, not a paper's.
+
+    Each case holds two blobs of one appearance (in-plane radii 16-22 voxels, depth radius 5-7
+    slices, +1 over the background): the target and the distractor. A dark marker (-1; 4
+    slices x 14 x 14 voxels) lies in the target's centre slice at an in-plane distance drawn
+    from ``distance`` (voxels, any direction) from its centre, at least 64 voxels from the
+    distractor's, so the rule is unambiguous. A net that sees no farther than the marker
+    distance can only guess (at best segmenting both blobs: Dice about 67); Group Shift's
+    stage-1 shift on 128 in-plane voxels is 64, its later stages' 16-32, combined through the
+    pyramid (docs/gs_at_quick.md).
+    """
+    check_split(n_cases, val_fraction, val_cases)
+    check_shape(shape)
+    lo, hi = (float(d) for d in distance)
+    D, H, W = shape
+    if not 0 < lo <= hi or hi > min(H, W) - 30:  # blob and marker each keep clear of the border
+        raise ValueError(f"distance must be [lo, hi] with 0 < lo <= hi <= the in-plane size less 30 "
+                         f"({min(H, W) - 30}), got {list(distance)}")
+
+    def layout(gen):
+        """Centres (z, y, x) of target, distractor and marker: rejection sampling."""
+        u = lambda a, b: float(a + (b - a) * torch.rand(1, generator=gen))  # noqa: E731
+        dist = lambda p, q: math.hypot(p[1] - q[1], p[2] - q[2])  # noqa: E731
+        for _ in range(10000):
+            target, other = ((u(6, D - 6), u(20, H - 20), u(20, W - 20)) for _ in range(2))
+            a, d = u(0, 2 * math.pi), u(lo, hi)
+            marker = (target[0], target[1] + d * math.sin(a), target[2] + d * math.cos(a))
+            if (8 <= marker[1] <= H - 8 and 8 <= marker[2] <= W - 8 and dist(target, other) >= 48
+                    and dist(marker, other) > 64):
+                return target, other, marker
+        raise ValueError(f"synthetic_marker: no layout fits {list(shape)} at distance {list(distance)}; "
+                         f"use a larger volume")
+
+    def make(n: int, gen_seed: int, prefix: str):
+        gen = torch.Generator().manual_seed(gen_seed)
+        z, y, x = torch.meshgrid(*(torch.arange(s, dtype=torch.float32) for s in shape), indexing="ij")
+        for i in range(n):
+            target, other, (mz, my, mx) = layout(gen)
+            img = 0.3 * _smooth_field(gen, shape, coarse=4)[0]
+            blobs = []
+            for cz, cy, cx in (target, other):
+                rz, ry, rx = 5 + 2 * float(torch.rand(1, generator=gen)), *_rand(gen, 16, 22, 2)
+                blobs.append(((z - cz) / rz) ** 2 + ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 < 1)
+                img += blobs[-1].float()
+            img -= (((z - mz).abs() < 2) & ((y - my).abs() < 7) & ((x - mx).abs() < 7)).float()
+            img += noise * torch.randn(shape, generator=gen)
+            yield Case(f"{prefix}marker_{i:03d}", img[None].numpy().astype(np.float32),
+                       (blobs[0] & ~blobs[1])[None].numpy().astype(np.uint8))
+
+    params = dict(n=n_cases, shape=list(shape), seed=seed, s=noise, d=[lo, hi])
+    return Task("synthetic_marker", in_channels=1, regions=("target",),
+                load=lambda: held_out_or_split("synthetic_marker", params, make, n_cases, val_cases, val_fraction, seed))
 
 
 # name: (centre (z, y, x) in [-1, 1], radii, intensity above background, kind) per organ, in the

@@ -1,0 +1,73 @@
+"""harness submit: a challenge-server study's row written as submission-format label maps of
+unlabelled cases, on each case's own grid; bad input refused before anything is written."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+def make_validation(root: Path, n: int = 2) -> Path:
+    """BraTS validation case folders: four modalities, no segmentation, a zero border, 1x1x1 mm
+    for one case and an anisotropic, shifted grid for the other."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        d = root / f"BraTS20_Validation_{i:03d}"
+        d.mkdir(parents=True)
+        shape = (30 + 2 * i, 28, 18)
+        affine = np.diag([1.0, 1.0 + 0.2 * i, 1.0 + i, 1.0])
+        affine[:3, 3] = [-5.0 * i, 3.0, 7.0]
+        for m in ("t1", "t1ce", "t2", "flair"):
+            a = np.zeros(shape, np.float32)
+            a[3:-3, 2:-2, 1:-1] = rng.normal(1.0, 0.3, (shape[0] - 6, shape[1] - 4, shape[2] - 2))
+            nib.save(nib.Nifti1Image(a, affine), str(d / f"{d.name}_{m}.nii.gz"))
+    return root
+
+
+def harness(cwd, *args):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("study", ["brats20_table4", "conres_table1_brats18"])
+def test_a_challenge_study_writes_one_brats_label_map_per_case_on_its_grid(tmp_path, study):
+    val = make_validation(tmp_path / "val")
+    path = str(ROOT / "studies" / f"{study}.yaml")
+    r = harness(tmp_path, "run", path, "--scale", "smoke", "--seeds", "1", "-v", "0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = harness(tmp_path, "submit", path, "--scale", "smoke", "--data-root", str(val), "--out", "sub")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for case in sorted(val.iterdir()):
+        ref = nib.load(str(next(case.glob("*_t1.nii.gz"))))
+        out = nib.load(str(tmp_path / "sub" / f"{case.name}.nii.gz"))
+        labels = np.asarray(out.dataobj)
+        assert labels.shape == ref.shape and np.allclose(out.affine, ref.affine)
+        assert set(np.unique(labels).tolist()) <= {0, 1, 2, 4} and labels.dtype == np.uint8
+        assert not labels[:3].any() and not labels[-3:].any(), "a label outside the cropped brain box"
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == sorted(
+        [f"{c.name}.nii.gz" for c in val.iterdir()] + ["submission.json"])
+    # The folder is written whole or not at all, and never over an earlier submission.
+    r = harness(tmp_path, "submit", path, "--scale", "smoke", "--data-root", str(val), "--out", "sub")
+    assert r.returncode == 2 and "exists and is not empty" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_submission_input_is_refused_with_the_field(tmp_path):
+    val = make_validation(tmp_path / "val", n=1)
+    next(val.glob("*/*_t2.nii.gz")).unlink()
+    path = str(ROOT / "studies" / "brats20_table4.yaml")
+    r = harness(tmp_path, "submit", path, "--scale", "smoke", "--data-root", str(val), "--out", "sub")
+    assert r.returncode == 2 and "--data-root" in r.stderr and "no *_t2.nii(.gz)" in r.stderr, r.stderr
+    r = harness(tmp_path, "submit", path, "--scale", "smoke", "--data-root", str(val), "--out", "sub",
+                "--row", "mergd")
+    assert r.returncode == 2 and "Did you mean" in r.stderr and "merged" in r.stderr, r.stderr
+    r = harness(tmp_path, "submit", str(ROOT / "studies" / "brats20_table3.yaml"), "--scale", "smoke",
+                "--data-root", str(val), "--out", "sub")
+    assert r.returncode == 2 and "no 'submission' section" in r.stderr, r.stderr
+    assert not (tmp_path / "sub").exists() and not (tmp_path / "mlflow.db").exists()
