@@ -70,58 +70,22 @@ def cmd_run(args) -> int:
                      storage=args.storage)
 
 
-def cmd_merge_labels(args) -> int:
-    """BraTS 2020 Table 1: merge pipeline A's and pipeline B's label maps (NIfTI) into one."""
-    import nibabel as nib
-    import numpy as np
+def cmd_data(args) -> int:
+    """``harness data NAME ARGS``: a registered data command (``DATA_COMMANDS``), its arguments
+    parsed by its own parser; families add theirs (BraTS 2020's ``merge-labels``)."""
+    from harness.registry import DATA_COMMANDS, UnknownNameError
 
-    from harness.data.brats_labels import merge_labels
-
-    for name in ("a", "b"):
-        if not Path(getattr(args, name)).is_file():
-            print(f"error: {name.upper()}: file {getattr(args, name)!r} does not exist", file=sys.stderr)
-            return 2
-    out = Path(args.out)
-    if not out.name.endswith((".nii", ".nii.gz")):
-        print(f"error: --out: {args.out!r} is not a NIfTI name (.nii or .nii.gz)", file=sys.stderr)
-        return 2
     try:
-        a, b = nib.load(args.a), nib.load(args.b)
-        la, lb = np.asanyarray(a.dataobj), np.asanyarray(b.dataobj)
-        if not np.allclose(a.affine, b.affine, atol=1e-3):
-            raise ValueError("A and B have different affines (voxel grids); resample one onto the other first")
-        merged = merge_labels(la.astype(np.int16), lb.astype(np.int16)).astype(np.uint8)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        add_arguments, run = DATA_COMMANDS.get(args.data_cmd, field="harness data")
+    except UnknownNameError as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
-    out.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(merged, a.affine, a.header), str(out))
-    print(f"{out}: {int((merged != la).sum())} voxels taken from B (Table 1), labels "
-          + ", ".join(f"{v}: {int((merged == v).sum())}" for v in (0, 1, 2, 4)))
-    return 0
+    parser = argparse.ArgumentParser(prog=f"harness data {args.data_cmd}", description=(run.__doc__ or "").strip())
+    add_arguments(parser)
+    return run(parser.parse_args(args.data_args))
 
 
-def cmd_data_check(args) -> int:
-    from harness.data.folders import SCANNERS, check_folder, detect_format, scan
 
-    if not Path(args.root).is_dir():
-        print(f"error: {args.root}: not a folder", file=sys.stderr)
-        return 2
-    fmt = args.format or detect_format(args.root)
-    if fmt is None:
-        print(f"error: {args.root}: cannot tell the format (no dataset.json, CaseNN.mhd or BraTS case folders); "
-              f"pass --format {{{','.join(SCANNERS)}}}", file=sys.stderr)
-        return 2
-    problems = check_folder(args.root, fmt)
-    for line in problems:
-        print(line)
-    if problems:
-        print(f"{args.root}: {len(problems)} problem(s) ({fmt})", file=sys.stderr)
-        return 2
-    layout = scan(args.root, fmt)
-    print(f"{args.root}: ok ({fmt}): {len(layout.cases)} cases, channels {', '.join(layout.channels)}, "
-          f"regions {', '.join(layout.regions)}")
-    return 0
 
 
 PAPER_COST = ("params", "size_mb", "gmacs", "macs_per_voxel", "latency_ns_per_voxel")
@@ -146,7 +110,8 @@ def cmd_cost(args) -> int:
             shape = args.input or s.cost.input or [1, task.in_channels, *s.train.patch]
             model = build_model(s.model.name, in_channels=shape[1], input_size=s.train.patch, output=s.train.output,
                                 out_channels=out_channels(len(task.regions), s.train.output), **s.model.params)
-            check_model(s.model, shape[2:], f"variant {s.variant!r}", s.train.output)
+            check_model(s.model, shape[2:], f"variant {s.variant!r}", s.train.output, shape[1],
+                        out_channels(len(task.regions), s.train.output))
             # As trials cost themselves: the study's inferer (TTA: every view) on one input-sized window.
             inferer = build_inferer(s.train.inferer, shape[2:], shape[0], s.train.output)
             print(f"costing {s.variant} at {'x'.join(map(str, shape))} ...", file=sys.stderr, flush=True)
@@ -157,11 +122,13 @@ def cmd_cost(args) -> int:
                     row[f"paper {metric}"] = float(e) if isinstance(e, (int, float)) else e.value
             rows.append(row)
     else:
-        from harness.config import ModelCfg
+        from harness.config import ModelCfg, import_plugins
 
+        import_plugins(args.plugin or [])
         shape = args.input or [1, 4, 64, 128, 128]
         params = dict(args.param or [])
-        check_model(ModelCfg(name=args.target, params=params), shape[2:], "cost")
+        check_model(ModelCfg(name=args.target, params=params), shape[2:], "cost", in_channels=shape[1],
+                    out_channels=args.out_channels)
         model = build_model(args.target, in_channels=shape[1], out_channels=args.out_channels, input_size=shape[2:],
                             **params)
         rows.append({"name": args.target, **cost_report(model, shape, latency=not args.no_latency, train_shape=shape)})
@@ -239,19 +206,33 @@ def cmd_search(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from harness.bench import run_bench
+    """The benchmarks live beside the package (``benchmarks/``, not installed): they time the
+    families' ops and nets, which the core does not name."""
+    import importlib.util
 
-    return run_bench(Path(args.out), quick=args.quick, device=args.device)
+    from harness.config import ConfigError
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+    if not path.is_file():
+        raise ConfigError(f"bench: {path} is missing; 'harness bench' runs from a checkout of the repository")
+    spec = importlib.util.spec_from_file_location("harness_benchmarks", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.run_bench(Path(args.out), quick=args.quick, device=args.device)
 
 
 def cmd_list(args) -> int:
     import harness.train  # noqa: F401  (imports, so registers, every component)
-    from harness.registry import (AUGMENTATIONS, CALLBACKS, DATASETS, INFERERS, LOSSES, MODELS, OPS, OPTIMIZERS,
-                                  SCHEDULES, TARGETS)
+    from harness.config import import_plugins
+
+    import_plugins(args.plugin or [])
+    from harness.registry import (AUGMENTATIONS, CALLBACKS, COMBINERS, COST_HANDLES, DATA_COMMANDS, DATASETS,
+                                  INFERERS, LOSSES, MODELS, OPS, OPTIMIZERS, SCHEDULES, TARGETS, VIEW_SETS)
 
     regs = {"models": MODELS, "datasets": DATASETS, "ops": OPS, "losses": LOSSES, "optimizers": OPTIMIZERS,
             "schedules": SCHEDULES, "augmentations": AUGMENTATIONS, "targets": TARGETS, "inferers": INFERERS,
-            "callbacks": CALLBACKS}
+            "view_sets": VIEW_SETS, "callbacks": CALLBACKS, "combiners": COMBINERS, "data_commands": DATA_COMMANDS,
+            "cost_handles": COST_HANDLES}
     for kind in [args.kind] if args.kind != "all" else list(regs):
         print(f"{kind}: {', '.join(regs[kind].names())}")
     if args.kind == "all":
@@ -312,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--out-channels", type=int, default=3)
     c.add_argument("--no-latency", action="store_true", help="skip the measured figures: latency, inference and training memory")
     c.add_argument("--json", action="store_true")
+    c.add_argument("--plugin", action="append", metavar="MODULE",
+                   help="import a plugin family first, so that its models can be costed (repeatable)")
     c.set_defaults(fn=cmd_cost)
 
     rp = sub.add_parser("report", help="the paper's table, statistics and accuracy-vs-cost plots from MLflow")
@@ -368,19 +351,11 @@ def main(argv: list[str] | None = None) -> int:
                          "status tables, trial logs and warnings too")
     se.set_defaults(fn=cmd_search)
 
-    d = sub.add_parser("data", help="data folders: 'harness data check ROOT' validates one before training")
-    dsub = d.add_subparsers(dest="data_cmd", required=True)
-    dc = dsub.add_parser("check", help="missing files, shape/affine disagreements, bad labels, unreadable files")
-    dc.add_argument("root")
-    dc.add_argument("--format", default=None, choices=["msd", "brats", "promise12"],
-                    help="default: detected from the folder")
-    dc.set_defaults(fn=cmd_data_check)
-    dm = dsub.add_parser("merge-labels", help="BraTS 2020 Table 1: merge two pipelines' label maps (0, 1, 2, 4): "
-                                              "A's NCR and ET kept, B's oedema/background where both say 0 or 2")
-    dm.add_argument("a", help="pipeline A's label map (NIfTI)")
-    dm.add_argument("b", help="pipeline B's label map (NIfTI, same grid)")
-    dm.add_argument("--out", required=True, help="the merged label map (.nii or .nii.gz)")
-    dm.set_defaults(fn=cmd_merge_labels)
+    d = sub.add_parser("data", help="data commands: 'harness data check ROOT' validates a folder before training; "
+                                     "families add theirs ('harness list data_commands')")
+    d.add_argument("data_cmd", metavar="NAME", help="check, or a family's command (e.g. merge-labels)")
+    d.add_argument("data_args", nargs=argparse.REMAINDER, help="the command's arguments ('harness data NAME -h')")
+    d.set_defaults(fn=cmd_data)
 
     b = sub.add_parser("bench", help="speed benchmarks (results under reports/bench)")
     b.add_argument("--out", default="reports/bench")
@@ -392,7 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     ls = sub.add_parser("list", help="registered components (models, losses, inferers, ...) and the studies")
     ls.add_argument("kind", nargs="?", default="all",
                     choices=["all", "models", "datasets", "ops", "losses", "optimizers", "schedules", "augmentations",
-                             "targets", "inferers", "callbacks"])
+                             "targets", "inferers", "view_sets", "callbacks", "combiners", "data_commands",
+                             "cost_handles"])
+    ls.add_argument("--plugin", action="append", metavar="MODULE",
+                    help="import a plugin family first, so that its components are listed (repeatable)")
     ls.set_defaults(fn=cmd_list)
 
     args = p.parse_args(argv)

@@ -146,5 +146,3 @@ def _evaluate(c: dict, rows_of: dict, by_key: dict, runs: dict, client, costs: d
     per_case = final.pop("per_case")
     return {**final, **combined_cost([costs[k] for k in leaves]), "members": float(len(leaves))}, per_case
 
-
-from harness.data import brats_labels  # noqa: E402,F401  registers brats_merge (BraTS 2020 Table 1)

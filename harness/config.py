@@ -986,7 +986,11 @@ def resolve_variant(study: StudyCfg, scale: str, v: VariantCfg, seeds: int = 1, 
             raise ConfigError(str(e)) from None
         model = ModelCfg(name=v.model, params=v.params)
     if check:
-        check_model(model, train.patch, f"variant {v.name!r}", train.output)
+        from harness.contract import out_channels
+
+        task = DATASETS.get(data.dataset)(**data.params)  # lazy: channels and regions, no case read
+        check_model(model, train.patch, f"variant {v.name!r}", train.output, task.in_channels,
+                    out_channels(len(task.regions), train.output))
         check_patch_fits(data, train.patch, f"variant {v.name!r}")
         if train.output == "softmax":
             check_exclusive(data, f"variant {v.name!r}")
@@ -1116,8 +1120,11 @@ def check_data(data: DataCfg) -> None:
         raise ConfigError(f"data: {e}") from None
 
 
-def check_model(model: ModelCfg, patch: list[int], where: str, output: str = "sigmoid"):
-    """Build the model once: unknown parameters and impossible settings fail here, not in a trial."""
+def check_model(model: ModelCfg, patch: list[int], where: str, output: str = "sigmoid",
+                in_channels: int | None = None, out_channels: int | None = None):
+    """Build the model once, with the arguments a trial injects (the data set's channels, the
+    patch, the output activation): unknown parameters and impossible settings fail here, not
+    in a trial, and a factory that requires its channels (MONAI's nets) builds as in a trial."""
     cls = MODELS.get(model.name, field="model.name")
     sig = inspect.signature(cls)
     allowed = [n for n in sig.parameters if n != "self"]
@@ -1138,6 +1145,9 @@ def check_model(model: ModelCfg, patch: list[int], where: str, output: str = "si
         params.setdefault("input_size", list(patch))
     if "output" in allowed:
         params["output"] = output
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if name in allowed and value is not None:
+            params[name] = value
     try:
         net = cls(**params)
         if hasattr(net, "check_input"):

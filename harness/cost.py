@@ -1,9 +1,11 @@
 """Cost of a model: parameters, GMACs (fvcore), latency per voxel, peak memory.
 
 Convention: fvcore counts one fused multiply-add as one "flop", so its totals
-are MACs; we label them GMACs. Every op a model emits must have a handle here
-(counted, or explicitly zero for pure data movement); an op without one makes
-``count_macs`` raise rather than silently under-count.
+are MACs; we label them GMACs. Every op a model emits must have a handle in
+``COST_HANDLES`` (counted, or explicitly zero for pure data movement); an op without one
+makes ``count_macs`` raise rather than silently under-count. The common aten ops are
+registered here; a family or a plugin registers its own by the traced op's name,
+``@COST_HANDLES.register("aten::prelu")`` on an fvcore handle ``(inputs, outputs) -> count``.
 
 Inference procedures are costed as run: given an inferer, ``cost_report`` runs it once on
 the cost input, records every network pass it makes (a 16-view TTA makes 16) and sums
@@ -27,6 +29,8 @@ from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import elementwise_flop_counter, get_shape
 from torch import nn
 
+from harness.registry import COST_HANDLES
+
 
 class UnsupportedOpError(RuntimeError):
     pass
@@ -45,7 +49,8 @@ def _grid_sampler(inputs, outputs) -> int:
     return n * (8 if len(out) == 5 else 4)
 
 
-def _zero(inputs, outputs) -> int:
+def zero_cost(inputs, outputs) -> int:
+    """The handle of an op without multiply-adds (a permutation, a copy), for ``COST_HANDLES``."""
     return 0
 
 
@@ -54,7 +59,7 @@ _COUNTED = {
     "aten::upsample_trilinear3d": _per_output(8),  # 8 neighbours per output (fvcore's bilinear uses 4)
     "aten::upsample_bilinear2d": _per_output(4),
     "aten::grid_sampler": _grid_sampler,
-    # A regular sampling grid (harness.ops.obelisk): each coordinate is a 3-term dot product plus bias.
+    # A regular sampling grid (an affine grid): each coordinate is a 3-term dot product plus bias.
     "aten::affine_grid_generator": _per_output(3),
     "aten::add": _per_output(1), "aten::add_": _per_output(1),
     "aten::sub": _per_output(1), "aten::sub_": _per_output(1), "aten::rsub": _per_output(1),
@@ -62,6 +67,10 @@ _COUNTED = {
     "aten::div": _per_output(1), "aten::div_": _per_output(1),
     "aten::sigmoid": _per_output(1), "aten::sigmoid_": _per_output(1),
     "aten::tanh": _per_output(1), "aten::softmax": _per_output(1), "aten::abs": _per_output(1),
+    # Activations with a multiply per value (as sigmoid above), common in MONAI and timm nets.
+    "aten::prelu": _per_output(1), "aten::gelu": _per_output(1), "aten::silu": _per_output(1),
+    "aten::silu_": _per_output(1), "aten::elu": _per_output(1), "aten::elu_": _per_output(1),
+    "aten::hardswish": _per_output(1), "aten::softplus": _per_output(1), "aten::log_softmax": _per_output(1),
     "aten::avg_pool3d": elementwise_flop_counter(1, 0), "aten::avg_pool2d": elementwise_flop_counter(1, 0),
     "aten::adaptive_avg_pool3d": elementwise_flop_counter(1, 0),
     "aten::mean": elementwise_flop_counter(1, 0), "aten::sum": elementwise_flop_counter(1, 0),
@@ -70,7 +79,6 @@ _COUNTED = {
 }
 # Explicit zeros: data movement, comparisons and activations without multiply-adds.
 _ZERO = [
-    "prim::PythonOp._GroupShiftFn",  # harness.ops.group_shift: a permutation of voxels
     "aten::max_pool3d", "aten::max_pool2d", "aten::upsample_nearest3d", "aten::upsample_nearest2d",
     "aten::relu", "aten::relu_", "aten::leaky_relu", "aten::leaky_relu_", "aten::cat", "aten::roll",
     "aten::index", "aten::index_select", "aten::copy_", "aten::slice", "aten::narrow", "aten::empty_like",
@@ -79,7 +87,8 @@ _ZERO = [
     "aten::eye", "aten::expand", "aten::select", "aten::view_as", "aten::flatten", "aten::stack",
     "aten::amax",  # a max over a dimension: comparisons (as max pooling)
 ]
-HANDLES: dict[str, Any] = {**_COUNTED, **{op: _zero for op in _ZERO}}
+for _op, _handle in {**_COUNTED, **{op: zero_cost for op in _ZERO}}.items():
+    COST_HANDLES.register(_op)(_handle)
 
 
 @contextlib.contextmanager
@@ -108,13 +117,15 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
     model = model.eval()
     x = torch.zeros(*input_shape, device=next(model.parameters()).device)
     with torch.no_grad():
-        fca = FlopCountAnalysis(model, x).set_op_handle(**HANDLES)
+        fca = FlopCountAnalysis(model, x).set_op_handle(**{op: COST_HANDLES.get(op) for op in COST_HANDLES.names()})
         fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         total = fca.total()
         unsupported = dict(fca.unsupported_ops())
     if unsupported:
         raise UnsupportedOpError(
-            f"{type(model).__name__}: no cost handle for {unsupported}; add one to harness.cost.HANDLES"
+            f"{type(model).__name__}: no cost handle for {unsupported}; register one: "
+            f"@COST_HANDLES.register(OP) (harness.registry) on a function (inputs, outputs) -> MACs, "
+            f"harness.cost.zero_cost for an op without multiply-adds"
         )
     return {"macs": int(total), "by_op": {k: int(v) for k, v in fca.by_operator().items()}}
 

@@ -19,7 +19,7 @@ from monai.inferers import sliding_window_inference
 from monai.transforms import MeanEnsemble
 
 from harness.contract import probabilities
-from harness.registry import INFERERS
+from harness.registry import INFERERS, VIEW_SETS
 
 INJECTED = ("patch", "batch_size", "output")
 Network = Callable[[torch.Tensor], torch.Tensor]
@@ -113,15 +113,10 @@ class View:
         return x.flip(self.flip) if self.flip is not None else x
 
 
-# BraTS 2020 (Henry et al., Sec. 2.6): 16 views, a flip along one axis (or none) x 0/90/180/270
-# degree rotations in the axial plane; the authors' src/tta.py enumerates the same 16. Only 12
-# are distinct (flip H + k turns = flip W + (k + 2) turns), so 4 weigh twice in the mean, as
-# in the authors' code. Their revert, rot90(flip(y), -k), is no inverse for flip H/W with an
-# odd k (4 views); ``View.inverse`` rotates back first (tests/test_inferers.py).
-VIEW_SETS = {
-    "brats2020": [View(f, r) for f in (None, 2, 3, 4) for r in range(4)],
-    "mirror": [View(f, 0) for f in (None, 2, 3, 4)],  # flips only (no rotation: any patch shape)
-}
+@VIEW_SETS.register("mirror")
+def mirror() -> list[View]:
+    """The volume and its flips along each spatial axis (no rotation: any patch shape)."""
+    return [View(f, 0) for f in (None, 2, 3, 4)]
 
 
 class TTA(Inferer):
@@ -135,20 +130,22 @@ class TTA(Inferer):
 
 
 @INFERERS.register("tta")
-def tta(patch: Sequence[int], batch_size: int, output: str, views: str = "brats2020", overlap: float = 0.25,
+def tta(patch: Sequence[int], batch_size: int, output: str, views: str = "mirror", overlap: float = 0.25,
         mode: str = "constant", base: str = "sliding_window") -> Inferer:
-    """Test-time augmentation: every view of ``VIEW_SETS[views]`` through the ``base`` inferer
-    (the sliding window, or the whole volume as BraTS 2020 infers), mapped back and averaged.
-    Rotations in the axial plane need a square in-plane window (sliding window) or volume."""
+    """Test-time augmentation: every view of the registered view set ``views`` (``VIEW_SETS``;
+    a family adds its own, e.g. BraTS 2020's 16) through the ``base`` inferer (the sliding
+    window, or the whole volume), mapped back and averaged. Rotations in the axial plane need
+    a square in-plane window (sliding window) or volume."""
     if views not in VIEW_SETS:
-        raise ValueError(f"views: {views!r} is not one of {', '.join(VIEW_SETS)}")
+        raise ValueError(f"views: {views!r} is not one of {', '.join(VIEW_SETS.names())}")
+    view_set = VIEW_SETS.get(views)()
     if base not in BASES:
         raise ValueError(f"base: {base!r} is not one of {', '.join(BASES)}")
     if base == "whole_volume":
-        return TTA(WholeVolume(output), VIEW_SETS[views])
-    if any(v.rot % 2 for v in VIEW_SETS[views]) and patch[1] != patch[2]:
+        return TTA(WholeVolume(output), view_set)
+    if any(v.rot % 2 for v in view_set) and patch[1] != patch[2]:
         raise ValueError(f"views {views!r} rotate the axial plane: the patch's H and W must be equal, got {list(patch)}")
-    return TTA(SlidingWindow(patch, batch_size, output, overlap, mode), VIEW_SETS[views])
+    return TTA(SlidingWindow(patch, batch_size, output, overlap, mode), view_set)
 
 
 class Ensemble(Inferer):

@@ -11,7 +11,6 @@ group that matches takes it; the rest keep the study's settings).
 """
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, Sequence
 
@@ -63,23 +62,26 @@ def cosine(optimizer, total_steps: int, eta_min: float = 0.0):
 @SCHEDULES.register("flat_cosine")
 def flat_cosine(optimizer, total_steps: int, flat: float = 0.5):
     """lr for the first ``flat`` of the run, then cosine annealing to 0 over the rest: BraTS
-    2020's pipeline A (Henry et al. Sec. 2.5, "a cosine decay after 100 epochs" of 200)."""
+    2020's pipeline A (Henry et al. Sec. 2.5, "a cosine decay after 100 epochs" of 200).
+    PyTorch's ``SequentialLR`` of ``ConstantLR`` (factor 1) and ``CosineAnnealingLR``."""
     if not 0 <= flat < 1:
         raise ValueError(f"train.schedule.params.flat: {flat} is outside [0, 1)")
     start = int(flat * total_steps)
-    span = max(1, total_steps - start)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 1.0 if step < start else 0.5 * (1 + math.cos(math.pi * min(1.0, (step - start) / span))))
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - start))
+    if start == 0:
+        return cosine
+    hold = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=start)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [hold, cosine], milestones=[start])
 
 
 @SCHEDULES.register("exponential")
 def exponential(optimizer, total_steps: int, gamma: float = 0.99, every: int = 1):
-    """lr * gamma ** (step // every): OBELISK-Net's ExponentialLR(0.99) per epoch is ``every`` =
-    the study's steps per epoch."""
+    """lr * gamma ** (step // every) (PyTorch's ``StepLR``): OBELISK-Net's ExponentialLR(0.99)
+    per epoch is ``every`` = the study's steps per epoch."""
     if not 0 < gamma <= 1 or int(every) != every or every < 1:
         raise ValueError(f"train.schedule.params: need 0 < gamma <= 1 and a positive integer every, "
                          f"got gamma={gamma}, every={every}")
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: gamma ** (step // every))
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(every), gamma=gamma)
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, groups: list[Any]) -> list[dict]:

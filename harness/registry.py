@@ -89,6 +89,7 @@ class Registry:
         if self._builtins is not None:
             module, self._builtins = self._builtins, None
             importlib.import_module(module)
+            importlib.import_module("harness.families")  # the built-in families register like plugins
         return self._items
 
     def register(self, name: str | None = None) -> Callable[[T], T]:
@@ -162,4 +163,8 @@ TARGETS = Registry("target", "harness.data.transforms")
 INFERERS = Registry("inferer", "harness.inferers")
 CALLBACKS = Registry("callback", "harness.callbacks")
 COMBINERS = Registry("combiner", "harness.combine")
-REGISTRIES = (OPS, MODELS, DATASETS, LOSSES, OPTIMIZERS, SCHEDULES, AUGMENTATIONS, TARGETS, INFERERS, CALLBACKS)
+VIEW_SETS = Registry("view set", "harness.inferers")  # test-time augmentation views (harness.inferers.View)
+COST_HANDLES = Registry("cost handle", "harness.cost")  # fvcore op handles, by the traced op's name
+DATA_COMMANDS = Registry("data command", "harness.data.folders")  # `harness data NAME`: (add_arguments, run)
+REGISTRIES = (OPS, MODELS, DATASETS, LOSSES, OPTIMIZERS, SCHEDULES, AUGMENTATIONS, TARGETS, INFERERS, CALLBACKS,
+              COMBINERS, VIEW_SETS, COST_HANDLES, DATA_COMMANDS)

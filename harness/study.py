@@ -155,6 +155,27 @@ def largest_cpu_trial(specs_of: dict[str, list[TrialSpec]], tasks: dict[str, Tas
     return best
 
 
+def check_costable(specs: list[TrialSpec], tasks: dict[str, Task]) -> None:
+    """Count every architecture's MACs once, on ``_at_proxy``'s shrunk patch, before anything
+    trains: a net with an op the counter has no handle for is refused now (ConfigError naming
+    the op and how to register a handle), not after its training. Other failures are left to
+    the trial, which reports them as its own."""
+    from harness.cost import UnsupportedOpError
+
+    seen = set()
+    for spec in specs:
+        key = config_hash([spec.model.model_dump(), spec.data.model_dump(), spec.train.patch, spec.train.output])
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            proxy_macs(spec, tasks[config_hash(spec.data.model_dump())])
+        except UnsupportedOpError as e:
+            raise ConfigError(f"{spec.study}: variant {spec.variant!r} cannot be costed: {e}") from None
+        except Exception:  # noqa: BLE001  not a cost question: the trial reports it
+            continue
+
+
 def dry_run(specs: list[TrialSpec], console: Console) -> None:
     tasks: dict[str, Task] = {}
     step_times: dict[str, float] = {}
@@ -223,14 +244,17 @@ def run_studies(paths: list[str], scale: str, seeds: int | None, address: str | 
             raise ConfigError(f"study: {path!r} names study {study.name!r} again (given twice?)")
         specs_of[study.name] = resolve(study, scale, seeds, folds)  # every config error before anything is written
         studies.append((path, study))
+    # Lazy tasks (channels and regions, no case read) for the cost check; data is generated below.
+    tasks = {key: build_task(data.dataset, **data.params) for key, data in
+             {config_hash(s.data.model_dump()): s.data for specs in specs_of.values() for s in specs}.items()}
+    for specs in specs_of.values():
+        check_costable(specs, tasks)
     if dry:
         for _, study in studies:
             dry_run(specs_of[study.name], console)
         return 0
-    tasks = {}
-    for key, data in {config_hash(s.data.model_dump()): s.data for specs in specs_of.values() for s in specs}.items():
-        tasks[key] = build_task(data.dataset, **data.params)
-        tasks[key].train  # generate/cache once, before trials race for it
+    for task in tasks.values():
+        task.train  # generate/cache once, before trials race for it
 
     from harness.tracking import Tracker, check_store, hold_lock  # mlflow and ray load only when a run starts
     from harness.tune import check_capacity, run_trials, trial_id

@@ -69,7 +69,7 @@ def _prepare(chans: np.ndarray, zooms: tuple[float, ...], data_params: dict[str,
     elif norm == "ct":
         lo, hi = prep["ct_window"]
         x = ((x.clamp(lo, hi) - lo) / (hi - lo))
-    return torch.as_tensor(x), ops, img
+    return (x.as_tensor() if isinstance(x, MetaTensor) else x), ops, img  # a plain tensor for the network
 
 
 @torch.no_grad()
@@ -150,8 +150,9 @@ def run_submit(path: str, scale: str, root: str, out: str, tracking_uri: str | N
             return leaf[name] if name not in combined else rules[name]([probs(m) for m in combined[name].of], "sigmoid")
 
         labels = regions_to_labels(*(probs(row)[0].numpy() > 0.5))  # (z, y, x)
-        nib.save(nib.Nifti1Image(labels.transpose(2, 1, 0).astype(np.uint8), ref.affine, ref.header),
-                 str(tmp / f"{case.id}.nii.gz"))
+        img = nib.Nifti1Image(labels.transpose(2, 1, 0).astype(np.uint8), ref.affine, ref.header)
+        img.set_data_dtype(np.uint8)  # the input's header says float; a label map is uint8
+        nib.save(img, str(tmp / f"{case.id}.nii.gz"))
     (tmp / "submission.json").write_text(json.dumps({
         "study": study.name, "scale": scale, "row": row, "format": study.submission.format, "cases": len(cases),
         "members": {k: ids for k, (_, _, ids) in members.items()}}, indent=1))

@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from harness.callbacks import LoopContext, PatientRemoval, SelfEnsemble
+from harness.callbacks import LoopContext
+from harness.families.brats2020_unet.callbacks import PatientRemoval, SelfEnsemble
 from harness.config import DeepSupervisionCfg, _merge
 from harness.contract import TrainState
 from harness.cost import count_macs, count_params
-from harness.data.brats_labels import labels_to_regions, merge_labels, regions_to_labels
-from harness.data.transforms import BraTS2020Augmentd
+from harness.families.brats2020_unet.labels import labels_to_regions, merge_labels, regions_to_labels
+from harness.families.brats2020_unet.transforms import BraTS2020Augmentd
 from harness.losses import build_loss
 from harness.models import build_model
-from harness.ops.cbam import CBAM3d
+from harness.families.brats2020_unet.cbam import CBAM3d
 from harness.optim import SCHEDULES
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -1,9 +1,9 @@
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 
-from harness.bench import run_bench
 from harness.cli import main
 
 from test_config import BASE
@@ -82,9 +82,9 @@ def test_cost_command_bad_input(capsys):
 
 
 def test_bench_writes_ratios(tmp_path):
-    from harness.ops.group_shift import _kernel as gs_kernel
+    from harness.families.gsp_conv.group_shift import _kernel as gs_kernel
 
-    assert run_bench(tmp_path, quick=True) == 0
+    assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "bench.json").read_text())
     gs = [r for r in res["group_shift"] if r["net"] == "promise12_ProSGv3"]
     # Every Group Shift input of the PROMISE12 net at its 16x128x128 crop, stage by stage.
@@ -197,3 +197,15 @@ def test_bench_on_cuda_without_a_gpu_is_a_clear_error_and_writes_nothing(tmp_pat
     assert main(["bench", "--device", "cuda", "--out", str(tmp_path / "bench")]) == 2
     assert "--device: cuda, but no CUDA device is available here" in capsys.readouterr().err
     assert not (tmp_path / "bench").exists()
+
+
+def test_cost_and_list_see_a_plugin_family_given_by_plugin(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "plugins"))
+    assert main(["cost", "toy_two_heads", "--plugin", "toy_family", "--input", "1x1x8x16x16", "--json",
+                 "--no-latency", "--out-channels", "1"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["name"] == "toy_two_heads" and row["params"] > 0 and row["gmacs"] > 0
+    assert main(["list", "models", "--plugin", "toy_family"]) == 0
+    assert "toy_two_heads" in capsys.readouterr().out
+    assert main(["list", "models", "--plugin", "no_such_plugin_module"]) == 2
+    assert "plugins: cannot import 'no_such_plugin_module'" in capsys.readouterr().err

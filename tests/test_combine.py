@@ -11,7 +11,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from harness.config import ConfigError, StudyCfg, check_layout, combined_keys, resolve, table_rows
-from harness.data.brats_labels import merge_labels, regions_to_labels
+from harness.families.brats2020_unet.labels import merge_labels, regions_to_labels
 from harness.registry import COMBINERS
 
 TINY = {

@@ -11,10 +11,10 @@ from harness.contract import TrainState, as_outputs
 from harness.cost import count_macs, count_params
 from harness.data import build_task
 from harness.data.task import Case, Task, nested_as_classes
-from harness.losses import conres, residual_pos_weight
+from harness.families.conresnet.losses import conres, residual_pos_weight
 from harness.models import build_model
-from harness.ops import ContextResidualModule, WSConv3d, context_residual, slice_residual
-from harness.ops.context_residual import view_axis
+from harness.families.conresnet.context_residual import ContextResidualModule, WSConv3d, context_residual, slice_residual
+from harness.families.conresnet.context_residual import view_axis
 
 
 def _cube_label() -> torch.Tensor:

@@ -5,7 +5,7 @@ from torch import nn
 
 from harness.cost import UnsupportedOpError, cost_report, count_macs, measure_peak_memory
 from harness.models import build_model
-from harness.ops import GroupShift
+from harness.families.gsp_conv.group_shift import GroupShift
 
 
 def test_conv_macs_are_fvcore_fma_counts():
@@ -74,3 +74,39 @@ def test_training_memory_grows_with_the_batch_and_leaves_the_model_as_trained():
     one, four = (measure_training_memory(model, (b, 1, 16, 32, 32)) for b in (1, 4))
     assert four > 1.5 * one > 0
     assert not model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in stats.items())
+
+
+PLUGIN_WITH_AN_UNCOSTED_OP = '''
+import torch
+from harness.registry import MODELS
+
+
+@MODELS.register("cumsum_net")
+class CumsumNet(torch.nn.Module):
+    def __init__(self, in_channels: int = 1, out_channels: int = 1):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(in_channels, out_channels, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x).cumsum(2)  # aten::cumsum: no cost handle
+'''
+
+
+def test_a_net_the_counter_cannot_cost_is_refused_at_dry_run_naming_the_op(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from harness.cli import main
+
+    (tmp_path / "uncosted_plugin.py").write_text(PLUGIN_WITH_AN_UNCOSTED_OP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    study = {"name": "uncosted", "paper": "harness", "title": "t", "plugins": ["uncosted_plugin"],
+             "data": {"dataset": "synthetic_organ", "params": {"n_cases": 4, "shape": [8, 16, 16]}},
+             "model": {"name": "cumsum_net"}, "variants": [{"name": "v"}],
+             "train": {"patch": [8, 16, 16], "epochs": 1, "steps_per_epoch": 1, "batch_size": 1},
+             "scales": {"smoke": {}, "quick": {}, "paper": {}}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    assert main(["run", "s.yaml", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "variant 'v' cannot be costed" in err and "aten::cumsum" in err and "COST_HANDLES.register" in err
+    assert not (tmp_path / "mlflow.db").exists()

@@ -4,7 +4,7 @@ import torch
 
 from harness.cost import count_macs, count_params
 from harness.models import build_model
-from harness.ops import DistillDSM, ResidualDSM, shift_slices
+from harness.families.distill_dsm.depth_shift import DistillDSM, ResidualDSM, shift_slices
 
 
 @pytest.mark.parametrize("name,kw,expected", [

@@ -11,8 +11,8 @@ import torch
 from harness.config import CostCfg, ResourcesCfg
 from harness.cost import measure_peak_memory, measure_training_memory
 from harness.models import MODELS, build_model
-from harness.ops import group_shift
-from harness.ops.group_shift import _apply, _apply_rows
+from harness.families.gsp_conv.group_shift import group_shift
+from harness.families.gsp_conv.group_shift import _apply, _apply_rows
 from harness.train import build_trial, pick_device, run_trial
 
 from test_group_shift import literal_eqs

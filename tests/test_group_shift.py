@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from harness.ops import GroupShift, group_shift, native
-from harness.ops.group_shift import _METHOD, _apply, _apply_kernel, _apply_rows, _kernel
+from harness.families.gsp_conv.group_shift import GroupShift, group_shift
+from harness.ops import native
+from harness.families.gsp_conv.group_shift import _METHOD, _apply, _apply_kernel, _apply_rows, _kernel
 
 needs_kernel = pytest.mark.skipif(_kernel() is None, reason="no C compiler: the kernel realisation is not built")
 METHODS = ["box", "rows", pytest.param("kernel", marks=needs_kernel)]
-gs_module = importlib.import_module("harness.ops.group_shift")  # the module (harness.ops.group_shift is also the function)
+gs_module = importlib.import_module("harness.families.gsp_conv.group_shift")  # the module (harness.families.gsp_conv.group_shift is also the function)
 
 
 def literal_eqs(x, groups, ratio):

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from harness.cost import count_macs, count_params
-from harness.models import MODELS, GSPUNet, build_model
-from harness.ops import GroupShift
+from harness.families.gsp_conv.gsp_unet import GSPUNet
+from harness.models import MODELS, build_model
+from harness.families.gsp_conv.group_shift import GroupShift
 from harness.registry import UnknownNameError
 
 

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from harness.cost import count_macs, count_params
 from harness.models import build_model
-from harness.ops import Obelisk, regular_grid
-from harness.ops.obelisk import coarse_size
+from harness.families.obelisk_net.obelisk_op import Obelisk, regular_grid
+from harness.families.obelisk_net.obelisk_op import coarse_size
 
 
 def _step(n: int) -> float:
@@ -230,7 +230,7 @@ def test_exponential_schedule_decays_per_epoch():
 
 def test_matrix_affine_is_identity_at_zero_noise_and_keeps_labels_binary():
     import numpy as np
-    from harness.data.transforms import RandMatrixAffined
+    from harness.families.obelisk_net.transforms import RandMatrixAffined
 
     img = np.random.rand(1, 8, 12, 16).astype(np.float32)
     lab = (np.random.rand(2, 8, 12, 16) > 0.5).astype(np.uint8)

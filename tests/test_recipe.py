@@ -11,7 +11,7 @@ from harness.callbacks import SWA, LoopContext
 from harness.config import (ComponentCfg, ConfigError, CostCfg, DataCfg, DeepSupervisionCfg, ModelCfg, ParamGroupCfg,
                             ResourcesCfg, TrainCfg, TrialSpec, check_train, spec_hash)
 from harness.contract import TrainState, as_outputs, classes_of, regions_of
-from harness.data.transforms import SignedDistance
+from harness.families.conresnet.transforms import SignedDistance
 from harness.losses import build_loss
 from harness.optim import build_optimizer
 from harness.train import build_trial, run_trial, train_step
@@ -73,8 +73,8 @@ def test_a_bare_name_is_a_component_and_params_are_checked_against_the_factory()
 
 def test_tta_with_rotations_needs_a_square_axial_patch():
     with pytest.raises(ConfigError, match=r"H and W must be equal, got \[8, 16, 32\]"):
-        check_train(TrainCfg(patch=[8, 16, 32], inferer="tta"), "train")
-    check_train(TrainCfg(patch=[8, 16, 32], inferer={"name": "tta", "params": {"views": "mirror"}}), "train")
+        check_train(TrainCfg(patch=[8, 16, 32], inferer={"name": "tta", "params": {"views": "brats2020"}}), "train")
+    check_train(TrainCfg(patch=[8, 16, 32], inferer="tta"), "train")  # the default views: flips only
 
 
 def test_hash_ignores_defaults_so_a_grown_schema_keeps_earlier_runs():
@@ -299,3 +299,30 @@ def test_a_trial_too_big_for_every_node_is_refused_before_anything_is_written(tm
     err = capsys.readouterr().err
     assert "big/a#s0: a training step needs about" in err and "largest Ray node has 1.0 GiB" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
+@pytest.mark.parametrize("total,flat", [(200, 0.5), (7, 0.5), (10, 0.0), (3, 0.9)])
+def test_library_schedules_follow_the_closed_forms_they_replace(total, flat):
+    # flat_cosine (SequentialLR of ConstantLR and CosineAnnealingLR) and exponential (StepLR)
+    # against the formulas the harness computed itself before.
+    import math
+
+    from harness.optim import exponential, flat_cosine
+
+    def lrs(make, n):
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([p], lr=0.1)
+        sched, out = make(opt), []
+        for _ in range(n):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    start, span = int(flat * total), max(1, total - int(flat * total))
+    ref = [0.1 * (1.0 if k < start else 0.5 * (1 + math.cos(math.pi * min(1.0, (k - start) / span))))
+           for k in range(total)]
+    assert lrs(lambda o: flat_cosine(o, total, flat), total) == pytest.approx(ref, abs=1e-15)
+    every = 1 + total % 5
+    assert lrs(lambda o: exponential(o, total, 0.9, every), total) == pytest.approx(
+        [0.1 * 0.9 ** (k // every) for k in range(total)], rel=1e-12)

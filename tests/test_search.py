@@ -151,12 +151,13 @@ def test_brats20_space_switches_heads_with_their_loss_and_procedures_as_lists():
 
     space = Space(Path(__file__).parents[1] / "search_spaces" / "brats20.yaml")
     off = space.spec_for({"supervision": json.dumps({"deep_supervision": False, "train.deep_supervision": None}),
-                          "attention": True, "train.callbacks": "[]", "train.inferer.name": "tta"})
+                          "attention": True, "train.callbacks": "[]",
+                          "inferer": json.dumps({"train.inferer": {"name": "tta", "params": {"views": "brats2020"}}})})
     assert off.model.params["deep_supervision"] is False and off.train.deep_supervision is None
-    assert off.train.callbacks == [] and off.train.inferer.name == "tta"
+    assert off.train.callbacks == [] and off.train.inferer.name == "tta" and off.train.inferer.params["views"] == "brats2020"
     on = space.spec_for({"supervision": json.dumps({"deep_supervision": True}), "attention": False,
                          "train.callbacks": json.dumps([{"name": "self_ensemble", "params": {"cycles": 2}}]),
-                         "train.inferer.name": "sliding_window"})
+                         "inferer": json.dumps({"train.inferer": "sliding_window"})})
     assert on.train.deep_supervision.reduction == "mean" and on.train.callbacks[0].name == "self_ensemble"
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from harness.data.task import LABELS, Case, Task, cache_dir, cached, nested_as_classes
-from harness.registry import DATASETS
+from harness.registry import DATA_COMMANDS, DATASETS
 
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 # BraTS labels: 1 necrotic/non-enhancing core, 2 oedema, 4 enhancing tumour; the evaluated regions:
@@ -432,3 +432,36 @@ def detect_format(root: str | Path) -> str | None:
     if root.is_dir() and any(d.is_dir() and any(d.glob("*_seg.nii*")) for d in root.iterdir()):
         return "brats"
     return None
+
+
+def _data_check_arguments(parser) -> None:
+    parser.add_argument("root")
+    parser.add_argument("--format", default=None, choices=["msd", "brats", "promise12"],
+                        help="default: detected from the folder")
+
+
+def data_check_command(args) -> int:
+    """Missing files, shape/affine disagreements, bad labels, unreadable files: one line each."""
+    import sys
+
+    if not Path(args.root).is_dir():
+        print(f"error: {args.root}: not a folder", file=sys.stderr)
+        return 2
+    fmt = args.format or detect_format(args.root)
+    if fmt is None:
+        print(f"error: {args.root}: cannot tell the format (no dataset.json, CaseNN.mhd or BraTS case folders); "
+              f"pass --format {{{','.join(SCANNERS)}}}", file=sys.stderr)
+        return 2
+    problems = check_folder(args.root, fmt)
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"{args.root}: {len(problems)} problem(s) ({fmt})", file=sys.stderr)
+        return 2
+    layout = scan(args.root, fmt)
+    print(f"{args.root}: ok ({fmt}): {len(layout.cases)} cases, channels {', '.join(layout.channels)}, "
+          f"regions {', '.join(layout.regions)}")
+    return 0
+
+
+DATA_COMMANDS.register("check")((_data_check_arguments, data_check_command))

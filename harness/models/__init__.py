@@ -1,19 +1,12 @@
-"""Networks, created by name through ``MODELS`` (importing this registers them all)."""
+"""Networks, created by name through ``MODELS``. The built-in families register theirs from
+their own packages (``harness/families/<paper>/``), as a plugin does; ``blocks.py`` holds the
+blocks they share."""
 import inspect
 
-from harness.models import brats_unet, conresnet, gsp_unet, obelisk, unet2d, unet3d, vfn  # noqa: F401  (registration)
-from harness.models.brats_unet import BraTSUNet
-from harness.models.conresnet import ConResNet
-from harness.models.gsp_unet import GSPBlock, GSPUNet
-from harness.models.obelisk import ObeliskHybrid, ObeliskNet, ObeliskUNet
-from harness.models.unet2d import DistillDSMUNet, ResidualDSMUNet, UNet2D
-from harness.models.unet3d import ResidualUNet3D
-from harness.models.vfn import VFN
 from harness.ops.conv import onednn_convs
 from harness.registry import MODELS
 
-__all__ = ["BraTSUNet", "ConResNet", "DistillDSMUNet", "GSPBlock", "GSPUNet", "MODELS", "ObeliskHybrid", "ObeliskNet", "ObeliskUNet",
-           "ResidualDSMUNet", "ResidualUNet3D", "UNet2D", "VFN", "build_model"]
+__all__ = ["MODELS", "build_model"]
 
 
 def build_model(name: str, input_size=None, output=None, **params):

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.ops.obelisk import Obelisk, coarse_size, regular_grid
+from harness.families.obelisk_net.obelisk_op import Obelisk, coarse_size, regular_grid
 from harness.registry import MODELS
 
 
@@ -84,7 +84,7 @@ class ObeliskNet(nn.Module):
     Args:
         in_channels, out_channels: image channels and classes L (incl. background).
         offsets: K kernel elements of the OBELISK layer (1024 in the paper).
-        binary, learn_offsets, init_std, align_corners: the OBELISK layer's (``harness.ops.obelisk``).
+        binary, learn_offsets, init_std, align_corners: the OBELISK layer's (``harness.families.obelisk_net.obelisk_op``).
         grid_stride: the regular sampling grid's spacing in voxels (4: quarter resolution).
         smooth: kernel sizes of the stride-1 average poolings applied to the image first.
         sparse_points: in training, classify this many random points per image instead of the

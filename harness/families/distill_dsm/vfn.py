@@ -15,8 +15,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from harness.models.unet2d import UNet2D
-from harness.models.unet3d import ResidualUNet3D
+from harness.families.distill_dsm.unet2d import UNet2D
+from harness.families.distill_dsm.unet3d import ResidualUNet3D
 from harness.registry import MODELS
 
 # Permutation bringing each view's slicing axis to D, and its inverse.

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.ops.context_residual import GNReLUConv, ContextResidualModule, conv3, slice_residual, view_axis
+from harness.families.conresnet.context_residual import GNReLUConv, ContextResidualModule, conv3, slice_residual, view_axis
 from harness.registry import MODELS
 
 

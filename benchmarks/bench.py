@@ -1,5 +1,8 @@
 """``harness bench``: speed targets measured as ratios within one run (machines are noisy).
 
+Beside the package, not in it: it times the families' ops and nets by name, which the core never
+names (``harness bench`` loads this file from the checkout).
+
 1. Group Shift forward vs ``x.clone()`` of the same tensor at every stage of the GSP nets at
    the papers' crops: both read and write every element once, so clone is the floor. Target:
    <= 1.2x a clone plus one dispatch (30 us). And Group Shift's share of a GSP training step.
@@ -35,7 +38,9 @@ from monai.losses import DiceLoss
 from harness.config import ConfigError, CostCfg, DataCfg, ModelCfg, ResourcesCfg, TrainCfg, TrialSpec
 from harness.data import build_task
 from harness.models import build_model
-from harness.ops import Obelisk, conv3d, group_shift, onednn_convs, regular_grid, upsample_trilinear2x
+from harness.families.gsp_conv.group_shift import group_shift
+from harness.families.obelisk_net.obelisk_op import Obelisk, regular_grid
+from harness.ops import conv3d, onednn_convs, upsample_trilinear2x
 from harness.train import build_trial, make_loader, train_step
 
 
@@ -76,7 +81,7 @@ GS_DISPATCH_S = 30e-6  # target: group_shift <= 1.2 x clone + one dispatch
 
 def gs_shapes(net: str) -> list[tuple[tuple[int, ...], tuple[int, int, int]]]:
     """(C, D, H, W) and groups of every distinct Group Shift input of ``net`` (one forward, meta tensors)."""
-    from harness.ops.group_shift import GroupShift
+    from harness.families.gsp_conv.group_shift import GroupShift
 
     params, patch = GS_NETS[net]
     model = build_model("gsp_unet", **params)
@@ -100,10 +105,10 @@ def gs_shapes(net: str) -> list[tuple[tuple[int, ...], tuple[int, int, int]]]:
 def bench_group_shift(device: torch.device, quick: bool) -> list[dict]:
     """Group Shift forward vs ``x.clone()`` at every stage of the GSP nets at the papers' crops.
 
-    The op keeps whichever of its exact realisations is fastest per shape (ops/group_shift.py);
+    The op keeps whichever of its exact realisations is fastest per shape (families/gsp_conv/group_shift.py);
     each is timed here too, so the table shows why (``kernel``: CPU, where it could be built).
     """
-    from harness.ops.group_shift import _METHOD, _apply, _apply_kernel, _apply_rows, _kernel, _plan
+    from harness.families.gsp_conv.group_shift import _METHOD, _apply, _apply_kernel, _apply_rows, _kernel, _plan
 
     cases = []
     for net in (["promise12_ProSGv3"] if quick else list(GS_NETS)):
@@ -133,7 +138,7 @@ def bench_group_shift(device: torch.device, quick: bool) -> list[dict]:
 def bench_gs_share(device: torch.device, quick: bool) -> list[dict]:
     """Group Shift's share of a GSP training step (forward + backward + SGD step): the same net
     with its GroupShift layers replaced by identities, timed alternately."""
-    from harness.ops.group_shift import GroupShift
+    from harness.families.gsp_conv.group_shift import GroupShift
 
     out = []
     for net in (["promise12_ProSGv3"] if quick else list(GS_NETS)):
@@ -382,7 +387,7 @@ def bench_brats(device: torch.device, quick: bool) -> dict:
     t_b1, t_b2, b_ratio = _alternate(step(nets["plain"], 1), step(nets["plain"], 2), rounds, device)
     macs = {n: count_macs(m, [1, *shape])["macs"] for n, m in nets.items()}
     # CBAM's spatial gate conv (2 -> 1, 7^3) forward + backward in the two memory layouts
-    # (harness.ops.cbam moves it to channels-last on CPU).
+    # (harness.families.brats2020_unet.cbam moves it to channels-last on CPU).
     conv = torch.nn.Conv3d(2, 1, 7, padding=3, bias=False).to(device)
     maps = torch.randn(2, 2, *shape[1:], device=device, requires_grad=True)
 

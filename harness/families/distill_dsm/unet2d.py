@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.ops.depth_shift import DistillDSM, ResidualDSM
+from harness.families.distill_dsm.depth_shift import DistillDSM, ResidualDSM
 from harness.registry import MODELS
 
 

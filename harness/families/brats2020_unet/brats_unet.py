@@ -20,7 +20,7 @@ the input size, on ``bottom`` (x8), ``bottom_2`` (x8), dec3 (x4) and dec2 (x2): 
 parameters (23,154,735). The heads run in training only; ``train.deep_supervision`` weighs
 their losses (mean of the five in the code, sum in the paper).
 
-Attention (Sec. 2.1, "3D attention U-Net"): CBAM (``harness.ops.cbam``) after the four encoder
+Attention (Sec. 2.1, "3D attention U-Net"): CBAM (``harness.families.brats2020_unet.cbam``) after the four encoder
 stages, ``bottom`` and ``bottom_2``: +53,025 parameters (23,205,588; with deep supervision
 23,207,760). The skip connections carry the attended features, as in the code.
 
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.ops.cbam import CBAM3d
+from harness.families.brats2020_unet.cbam import CBAM3d
 from harness.registry import MODELS
 
 NORMS = ("group", "instance")

@@ -43,7 +43,8 @@ import torch
 from torch import nn
 
 from harness.ops import native
-from harness.registry import OPS
+from harness.cost import zero_cost
+from harness.registry import COST_HANDLES, OPS
 
 log = logging.getLogger(__name__)
 
@@ -358,6 +359,10 @@ def _shift(x: torch.Tensor, groups: tuple[int, int, int], shift_ratio: float, in
             (lambda: torch.cuda.synchronize(x.device)) if x.is_cuda else None)
         _METHOD[key] = method
     return _APPLY[method](x, groups, shift_ratio, inverse)
+
+
+# Group Shift is a permutation of voxels: no multiply-adds (its traced name, for fvcore).
+COST_HANDLES.register("prim::PythonOp._GroupShiftFn")(zero_cost)
 
 
 class _GroupShiftFn(torch.autograd.Function):

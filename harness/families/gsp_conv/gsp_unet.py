@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from harness.models.blocks import ConvNormAct
-from harness.ops.group_shift import GroupShift
+from harness.families.gsp_conv.group_shift import GroupShift
 from harness.ops.upsample import Upsample2x
 from harness.registry import MODELS, UnknownNameError
 
