@@ -3,7 +3,9 @@
 A search space (``search_spaces/*.yaml``) names a base study (data, model, training,
 scales) and the knobs to search, with plain distributions. Constraints are met by
 construction: a ``groups.<stage>`` knob offers only the spatial groups that divide
-that stage's feature size at the search's patch. The Optuna study lives in a
+that stage's feature size at the search's patch. A choice option may name another
+registered ``model`` with its parameters (a search across families); a knob with
+``when: {model: ...}`` is asked only of trials of those models (define-by-run). The Optuna study lives in a
 JournalStorage file (or an RDB URL), so a search resumes and can be shared; every
 trial is also an MLflow child run. Results: the Pareto set as a table and a plot, and
 each Pareto point as a ready study variant for ``harness run``.
@@ -14,18 +16,21 @@ import functools
 import itertools
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import Field, model_validator
 
 from harness.config import (ConfigError, StudyCfg, TrialSpec, VariantCfg, _merge, _Strict, config_hash,
                             import_plugins, load_study, load_yaml, resolve_variant)
-from harness.registry import UnknownNameError
+from harness.registry import MODELS, UnknownNameError
 
 
 class Knob(_Strict):
     choice: Optional[list[Any]] = None
+    # Asked only when the trial's model is one of these (Optuna's define-by-run spaces): the
+    # family's own axes in a search across families.
+    when: Optional[dict[Literal["model"], Union[str, list[str]]]] = None
     uniform: Optional[tuple[float, float]] = None
     loguniform: Optional[tuple[float, float]] = None
     values: Optional[list[int]] = None  # groups.<stage>: per-axis group counts to combine (valid ones only)
@@ -95,7 +100,25 @@ class Space:
         probe = resolve_variant(self.study, self.cfg.scale, VariantCfg(name="probe", task=self.cfg.task))[0]
         self.patch = probe.train.patch
         n_stages = len(self.base_params.get("widths", [0] * 5))
+        self.models = [self.study.model.name]  # the models a trial can choose, the study's first
         for name, knob in self.cfg.knobs.items():
+            for option in knob.choice or []:
+                if isinstance(option, dict) and "model" in option:
+                    try:
+                        MODELS.get(option["model"], field=f"knobs.{name}: model")
+                    except UnknownNameError as e:
+                        raise ConfigError(str(e)) from None
+                    if option["model"] not in self.models:
+                        self.models.append(option["model"])
+        for name, knob in self.cfg.knobs.items():
+            if knob.when is not None:
+                if not any(isinstance(o, dict) and "model" in o for k in self.cfg.knobs.values() if k.when is None
+                           for o in k.choice or []):
+                    raise ConfigError(f"knobs.{name}: 'when' needs a knob whose options choose a model")
+                for m in self._when(knob):
+                    if m not in self.models:
+                        raise ConfigError(str(UnknownNameError("model a knob chooses", m, self.models,
+                                                               f"knobs.{name}.when.model")))
             if name.startswith("groups."):
                 stage = int(name.split(".", 1)[1])
                 if not 0 <= stage < n_stages:
@@ -120,26 +143,47 @@ class Space:
                 raise ConfigError(f"objectives: unknown metric {o.metric!r}")
         self.spec_for(self.cfg_default())  # the base point must build
 
-    def cfg_default(self) -> dict[str, Any]:
-        out = {}
+    @staticmethod
+    def _when(knob: Knob) -> list[str]:
+        m = knob.when["model"]
+        return [m] if isinstance(m, str) else list(m)
+
+    def model_of(self, config: dict[str, Any]) -> str:
+        """The model a configuration chose (an option with ``model``), else the study's."""
         for name, knob in self.cfg.knobs.items():
+            v = _dec(config[name]) if knob.when is None and name in config else None
+            if isinstance(v, dict) and "model" in v:
+                return v["model"]
+        return self.study.model.name
+
+    def _asked(self, model: str) -> list[str]:
+        return [n for n, k in self.cfg.knobs.items() if k.when is not None and model in self._when(k)]
+
+    def cfg_default(self) -> dict[str, Any]:
+        """The first option (or the low end) of every knob the default model asks."""
+        def first(name: str, knob: Knob):
             if name in self.choices:
-                out[name] = _enc(self.choices[name][0])
-            else:
-                lo, hi = knob.uniform or knob.loguniform or knob.integer
-                out[name] = lo
-        return out
+                return _enc(self.choices[name][0])
+            lo, hi = knob.uniform or knob.loguniform or knob.integer
+            return lo
+
+        out = {n: first(n, k) for n, k in self.cfg.knobs.items() if k.when is None}
+        return out | {n: first(n, self.cfg.knobs[n]) for n in self._asked(self.model_of(out))}
 
     def define_by_run(self, trial) -> None:
-        for name, knob in self.cfg.knobs.items():
+        """Optuna's define-by-run space: the unconditional knobs, then those of the chosen model."""
+        def ask(name: str, knob: Knob):
             if name in self.choices:
-                trial.suggest_categorical(name, [_enc(c) for c in self.choices[name]])
-            elif knob.uniform:
-                trial.suggest_float(name, *knob.uniform)
-            elif knob.loguniform:
-                trial.suggest_float(name, *knob.loguniform, log=True)
-            else:
-                trial.suggest_int(name, *knob.integer)
+                return trial.suggest_categorical(name, [_enc(c) for c in self.choices[name]])
+            if knob.uniform:
+                return trial.suggest_float(name, *knob.uniform)
+            if knob.loguniform:
+                return trial.suggest_float(name, *knob.loguniform, log=True)
+            return trial.suggest_int(name, *knob.integer)
+
+        config = {n: ask(n, k) for n, k in self.cfg.knobs.items() if k.when is None}
+        for name in self._asked(self.model_of(config)):
+            ask(name, self.cfg.knobs[name])
 
     def params(self, config: dict[str, Any]) -> dict[str, Any]:
         """Sampled knobs -> model parameters (``groups.<i>`` set stage i of the groups list)."""
@@ -168,13 +212,16 @@ class Space:
                 params[key] = v
 
         for name in self.cfg.knobs:
+            if name not in config:  # a conditional knob another model's trial was not asked
+                continue
             v = _dec(config[name])
             if name.startswith("groups."):
                 groups[int(name.split(".", 1)[1])] = v
                 params["groups"] = groups
             elif isinstance(v, dict):
                 for k, x in v.items():
-                    put(k, x)
+                    if k != "model":  # the chosen model: ``model_of``
+                        put(k, x)
             else:
                 put(name, v)
         return params, _merge(self.cfg.train, train)
@@ -182,8 +229,11 @@ class Space:
     def spec_for(self, config: dict[str, Any], name: str = "default") -> TrialSpec:
         import_plugins(self.study.plugins)  # on a Ray worker too, before the model is checked
         params, train = self.overrides(config)
-        return resolve_variant(self.study, self.cfg.scale,
-                               VariantCfg(name=name, params=params, train=train, task=self.cfg.task))[0]
+        model = self.model_of(config)
+        # Another family's trial takes only its own option's and knobs' parameters (resolve_variant).
+        return resolve_variant(self.study, self.cfg.scale, VariantCfg(
+            name=name, model=None if model == self.study.model.name else model, params=params, train=train,
+            task=self.cfg.task))[0]
 
 
 @functools.cache
@@ -279,10 +329,7 @@ def run_search(path: str, trials: int | None, address: str | None, resume: bool,
     parent = tracker.find_parent(exp_id, cfg.scale, chash)
     if parent is not None:
         parent_id = parent.info.run_id
-        for run in tracker.children(exp_id, parent_id):
-            if run.info.status == "RUNNING":
-                tracker.client.set_terminated(run.info.run_id, "KILLED")
-        tracker.client.update_run(parent_id, status="RUNNING")
+        tracker.reopen_parent(exp_id, parent_id)  # the Optuna journal, not MLflow, says what is done
     else:
         parent_id = tracker.start_parent(exp_id, f"search-{cfg.name}", cfg.scale, chash,
                                          {"search_file": str(path), "base_study": space.study.name})
@@ -302,6 +349,13 @@ def run_search(path: str, trials: int | None, address: str | None, resume: bool,
     return 0
 
 
+def _by_model(df, front) -> str:
+    """Trials and Pareto points of each model (a search across families), as a Markdown table."""
+    counts = df.groupby("model").size().rename("trials").to_frame().join(
+        front.groupby("model").size().rename("Pareto points")).fillna(0).astype(int)
+    return "Trials and Pareto points by model:\n\n" + counts.reset_index().to_markdown(index=False) + "\n\n"
+
+
 def write_pareto(space: Space, study, out: Path) -> Path:
     """All complete trials (CSV), the Pareto set (Markdown), a plot, and the Pareto points as variants."""
     import optuna
@@ -312,7 +366,8 @@ def write_pareto(space: Space, study, out: Path) -> Path:
     rows = []
     complete = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
     for t in complete:
-        rows.append({"trial": t.number, **dict(zip(objs, t.values)), **{k: _dec(v) for k, v in t.params.items()}})
+        rows.append({"trial": t.number, "model": space.model_of(t.params), **dict(zip(objs, t.values)),
+                     **{k: _dec(v) for k, v in t.params.items()}})
     # From the first trial's start to the last one's end (a resumed search counts its pause too).
     minutes = ((max(t.datetime_complete for t in complete) - min(t.datetime_start for t in complete))
                .total_seconds() / 60 if complete else 0.0)
@@ -323,7 +378,7 @@ def write_pareto(space: Space, study, out: Path) -> Path:
     front = df[df.trial.isin(best)].sort_values(objs[-1]) if rows else df
     if rows:  # a sampler may propose a configuration again: one row per configuration, its first trial
         knobs = list(space.cfg.knobs)
-        front = front.loc[~front[knobs].astype(str).duplicated()]
+        front = front.loc[~front[[k for k in knobs if k in front]].astype(str).duplicated()]
         for col in objs:  # counts in full, not 1.09638e+06
             if (front[col] % 1 == 0).all():
                 front[col] = front[col].astype(int)
@@ -332,11 +387,16 @@ def write_pareto(space: Space, study, out: Path) -> Path:
         f"`{space.cfg.scale}`; objectives: "
         + ", ".join(f"{o.mode} {o.metric}" for o in space.cfg.objectives)
         + f"; sampler {space.cfg.sampler.name} (seed {space.cfg.sampler.seed}); {len(df)} complete trials.{wall}\n\n"
-        + (front.astype(str).to_markdown(index=False) if rows else "No complete trial yet.") + "\n")
+        + (_by_model(df, front) if len(space.models) > 1 and rows else "")
+        + (front.fillna("—").astype(str).to_markdown(index=False) if rows else "No complete trial yet.")
+        + "\n")
     variants = []
     for r in front.to_dict("records") if rows else []:
-        params, train = space.overrides({k: _enc(r[k]) for k in space.cfg.knobs})
+        config = {k: _enc(r[k]) for k in space.cfg.knobs if k in r and r[k] == r[k]}  # NaN: not asked
+        params, train = space.overrides(config)
+        model = space.model_of(config)
         variants.append({"name": f"search_{space.cfg.name}_t{int(r['trial']):03d}",
+                         **({"model": model} if model != space.study.model.name else {}),
                          **({"task": space.cfg.task} if space.cfg.task else {}), "params": params,
                          **({"train": train} if train else {}),
                          "tags": {"source": f"search {space.cfg.name} trial {int(r['trial'])}"}})
@@ -353,7 +413,10 @@ def write_pareto(space: Space, study, out: Path) -> Path:
 
         x, y = objs[1], objs[0]
         fig, ax = plt.subplots(figsize=(6, 4.5))
-        sns.scatterplot(data=df, x=x, y=y, ax=ax, color="0.6", label="trials")
+        if len(space.models) > 1:  # a search across families: each family's trials in its colour
+            sns.scatterplot(data=df, x=x, y=y, ax=ax, hue="model", alpha=0.6)
+        else:
+            sns.scatterplot(data=df, x=x, y=y, ax=ax, color="0.6", label="trials")
         f2 = front.sort_values(x)
         ax.step(f2[x], f2[y], where="post", color="C3", label="Pareto front")
         sns.scatterplot(data=f2, x=x, y=y, ax=ax, color="C3")

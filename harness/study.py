@@ -278,15 +278,9 @@ def run_studies(paths: list[str], scale: str, seeds: int | None, address: str | 
         left = specs
         if parent is not None:
             parent_id = parent.info.run_id
-            done = set()
-            for run in tracker.children(exp_id, parent_id):
-                if run.info.status == "FINISHED":
-                    done.add(run.data.tags.get("trial_key"))
-                elif run.info.status == "RUNNING":  # its driver was killed: keep it for the record, closed
-                    tracker.client.set_terminated(run.info.run_id, "KILLED")
-            done &= {s.key for s in specs}  # trained trials (combined rows are evaluated after them)
+            # Trained trials only (combined rows are evaluated after them).
+            done = tracker.reopen_parent(exp_id, parent_id) & {s.key for s in specs}
             left = [s for s in specs if s.key not in done]
-            tracker.client.update_run(parent_id, status="RUNNING")
             console.print(f"Resuming {study.name}@{scale}: {len(done)} of {len(specs)} trials finished, "
                           f"{len(left)} to run.")
         else:

@@ -159,6 +159,19 @@ class Tracker:
                 "git_commit": git_commit(), "mlflow.runName": f"{study}@{scale}", **environment(), **extra}
         return self.client.create_run(exp_id, tags=tags).info.run_id
 
+    def reopen_parent(self, exp_id: str, parent_id: str) -> set[str]:
+        """Resume a study's or search's parent run: children left RUNNING (their driver was killed)
+        are closed as KILLED, kept for the record; the parent runs again. Returns the trial keys
+        that finished, which a resume does not redo."""
+        done = set()
+        for run in self.children(exp_id, parent_id):
+            if run.info.status == "FINISHED":
+                done.add(run.data.tags.get("trial_key"))
+            elif run.info.status == "RUNNING":
+                self.client.set_terminated(run.info.run_id, "KILLED")
+        self.client.update_run(parent_id, status="RUNNING")
+        return done
+
     def children(self, exp_id: str, parent_id: str):
         return self.client.search_runs([exp_id], filter_string=f"tags.`{PARENT}` = '{parent_id}'", max_results=50000)
 

@@ -326,19 +326,26 @@ def run_trials(specs: list[TrialSpec], tracker: Tracker, parents: dict[str, tupl
     reporter = tune.CLIReporter(metric_columns={"epoch": "epoch", "train_loss": "loss", "mean_dice": "Dice%"},
                                 parameter_columns={"trial": "trial"}, max_report_frequency=15)
     studies = list(dict.fromkeys(s.study for s in specs))
+    # A trial's actor runs the next trial: no new process, no second import of torch and MONAI
+    # (about 6 s per trial on 2 cores, longer than a smoke trial's training).
+    return _fit(trainable, tune.TuneConfig(num_samples=1, reuse_actors=True), writer, reporter, verbose, storage,
+                f"{studies[0] if len(studies) == 1 else f'{len(studies)}-studies'}-{specs[0].scale}",
+                WORKER_RETRIES, param_space={"trial": tune.grid_search(list(by_id))})
+
+
+def _fit(trainable, tune_config, writer: MlflowWriter, reporter, verbose: int, storage: str | Path, name: str,
+         max_failures: int, param_space: dict | None = None) -> MlflowWriter:
+    """One Ray Tune run of ``trainable`` (the study's trials, or a search's), ``writer`` its MLflow
+    callback; if Tune itself raises, the in-flight trials are recorded as failed and the writer
+    says it crashed (the caller goes on with the rest)."""
     tuner = tune.Tuner(
-        trainable,
-        param_space={"trial": tune.grid_search(list(by_id))},
-        # A trial's actor runs the next trial: no new process, no second import of torch and
-        # MONAI (about 6 s per trial on 2 cores, longer than a smoke trial's training).
-        tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
+        trainable, param_space=param_space, tune_config=tune_config,
         run_config=tune.RunConfig(
-            name=f"{studies[0] if len(studies) == 1 else f'{len(studies)}-studies'}-{specs[0].scale}-"
-                 f"{time.strftime('%Y%m%d-%H%M%S')}",
+            name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=_storage_path(storage),
             # -v 1: the writer's line per trial; -v 2: Ray's status tables and trial logs too.
-            storage_path=_storage_path(storage), callbacks=[writer], verbose=verbose if verbose > 1 else 0,
+            callbacks=[writer], verbose=verbose if verbose > 1 else 0,
             progress_reporter=reporter if verbose > 1 else None,
-            failure_config=tune.FailureConfig(max_failures=WORKER_RETRIES, fail_fast=False)),
+            failure_config=tune.FailureConfig(max_failures=max_failures, fail_fast=False)),
     )
     try:
         with _tune_logs(verbose):
@@ -437,19 +444,5 @@ def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: s
     trainable = tune.with_resources(tune.with_parameters(_search_trainable, spec_for=space.spec_for),
                                     {"cpu": res.cpu, "gpu": res.gpu})
     reporter = tune.CLIReporter(metric_columns={m: m for m in metrics}, max_report_frequency=15)
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=n, reuse_actors=True),
-        run_config=tune.RunConfig(
-            name=f"search-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=_storage_path(storage_dir),
-            callbacks=[writer], verbose=verbose if verbose > 1 else 0,
-            progress_reporter=reporter if verbose > 1 else None,
-            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
-    )
-    try:
-        with _tune_logs(verbose):
-            tuner.fit()
-    except Exception as e:  # noqa: BLE001  see run_trials
-        writer.abort(f"{type(e).__name__}: {e}")
-        writer.crashed = True
-    return writer
+    return _fit(trainable, tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=n, reuse_actors=True),
+                writer, reporter, verbose, storage_dir, f"search-{cfg.name}", 0)

@@ -168,3 +168,36 @@ def test_module_swap_keeps_weights_and_counts():
     assert net.state_dict().keys() == state.keys() and all(torch.equal(net.state_dict()[k], v) for k, v in state.items())
     torch.testing.assert_close(net(x), ref, rtol=1e-5, atol=1e-5)  # replicate padding included
     assert count_macs(net, x.shape)["macs"] == macs
+
+
+def test_the_cpu_layer_switch_leaves_plain_pytorch_bit_for_bit(monkeypatch):
+    # HARNESS_CPU_KERNELS=0: the convolution route, the upsampling kernel and Group Shift's race
+    # are off; each op is then exactly the plain PyTorch computation.
+    import torch.nn.functional as F
+
+    from harness.families.gsp_conv.group_shift import _apply, group_shift
+    from harness.ops import conv3d, upsample_trilinear2x
+
+    monkeypatch.setenv("HARNESS_CPU_KERNELS", "0")
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(1, 4, 8, 16, 16, generator=g), torch.randn(8, 4, 3, 3, 3, generator=g)
+    assert torch.equal(conv3d(x, w, None, 1, 1), F.conv3d(x, w, None, 1, 1))
+    assert torch.equal(upsample_trilinear2x(x), F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False))
+    assert torch.equal(group_shift(x, (2, 2, 2), 0.5), _apply(x.contiguous(), (2, 2, 2), 0.5, False))
+
+
+def test_a_plugin_net_keeps_its_own_convolutions_and_a_family_net_gets_the_route():
+    from harness.families.gsp_conv.gsp_unet import GSPUNet
+    from harness.models import build_model
+    from harness.registry import MODELS
+
+    @MODELS.register("test_plain_conv_net")
+    def plain(in_channels: int = 1, out_channels: int = 1):
+        return torch.nn.Conv3d(in_channels, out_channels, 3)
+
+    try:
+        assert type(build_model("test_plain_conv_net")) is torch.nn.Conv3d
+        assert any(type(m) is Conv3d for m in build_model("gsp_unet", in_channels=1, out_channels=1).modules())
+        assert GSPUNet.__module__.startswith("harness.families.")
+    finally:
+        MODELS._items.pop("test_plain_conv_net")

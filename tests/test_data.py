@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.data import build_task
-from harness.data.task import cache_dir
+from harness.cache import cache_dir
 
 
 def test_seeded_cached_and_split_fixed(tmp_path, monkeypatch):

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from harness.cache import cache_dir
 from harness.families.gsp_conv.group_shift import GroupShift, group_shift
-from harness.ops import native
 from harness.families.gsp_conv.group_shift import _METHOD, _apply, _apply_kernel, _apply_rows, _kernel
+from harness.ops import native
 
 needs_kernel = pytest.mark.skipif(_kernel() is None, reason="no C compiler: the kernel realisation is not built")
 METHODS = ["box", "rows", pytest.param("kernel", marks=needs_kernel)]
@@ -135,7 +136,7 @@ def _kernel_builds():
     for openmp in (True, False):
         command = gs_module._kernel_command() + (["-fopenmp"] if openmp else [])
         try:
-            lib = native.build(command, native.cache_dir(), gs_module._KERNEL_SOURCE)
+            lib = native.build(command, cache_dir(), gs_module._KERNEL_SOURCE)
         except subprocess.SubprocessError:
             continue
         for simd in (True, False):

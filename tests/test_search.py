@@ -250,3 +250,50 @@ def test_a_resumed_sampler_never_trains_a_configuration_twice_and_stops_when_the
     study = optuna.load_study(study_name="s", storage=storage)
     complete = [t.params for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE])]
     assert len(complete) == 6 and len({tuple(sorted(p.items())) for p in complete}) == 6
+
+
+def test_a_search_across_families_asks_each_model_only_its_own_knobs(tmp_path):
+    from optuna.distributions import CategoricalDistribution
+
+    from harness.search import _enc, write_pareto
+
+    nets = [{"model": "gsp_unet", "conv": "pointwise"}, {"model": "distill_dsm"}]
+    space = Space(write(tmp_path, {**SPACE, "knobs": {
+        "net": {"choice": nets},
+        "insert": {"choice": ["CSC", "CCS"], "when": {"model": "gsp_unet"}},
+        "alpha": {"choice": [0.25, 1.0], "when": {"model": "distill_dsm"}}}}))
+    assert space.models == ["gsp_unet", "distill_dsm"]
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    asked = []
+    for _ in range(12):
+        t = study.ask()
+        space.define_by_run(t)
+        asked.append(t.params)
+        model = space.model_of(t.params)
+        assert set(t.params) == {"net", "insert" if model == "gsp_unet" else "alpha"}
+        spec = space.spec_for(t.params)
+        assert spec.model.name == model
+        if model == "distill_dsm":  # another family: its option's and knobs' parameters, not the study's
+            assert spec.model.params == {"alpha": t.params["alpha"]}
+        else:
+            assert spec.model.params["insert"] == t.params["insert"] and spec.model.params["widths"] == [4, 4, 8, 8, 8]
+    assert {space.model_of(p) for p in asked} == {"gsp_unet", "distill_dsm"}
+    # The Pareto table and the exported variants name each point's model.
+    done = optuna.create_study(directions=["maximize", "minimize"])
+    dist = {"net": CategoricalDistribution([_enc(n) for n in nets]), "insert": CategoricalDistribution(["CSC", "CCS"]),
+            "alpha": CategoricalDistribution([0.25, 1.0])}
+    for params, dice, gmacs in (({"net": _enc(nets[0]), "insert": "CSC"}, 70.0, 2.0),
+                                ({"net": _enc(nets[1]), "alpha": 0.25}, 60.0, 1.0),
+                                ({"net": _enc(nets[1]), "alpha": 1.0}, 50.0, 1.5)):
+        done.add_trial(optuna.trial.create_trial(params=params, distributions={k: dist[k] for k in params},
+                                                 values=[dice, gmacs]))
+    out = write_pareto(space, done, tmp_path / "out")
+    variants = yaml.safe_load((out / "pareto_variants.yaml").read_text())["variants"]
+    assert [(v.get("model"), v["params"]) for v in variants] == [("distill_dsm", {"alpha": 0.25}),
+                                                                  (None, {"conv": "pointwise", "insert": "CSC"})]
+    text = (out / "pareto.md").read_text()
+    assert "| distill_dsm |        2 |               1 |" in text and "| gsp_unet    |        1 |               1 |" in text
+    assert "nan" not in text  # a knob a model was not asked: a dash
+    with pytest.raises(ConfigError, match=r"knobs.alpha.when.model: unknown model a knob chooses 'distil_dsm'"):
+        Space(write(tmp_path, {**SPACE, "knobs": {"net": {"choice": nets},
+                                                  "alpha": {"choice": [0.5], "when": {"model": "distil_dsm"}}}}))

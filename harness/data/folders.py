@@ -33,7 +33,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from harness.data.task import LABELS, Case, Task, cache_dir, cached, nested_as_classes
+from harness.cache import cache_dir
+from harness.data.task import LABELS, Case, Task, cached, nested_as_classes, split_ids
 from harness.registry import DATA_COMMANDS, DATASETS
 
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -308,17 +309,6 @@ def _percentile_minmax(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x != 0, out, torch.zeros_like(x))
 
 
-def _splits(ids: list[str], folds: int | None, val_fraction: float | None, seed: int) -> list[dict[str, list[str]]]:
-    ordered = sorted(ids)
-    perm = [ordered[i] for i in np.random.default_rng(seed).permutation(len(ordered))]
-    if val_fraction is not None:
-        n_val = max(1, round(val_fraction * len(ordered)))
-        return [{"train": sorted(perm[n_val:]), "val": sorted(perm[:n_val])}]
-    parts = np.array_split(np.array(perm, dtype=object), folds)
-    return [{"train": sorted(i for j, p in enumerate(parts) if j != k for i in p), "val": sorted(parts[k])}
-            for k in range(folds)]
-
-
 def split_file_for(fmt: str, root: Path, folds: int | None, val_fraction: float | None, seed: int) -> Path:
     kind = f"{folds}fold" if val_fraction is None else f"ratio{val_fraction:g}"
     return Path("splits") / f"{fmt}-{root.name}-{kind}-seed{seed}.json"
@@ -337,7 +327,7 @@ def load_split(path: Path, ids: list[str], folds: int | None, val_fraction: floa
     else:
         if val_fraction is None and folds > len(ids):
             raise ValueError(f"data.folds: {folds} folds need at least as many cases; the folder has {len(ids)}")
-        splits = _splits(ids, folds, val_fraction, seed)
+        splits = split_ids(ids, folds, val_fraction, seed)
     if write and not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

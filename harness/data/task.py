@@ -10,11 +10,12 @@ import json
 import os
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+
+from harness.cache import cache_dir
 
 
 @dataclass
@@ -69,10 +70,6 @@ class Task:
         return self._cases()["val"]
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
-
-
 def cached(name: str, params: dict, make: Callable[[], Iterator[Case]]) -> list[Case]:
     """Cases from the cache keyed by name and params; ``make()`` yields them on a miss.
 
@@ -100,14 +97,24 @@ def cached(name: str, params: dict, make: Callable[[], Iterator[Case]]) -> list[
             for i in ids]
 
 
+def split_ids(ids: list[str], folds: int | None, val_fraction: float | None, seed: int) -> list[dict[str, list[str]]]:
+    """Seeded splits over sorted case ids: one ratio split (``val_fraction``), else ``folds`` folds,
+    each {"train": [...], "val": [...]} in id order. Synthetic sets and folder split files alike."""
+    ordered = sorted(ids)
+    perm = [ordered[i] for i in np.random.default_rng(seed).permutation(len(ordered))]
+    if val_fraction is not None:
+        n_val = max(1, round(val_fraction * len(ordered)))
+        return [{"train": sorted(perm[n_val:]), "val": sorted(perm[:n_val])}]
+    parts = np.array_split(np.array(perm, dtype=object), folds)
+    return [{"train": sorted(i for j, p in enumerate(parts) if j != k for i in p), "val": sorted(parts[k])}
+            for k in range(folds)]
+
+
 def split_cases(cases: list[Case], val_fraction: float, seed: int) -> dict[str, list[Case]]:
-    """Seeded ratio split over sorted case ids (the papers' 8:2 split)."""
-    ordered = sorted(cases, key=lambda c: c.id)
-    perm = np.random.default_rng(seed).permutation(len(ordered))
-    n_val = max(1, round(val_fraction * len(ordered)))
-    val = {int(i) for i in perm[:n_val]}
-    return {"train": [c for i, c in enumerate(ordered) if i not in val],
-            "val": [c for i, c in enumerate(ordered) if i in val]}
+    """Seeded ratio split over sorted case ids (the papers' 8:2 split; ``split_ids``)."""
+    by_id = {c.id: c for c in cases}
+    split = split_ids(list(by_id), None, val_fraction, seed)[0]
+    return {part: [by_id[i] for i in ids] for part, ids in split.items()}
 
 
 def check_shape(shape) -> None:

@@ -16,8 +16,9 @@ def build_model(name: str, input_size=None, output=None, **params):
     ``input_size`` parameter; it receives ``input_size`` (the trial's patch) unless the study
     sets it. A model whose heads depend on the output activation (ConResNet's residual heads
     predict the regions, not the softmax background) declares ``output``; it receives
-    ``train.output``. Its ``nn.Conv3d`` layers run batch-1 CPU convolutions on oneDNN
-    (``harness.ops.conv``), not on PyTorch's fallback (up to 11x slower, ``harness bench``).
+    ``train.output``. A built-in family's ``nn.Conv3d`` layers run batch-1 CPU convolutions on
+    oneDNN (``harness.ops.conv``), not on PyTorch's fallback (up to 11x slower, ``harness bench``;
+    ``HARNESS_CPU_KERNELS=0`` turns it off).
     """
     cls = MODELS.get(name, field="model.name")
     declared = inspect.signature(cls).parameters
@@ -25,4 +26,7 @@ def build_model(name: str, input_size=None, output=None, **params):
         params.setdefault("input_size", [int(s) for s in input_size])
     if output is not None and "output" in declared:
         params["output"] = output
-    return onednn_convs(cls(**params))
+    model = cls(**params)
+    # The batch-1 CPU convolution route (harness.ops.conv) for the harness's own families only: a
+    # plugin's net (MONAI's, timm's) runs as its authors wrote it.
+    return onednn_convs(model) if cls.__module__.startswith("harness.") else model

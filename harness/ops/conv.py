@@ -52,6 +52,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _triple
 
+from harness.ops import native
+
 
 def _onednn_at_batch_one(x: torch.Tensor, weight: torch.Tensor, stride, dilation, groups: int) -> bool:
     """True where PyTorch's rule (module docstring) sends this CPU float32 batch-1 convolution
@@ -133,6 +135,8 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
            dilation=1, groups: int = 1) -> torch.Tensor:
     """``F.conv3d``, on oneDNN at batch 1 on the CPU, its backward in channels-last where few
     channels make the dense layout's slow (module docstring)."""
+    if not native.enabled():
+        return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
     if _onednn_at_batch_one(x, weight, stride, dilation, groups):
         layout = "to_mkldnn"
     elif _channels_last_backward(x, weight, groups):

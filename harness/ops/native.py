@@ -17,8 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
+def enabled() -> bool:
+    """The CPU acceleration layer's one switch: ``HARNESS_CPU_KERNELS=0`` turns off the C kernels,
+    the batch-1 convolution route and Group Shift's realisation race, leaving plain PyTorch."""
+    return os.environ.get("HARNESS_CPU_KERNELS", "1") != "0"
 
 
 def compiler() -> str:

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.cache import cache_dir
 from harness.ops import native
 from harness.registry import OPS
 
@@ -51,9 +52,9 @@ def _kernel():
     command = [native.compiler(), *_FLAGS, str(_SOURCE)]
     try:
         try:
-            lib = native.build([*command, "-fopenmp", "-lm"], native.cache_dir(), _SOURCE)
+            lib = native.build([*command, "-fopenmp", "-lm"], cache_dir(), _SOURCE)
         except subprocess.SubprocessError:  # no OpenMP (e.g. Apple clang): one thread
-            lib = native.build([*command, "-lm"], native.cache_dir(), _SOURCE)
+            lib = native.build([*command, "-lm"], cache_dir(), _SOURCE)
         dll = ctypes.CDLL(str(lib))
     except (OSError, subprocess.SubprocessError) as e:
         log.warning("upsample: no compiled kernel (%s); using PyTorch's", e)
@@ -137,7 +138,7 @@ class _Upsample2x(torch.autograd.Function):
 def upsample_trilinear2x(x: torch.Tensor) -> torch.Tensor:
     """``F.interpolate(x, scale_factor=2, mode="trilinear")`` of ``x`` (N, C, D, H, W) ->
     (N, C, 2D, 2H, 2W), by the faster realisation on CPU float32 (module docstring)."""
-    if (torch.jit.is_tracing() or torch.compiler.is_compiling() or x.device.type != "cpu"
+    if (not native.enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling() or x.device.type != "cpu"
             or x.dtype != torch.float32 or x.dim() != 5 or x.numel() == 0 or _kernel() is None):
         return _torch_forward(x)
     if not (x.requires_grad and torch.is_grad_enabled()):

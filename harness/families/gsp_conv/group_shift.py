@@ -42,8 +42,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.ops import native
+from harness.cache import cache_dir
 from harness.cost import zero_cost
+from harness.ops import native
 from harness.registry import COST_HANDLES, OPS
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,7 @@ def _kernel():
     """
     if os.environ.get("HARNESS_GS_KERNEL", "1") == "0":
         return None
-    command, cache = _kernel_command(), native.cache_dir()
+    command, cache = _kernel_command(), cache_dir()
     try:
         try:
             return _load(native.build([*command, "-fopenmp"], cache, _KERNEL_SOURCE))
@@ -345,6 +346,8 @@ _APPLY = {"box": _apply, "rows": _apply_rows, "kernel": _apply_kernel}
 def _shift(x: torch.Tensor, groups: tuple[int, int, int], shift_ratio: float, inverse: bool) -> torch.Tensor:
     """The permutation of a contiguous ``x`` by the realisation kept for its key (chosen on the
     key's first call). Never under a jit trace: ``x.shape`` holds plain ints."""
+    if not native.enabled():  # plain PyTorch: one slice copy per box
+        return _apply(x, groups, shift_ratio, inverse)
     key = (x.shape, groups, shift_ratio, x.device.type, x.dtype)
     method = _METHOD.get(key)
     if method is None:

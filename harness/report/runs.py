@@ -1,0 +1,139 @@
+"""A study's finished runs from MLflow (trials, their per-case metrics, evaluations, wall time),
+kept only where their configuration hash matches the study file as it stands."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.config import StudyCfg, VariantCfg, combined_keys, resolve, spec_hash, table_rows
+
+
+@dataclass
+class StudyRuns:
+    study: StudyCfg
+    scale: str
+    trials: pd.DataFrame  # one row per finished trial (latest of each trial key), current config only
+    failed: list[str] = field(default_factory=list)
+    stale: int = 0  # finished runs of an older configuration, left out
+    per_case: pd.DataFrame | None = None  # variant, seed, case, metric columns
+    ran_with: list[str] = field(default_factory=list)  # studies whose trials ran in the same `harness run`
+
+    def params_of(self, variant: str) -> dict[str, Any]:
+        """The model parameters ``variant`` ran with: logged with its run, or (no run yet) the
+        study's at this scale, resolved as ``harness run`` would (scale, task and family applied)."""
+        t = self.trials
+        if not t.empty and "model_params" in t:
+            ran = t.loc[t.variant == variant, "model_params"].dropna()
+            if len(ran) and ran.iloc[0]:
+                return json.loads(ran.iloc[0])
+        if not hasattr(self, "_resolved"):
+            self._resolved = {s.variant: s.model.params for s in resolve(self.study, self.scale, 1, check=False)}
+        return self._resolved.get(variant, {})
+
+
+def _tag_axes(v: VariantCfg) -> dict[str, str]:
+    return {"variant": v.name, **v.tags}
+
+
+def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with_cases: bool = True) -> StudyRuns:
+    """Finished trial runs of ``study`` at ``scale`` whose configuration matches the study file now."""
+    from mlflow.tracking import MlflowClient
+
+    from harness.tracking import PARENT, default_tracking_uri
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    client = MlflowClient(tracking_uri or default_tracking_uri())
+    exp = client.get_experiment_by_name(f"harness/{study.name}")
+    runs = [] if exp is None else client.search_runs(
+        [exp.experiment_id], f"tags.harness_role = 'trial' and tags.scale = '{scale}'", max_results=50000,
+        order_by=["attributes.start_time DESC"])
+    seeds = 1 + max([int(r.data.tags.get("seed", 0)) for r in runs] or [0])
+    folds = 1 + max([int(r.data.tags.get("fold", 0)) for r in runs] or [0])
+    # The study's trials as it stands, without building a model or reading data: only their hashes.
+    specs = resolve(study, scale, seeds, folds, check=False)
+    expected_hash = {s.key: spec_hash(s) for s in specs} | {c["key"]: c["hash"] for c in combined_keys(study, specs)}
+    axes = {v.name: _tag_axes(v) for v in table_rows(study)}
+    rows, failed, stale, seen = [], [], 0, set()
+    for r in runs:  # newest first: the first finished run of a key is the one that counts
+        key = r.data.tags.get("trial_key")
+        if expected_hash.get(key) != r.data.tags.get("config_hash"):
+            stale += r.info.status == "FINISHED"
+            continue
+        if r.info.status == "FAILED" and key not in seen:
+            failed.append(key)
+        if r.info.status != "FINISHED" or key in seen:
+            continue
+        seen.add(key)
+        variant = r.data.tags["variant"]
+        rows.append({"run_id": r.info.run_id, "key": key, "variant": variant, "seed": int(r.data.tags["seed"]),
+                     "start_time": r.info.start_time, "end_time": r.info.end_time,
+                     **axes.get(variant, {}), **r.data.metrics,
+                     "model_params": r.data.tags.get("model_params"), "device": r.data.tags.get("result.device"),
+                     "parent": r.data.tags.get(PARENT)})
+    failed = sorted(set(failed) - seen)
+    # Studies run together (`harness run A.yaml B.yaml`) share their time: the report says so.
+    ran_with = sorted({name for parent in {row["parent"] for row in rows if row["parent"]}
+                       for name in client.get_run(parent).data.tags.get("run_with", "").split(",") if name})
+    trials = pd.DataFrame(rows)
+    per_case = None
+    if with_cases and rows:
+        frames = []
+        for row in rows:
+            with tempfile.TemporaryDirectory() as d:
+                try:
+                    path = client.download_artifacts(row["run_id"], "per_case.json", d)
+                except Exception:  # noqa: BLE001  an artifact store that lost the file: no pairs for this run
+                    continue
+                cases = pd.DataFrame(json.loads(Path(path).read_text()))
+            cases["variant"], cases["seed"] = row["variant"], row["seed"]
+            frames.append(cases)
+        per_case = pd.concat(frames, ignore_index=True) if frames else None
+    return StudyRuns(study, scale, trials, failed, stale, per_case, ran_with)
+
+
+def evaluations(runs: StudyRuns, tracking_uri: str | None = None) -> pd.DataFrame:
+    """``harness evaluate`` runs whose members are all trials shown in this report, newest first."""
+    from mlflow.tracking import MlflowClient
+
+    from harness.tracking import default_tracking_uri
+
+    if runs.trials.empty:
+        return pd.DataFrame()
+    client = MlflowClient(tracking_uri or default_tracking_uri())
+    exp = client.get_experiment_by_name(f"harness/{runs.study.name}")
+    found = client.search_runs([exp.experiment_id], f"tags.harness_role = 'evaluation' and tags.scale = '{runs.scale}'"
+                               " and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"])
+    dice = dict(zip(runs.trials.run_id, runs.trials.mean_dice)) if "mean_dice" in runs.trials else {}
+    rows = []
+    for r in found:
+        members = r.data.tags.get("member_runs", "").split(",")
+        if not all(m in dice for m in members):
+            continue  # evaluates trials of an older configuration
+        m = r.data.metrics
+        members_dice = float(np.mean([dice[x] for x in members]))
+        rows.append({"variant": r.data.tags["variant"], "fold": r.data.tags.get("fold", ""),
+                     "inferer": json.loads(r.data.tags["inferer"])["name"], "members": len(members),
+                     "mean_dice": m.get("mean_dice"), "members' mean_dice": members_dice,
+                     "Δ": m.get("mean_dice", math.nan) - members_dice, "gmacs": m.get("gmacs"),
+                     "forward_passes": m.get("forward_passes"),
+                     "latency_ns_per_voxel": m.get("latency_ns_per_voxel", math.nan)})
+    return pd.DataFrame(rows)
+
+
+def wall_time(runs: StudyRuns) -> float:
+    """Seconds the study's trials ran: per ``harness run`` (parent run), its first trial's start
+    to its last one's end, summed over the runs the trials come from (a resumed run, or seeds
+    added on another day, add their own time, not the days between)."""
+    t = runs.trials
+    if t.empty or "start_time" not in t or "end_time" not in t:
+        return 0.0
+    g = t.assign(parent=t["parent"].fillna("") if "parent" in t else "").groupby("parent")
+    return float((g.end_time.max() - g.start_time.min()).sum() / 1000)

@@ -1,0 +1,132 @@
+"""``harness report``: a study's runs -> its report folder (claims, table, statistics, plots), and
+the index of every report."""
+from __future__ import annotations
+
+import html as html_lib
+import json
+from pathlib import Path
+
+from harness import stats as stats_
+from harness.config import ConfigError, apply_data_roots, load_study
+from harness.report.claims import (_claims_of, _counts, claims_legend, claims_markdown, claims_table, comparisons,
+                                   md_text)
+from harness.report.plots import plots
+from harness.report.runs import evaluations, load_runs, wall_time
+from harness.report.tables import _md_frame, _write_table, check_pinned, cost_table, layout_table, stats_table, verify
+
+
+def write_report(path: str, scale: str, formats: list[str], reports: Path = Path("reports"),
+                 tracking_uri: str | None = None, data_roots: list[str] | None = None,
+                 require_runs: bool = False) -> tuple[Path, list[str]]:
+    """Write ``reports/<study>/`` and refresh the index; returns the folder and the verify problems.
+
+    ``data_roots``: the run's ``--data-root`` values, so that its trials match the study as run.
+    ``require_runs``: a study with no run at all at ``scale`` (finished, failed or stale) is a
+    ConfigError, raised before anything is written.
+    """
+    study = load_study(path)
+    apply_data_roots(study, scale, data_roots or [])
+    runs = load_runs(study, scale, tracking_uri)
+    if require_runs and runs.trials.empty and not runs.failed and not runs.stale:
+        raise ConfigError(f"{study.name}@{scale}: no runs in {tracking_uri}; run `harness run {path} --scale "
+                          f"{scale}` first")
+    out = reports / study.name
+    out.mkdir(parents=True, exist_ok=True)
+    table, notes = layout_table(runs)
+    _write_table(table, out, "table", formats)
+    st = stats_table(runs)
+    st.to_csv(out / "stats.csv", index=False)
+    if not runs.trials.empty:
+        runs.trials.to_csv(out / "trials.csv", index=False)
+    figs = plots(runs, out, tracking_uri)
+    problems = verify(runs)
+    claims, wall = claims_table(runs), wall_time(runs)
+    (out / "claims.json").write_text(json.dumps({"scale": scale, "engine": stats_.ENGINE, "wall_time_s": wall,
+                                                 "ran_with": runs.ran_with, "claims": claims.to_dict("records")},
+                                                indent=1, default=str))
+    md = [f"# {md_text(study.title)}", "", md_text(study.description.strip()), ""]
+    if study.deviations:
+        md += ["## Deviations from the paper", "", *[f"- {md_text(d.strip())}" for d in study.deviations], ""]
+    md += [f"Scale: **{scale}**. {len(runs.trials)} finished trials"
+           + (f", failed: {', '.join(runs.failed)}" if runs.failed else "")
+           + (f"; {runs.stale} finished runs of an older configuration left out" if runs.stale else "")
+           + (f"; wall time of the study {wall / 60:.1f} min" if wall and not runs.ran_with else "")
+           + (f"; its trials ran in {wall / 60:.1f} min, in one `harness run` with {len(runs.ran_with)} other "
+              f"studies ({', '.join(runs.ran_with)}), whose trials shared the cores"
+              if wall and runs.ran_with else "") + ".", ""]
+    if not claims.empty:
+        md += ["## Claims on our runs", "", claims_legend(study), "", claims_markdown(claims), ""]
+    has_paper = any(str(c).endswith(" paper") for c in table.columns)
+    legend = ("Each cell: ours (mean ± std over seeds), the paper's value, and ours − paper." if has_paper else
+              "Each cell: ours (mean ± std over seeds); the paper prints no number for these cells.")
+    md += ["## Table", "", legend, "", _md_frame(table.reset_index()).to_markdown(index=False, disable_numparse=True), ""]
+    if notes:
+        md += ["Missing:", ""] + [f"- {n}" for n in notes] + [""]
+    md += ["## Statistics", "", st.to_markdown(index=False, floatfmt=".4g") if not st.empty else "No finished runs.", ""]
+    costs = cost_table(runs)
+    if not costs.empty:
+        costs.to_csv(out / "cost.csv", index=False)
+        md += ["## Cost", "", "Mean over seeds, as each trial measured it (`harness.cost`): GMACs of inference as "
+               "evaluated (every network pass of the inferer), peak memory of that inference and of one training "
+               "forward and backward pass on the training batch. CUDA: the allocator's high-water mark; CPU: the "
+               "profiler's running sum of allocations minus frees.", "",
+               (costs.assign(parameters=costs["parameters"].map(lambda v: f"{int(round(v)):,}"))  # not 2.209e+05
+                if "parameters" in costs else costs).to_markdown(index=False, floatfmt=",.4g"), ""]
+    evals = evaluations(runs, tracking_uri)
+    if not evals.empty:
+        evals.to_csv(out / "evaluations.csv", index=False)
+        md += ["## Re-evaluations (`harness evaluate`)", "",
+               "Saved weights of this study's trials evaluated again with another inferer or as an ensemble of "
+               "seeds; costs as run (every view and member counted).", "",
+               evals.to_markdown(index=False, floatfmt=".4g"), ""]
+    pinned = check_pinned(runs)
+    md += ["## Pinned numbers", ""] + ([f"- {status.upper()}: {m}" for status, m in pinned]
+                                       or ["This study pins no number."]) + [""]
+    md += [f"![{f}]({f})" for f in figs]
+    (out / "README.md").write_text("\n".join(md) + "\n")
+    write_index(reports)
+    return out, problems
+
+
+def write_index(reports: Path) -> None:
+    """``reports/index.md`` and ``index.html`` linking every study report present, with its
+    claims' verdicts at a glance; the paper's claims and ours counted apart, each distinct
+    comparison once (``comparisons``)."""
+    entries, everything, older = [], [], []
+    for d in sorted(p for p in reports.iterdir() if p.is_dir() and (p / "README.md").exists()):
+        title = (d / "README.md").read_text().splitlines()[0].lstrip("# ")
+        scale, current, claims = _claims_of(d)
+        if current:
+            everything += claims
+        elif claims:
+            older.append(d.name)
+        parts = [f"{who} {_counts(c)}" for who, c in (
+            ("paper's", [c for c in claims if c.get("source", "paper") == "paper"]),
+            ("ours", [c for c in claims if c.get("source") == "ours"])) if c]
+        entries.append((d.name, title, (f" — claims at {scale}: " + "; ".join(parts) if parts else "")
+                        + ("" if current else " (judged by an earlier engine: not in the totals)")))
+    totals = []
+    for source, label in (("paper", "The papers' claims"), ("ours", "Our own checks")):
+        comp = comparisons(everything, source)
+        if len(comp):
+            n = len([c for c in everything if c.get("source", "paper") == source])
+            totals.append(f"- {label}: {len(comp)} distinct comparisons ({n} claim rows): "
+                          f"{_counts(comp.to_dict('records'))}")
+    if older:
+        totals.append(f"- Not in these totals: {len(older)} reports judged by an earlier engine (a percentile "
+                      f"bootstrap, too liberal at 2-3 seeds: docs/calibration.md) and not yet re-run: "
+                      f"{', '.join(older)}")
+    md = ["# Reports", ""]
+    if totals:
+        md += ["Each distinct comparison counted once: within a study by its first claim, across studies that "
+               "judge the same comparison (a shared claim `id`) by their common verdict, or *mixed*.", ""]
+        md += totals + [""]
+    md += [f"- [{name}]({name}/README.md): {title}{v}" for name, title, v in entries]
+    (reports / "index.md").write_text("\n".join(md) + "\n")
+    esc = html_lib.escape
+    page = ["<html><head><meta charset='utf-8'><title>harness reports</title></head><body><h1>Reports</h1>"]
+    page += [f"<p>{esc(t.removeprefix('- '))}</p>" for t in totals] + ["<ul>"]
+    page += [f"<li><a href='{esc(name)}/{'table.html' if (reports / name / 'table.html').exists() else 'README.md'}'>"
+             f"{esc(name)}</a>: {esc(title + v)}</li>" for name, title, v in entries]
+    page.append("</ul></body></html>")
+    (reports / "index.html").write_text("\n".join(page) + "\n")
