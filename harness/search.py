@@ -12,14 +12,15 @@ each Pareto point as a ready study variant for ``harness run``.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from harness.config import (ConfigError, StudyCfg, TrialSpec, VariantCfg, _merge, _Strict, config_hash,
                             import_plugins, load_study, load_yaml, resolve_variant)
@@ -55,6 +56,42 @@ class SamplerCfg(_Strict):
     population_size: int = Field(8, ge=2)  # NSGA-II generation size
 
 
+class SchedulerCfg(_Strict):
+    """Early stopping by asynchronous successive halving (ASHA, Li et al. 2020): at each rung
+    (``grace_period`` x ``reduction_factor``^k epochs, below the last) a trial goes on only if it
+    ranks in the top 1/``reduction_factor`` of the trials that reached that rung. With several
+    objectives the rank is by non-domination, ties by crowding distance (MO-ASHA, Schmucker et
+    al. 2021). ``rung_cases``: validation cases scored at a rung (the first ones; the last
+    epoch scores all): a rung needs a ranking, and validation is most of a short rung's time."""
+
+    name: Literal["none", "asha"] = "none"
+    reduction_factor: int = Field(3, ge=2)
+    grace_period: int = Field(1, ge=1)  # epochs to the first rung
+    rung_cases: Optional[int] = Field(None, ge=1)
+
+    def rungs(self, epochs: int) -> list[int]:
+        """Epochs (from 1) at which trials are ranked: none without a scheduler."""
+        out, r = [], self.grace_period
+        while self.name == "asha" and r < epochs:
+            out.append(r)
+            r *= self.reduction_factor
+        return out
+
+
+# ``scheduler: asha`` is short for ``scheduler: {name: asha}``.
+Scheduler = Annotated[SchedulerCfg, BeforeValidator(lambda v: {"name": v} if isinstance(v, str) else v)]
+
+
+class StrategyCfg(_Strict):
+    """Another way to search the same space, run beside the main one for the comparison of
+    hypervolume against trial-time (unset fields: the main search's)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    sampler: Optional[SamplerCfg] = None
+    scheduler: Optional[Scheduler] = None
+    trials: Optional[int] = Field(None, ge=1)
+
+
 class SearchCfg(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     study: str  # base study, relative to this file
@@ -64,14 +101,24 @@ class SearchCfg(_Strict):
     train: dict[str, Any] = Field(default_factory=dict)  # training overrides for every trial (e.g. targets)
     objectives: list[Objective] = Field(min_length=1)
     sampler: SamplerCfg = Field(default_factory=SamplerCfg)
-    scheduler: Literal["none", "asha"] = "none"  # ASHA only for a single objective
+    scheduler: Scheduler = Field(default_factory=SchedulerCfg)  # or just its name: none | asha
     storage: Optional[str] = None  # journal file or RDB URL; default: optuna/<name>.journal beside mlflow.db
     trials: int = Field(12, ge=1)
+    compare: list[StrategyCfg] = Field(default_factory=list)  # run too; hypervolume vs trial-time
+    reference_point: Optional[dict[str, float]] = None  # of the hypervolume; default: the worst seen
+    # The base study's finished runs at this scale enter every strategy as complete trials, where
+    # one is exactly a point of the space (the same trial a search would train).
+    warm_start: bool = False
 
     @model_validator(mode="after")
-    def _asha_single(self):
-        if self.scheduler == "asha" and len(self.objectives) > 1:
-            raise ValueError("scheduler: asha needs a single objective")
+    def _checks(self):
+        names = [s.name for s in self.compare]
+        if len(set(names)) < len(names):
+            raise ValueError(f"compare: strategy names repeat ({names})")
+        objs = {o.metric for o in self.objectives}
+        if self.reference_point is not None and set(self.reference_point) != objs:
+            raise ValueError(f"reference_point: give a value for each objective {sorted(objs)} "
+                             f"(got {sorted(self.reference_point)})")
         return self
 
 
@@ -143,6 +190,22 @@ class Space:
                 raise ConfigError(f"objectives: unknown metric {o.metric!r}")
         self.spec_for(self.cfg_default())  # the base point must build
 
+    def rungs(self) -> list[int]:
+        """Epochs (from 1) at which the scheduler ranks trials (the base point's training length)."""
+        return self.cfg.scheduler.rungs(self.spec_for(self.cfg_default()).train.epochs)
+
+    def strategies(self) -> list[tuple[str, "Space"]]:
+        """(Optuna study name, space) of the main search, then of each ``compare`` strategy: the
+        same knobs, objectives and base study; its own sampler, scheduler and trial count."""
+        out = [(self.cfg.name, self)]
+        for st in self.cfg.compare:
+            other = copy.copy(self)
+            other.cfg = self.cfg.model_copy(update={
+                "name": f"{self.cfg.name}.{st.name}", "compare": [],
+                **{k: getattr(st, k) for k in ("sampler", "scheduler", "trials") if getattr(st, k) is not None}})
+            out.append((other.cfg.name, other))
+        return out
+
     @staticmethod
     def _when(knob: Knob) -> list[str]:
         m = knob.when["model"]
@@ -184,6 +247,66 @@ class Space:
         config = {n: ask(n, k) for n, k in self.cfg.knobs.items() if k.when is None}
         for name in self._asked(self.model_of(config)):
             ask(name, self.cfg.knobs[name])
+
+    def distributions(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Optuna's distribution of each knob in ``config`` (as ``define_by_run`` asks it)."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        out = {}
+        for name in config:
+            knob = self.cfg.knobs[name]
+            if name in self.choices:
+                out[name] = CategoricalDistribution([_enc(c) for c in self.choices[name]])
+            elif knob.integer:
+                out[name] = IntDistribution(*knob.integer)
+            else:
+                out[name] = FloatDistribution(*(knob.uniform or knob.loguniform), log=knob.loguniform is not None)
+        return out
+
+    def config_of(self, spec: TrialSpec) -> Optional[dict[str, Any]]:
+        """The point of the space whose trial is ``spec`` (the base study's trial, say), or None.
+
+        Each knob's candidates are the options whose every setting ``spec`` has; a combination
+        counts only if the search would train exactly ``spec`` from it (all but its name)."""
+        missing = object()
+        train = spec.train.model_dump()
+
+        def has(key: str, v: Any) -> bool:
+            if key == "model":
+                return spec.model.name == v
+            if key.startswith("train."):
+                node: Any = train
+                for part in key.split(".")[1:]:
+                    node = node.get(part, missing) if isinstance(node, dict) else missing
+                return node == v
+            return spec.model.params.get(key, missing) == v
+
+        def candidates(name: str) -> list[Any]:
+            knob = self.cfg.knobs[name]
+            if name.startswith("groups."):
+                got = (spec.model.params.get("groups") or [None] * 99)[int(name.split(".", 1)[1])]
+                return [_enc(g) for g in self.choices[name] if g == got]
+            if name in self.choices:
+                return [_enc(o) for o in self.choices[name]
+                        if (all(has(k, x) for k, x in o.items()) if isinstance(o, dict) else has(name, o))]
+            v = spec.model.params.get(name, missing)
+            lo, hi = knob.uniform or knob.loguniform or knob.integer
+            return [v] if isinstance(v, (int, float)) and lo <= v <= hi else []
+
+        model = spec.model.name
+        names = [n for n, k in self.cfg.knobs.items() if k.when is None or model in self._when(k)]
+        ident = {"key", "variant", "tags"}
+        for combo in itertools.product(*[candidates(n) for n in names]):
+            config = dict(zip(names, combo))
+            if self.model_of(config) != model:
+                continue
+            try:
+                ours = self.spec_for(config)
+            except ConfigError:
+                continue
+            if ours.model_dump(exclude=ident) == spec.model_dump(exclude=ident):
+                return config
+        return None
 
     def params(self, config: dict[str, Any]) -> dict[str, Any]:
         """Sampled knobs -> model parameters (``groups.<i>`` set stage i of the groups list)."""
@@ -292,14 +415,14 @@ def _storage(url: str):
 
 def run_search(path: str, trials: int | None, address: str | None, resume: bool, tracking_uri: str | None,
                reports: Path = Path("reports"), verbose: int = 1) -> int:
-    """Launch (or resume) the search, then write the Pareto table, plot and exported variants."""
+    """Launch (or resume) the search and each strategy it is compared with, then write the
+    Pareto table, plot and exported variants (and the hypervolume-against-trial-time figure)."""
     import optuna
     from rich.console import Console
 
     console = Console()
     space = Space(path)  # all validation before anything is written
     cfg = space.cfg
-    n_total = trials or cfg.trials
     from harness.tracking import Tracker, check_store, hold_lock
     from harness.tune import check_capacity
 
@@ -314,17 +437,48 @@ def run_search(path: str, trials: int | None, address: str | None, resume: bool,
     if cfg.name in names and not resume:
         raise ConfigError(f"search {cfg.name!r} already exists in {storage_url}; pass --resume to continue it, "
                           f"or remove the storage to start afresh")
+    exp_id = tracker.experiment(f"search-{cfg.name}")
+    studies = {}
+    for name, strategy in space.strategies():  # the main search first: --trials is its count
+        n_total = (trials or cfg.trials) if strategy is space else strategy.cfg.trials
+        study = _run_strategy(strategy, storage, storage_url, name in names, n_total, tracker, exp_id, address,
+                              db_dir, path, console, verbose)
+        if study is None:
+            return 1
+        studies[name] = study
+    out = write_pareto(space, studies[cfg.name], reports / cfg.name)
+    if cfg.compare:
+        write_strategies(space, studies, out)
+    console.print(f"Pareto set: {out}/pareto.md; variants to train: {out}/pareto_variants.yaml", soft_wrap=True)
+    return 0
+
+
+def _run_strategy(space: Space, storage, storage_url: str, exists: bool, n_total: int, tracker, exp_id: str,
+                  address: str | None, db_dir: Path, path: str, console, verbose: int):
+    """Create or resume one Optuna study (the main search or a compared strategy) and run its
+    missing trials on Ray Tune, each an MLflow child of the strategy's parent run. Returns the
+    Optuna study, or None when Ray Tune itself stopped."""
+    import optuna
+
+    from harness.tune import run_search_trials
+
+    cfg = space.cfg
     directions = ["maximize" if o.mode == "max" else "minimize" for o in cfg.objectives]
     study = optuna.create_study(study_name=cfg.name, storage=storage, directions=directions,
                                 sampler=_sampler(cfg.sampler, len(directions) > 1),
-                                load_if_exists=cfg.name in names)  # a fresh search is created, not "loaded"
+                                load_if_exists=exists)  # a fresh search is created, not "loaded"
     for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING]):
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # its process died: never completed
-    done = len(study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE]))
+    warm = warm_start(space, study, tracker.uri) if cfg.warm_start else 0
+    settled = (optuna.trial.TrialState.COMPLETE,) + ((optuna.trial.TrialState.PRUNED,) if space.rungs() else ())
+    # A configuration stopped at a rung counts as run (a repeat the sampler drew is PRUNED without
+    # a time: it does not count); a warm-started one was not run by the search.
+    done = len([t for t in study.get_trials(deepcopy=False, states=settled) if "warm_start_run" not in t.user_attrs
+                and (t.state == optuna.trial.TrialState.COMPLETE or "trial_time_s" in t.user_attrs)])
     todo = max(0, n_total - done)
-    console.print(f"search {cfg.name}: {done} trials complete in {storage_url}, {todo} to run.", soft_wrap=True)
-
-    exp_id = tracker.experiment(f"search-{cfg.name}")
+    console.print(f"search {cfg.name}: {done} trials run in {storage_url}, {todo} to run"
+                  + (f"; {warm} finished runs of {space.study.name} added as complete trials" if warm else "") + ".",
+                  soft_wrap=True)
     chash = config_hash(cfg.model_dump())
     parent = tracker.find_parent(exp_id, cfg.scale, chash)
     if parent is not None:
@@ -334,19 +488,15 @@ def run_search(path: str, trials: int | None, address: str | None, resume: bool,
         parent_id = tracker.start_parent(exp_id, f"search-{cfg.name}", cfg.scale, chash,
                                          {"search_file": str(path), "base_study": space.study.name})
     if todo:
-        from harness.tune import run_search_trials
-
         writer = run_search_trials(space, study, storage, todo, tracker, exp_id, parent_id, address,
                                    db_dir / "ray_results", verbose)
         if writer.crashed:  # Ray Tune raised: the search did not run, whatever the journal holds
             tracker.client.set_terminated(parent_id, "FAILED")
             console.print(f"search {cfg.name}: Ray Tune stopped with {writer.error}; {len(writer.finished)} of "
                           f"{todo} trials finished. Fix the cause and pass --resume.", soft_wrap=True)
-            return 1
+            return None
     tracker.client.set_terminated(parent_id, "FINISHED")
-    out = write_pareto(space, optuna.load_study(study_name=cfg.name, storage=storage), reports / cfg.name)
-    console.print(f"Pareto set: {out}/pareto.md; variants to train: {out}/pareto_variants.yaml", soft_wrap=True)
-    return 0
+    return optuna.load_study(study_name=cfg.name, storage=storage)
 
 
 def _by_model(df, front) -> str:
@@ -427,3 +577,136 @@ def write_pareto(space: Space, study, out: Path) -> Path:
         fig.savefig(out / "pareto.png", dpi=110)
         plt.close(fig)
     return out
+
+
+def warm_start(space: Space, study, tracking_uri: str | None) -> int:
+    """Add the base study's finished runs (at the search's scale, its configuration as it stands)
+    that are points of the space to ``study`` as complete trials, once each (tag
+    ``warm_start_run``); a genetic sampler's first generation holds them. Returns how many
+    were added."""
+    import optuna
+
+    from harness.config import resolve
+    from harness.report.runs import load_runs
+
+    runs = load_runs(space.study, space.cfg.scale, tracking_uri, with_cases=False).trials
+    if runs.empty:
+        return 0
+    held = {t.user_attrs.get("warm_start_run") for t in study.get_trials(deepcopy=False)}
+    specs = {s.key: s for s in resolve(space.study, space.cfg.scale, 1 + int(runs.seed.max()), check=False)}
+    objs = [o.metric for o in space.cfg.objectives]
+    # Optuna's genetic samplers keep each trial's generation in a system attribute (the key is
+    # private API: tests/test_search.py checks the sampler reads it back).
+    generation = getattr(study.sampler, "_get_generation_key", None)
+    added = 0
+    for row in runs.to_dict("records"):
+        spec = specs.get(row["key"])
+        if row["run_id"] in held or spec is None or any(row.get(m) != row.get(m) or m not in row for m in objs):
+            continue
+        config = space.config_of(spec)
+        if config is None:
+            continue
+        study.add_trial(optuna.trial.create_trial(
+            params=config, distributions=space.distributions(config), values=[float(row[m]) for m in objs],
+            user_attrs={"warm_start_run": row["run_id"], "trial_time_s": 0.0, "source": f"{space.study.name} {row['key']}"},
+            system_attrs={generation(): 0} if generation else {}))
+        added += 1
+    return added
+
+
+def _trial_time(t) -> float:
+    """A trial's own time (Ray's, from its start); a trial run before it was recorded: its
+    Optuna start to end (which also counts a wait for a free worker)."""
+    if "trial_time_s" in t.user_attrs:
+        return float(t.user_attrs["trial_time_s"])
+    return (t.datetime_complete - t.datetime_start).total_seconds()
+
+
+def hypervolume_history(space: Space, studies: dict[str, Any]) -> tuple[Any, list[float]]:
+    """Per strategy, after each settled trial (in order of completion): the trial-time spent so
+    far (every trial run, stopped ones included) and the hypervolume of its complete trials.
+    Returns the history and the reference point (``reference_point``, else each objective's
+    worst value over every strategy's complete trials)."""
+    import optuna
+    import pandas as pd
+
+    from harness.pareto import hypervolume
+
+    objs = [o.metric for o in space.cfg.objectives]
+    modes = [o.mode for o in space.cfg.objectives]
+    state = optuna.trial.TrialState
+    settled = {name: sorted((t for t in st.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED, state.FAIL))
+                             if t.state == state.COMPLETE or "trial_time_s" in t.user_attrs),
+                            key=lambda t: t.datetime_complete) for name, st in studies.items()}
+    complete = [t.values for ts in settled.values() for t in ts if t.state == state.COMPLETE]
+    if space.cfg.reference_point is not None:
+        ref = [space.cfg.reference_point[m] for m in objs]
+    else:
+        ref = [(min if m == "max" else max)(v[i] for v in complete) for i, m in enumerate(modes)] if complete else []
+    rows = []
+    for name, ts in settled.items():
+        spent, values = 0.0, []
+        for t in ts:
+            spent += _trial_time(t)
+            if t.state == state.COMPLETE:
+                values.append(t.values)
+            rows.append({"strategy": name, "trial": t.number, "state": t.state.name.lower(),
+                         "epochs": t.user_attrs.get("epochs"), "trial_time_s": _trial_time(t),
+                         "trial_time_min": spent / 60, "model": space.model_of(t.params),
+                         **dict(zip(objs, t.values or [None] * len(objs))),
+                         "hypervolume": hypervolume(values, modes, ref) if ref else 0.0})
+    return pd.DataFrame(rows), ref
+
+
+def write_strategies(space: Space, studies: dict[str, Any], out: Path) -> None:
+    """The comparison of search strategies on one space: hypervolume reached against trial-time
+    spent (``hypervolume.png``, ``strategies.csv``), and a section of ``pareto.md`` with, for
+    each strategy, the trial-time it took to reach the main search's final hypervolume."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hist, ref = hypervolume_history(space, studies)
+    hist.to_csv(out / "strategies.csv", index=False)
+    main = space.cfg.name
+    target = float(hist[hist.strategy == main].hypervolume.max()) if (hist.strategy == main).any() else 0.0
+    main_time = float(hist[hist.strategy == main].trial_time_min.max()) if (hist.strategy == main).any() else 0.0
+    lines = []
+    for name, strategy in space.strategies():
+        h = hist[hist.strategy == name]
+        reached = h[h.hypervolume >= target - 1e-9 * max(1.0, abs(target))] if target > 0 else h.iloc[:0]
+        at = float(reached.trial_time_min.iloc[0]) if len(reached) else None
+        sch = strategy.cfg.scheduler
+        lines.append({
+            "strategy": name, "sampler": f"{strategy.cfg.sampler.name} (seed {strategy.cfg.sampler.seed})",
+            "early stopping": (f"ASHA, eta {sch.reduction_factor}, rungs at epochs {strategy.rungs()}"
+                               + (f" on {sch.rung_cases} cases" if sch.rung_cases else "")) if sch.name == "asha" else "none",
+            "trials (complete / stopped / failed)": " / ".join(str(int((h.state == s).sum())) for s in ("complete", "pruned", "fail")),
+            "trial-time (min)": round(float(h.trial_time_min.max()) if len(h) else 0.0, 1),
+            "final hypervolume": round(float(h.hypervolume.max()) if len(h) else 0.0, 3),
+            "trial-time to the main search's final hypervolume (min)": "not reached" if at is None else round(at, 1),
+            "share of the main search's trial-time": "—" if at is None or not main_time else f"{at / main_time:.2f}"})
+    import pandas as pd
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name in hist.strategy.unique():
+        h = hist[hist.strategy == name]
+        ax.step([0.0, *h.trial_time_min], [0.0, *h.hypervolume], where="post", label=name)
+    if target > 0:
+        ax.axhline(target, color="0.5", ls="--", lw=0.8, label=f"{main}'s final")
+    ax.set_xlabel("trial-time spent (min, all trials summed)")
+    ax.set_ylabel("hypervolume of complete trials")
+    ax.set_title(f"search {main}: strategies")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "hypervolume.png", dpi=110)
+    plt.close(fig)
+    objs = ", ".join(f"{o.metric} {ref[i]:g}" for i, o in enumerate(space.cfg.objectives)) if ref else "none"
+    with open(out / "pareto.md", "a") as f:
+        f.write("\n## Search strategies: hypervolume against trial-time\n\n"
+                f"The same space, objectives, base study and training seeds; trial-time is the trials' own "
+                f"time summed (what the search paid, whatever ran in parallel); hypervolume of each "
+                f"strategy's complete (full-budget) trials, reference point {objs}. Per trial: "
+                f"`strategies.csv`.\n\n" + pd.DataFrame(lines).to_markdown(index=False)
+                + "\n\n![hypervolume against trial-time](hypervolume.png)\n")

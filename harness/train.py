@@ -9,12 +9,13 @@ Ray Tune, and from there to MLflow).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Collection, Optional
 
 import numpy as np
 import torch
@@ -346,12 +347,19 @@ def trial_cost(t: Trial, evaluated: nn.Module) -> dict[str, Any]:
 
 
 def run_trial(spec: TrialSpec, report: Report = lambda m, e: None, threads: int | None = None,
-              checkpoint_dir: Path | None = None) -> dict[str, Any]:
+              checkpoint_dir: Path | None = None, rungs: Collection[int] = (),
+              rung_cases: int | None = None) -> dict[str, Any]:
     """Train and evaluate one trial; returns final metrics, per-case metrics and cost.
 
     With ``checkpoint_dir`` the final weights (those evaluated: a callback may have replaced
     the model) are saved there as ``model.pt``. ``time_{build,train,evaluate,cost}_s`` say
     where the trial's time went (build: data and model; cost: saving, cost and memory).
+
+    ``rungs``: epochs (counted from 1) at which a multi-fidelity scheduler decides whether the
+    trial goes on. The trial validates there too (on its first ``rung_cases`` validation cases
+    only, when given: a rung needs a ranking, not the final score), and the architecture's cost
+    is measured before training and sent with those epochs' numbers, since the scheduler ranks
+    by every objective at once.
     """
     # Each trial owns its CPU share; torch would otherwise grab every core per trial.
     torch.set_num_threads(max(1, int(threads or spec.resources.cpu)))
@@ -361,6 +369,10 @@ def run_trial(spec: TrialSpec, report: Report = lambda m, e: None, threads: int 
     phase = {"build": time.perf_counter() - start, "evaluate": 0.0}  # where the trial's time goes
     cfg = t.spec.train
     ctx = t.context()
+    rungs = set(rungs)
+    early_cost = trial_cost(t, t.model) if rungs else {}  # the cache serves the end's call
+    rung_task = (dataclasses.replace(t.task, _split={"train": t.task.train, "val": t.task.val[:rung_cases]})
+                 if rungs and rung_cases else t.task)
     for cb in t.callbacks:
         cb.on_train_start(ctx)
 
@@ -386,11 +398,14 @@ def run_trial(spec: TrialSpec, report: Report = lambda m, e: None, threads: int 
         if last:  # a callback may hand over the model to evaluate, cost and save (SWA)
             for cb in t.callbacks:
                 evaluated = cb.on_train_end(ctx) or evaluated
-        if (epoch + 1) % cfg.val_every == 0 or last:
+        rung = epoch + 1 in rungs and not last
+        if (epoch + 1) % cfg.val_every == 0 or last or rung:
             t_eval = time.perf_counter()
-            final = evaluate(evaluated if last else t.model, t.task, cfg, t.device, t.inferer)
+            final = evaluate(evaluated if last else t.model, rung_task if rung else t.task, cfg, t.device, t.inferer)
             phase["evaluate"] += time.perf_counter() - t_eval
             ctx.metrics.update({k: v for k, v in final.items() if k != "per_case"})
+            if rung:
+                ctx.metrics.update({k: v for k, v in early_cost.items() if isinstance(v, (int, float))})
         report(dict(ctx.metrics), epoch)
     phase["train"] = time.perf_counter() - start - phase["evaluate"]
 

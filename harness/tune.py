@@ -43,9 +43,10 @@ def _trainable(config: dict[str, Any], specs: dict[str, dict]) -> None:
         tune.report({"final": 1, "trial_error": traceback.format_exc()[-5000:]})
 
 
-def _search_trainable(config: dict[str, Any], spec_for: Callable[[dict, str], TrialSpec]) -> None:
+def _search_trainable(config: dict[str, Any], spec_for: Callable[[dict, str], TrialSpec], rungs: list[int],
+                      rung_cases: int | None) -> None:
     # spec_for is the search space's (pickled to the worker): tune needs no import of search.
-    _report_trial(spec_for(config, f"trial_{tune.get_context().get_trial_id()}"))
+    _report_trial(spec_for(config, f"trial_{tune.get_context().get_trial_id()}"), rungs, rung_cases)
 
 
 def trial_id(spec: TrialSpec) -> str:
@@ -72,6 +73,7 @@ class MlflowWriter(tune.Callback):
         self.run_ids: dict[str, str] = {}  # trial_id -> MLflow run id
         self.finished: list[str] = []
         self.failed: list[str] = []
+        self.stopped: list[str] = []  # stopped at a rung by the search's scheduler
         self.awaiting_weights: set[str] = set()  # final result logged, checkpoint not yet
         self.retries: dict[str, int] = {}  # trial_id -> times its worker died and it started again
         self.crashed = False  # Tune raised instead of reporting the trial
@@ -85,15 +87,16 @@ class MlflowWriter(tune.Callback):
         (elapsed / settled x left: the study's own pace, parallelism included)."""
         if self.verbose != 1:
             return
-        settled = len(self.finished) + len(self.failed)
+        settled = len(self.finished) + len(self.failed) + len(self.stopped)
         elapsed = time.monotonic() - self.t0
         left = max(0, self.total - settled)
-        running = sum(1 for k in self.started if k not in self.finished and k not in self.failed)
+        running = sum(1 for k in self.started if k not in self.finished + self.failed + self.stopped)
         took = time.monotonic() - self.started.get(key, self.t0)
         dice = f"  Dice {self.dice[key]:.1f}" if key in self.dice and outcome == "done" else ""
         eta = f", ETA {_mmss(elapsed / settled * left)}" if settled and left else ""
         print(f"[{settled:>{len(str(self.total))}}/{self.total}] {outcome:<6} {self._shown(key)}{dice}  ({_mmss(took)}; "
-              f"{len(self.failed)} failed, {running} running{eta})" + (f"\n    {why}" if why else ""), flush=True)
+              f"{len(self.failed)} failed, " + (f"{len(self.stopped)} stopped, " if self.stopped else "")
+              + f"{running} running{eta})" + (f"\n    {why}" if why else ""), flush=True)
 
     def _shown(self, key: str) -> str:
         """A trial as progress lines name it: study/key when studies run together, else its key."""
@@ -172,17 +175,17 @@ class MlflowWriter(tune.Callback):
         if key in self.awaiting_weights:  # the result came, the checkpoint did not: keep the numbers, say so
             self.tracker.client.set_tag(self.run_ids[key], "checkpoint", "missing")
             self._finish(key)
-        if key not in self.finished and key not in self.failed:  # stopped early by a scheduler (ASHA)
+        if key not in self.finished + self.failed + self.stopped:  # stopped at a rung (ASHA)
             self.tracker.client.set_tag(self.run_ids[key], "stopped_early", "true")
             self.tracker.client.set_terminated(self.run_ids[key], "KILLED")
-            self.failed.append(key)
+            self.stopped.append(key)
             self._progress(key, "stopped")
 
     def abort(self, error: str) -> None:
         """Tune itself raised: close every started trial that has no outcome yet as FAILED."""
         self.error = error
         for key, run_id in self.run_ids.items():
-            if key not in self.finished and key not in self.failed:
+            if key not in self.finished + self.failed + self.stopped:
                 self.tracker.fail_child(run_id, f"Ray Tune stopped with: {error}")
                 self.failed.append(key)
 
@@ -297,10 +300,10 @@ def packing_warning(cpu: float, node_cpus: float) -> str | None:
             f"what this harness is tested at.")
 
 
-def _report_trial(spec: TrialSpec) -> None:
+def _report_trial(spec: TrialSpec, rungs: list[int] = (), rung_cases: int | None = None) -> None:
     with tempfile.TemporaryDirectory() as d:
         final = run_trial(spec, report=lambda m, epoch: tune.report({**numeric(m), "epoch": epoch}),
-                          checkpoint_dir=Path(d))
+                          checkpoint_dir=Path(d), rungs=rungs, rung_cases=rung_cases)
         per_case = final.pop("per_case", [])
         final["node"] = ray.get_runtime_context().get_node_id()  # which machine ran it (tag result.node)
         tune.report({**numeric(final), "final": 1, "per_case_json": json.dumps(per_case),
@@ -392,7 +395,54 @@ def _fresh_optuna_search():
                 del self._ot_trials[trial_id]
             return Searcher.FINISHED
 
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+            # Only a trial's final result carries its objectives: one stopped at a rung is PRUNED
+            # (its rung numbers are no final score), one that raised is FAIL. The trial's own
+            # time (Ray's, from its start) is kept for the hypervolume-against-trial-time figure.
+            asked = self._ot_trials.get(trial_id)
+            if asked is not None and result:
+                asked.set_user_attr("trial_time_s", float(result.get("time_total_s", 0.0)))
+                if "epoch" in result:
+                    asked.set_user_attr("epochs", int(result["epoch"]) + 1)
+            if result and result.get("trial_error"):
+                result, error = None, True
+            elif result and not result.get("final"):
+                result = None
+            super().on_trial_complete(trial_id, result, error)
+
     return FreshOptunaSearch
+
+
+def _halving(metrics: list[str], modes: list[str], rungs: list[int], reduction_factor: int):
+    """Asynchronous successive halving (ASHA, Li et al. 2020, Alg. 2) ranked by every objective
+    at once: at each rung a trial goes on only while it is among the top ceil(n / eta) of the n
+    trials that reached the rung, in ``harness.pareto.promotion_order`` (non-domination, then
+    crowding: MO-ASHA, Schmucker et al. 2021). Ray Tune's ASHAScheduler ranks one metric only.
+    Rung results are the epochs (from 1) in ``rungs``; the trial sends every objective there."""
+    import math
+
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    from harness.pareto import promotion_order
+
+    class SuccessiveHalving(FIFOScheduler):
+        def __init__(self):
+            super().__init__()
+            self.recorded: dict[int, dict[str, list[float]]] = {r: {} for r in rungs}
+
+        def on_trial_result(self, tune_controller, trial, result):
+            if "epoch" not in result or int(result["epoch"]) + 1 not in self.recorded:
+                return TrialScheduler.CONTINUE
+            missing = [m for m in metrics if m not in result]
+            if missing:
+                raise RuntimeError(f"rung result of {trial.trial_id} lacks objectives {missing}")
+            at = self.recorded[int(result["epoch"]) + 1]
+            at[trial.trial_id] = [float(result[m]) for m in metrics]
+            ids = list(at)
+            top = {ids[i] for i in promotion_order([at[i] for i in ids], modes)[:math.ceil(len(ids) / reduction_factor)]}
+            return TrialScheduler.CONTINUE if trial.trial_id in top else TrialScheduler.STOP
+
+    return SuccessiveHalving()
 
 
 def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: str, parent_id: str,
@@ -400,10 +450,8 @@ def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: s
     """Run ``n`` more trials of an Optuna study through Ray Tune's OptunaSearch.
 
     ``space`` is duck-typed (``harness.search.Space``): ``cfg``, ``study``, ``define_by_run``,
-    ``spec_for(config, name)`` and ``cfg_default()``.
+    ``spec_for(config, name)`` and ``rungs()``.
     """
-    from ray.tune.schedulers import ASHAScheduler
-
     from harness.config import spec_hash
 
     _init_ray(address, verbose)
@@ -438,10 +486,10 @@ def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: s
 
     writer = MlflowWriter(tracker, {space.study.name: (exp_id, parent_id)}, spec_for, total=n, verbose=verbose)
     res = space.study.resources
-    base = space.spec_for(space.cfg_default())
-    scheduler = ASHAScheduler(metric=metrics[0], mode=modes[0], max_t=base.train.epochs + 1,
-                              grace_period=1) if cfg.scheduler == "asha" else None
-    trainable = tune.with_resources(tune.with_parameters(_search_trainable, spec_for=space.spec_for),
+    rungs = space.rungs()
+    scheduler = _halving(metrics, modes, rungs, cfg.scheduler.reduction_factor) if rungs else None
+    trainable = tune.with_resources(tune.with_parameters(_search_trainable, spec_for=space.spec_for, rungs=rungs,
+                                                         rung_cases=cfg.scheduler.rung_cases),
                                     {"cpu": res.cpu, "gpu": res.gpu})
     reporter = tune.CLIReporter(metric_columns={m: m for m in metrics}, max_report_frequency=15)
     return _fit(trainable, tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=n, reuse_actors=True),

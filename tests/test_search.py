@@ -91,7 +91,7 @@ def test_tiny_search_end_to_end_and_resume(tmp_path, monkeypatch, capsys, caplog
     assert len(study.get_trials(states=[optuna.trial.TrialState.COMPLETE])) == 3
     study.ask()  # a trial left RUNNING, as by a killed search
     assert main(["search", str(path), "--trials", "4", "--resume", "-v", "0"]) == 0
-    assert "3 trials complete" in capsys.readouterr().out
+    assert "3 trials run" in capsys.readouterr().out
     study = optuna.load_study(study_name="tiny", storage=storage)
     states = [t.state for t in study.get_trials()]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 4 and optuna.trial.TrialState.RUNNING not in states
@@ -239,17 +239,37 @@ def test_a_resumed_sampler_never_trains_a_configuration_twice_and_stops_when_the
     seen = []
     for i in range(3):  # a first session: three trials complete
         seen.append(first.suggest(f"t{i}"))
-        first.on_trial_complete(f"t{i}", {"m": float(i), "n": 1.0})
+        first.on_trial_complete(f"t{i}", {"m": float(i), "n": 1.0, "final": 1})  # a trial's last result
     again = searcher()  # resumed: the same seed
     for i in range(3, 6):
         config = again.suggest(f"t{i}")
         assert config not in seen, (config, seen)
         seen.append(config)
-        again.on_trial_complete(f"t{i}", {"m": float(i), "n": 1.0})
+        again.on_trial_complete(f"t{i}", {"m": float(i), "n": 1.0, "final": 1})
     assert again.suggest("t6") is Searcher.FINISHED  # all 6 configurations trained once
     study = optuna.load_study(study_name="s", storage=storage)
     complete = [t.params for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE])]
     assert len(complete) == 6 and len({tuple(sorted(p.items())) for p in complete}) == 6
+
+
+def test_the_searcher_tells_optuna_a_stopped_trial_pruned_and_a_raised_one_failed(tmp_path):
+    from harness.tune import _fresh_optuna_search
+
+    def space(trial):
+        trial.suggest_categorical("a", [1, 2, 3, 4])
+
+    searcher = _fresh_optuna_search()(space=space, metric=["m", "n"], mode=["max", "min"],
+                                      sampler=optuna.samplers.RandomSampler(seed=0), study_name="s")
+    for i in range(3):
+        searcher.suggest(f"t{i}")
+    searcher.on_trial_complete("t0", {"m": 0.5, "n": 1.0, "epoch": 1, "time_total_s": 3.0})  # last result: a rung
+    searcher.on_trial_complete("t1", {"final": 1, "trial_error": "Traceback ...", "time_total_s": 1.0})
+    searcher.on_trial_complete("t2", {"m": 0.7, "n": 2.0, "epoch": 3, "final": 1, "time_total_s": 9.0})
+    t0, t1, t2 = searcher._ot_study.get_trials()
+    state = optuna.trial.TrialState
+    assert (t0.state, t1.state, t2.state) == (state.PRUNED, state.FAIL, state.COMPLETE)
+    assert t0.values is None and t2.values == [0.7, 2.0]
+    assert t0.user_attrs == {"trial_time_s": 3.0, "epochs": 2} and t2.user_attrs["epochs"] == 4
 
 
 def test_a_search_across_families_asks_each_model_only_its_own_knobs(tmp_path):
@@ -297,3 +317,147 @@ def test_a_search_across_families_asks_each_model_only_its_own_knobs(tmp_path):
     with pytest.raises(ConfigError, match=r"knobs.alpha.when.model: unknown model a knob chooses 'distil_dsm'"):
         Space(write(tmp_path, {**SPACE, "knobs": {"net": {"choice": nets},
                                                   "alpha": {"choice": [0.5], "when": {"model": "distil_dsm"}}}}))
+
+
+def test_promotion_order_ranks_by_non_domination_then_crowding():
+    from harness.pareto import promotion_order
+
+    # (Dice, GMACs): 4 is dominated by 0 and 2; 5 repeats 1; the front's ends come first.
+    pts = [[60, 1], [70, 5], [65, 3], [50, 0.5], [55, 4], [70, 5]]
+    order = promotion_order(pts, ["max", "min"])
+    assert order[-1] == 4 and set(order[:5]) == {0, 1, 2, 3, 5}
+    assert set(order[:3]) == {1, 3, 5}  # each objective's best: infinite crowding distance
+    assert promotion_order([[3.0], [1.0], [2.0]], ["max"]) == [0, 2, 1]
+    assert promotion_order([[3.0], [1.0], [2.0]], ["min"]) == [1, 2, 0]
+
+
+def test_hypervolume_matches_hand_computed_fronts():
+    """Pins Optuna's private WFG hypervolume (``optuna._hypervolume``) that ``harness.pareto`` wraps."""
+    from harness.pareto import hypervolume
+
+    # Dice up, GMACs down, reference (0, 10): 60 x 9 + (70 - 60) x 5.
+    assert hypervolume([[60, 1], [70, 5]], ["max", "min"], [0, 10]) == pytest.approx(590.0)
+    assert hypervolume([[60, 1], [50, 2]], ["max", "min"], [0, 10]) == pytest.approx(540.0)  # dominated adds 0
+    assert hypervolume([[60, 12]], ["max", "min"], [0, 10]) == 0.0  # beyond the reference
+    assert hypervolume([], ["max", "min"], [0, 10]) == 0.0
+    # Three objectives, all minimised: two unit-overlapping boxes of volume 2 each.
+    assert hypervolume([[0, 1, 1], [1, 0, 1]], ["min"] * 3, [2, 2, 2]) == pytest.approx(3.0)
+
+
+class _T:
+    def __init__(self, i):
+        self.trial_id = i
+
+
+def test_halving_keeps_the_top_third_of_each_rung_by_every_objective():
+    from ray.tune.schedulers import TrialScheduler
+
+    from harness.tune import _halving
+
+    sched = _halving(["mean_dice", "gmacs"], ["max", "min"], [1, 3], 3)
+    go, stop = TrialScheduler.CONTINUE, TrialScheduler.STOP
+    res = lambda dice, gmacs, epoch=0: {"epoch": epoch, "mean_dice": dice, "gmacs": gmacs}  # noqa: E731
+    assert sched.on_trial_result(None, _T("a"), res(50, 1.0)) == go  # first at the rung: top 1 of 1
+    assert sched.on_trial_result(None, _T("b"), res(40, 2.0)) == stop  # dominated by a
+    assert sched.on_trial_result(None, _T("c"), res(60, 3.0)) == stop  # 1 of 3 goes on: a front end first
+    assert sched.on_trial_result(None, _T("d"), res(70, 0.5)) == go  # dominates everything so far
+    assert sched.on_trial_result(None, _T("a"), {"epoch": 1, "train_loss": 0.3}) == go  # not a rung
+    assert sched.on_trial_result(None, _T("a"), res(55, 1.0, epoch=2)) == go  # rung 3, first there
+    with pytest.raises(RuntimeError, match="lacks objectives"):
+        sched.on_trial_result(None, _T("e"), {"epoch": 0, "mean_dice": 1.0})
+
+
+def test_a_trial_validates_on_rung_cases_and_sends_its_cost_at_rungs(tmp_path, monkeypatch):
+    import harness.train
+    from harness.config import resolve
+
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(
+        {**BASE, "data": {"dataset": "synthetic_organ", "params": {"n_cases": 4, "val_cases": 3, "shape": [16, 32, 32]}},
+         "train": {**BASE["train"], "epochs": 3, "steps_per_epoch": 1, "val_every": 3}}, sort_keys=False))
+    from harness.config import load_study
+
+    spec = resolve(load_study(tmp_path / "base.yaml"), "smoke", 1)[0]
+    scored, reports = [], []
+    real = harness.train.evaluate
+    monkeypatch.setattr(harness.train, "evaluate", lambda model, task, *a: scored.append(len(task.val)) or real(model, task, *a))
+    final = harness.train.run_trial(spec, report=lambda m, e: reports.append((e, m)), rungs=[1, 2], rung_cases=1)
+    n_val = scored[-1]
+    assert scored == [1, 1, n_val] and n_val > 1  # rungs score one case; the last epoch all
+    assert [e for e, m in reports if "mean_dice" in m and "gmacs" in m] == [0, 1]  # rung results carry the cost
+    assert final["gmacs"] == dict(reports)[0]["gmacs"]  # measured once, before training
+    assert "mean_dice" in dict(reports)[2] and len(final["per_case"]) == n_val
+
+
+def test_a_run_of_the_base_study_maps_back_onto_the_space(tmp_path):
+    from harness.config import load_study, resolve
+
+    nets = [{"model": "gsp_unet", "conv": "pointwise"}, {"model": "distill_dsm"}]
+    space = Space(write(tmp_path, {**SPACE, "knobs": {
+        "net": {"choice": nets}, "insert": {"choice": ["CSC", "CCS"], "when": {"model": "gsp_unet"}},
+        "widths": {"choice": [[4, 4, 8, 8, 8], [4, 8, 16, 16, 16]], "when": {"model": "gsp_unet"}},
+        "alpha": {"choice": [0.25, 1.0], "when": {"model": "distill_dsm"}}}}))
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(8):  # every point the search trains maps back to itself
+        t = study.ask()
+        space.define_by_run(t)
+        assert space.config_of(space.spec_for(t.params, "x")) == t.params
+    base = resolve(load_study(tmp_path / "base.yaml"), "smoke", 2)  # the base study's variant "pw", seeds 0, 1
+    assert space.config_of(base[0]) == {"net": json_enc(nets[0]), "insert": "CSC", "widths": "[4, 4, 8, 8, 8]"}
+    assert space.config_of(base[1]) is None  # seed 1: not the trial a search trains
+    other = base[0].model_copy(update={"train": base[0].train.model_copy(update={"lr": 0.5})})
+    assert space.config_of(other) is None  # another recipe: not a point of this space
+
+
+def json_enc(v):
+    from harness.search import _enc
+
+    return _enc(v)
+
+
+@pytest.mark.slow
+def test_strategies_compared_with_halving_and_a_warm_start(tmp_path, monkeypatch, capsys):
+    """A search beside a random one and a successive-halving one, each warm-started from the
+    base study's finished run: stopped trials are PRUNED with the epochs they ran, the report
+    gives hypervolume against trial-time, and a resumed search runs nothing again."""
+    monkeypatch.chdir(tmp_path)
+    space = {**SPACE, "knobs": {"insert": {"choice": ["CSC", "CCS"]}, "widths": SPACE["knobs"]["widths"]},
+             "train": {"epochs": 4, "steps_per_epoch": 1, "val_every": 4}, "warm_start": True, "trials": 2,
+             "compare": [{"name": "random", "sampler": {"name": "random"}},
+                         {"name": "halving", "sampler": {"name": "random"}, "trials": 4,
+                          "scheduler": {"name": "asha", "reduction_factor": 2, "rung_cases": 1}}]}
+    path = write(tmp_path, space)
+    base = yaml.safe_load((tmp_path / "base.yaml").read_text())
+    base["train"].update(space["train"])  # the study's own run is then a point of the space
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    assert main(["run", str(tmp_path / "base.yaml"), "--scale", "smoke", "-v", "0"]) == 0
+    assert main(["search", str(path), "-v", "0"]) == 0
+    assert "1 finished runs of tiny_base added as complete trials" in capsys.readouterr().out
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna" / "tiny.journal")))
+    state = optuna.trial.TrialState
+    for name, n in (("tiny", 2), ("tiny.random", 2), ("tiny.halving", 4)):
+        trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+        warm = [t for t in trials if "warm_start_run" in t.user_attrs]
+        assert len(warm) == 1 and warm[0].params == {"insert": "CSC", "widths": "[4, 4, 8, 8, 8]"}
+        ran = [t for t in trials if "warm_start_run" not in t.user_attrs and t.state in (state.COMPLETE, state.PRUNED)
+               and "trial_time_s" in t.user_attrs]
+        assert len(ran) == n
+    halving = optuna.load_study(study_name="tiny.halving", storage=storage).get_trials()
+    stopped = [t for t in halving if t.state == state.PRUNED and "epochs" in t.user_attrs]
+    assert stopped and all(t.user_attrs["epochs"] in (1, 2) for t in stopped)
+    from harness.search import SamplerCfg, _sampler
+
+    nsga2 = optuna.load_study(study_name="tiny", storage=storage, sampler=_sampler(SamplerCfg(**SPACE["sampler"]), True))
+    warm = [t for t in nsga2.get_trials() if "warm_start_run" in t.user_attrs][0]
+    assert nsga2.sampler.get_trial_generation(nsga2, warm) == 0  # the genetic sampler's first generation
+    out = tmp_path / "reports" / "local" / "tiny"
+    text = (out / "pareto.md").read_text()
+    assert "## Search strategies: hypervolume against trial-time" in text and (out / "hypervolume.png").exists()
+    assert "ASHA, eta 2, rungs at epochs [1, 2] on 1 cases" in text
+    import pandas as pd
+
+    csv = pd.read_csv(out / "strategies.csv")
+    assert set(csv.strategy) == {"tiny", "tiny.random", "tiny.halving"} and (csv.hypervolume >= 0).all()
+    assert (csv.groupby("strategy").trial_time_min.diff().dropna() >= 0).all()  # time only accumulates
+    assert main(["search", str(path), "--resume", "-v", "0"]) == 0
+    said = capsys.readouterr().out
+    assert "tiny.halving: 4 trials run" in said and "0 to run" in said and "added" not in said

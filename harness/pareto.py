@@ -1,0 +1,46 @@
+"""Pareto ranking and hypervolume of objective vectors (``harness search``'s early stopping
+and its comparison of search strategies). Each vector holds one value per objective; ``modes``
+says whether each is maximised ("max") or minimised ("min")."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _losses(values, modes: list[str]):
+    """Objective vectors as losses (a maximised metric negated): smaller is better in each."""
+    return np.asarray(values, dtype=float).reshape(len(values), len(modes)) * np.array(
+        [-1.0 if m == "max" else 1.0 for m in modes])
+
+
+def promotion_order(values: list[list[float]], modes: list[str]) -> list[int]:
+    """Indices of ``values`` (one objective vector each) best first: by non-domination rank, ties
+    by crowding distance, larger first (NSGA-II's order, Deb et al. 2002, Sec. III; what MO-ASHA
+    promotes by). One objective: plain sorting."""
+    loss = _losses(values, modes)
+    left, order = list(range(len(loss))), []
+    while left:
+        front = [i for i in left if not any((loss[j] <= loss[i]).all() and (loss[j] < loss[i]).any() for j in left)]
+        crowd = dict.fromkeys(front, 0.0)
+        for k in range(loss.shape[1]):
+            ranked = sorted(front, key=lambda i: loss[i, k])
+            span = loss[ranked[-1], k] - loss[ranked[0], k]
+            crowd[ranked[0]] = crowd[ranked[-1]] = np.inf
+            for a, i, b in zip(ranked, ranked[1:-1], ranked[2:]):
+                crowd[i] += (loss[b, k] - loss[a, k]) / span if span > 0 else 0.0
+        order += sorted(front, key=lambda i: (-crowd[i], i))
+        left = [i for i in left if i not in crowd]
+    return order
+
+
+def hypervolume(values: list[list[float]], modes: list[str], reference: list[float]) -> float:
+    """The objective space dominated by ``values`` and bounded by ``reference`` (in the
+    objectives' own units; points no better than the reference in every objective add
+    nothing). Optuna's WFG algorithm (``optuna._hypervolume``, private: tests/test_search.py
+    pins it against a hand-computed front)."""
+    from optuna._hypervolume import compute_hypervolume
+
+    if not len(values):
+        return 0.0
+    loss, ref = _losses(values, modes), _losses([reference], modes)[0]
+    loss = loss[(loss < ref).all(axis=1)]
+    return float(compute_hypervolume(loss, ref)) if len(loss) else 0.0
