@@ -109,7 +109,8 @@ def cmd_cost(args) -> int:
             task = build_task(s.data.dataset, **s.data.params)  # per variant: a table may span tasks
             shape = args.input or s.cost.input or [1, task.in_channels, *s.train.patch]
             model = build_model(s.model.name, in_channels=shape[1], input_size=s.train.patch, output=s.train.output,
-                                out_channels=out_channels(len(task.regions), s.train.output), **s.model.params)
+                                out_channels=out_channels(len(task.regions), s.train.output),
+                                cpu_conv_route=s.train.cpu_conv_route, **s.model.params)
             check_model(s.model, shape[2:], f"variant {s.variant!r}", s.train.output, shape[1],
                         out_channels(len(task.regions), s.train.output))
             # As trials cost themselves: the study's inferer (TTA: every view) on one input-sized window.
@@ -155,7 +156,7 @@ def cmd_cost(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from harness.config import ConfigError, apply_data_roots, load_study, resolve
+    from harness.config import ConfigError, with_data_roots, load_study, resolve
     from harness.report import FORMATS, write_report
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
@@ -164,7 +165,7 @@ def cmd_report(args) -> int:
         print(f"error: --format: {', '.join(bad)} not allowed; choose from {', '.join(FORMATS)}", file=sys.stderr)
         return 2
     study = load_study(args.study)
-    apply_data_roots(study, args.scale, args.data_root or [])
+    study = with_data_roots(study, args.scale, args.data_root or [])
     resolve(study, args.scale, check=False)  # bad input fails before anything is written; no model is built
     from harness.tracking import default_tracking_uri
 

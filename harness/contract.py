@@ -3,15 +3,13 @@
 Model output contract
     In training a model returns a tensor (the segmentation logits) or a mapping of named
     outputs whose *first* entry is the segmentation (e.g. ``{"seg": y, "deep": [y2, y3]}``
-    for deep supervision). A model with context residual heads (ConResNet) returns
-    ``{"seg": y, "res": [r0, r1, r2], "res_axis": a}``: logits at the input size of
-    |label[s] - label[s-1]| along tensor dim ``a`` per label channel, so that the loss builds
-    the targets along the axis the model used (its view, set in one place). A model
-    trained at sampled points rather than on the whole patch (OBELISK's sparse training)
-    returns ``{"seg": y, "points": p}``, y (N, K, S, 1, 1) its logits at the points p
-    (N, S, 1, 1, 3) in ``grid_sample``'s (x, y, z) coordinates with ``align_corners=True``;
-    losses then read the label at those points. In evaluation (``model.eval()``) it returns
-    the segmentation tensor only, which is what inferers, metrics and the cost report see.
+    for deep supervision). Further named outputs are a family's own, read by the losses it
+    registers (auxiliary heads, the axis they were computed along, ...). One key the core
+    losses read: a model that predicts elsewhere than at the label's voxels (at sampled
+    points, on a coarser grid) returns ``"target_at"``, a function that maps the loss's target
+    (N, R, D, H, W) to the layout of its segmentation; the loss compares the segmentation with
+    ``target_at(target)``. In evaluation (``model.eval()``) a model returns the segmentation
+    tensor only, which is what inferers, metrics and the cost report see.
 
 Output activation (``train.output``)
     ``sigmoid``: one channel per region, regions may overlap (BraTS WT/TC/ET); a voxel is in

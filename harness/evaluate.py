@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from harness.config import ComponentCfg, ConfigError, TrialSpec, apply_data_roots, check_train, load_study
+from harness.config import ComponentCfg, ConfigError, TrialSpec, with_data_roots, check_train, load_study
 from harness.contract import out_channels
 from harness.cost import cost_report
 from harness.data import build_task
@@ -50,7 +50,7 @@ def run_evaluate(path: str, scale: str, inferer_text: str | None, ensemble: str,
     if ensemble not in ENSEMBLES:
         raise ConfigError(f"--ensemble: {ensemble!r} is not one of {', '.join(ENSEMBLES)}")
     study = load_study(path)
-    apply_data_roots(study, scale, data_roots or [])
+    study = with_data_roots(study, scale, data_roots or [])
     inferer = parse_inferer(inferer_text)
     if inferer is not None:  # a bad inferer fails before any model is loaded or run is written
         check_train(study.train.model_copy(update={"inferer": inferer}), "--inferer")

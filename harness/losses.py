@@ -46,9 +46,8 @@ class SegLoss(nn.Module):
 
     def forward(self, outputs: dict[str, Any], batch: dict[str, torch.Tensor], state: TrainState) -> torch.Tensor:
         target = self.target(batch)
-        if "points" in outputs:  # predictions at sampled points (contract): the label read there
-            target = nn.functional.grid_sample(target.float(), outputs["points"].to(target.device), mode="nearest",
-                                               align_corners=True)
+        if "target_at" in outputs:  # predictions elsewhere than the label's voxels (contract)
+            target = outputs["target_at"](target)
         return self.criterion(main_output(outputs), target)
 
     def fit(self, cases) -> None:

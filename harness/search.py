@@ -467,8 +467,11 @@ def _run_strategy(space: Space, storage, storage_url: str, exists: bool, n_total
     study = optuna.create_study(study_name=cfg.name, storage=storage, directions=directions,
                                 sampler=_sampler(cfg.sampler, len(directions) > 1),
                                 load_if_exists=exists)  # a fresh search is created, not "loaded"
+    # A trial still RUNNING was left by a runner that died: the run lock admits one runner per
+    # search. (Optuna's heartbeat + fail_stale_trials cannot tell: JournalStorage keeps no
+    # heartbeat in Optuna 5.1, and OptunaSearch's ask/tell never records one.)
     for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING]):
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # its process died: never completed
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
     warm = warm_start(space, study, tracker.uri) if cfg.warm_start else 0
     settled = (optuna.trial.TrialState.COMPLETE,) + ((optuna.trial.TrialState.PRUNED,) if space.rungs() else ())
     # A configuration stopped at a rung counts as run (a repeat the sampler drew is PRUNED without
@@ -507,21 +510,28 @@ def _by_model(df, front) -> str:
 
 
 def write_pareto(space: Space, study, out: Path) -> Path:
-    """All complete trials (CSV), the Pareto set (Markdown), a plot, and the Pareto points as variants."""
+    """All complete trials (CSV, from Optuna's ``trials_dataframe``), the Pareto set (Markdown),
+    a plot, and the Pareto points as variants. The plot is seaborn's, not Optuna's
+    ``plot_pareto_front``: a search across families colours each model's trials and labels each
+    Pareto point with its trial, which Optuna's plot cannot."""
     import optuna
     import pandas as pd
 
     out.mkdir(parents=True, exist_ok=True)
     objs = [o.metric for o in space.cfg.objectives]
+    frame = study.trials_dataframe(attrs=("number", "values", "params", "state", "datetime_start",
+                                          "datetime_complete"), multi_index=False)
+    complete = frame[frame.state == optuna.trial.TrialState.COMPLETE.name] if len(frame) else frame
     rows = []
-    complete = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
-    for t in complete:
-        rows.append({"trial": t.number, "model": space.model_of(t.params), **dict(zip(objs, t.values)),
-                     **{k: _dec(v) for k, v in t.params.items()}})
+    for r in complete.to_dict("records"):  # a knob another model's trial was not asked is NaN
+        params = {k: r[f"params_{k}"] for k in space.cfg.knobs if r.get(f"params_{k}") == r.get(f"params_{k}")}
+        rows.append({"trial": r["number"], "model": space.model_of(params),
+                     **{m: r[f"values_{i}"] for i, m in enumerate(objs)},
+                     **{k: _dec(v) for k, v in params.items()}})
     # From the first trial's start to the last one's end (a resumed search counts its pause too).
-    minutes = ((max(t.datetime_complete for t in complete) - min(t.datetime_start for t in complete))
-               .total_seconds() / 60 if complete else 0.0)
-    wall = f" Wall time {minutes:.1f} min." if complete else ""
+    minutes = ((complete.datetime_complete.max() - complete.datetime_start.min()).total_seconds() / 60
+               if rows else 0.0)
+    wall = f" Wall time {minutes:.1f} min." if rows else ""
     df = pd.DataFrame(rows)
     df.to_csv(out / "trials.csv", index=False)
     best = {t.number for t in study.best_trials} if rows else set()
@@ -595,9 +605,9 @@ def warm_start(space: Space, study, tracking_uri: str | None) -> int:
     held = {t.user_attrs.get("warm_start_run") for t in study.get_trials(deepcopy=False)}
     specs = {s.key: s for s in resolve(space.study, space.cfg.scale, 1 + int(runs.seed.max()), check=False)}
     objs = [o.metric for o in space.cfg.objectives]
-    # Optuna's genetic samplers keep each trial's generation in a system attribute (the key is
-    # private API: tests/test_search.py checks the sampler reads it back).
-    generation = getattr(study.sampler, "_get_generation_key", None)
+    from harness import compat
+
+    generation = compat.generation_key(study.sampler)  # a genetic sampler's first generation holds them
     added = 0
     for row in runs.to_dict("records"):
         spec = specs.get(row["key"])
@@ -609,7 +619,7 @@ def warm_start(space: Space, study, tracking_uri: str | None) -> int:
         study.add_trial(optuna.trial.create_trial(
             params=config, distributions=space.distributions(config), values=[float(row[m]) for m in objs],
             user_attrs={"warm_start_run": row["run_id"], "trial_time_s": 0.0, "source": f"{space.study.name} {row['key']}"},
-            system_attrs={generation(): 0} if generation else {}))
+            system_attrs={generation: 0} if generation else {}))
         added += 1
     return added
 

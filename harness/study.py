@@ -13,7 +13,7 @@ from rich.table import Table
 from pydantic import ValidationError
 
 from harness.combine import run_combined
-from harness.config import (ConfigError, ResourcesCfg, TrialSpec, apply_data_roots, combined_keys, config_hash,
+from harness.config import (ConfigError, ResourcesCfg, TrialSpec, with_data_roots, combined_keys, config_hash,
                             load_study, resolve, spec_hash)
 from harness.data import Task, build_task
 from harness.cost import count_macs
@@ -234,7 +234,7 @@ def run_studies(paths: list[str], scale: str, seeds: int | None, address: str | 
     studies, specs_of = [], {}
     for path in paths:
         study = load_study(path)
-        apply_data_roots(study, scale, data_roots or [])
+        study = with_data_roots(study, scale, data_roots or [])
         if resources:
             try:
                 study.resources = ResourcesCfg.model_validate({**study.resources.model_dump(), **resources})

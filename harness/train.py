@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection, Optional
@@ -115,7 +116,8 @@ def trial_model(spec: TrialSpec, task: Task) -> nn.Module:
     """The trial's network, sized for its task (channels, regions) and patch."""
     cfg = spec.train
     return build_model(spec.model.name, in_channels=task.in_channels, input_size=cfg.patch, output=cfg.output,
-                       out_channels=out_channels(len(task.regions), cfg.output), **spec.model.params)
+                       out_channels=out_channels(len(task.regions), cfg.output), cpu_conv_route=cfg.cpu_conv_route,
+                       **spec.model.params)
 
 
 def build_trial(spec: TrialSpec, task: Task | None = None, device: torch.device | None = None,
@@ -201,15 +203,20 @@ def keep_cases(t: Trial, ids) -> None:
     t.loader.dataset.data = [d for d in t.loader.dataset.data if d["id"] in ids]
 
 
-def hd95_or_convention(metric: HausdorffDistanceMetric, pred: torch.Tensor, ref: torch.Tensor) -> float:
-    """HD95 in voxels of two binary masks (D, H, W); for empty sets the BraTS convention: 0 when
-    both are empty, the volume's diagonal when one is (``evaluate``)."""
-    empty_p, empty_r = not bool(pred.any()), not bool(ref.any())
-    if empty_p and empty_r:
-        return 0.0
-    if empty_p or empty_r:
-        return float(math.sqrt(sum(s * s for s in pred.shape)))
-    return float(metric(pred[None, None], ref[None, None])[0, 0])
+def hd95(pred: torch.Tensor, ref: torch.Tensor) -> list[float]:
+    """HD95 in voxels of each region of binary masks (1, E, D, H, W): MONAI's
+    ``HausdorffDistanceMetric`` over all regions at once, then the BraTS convention where a set
+    is empty (MONAI gives NaN or inf there): 0 when both are, the volume's diagonal when one is
+    (``evaluate``)."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")  # MONAI warns for each empty set; the convention below decides
+        dist = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(pred, ref)[0]
+    diagonal = float(math.sqrt(sum(s * s for s in pred.shape[2:])))
+    out = []
+    for d, p, r in zip(dist.tolist(), pred[0], ref[0]):
+        empty_p, empty_r = not bool(p.any()), not bool(r.any())
+        out.append(0.0 if empty_p and empty_r else diagonal if empty_p or empty_r else float(d))
+    return out
 
 
 @torch.no_grad()
@@ -253,9 +260,7 @@ def case_metrics(case_id: str, pred: torch.Tensor, ref: torch.Tensor, names: lis
     """One case's metrics (``evaluate``'s conventions) from binary masks (1, E, D, H, W) of the
     evaluation regions ``names``."""
     dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(pred, ref)[0].tolist()
-    hd_m = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
-    with np.errstate(all="ignore"):
-        hd = [hd95_or_convention(hd_m, p, r) for p, r in zip(pred[0], ref[0])]
+    hd = hd95(pred, ref)
     confusion = get_confusion_matrix(pred, ref, include_background=True)  # MONAI: NaN where 0/0
     sens = compute_confusion_matrix_metric("sensitivity", confusion)[0].tolist()
     spec = compute_confusion_matrix_metric("specificity", confusion)[0].tolist()
@@ -314,7 +319,8 @@ def load_model(ckpt: dict | str | Path, device: torch.device | str = "cpu") -> n
         ckpt = torch.load(ckpt, map_location="cpu", weights_only=True)
     spec = TrialSpec.model_validate_json(ckpt["trial"])
     model = build_model(ckpt["model"], in_channels=ckpt["in_channels"], out_channels=ckpt["out_channels"],
-                        input_size=spec.train.patch, output=spec.train.output, **spec.model.params)
+                        input_size=spec.train.patch, output=spec.train.output,
+                        cpu_conv_route=spec.train.cpu_conv_route, **spec.model.params)
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:

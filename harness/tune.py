@@ -26,6 +26,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
+from harness import compat
 from harness.config import TrialSpec
 from harness.tracking import Tracker, numeric
 from harness.train import CHECKPOINT, run_trial
@@ -229,17 +230,7 @@ def _init_ray(address: str | None, verbose: int) -> None:
         # presents it for 'auto' but not for an explicit HOST:PORT, which the head then refuses
         # (InvalidAuthToken). Do what 'auto' does: token mode when a token is at hand and
         # RAY_AUTH_MODE is unset (a token-mode driver joins a cluster without authentication too).
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available)
-
-        quiet = logging.getLogger("ray._private.authentication")
-        level = quiet.level
-        if verbose < 2:  # "Token authentication is enabled ..." on every run
-            quiet.setLevel(logging.ERROR)
-        try:
-            maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-        finally:
-            quiet.setLevel(level)
+        compat.ray_token_auth(verbose)
     if not ray.is_initialized():
         # Ray's own warnings (its token-authentication notice on every local start) only with -v 2.
         ray.init(address=address, include_dashboard=False,
@@ -370,8 +361,7 @@ def _fresh_optuna_search():
     ``trials.csv`` keep the first) and the sampler is asked again. A resumed NSGA-II restarts
     from its seed and would re-propose its first generation; this way it moves on to new points.
     After ``REDRAWS`` repeats in a row the space is taken as exhausted and the search ends.
-    Reads OptunaSearch's private ``_ot_trials`` and ``_ot_study`` (tests/test_search.py fails
-    loudly when an installed Ray renames them)."""
+    Reads OptunaSearch's private trial map and study through ``harness.compat``."""
     import optuna
     from ray.tune.search import Searcher
     from ray.tune.search.optuna import OptunaSearch
@@ -386,20 +376,20 @@ def _fresh_optuna_search():
                 config = super().suggest(trial_id)
                 if not isinstance(config, dict):
                     return config
-                asked = self._ot_trials[trial_id]
-                held = {json.dumps(t.params, sort_keys=True) for t in self._ot_study.get_trials(
+                asked, study = compat.searcher_trial(self, trial_id), compat.searcher_study(self)
+                held = {json.dumps(t.params, sort_keys=True) for t in study.get_trials(
                     deepcopy=False, states=(state.COMPLETE, state.RUNNING)) if t.number != asked.number}
                 if json.dumps(asked.params, sort_keys=True) not in held:
                     return config
-                self._ot_study.tell(asked, state=state.PRUNED)
-                del self._ot_trials[trial_id]
+                study.tell(asked, state=state.PRUNED)
+                compat.searcher_forget(self, trial_id)
             return Searcher.FINISHED
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
             # Only a trial's final result carries its objectives: one stopped at a rung is PRUNED
             # (its rung numbers are no final score), one that raised is FAIL. The trial's own
             # time (Ray's, from its start) is kept for the hypervolume-against-trial-time figure.
-            asked = self._ot_trials.get(trial_id)
+            asked = compat.searcher_trial(self, trial_id)
             if asked is not None and result:
                 asked.set_user_attr("trial_time_s", float(result.get("time_total_s", 0.0)))
                 if "epoch" in result:
@@ -479,7 +469,7 @@ def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: s
         chash = spec_hash(spec)
         # The Optuna trial behind the Ray trial (OptunaSearch keeps the map), so that a row of
         # pareto.md (its "trial" column) leads to its MLflow run (tag.optuna_trial).
-        asked = searcher._ot_trials.get(trial.trial_id)
+        asked = compat.searcher_trial(searcher, trial.trial_id)
         if asked is not None:
             spec = spec.model_copy(update={"tags": {**spec.tags, "optuna_trial": str(asked.number)}})
         return spec, chash

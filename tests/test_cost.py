@@ -110,3 +110,27 @@ def test_a_net_the_counter_cannot_cost_is_refused_at_dry_run_naming_the_op(tmp_p
     err = capsys.readouterr().err
     assert "variant 'v' cannot be costed" in err and "aten::cumsum" in err and "COST_HANDLES.register" in err
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_latency_is_the_median_of_single_warm_runs():
+    import time
+
+    from harness.cost import measure_latency
+
+    class Slow(nn.Module):
+        """Sleeps 30 ms a call, 300 ms on its first (a cold start the warm-up must absorb)."""
+
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            time.sleep(0.3 if self.calls == 1 else 0.03)
+            return x
+
+    net = Slow()
+    latency = measure_latency(net, (1, 1, 2, 2, 2), warmup=1, runs=3)
+    assert net.calls == 4  # one warm-up, three timed
+    assert 0.03 <= latency < 0.2  # the cold first call is not in it

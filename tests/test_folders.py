@@ -174,6 +174,13 @@ def _break(kind, root):
     elif kind == "channels":
         img = root / "imagesTr" / "prostate_01.nii.gz"
         _nii(img, np.stack([np.asarray(nib.load(str(img)).dataobj)] * 2, -1))
+    elif kind in ("no list", "entry"):
+        meta = json.loads((root / "dataset.json").read_text())
+        if kind == "no list":
+            del meta["training"]
+        else:
+            meta["training"][0] = {"image": meta["training"][0]["image"]}
+        (root / "dataset.json").write_text(json.dumps(meta))
 
 
 BROKEN = [
@@ -183,6 +190,8 @@ BROKEN = [
     ("labels", "prostate_01: prostate_01.nii.gz has label values [7] outside the declared [0, 1, 2]"),
     ("truncated", "prostate_01: prostate_01.nii.gz: unreadable"),
     ("channels", "prostate_01: image has 2 channel(s), the data set declares 1"),
+    ("no list", "dataset.json: unreadable (ValueError: Data list training not specified"),
+    ("entry", "dataset.json: training[0]: needs 'image' and 'label'"),
 ]
 
 
@@ -274,24 +283,22 @@ def test_study_on_a_real_data_folder_end_to_end(tmp_path):
 def test_data_root_points_a_paper_table_at_real_folders(tmp_path, capsys):
     from pathlib import Path
 
-    from harness.config import load_study, resolve
-    from harness.config import apply_data_roots
+    from harness.config import load_study, resolve, with_data_roots
 
     studies = Path(__file__).parents[1] / "studies"
     root = make_msd(tmp_path / "Task05_Prostate", channels=2)
-    table3 = load_study(studies / "dsm_table3_msd.yaml")
-    apply_data_roots(table3, "smoke", [f"prostate={root}"])
+    study = load_study(studies / "dsm_table3_msd.yaml")
+    table3 = with_data_roots(study, "smoke", [f"prostate={root}"])
+    assert study.tasks["prostate"]["smoke"].dataset == "synthetic_depth"  # the study as loaded is left alone
     specs = {s.variant: s for s in resolve(table3, "smoke")}
     assert specs["prostate-VFN"].data.dataset == "msd" and specs["prostate-VFN"].data.params == {"root": str(root)}
     assert specs["heart-VFN"].data.dataset == "synthetic_depth"  # other tasks untouched
     brats = make_brats(tmp_path / "brats", n=5)
-    table1 = load_study(studies / "dsm_table1_brats20.yaml")
-    apply_data_roots(table1, "smoke", [str(brats)])
+    table1 = with_data_roots(load_study(studies / "dsm_table1_brats20.yaml"), "smoke", [str(brats)])
     spec = resolve(table1, "smoke")[0]
     assert spec.data.dataset == "brats" and spec.data.params == {"root": str(brats)}
     # A study's data.folder: the paper's preprocessing of the real folder (ConResNet Table II's CT window).
-    pancreas = load_study(studies / "conres_table2_pancreas.yaml")
-    apply_data_roots(pancreas, "paper", [str(root)])
+    pancreas = with_data_roots(load_study(studies / "conres_table2_pancreas.yaml"), "paper", [str(root)])
     spec = resolve(pancreas, "paper", folds=4)[0]
     assert spec.data.dataset == "msd"
     assert spec.data.params == {"root": str(root), "ct_window": [-100, 240], "folds": 4, "fold": 0}
@@ -314,7 +321,7 @@ def test_preprocessing_in_worker_processes_matches_one_process(tmp_path, monkeyp
 def test_brats_folder_in_multi_class_mode_keeps_its_label_encoding_through_data_root(tmp_path):
     from pathlib import Path
 
-    from harness.config import apply_data_roots, load_study, resolve
+    from harness.config import load_study, resolve, with_data_roots
 
     brats = make_brats(tmp_path / "brats", n=5)
     regions, classes = build_task("brats", root=str(brats)), build_task("brats", root=str(brats), labels="classes")
@@ -324,8 +331,8 @@ def test_brats_folder_in_multi_class_mode_keeps_its_label_encoding_through_data_
         assert np.array_equal(classes.merge(torch.from_numpy(b.label)[None].float())[0].numpy(), a.label)
     with pytest.raises(ValueError, match="data.labels: classes splits BraTS"):
         build_task("msd", root=str(make_msd(tmp_path / "Task05_Prostate", channels=2)), labels="classes")
-    table5 = load_study(Path(__file__).parents[1] / "studies" / "conres_table5_modes.yaml")
-    apply_data_roots(table5, "smoke", [f"binary={brats}", f"multi={brats}"])
+    table5 = with_data_roots(load_study(Path(__file__).parents[1] / "studies" / "conres_table5_modes.yaml"), "smoke",
+                             [f"binary={brats}", f"multi={brats}"])
     specs = {s.variant: s for s in resolve(table5, "smoke")}
     assert specs["conresnet"].data.params == {"root": str(brats)}
     assert specs["conresnet_multi"].data.params == {"root": str(brats), "labels": "classes"}  # the study's choice kept

@@ -233,7 +233,7 @@ def test_without_a_usable_kernel_the_op_falls_back_to_torch(broken, monkeypatch,
     _kernel.cache_clear()
     try:
         assert _kernel() is None
-        assert "no compiled kernel" in caplog.text
+        assert ("no compiled kernel" if broken == "no compiler" else "does not load") in caplog.text
         x = torch.randn(1, 8, 2, 4, 4)
         assert torch.equal(group_shift(x, (2, 2, 2), 0.5), literal_eqs(x, (2, 2, 2), 0.5))
         assert "kernel" not in gs_module._METHOD.values()

@@ -34,6 +34,25 @@ def test_monai_nets_with_required_channels_validate(monkeypatch, tmp_path):
     assert [s.model.name for s in specs] == ["gsp_unet", "monai_unet", "monai_basic_unet"]
 
 
+@pytest.mark.parametrize("route", [None, True, False])
+def test_the_cpu_conv_route_takes_a_plugins_net_only_when_the_study_asks(monkeypatch, tmp_path, route):
+    from torch import nn
+
+    from harness.config import load_study, resolve
+    from harness.data import build_task
+    from harness.ops.conv import Conv3d
+    from harness.train import trial_model
+
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    study = {**STUDY, "train": {**STUDY["train"], **({} if route is None else {"cpu_conv_route": route})}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    for spec in resolve(load_study(tmp_path / "s.yaml"), "smoke")[:2]:  # the built-in net, MONAI's UNet
+        net = trial_model(spec, build_task(spec.data.dataset, **spec.data.params))
+        routed = {type(m) is Conv3d for m in net.modules() if isinstance(m, nn.Conv3d)}
+        builtin = spec.model.name == "gsp_unet"
+        assert routed == {builtin if route is None else route}, (spec.model.name, route)
+
+
 @pytest.mark.slow
 def test_monai_nets_run_are_costed_and_report_without_a_harness_edit(tmp_path):
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(STUDY))

@@ -217,8 +217,7 @@ def test_a_search_whose_tuner_raises_exits_1_with_the_cause(tmp_path, monkeypatc
 
 def test_a_resumed_sampler_never_trains_a_configuration_twice_and_stops_when_the_space_is_spent(tmp_path):
     # NSGA-II restarts from its seed on resume and re-proposes its first generation: the searcher
-    # tells each repeat PRUNED and asks again. Relies on OptunaSearch's private _ot_trials and
-    # _ot_study: this test fails loudly when an installed Ray renames them.
+    # tells each repeat PRUNED and asks again.
     from optuna.storages.journal import JournalFileBackend
     from ray.tune.search import Searcher
 
@@ -332,7 +331,7 @@ def test_promotion_order_ranks_by_non_domination_then_crowding():
 
 
 def test_hypervolume_matches_hand_computed_fronts():
-    """Pins Optuna's private WFG hypervolume (``optuna._hypervolume``) that ``harness.pareto`` wraps."""
+    """Hypervolume in the objectives' own units and directions, against hand-computed fronts."""
     from harness.pareto import hypervolume
 
     # Dice up, GMACs down, reference (0, 10): 60 x 9 + (70 - 60) x 5.

@@ -87,6 +87,10 @@ def test_evaluate_counts_sensitivity_specificity_and_empty_conventions():
     assert out["dice_a"] == pytest.approx(100 * 2 * 64 / (72 + 128))
     assert out["dice_b"] == 100.0 and math.isnan(out["sens_b"]) and out["spec_b"] == 100.0  # both empty
     assert out["hd95_b"] == 0.0  # BraTS convention: both empty is a perfect 0
+    from monai.metrics import HausdorffDistanceMetric
+
+    alone = HausdorffDistanceMetric(percentile=95)(pred[None, :1].float(), torch.from_numpy(ref[None, :1]).float())
+    assert out["hd95_a"] == pytest.approx(float(alone)) and out["hd95_a"] > 0  # region a's own distance
     # A region the net misses (or invents) scores the volume's diagonal, never drops out of the mean.
     missed = evaluate(_Fixed(torch.zeros_like(pred)), task, TrainCfg(patch=[4, 8, 8], batch_size=1),
                       torch.device("cpu"))

@@ -3,6 +3,7 @@ backward, at every kind of edge; the op falls back to F.interpolate where the ke
 import platform
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -124,9 +125,59 @@ def test_without_a_usable_kernel_the_op_is_f_interpolate(broken, monkeypatch, ca
         up._kernel.cache_clear()
 
 
-def test_a_failed_build_raises_subprocess_error(tmp_path):
-    # What _kernel catches: a compiler that exits non-zero.
+def test_a_failed_build_is_said_once_and_never_compiled_again(tmp_path, monkeypatch):
     bad = tmp_path / "bad.c"
     bad.write_text("this is not C\n")
-    with pytest.raises(subprocess.CalledProcessError):
-        native.build([native.compiler(), "-shared", "-fPIC", str(bad)], tmp_path, bad)
+    command = [native.compiler(), "-shared", "-fPIC", str(bad)]
+    with pytest.raises(native.BuildError) as first:
+        native.build(command, tmp_path, bad)
+    assert first.value.fresh and "exited" in first.value.message and first.value.record.exists()
+    ran = []
+    real = subprocess.run
+    monkeypatch.setattr(native.subprocess, "run", lambda cmd, *a, **k: ran.append(cmd) or real(cmd, *a, **k))
+    with pytest.raises(native.BuildError) as again:  # another worker, a later run: the record answers
+        native.build(command, tmp_path, bad)
+    assert not again.value.fresh and again.value.message == first.value.message
+    assert not [c for c in ran if "-o" in c]  # the compiler did not run again
+
+
+def test_workers_building_at_once_compile_once(tmp_path):
+    # A stand-in compiler that counts its runs and is slow enough for the workers to overlap.
+    cc = tmp_path / "cc"
+    cc.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo fake-cc 1.0; exit 0; }\n"
+                  f"echo run >> {tmp_path}/runs\nsleep 1\n"
+                  "while [ $# -gt 0 ]; do [ \"$1\" = -o ] && echo lib > \"$2\"; shift; done\n")
+    cc.chmod(0o755)
+    src = tmp_path / "k.c"
+    src.write_text("int f(void) { return 1; }\n")
+    code = f"from pathlib import Path; from harness.ops import native; print(native.build([{str(cc)!r}, {str(src)!r}], Path({str(tmp_path / 'cache')!r}), Path({str(src)!r})))"
+    workers = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    libs = {w.communicate(timeout=60)[0].strip() for w in workers}
+    assert all(w.returncode == 0 for w in workers) and len(libs) == 1
+    assert (tmp_path / "runs").read_text().count("run") == 1
+
+
+def test_the_cache_key_holds_the_compiler_and_the_cpu(tmp_path, monkeypatch):
+    src = tmp_path / "k.c"
+    src.write_text("int f(void) { return 1; }\n")
+    command = [native.compiler(), "-shared", "-fPIC", str(src)]
+    first = native.build(command, tmp_path, src)
+    assert native.build(command, tmp_path, src) == first  # cached
+    monkeypatch.setattr(native, "_compiler_version", lambda cc: "another compiler 99")
+    assert native.build(command, tmp_path, src) != first
+    monkeypatch.setattr(native, "_cpu", lambda: "x86_64 flags : fpu sse2")
+    assert len({native.build(command, tmp_path, src), first}) == 2
+
+
+def test_the_cpu_layer_is_off_on_an_untested_torch(monkeypatch, caplog):
+    monkeypatch.delenv("HARNESS_CPU_KERNELS", raising=False)
+    assert native.enabled() == (".".join(torch.__version__.split(".")[:2]) in native.TESTED_TORCH)
+    monkeypatch.setattr(torch, "__version__", "9.1.0+cpu")
+    assert not native.enabled() and "tested on torch" in caplog.text and "9.1.0" in caplog.text
+    monkeypatch.setenv("HARNESS_CPU_KERNELS", "1")  # asked for: on
+    assert native.enabled()
+    monkeypatch.setenv("HARNESS_CPU_KERNELS", "0")
+    monkeypatch.setattr(torch, "__version__", f"{native.TESTED_TORCH[0]}.0")
+    assert not native.enabled()
+
+

@@ -16,7 +16,7 @@ from harness.config.schema import (BEST, ClaimCfg, CombinedCfg, ComponentCfg, Co
 from harness.config.expand import _merge, table_rows, variants
 from harness.config.checks import check_data, check_exclusive, check_model, check_patch_fits, check_train
 from harness.config.layout import check_layout, claim_members
-from harness.config.load import (MAX_YAML_NODES, MODULE_NAME, PORTABLE_DATA_PARAMS, apply_data_roots, import_plugins,
+from harness.config.load import (MAX_YAML_NODES, MODULE_NAME, PORTABLE_DATA_PARAMS, with_data_roots, import_plugins,
                                  load_study, load_yaml)
 from harness.config.resolve import combined_keys, config_hash, resolve, resolve_variant, spec_hash
 
@@ -24,6 +24,6 @@ __all__ = ["BEST", "ClaimCfg", "CombinedCfg", "ComponentCfg", "ConfigError", "Co
            "DeepSupervisionCfg", "EXACT_COSTS", "ExpectedValue", "LayoutCfg", "MAX_YAML_NODES", "MODULE_NAME",
            "ModelCfg", "PLAIN_NAME", "PORTABLE_DATA_PARAMS", "ParamGroupCfg", "ResourcesCfg", "SCALES", "ScaleCfg",
            "Side", "StudyCfg", "SubmissionCfg", "TaskScaleCfg", "TrainCfg", "TrialSpec", "VariantCfg", "_Strict",
-           "_merge", "apply_data_roots", "check_data", "check_exclusive", "check_layout", "check_model",
+           "_merge", "with_data_roots", "check_data", "check_exclusive", "check_layout", "check_model",
            "check_patch_fits", "check_train", "claim_members", "combined_keys", "config_hash", "import_plugins",
            "load_study", "load_yaml", "resolve", "resolve_variant", "spec_hash", "table_rows", "variants"]

@@ -119,6 +119,8 @@ def check_model(model: ModelCfg, patch: list[int], where: str, output: str = "si
             raise ConfigError(f"{where}: model.params.{k} is set by the data set (its channels and regions); remove it")
         if k == "output":
             raise ConfigError(f"{where}: model.params.output is set from train.output; remove it")
+        if k == "cpu_conv_route":
+            raise ConfigError(f"{where}: model.params.cpu_conv_route: a training setting; write train.cpu_conv_route")
         if k not in allowed:
             raise ConfigError(str(UnknownNameError(f"parameter of model {model.name!r}", k, allowed,
                                                    f"{where}: model.params")))

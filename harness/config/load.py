@@ -169,13 +169,17 @@ def import_plugins(modules: list[str]) -> None:
 PORTABLE_DATA_PARAMS = ("labels",)  # kept when --data-root swaps a synthetic set for a folder
 
 
-def apply_data_roots(study: StudyCfg, scale: str, roots: list[str]) -> None:
-    """``--data-root PATH`` points the study's data at a folder; ``TASK=PATH`` one of its tasks.
+def with_data_roots(study: StudyCfg, scale: str, roots: list[str]) -> StudyCfg:
+    """The study with its data at the folders of ``--data-root PATH`` (or ``TASK=PATH``, one of
+    its tasks); ``study`` itself is left as it is.
 
     A synthetic data set is replaced by the folder's format (detected), with the study's
     ``data.folder`` parameters, so a paper table runs on real data without editing its study
     file; the task's training overrides stay.
     """
+    if not roots:
+        return study
+    study = study.model_copy(deep=True)
     for item in roots:
         name, sep, path = item.partition("=")
         if sep and re.fullmatch(r"[A-Za-z0-9_.-]+", name) and not Path(item).exists():
@@ -209,3 +213,4 @@ def apply_data_roots(study: StudyCfg, scale: str, roots: list[str]) -> None:
         else:
             study.data = DataCfg(dataset=dataset)
             study.scales[scale].data = params
+    return study

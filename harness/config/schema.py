@@ -154,6 +154,9 @@ class TrainCfg(_Strict):
     inferer: ComponentCfg = Field(default_factory=lambda: ComponentCfg(name="sliding_window"))
     callbacks: list[ComponentCfg] = Field(default_factory=list)
     amp: bool = True  # CUDA only
+    # The CPU layer's batch-1 convolution route (harness.ops.conv): unset, the harness's own
+    # families' nets only; true, a plugin's nets too; false, none.
+    cpu_conv_route: Optional[bool] = None
     num_workers: int = Field(0, ge=0)
 
     @model_validator(mode="before")

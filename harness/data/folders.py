@@ -3,7 +3,7 @@
 Each format has a scanner (folder -> channels, regions, allowed label values, case files),
 a checker (``check_folder``: every problem as one line, before anyone spends GPU hours) and
 a registered data set whose cases are preprocessed once, as the papers describe, and cached
-as memory-mapped arrays (``task.cached``): read (nibabel for NIfTI, SimpleITK for
+as memory-mapped arrays (``task.cached``): read (MONAI's LoadImage for NIfTI, SimpleITK for
 MetaImage), crop to the image's non-zero bounding box, resample to a target spacing, then
 normalise (z-score over the foreground per channel, the BraTS 2020 percentile clip and min-max,
 or CT window clipping and scaling).
@@ -90,19 +90,24 @@ def scan_msd(root: Path) -> Layout:
     meta_path = root / "dataset.json"
     if not meta_path.is_file():
         raise DataFolderError(str(root), [f"{meta_path}: missing (every Decathlon task has a dataset.json)"])
+    from monai.data import load_decathlon_datalist, load_decathlon_properties
+
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = load_decathlon_properties(meta_path, ["modality", "labels"])
         modalities = [meta["modality"][k] for k in sorted(meta["modality"], key=int)]
         labels = {int(k): v for k, v in meta["labels"].items()}
-        training = meta["training"]
-    except (ValueError, KeyError, TypeError) as e:
+        training = load_decathlon_datalist(meta_path, is_segmentation=True, data_list_key="training", base_dir=root)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise DataFolderError(str(root), [f"{meta_path}: unreadable ({type(e).__name__}: {e}); needs "
                                           "'modality', 'labels' and 'training'"]) from None
     fg = sorted(k for k in labels if k != 0)
     cases, problems = [], []
-    for entry in training:
-        img, lab = root / entry["image"], root / entry["label"]
-        cid = Path(entry["image"]).name.split(".")[0]
+    for i, entry in enumerate(training):  # MONAI's list: paths made absolute under the task folder
+        if not isinstance(entry, dict) or not {"image", "label"} <= set(entry):
+            problems.append(f"{meta_path}: training[{i}]: needs 'image' and 'label' (got {entry!r:.80})")
+            continue
+        img, lab = Path(entry["image"]), Path(entry["label"])
+        cid = img.name.split(".")[0]
         missing = [p for p in (img, lab) if not p.is_file()]
         problems += [f"{cid}: {p}: missing (listed in dataset.json)" for p in missing]
         if not missing:
@@ -186,20 +191,22 @@ def _is_nifti(path: Path) -> bool:
 def _read(path: Path) -> tuple[np.ndarray, tuple]:
     """Voxels as (z, y, x) or (C, z, y, x), and the geometry of the spatial axes.
 
-    NIfTI goes through nibabel, which fails on a truncated gzip stream (SimpleITK quietly
-    returns the voxels it got); MetaImage and the rest through SimpleITK. Any failure to
-    read is a ``RuntimeError`` naming the cause.
+    NIfTI goes through MONAI's ``LoadImage`` with its nibabel reader, which fails on a truncated
+    gzip stream (SimpleITK quietly returns the voxels it got), in the file's own dtype and
+    orientation; MetaImage and the rest through SimpleITK (MONAI's ITK reader needs the ``itk``
+    package, which the harness does not install). Any failure to read is a ``RuntimeError``
+    naming the cause.
     """
     try:
         if _is_nifti(path):
-            import nibabel as nib
+            from monai.transforms import LoadImage
 
-            img = nib.load(str(path))
-            data = np.asanyarray(img.dataobj)
-            zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-            rot = img.affine[:3, :3] / np.asarray(zooms)
+            img = LoadImage(reader="NibabelReader", image_only=True, dtype=None)(str(path))  # (x, y, z[, c])
+            data, affine = img.numpy(), img.affine.numpy()
+            zooms = tuple(float(z) for z in img.meta["pixdim"][1:4])
+            rot = affine[:3, :3] / np.asarray(zooms)
             arr = data.transpose(2, 1, 0) if data.ndim == 3 else data.transpose(3, 2, 1, 0)
-            return arr, (tuple(data.shape[:3]), zooms, tuple(img.affine[:3, 3].tolist()), rot.ravel().tolist())
+            return arr, (tuple(data.shape[:3]), zooms, tuple(affine[:3, 3].tolist()), rot.ravel().tolist())
         import SimpleITK as sitk
 
         img = sitk.ReadImage(str(path))

@@ -9,7 +9,7 @@ from harness.registry import MODELS
 __all__ = ["MODELS", "build_model"]
 
 
-def build_model(name: str, input_size=None, output=None, **params):
+def build_model(name: str, input_size=None, output=None, cpu_conv_route: bool | None = None, **params):
     """Create a registered model; unknown names get a "did you mean" error.
 
     A model whose layers depend on the input's size (a fully connected bottleneck) declares an
@@ -18,7 +18,8 @@ def build_model(name: str, input_size=None, output=None, **params):
     predict the regions, not the softmax background) declares ``output``; it receives
     ``train.output``. A built-in family's ``nn.Conv3d`` layers run batch-1 CPU convolutions on
     oneDNN (``harness.ops.conv``), not on PyTorch's fallback (up to 11x slower, ``harness bench``;
-    ``HARNESS_CPU_KERNELS=0`` turns it off).
+    ``HARNESS_CPU_KERNELS=0`` turns it off); ``cpu_conv_route`` (``train.cpu_conv_route``) True
+    routes a plugin's net too, False none.
     """
     cls = MODELS.get(name, field="model.name")
     declared = inspect.signature(cls).parameters
@@ -27,6 +28,7 @@ def build_model(name: str, input_size=None, output=None, **params):
     if output is not None and "output" in declared:
         params["output"] = output
     model = cls(**params)
-    # The batch-1 CPU convolution route (harness.ops.conv) for the harness's own families only: a
-    # plugin's net (MONAI's, timm's) runs as its authors wrote it.
-    return onednn_convs(model) if cls.__module__.startswith("harness.") else model
+    # The batch-1 CPU convolution route (harness.ops.conv) for the harness's own families unless
+    # the study says otherwise: a plugin's net (MONAI's, timm's) runs as its authors wrote it.
+    route = cls.__module__.startswith("harness.") if cpu_conv_route is None else cpu_conv_route
+    return onednn_convs(model) if route else model

@@ -24,7 +24,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import subprocess
 from functools import lru_cache
 from pathlib import Path
 
@@ -53,11 +52,14 @@ def _kernel():
     try:
         try:
             lib = native.build([*command, "-fopenmp", "-lm"], cache_dir(), _SOURCE)
-        except subprocess.SubprocessError:  # no OpenMP (e.g. Apple clang): one thread
+        except native.BuildError:  # no OpenMP (e.g. Apple clang): one thread
             lib = native.build([*command, "-lm"], cache_dir(), _SOURCE)
         dll = ctypes.CDLL(str(lib))
-    except (OSError, subprocess.SubprocessError) as e:
-        log.warning("upsample: no compiled kernel (%s); using PyTorch's", e)
+    except native.BuildError as e:
+        native.unavailable("upsample", e)
+        return None
+    except OSError as e:  # built, but dlopen refuses it (e.g. a cache on a noexec mount)
+        log.warning("upsample: the compiled kernel does not load (%s); using PyTorch's", e)
         return None
     for fn in (dll.up_forward, dll.up_backward):
         fn.restype = ctypes.c_int

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from harness import stats as stats_
-from harness.config import ConfigError, apply_data_roots, load_study
+from harness.config import ConfigError, with_data_roots, load_study
 from harness.report.claims import (_claims_of, _counts, claims_legend, claims_markdown, claims_table, comparisons,
                                    md_text)
 from harness.report.plots import plots
@@ -25,7 +25,7 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
     ConfigError, raised before anything is written.
     """
     study = load_study(path)
-    apply_data_roots(study, scale, data_roots or [])
+    study = with_data_roots(study, scale, data_roots or [])
     runs = load_runs(study, scale, tracking_uri)
     if require_runs and runs.trials.empty and not runs.failed and not runs.stale:
         raise ConfigError(f"{study.name}@{scale}: no runs in {tracking_uri}; run `harness run {path} --scale "

@@ -34,7 +34,6 @@ import ctypes
 import logging
 import math
 import os
-import subprocess
 from functools import lru_cache
 from pathlib import Path
 
@@ -42,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness import compat
 from harness.cache import cache_dir
 from harness.cost import zero_cost
 from harness.ops import native
@@ -203,9 +203,9 @@ _KERNEL_BYTES_PER_THREAD = {True: 1 << 16, False: 1 << 23}  # keyed by "built wi
 def _kernel():
     """The compiled ``group_shift_kernel.c`` (``ctypes``), or None where it cannot be built.
 
-    Built once per source version with the system C compiler (``$CC``, else ``cc``) into
-    ``$HARNESS_CACHE`` (default ``~/.cache/harness``); a plain C file with no Python or torch
-    headers, so it builds in under a second. With OpenMP (``-fopenmp``) where the compiler has
+    Built once with the system C compiler (``$CC``, else ``cc``) by ``harness.ops.native.build``
+    (cached, under a file lock, a failure recorded and said once); a plain C file with no Python
+    or torch headers, so it builds in under a second. With OpenMP (``-fopenmp``) where the compiler has
     it: its threads are then torch's (the loader binds ``libgomp.so.1`` to the copy torch
     loaded); else a pthread per call. ``HARNESS_GS_KERNEL=0`` turns it off.
     """
@@ -215,10 +215,13 @@ def _kernel():
     try:
         try:
             return _load(native.build([*command, "-fopenmp"], cache, _KERNEL_SOURCE))
-        except subprocess.SubprocessError:  # no OpenMP (e.g. Apple clang): pthreads
+        except native.BuildError:  # no OpenMP (e.g. Apple clang): pthreads
             return _load(native.build(command, cache, _KERNEL_SOURCE))
-    except (OSError, subprocess.SubprocessError) as e:  # no compiler; a cache on a noexec mount
-        log.warning("group_shift: no compiled kernel (%s); using the torch realisations", e)
+    except native.BuildError as e:  # no compiler, or it refuses the file: said once
+        native.unavailable("group_shift", e)
+        return None
+    except OSError as e:  # built, but dlopen refuses it (e.g. a cache on a noexec mount)
+        log.warning("group_shift: the compiled kernel does not load (%s); using the torch realisations", e)
         return None
 
 
@@ -375,14 +378,10 @@ class _GroupShiftFn(torch.autograd.Function):
         ctx.groups, ctx.shift_ratio = groups, shift_ratio
         # Under a jit trace (fvcore's count) the op is one node, a zero-MAC permutation: its
         # inner copies, gathers and first-call timings stay out of the graph.
-        tracing = torch._C._get_tracing_state()
-        if tracing is None:
+        if not compat.is_tracing():
             return _shift(x.contiguous(), groups, shift_ratio, inverse=False)
-        torch._C._set_tracing_state(None)
-        try:
+        with compat.untraced():
             return _shift(x.contiguous(), groups, shift_ratio, inverse=False)
-        finally:
-            torch._C._set_tracing_state(tracing)
 
     @staticmethod
     def backward(ctx, grad):
@@ -398,7 +397,7 @@ def group_shift(x: torch.Tensor, groups, shift_ratio: float = 0.5) -> torch.Tens
     """
     groups = tuple(map(int, groups))
     _check(_shape(x), groups, shift_ratio)
-    if torch._C._get_tracing_state() is None and not (x.requires_grad and torch.is_grad_enabled()):
+    if not compat.is_tracing() and not (x.requires_grad and torch.is_grad_enabled()):
         return _shift(x.contiguous(), groups, shift_ratio, inverse=False)  # no graph to record: skip autograd's wrapper
     return _GroupShiftFn.apply(x, groups, float(shift_ratio))
 

@@ -32,6 +32,7 @@ authors' original net returned half resolution, upsampled outside the model.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Mapping, Sequence
 
 import torch
@@ -46,6 +47,12 @@ def _smooth(x: torch.Tensor, kernels: Sequence[int]) -> torch.Tensor:
     for k in kernels:  # stride-1 average pooling, zero padding counted (PyTorch's default, as the code)
         x = F.avg_pool3d(x, k, stride=1, padding=k // 2)
     return x
+
+
+def _label_at(target: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """The label (N, R, D, H, W) read at the points ``grid`` (N, S, 1, 1, 3): (N, R, S, 1, 1),
+    nearest voxel (a label is never interpolated)."""
+    return F.grid_sample(target.float(), grid.to(target.device), mode="nearest", align_corners=True)
 
 
 class DenseBlock1x1(nn.Module):
@@ -89,8 +96,9 @@ class ObeliskNet(nn.Module):
         smooth: kernel sizes of the stride-1 average poolings applied to the image first.
         sparse_points: in training, classify this many random points per image instead of the
             regular grid (Table 2's sparse training; the paper: 192) and return
-            ``{"seg": (B, L, S, 1, 1), "points": (B, S, 1, 1, 3)}`` (the output contract); 0 trains
-            densely. Evaluation always uses the regular grid.
+            ``{"seg": (B, L, S, 1, 1), "points": (B, S, 1, 1, 3), "target_at": ...}``, the points in
+            ``grid_sample``'s (x, y, z) coordinates (``align_corners=True``) and ``target_at`` the
+            label read at them (the output contract); 0 trains densely. Evaluation always uses the regular grid.
 
     Shapes: (B, C, D, H, W) -> (B, L, D, H, W); the OBELISK layer samples ceil(D/s) x ceil(H/s)
     x ceil(W/s) points, the dense-net classifies each, and trilinear upsampling returns to D, H, W.
@@ -134,8 +142,8 @@ class ObeliskNet(nn.Module):
         elif grid is None:
             grid = regular_grid(coarse_size(size, self.grid_stride), self.obelisk.align_corners, x.device)
         f = self.head(self.dense(self.reduce(self.obelisk(_smooth(x, self.smooth), grid.to(x.dtype)))))
-        if sparse:
-            return {"seg": f, "points": grid}
+        if sparse:  # the loss reads the label where the net predicted (harness.contract: target_at)
+            return {"seg": f, "points": grid, "target_at": partial(_label_at, grid=grid)}
         return F.interpolate(f, size=size, mode="trilinear", align_corners=False)
 
 
