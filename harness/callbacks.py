@@ -60,6 +60,11 @@ class Callback:
         return None
 
 
+def _check_swa(start: float) -> None:
+    if not 0 <= start < 1:
+        raise ValueError(f"start: {start} is outside [0, 1)")
+
+
 class SWA(Callback):
     """Stochastic weight averaging (Izmailov et al. 2018) with ``torch.optim.swa_utils``:
     w_swa <- (n w_swa + w) / (n + 1) at the end of every epoch from ``start`` (a fraction of
@@ -67,8 +72,7 @@ class SWA(Callback):
     and the averaged network is what gets evaluated, costed and saved."""
 
     def __init__(self, start: float = 0.75):
-        if not 0 <= start < 1:
-            raise ValueError(f"start: {start} is outside [0, 1)")
+        _check_swa(start)
         self.start, self.swa = start, None
 
     def on_epoch_end(self, ctx: LoopContext) -> None:
@@ -86,7 +90,7 @@ class SWA(Callback):
         return self.swa.module
 
 
-@CALLBACKS.register("swa")
+@CALLBACKS.register("swa", check=_check_swa)
 def swa(start: float = 0.75) -> Callback:
     """Stochastic weight averaging over the last ``1 - start`` of the epochs."""
     return SWA(start)

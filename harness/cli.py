@@ -95,7 +95,7 @@ def cmd_cost(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from harness.config import check_model, load_study, resolve
+    from harness.config import build_checked_model, load_study, resolve
     from harness.contract import out_channels
     from harness.cost import cost_report
     from harness.data import build_task
@@ -108,11 +108,11 @@ def cmd_cost(args) -> int:
         for s in resolve(study, args.scale, 1):
             task = build_task(s.data.dataset, **s.data.params)  # per variant: a table may span tasks
             shape = args.input or s.cost.input or [1, task.in_channels, *s.train.patch]
+            build_checked_model(s.model, shape[2:], f"variant {s.variant!r}", s.train.output, shape[1],
+                                out_channels(len(task.regions), s.train.output))
             model = build_model(s.model.name, in_channels=shape[1], input_size=s.train.patch, output=s.train.output,
                                 out_channels=out_channels(len(task.regions), s.train.output),
                                 cpu_conv_route=s.train.cpu_conv_route, **s.model.params)
-            check_model(s.model, shape[2:], f"variant {s.variant!r}", s.train.output, shape[1],
-                        out_channels(len(task.regions), s.train.output))
             # As trials cost themselves: the study's inferer (TTA: every view) on one input-sized window.
             inferer = build_inferer(s.train.inferer, shape[2:], shape[0], s.train.output)
             print(f"costing {s.variant} at {'x'.join(map(str, shape))} ...", file=sys.stderr, flush=True)
@@ -128,8 +128,8 @@ def cmd_cost(args) -> int:
         import_plugins(args.plugin or [])
         shape = args.input or [1, 4, 64, 128, 128]
         params = dict(args.param or [])
-        check_model(ModelCfg(name=args.target, params=params), shape[2:], "cost", in_channels=shape[1],
-                    out_channels=args.out_channels)
+        build_checked_model(ModelCfg(name=args.target, params=params), shape[2:], "cost", in_channels=shape[1],
+                            out_channels=args.out_channels)
         model = build_model(args.target, in_channels=shape[1], out_channels=args.out_channels, input_size=shape[2:],
                             **params)
         rows.append({"name": args.target, **cost_report(model, shape, latency=not args.no_latency, train_shape=shape)})

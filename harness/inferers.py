@@ -41,16 +41,20 @@ def _segmentation(logits, network: Network) -> torch.Tensor:
     return logits
 
 
+def _check_window(overlap: float, mode: str) -> None:
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap: {overlap} is outside [0, 1)")
+    if mode not in ("constant", "gaussian"):
+        raise ValueError(f"mode: {mode!r} is not one of constant, gaussian")
+
+
 class SlidingWindow(Inferer):
     """MONAI sliding-window inference over ``patch``-sized windows, logits blended with
     ``mode`` weights and ``overlap``, then the output activation."""
 
     def __init__(self, patch: Sequence[int], batch_size: int, output: str, overlap: float = 0.25,
                  mode: str = "constant"):
-        if not 0 <= overlap < 1:
-            raise ValueError(f"overlap: {overlap} is outside [0, 1)")
-        if mode not in ("constant", "gaussian"):
-            raise ValueError(f"mode: {mode!r} is not one of constant, gaussian")
+        _check_window(overlap, mode)
         self.patch, self.batch_size, self.output, self.overlap, self.mode = list(patch), batch_size, output, overlap, mode
 
     def __call__(self, volume: torch.Tensor, network: Network) -> torch.Tensor:
@@ -59,11 +63,16 @@ class SlidingWindow(Inferer):
         return probabilities(_segmentation(logits, network).float(), self.output)
 
 
-@INFERERS.register("sliding_window")
+@INFERERS.register("sliding_window", check=_check_window)
 def sliding_window(patch: Sequence[int], batch_size: int, output: str, overlap: float = 0.25,
                    mode: str = "constant") -> Inferer:
     """Sliding window over the whole volume (the default; nnU-Net, MONAI)."""
     return SlidingWindow(patch, batch_size, output, overlap, mode)
+
+
+def _check_whole(divisor: int) -> None:
+    if divisor < 1:
+        raise ValueError(f"divisor: {divisor} must be >= 1")
 
 
 class WholeVolume(Inferer):
@@ -72,8 +81,7 @@ class WholeVolume(Inferer):
     the brain, "zero-padded to have each of the spatial dimensions divisible by 8")."""
 
     def __init__(self, output: str, divisor: int = 8):
-        if divisor < 1:
-            raise ValueError(f"divisor: {divisor} must be >= 1")
+        _check_whole(divisor)
         self.output, self.divisor = output, divisor
 
     def __call__(self, volume: torch.Tensor, network: Network) -> torch.Tensor:
@@ -84,7 +92,7 @@ class WholeVolume(Inferer):
         return probabilities(logits[..., :size[0], :size[1], :size[2]].float(), self.output)
 
 
-@INFERERS.register("whole_volume")
+@INFERERS.register("whole_volume", check=_check_whole)
 def whole_volume(patch: Sequence[int], batch_size: int, output: str, divisor: int = 8) -> Inferer:
     """The whole volume in one pass (BraTS 2020's inference), padded to a multiple of ``divisor``."""
     return WholeVolume(output, divisor)
@@ -129,22 +137,29 @@ class TTA(Inferer):
         return self.ensemble([v.inverse(self.base(v.forward(volume), network)) for v in self.views])
 
 
-@INFERERS.register("tta")
+def _check_tta(patch: Sequence[int], views: str, overlap: float, mode: str, base: str) -> None:
+    if views not in VIEW_SETS:
+        raise ValueError(f"views: {views!r} is not one of {', '.join(VIEW_SETS.names())}")
+    if base not in BASES:
+        raise ValueError(f"base: {base!r} is not one of {', '.join(BASES)}")
+    if base == "sliding_window":
+        _check_window(overlap, mode)
+        if any(v.rot % 2 for v in VIEW_SETS.get(views)()) and patch[1] != patch[2]:
+            raise ValueError(f"views {views!r} rotate the axial plane: the patch's H and W must be equal, "
+                             f"got {list(patch)}")
+
+
+@INFERERS.register("tta", check=_check_tta)
 def tta(patch: Sequence[int], batch_size: int, output: str, views: str = "mirror", overlap: float = 0.25,
         mode: str = "constant", base: str = "sliding_window") -> Inferer:
     """Test-time augmentation: every view of the registered view set ``views`` (``VIEW_SETS``;
     a family adds its own, e.g. BraTS 2020's 16) through the ``base`` inferer (the sliding
     window, or the whole volume), mapped back and averaged. Rotations in the axial plane need
     a square in-plane window (sliding window) or volume."""
-    if views not in VIEW_SETS:
-        raise ValueError(f"views: {views!r} is not one of {', '.join(VIEW_SETS.names())}")
+    _check_tta(patch, views, overlap, mode, base)
     view_set = VIEW_SETS.get(views)()
-    if base not in BASES:
-        raise ValueError(f"base: {base!r} is not one of {', '.join(BASES)}")
     if base == "whole_volume":
         return TTA(WholeVolume(output), view_set)
-    if any(v.rot % 2 for v in view_set) and patch[1] != patch[2]:
-        raise ValueError(f"views {views!r} rotate the axial plane: the patch's H and W must be equal, got {list(patch)}")
     return TTA(SlidingWindow(patch, batch_size, output, overlap, mode), view_set)
 
 

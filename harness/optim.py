@@ -59,13 +59,17 @@ def cosine(optimizer, total_steps: int, eta_min: float = 0.0):
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=eta_min)
 
 
-@SCHEDULES.register("flat_cosine")
+def _check_flat(flat: float) -> None:
+    if not 0 <= flat < 1:
+        raise ValueError(f"train.schedule.params.flat: {flat} is outside [0, 1)")
+
+
+@SCHEDULES.register("flat_cosine", check=_check_flat)
 def flat_cosine(optimizer, total_steps: int, flat: float = 0.5):
     """lr for the first ``flat`` of the run, then cosine annealing to 0 over the rest: BraTS
     2020's pipeline A (Henry et al. Sec. 2.5, "a cosine decay after 100 epochs" of 200).
     PyTorch's ``SequentialLR`` of ``ConstantLR`` (factor 1) and ``CosineAnnealingLR``."""
-    if not 0 <= flat < 1:
-        raise ValueError(f"train.schedule.params.flat: {flat} is outside [0, 1)")
+    _check_flat(flat)
     start = int(flat * total_steps)
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - start))
     if start == 0:
@@ -74,13 +78,17 @@ def flat_cosine(optimizer, total_steps: int, flat: float = 0.5):
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [hold, cosine], milestones=[start])
 
 
-@SCHEDULES.register("exponential")
-def exponential(optimizer, total_steps: int, gamma: float = 0.99, every: int = 1):
-    """lr * gamma ** (step // every) (PyTorch's ``StepLR``): OBELISK-Net's ExponentialLR(0.99)
-    per epoch is ``every`` = the study's steps per epoch."""
+def _check_exponential(gamma: float, every: int) -> None:
     if not 0 < gamma <= 1 or int(every) != every or every < 1:
         raise ValueError(f"train.schedule.params: need 0 < gamma <= 1 and a positive integer every, "
                          f"got gamma={gamma}, every={every}")
+
+
+@SCHEDULES.register("exponential", check=_check_exponential)
+def exponential(optimizer, total_steps: int, gamma: float = 0.99, every: int = 1):
+    """lr * gamma ** (step // every) (PyTorch's ``StepLR``): OBELISK-Net's ExponentialLR(0.99)
+    per epoch is ``every`` = the study's steps per epoch."""
+    _check_exponential(gamma, every)
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(every), gamma=gamma)
 
 

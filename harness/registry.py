@@ -82,6 +82,7 @@ class Registry:
         self.kind = kind
         self._items: dict[str, Callable] = {}
         self._origins: dict[str, str] = {}  # name -> the module that registered it
+        self._checks: dict[str, Callable] = {}  # name -> the values its factory refuses (check_values)
         self._builtins = builtins
 
     @property
@@ -92,12 +93,17 @@ class Registry:
             importlib.import_module("harness.families")  # the built-in families register like plugins
         return self._items
 
-    def register(self, name: str | None = None) -> Callable[[T], T]:
+    def register(self, name: str | None = None, check: Callable[..., None] | None = None) -> Callable[[T], T]:
+        """``check``: the values the factory refuses, as a function of some of its parameters
+        (injected ones included) that raises ValueError; validation calls it instead of
+        building the component (``check_values``), and the factory calls it too."""
         def deco(obj: T) -> T:
             key = name or obj.__name__  # type: ignore[attr-defined]
             if key in self._items:
                 raise ValueError(f"{self.kind} {key!r} is registered twice")
             self._items[key] = obj
+            if check is not None:
+                self._checks[key] = check
             # Who registered it (the module calling the decorator, whatever module defined obj):
             # a plugin that registers nothing is a mistake the study is told about.
             self._origins[key] = sys._getframe(1).f_globals.get("__name__", "")
@@ -137,6 +143,28 @@ class Registry:
         if missing:
             raise ValueError(f"{field}.params: {self.kind} {name!r} needs {', '.join(missing)}")
         check_types(factory, params, f"{field}.params")
+
+    def check_values(self, name: str, params: dict[str, Any], context: dict[str, Any] | None = None) -> None:
+        """Run ``name``'s registered check on ``params`` over the factory's defaults, with the
+        injected ``context`` (a loss's ``output``, an inferer's ``patch``): what the factory
+        would refuse, found without building it. Raises ValueError."""
+        check = self._checks.get(name)
+        if check is None:
+            return
+        factory = self.get(name)
+        args = {k: p.default for k, p in inspect.signature(factory).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+        args.update(context or {})
+        args.update(params)
+        wanted = inspect.signature(check).parameters
+        check(**{k: v for k, v in args.items() if k in wanted})
+
+    def returns(self, name: str) -> Any:
+        """What ``name``'s factory declares it returns (its return annotation), or None."""
+        try:
+            return typing.get_type_hints(self.get(name)).get("return")
+        except Exception:  # noqa: BLE001  an annotation only a type checker resolves
+            return None
 
     def names(self) -> list[str]:
         return sorted(self._entries)

@@ -22,9 +22,9 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import BeforeValidator, Field, model_validator
 
-from harness.config import (ConfigError, StudyCfg, TrialSpec, VariantCfg, _merge, _Strict, config_hash,
-                            import_plugins, load_study, load_yaml, resolve_variant)
-from harness.registry import MODELS, UnknownNameError
+from harness.config import (ConfigError, StudyCfg, TrialSpec, VariantCfg, _merge, _Strict, build_checked_model,
+                            config_hash, import_plugins, load_study, load_yaml, resolve_variant)
+from harness.registry import DATASETS, MODELS, UnknownNameError
 
 
 class Knob(_Strict):
@@ -188,7 +188,12 @@ class Space:
             if o.metric not in ("mean_dice", "gmacs", "params", "latency_ns_per_voxel", "peak_mem_mb",
                                 "macs_per_voxel", "mean_hd95") and not o.metric.startswith(("dice_", "hd95_")):
                 raise ConfigError(f"objectives: unknown metric {o.metric!r}")
-        self.spec_for(self.cfg_default())  # the base point must build
+        base = self.spec_for(self.cfg_default())  # the base point must build
+        from harness.contract import out_channels
+
+        task = DATASETS.get(base.data.dataset)(**base.data.params)  # lazy: channels and regions, no case read
+        build_checked_model(base.model, base.train.patch, "the space's base point", base.train.output,
+                            task.in_channels, out_channels(len(task.regions), base.train.output))
 
     def rungs(self) -> list[int]:
         """Epochs (from 1) at which the scheduler ranks trials (the base point's training length)."""

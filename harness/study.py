@@ -13,8 +13,8 @@ from rich.table import Table
 from pydantic import ValidationError
 
 from harness.combine import run_combined
-from harness.config import (ConfigError, ResourcesCfg, TrialSpec, with_data_roots, combined_keys, config_hash,
-                            load_study, resolve, spec_hash)
+from harness.config import (ConfigError, ResourcesCfg, TrialSpec, build_checked_model, combined_keys, config_hash,
+                            load_study, resolve, spec_hash, with_data_roots)
 from harness.data import Task, build_task
 from harness.cost import count_macs
 from harness.train import build_trial, pick_device, sample_transforms, train_step, trial_model
@@ -156,10 +156,12 @@ def largest_cpu_trial(specs_of: dict[str, list[TrialSpec]], tasks: dict[str, Tas
 
 
 def check_costable(specs: list[TrialSpec], tasks: dict[str, Task]) -> None:
-    """Count every architecture's MACs once, on ``_at_proxy``'s shrunk patch, before anything
-    trains: a net with an op the counter has no handle for is refused now (ConfigError naming
-    the op and how to register a handle), not after its training. Other failures are left to
-    the trial, which reports them as its own."""
+    """Build every architecture once, as its trials will (the values its factory refuses are a
+    ConfigError naming the variant), and count its MACs on ``_at_proxy``'s shrunk patch, before
+    anything trains: a net with an op the counter has no handle for is refused now (naming the
+    op and how to register a handle), not after its training. Other failures of the count are
+    left to the trial, which reports them as its own."""
+    from harness.contract import out_channels
     from harness.cost import UnsupportedOpError
 
     seen = set()
@@ -168,6 +170,9 @@ def check_costable(specs: list[TrialSpec], tasks: dict[str, Task]) -> None:
         if key in seen:
             continue
         seen.add(key)
+        task = tasks[config_hash(spec.data.model_dump())]
+        build_checked_model(spec.model, spec.train.patch, f"{spec.study}: variant {spec.variant!r}", spec.train.output,
+                            task.in_channels, out_channels(len(task.regions), spec.train.output))
         try:
             proxy_macs(spec, tasks[config_hash(spec.data.model_dump())])
         except UnsupportedOpError as e:

@@ -223,6 +223,9 @@ def _init_ray(address: str | None, verbose: int) -> None:
     env = {"HARNESS_CACHE": os.environ.get("HARNESS_CACHE", str(Path.home() / ".cache" / "harness")),
            "RAY_CHDIR_TO_TRIAL_DIR": "0", "PYTHONWARNINGS": "ignore", "KINETO_LOG_LEVEL": "5",
            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+           # The CPU layer's switches and compiler reach the workers of a cluster too.
+           **{k: os.environ[k] for k in ("HARNESS_CPU_KERNELS", "HARNESS_GS_KERNEL", "HARNESS_UPSAMPLE_KERNEL", "CC")
+              if k in os.environ},
            # A study's plugins (families outside harness/) import on the workers as on the driver.
            **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {})}
     if address and address not in ("auto", "local") and not address.startswith("ray://"):

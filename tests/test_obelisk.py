@@ -265,12 +265,12 @@ def test_the_obelisk_recipe_trains_end_to_end_on_the_abdomen_task():
 
 
 def test_the_harness_sizes_the_global_fc_for_the_patch():
-    from harness.config import ModelCfg, check_model
+    from harness.config import ModelCfg, build_checked_model
 
     fc = {"widths": [5, 10, 30, 50, 20], "decoder_widths": [20, 10, 8], "bottleneck": "fc"}
     paper = build_model("obelisk_unet", in_channels=1, out_channels=9, input_size=[144, 144, 144], **fc)
     assert count_params(paper) == 11_944_816 and paper.input_size == (144, 144, 144)
-    small = check_model(ModelCfg(name="obelisk_unet", params=fc), [32, 48, 64], "variant 'global_fc'")
+    small = build_checked_model(ModelCfg(name="obelisk_unet", params=fc), [32, 48, 64], "variant 'global_fc'")
     assert small.input_size == (32, 48, 64)
     assert build_model("obelisk_unet", in_channels=1, out_channels=9, input_size=[32, 32, 32]).input_size is None
 

@@ -1,5 +1,6 @@
 """The open training recipe: components by name, the output contract, targets, callbacks, hashes."""
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -69,6 +70,38 @@ def test_a_bare_name_is_a_component_and_params_are_checked_against_the_factory()
         assert message in str(e.value), (change, str(e.value))
     with pytest.raises(ValueError, match="train.momentum is now a component parameter: write optimizer"):
         TrainCfg(patch=[8, 8, 8], momentum=0.9)
+
+
+def test_validation_builds_no_component_and_still_refuses_bad_values(monkeypatch):
+    # Every recipe factory replaced by one that fails if called (its signature kept): checking a
+    # full recipe calls none of them, and a value its factory refuses is still refused.
+    import functools
+
+    from harness.registry import AUGMENTATIONS, CALLBACKS, INFERERS, LOSSES, OPTIMIZERS, SCHEDULES, TARGETS
+
+    def unbuildable(factory):
+        @functools.wraps(factory)
+        def built(*a, **k):
+            raise AssertionError(f"validation built {factory.__name__}")
+        return built
+
+    for reg in (AUGMENTATIONS, CALLBACKS, INFERERS, LOSSES, OPTIMIZERS, SCHEDULES, TARGETS):
+        for name in reg.names():
+            monkeypatch.setitem(reg._items, name, unbuildable(reg.get(name)))
+    full = dict(loss="dice_ce", optimizer="adam", schedule={"name": "flat_cosine", "params": {"flat": 0.5}},
+                inferer={"name": "tta", "params": {"views": "brats2020"}}, callbacks=["swa"],
+                targets=["signed_distance"], augment=[{"name": "flip"}, {"name": "brats2020"}],
+                deep_supervision={"reduction": "mean"})
+    check_train(TrainCfg(patch=[8, 16, 16], **full), "train")
+    for change, message in [
+        ({"schedule": {"name": "flat_cosine", "params": {"flat": 1.0}}}, "flat: 1.0 is outside [0, 1)"),
+        ({"callbacks": [{"name": "self_ensemble", "params": {"every": 40}}]}, "every: 40 is longer than a cycle"),
+        ({"loss": "ohem_ce"}, "ohem_ce needs train.output softmax, got 'sigmoid'"),  # an injected argument
+        ({"inferer": {"name": "tta", "params": {"views": "brats2020"}}, "patch": [8, 16, 32]}, "H and W must be equal"),
+        ({"loss": "conres"}, "loss 'conres' is not a criterion on the segmentation"),  # its factory's return type
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            check_train(TrainCfg(**{**full, "patch": [8, 16, 16], **change}), "train")
 
 
 def test_tta_with_rotations_needs_a_square_axial_patch():

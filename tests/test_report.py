@@ -298,12 +298,14 @@ def test_report_from_mlflow_runs_end_to_end(tmp_path, monkeypatch, capsys):
                                    "params": 1000 if spec.variant == "fcn" else 50, "latency_ns_per_voxel": 3.0,
                                    "peak_mem_mb": 20.0, "train_peak_mem_mb": 100.0 + dice, "device": "cpu"},
                              per_case, step=1)
-    import harness.config
+    import harness.config.checks
+    import harness.models
 
     def no_build(*a, **k):
         raise AssertionError("the report built a model")
 
-    monkeypatch.setattr(harness.config, "check_model", no_build)  # runs are found from their stored hashes
+    for module, name in ((harness.config.checks, "build_checked_model"), (harness.models, "build_model")):
+        monkeypatch.setattr(module, name, no_build)  # runs are found from their stored hashes
     assert main(["report", "s.yaml", "--format", "md,html,tex,csv", "--verify"]) == 0
     out = tmp_path / "reports" / "local" / "grid"
     for f in ("README.md", "table.md", "table.html", "table.tex", "table.csv", "trials.csv", "stats.csv",

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from harness.cli import main
-from harness.config import ConfigError, ModelCfg, check_model
+from harness.config import ConfigError, ModelCfg, build_checked_model
 from harness.search import Space
 from harness.tracking import Tracker
 
@@ -110,7 +110,7 @@ def test_tiny_search_end_to_end_and_resume(tmp_path, monkeypatch, capsys, caplog
     variants = yaml.safe_load((out / "pareto_variants.yaml").read_text())["variants"]
     assert variants and len(variants) == len(study.best_trials)
     for v in variants:  # each exported Pareto point is a ready variant of the base study
-        check_model(ModelCfg(name="gsp_unet", params={**BASE["model"]["params"], **v["params"]}), [16, 32, 32], v["name"])
+        build_checked_model(ModelCfg(name="gsp_unet", params={**BASE["model"]["params"], **v["params"]}), [16, 32, 32], v["name"])
 
 
 def test_pareto_lists_each_configuration_once(tmp_path):

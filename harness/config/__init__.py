@@ -14,7 +14,8 @@ from harness.config.schema import (BEST, ClaimCfg, CombinedCfg, ComponentCfg, Co
                                    ParamGroupCfg, ResourcesCfg, SCALES, ScaleCfg, Side, StudyCfg, SubmissionCfg,
                                    TaskScaleCfg, TrainCfg, TrialSpec, VariantCfg, _Strict)
 from harness.config.expand import _merge, table_rows, variants
-from harness.config.checks import check_data, check_exclusive, check_model, check_patch_fits, check_train
+from harness.config.checks import (build_checked_model, check_data, check_exclusive, check_model, check_patch_fits,
+                                   check_train)
 from harness.config.layout import check_layout, claim_members
 from harness.config.load import (MAX_YAML_NODES, MODULE_NAME, PORTABLE_DATA_PARAMS, with_data_roots, import_plugins,
                                  load_study, load_yaml)
@@ -24,6 +25,6 @@ __all__ = ["BEST", "ClaimCfg", "CombinedCfg", "ComponentCfg", "ConfigError", "Co
            "DeepSupervisionCfg", "EXACT_COSTS", "ExpectedValue", "LayoutCfg", "MAX_YAML_NODES", "MODULE_NAME",
            "ModelCfg", "PLAIN_NAME", "PORTABLE_DATA_PARAMS", "ParamGroupCfg", "ResourcesCfg", "SCALES", "ScaleCfg",
            "Side", "StudyCfg", "SubmissionCfg", "TaskScaleCfg", "TrainCfg", "TrialSpec", "VariantCfg", "_Strict",
-           "_merge", "with_data_roots", "check_data", "check_exclusive", "check_layout", "check_model",
+           "_merge", "with_data_roots", "build_checked_model", "check_data", "check_exclusive", "check_layout", "check_model",
            "check_patch_fits", "check_train", "claim_members", "combined_keys", "config_hash", "import_plugins",
            "load_study", "load_yaml", "resolve", "resolve_variant", "spec_hash", "table_rows", "variants"]

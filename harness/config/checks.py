@@ -1,6 +1,7 @@
 """Checks of a study's components against the registries: names (with "did you mean"), the
-factories' signatures and types, and the values a factory refuses (components are built once on
-dummies, the model with the arguments a trial injects), before anything runs."""
+factories' signatures and types, and the values a factory refuses (the check it registered),
+before anything runs. No recipe component is built here; the model is built once per
+architecture by the runner's cost check (``harness.study.check_costable``)."""
 from __future__ import annotations
 
 import inspect
@@ -19,50 +20,52 @@ def _check_names(study: StudyCfg) -> None:
 
 
 def check_train(train: TrainCfg, where: str) -> None:
-    """Every component of the recipe exists, takes the parameters given and builds (on dummies).
-
-    Nothing is trained or read: the loss, optimiser (over one dummy parameter), schedule,
-    augmentations, targets, inferer and callbacks are constructed once and thrown away.
+    """Every component of the recipe exists, takes the parameters given (names and types
+    against its factory's signature) and holds values its factory accepts (the check it
+    registered, with the arguments a trial injects). Nothing is built: ``train.py`` builds
+    each component once, in the trial.
     """
-    import torch
-
     from harness import inferers, losses, optim
     from harness.data import transforms
     from harness.registry import AUGMENTATIONS, CALLBACKS, INFERERS, LOSSES, OPTIMIZERS, SCHEDULES, TARGETS
 
-    dummy = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    total = train.epochs * train.steps_per_epoch
     checks = [
-        (LOSSES, train.loss, "train.loss", losses.INJECTED,
-         lambda: losses.build_loss(train.loss, train.output, train.deep_supervision)),
+        (LOSSES, train.loss, "train.loss", losses.INJECTED, {"output": train.output}),
         (OPTIMIZERS, train.optimizer, "train.optimizer", optim.OPTIMIZER_INJECTED,
-         # param_groups match names of the real model: checked when the trial builds it
-         lambda: optim.build_optimizer(torch.nn.Linear(1, 1), train.model_copy(update={"param_groups": []}))),
-        (SCHEDULES, train.schedule, "train.schedule", optim.SCHEDULE_INJECTED,
-         lambda: optim.build_schedule(dummy, train, total_steps=train.epochs * train.steps_per_epoch)),
+         {"lr": train.lr, "weight_decay": train.weight_decay}),
+        (SCHEDULES, train.schedule, "train.schedule", optim.SCHEDULE_INJECTED, {"total_steps": total}),
         (INFERERS, train.inferer, "train.inferer", inferers.INJECTED,
-         lambda: inferers.build_inferer(train.inferer, train.patch, train.batch_size, train.output)),
+         {"patch": list(train.patch), "batch_size": train.batch_size, "output": train.output}),
     ]
-    checks += [(AUGMENTATIONS, a, f"train.augment[{i}]", transforms.AUGMENT_INJECTED,
-                lambda a=a: AUGMENTATIONS.get(a.name)(keys=["image", "label"], **a.params))
+    checks += [(AUGMENTATIONS, a, f"train.augment[{i}]", transforms.AUGMENT_INJECTED, {"keys": ["image", "label"]})
                for i, a in enumerate(train.augment)]
-    checks += [(TARGETS, t, f"train.targets[{i}]", (), lambda t=t: TARGETS.get(t.name)(**t.params))
-               for i, t in enumerate(train.targets)]
-    checks += [(CALLBACKS, c, f"train.callbacks[{i}]", (), lambda c=c: CALLBACKS.get(c.name)(**c.params))
-               for i, c in enumerate(train.callbacks)]
+    checks += [(TARGETS, t, f"train.targets[{i}]", (), {}) for i, t in enumerate(train.targets)]
+    checks += [(CALLBACKS, c, f"train.callbacks[{i}]", (), {}) for i, c in enumerate(train.callbacks)]
     prefix = "" if where == "train" else f"{where}: "
-    built = []
-    for reg, spec, field, injected, build in checks:
+    for reg, spec, field, injected, context in checks:
         try:
             reg.check_params(spec.name, spec.params, field, injected)
-            built.append(build())
+            reg.check_values(spec.name, spec.params, context)
         except UnknownNameError as e:
             raise ConfigError(f"{prefix}{e}") from None
         except (ValueError, TypeError, KeyError) as e:
             raise ConfigError(f"{prefix}{field} ({spec.name}): {e}") from None
-    target_keys = [x.key for x, (reg, *_) in zip(built, checks) if reg is TARGETS]
+    if train.deep_supervision is not None:
+        returns = LOSSES.returns(train.loss.name)
+        if not (inspect.isclass(returns) and issubclass(returns, losses.SegLoss)):
+            raise ConfigError(f"{prefix}train.deep_supervision: loss {train.loss.name!r} is not a criterion on the "
+                              f"segmentation (its factory does not return a SegLoss), so it cannot be applied per head")
+    # A target writes batch[key]: its ``key`` parameter, else its factory's default.
+    target_keys = [t.params.get("key", _default(TARGETS.get(t.name), "key")) for t in train.targets]
     clash = [k for k in target_keys if k in ("image", "label") or target_keys.count(k) > 1]
     if clash:
         raise ConfigError(f"{prefix}train.targets: output keys {sorted(set(clash))} clash (with image/label or each other)")
+
+
+def _default(factory, name: str):
+    p = inspect.signature(factory).parameters.get(name)
+    return None if p is None or p.default is inspect.Parameter.empty else p.default
 
 
 def check_exclusive(data: DataCfg, where: str) -> None:
@@ -106,14 +109,12 @@ def check_data(data: DataCfg) -> None:
         raise ConfigError(f"data: {e}") from None
 
 
-def check_model(model: ModelCfg, patch: list[int], where: str, output: str = "sigmoid",
-                in_channels: int | None = None, out_channels: int | None = None):
-    """Build the model once, with the arguments a trial injects (the data set's channels, the
-    patch, the output activation): unknown parameters and impossible settings fail here, not
-    in a trial, and a factory that requires its channels (MONAI's nets) builds as in a trial."""
+def check_model(model: ModelCfg, where: str) -> None:
+    """The model's parameters against its factory's signature and types: unknown names get
+    "did you mean", and what a trial injects (channels, ``output``) may not be set. Nothing is
+    built (``build_checked_model`` builds it, once per architecture, before training)."""
     cls = MODELS.get(model.name, field="model.name")
-    sig = inspect.signature(cls)
-    allowed = [n for n in sig.parameters if n != "self"]
+    allowed = [n for n in inspect.signature(cls).parameters if n != "self"]
     for k in model.params:
         if k in ("in_channels", "out_channels"):
             raise ConfigError(f"{where}: model.params.{k} is set by the data set (its channels and regions); remove it")
@@ -128,6 +129,17 @@ def check_model(model: ModelCfg, patch: list[int], where: str, output: str = "si
         check_types(cls, model.params, f"{where}: model.params")
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def build_checked_model(model: ModelCfg, patch: list[int], where: str, output: str = "sigmoid",
+                        in_channels: int | None = None, out_channels: int | None = None):
+    """Build the model with the arguments a trial injects (the data set's channels, the patch,
+    the output activation): the values its factory refuses (impossible settings, a patch its
+    strides or groups do not divide) are a ConfigError naming ``where``, before anything runs.
+    A factory that requires its channels (MONAI's nets) builds as in a trial."""
+    check_model(model, where)
+    cls = MODELS.get(model.name, field="model.name")
+    allowed = [n for n in inspect.signature(cls).parameters if n != "self"]
     params = dict(model.params)
     if "input_size" in allowed:  # set from the patch unless the study gives it (harness.models.build_model)
         params.setdefault("input_size", list(patch))

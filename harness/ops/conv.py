@@ -1,47 +1,34 @@
 """3D convolution on oneDNN's fast CPU paths: at batch 1, and in the backward with few channels.
 
-PyTorch picks a CPU convolution backend by a rule written for 2D images
+Why: PyTorch picks a CPU convolution backend by a rule written for 2D images
 (``ConvParams::use_mkldnn``, aten/src/ATen/native/Convolution.cpp, torch 2.13): a float32
 convolution goes to oneDNN if (a) it is strided or dilated, N >= 16, its kernel is not 1 x 1 in
 its last two dims, or torch runs more than one thread, and (b) ``groups > 1``, both of those
 kernel dims exceed 3, N > 1, or ``N * C * size(2) * size(3) > 20480``. For a 5D input that
 product is N C D H: W is left out. At batch 1 most 3D feature maps fail (b) (1 x 8 x 16 x 128 =
-16,384; 1 x 64 x 4 x 16 = 4,096), and both the forward and the backward then run ``slow_conv3d``
-(im2col + GEMM). ``harness bench`` (batch-1 convolution table, forward + backward, 2 threads,
-reports/bench) measures F.conv3d / ``conv3d``, in two full runs: 6.98-7.22x at 8 -> 8 on
-16 x 128 x 128, 6.66-10.87x at 16 -> 16 on 8 x 64 x 64, 3.13-3.35x at 32 -> 32 on 4 x 32 x 32,
-1.20-1.61x at 64 -> 64 on 2 x 16 x 16, 5.20-6.51x for a 1 x 3 x 3 kernel, 1.19-1.44x for the
-1-channel input conv. So every batch-1 3D convolution on a CPU (a latency measurement, a batch-1
-recipe, a validation pass over one window) paid up to 11x in PyTorch's fallback, not in the method:
-the Distill DSM bench's 3D U-Net ran 6.9x the 2D U-Net per voxel (the paper: 1.09x). ``conv3d``
-evaluates the same rule and hands the convolutions it would leave to the fallback (but 1 x 1 x 1
-kernels) to oneDNN by passing its input as a oneDNN tensor (``Tensor.to_mkldnn``, which the rule
-accepts as is), in the forward and in the backward (``aten::convolution_backward``); tensors stay
-dense (NCDHW) between layers, and only the dense input is saved, as ``F.conv3d`` saves it.
+16,384), and both passes then run ``slow_conv3d`` (im2col + GEMM), several times slower than
+oneDNN (``harness bench``, batch-1 convolution table; docs/performance.md): a CPU latency of a
+3D net would measure that fallback, not the method.
 
-The same sums in another order: results equal ``F.conv3d``'s to float rounding (about 1e-6
-relative). Untouched, so bit-identical to ``F.conv3d``: convolutions the rule already gives
-oneDNN, N > 1, 1 x 1 x 1 kernels (the fallback's GEMM was faster there, measured by hand: 3.7 vs
-33 ms at 1 x 8 x 16 x 128 x 128), non-float32 inputs, other devices, oneDNN disabled
-(``torch.backends.mkldnn.flags(enabled=False)``), "same" padding of an even dilated kernel, and
-tracing (so fvcore counts the same ``aten::_convolution``).
+First route: ``conv3d`` evaluates the same rule and hands the convolutions it would leave to the
+fallback (but 1 x 1 x 1 kernels, where the fallback's GEMM is faster) to oneDNN by passing its
+input as a oneDNN tensor (``Tensor.to_mkldnn``, which the rule accepts as is), in the forward
+and in the backward (``aten::convolution_backward``); tensors stay dense (NCDHW) between layers,
+and only the dense input is saved, as ``F.conv3d`` saves it. The same sums in another order:
+results equal ``F.conv3d``'s to float rounding (about 1e-6 relative).
 
-Second route, the backward at N > 1 with few channels. oneDNN's backward of a convolution whose
-input is dense NCDHW and has fewer than 16 channels (one AVX-512 vector) runs a slow
-implementation: at 2 x 8 x 32 x 64 x 64, 8 -> 8, 3^3, one thread, the forward takes 16.6 ms and
-the backward 105 ms, of which 66 ms are the weight gradient. Given the same tensors in
-channels-last layout (NDHWC) oneDNN runs its fast kernels: 36 ms with the three layout copies.
-Measured once by hand over every 3D convolution the 23 studies train at quick scale (229 shapes,
-one thread, forward + backward, backward = difference): channels-last backward 2.4-3.3x faster
-for 2 <= C_in < 16 (8 -> 8, 4 -> 8, 13 -> 8, 9 -> 9, the 7^3 2 -> 1 gate 3.3-4.8x), 1.1-1.6x for
-16-24 -> 8 at the largest maps, 0.4-0.95x at C_in >= 32 (and C_in = 1: only the weight gradient,
-0.3-0.9x); the same at two threads (3.4x at 8 -> 8, 0.86x at 32 -> 32). So ``conv3d`` runs the
-backward in channels-last where groups = 1, N > 1, the kernel is not 1 x 1 x 1, 2 <= C_in <= 24
-and min(C_in, C_out) < 16 (the quick studies' convolution backward: 32.0 -> 17.2 core-minutes);
-the forward is ``F.conv3d``'s, bit for bit, and gradients equal the plain route's to float
-rounding (the same sums in another order). Training runs change in the last bits, so a seed
-reproduces itself, not the runs before this route. Batch 1 keeps the first route: PyTorch's rule
-takes a channels-last N = 1 input to ``slow_conv3d`` again (1 x 8 x 16 x 128^2: 216 vs 204 ms).
+Second route, the backward at N > 1 with few channels: oneDNN's backward of a dense NCDHW input
+with fewer than 16 channels (one AVX-512 vector) runs a slow implementation; given channels-last
+(NDHWC) copies it runs its fast kernels. ``conv3d`` runs the backward in channels-last where
+groups = 1, N > 1, the kernel is not 1 x 1 x 1, 2 <= C_in <= 24 and min(C_in, C_out) < 16 (the
+band where it was faster over every convolution the quick studies train:
+docs/performance.md); the forward is ``F.conv3d``'s, bit for bit, and gradients equal the plain
+route's to float rounding, so a seed reproduces itself, not runs made without the route.
+
+Untouched, so bit-identical to ``F.conv3d``: convolutions the rule already gives oneDNN (batch
+1), non-float32 inputs, other devices, oneDNN disabled
+(``torch.backends.mkldnn.flags(enabled=False)``), "same" padding of an even dilated kernel,
+``HARNESS_CPU_KERNELS=0``, and tracing (so fvcore counts the same ``aten::_convolution``).
 
 Shapes: as ``torch.nn.functional.conv3d``, input (N, C_in, D, H, W) -> (N, C_out, D', H', W').
 """
@@ -59,8 +46,7 @@ def _onednn_at_batch_one(x: torch.Tensor, weight: torch.Tensor, stride, dilation
     """True where PyTorch's rule (module docstring) sends this CPU float32 batch-1 convolution
     to its fallback and oneDNN is faster: every kernel but 1 x 1 x 1. Where the rule already
     picks oneDNN (large maps, groups > 1, 4+ x 4+ kernels) the route's two layout conversions
-    would only cost (0.84-1.05x at 1 x 4-128 x 20-80 x 40-160^2, inference, measured once by
-    hand, not benched)."""
+    would only cost (docs/performance.md)."""
     if (torch.jit.is_tracing() or torch.compiler.is_compiling()  # first: no traced shape tests
             or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 5 or x.shape[0] != 1
             or weight.shape[2:].numel() == 1 or not torch.backends.mkldnn.is_available()

@@ -9,11 +9,10 @@ Along each axis of n inputs, output o reads s = max(0, (o + 0.5) / 2 - 0.5): o =
 ``F.interpolate(x, scale_factor=2, mode="trilinear")`` bit for bit: on CPU float32 the compiled
 ``upsample_kernel.c`` computes PyTorch's own operations in PyTorch's order (its forward as a
 separable nest, each W row and each H plane upsampled once rather than per output; its backward
-as a gather per input element, vectorised along W rows). Measured against PyTorch's CPU kernels
-on 2 threads at the GSP nets' decoder shapes (``reports/bench``): forward 8.7-14.3x faster (2.5x
-at a 2x32x32x64^2 output, whose fresh pages cost as much as the arithmetic), backward 0.7-2.2x
-(PyTorch's scatter stays faster on rows of 4-16); a GSP training step 1.04-1.24x. Each direction keeps, per shape, the faster of the two
-(timed once on the first call, as ``cudnn.benchmark`` does); either gives the same bits. The
+as a gather per input element, vectorised along W rows). Why: PyTorch's CPU kernels were a fifth
+or more of a GSP training step (what the kernel buys: ``harness bench``, docs/performance.md).
+Each direction keeps, per shape, the faster of the two (timed once on the first call, as
+``cudnn.benchmark`` does); either gives the same bits. The
 kernel is used only after it has reproduced PyTorch bit for bit on this machine (PyTorch
 computes with FMA where the CPU has it; a build without would differ in the last bit).
 Elsewhere (CUDA, other dtypes, under a jit trace, so that fvcore counts

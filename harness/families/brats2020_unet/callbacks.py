@@ -13,6 +13,18 @@ from harness.callbacks import Callback, LoopContext, train_epoch
 from harness.registry import CALLBACKS
 
 
+def _check_self_ensemble(cycles: int, cycle_epochs: int, every: int, lr_factor: float, t_max: Optional[int]) -> None:
+    for name, v in (("cycles", cycles), ("cycle_epochs", cycle_epochs), ("every", every)):
+        if v < 1:
+            raise ValueError(f"{name}: must be >= 1, got {v}")
+    if every > cycle_epochs:
+        raise ValueError(f"every: {every} is longer than a cycle ({cycle_epochs} epochs): no snapshot would be taken")
+    if lr_factor <= 0:
+        raise ValueError(f"lr_factor: must be > 0, got {lr_factor}")
+    if t_max is not None and t_max < 1:
+        raise ValueError(f"t_max: must be >= 1, got {t_max}")
+
+
 class SelfEnsemble(Callback):
     """BraTS 2020 self-ensembling (Henry et al. Sec. 2.5; the authors' ``train.py``), a fast-SWA
     variant (Athiwaratkun et al. 2019) run after training:
@@ -32,16 +44,7 @@ class SelfEnsemble(Callback):
 
     def __init__(self, cycles: int = 5, cycle_epochs: int = 30, every: int = 3, lr_factor: float = 0.5,
                  t_max: Optional[int] = None):
-        for name, v in (("cycles", cycles), ("cycle_epochs", cycle_epochs), ("every", every)):
-            if v < 1:
-                raise ValueError(f"{name}: must be >= 1, got {v}")
-        if every > cycle_epochs:
-            raise ValueError(f"every: {every} is longer than a cycle ({cycle_epochs} epochs): "
-                             f"no snapshot would be taken")
-        if lr_factor <= 0:
-            raise ValueError(f"lr_factor: must be > 0, got {lr_factor}")
-        if t_max is not None and t_max < 1:
-            raise ValueError(f"t_max: must be >= 1, got {t_max}")
+        _check_self_ensemble(cycles, cycle_epochs, every, lr_factor, t_max)
         self.cycles, self.cycle_epochs, self.every, self.lr_factor = cycles, cycle_epochs, every, lr_factor
         self.t_max = cycle_epochs + 10 if t_max is None else t_max
 
@@ -65,11 +68,18 @@ class SelfEnsemble(Callback):
         return avg.module
 
 
-@CALLBACKS.register("self_ensemble")
+@CALLBACKS.register("self_ensemble", check=_check_self_ensemble)
 def self_ensemble(cycles: int = 5, cycle_epochs: int = 30, every: int = 3, lr_factor: float = 0.5,
                   t_max: Optional[int] = None) -> Callback:
     """BraTS 2020 self-ensembling: snapshots of SWA cycles after training, averaged (``SelfEnsemble``)."""
     return SelfEnsemble(cycles, cycle_epochs, every, lr_factor, t_max)
+
+
+def _check_patient_removal(fraction: float, count: Optional[int]) -> None:
+    if count is not None and count < 1:
+        raise ValueError(f"count: must be >= 1, got {count}")
+    if count is None and not 0 < fraction < 1:
+        raise ValueError(f"fraction: {fraction} is outside (0, 1)")
 
 
 class PatientRemoval(Callback):
@@ -84,10 +94,7 @@ class PatientRemoval(Callback):
     """
 
     def __init__(self, fraction: float = 0.05, count: Optional[int] = None):
-        if count is not None and count < 1:
-            raise ValueError(f"count: must be >= 1, got {count}")
-        if count is None and not 0 < fraction < 1:
-            raise ValueError(f"fraction: {fraction} is outside (0, 1)")
+        _check_patient_removal(fraction, count)
         self.fraction, self.count = fraction, count
 
     def on_train_start(self, ctx: LoopContext) -> None:
@@ -111,7 +118,7 @@ class PatientRemoval(Callback):
                             "flagging_time_s": time.perf_counter() - t0})
 
 
-@CALLBACKS.register("patient_removal")
+@CALLBACKS.register("patient_removal", check=_check_patient_removal)
 def patient_removal(fraction: float = 0.05, count: Optional[int] = None) -> Callback:
     """Drop the training cases whose loss stays highest after a flagging run, then train again."""
     return PatientRemoval(fraction, count)

@@ -10,6 +10,14 @@ from monai.transforms import MapTransform, RandomizableTransform
 from harness.registry import AUGMENTATIONS
 
 
+def _check(prob: float, scale: float, noise: float, drop_channel: float) -> None:
+    for name, v in (("prob", prob), ("drop_channel", drop_channel)):
+        if not 0 <= v <= 1:
+            raise ValueError(f"{name}: {v} is outside [0, 1]")
+    if scale < 0 or noise < 0:
+        raise ValueError(f"scale and noise must be >= 0, got {scale} and {noise}")
+
+
 class BraTS2020Augmentd(RandomizableTransform, MapTransform):
     """Pipeline A's augmentation (Henry et al. Sec. 2.4; the authors' ``DataAugmenter``), one
     draw gating all of it: with probability ``prob``
@@ -30,11 +38,7 @@ class BraTS2020Augmentd(RandomizableTransform, MapTransform):
                  drop_channel: float = 0.2, transpose: bool = True):
         MapTransform.__init__(self, keys)
         RandomizableTransform.__init__(self, prob)
-        for name, v in (("prob", prob), ("drop_channel", drop_channel)):
-            if not 0 <= v <= 1:
-                raise ValueError(f"{name}: {v} is outside [0, 1]")
-        if scale < 0 or noise < 0:
-            raise ValueError(f"scale and noise must be >= 0, got {scale} and {noise}")
+        _check(prob, scale, noise, drop_channel)
         self.scale, self.noise, self.drop_channel, self.transpose = scale, noise, drop_channel, transpose
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
@@ -64,7 +68,7 @@ class BraTS2020Augmentd(RandomizableTransform, MapTransform):
         return d
 
 
-@AUGMENTATIONS.register("brats2020")
+@AUGMENTATIONS.register("brats2020", check=_check)
 def brats2020(keys: list[str], prob: float = 0.8, scale: float = 0.1, noise: float = 0.1, drop_channel: float = 0.2,
               transpose: bool = True) -> list:
     """BraTS 2020 pipeline A: intensity scale, noise at 0.1 x each channel's std, a dropped

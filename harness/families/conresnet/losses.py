@@ -81,13 +81,17 @@ class ConResLoss(nn.Module):
         return alpha * loss + (1.0 - alpha) * (probs * batch[self.boundary_key]).mean()
 
 
-@LOSSES.register("conres")
-def conres(output: str, lam: float = 0.5, full_weight: float = 1.0, boundary: bool = False,
-           boundary_key: str = "sdm", alpha_min: float = 0.01) -> ConResLoss:
-    """ConResNet's segmentation + context residual loss, optionally with the boundary loss
-    (``ConResLoss``). ``lam`` is Eq. 9's lambda (paper: 0.5; Fig. 8 tries 0, 0.1, 0.5, 1)."""
+def _check(lam: float, full_weight: float, alpha_min: float) -> None:
     if lam < 0 or full_weight < 0:
         raise ValueError(f"train.loss.params: lam and full_weight must be >= 0, got {lam} and {full_weight}")
     if not 0 <= alpha_min <= 1:
         raise ValueError(f"train.loss.params.alpha_min: must be in [0, 1], got {alpha_min}")
+
+
+@LOSSES.register("conres", check=_check)
+def conres(output: str, lam: float = 0.5, full_weight: float = 1.0, boundary: bool = False,
+           boundary_key: str = "sdm", alpha_min: float = 0.01) -> ConResLoss:
+    """ConResNet's segmentation + context residual loss, optionally with the boundary loss
+    (``ConResLoss``). ``lam`` is Eq. 9's lambda (paper: 0.5; Fig. 8 tries 0, 0.1, 0.5, 1)."""
+    _check(lam, full_weight, alpha_min)
     return ConResLoss(output, lam, full_weight, boundary, boundary_key, alpha_min)

@@ -42,7 +42,14 @@ class _OHEMCrossEntropy(nn.Module):
         return weighted.flatten()[hard].mean()
 
 
-@LOSSES.register("ohem_ce")
+def _check(output: str, keep: float) -> None:
+    if output != "softmax":
+        raise ValueError(f"train.loss: ohem_ce needs train.output softmax, got {output!r}")
+    if not 0 < keep <= 1:
+        raise ValueError(f"train.loss.params.keep: must be in (0, 1], got {keep}")
+
+
+@LOSSES.register("ohem_ce", check=_check)
 def ohem_ce(output: str, keep: float = 0.25, weight: Optional[list[float]] = None,
             background_weight: float = 0.5) -> SegLoss:
     """Class-weighted cross-entropy with online hard example mining (OBELISK-Net, Sec. 3.4).
@@ -53,8 +60,5 @@ def ohem_ce(output: str, keep: float = 0.25, weight: Optional[list[float]] = Non
     labels, divided by their mean, then the background's set to ``background_weight`` (the
     authors' code). Softmax outputs only.
     """
-    if output != "softmax":
-        raise ValueError(f"train.loss: ohem_ce needs train.output softmax, got {output!r}")
-    if not 0 < keep <= 1:
-        raise ValueError(f"train.loss.params.keep: must be in (0, 1], got {keep}")
+    _check(output, keep)
     return SegLoss(_OHEMCrossEntropy(weight, keep, background_weight), output)
