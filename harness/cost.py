@@ -21,6 +21,7 @@ from collections import Counter
 import os
 import statistics
 import sys
+import time
 from typing import Any, Callable, Sequence
 
 import torch
@@ -141,18 +142,23 @@ def _runner(model: nn.Module, inferer) -> Callable[[torch.Tensor], Any]:
 
 def measure_latency(model: nn.Module, input_shape: Sequence[int], warmup: int = 2, runs: int = 5,
                     inferer=None) -> float:
-    """Median wall time (s) of ``runs`` warm inferences (no grad, eval mode), each timed by
-    ``torch.utils.benchmark.Timer`` (which waits for CUDA's queue around the run)."""
-    from torch.utils.benchmark import Timer
-
+    """Median wall time (s) of ``runs`` warm inferences (no grad, eval mode). Timed by hand:
+    ``torch.utils.benchmark.Timer.timeit`` runs two warm-up calls of its own per call, so a
+    median of single runs would cost three times the runs, and its mean of many is not the
+    median the reports state."""
     model = model.eval()
     device = next(model.parameters()).device
     x = torch.randn(*input_shape, device=device)
-    timer = Timer("run(x)", globals={"run": _runner(model, inferer), "x": x}, num_threads=torch.get_num_threads())
+    run = _runner(model, inferer)
+    times = []
     with torch.no_grad(), torch.autocast(device.type, enabled=device.type == "cuda"):
-        if warmup:
-            timer.timeit(warmup)
-        times = [timer.timeit(1).median for _ in range(runs)]  # one run each: the median of single runs
+        for i in range(warmup + runs):
+            _sync(device)
+            t0 = time.perf_counter()
+            run(x)
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 

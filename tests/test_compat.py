@@ -30,7 +30,7 @@ def test_the_tracing_state_is_read_and_suspended():
         seen.append(compat.is_tracing())  # the trace goes on after
         return y + 1
 
-    graph = str(torch.jit.trace(f, torch.ones(2)).graph)
+    graph = str(torch.jit.trace(f, torch.ones(2), check_trace=False).graph)  # one run of f
     assert seen == [True, False, True], _moved("torch")
     assert "aten::add" in graph and "aten::mul" not in graph, _moved("torch")
     assert not compat.is_tracing()
