@@ -22,6 +22,10 @@ names (``harness bench`` loads this file from the checkout).
 6. 3D convolutions at batch 1 on the CPU, forward + backward: ``F.conv3d`` (PyTorch's backend
    rule) vs ``harness.ops.conv.conv3d`` (oneDNN), at the feature maps of a small 3D U-Net; and at
    batch 2 with few channels, where ``conv3d`` runs the backward on channels-last copies.
+7. The CPU layer (``harness.ops``, Group Shift's kernel; ``HARNESS_CPU_KERNELS=0`` turns it off)
+   on the quick set: every quick study's training compute, a training step of each distinct
+   configuration timed with the layer and without, alternated, times its steps, summed over its
+   trials (``harness bench --cpu-layer``, also part of the full bench; ``cpu_layer.md``).
 Timings alternate between the two sides so that drift hits both equally.
 """
 from __future__ import annotations
@@ -475,6 +479,79 @@ def bench_paper_steps(device: torch.device, steps: int = 3) -> list[dict]:
     return rows
 
 
+def bench_cpu_layer(paths: list[str] | None = None, scale: str = "quick", rounds: int = 3) -> dict:
+    """Training compute (s, 2 threads) of every quick study with the CPU layer on and off: per
+    distinct configuration one trial is built (the convolution route is chosen at build, the
+    switch is read at every call), a warm-up step each way (the layer races its realisations on
+    its first call), then ``rounds`` steps alternated; step time x steps, summed over trials."""
+    import glob
+    import os
+
+    from harness.config import config_hash, import_plugins, load_study, resolve
+    from harness.study import random_batch
+
+    root = Path(__file__).resolve().parents[1] / "studies"
+    before = os.environ.get("HARNESS_CPU_KERNELS")
+
+    def step(t, batch, on: bool):
+        os.environ["HARNESS_CPU_KERNELS"] = "1" if on else "0"
+        train_step(t, batch)
+
+    rows = []
+    try:
+        for path in paths or sorted(glob.glob(str(root / "*.yaml"))):
+            study = load_study(path)
+            import_plugins(study.plugins)
+            specs = resolve(study, scale)
+            tasks, times, on_s, off_s = {}, {}, 0.0, 0.0
+            for spec in specs:
+                dkey = config_hash(spec.data.model_dump())
+                if dkey not in tasks:
+                    tasks[dkey] = build_task(spec.data.dataset, **spec.data.params)
+                mkey = config_hash([spec.model.model_dump(), spec.train.model_dump(), dkey])
+                if mkey not in times:
+                    t = build_trial(spec, task=tasks[dkey], loader=False)
+                    batch = random_batch(spec, tasks[dkey])
+                    times[mkey] = _alternate(lambda: step(t, batch, True), lambda: step(t, batch, False), rounds,
+                                             t.device)[:2]
+                steps = spec.train.epochs * spec.train.steps_per_epoch
+                on_s += steps * times[mkey][0]
+                off_s += steps * times[mkey][1]
+            rows.append({"study": study.name, "trials": len(specs), "configurations": len(times),
+                         "train_min_on": on_s / 60, "train_min_off": off_s / 60, "speedup": off_s / on_s})
+    finally:
+        if before is None:
+            os.environ.pop("HARNESS_CPU_KERNELS", None)
+        else:
+            os.environ["HARNESS_CPU_KERNELS"] = before
+    on, off = sum(r["train_min_on"] for r in rows), sum(r["train_min_off"] for r in rows)
+    return {"threads": torch.get_num_threads(), "torch": torch.__version__, "studies": rows,
+            "total_min_on": on, "total_min_off": off, "speedup": off / on}
+
+
+def _cpu_layer_md(r: dict) -> list[str]:
+    lines = ["## The CPU layer on the quick set: training compute with it / without (HARNESS_CPU_KERNELS=0)", "",
+             f"Every quick study's training steps (step time x steps, summed over its trials; validation, cost and "
+             f"start-up not included), {r['threads']} threads, torch {r['torch']}; each distinct configuration's step "
+             f"timed both ways, alternated (median of the rounds). Total: **{r['total_min_on']:.0f} min with the "
+             f"layer, {r['total_min_off']:.0f} min without: {r['speedup']:.2f}x**.", "",
+             "| study | trials | configurations | train min, layer on | train min, off | off / on |", "|---|---|---|---|---|---|"]
+    lines += [f"| {s['study']} | {s['trials']} | {s['configurations']} | {s['train_min_on']:.1f} | "
+              f"{s['train_min_off']:.1f} | **{s['speedup']:.2f}** |" for s in r["studies"]]
+    return lines
+
+
+def run_cpu_layer(out: Path) -> int:
+    """``harness bench --cpu-layer``: section 7 alone, into ``cpu_layer.json`` and ``cpu_layer.md``."""
+    result = bench_cpu_layer()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cpu_layer.json").write_text(json.dumps(result, indent=1))
+    lines = ["# harness bench --cpu-layer", ""] + _cpu_layer_md(result)
+    (out / "cpu_layer.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
 def run_bench(out: Path, quick: bool = False, device: str = "all") -> int:
     from rich.console import Console
 
@@ -504,6 +581,7 @@ def run_bench(out: Path, quick: bool = False, device: str = "all") -> int:
             result["paper_steps"] = bench_paper_steps(device)
     if not quick and any(d.type == "cpu" for d in devices):  # minutes of Ray and MLflow (CPU trials): full bench only
         result["throughput"] = bench_throughput()
+        result["cpu_layer"] = bench_cpu_layer()
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(result, indent=1))
     lines = ["# harness bench", "", f"Machine: {json.dumps(result['machine'])}", "",
@@ -592,6 +670,8 @@ def run_bench(out: Path, quick: bool = False, device: str = "all") -> int:
                   + ", ".join(f"{k} {v:.3f}" for k, v in r["phase_s"].items()) + ").", "",
                   "| how | trials / hour |", "|---|---|"]
         lines += [f"| {how} | **{v:.0f}** |" for how, v in r["trials_per_hour"].items()]
+    if "cpu_layer" in result:
+        lines += [""] + _cpu_layer_md(result["cpu_layer"])
     (out / "README.md").write_text("\n".join(lines) + "\n")
     console.print("\n".join(lines))
     return 0

@@ -219,6 +219,8 @@ def cmd_bench(args) -> int:
     spec = importlib.util.spec_from_file_location("harness_benchmarks", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    if args.cpu_layer:
+        return module.run_cpu_layer(Path(args.out))
     return module.run_bench(Path(args.out), quick=args.quick, device=args.device)
 
 
@@ -363,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     b.add_argument("--device", choices=["all", "cpu", "cuda"], default="all",
                    help="where to measure (all: the CPU, and CUDA when present); cuda: a lent GPU's lines alone")
+    b.add_argument("--cpu-layer", action="store_true",
+                   help="only what the CPU layer buys on the quick set: every quick study's training compute with "
+                        "it and without (HARNESS_CPU_KERNELS=0), alternated; cpu_layer.md under --out")
     b.set_defaults(fn=cmd_bench)
 
     ls = sub.add_parser("list", help="registered components (models, losses, inferers, ...) and the studies")

@@ -192,6 +192,27 @@ def test_a_study_that_breaks_the_schema_is_reported_before_the_heavy_imports(tmp
     assert sorted(x.name for x in tmp_path.iterdir()) == ["s.yaml", "space.yaml"]
 
 
+def test_bench_cpu_layer_times_each_configuration_both_ways_and_restores_the_switch(monkeypatch):
+    import importlib.util
+    import os
+
+    path = Path(__file__).parents[1] / "benchmarks" / "bench.py"
+    spec = importlib.util.spec_from_file_location("bench_under_test", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setenv("HARNESS_CPU_KERNELS", "1")
+    seen = []
+    real = bench.train_step
+    monkeypatch.setattr(bench, "train_step", lambda t, b: seen.append(os.environ["HARNESS_CPU_KERNELS"]) or real(t, b))
+    res = bench.bench_cpu_layer([str(Path(__file__).parents[1] / "studies" / "gsp_table3_brats18.yaml")], "smoke", 1)
+    (row,) = res["studies"]
+    assert row["study"] == "gsp_table3_brats18" and row["trials"] == row["configurations"] == 1  # smoke: one seed
+    assert row["train_min_on"] > 0 and row["train_min_off"] > 0 and res["speedup"] == pytest.approx(
+        row["train_min_off"] / row["train_min_on"])
+    assert seen == ["1", "0"] * 2  # a warm-up each way, then one alternated round
+    assert os.environ["HARNESS_CPU_KERNELS"] == "1"  # the switch as it was
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is present")
 def test_bench_on_cuda_without_a_gpu_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
     assert main(["bench", "--device", "cuda", "--out", str(tmp_path / "bench")]) == 2
