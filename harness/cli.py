@@ -156,7 +156,7 @@ def cmd_cost(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from harness.config import ConfigError, with_data_roots, load_study, resolve
+    from harness.config import ConfigError, load_study, resolve, with_data_roots
     from harness.report import FORMATS, write_report
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]

@@ -16,12 +16,11 @@ from typing import Any
 
 import torch
 
-from harness.config import ComponentCfg, ConfigError, TrialSpec, with_data_roots, check_train, load_study
+from harness.config import ComponentCfg, ConfigError, TrialSpec, check_train, load_study, with_data_roots
 from harness.contract import out_channels
-from harness.cost import cost_report
 from harness.data import build_task
-from harness.inferers import Ensemble, build_inferer
-from harness.train import CHECKPOINT, evaluate, load_model
+from harness.inferers import build_inferer
+from harness.train import CHECKPOINT, cost_as_run, evaluate, load_model
 
 ENSEMBLES = ("none", "seeds")
 
@@ -98,20 +97,16 @@ def run_evaluate(path: str, scale: str, inferer_text: str | None, ensemble: str,
                               f"{ckpt['out_channels']} channels")
         inf = build_inferer(cfg.inferer, cfg.patch, cfg.batch_size, cfg.output)
         result = evaluate(models if len(models) > 1 else models[0], task, cfg, device, inf)
-        cost_input = spec.cost.input or [1, task.in_channels, *cfg.patch]
-        window = build_inferer(cfg.inferer, cost_input[2:], cost_input[0], cfg.output)
-        cost = cost_report(models[0], cost_input, latency=spec.cost.latency, runs=spec.cost.latency_runs,
-                           inferer=Ensemble(window, models) if len(models) > 1 else window)
+        cost = cost_as_run(spec, cfg, task.in_channels, models, train_memory=False)
         per_case = result.pop("per_case")
-        final = {**result, **{k: v for k, v in cost.items() if k != "macs_by_op"}, "members": float(len(models))}
+        final = {**result, **cost, "members": float(len(models))}
         members_dice = [r.mean_dice for _, r in members]
-        parent = members[0][0].data.tags.get("mlflow.parentRunId")
-        tags = {"harness_role": "evaluation", "variant": variant, "scale": scale, "study": study.name,
-                "inferer": cfg.inferer.model_dump_json(), "ensemble": ensemble,
-                "member_runs": ",".join(run.info.run_id for run, _ in members),
-                "mlflow.runName": f"{variant}:{cfg.inferer.name}" + (f"x{len(models)}" if len(models) > 1 else ""),
-                **({"fold": fold} if fold is not None else {}), **({"mlflow.parentRunId": parent} if parent else {})}
-        run_id = client.create_run(members[0][0].info.experiment_id, tags=tags).info.run_id
+        run_id = tracker.start_evaluation(
+            members[0][0].info.experiment_id, members[0][0].data.tags.get("mlflow.parentRunId"),
+            {"variant": variant, "scale": scale, "study": study.name, "inferer": cfg.inferer.model_dump_json(),
+             "ensemble": ensemble, "member_runs": ",".join(run.info.run_id for run, _ in members),
+             "mlflow.runName": f"{variant}:{cfg.inferer.name}" + (f"x{len(models)}" if len(models) > 1 else ""),
+             **({"fold": fold} if fold is not None else {})})
         tracker.finish_child(run_id, final, per_case, step=0)
         rows.append({"variant": variant, "fold": fold or "", "members": len(models), "inferer": cfg.inferer.name,
                      "mean_dice": result["mean_dice"], "members_mean_dice": sum(members_dice) / len(members_dice),

@@ -242,7 +242,8 @@ def run_studies(paths: list[str], scale: str, seeds: int | None, address: str | 
         study = with_data_roots(study, scale, data_roots or [])
         if resources:
             try:
-                study.resources = ResourcesCfg.model_validate({**study.resources.model_dump(), **resources})
+                study = study.model_copy(update={"resources": ResourcesCfg.model_validate(
+                    {**study.resources.model_dump(), **resources})})
             except ValidationError as e:
                 raise ConfigError(f"--cpus-per-trial/--gpus-per-trial: {e.errors()[0]['msg']} (got {resources})") from None
         if study.name in specs_of:

@@ -187,6 +187,12 @@ class Tracker:
         self.client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
         return run_id
 
+    def start_evaluation(self, exp_id: str, parent_id: str | None, tags: dict[str, str]) -> str:
+        """A re-evaluation of saved weights (``harness evaluate``), beside the study's trials."""
+        tags = {"harness_role": "evaluation", "git_commit": git_commit(), **environment(), **tags,
+                **({PARENT: parent_id} if parent_id else {})}
+        return self.client.create_run(exp_id, tags=tags).info.run_id
+
     def start_combined(self, exp_id: str, parent_id: str, study: str, scale: str, row: dict[str, Any],
                        members: list[str]) -> str:
         """A combined row's evaluation (``harness.combine``), tagged as a trial so the report counts it."""

@@ -344,12 +344,22 @@ def trial_cost(t: Trial, evaluated: nn.Module) -> dict[str, Any]:
                       cfg.batch_size, cfg.inferer.model_dump(), [c.model_dump() for c in cfg.callbacks],
                       type(evaluated).__name__, str(t.device)], sort_keys=True, default=str)
     if key not in _COSTS:
-        cost_input = spec.cost.input or [1, t.task.in_channels, *cfg.patch]
-        cost = cost_report(evaluated, cost_input, latency=spec.cost.latency, runs=spec.cost.latency_runs,
-                           inferer=build_inferer(cfg.inferer, cost_input[2:], cost_input[0], cfg.output),
-                           train_shape=[cfg.batch_size, t.task.in_channels, *cfg.patch])
-        _COSTS[key] = {k: v for k, v in cost.items() if k != "macs_by_op"}
+        _COSTS[key] = cost_as_run(spec, cfg, t.task.in_channels, [evaluated])
     return dict(_COSTS[key])
+
+
+def cost_as_run(spec: TrialSpec, cfg: TrainCfg, in_channels: int, models: list[nn.Module],
+                train_memory: bool = True) -> dict[str, Any]:
+    """Inference cost as run: the inferer ``cfg.inferer`` (every TTA view) on one window of
+    ``spec.cost.input`` (else one patch), each model of an ensemble counted; with
+    ``train_memory`` and latency on, the peak memory of a training pass on the batch too.
+    A trial's cost (``trial_cost``) and a re-evaluation's (``harness.evaluate``) both."""
+    cost_input = spec.cost.input or [1, in_channels, *cfg.patch]
+    window = build_inferer(cfg.inferer, cost_input[2:], cost_input[0], cfg.output)
+    cost = cost_report(models[0], cost_input, latency=spec.cost.latency, runs=spec.cost.latency_runs,
+                       inferer=Ensemble(window, models) if len(models) > 1 else window,
+                       train_shape=[cfg.batch_size, in_channels, *cfg.patch] if train_memory else None)
+    return {k: v for k, v in cost.items() if k != "macs_by_op"}
 
 
 def run_trial(spec: TrialSpec, report: Report = lambda m, e: None, threads: int | None = None,

@@ -75,6 +75,10 @@ def test_outside_family_runs_saves_weights_and_reevaluates(tmp_path, monkeypatch
     assert ens.data.metrics["members"] == 2 and ens.data.metrics["forward_passes"] == 2 * 4
     assert ens.data.metrics["gmacs"] == pytest.approx(4 * runs[0].data.metrics["gmacs"], rel=1e-9)
     assert set(ens.data.tags["member_runs"].split(",")) == {r.info.run_id for r in runs}
+    # Started as the trials are (Tracker): under the study's parent run, with the commit and environment.
+    parent = runs[0].data.tags["mlflow.parentRunId"]
+    assert all(e.data.tags["mlflow.parentRunId"] == parent and "git_commit" in e.data.tags
+               and "env.torch" in e.data.tags for e in evals)
     assert main(["report", "s.yaml", "--format", "md"]) == 0
     text = (tmp_path / "reports" / "local" / "toy_family" / "README.md").read_text()
     assert "## Re-evaluations" in text and "| tta " in text and "toy_flip_tta" in text

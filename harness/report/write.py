@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from harness import stats as stats_
-from harness.config import ConfigError, with_data_roots, load_study
+from harness.config import ConfigError, load_study, with_data_roots
 from harness.report.claims import (_claims_of, _counts, claims_legend, claims_markdown, claims_table, comparisons,
                                    md_text)
 from harness.report.plots import plots
