@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import BeforeValidator, Field, model_validator
 
+from harness import compat
 from harness.config import (ConfigError, StudyCfg, TrialSpec, VariantCfg, _merge, _Strict, build_checked_model,
                             config_hash, import_plugins, load_study, load_yaml, resolve_variant)
 from harness.registry import DATASETS, MODELS, UnknownNameError
@@ -610,8 +611,6 @@ def warm_start(space: Space, study, tracking_uri: str | None) -> int:
     held = {t.user_attrs.get("warm_start_run") for t in study.get_trials(deepcopy=False)}
     specs = {s.key: s for s in resolve(space.study, space.cfg.scale, 1 + int(runs.seed.max()), check=False)}
     objs = [o.metric for o in space.cfg.objectives]
-    from harness import compat
-
     generation = compat.generation_key(study.sampler)  # a genetic sampler's first generation holds them
     added = 0
     for row in runs.to_dict("records"):
