@@ -1,7 +1,8 @@
-"""Command line: ``harness run | cost | report | evaluate | search | data check | bench | list``. Bad input exits 2."""
+"""Command line of the harness. Bad input exits 2 with one line naming the field."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -91,9 +92,30 @@ def cmd_data(args) -> int:
 PAPER_COST = ("params", "size_mb", "gmacs", "macs_per_voxel", "latency_ns_per_voxel")
 
 
-def cmd_cost(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
+def _voxels(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+@contextlib.contextmanager
+def _doing(console, what: str):
+    """Say what a long single-process step is doing: a spinner whose text follows each sub-step
+    on a terminal, the step's line on stderr elsewhere. Yields ``say(sub_step)``."""
+    if console.is_terminal:
+        with console.status(what) as status:
+            yield lambda step: status.update(f"{what}: {step}")
+    else:
+        print(f"{what} ...", file=sys.stderr, flush=True)
+        yield lambda step: None
+
+
+def _cost_study(args, console) -> list[dict]:
+    """Every variant of a study (one seed), costed as its trials cost themselves: the study's
+    inferer (TTA: every view) on one input-sized window, at ``args.scale`` (default quick, whose
+    input takes seconds; the paper's can take many minutes on a CPU)."""
+    import time
 
     from harness.config import build_checked_model, load_study, resolve
     from harness.contract import out_channels
@@ -102,37 +124,71 @@ def cmd_cost(args) -> int:
     from harness.inferers import build_inferer
     from harness.models import build_model
 
-    rows = []
-    if args.target.endswith((".yaml", ".yml")):
-        study = load_study(args.target)
-        for s in resolve(study, args.scale, 1):
-            task = build_task(s.data.dataset, **s.data.params)  # per variant: a table may span tasks
-            shape = args.input or s.cost.input or [1, task.in_channels, *s.train.patch]
-            build_checked_model(s.model, shape[2:], f"variant {s.variant!r}", s.train.output, shape[1],
-                                out_channels(len(task.regions), s.train.output))
-            model = build_model(s.model.name, in_channels=shape[1], input_size=s.train.patch, output=s.train.output,
-                                out_channels=out_channels(len(task.regions), s.train.output),
-                                cpu_conv_route=s.train.cpu_conv_route, **s.model.params)
-            # As trials cost themselves: the study's inferer (TTA: every view) on one input-sized window.
-            inferer = build_inferer(s.train.inferer, shape[2:], shape[0], s.train.output)
-            print(f"costing {s.variant} at {'x'.join(map(str, shape))} ...", file=sys.stderr, flush=True)
+    study = load_study(args.target)
+    scale = args.scale or "quick"
+    paper = {s.variant: s for s in resolve(study, "paper", 1, check=False)} if scale != "paper" else {}
+    rows, spent, paper_voxels = [], 0.0, 0.0
+    for s in resolve(study, scale, 1):
+        task = build_task(s.data.dataset, **s.data.params)  # per variant: a table may span tasks
+        shape = args.input or s.cost.input or [1, task.in_channels, *s.train.patch]
+        build_checked_model(s.model, shape[2:], f"variant {s.variant!r}", s.train.output, shape[1],
+                            out_channels(len(task.regions), s.train.output))
+        model = build_model(s.model.name, in_channels=shape[1], input_size=s.train.patch, output=s.train.output,
+                            out_channels=out_channels(len(task.regions), s.train.output),
+                            cpu_conv_route=s.train.cpu_conv_route, **s.model.params)
+        inferer = build_inferer(s.train.inferer, shape[2:], shape[0], s.train.output)
+        with _doing(console, f"costing {s.variant} at {'x'.join(map(str, shape))}") as say:
+            t0 = time.perf_counter()
             row = {"name": s.variant, **cost_report(model, shape, latency=not args.no_latency, inferer=inferer,
-                                                    train_shape=[s.train.batch_size, shape[1], *s.train.patch])}
-            for metric, e in study.expected.get(s.variant, {}).items():  # the paper's figure beside ours
-                if metric in PAPER_COST:
-                    row[f"paper {metric}"] = float(e) if isinstance(e, (int, float)) else e.value
-            rows.append(row)
-    else:
-        from harness.config import ModelCfg, import_plugins
+                                                    train_shape=[s.train.batch_size, shape[1], *s.train.patch],
+                                                    say=say)}
+            spent += time.perf_counter() - t0
+        if s.variant in paper and not args.input:
+            p = paper[s.variant]
+            paper_voxels += _voxels(p.cost.input or [1, shape[1], *p.train.patch]) / _voxels(shape)
+        for metric, e in study.expected.get(s.variant, {}).items():  # the paper's figure beside ours
+            if metric in PAPER_COST:
+                row[f"paper {metric}"] = float(e) if isinstance(e, (int, float)) else e.value
+        rows.append(row)
+    used = "--input" if args.input else f"the {scale} scale's input (cost.input, else one patch)"
+    note = f"costed at {used}: {', '.join(sorted({r['input'] for r in rows}))}"
+    if paper_voxels and scale != "paper":
+        ratio = paper_voxels / len(rows)
+        note += (f"; the paper's inputs are {ratio:.0f}x the voxels on average, roughly "
+                 f"{spent * ratio / 60:.0f} min here (--scale paper; its nets may be wider too)")
+    print(note, file=sys.stderr)
+    return rows
 
+
+def cmd_cost(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from harness.config import ConfigError, ModelCfg, build_checked_model, import_plugins
+    from harness.cost import cost_report
+    from harness.models import build_model
+    from harness.registry import UnknownNameError
+
+    console = Console(stderr=True)
+    if args.target.endswith((".yaml", ".yml")):
+        rows = _cost_study(args, console)
+    else:
         import_plugins(args.plugin or [])
         shape = args.input or [1, 4, 64, 128, 128]
         params = dict(args.param or [])
-        build_checked_model(ModelCfg(name=args.target, params=params), shape[2:], "cost", in_channels=shape[1],
-                            out_channels=args.out_channels)
+        try:
+            build_checked_model(ModelCfg(name=args.target, params=params), shape[2:], "cost", in_channels=shape[1],
+                                out_channels=args.out_channels)
+        except UnknownNameError as e:
+            study = _did_you_mean_file(args.target, "study")
+            if not study:
+                raise
+            raise ConfigError(f"{e} Or a study{study}") from None
         model = build_model(args.target, in_channels=shape[1], out_channels=args.out_channels, input_size=shape[2:],
                             **params)
-        rows.append({"name": args.target, **cost_report(model, shape, latency=not args.no_latency, train_shape=shape)})
+        with _doing(console, f"costing {args.target} at {'x'.join(map(str, shape))}") as say:
+            rows = [{"name": args.target, **cost_report(model, shape, latency=not args.no_latency, train_shape=shape,
+                                                        say=say)}]
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -152,6 +208,10 @@ def cmd_cost(args) -> int:
         table.add_row(*("" if c not in r else f"{r[c]:,.4g}" if isinstance(r[c], float)
                         else f"{r[c]:,}" if isinstance(r[c], int) else str(r[c]) for c in cols))
     Console().print(table)
+    loaded = [r["name"] for r in rows if r.get("load_per_core", 0) > 1]
+    if loaded:
+        print(f"warning: latency of {', '.join(loaded)} measured beside other work (1-minute load above 1 per "
+              f"core): it reads high; measure on an idle machine to compare", file=sys.stderr)
     return 0
 
 
@@ -203,7 +263,7 @@ def cmd_search(args) -> int:
     from harness.search import run_search
 
     return run_search(args.space, args.trials, args.address, args.resume, args.tracking_uri, Path(args.out),
-                      verbose=args.verbose)
+                      verbose=args.verbose, scale=args.scale)
 
 
 def cmd_bench(args) -> int:
@@ -224,27 +284,70 @@ def cmd_bench(args) -> int:
     return module.run_bench(Path(args.out), quick=args.quick, device=args.device)
 
 
-def cmd_list(args) -> int:
+REGISTRY_KINDS = ("models", "datasets", "ops", "losses", "optimizers", "schedules", "augmentations", "targets",
+                  "inferers", "view_sets", "callbacks", "combiners", "data_commands", "cost_handles")
+
+
+def _registered(plugins: list[str]) -> dict[str, list[str]]:
+    """Every registry's names. Without plugins they are read from an index in the cache, keyed by
+    the package's files (their paths, sizes and modification times), so that a listing imports
+    neither torch nor MONAI (seconds); the index is rebuilt, by importing, when a file changes."""
+    import hashlib
+
+    from harness.cache import cache_dir
+
+    package = Path(__file__).resolve().parent
+    stamp = hashlib.sha256(json.dumps(sorted(
+        (str(f.relative_to(package)), f.stat().st_size, f.stat().st_mtime_ns) for f in package.rglob("*.py")
+    )).encode()).hexdigest()[:16]
+    index = cache_dir() / f"registry-index-{stamp}.json"
+    if not plugins:
+        try:
+            return json.loads(index.read_text())
+        except (OSError, ValueError):
+            pass
     import harness.train  # noqa: F401  (imports, so registers, every component)
+    from harness import registry
     from harness.config import import_plugins
 
-    import_plugins(args.plugin or [])
-    from harness.registry import (AUGMENTATIONS, CALLBACKS, COMBINERS, COST_HANDLES, DATA_COMMANDS, DATASETS,
-                                  INFERERS, LOSSES, MODELS, OPS, OPTIMIZERS, SCHEDULES, TARGETS, VIEW_SETS)
+    import_plugins(plugins)
+    names = {kind: getattr(registry, kind.upper()).names() for kind in REGISTRY_KINDS}
+    if not plugins:  # a plugin's registrations are not the package's: never cached
+        import tempfile
 
-    regs = {"models": MODELS, "datasets": DATASETS, "ops": OPS, "losses": LOSSES, "optimizers": OPTIMIZERS,
-            "schedules": SCHEDULES, "augmentations": AUGMENTATIONS, "targets": TARGETS, "inferers": INFERERS,
-            "view_sets": VIEW_SETS, "callbacks": CALLBACKS, "combiners": COMBINERS, "data_commands": DATA_COMMANDS,
-            "cost_handles": COST_HANDLES}
-    for kind in [args.kind] if args.kind != "all" else list(regs):
-        print(f"{kind}: {', '.join(regs[kind].names())}")
-    if args.kind == "all":
-        # The working directory's studies/, else the ones beside the package (a source checkout).
-        for folder in (Path("studies"), Path(__file__).resolve().parents[1] / "studies"):
-            found = sorted(p.name for p in folder.glob("*.yaml"))
+        try:
+            index.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=index.parent, suffix=".tmp", delete=False) as f:
+                json.dump(names, f)
+            os.replace(f.name, index)  # whole or not at all: a reader never sees half of it
+        except OSError:
+            pass  # an unwritable cache: the next listing imports again
+    return names
+
+
+def _yaml_files(kind: str) -> tuple[Path, list[str]] | None:
+    """The working directory's ``studies/`` (``search_spaces/``), else the ones beside the
+    package (a source checkout): the folder and its YAML files."""
+    for folder in (Path(kind), Path(__file__).resolve().parents[1] / kind):
+        found = sorted(p.name for p in folder.glob("*.yaml"))
+        if found:
+            return folder, found
+    return None
+
+
+def cmd_list(args) -> int:
+    if args.kind in ("studies", "search_spaces", "all"):
+        for kind in ("studies", "search_spaces") if args.kind == "all" else (args.kind,):
+            found = _yaml_files(kind)
             if found:
-                print(f"studies ({folder}): " + ", ".join(found))
-                break
+                print(f"{kind} ({found[0]}): " + ", ".join(found[1]))
+            elif args.kind != "all":
+                print(f"{kind}: none in ./{kind} or beside the package")
+        if args.kind != "all":
+            return 0
+    names = _registered(args.plugin or [])
+    for kind in [args.kind] if args.kind != "all" else REGISTRY_KINDS:
+        print(f"{kind}: {', '.join(names[kind])}")
     return 0
 
 
@@ -259,9 +362,47 @@ def _did_you_mean_file(path: str, kind: str) -> str:
     return f"; did you mean {known[hit[0]]}?" if hit else ""
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="harness", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
+DESCRIPTION = ("Benchmarks and ablation studies of efficient 3D medical image segmentation: train a study's "
+               "variants (run), judge the paper's claims on them (report), re-evaluate (evaluate), write challenge "
+               "label maps (submit), search a space (search), count costs (cost), check data (data), time the "
+               "kernels (bench) and list what is registered (list). Bad input exits 2 with one line naming the "
+               "field; 'harness COMMAND -h' gives a command's options.")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with "did you mean" for a mistyped command or option (Python 3.14's
+    ``suggest_on_error``, which 3.11 lacks)."""
+
+    def error(self, message: str):
+        import difflib
+        import re
+
+        bad = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if bad:
+            known = re.findall(r"'([^']*)'|([\w-]+)", bad.group(2))
+            hit = difflib.get_close_matches(bad.group(1), [a or b for a, b in known], n=1)
+            message += f"; did you mean {hit[0]!r}?" if hit else ""
+        super().error(message)
+
+    def unknown_options(self, extra: list[str]) -> None:
+        """Exit 2 on arguments this (sub)command does not take, with the closest option."""
+        import difflib
+
+        options = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        hints = []
+        for arg in extra:
+            hit = difflib.get_close_matches(arg.split("=", 1)[0], options, n=1, cutoff=0.6) if arg.startswith("-") else []
+            if hit:
+                hints.append((arg, hit[0]))
+        said = (f"; did you mean {hints[0][1]}?" if len(hints) == 1
+                else "; did you mean " + ", ".join(f"{h} for {a}" for a, h in hints) + "?" if hints else "")
+        self.error(f"unrecognized arguments: {' '.join(extra)}{said}")
+
+
+def build_parser() -> tuple[Parser, argparse._SubParsersAction]:
+    """The ``harness`` parser and its subcommands (docs/commands.md is checked against them)."""
+    p = Parser(prog="harness", description=DESCRIPTION)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", parser_class=Parser)
 
     r = sub.add_parser("run", help="train every variant x seed of a study (or of several) as Ray Tune trials, "
                                    "logged to MLflow")
@@ -284,18 +425,21 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--data-root", action="append", default=None, metavar="[TASK=]PATH",
                    help="point the study's data (or one of its tasks) at a folder on disk")
     r.add_argument("-v", "--verbose", type=int, default=1, choices=[0, 1, 2],
-                   help="0: the closing line only; 1: a line per finished or failed trial with counts and an "
-                        "ETA (default); 2: Ray's status tables, trial logs and warnings too")
+                   help="0: the closing line only; 1 (default): on a terminal a live table (each running trial's "
+                        "epoch, step, loss; an ETA from measured step times), elsewhere a line per start-up phase "
+                        "and per settled trial; 2: Ray's status tables, trial logs and warnings too")
     r.set_defaults(fn=cmd_run)
 
     c = sub.add_parser("cost", help="parameters, GMACs, latency and memory of a model or of a study's variants")
-    c.add_argument("target", help="a registered model name or a study YAML")
+    c.add_argument("target", help="a registered model name, a study YAML, or a study's name (studies/NAME.yaml)")
     c.add_argument("--input", type=_shape, default=None, help="NxCxDxHxW, e.g. 1x4x128x128x64")
-    c.add_argument("--scale", default="paper", choices=list(SCALES))
+    c.add_argument("--scale", default=None, choices=list(SCALES),
+                   help="a study's scale to cost at (default: quick, which takes seconds; paper: the paper's input, "
+                        "which can take many minutes on a CPU)")
     c.add_argument("--param", type=_kv, action="append", help="model parameter KEY=VALUE (YAML value)")
-    c.add_argument("--out-channels", type=int, default=3)
+    c.add_argument("--out-channels", type=int, default=3, help="a model's output channels (default 3)")
     c.add_argument("--no-latency", action="store_true", help="skip the measured figures: latency, inference and training memory")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help="the figures as JSON on stdout")
     c.add_argument("--plugin", action="append", metavar="MODULE",
                    help="import a plugin family first, so that its models can be costed (repeatable)")
     c.set_defaults(fn=cmd_cost)
@@ -340,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     se = sub.add_parser("search", help="multi-objective NAS-style search (Optuna via Ray Tune), Pareto set out")
     se.add_argument("space", help="a search space YAML (search_spaces/*.yaml): base study, scale, knobs, "
                                   "objectives, sampler, trials")
+    se.add_argument("--scale", default=None, choices=list(SCALES),
+                    help="another scale than the space's own (its 'scale:'); the search is then its own, named "
+                         "<name>-<scale>")
     se.add_argument("--trials", type=_positive, default=None,
                     help="total complete trials wanted (default: the space's)")
     se.add_argument("--address", default=None, help="Ray cluster: 'auto' or 'ray://host:10001'")
@@ -350,8 +497,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"folder for <space>/pareto.md, pareto.png, trials.csv and pareto_variants.yaml "
                          f"(default: {LOCAL_REPORTS}, git-ignored)")
     se.add_argument("-v", "--verbose", type=int, default=1, choices=[0, 1, 2],
-                    help="0: a line per search; 1: a line per finished or failed trial (default); 2: Ray's "
-                         "status tables, trial logs and warnings too")
+                    help="0: a line per search; 1 (default): a live table on a terminal, else a line per "
+                         "settled trial; 2: Ray's status tables, trial logs and Optuna's lines too")
     se.set_defaults(fn=cmd_search)
 
     d = sub.add_parser("data", help="data commands: 'harness data check ROOT' validates a folder before training; "
@@ -370,16 +517,23 @@ def main(argv: list[str] | None = None) -> int:
                         "it and without (HARNESS_CPU_KERNELS=0), alternated; cpu_layer.md under --out")
     b.set_defaults(fn=cmd_bench)
 
-    ls = sub.add_parser("list", help="registered components (models, losses, inferers, ...) and the studies")
-    ls.add_argument("kind", nargs="?", default="all",
-                    choices=["all", "models", "datasets", "ops", "losses", "optimizers", "schedules", "augmentations",
-                             "targets", "inferers", "view_sets", "callbacks", "combiners", "data_commands",
-                             "cost_handles"])
+    ls = sub.add_parser("list", help="the studies, search spaces and registered components (models, losses, ...)")
+    ls.add_argument("kind", nargs="?", default="all", choices=["all", "studies", "search_spaces", *REGISTRY_KINDS])
     ls.add_argument("--plugin", action="append", metavar="MODULE",
                     help="import a plugin family first, so that its components are listed (repeatable)")
     ls.set_defaults(fn=cmd_list)
 
-    args = p.parse_args(argv)
+    return p, sub
+
+
+def main(argv: list[str] | None = None) -> int:
+    p, sub = build_parser()
+    args, extra = p.parse_known_args(argv)
+    if extra:
+        sub.choices[args.cmd].unknown_options(extra)
+    target = getattr(args, "target", None)
+    if target and not target.endswith((".yaml", ".yml")) and (Path("studies") / f"{target}.yaml").is_file():
+        args.target = str(Path("studies") / f"{target}.yaml")  # cost: a study named without its file
     warnings.filterwarnings("ignore", category=FutureWarning)
     # A missing study or space file is known before torch, MONAI, MLflow and Ray load (seconds).
     studies = getattr(args, "study", None)

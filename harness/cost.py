@@ -141,8 +141,9 @@ def _runner(model: nn.Module, inferer) -> Callable[[torch.Tensor], Any]:
 
 
 def measure_latency(model: nn.Module, input_shape: Sequence[int], warmup: int = 2, runs: int = 5,
-                    inferer=None) -> float:
-    """Median wall time (s) of ``runs`` warm inferences (no grad, eval mode). Timed by hand:
+                    inferer=None, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median wall time (s) of ``runs`` warm inferences (no grad, eval mode; ``clock`` injectable
+    for tests). Timed by hand:
     ``torch.utils.benchmark.Timer.timeit`` runs two warm-up calls of its own per call, so a
     median of single runs would cost three times the runs, and its mean of many is not the
     median the reports state."""
@@ -154,11 +155,11 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int], warmup: int = 
     with torch.no_grad(), torch.autocast(device.type, enabled=device.type == "cuda"):
         for i in range(warmup + runs):
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             run(x)
             _sync(device)
             if i >= warmup:
-                times.append(time.perf_counter() - t0)
+                times.append(clock() - t0)
     return statistics.median(times)
 
 
@@ -241,18 +242,23 @@ def inference_macs(model: nn.Module, input_shape: Sequence[int], inferer) -> dic
 
 
 def cost_report(model: nn.Module, input_shape: Sequence[int], latency: bool = True, runs: int = 5,
-                inferer=None, train_shape: Sequence[int] | None = None) -> dict[str, Any]:
+                inferer=None, train_shape: Sequence[int] | None = None,
+                say: Callable[[str], None] = lambda what: None) -> dict[str, Any]:
     """Parameters, model size, GMACs, latency per voxel and peak memory at ``input_shape``.
 
     With ``inferer`` every figure is that of the inference procedure (``forward_passes``
     network passes); without, of one forward pass. With ``train_shape`` (and ``latency``, the
     switch for every measured figure) also ``train_peak_mem_mb``: the peak of one training
-    forward and backward pass on that batch (``measure_training_memory``).
+    forward and backward pass on that batch (``measure_training_memory``). ``say(what)`` is told
+    each step as it starts (a long paper-size count shows what it is doing). The measured
+    figures come with ``load_per_core``: the 1-minute load average per core when they were
+    taken (above 1, other work shared the cores and latency reads high).
     """
     voxels = 1
     for s in input_shape[2:]:
         voxels *= int(s)
     voxels *= int(input_shape[0])
+    say(f"counting MACs at {'x'.join(map(str, input_shape))}")
     macs = count_macs(model, input_shape) if inferer is None else inference_macs(model, input_shape, inferer)
     out: dict[str, Any] = {
         "input": "x".join(str(int(s)) for s in input_shape),
@@ -265,10 +271,19 @@ def cost_report(model: nn.Module, input_shape: Sequence[int], latency: bool = Tr
         "macs_by_op": macs["by_op"],
     }
     if latency:
+        say(f"timing {runs} inferences")
         lat = measure_latency(model, input_shape, runs=runs, inferer=inferer)
-        out.update(latency_s=lat, latency_ns_per_voxel=lat / voxels * 1e9,
-                   peak_mem_mb=measure_peak_memory(model, input_shape, inferer) / 2**20,
+        out.update(latency_s=lat, latency_ns_per_voxel=lat / voxels * 1e9, load_per_core=load_per_core(),
                    device=str(next(model.parameters()).device))
+        say("measuring inference memory")
+        out["peak_mem_mb"] = measure_peak_memory(model, input_shape, inferer) / 2**20
         if train_shape is not None:
+            say(f"measuring training memory at {'x'.join(map(str, train_shape))}")
             out["train_peak_mem_mb"] = measure_training_memory(model, train_shape) / 2**20
     return out
+
+
+def load_per_core() -> float:
+    """The 1-minute load average per core (runnable processes per core): about 1 or less on a
+    machine doing only this; above, latency was measured beside other work."""
+    return os.getloadavg()[0] / (os.cpu_count() or 1)

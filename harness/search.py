@@ -137,9 +137,13 @@ def _dec(v: Any) -> Any:
 class Space:
     """A validated search space bound to its base study and scale."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, scale: str | None = None):
+        """``scale``: another scale than the file's (``harness search --scale``); the search is
+        then its own, named ``<name>-<scale>`` (journal, MLflow experiment, report folder)."""
         p = Path(path)
         self.cfg: SearchCfg = load_yaml(p, SearchCfg, "search space")
+        if scale is not None and scale != self.cfg.scale:
+            self.cfg = self.cfg.model_copy(update={"scale": scale, "name": f"{self.cfg.name}-{scale}"})
         self.study: StudyCfg = load_study(p.parent / self.cfg.study)
         self.base_params = {**self.study.model.params, **self.study.scales[self.cfg.scale].model}
         self.choices: dict[str, list[Any]] = {}
@@ -420,14 +424,27 @@ def _storage(url: str):
 
 
 def run_search(path: str, trials: int | None, address: str | None, resume: bool, tracking_uri: str | None,
-               reports: Path = Path("reports"), verbose: int = 1) -> int:
+               reports: Path = Path("reports"), verbose: int = 1, scale: str | None = None) -> int:
     """Launch (or resume) the search and each strategy it is compared with, then write the
     Pareto table, plot and exported variants (and the hypervolume-against-trial-time figure)."""
+    import optuna
+
+    level = optuna.logging.get_verbosity()
+    if verbose < 2:  # Optuna's own lines ("A new study created ...") only with -v 2
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return _search(path, trials, address, resume, tracking_uri, reports, verbose, scale)
+    finally:
+        optuna.logging.set_verbosity(level)
+
+
+def _search(path: str, trials: int | None, address: str | None, resume: bool, tracking_uri: str | None,
+            reports: Path, verbose: int, scale: str | None) -> int:
     import optuna
     from rich.console import Console
 
     console = Console()
-    space = Space(path)  # all validation before anything is written
+    space = Space(path, scale)  # all validation before anything is written
     cfg = space.cfg
     from harness.tracking import Tracker, check_store, hold_lock
     from harness.tune import check_capacity
@@ -497,8 +514,11 @@ def _run_strategy(space: Space, storage, storage_url: str, exists: bool, n_total
         parent_id = tracker.start_parent(exp_id, f"search-{cfg.name}", cfg.scale, chash,
                                          {"search_file": str(path), "base_study": space.study.name})
     if todo:
-        writer = run_search_trials(space, study, storage, todo, tracker, exp_id, parent_id, address,
-                                   db_dir / "ray_results", verbose)
+        from harness.progress import Board
+
+        with Board(f"search {cfg.name}", verbose, expected=todo) as board:
+            writer = run_search_trials(space, study, storage, todo, tracker, exp_id, parent_id, address,
+                                       db_dir / "ray_results", board, verbose)
         if writer.crashed:  # Ray Tune raised: the search did not run, whatever the journal holds
             tracker.client.set_terminated(parent_id, "FAILED")
             console.print(f"search {cfg.name}: Ray Tune stopped with {writer.error}; {len(writer.finished)} of "

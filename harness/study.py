@@ -52,19 +52,14 @@ def measure_step_time(spec: TrialSpec, task: Task, steps: int = 2, device: torch
     return (time.perf_counter() - t0) / steps
 
 
-def longest_first(specs: list[TrialSpec], tasks: dict[str, Task]) -> list[TrialSpec]:
-    """``specs`` ordered by training work, the largest first (stable among equals).
-
-    Ray Tune starts trials in the order given; started in study order, a long trial that comes
-    last runs alone at the end (the landscape's VFN: 4 of its 13 minutes). Longest first is the
-    LPT rule, whose makespan is within 4/3 of the best. Work = forward MACs of one training batch
-    x steps, the MACs estimated (``proxy_macs``) without a forward pass at the training patch,
-    which in the driver could exhaust its memory; a trial whose MACs cannot be counted is taken
-    as the longest (its cost measurement will fail the trial anyway, early).
-    """
+def step_work(specs: list[TrialSpec], tasks: dict[str, Task]) -> dict[str, float]:
+    """Forward MACs of one training batch per trial (``trial_id``), estimated (``proxy_macs``)
+    without a forward pass at the training patch, which in the driver could exhaust its memory;
+    a trial whose MACs cannot be counted gets infinity (its cost measurement will fail the trial
+    anyway, early). Once per architecture."""
     macs: dict[str, float] = {}
-
-    def work(spec: TrialSpec) -> float:
+    out = {}
+    for spec in specs:
         cfg = spec.train
         key = config_hash([spec.model.model_dump(), spec.data.model_dump(), cfg.patch, cfg.batch_size, cfg.output])
         if key not in macs:
@@ -72,9 +67,19 @@ def longest_first(specs: list[TrialSpec], tasks: dict[str, Task]) -> list[TrialS
                 macs[key] = proxy_macs(spec, tasks[config_hash(spec.data.model_dump())])
             except Exception:  # noqa: BLE001  an ordering hint only; the trial itself reports the error
                 macs[key] = float("inf")
-        return macs[key] * cfg.epochs * cfg.steps_per_epoch
+        out[spec.trial_id] = macs[key]
+    return out
 
-    return sorted(specs, key=work, reverse=True)
+
+def longest_first(specs: list[TrialSpec], work: dict[str, float]) -> list[TrialSpec]:
+    """``specs`` ordered by training work (``work``: ``step_work``, x steps), the largest first
+    (stable among equals).
+
+    Ray Tune starts trials in the order given; started in study order, a long trial that comes
+    last runs alone at the end (the landscape's VFN: 4 of its 13 minutes). Longest first is the
+    LPT rule, whose makespan is within 4/3 of the best.
+    """
+    return sorted(specs, key=lambda s: work[s.trial_id] * s.train.epochs * s.train.steps_per_epoch, reverse=True)
 
 
 PROXY_SHRINK = (4, 2, 1)  # per axis: 1/64, 1/8 of the patch's voxels, then the patch itself
@@ -253,19 +258,34 @@ def run_studies(paths: list[str], scale: str, seeds: int | None, address: str | 
     # Lazy tasks (channels and regions, no case read) for the cost check; data is generated below.
     tasks = {key: build_task(data.dataset, **data.params) for key, data in
              {config_hash(s.data.model_dump()): s.data for specs in specs_of.values() for s in specs}.items()}
-    for specs in specs_of.values():
-        check_costable(specs, tasks)
     if dry:
+        for specs in specs_of.values():
+            check_costable(specs, tasks)
         for _, study in studies:
             dry_run(specs_of[study.name], console)
         return 0
+    from harness.progress import Board
+
+    title = ", ".join(st.name for _, st in studies) + f" @ {scale}"
+    with Board(title, verbose) as board:  # shown from here on: the start-up takes tens of seconds
+        return _run(studies, specs_of, tasks, scale, resume, tracking_uri, address, storage, verbose, console, board)
+
+
+def _run(studies, specs_of, tasks, scale, resume, tracking_uri, address, storage, verbose, console, board) -> int:
+    """``run_studies`` once every study is valid: check, start Ray, train, close the parent runs."""
+    board.phase(f"checking {len({(s.model.model_dump_json(), str(s.train.patch)) for v in specs_of.values() for s in v})} "
+                f"architectures (build, cost handles)")
+    for specs in specs_of.values():
+        check_costable(specs, tasks)
+    board.phase("preparing the data (generated on first use, then read from the cache)")
     for task in tasks.values():
         task.train  # generate/cache once, before trials race for it
 
     from harness.tracking import Tracker, check_store, hold_lock  # mlflow and ray load only when a run starts
-    from harness.tune import check_capacity, run_trials, trial_id
+    from harness.tune import check_capacity, run_trials
 
     check_store(tracking_uri)  # a damaged mlflow.db is said in one line, before Ray starts
+    board.phase(f"starting Ray ({address})" if address else "starting a local Ray instance")
     check_capacity(address, max(st.resources.cpu for _, st in studies), max(st.resources.gpu for _, st in studies),
                    verbose, largest_cpu_trial(specs_of, tasks))  # before mlflow.db exists
     # One runner per study and scale: a second `--resume` at once would train every trial left twice.
@@ -278,7 +298,7 @@ def run_studies(paths: list[str], scale: str, seeds: int | None, address: str | 
         specs = specs_of[study.name]
         exp_id = tracker.experiment(study.name)
         hashes = {s.key: spec_hash(s) for s in specs}
-        trial_hash |= {trial_id(s): hashes[s.key] for s in specs}
+        trial_hash |= {s.trial_id: hashes[s.key] for s in specs}
         study_hash = config_hash(sorted(hashes.items()))
         parent = tracker.find_parent(exp_id, scale, study_hash) if resume else None
         left = specs
@@ -304,9 +324,14 @@ def run_studies(paths: list[str], scale: str, seeds: int | None, address: str | 
     # a path every node shares, or a URI (--storage s3://bucket/ray).
     storage = storage or (Path(tracker.uri[len("sqlite:///"):]).parent / "ray_results" if tracker.uri.startswith(
         "sqlite:///") else Path("ray_results"))
-    todo = longest_first(todo, tasks)
+    work = step_work(todo, tasks)
+    todo = longest_first(todo, work)
+    for s in todo:
+        board.plan(s.trial_id, s.trial_id if len(studies) > 1 else s.key, s.train.epochs * s.train.steps_per_epoch,
+                   s.train.epochs, work[s.trial_id])
+    board.phase(f"launching {len(todo)} trials")
     while todo:
-        writer = run_trials(todo, tracker, parents, trial_hash, address, storage, verbose)
+        writer = run_trials(todo, tracker, parents, trial_hash, address, storage, board, verbose)
         failed += writer.failed
         if not writer.crashed:
             break
@@ -315,7 +340,7 @@ def run_studies(paths: list[str], scale: str, seeds: int | None, address: str | 
         if not settled:
             console.print("Ray Tune stopped before any trial started; nothing more is launched.")
             break
-        todo = [s for s in todo if trial_id(s) not in settled]
+        todo = [s for s in todo if s.trial_id not in settled]
         console.print(f"Ray Tune stopped early; {len(todo)} trials left to launch.")
     code = 0
     for path, study in studies:
@@ -327,7 +352,7 @@ def run_studies(paths: list[str], scale: str, seeds: int | None, address: str | 
                     if r.info.status == "FINISHED"}
         keys = [s.key for s in specs] + [c["key"] for c in combined_keys(study, specs)]
         missing = [k for k in keys if k not in finished]
-        lost = [s.key for s in specs if trial_id(s) in failed] + lost_combined
+        lost = [s.key for s in specs if s.trial_id in failed] + lost_combined
         tracker.client.set_tag(parent_id, "trials_finished", str(len(keys) - len(missing)))
         tracker.client.set_tag(parent_id, "trials_failed", ",".join(lost))
         tracker.client.set_terminated(parent_id, "FINISHED" if not missing else ("FAILED" if lost else "KILLED"))

@@ -40,6 +40,7 @@ from harness.registry import AUGMENTATIONS, CALLBACKS, TARGETS
 
 Report = Callable[[dict[str, float], int], None]
 CHECKPOINT = "model.pt"
+BEAT_S = 3.0  # seconds between a trial's progress beats (after its first step): the live display's pace
 
 
 def pick_device(gpu: float) -> torch.device:
@@ -364,7 +365,8 @@ def cost_as_run(spec: TrialSpec, cfg: TrainCfg, in_channels: int, models: list[n
 
 def run_trial(spec: TrialSpec, report: Report = lambda m, e: None, threads: int | None = None,
               checkpoint_dir: Path | None = None, rungs: Collection[int] = (),
-              rung_cases: int | None = None) -> dict[str, Any]:
+              rung_cases: int | None = None, beat: Callable[[dict[str, float]], None] | None = None,
+              clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
     """Train and evaluate one trial; returns final metrics, per-case metrics and cost.
 
     With ``checkpoint_dir`` the final weights (those evaluated: a callback may have replaced
@@ -376,6 +378,10 @@ def run_trial(spec: TrialSpec, report: Report = lambda m, e: None, threads: int 
     only, when given: a rung needs a ranking, not the final score), and the architecture's cost
     is measured before training and sent with those epochs' numbers, since the scheduler ranks
     by every objective at once.
+
+    ``beat(progress)``: the loop's progress (``step``, ``steps``, ``epoch``, ``loss``, ``train_s``,
+    ``build_s``) after the first step and then every ``BEAT_S`` seconds, for a live display and
+    its ETA; nothing is logged from it.
     """
     # Each trial owns its CPU share; torch would otherwise grab every core per trial.
     torch.set_num_threads(max(1, int(threads or spec.resources.cpu)))
@@ -396,6 +402,7 @@ def run_trial(spec: TrialSpec, report: Report = lambda m, e: None, threads: int 
     evaluated = t.model
     step_times: list[float] = []
     start = time.perf_counter()
+    steps, done, train_s, last_beat = cfg.epochs * cfg.steps_per_epoch, 0, 0.0, None
     for epoch in range(cfg.epochs):
         t.state.epoch = epoch
         t.model.train()
@@ -405,6 +412,12 @@ def run_trial(spec: TrialSpec, report: Report = lambda m, e: None, threads: int 
             losses.append(train_step(t, batch))
             for cb in t.callbacks:
                 cb.on_step_end(ctx)
+            done += 1
+            if beat is not None and (last_beat is None or clock() - last_beat >= BEAT_S):
+                last_beat = clock()
+                beat({"step": done, "steps": steps, "epoch": epoch, "loss": float(np.mean(losses)),
+                      "train_s": train_s + time.perf_counter() - t0, "build_s": phase["build"]})
+        train_s += time.perf_counter() - t0
         step_times.append((time.perf_counter() - t0) / max(1, len(losses)))
         ctx.metrics = {"train_loss": float(np.mean(losses)), "lr": t.schedule.get_last_lr()[0],
                        "step_time_s": step_times[-1]}

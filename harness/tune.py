@@ -28,6 +28,7 @@ from ray import tune  # noqa: E402
 
 from harness import compat
 from harness.config import TrialSpec
+from harness.progress import Board
 from harness.tracking import Tracker, numeric
 from harness.train import CHECKPOINT, run_trial
 
@@ -50,11 +51,6 @@ def _search_trainable(config: dict[str, Any], spec_for: Callable[[dict, str], Tr
     _report_trial(spec_for(config, f"trial_{tune.get_context().get_trial_id()}"), rungs, rung_cases)
 
 
-def trial_id(spec: TrialSpec) -> str:
-    """A trial's name across studies run together (its key is unique within its study only)."""
-    return f"{spec.study}/{spec.key}"
-
-
 class MlflowWriter(tune.Callback):
     """Driver-side MLflow writer: child run per trial, per-epoch metrics, weights, final status.
 
@@ -65,11 +61,11 @@ class MlflowWriter(tune.Callback):
     """
 
     def __init__(self, tracker: Tracker, parents: dict[str, tuple[str, str]],
-                 spec_for: Callable[[Any], tuple[TrialSpec, str]], total: int = 0, verbose: int = 0):
+                 spec_for: Callable[[Any], tuple[TrialSpec, str]], board: Board):
         """``parents`` maps a study's name to its MLflow (experiment id, parent run id);
-        ``spec_for(trial)`` gives the Ray trial's spec and its config hash; with ``verbose`` 1
-        each settled trial prints one progress line (of ``total``)."""
-        self.tracker, self.parents, self.spec_for = tracker, parents, spec_for
+        ``spec_for(trial)`` gives the Ray trial's spec and its config hash; ``board`` shows the
+        trials' progress (a live table or a line per settled trial)."""
+        self.tracker, self.parents, self.spec_for, self.board = tracker, parents, spec_for, board
         self.keys: dict[str, str] = {}  # Ray trial id -> trial_id (study/key)
         self.run_ids: dict[str, str] = {}  # trial_id -> MLflow run id
         self.finished: list[str] = []
@@ -79,35 +75,21 @@ class MlflowWriter(tune.Callback):
         self.retries: dict[str, int] = {}  # trial_id -> times its worker died and it started again
         self.crashed = False  # Tune raised instead of reporting the trial
         self.error = ""  # what it raised
-        self.total, self.verbose, self.t0 = total, verbose, time.monotonic()
-        self.started: dict[str, float] = {}
         self.dice: dict[str, float] = {}
 
     def _progress(self, key: str, outcome: str, why: str = "") -> None:
-        """One line per settled trial: the whole key, its outcome and time, counts and an ETA
-        (elapsed / settled x left: the study's own pace, parallelism included)."""
-        if self.verbose != 1:
-            return
-        settled = len(self.finished) + len(self.failed) + len(self.stopped)
-        elapsed = time.monotonic() - self.t0
-        left = max(0, self.total - settled)
-        running = sum(1 for k in self.started if k not in self.finished + self.failed + self.stopped)
-        took = time.monotonic() - self.started.get(key, self.t0)
-        dice = f"  Dice {self.dice[key]:.1f}" if key in self.dice and outcome == "done" else ""
-        eta = f", ETA {_mmss(elapsed / settled * left)}" if settled and left else ""
-        print(f"[{settled:>{len(str(self.total))}}/{self.total}] {outcome:<6} {self._shown(key)}{dice}  ({_mmss(took)}; "
-              f"{len(self.failed)} failed, " + (f"{len(self.stopped)} stopped, " if self.stopped else "")
-              + f"{running} running{eta})" + (f"\n    {why}" if why else ""), flush=True)
-
-    def _shown(self, key: str) -> str:
-        """A trial as progress lines name it: study/key when studies run together, else its key."""
-        return key if len(self.parents) > 1 else key.split("/", 1)[1]
+        dice = f"Dice {self.dice[key]:.1f}" if key in self.dice and outcome == "done" else ""
+        self.board.settle(key, outcome, dice, why)
 
     def _key(self, trial) -> str:
         if trial.trial_id not in self.keys:
             spec, chash = self.spec_for(trial)
-            self.keys[trial.trial_id] = trial_id(spec)
-            self.run_ids[trial_id(spec)] = self.tracker.start_child(*self.parents[spec.study], spec, chash)
+            key = spec.trial_id
+            self.keys[trial.trial_id] = key
+            self.run_ids[key] = self.tracker.start_child(*self.parents[spec.study], spec, chash)
+            if key not in self.board.trials:  # a search's trials are known only when proposed
+                self.board.plan(key, trial_label(spec, len(self.parents) > 1),
+                                spec.train.epochs * spec.train.steps_per_epoch, spec.train.epochs)
         return self.keys[trial.trial_id]
 
     def _run_id(self, trial) -> str:
@@ -115,18 +97,27 @@ class MlflowWriter(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run_id(trial)
-        self.started.setdefault(self._key(trial), time.monotonic())
+        self.board.start(self._key(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._run_id(trial)
-        if result.get("trial_error"):
+        if result.get("beat"):  # progress for the display only; nothing is logged
+            self.board.beat(self._key(trial), int(result["beat_step"]), int(result["beat_epoch"]),
+                            result.get("beat_loss"), float(result["beat_train_s"]), float(result["beat_build_s"]),
+                            int(result["beat_steps"]))
+        elif result.get("trial_error"):
             self._fail(trial, result["trial_error"])
         elif result.get("final"):
             strings = json.loads(result.get("strings_json", "{}"))
-            metrics = {k: v for k, v in numeric(result).items() if not _is_ray_key(k) and k not in ("final", "epoch")}
+            metrics = {k: v for k, v in numeric(result).items()
+                       if not _is_ray_key(k) and k not in ("final", "epoch", "final_step")}
             self.tracker.log_final(run_id, {**metrics, **strings}, json.loads(result["per_case_json"]),
-                                   step=int(result.get("training_iteration", 1)))
+                                   step=int(result["final_step"]))
             self.awaiting_weights.add(self._key(trial))
+            spec = self.board.trials[self._key(trial)]
+            # The trial's own account of its training time: the ETA's time outside steps is the rest.
+            self.board.beat(self._key(trial), spec.steps, spec.epochs - 1, metrics.get("train_loss"),
+                            float(metrics.get("time_train_s", 0.0)), float(metrics.get("time_build_s", 0.0)))
             if "mean_dice" in metrics:
                 self.dice[self._key(trial)] = metrics["mean_dice"]
         else:
@@ -166,10 +157,9 @@ class MlflowWriter(tune.Callback):
         key = self._key(trial)
         self.retries[key] = self.retries.get(key, 0) + 1
         self.tracker.client.set_tag(self.run_ids[key], "worker_retries", str(self.retries[key]))
-        self.started[key] = time.monotonic()
-        if self.verbose == 1:
-            print(f"    retry  {self._shown(key)}: its worker died (attempt {self.retries[key] + 1} of {WORKER_RETRIES + 1})",
-                  flush=True)
+        self.board.start(key)
+        self.board.note(f"    retry  {self.board.trials[key].label}: its worker died "
+                        f"(attempt {self.retries[key] + 1} of {WORKER_RETRIES + 1})")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         key = self._key(trial)
@@ -208,11 +198,6 @@ def _tune_logs(verbose: int):
         yield
     finally:
         logger.setLevel(level)
-
-
-def _mmss(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m}m{s:02d}s"
 
 
 def _is_ray_key(k: str) -> bool:
@@ -296,24 +281,46 @@ def packing_warning(cpu: float, node_cpus: float) -> str | None:
 
 def _report_trial(spec: TrialSpec, rungs: list[int] = (), rung_cases: int | None = None) -> None:
     with tempfile.TemporaryDirectory() as d:
+        # Beats carry no "epoch": schedulers and the MLflow writer read only the epochs' results.
         final = run_trial(spec, report=lambda m, epoch: tune.report({**numeric(m), "epoch": epoch}),
-                          checkpoint_dir=Path(d), rungs=rungs, rung_cases=rung_cases)
+                          checkpoint_dir=Path(d), rungs=rungs, rung_cases=rung_cases,
+                          beat=lambda b: tune.report({"beat": 1, **{f"beat_{k}": v for k, v in b.items()}}))
         per_case = final.pop("per_case", [])
         final["node"] = ray.get_runtime_context().get_node_id()  # which machine ran it (tag result.node)
-        tune.report({**numeric(final), "final": 1, "per_case_json": json.dumps(per_case),
+        # Logged one step after the last epoch, so that MLflow's latest value is the final one.
+        tune.report({**numeric(final), "final": 1, "final_step": spec.train.epochs + 1,
+                     "per_case_json": json.dumps(per_case),
                      "strings_json": json.dumps({k: v for k, v in final.items() if isinstance(v, str)})},
                     checkpoint=tune.Checkpoint.from_directory(d))
 
 
+def trial_label(spec: TrialSpec, with_study: bool = False) -> str:
+    """A trial as progress lines name it: a search's by its Optuna number (as ``pareto.md``
+    numbers it), its model and knobs; a study's by its key (with its study when several run)."""
+    if "optuna_trial" in spec.tags:
+        return f"t{spec.tags['optuna_trial']} {spec.model.name}" + (f" {spec.tags['knobs']}" if spec.tags.get("knobs") else "")
+    return spec.trial_id if with_study else spec.key
+
+
+def slots_for(cpu: float, gpu: float) -> int:
+    """Trials the Ray cluster runs at once with these per-trial resources."""
+    total = ray.cluster_resources()
+    fits = [int(total.get(k, 0.0) // need) for k, need in (("CPU", cpu), ("GPU", gpu)) if need > 0]
+    return max(1, min(fits, default=1))
+
+
 def run_trials(specs: list[TrialSpec], tracker: Tracker, parents: dict[str, tuple[str, str]], chash: dict[str, str],
-               address: str | None, storage: str | Path, verbose: int = 1) -> MlflowWriter:
+               address: str | None, storage: str | Path, board: Board, verbose: int = 1) -> MlflowWriter:
     """Launch ``specs`` (of one study or several) as Ray Tune trials, in the order given; returns
     the writer with the finished and failed ``trial_id``s. ``parents``: study -> (experiment id,
-    parent run id); ``chash``: trial_id -> config hash."""
+    parent run id); ``chash``: trial_id -> config hash; ``board``: where progress shows."""
     _init_ray(address, verbose)
-    by_id = {trial_id(s): s for s in specs}
-    writer = MlflowWriter(tracker, parents, lambda t: (by_id[t.config["trial"]], chash[t.config["trial"]]),
-                          total=len(specs), verbose=verbose)
+    board.slots = slots_for(max(s.resources.cpu for s in specs), max(s.resources.gpu for s in specs))
+    by_id = {s.trial_id: s for s in specs}
+    for s in specs:
+        board.plan(s.trial_id, trial_label(s, len(parents) > 1), s.train.epochs * s.train.steps_per_epoch,
+                   s.train.epochs)
+    writer = MlflowWriter(tracker, parents, lambda t: (by_id[t.config["trial"]], chash[t.config["trial"]]), board)
     # Trials carry only their id; the specs travel once through Ray's object store. Studies run
     # together may ask for different resources: each trial gets its own.
     trainable = tune.with_resources(
@@ -439,7 +446,7 @@ def _halving(metrics: list[str], modes: list[str], rungs: list[int], reduction_f
 
 
 def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: str, parent_id: str,
-                      address: str | None, storage_dir: str | Path, verbose: int = 1) -> MlflowWriter:
+                      address: str | None, storage_dir: str | Path, board: Board, verbose: int = 1) -> MlflowWriter:
     """Run ``n`` more trials of an Optuna study through Ray Tune's OptunaSearch.
 
     ``space`` is duck-typed (``harness.search.Space``): ``cfg``, ``study``, ``define_by_run``,
@@ -474,11 +481,14 @@ def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: s
         # pareto.md (its "trial" column) leads to its MLflow run (tag.optuna_trial).
         asked = compat.searcher_trial(searcher, trial.trial_id)
         if asked is not None:
-            spec = spec.model_copy(update={"tags": {**spec.tags, "optuna_trial": str(asked.number)}})
+            knobs = " ".join(f"{k}={v}" for k, v in trial.config.items() if str(v) != spec.model.name)
+            spec = spec.model_copy(update={"tags": {**spec.tags, "optuna_trial": str(asked.number),
+                                                    "knobs": knobs[:80]}})
         return spec, chash
 
-    writer = MlflowWriter(tracker, {space.study.name: (exp_id, parent_id)}, spec_for, total=n, verbose=verbose)
     res = space.study.resources
+    board.slots = slots_for(res.cpu, res.gpu)
+    writer = MlflowWriter(tracker, {space.study.name: (exp_id, parent_id)}, spec_for, board)
     rungs = space.rungs()
     scheduler = _halving(metrics, modes, rungs, cfg.scheduler.reduction_factor) if rungs else None
     trainable = tune.with_resources(tune.with_parameters(_search_trainable, spec_for=space.spec_for, rungs=rungs,

@@ -73,6 +73,17 @@ def test_cost_command_prints_whole_numbers_when_piped_and_progress_on_stderr(cap
     assert "costing Cs_half at 1x1x" in captured.err
 
 
+def test_cost_of_a_study_named_without_its_file_defaults_to_quick(capsys, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # studies/ of the checkout
+    assert main(["cost", "gsp_shift_ratio_promise12", "--json", "--no-latency"]) == 0
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)
+    assert [r["name"] for r in rows] == ["Cs_half", "Cs_all"] and rows[0]["input"] == "1x1x16x128x128"  # the quick patch
+    assert "costed at the quick scale's input" in captured.err and "the paper's inputs are" in captured.err
+    assert main(["cost", "gsp_shift_ratio_promise1"]) == 2  # a typo: the model is unknown, the study close
+    assert "Or a study; did you mean studies/gsp_shift_ratio_promise12.yaml?" in capsys.readouterr().err
+
+
 def test_cost_command_bad_input(capsys):
     assert main(["cost", "gsp_unet", "--param", "insert=CSC", "--param", "groups=[[3,3,3],[1,1,1],[1,1,1],[1,1,1],[1,1,1]]",
                  "--input", "1x4x16x32x32"]) == 2

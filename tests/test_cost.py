@@ -113,12 +113,12 @@ def test_a_net_the_counter_cannot_cost_is_refused_at_dry_run_naming_the_op(tmp_p
 
 
 def test_latency_is_the_median_of_single_warm_runs():
-    import time
-
     from harness.cost import measure_latency
 
+    now = [0.0]  # a fake clock each call advances: no real time, so a loaded machine changes nothing
+
     class Slow(nn.Module):
-        """Sleeps 30 ms a call, 300 ms on its first (a cold start the warm-up must absorb)."""
+        """Takes 300 ms on its first call (a cold start the warm-up must absorb), then 30, 50, 40."""
 
         def __init__(self):
             super().__init__()
@@ -126,11 +126,11 @@ def test_latency_is_the_median_of_single_warm_runs():
             self.calls = 0
 
         def forward(self, x):
+            now[0] += (0.3, 0.03, 0.05, 0.04)[self.calls]
             self.calls += 1
-            time.sleep(0.3 if self.calls == 1 else 0.03)
             return x
 
     net = Slow()
-    latency = measure_latency(net, (1, 1, 2, 2, 2), warmup=1, runs=3)
+    latency = measure_latency(net, (1, 1, 2, 2, 2), warmup=1, runs=3, clock=lambda: now[0])
     assert net.calls == 4  # one warm-up, three timed
-    assert 0.03 <= latency < 0.2  # the cold first call is not in it
+    assert latency == pytest.approx(0.04)  # the median of the warm ones; the cold call is not in it

@@ -253,7 +253,7 @@ def test_a_model_breaking_the_eval_contract_is_named():
 def test_trials_start_longest_first_by_macs_times_steps():
     from harness.config import config_hash
     from harness.data import build_task
-    from harness.study import longest_first
+    from harness.study import longest_first, step_work
 
     def named(s, key):
         return s.model_copy(update={"key": key})
@@ -264,7 +264,8 @@ def test_trials_start_longest_first_by_macs_times_steps():
     twin = named(spec(), "narrow_twin")
     broken = named(spec(params={**narrow.model.params, "groups": [[3, 3, 3]] * 5}), "uncountable")  # 3 does not divide 16
     tasks = {config_hash(narrow.data.model_dump()): build_task(narrow.data.dataset, **narrow.data.params)}
-    order = [s.key for s in longest_first([narrow, wide, twin, long, broken], tasks)]
+    specs = [narrow, wide, twin, long, broken]
+    order = [s.key for s in longest_first(specs, step_work(specs, tasks))]
     # Unknown work goes first (it fails early, at its cost measurement), then by work; equals keep their order.
     assert order == ["uncountable", "narrow_long", "wide", "narrow", "narrow_twin"]
 

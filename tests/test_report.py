@@ -2,6 +2,7 @@
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -490,10 +491,10 @@ def test_index_counts_each_comparison_once_and_ours_apart(tmp_path):
     from harness.report import write_index
     from harness.stats import ENGINE
 
-    def study(name, claims, engine=ENGINE):
+    def study(name, claims, engine=ENGINE, scale="quick"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "README.md").write_text(f"# {name} <title>\n")
-        (tmp_path / name / "claims.json").write_text(json.dumps({"scale": "quick", "engine": engine, "claims": claims}))
+        (tmp_path / name / "claims.json").write_text(json.dumps({"scale": scale, "engine": engine, "claims": claims}))
 
     def claim(text, verdict, id, source="paper", flag=""):
         return {"claim": text, "verdict": verdict, "id": id, "source": source, "flag": flag}
@@ -506,11 +507,18 @@ def test_index_counts_each_comparison_once_and_ours_apart(tmp_path):
     study("t4", [claim("axial vs base", "reproduced", "conres:cb"), claim("views", "inconclusive", "conres:v"),
                  claim("our check", "contradicted", "x:ours", source="ours")])
     study("old", [claim("bootstrapped", "reproduced", "o:x")], engine=None)  # before this engine: listed apart
+    # A smoke run tests the plumbing: its verdicts are counted apart, never in the quick totals.
+    study("plumbing", [claim("conres vs base", "contradicted", "conres:cb"), claim("s", "reproduced", "s:1")],
+          scale="smoke")
     write_index(tmp_path)
     md = (tmp_path / "index.md").read_text()
-    assert "- The papers' claims: 4 distinct comparisons (7 claim rows): 2 reproduced, 1 inconclusive, 1 mixed " \
-           "(1 underpowered)" in md, md
-    assert "- Our own checks: 1 distinct comparisons (1 claim rows): 1 contradicted" in md
+    assert "- At quick scale, the papers' claims: 4 distinct comparisons (7 claim rows): 2 reproduced, " \
+           "1 inconclusive, 1 mixed (1 underpowered)" in md, md
+    assert "- At quick scale, our own checks: 1 distinct comparisons (1 claim rows): 1 contradicted" in md
+    assert "- At smoke scale, the papers' claims: 2 distinct comparisons (2 claim rows): 1 contradicted, " \
+           "1 reproduced" in md
+    assert md.index("At quick scale") < md.index("At smoke scale")
+    assert "## Reading the verdicts" in md and md.count("*underpowered*: inconclusive") == 1
     assert "t4/README.md): t4 <title> — claims at quick: paper's 1 reproduced, 1 inconclusive; ours 1 contradicted" in md
     assert "Not in these totals: 1 reports judged by an earlier engine" in md and md.count("bootstrap") == 1
     html = (tmp_path / "index.html").read_text()
@@ -543,3 +551,30 @@ def test_wall_time_sums_each_run_and_skips_the_days_between():
                       "start_time": [0, 60_000, day], "end_time": [120_000, 180_000, day + 30_000]})
     study = StudyCfg.model_validate(GRID)
     assert wall_time(StudyRuns(study, "quick", t, failed=[])) == 180 + 30  # not a day and more
+
+
+def test_accuracy_plot_draws_a_front_per_task_and_labels_that_do_not_overlap():
+    import matplotlib.pyplot as plt
+
+    from harness.report.plots import accuracy_figure
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for task in ("BraTS18", "PROMISE12"):  # a cluster of near-identical nets per task, a cost spanning 100x
+        for i in range(8):
+            rows.append({"variant": f"{task}-net{i}", "mean_dice": 60 + i + rng.normal(0, 0.3),
+                         "gmacs": 0.05 * 1.9**i, "params": 1e4 * 1.9**i, "peak_mem_mb": 10 + 0.1 * i})
+    trials = pd.DataFrame(rows)
+    fig = accuracy_figure(trials, {r["variant"]: r["variant"].split("-")[0] for r in rows}, "t @ quick")
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        fronts = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+        assert len(fronts) == 2  # one per task, never one across both
+        assert len({ln.get_color() for ln in fronts}) == 2
+        boxes = [t.get_window_extent(renderer) for t in ax.texts]
+        assert boxes and all(not a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+        frame = ax.get_window_extent(renderer)
+        assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
+    assert fig.axes[0].get_xscale() == "log"  # GMACs span 90x
+    assert fig.legends and not any(ax.get_legend() for ax in fig.axes)  # the legend sits outside the panels
+    plt.close(fig)

@@ -121,17 +121,17 @@ def test_tune_crash_marks_in_flight_trials_failed_and_the_study_goes_on(tmp_path
 
     calls = []
 
-    def fake_run_trials(specs, tracker, parents, chash, address, storage, verbose=1):
-        writer = ht.MlflowWriter(tracker, parents, lambda cfg: None)
+    def fake_run_trials(specs, tracker, parents, chash, address, storage, board, verbose=1):
+        writer = ht.MlflowWriter(tracker, parents, lambda cfg: None, board)
         calls.append([s.key for s in specs])
         for i, s in enumerate(specs):
-            writer.run_ids[ht.trial_id(s)] = tracker.start_child(*parents[s.study], s, chash[ht.trial_id(s)])
+            writer.run_ids[s.trial_id] = tracker.start_child(*parents[s.study], s, chash[s.trial_id])
             if len(calls) == 1 and i == 1:  # second trial in flight when Tune dies
                 writer.abort("OutOfMemoryError: 2 worker(s) were killed")
                 writer.crashed = True
                 return writer
-            tracker.finish_child(writer.run_ids[ht.trial_id(s)], {"mean_dice": 50.0}, [], step=1)
-            writer.finished.append(ht.trial_id(s))
+            tracker.finish_child(writer.run_ids[s.trial_id], {"mean_dice": 50.0}, [], step=1)
+            writer.finished.append(s.trial_id)
         return writer
 
     monkeypatch.setattr(ht, "run_trials", fake_run_trials)

@@ -1,7 +1,6 @@
 """The MLflow store: created once when two runs start together; a damaged one said in one line."""
 import subprocess
 import sys
-import time
 
 import yaml
 
@@ -29,11 +28,10 @@ def test_a_damaged_store_is_refused_in_one_line_before_ray_starts(tmp_path, monk
         raise AssertionError("Ray started")
 
     monkeypatch.setattr(harness.tune, "check_capacity", no_ray)
-    start = time.monotonic()
     assert main(["run", "s.yaml"]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'mlflow.db'}: not a readable MLflow database" in err and "mv " in err
-    assert len(err.strip().splitlines()) == 1 and time.monotonic() - start < 60
+    assert len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "s.yaml"]
 
 

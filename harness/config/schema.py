@@ -448,6 +448,11 @@ class TrialSpec(BaseModel):
     cost: CostCfg
     resources: ResourcesCfg
 
+    @property
+    def trial_id(self) -> str:
+        """A trial's name across studies run together (its key is unique within its study only)."""
+        return f"{self.study}/{self.key}"
+
 
 _SCALAR_TAGS = ("float", "int", "str", "bool")
 

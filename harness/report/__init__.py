@@ -2,7 +2,7 @@
 plots; one module a job: ``runs`` (loading), ``claims`` (statistics and verdicts), ``tables`` (the
 paper's layout and the formats), ``plots``, ``write`` (the report folder and the index)."""
 from harness.report.runs import StudyRuns, evaluations, load_runs, wall_time
-from harness.report.claims import (CLAIM_COLUMNS, NOISY_COSTS, UNIT, claim_id, claims_legend, claims_markdown,
+from harness.report.claims import (CLAIM_COLUMNS, NOISY_COSTS, UNIT, claim_id, claims_markdown,
                                    claims_table, comparisons, judge_claim, md_text, paired_difference, paired_test,
                                    paper_effect, summarise)
 from harness.report.tables import (COST_COLUMNS, FORMATS, check_pinned, cost_table, layout_metrics, layout_table,
@@ -11,7 +11,7 @@ from harness.report.plots import axis_curves, pareto_front, plots
 from harness.report.write import write_index, write_report
 
 __all__ = ["CLAIM_COLUMNS", "COST_COLUMNS", "FORMATS", "NOISY_COSTS", "StudyRuns", "UNIT", "axis_curves",
-           "check_pinned", "claim_id", "claims_legend", "claims_markdown", "claims_table", "comparisons",
+           "check_pinned", "claim_id", "claims_markdown", "claims_table", "comparisons",
            "cost_table", "evaluations", "judge_claim", "layout_metrics", "layout_table", "layout_values", "load_runs",
            "md_text", "paired_difference", "paired_test", "paper_effect", "pareto_front", "plots", "stats_table",
            "summarise", "verify", "wall_time", "write_index", "write_report"]

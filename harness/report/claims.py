@@ -209,19 +209,24 @@ def md_text(text: Any) -> str:
     return html_lib.escape(str(text), quote=False).replace("|", "\\|")
 
 
-def claims_legend(study: StudyCfg) -> str:
-    return ("Effect: `better` − `than` in the claimed direction (positive = as claimed), with its 95% interval; "
-            f"unit: {UNIT}. Reproduced when the interval lies above the claimed margin, contradicted when below"
-            + ("; a claim of no difference (metric `=`) is reproduced when the interval lies within ± its margin, "
-               "contradicted when wholly outside" if any(c.direction == "equal" for c in study.claims) else "")
-            + ("; a claim to match or beat (metric `≥ −margin`, non-inferiority) is reproduced when the interval "
-               "lies above −margin, contradicted when below" if any(c.direction == "noninferior" for c in study.claims)
-               else "")
-            + ". Detectable: the true effect this design reproduces with 80% power (for `=`: the smallest margin it "
-            "shows a true zero difference within), from the observed seed and case variance; paper: the effect in "
-            "the paper's own numbers. *underpowered*: inconclusive, and the design could not have detected the "
-            "paper's effect; *borderline*: a shift of a tenth of the interval's half-width would change the verdict. "
-            "Source: the paper's claim, or ours (a check the paper does not state), counted apart in the index.")
+VERDICT_LEGEND = (
+    "Effect: `better` − `than` in the claimed direction (positive = as claimed), in the metric's unit, with its "
+    f"95% interval: {UNIT}. A claim that one beats the other is **reproduced** when the interval lies above the "
+    "claimed margin, **contradicted** when below, **inconclusive** otherwise; a claim of no difference (metric `=`) "
+    "is reproduced when the interval lies within ± its margin, contradicted when wholly outside; a claim to match "
+    "or beat (metric `≥ −margin`, non-inferiority) is reproduced when the interval lies above −margin, "
+    "contradicted when below. Detectable: the true effect the design reproduces with 80% power (for `=`: the "
+    "smallest margin within which it shows a true zero difference), from the observed seed and case variance; "
+    "paper: the effect in the paper's own numbers. *underpowered*: inconclusive, and the design could not have "
+    "detected the paper's effect; *borderline*: a shift of a tenth of the interval's half-width would change "
+    "the verdict. Source: the paper's claim, or ours (a check the paper does not state), counted apart.")
+
+
+def reading_guide() -> str:
+    """The one line each report carries; the legend itself is once, in the index."""
+    return ("How to read it: each claim is judged on these runs by a 95% interval over seeds and validation "
+            "cases (docs/calibration.md); verdicts, flags and columns are explained under "
+            "[Reading the verdicts](../index.md#reading-the-verdicts).")
 
 
 def claims_markdown(claims: pd.DataFrame) -> str:

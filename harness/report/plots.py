@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.config import table_rows
 from harness.report.runs import StudyRuns
 
 
@@ -21,6 +22,111 @@ def pareto_front(df: pd.DataFrame, cost: str, acc: str) -> pd.DataFrame:
     return pd.DataFrame(front)
 
 
+COST_AXES = {"gmacs": "GMACs", "params": "parameters", "latency_ns_per_voxel": "latency (ns / voxel)",
+             "peak_mem_mb": "inference peak memory (MB)"}
+LOADED = 1.25  # 1-minute load per core above which latency is flagged (trials run 1 a core: about 1)
+
+
+def _no_overlap(ax, points: list[tuple[float, float, str]], avoid: list[tuple[float, float]], size: float = 7) -> None:
+    """Label ``points`` (x, y, text) where no label overlaps another, a marker or the axes'
+    edge: each tries offsets around its point, nearest first, and keeps the first free one
+    (the greedy rule adjustText starts from); a label with no free place is left out."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = ax.get_window_extent(renderer)
+    taken = []
+    for x, y in avoid:
+        px, py = ax.transData.transform((x, y))
+        taken.append((px - 4, py - 4, px + 4, py + 4))
+    offsets = [(dx * r, dy * r) for r in (1, 2, 3) for dx, dy in
+               ((5, 5), (5, -12), (-5, 5), (-5, -12), (0, 10), (0, -16), (8, -3), (-8, -3))]
+    for x, y, text in points:
+        for dx, dy in offsets:
+            t = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=size,
+                            ha="left" if dx >= 0 else "right",
+                            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"} if abs(dy) > 12 else None)
+            b = t.get_window_extent(renderer).expanded(1.0, 1.0).padded(2)  # a little air between labels
+            inside = b.x0 >= box.x0 and b.x1 <= box.x1 and b.y0 >= box.y0 and b.y1 <= box.y1
+            if inside and not any(b.x0 < x1 and b.x1 > x0 and b.y0 < y1 and b.y1 > y0 for x0, y0, x1, y1 in taken):
+                taken.append((b.x0, b.y0, b.x1, b.y1))
+                break
+            t.remove()
+
+
+def accuracy_vs_cost(trials: pd.DataFrame, task_of: dict[str, str | None], title: str, path: Path) -> bool:
+    """``accuracy_figure`` saved to ``path``; False when the trials have no Dice or no cost."""
+    import matplotlib.pyplot as plt
+
+    fig = accuracy_figure(trials, task_of, title)
+    if fig is None:
+        return False
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def accuracy_figure(trials: pd.DataFrame, task_of: dict[str, str | None], title: str):
+    """Mean Dice against each cost (a panel each), one colour and one Pareto front per task (a
+    front across tasks compares nothing), fronts labelled with their variants where labels do
+    not collide, log axes where a cost spans over 10x, the legend below the panels, latency
+    flagged when it was measured beside other work (``load_per_core`` above ``LOADED``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter, FormatStrFormatter, LogLocator, NullFormatter
+
+    acc = "mean_dice"
+    agg = trials.groupby("variant", sort=False).mean(numeric_only=True).reset_index()
+    costs = [c for c in COST_AXES if c in agg and agg[c].notna().any()]
+    if acc not in agg or not costs:
+        return None
+    agg["task"] = agg.variant.map(lambda v: task_of.get(v) or "")
+    tasks = list(dict.fromkeys(agg.task))
+    rows = (len(costs) + 1) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(11, 4.2 * rows + 0.4), squeeze=False)
+    for ax in axes.flat[len(costs):]:
+        ax.remove()
+    placing = []  # (axes, front labels, every marker): labelled once the layout has settled
+    for ax, c in zip(axes.flat, costs):
+        labels = []
+        for i, task in enumerate(tasks):
+            d = agg[agg.task == task]
+            colour = f"C{i}"
+            ax.scatter(d[c], d[acc], s=28, color=colour, label=task or None, zorder=3)
+            front = pareto_front(d, c, acc)
+            if not front.empty:  # rings mark the front (a front of one point has no line)
+                ax.step(front[c], front[acc], where="post", color=colour, lw=1.2, ls="--", zorder=2)
+                ax.scatter(front[c], front[acc], s=110, facecolors="none", edgecolors=colour, lw=1.2, zorder=2,
+                           label=f"Pareto front{f' ({task})' if task else ''}")
+                name = (lambda v, t=task: v.removeprefix(f"{t}-") if t else v)
+                labels += [(r[c], r[acc], name(r["variant"])) for _, r in front.iterrows()]
+        positive = agg[c][agg[c] > 0]
+        if len(positive) and positive.max() > 10 * positive.min():
+            ax.set_xscale("log")
+            # Ticks at 1, 2, 5 x 10^k, labelled short; unlabelled minor ticks (their labels collided).
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.xaxis.set_major_formatter(EngFormatter(sep="") if c == "params" else FormatStrFormatter("%g"))
+        elif c == "params":
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        label = COST_AXES[c]
+        if c == "latency_ns_per_voxel" and "load_per_core" in agg and agg.load_per_core.max() > LOADED:
+            label += f"\nmeasured beside other work (load up to {agg.load_per_core.max():.1f} per core): reads high"
+        ax.set_xlabel(label)
+        ax.set_ylabel("mean Dice (%)")
+        ax.grid(alpha=0.3)
+        placing.append((ax, labels, list(zip(agg[c], agg[acc]))))
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(4, len(names)), fontsize=8, frameon=False)
+    fig.suptitle(f"{title}: accuracy vs cost (fronts labelled; every variant in the report's tables)")
+    fig.tight_layout(rect=(0, 0.4 / (4.2 * rows + 0.4), 1, 1))
+    for ax, labels, points in placing:
+        _no_overlap(ax, labels, points)
+    return fig
+
+
 def plots(runs: StudyRuns, out: Path, tracking_uri: str | None = None) -> list[str]:
     """Accuracy vs cost with Pareto fronts, per-region Dice bars, learning curves (PNG)."""
     import matplotlib
@@ -33,31 +139,8 @@ def plots(runs: StudyRuns, out: Path, tracking_uri: str | None = None) -> list[s
     t = runs.trials
     if t.empty:
         return files
-    acc = "mean_dice"
-    agg = t.groupby("variant", sort=False).mean(numeric_only=True).reset_index()
-    costs = [c for c in ("gmacs", "params", "latency_ns_per_voxel", "peak_mem_mb") if c in agg]
-    if acc in agg and costs:
-        rows = (len(costs) + 1) // 2
-        fig, axes = plt.subplots(rows, 2, figsize=(11, 4.2 * rows), squeeze=False)
-        for ax in axes.flat[len(costs):]:
-            ax.remove()
-        for ax, c in zip(axes.flat, costs):
-            sns.scatterplot(data=agg, x=c, y=acc, ax=ax, s=50)
-            front = pareto_front(agg, c, acc)
-            if not front.empty:
-                ax.step(front[c], front[acc], where="post", color="C3", label="Pareto front")
-            for _, r in agg.iterrows():
-                ax.annotate(r["variant"], (r[c], r[acc]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-            if c in ("params", "gmacs") and agg[c].max() > 20 * agg[c].min() > 0:
-                ax.set_xscale("log")
-            ax.set_xlabel({"gmacs": "GMACs", "params": "parameters", "latency_ns_per_voxel": "latency (ns / voxel)",
-                           "peak_mem_mb": "peak memory (MB)"}[c])
-            ax.set_ylabel("mean Dice (%)")
-            ax.legend(loc="lower right", fontsize=7)
-        fig.suptitle(f"{runs.study.name} @ {runs.scale}: accuracy vs cost")
-        fig.tight_layout()
-        fig.savefig(out / "accuracy_vs_cost.png", dpi=110)
-        plt.close(fig)
+    task_of = {v.name: v.task for v in table_rows(runs.study)}
+    if accuracy_vs_cost(t, task_of, f"{runs.study.name} @ {runs.scale}", out / "accuracy_vs_cost.png"):
         files.append("accuracy_vs_cost.png")
     files += axis_curves(runs, out)
     region_cols = [c for c in t.columns if c.startswith("dice_")]

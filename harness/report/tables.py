@@ -237,6 +237,8 @@ def stats_table(runs: StudyRuns) -> pd.DataFrame:
     difference, its 95% interval (``UNIT``) and the design's minimum detectable difference."""
     lay = runs.study.layout
     summary = summarise(runs.trials, layout_metrics(runs.study))
+    if not summary.empty:  # a cell the layout has but no variant fills (PROMISE12 has no WT): no row
+        summary = summary[summary.n > 0].reset_index(drop=True)
     base = lay.baseline
     if base and not summary.empty:
         tests = [{k: v for k, v in paired_test(runs.per_case if r.variant != base else None, [r.variant], [base],

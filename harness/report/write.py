@@ -8,8 +8,8 @@ from pathlib import Path
 
 from harness import stats as stats_
 from harness.config import ConfigError, load_study, with_data_roots
-from harness.report.claims import (_claims_of, _counts, claims_legend, claims_markdown, claims_table, comparisons,
-                                   md_text)
+from harness.report.claims import (VERDICT_LEGEND, _claims_of, _counts, claims_markdown, claims_table, comparisons,
+                                   md_text, reading_guide)
 from harness.report.plots import plots
 from harness.report.runs import evaluations, load_runs, wall_time
 from harness.report.tables import _md_frame, _write_table, check_pinned, cost_table, layout_table, stats_table, verify
@@ -55,7 +55,7 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
               f"studies ({', '.join(runs.ran_with)}), whose trials shared the cores"
               if wall and runs.ran_with else "") + ".", ""]
     if not claims.empty:
-        md += ["## Claims on our runs", "", claims_legend(study), "", claims_markdown(claims), ""]
+        md += ["## Claims on our runs", "", reading_guide(), "", claims_markdown(claims), ""]
     has_paper = any(str(c).endswith(" paper") for c in table.columns)
     legend = ("Each cell: ours (mean ± std over seeds), the paper's value, and ours − paper." if has_paper else
               "Each cell: ours (mean ± std over seeds); the paper prints no number for these cells.")
@@ -88,16 +88,20 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
     return out, problems
 
 
+SCALE_ORDER = ("quick", "paper", "smoke")  # the headline first; smoke (plumbing) last
+
+
 def write_index(reports: Path) -> None:
     """``reports/index.md`` and ``index.html`` linking every study report present, with its
-    claims' verdicts at a glance; the paper's claims and ours counted apart, each distinct
-    comparison once (``comparisons``)."""
-    entries, everything, older = [], [], []
+    claims' verdicts at a glance; each scale counted apart (a smoke run's verdicts test the
+    plumbing, not the papers), the paper's claims and ours apart, each distinct comparison once
+    (``comparisons``); the verdict legend that every report links to."""
+    entries, by_scale, older = [], {}, []
     for d in sorted(p for p in reports.iterdir() if p.is_dir() and (p / "README.md").exists()):
         title = (d / "README.md").read_text().splitlines()[0].lstrip("# ")
         scale, current, claims = _claims_of(d)
         if current:
-            everything += claims
+            by_scale.setdefault(scale, []).extend(claims)
         elif claims:
             older.append(d.name)
         parts = [f"{who} {_counts(c)}" for who, c in (
@@ -106,12 +110,14 @@ def write_index(reports: Path) -> None:
         entries.append((d.name, title, (f" — claims at {scale}: " + "; ".join(parts) if parts else "")
                         + ("" if current else " (judged by an earlier engine: not in the totals)")))
     totals = []
-    for source, label in (("paper", "The papers' claims"), ("ours", "Our own checks")):
-        comp = comparisons(everything, source)
-        if len(comp):
-            n = len([c for c in everything if c.get("source", "paper") == source])
-            totals.append(f"- {label}: {len(comp)} distinct comparisons ({n} claim rows): "
-                          f"{_counts(comp.to_dict('records'))}")
+    for scale in sorted(by_scale, key=lambda s: SCALE_ORDER.index(s) if s in SCALE_ORDER else len(SCALE_ORDER)):
+        everything = by_scale[scale]
+        for source, label in (("paper", "the papers' claims"), ("ours", "our own checks")):
+            comp = comparisons(everything, source)
+            if len(comp):
+                n = len([c for c in everything if c.get("source", "paper") == source])
+                totals.append(f"- At {scale} scale, {label}: {len(comp)} distinct comparisons ({n} claim rows): "
+                              f"{_counts(comp.to_dict('records'))}")
     if older:
         totals.append(f"- Not in these totals: {len(older)} reports judged by an earlier engine (a percentile "
                       f"bootstrap, too liberal at 2-3 seeds: docs/calibration.md) and not yet re-run: "
@@ -122,6 +128,7 @@ def write_index(reports: Path) -> None:
                "judge the same comparison (a shared claim `id`) by their common verdict, or *mixed*.", ""]
         md += totals + [""]
     md += [f"- [{name}]({name}/README.md): {title}{v}" for name, title, v in entries]
+    md += ["", "## Reading the verdicts", "", VERDICT_LEGEND]
     (reports / "index.md").write_text("\n".join(md) + "\n")
     esc = html_lib.escape
     page = ["<html><head><meta charset='utf-8'><title>harness reports</title></head><body><h1>Reports</h1>"]
