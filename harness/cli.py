@@ -92,13 +92,6 @@ def cmd_data(args) -> int:
 PAPER_COST = ("params", "size_mb", "gmacs", "macs_per_voxel", "latency_ns_per_voxel")
 
 
-def _voxels(shape: list[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
-
-
 @contextlib.contextmanager
 def _doing(console, what: str):
     """Say what a long single-process step is doing: a spinner whose text follows each sub-step
@@ -123,11 +116,12 @@ def _cost_study(args, console) -> list[dict]:
     from harness.data import build_task
     from harness.inferers import build_inferer
     from harness.models import build_model
+    from harness.study import proxy_macs
 
     study = load_study(args.target)
     scale = args.scale or "quick"
     paper = {s.variant: s for s in resolve(study, "paper", 1, check=False)} if scale != "paper" else {}
-    rows, spent, paper_voxels = [], 0.0, 0.0
+    rows, spent, paper_work = [], 0.0, 0.0
     for s in resolve(study, scale, 1):
         task = build_task(s.data.dataset, **s.data.params)  # per variant: a table may span tasks
         shape = args.input or s.cost.input or [1, task.in_channels, *s.train.patch]
@@ -143,19 +137,19 @@ def _cost_study(args, console) -> list[dict]:
                                                     train_shape=[s.train.batch_size, shape[1], *s.train.patch],
                                                     say=say)}
             spent += time.perf_counter() - t0
-        if s.variant in paper and not args.input:
-            p = paper[s.variant]
-            paper_voxels += _voxels(p.cost.input or [1, shape[1], *p.train.patch]) / _voxels(shape)
+        if s.variant in paper and not args.input:  # the paper's work against this one's, counted on shrunk patches
+            with contextlib.suppress(Exception):
+                paper_work += proxy_macs(paper[s.variant], task) / proxy_macs(s, task)
         for metric, e in study.expected.get(s.variant, {}).items():  # the paper's figure beside ours
             if metric in PAPER_COST:
                 row[f"paper {metric}"] = float(e) if isinstance(e, (int, float)) else e.value
         rows.append(row)
     used = "--input" if args.input else f"the {scale} scale's input (cost.input, else one patch)"
     note = f"costed at {used}: {', '.join(sorted({r['input'] for r in rows}))}"
-    if paper_voxels and scale != "paper":
-        ratio = paper_voxels / len(rows)
-        note += (f"; the paper's inputs are {ratio:.0f}x the voxels on average, roughly "
-                 f"{spent * ratio / 60:.0f} min here (--scale paper; its nets may be wider too)")
+    if paper_work and scale != "paper":
+        ratio = paper_work / len(rows)
+        note += (f"; the paper's nets and inputs are {ratio:.0f}x the MACs on average, roughly "
+                 f"{spent * ratio / 60:.0f} min here (--scale paper)")
     print(note, file=sys.stderr)
     return rows
 
@@ -263,7 +257,7 @@ def cmd_search(args) -> int:
     from harness.search import run_search
 
     return run_search(args.space, args.trials, args.address, args.resume, args.tracking_uri, Path(args.out),
-                      verbose=args.verbose, scale=args.scale)
+                      verbose=args.verbose, scale=args.scale, only_report=args.report_only, export=args.export)
 
 
 def cmd_bench(args) -> int:
@@ -488,7 +482,8 @@ def build_parser() -> tuple[Parser, argparse._SubParsersAction]:
                     help="another scale than the space's own (its 'scale:'); the search is then its own, named "
                          "<name>-<scale>")
     se.add_argument("--trials", type=_positive, default=None,
-                    help="total complete trials wanted (default: the space's)")
+                    help="total trials to run, counting complete ones, those that failed in training and "
+                         "those stopped at a rung (default: the space's)")
     se.add_argument("--address", default=None, help="Ray cluster: 'auto' or 'ray://host:10001'")
     se.add_argument("--resume", action="store_true", help="continue the Optuna study in its storage")
     se.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///mlflow.db); "
@@ -496,6 +491,11 @@ def build_parser() -> tuple[Parser, argparse._SubParsersAction]:
     se.add_argument("--out", default=LOCAL_REPORTS,
                     help=f"folder for <space>/pareto.md, pareto.png, trials.csv and pareto_variants.yaml "
                          f"(default: {LOCAL_REPORTS}, git-ignored)")
+    se.add_argument("--report-only", action="store_true",
+                    help="write the Pareto outputs again from the journal, training nothing")
+    se.add_argument("--export", default=None, metavar="STUDY.yaml",
+                    help="also write a runnable study of the Pareto set (the base study's recipe, a variant per "
+                         "point) to this new file")
     se.add_argument("-v", "--verbose", type=int, default=1, choices=[0, 1, 2],
                     help="0: a line per search; 1 (default): a live table on a terminal, else a line per "
                          "settled trial; 2: Ray's status tables, trial logs and Optuna's lines too")

@@ -6,9 +6,10 @@ against the installed version and fails naming the dependency and its version wh
 
 - torch: the jit tracing state (``torch._C._get_tracing_state``), read and suspended so that a
   custom autograd op is one node of fvcore's trace (its inner copies are not counted).
-- Optuna: the WFG hypervolume (``optuna._hypervolume.compute_hypervolume``) and the system
+- Optuna: the WFG hypervolume (``optuna._hypervolume.compute_hypervolume``), the system
   attribute key in which a genetic sampler keeps a trial's generation
-  (``NSGAIISampler._get_generation_key``).
+  (``NSGAIISampler._get_generation_key``), and the genetic samplers' lock, which pickling drops
+  (``picklable_sampler``).
 - Ray Tune: ``OptunaSearch``'s map of Ray trial ids to Optuna trials (``_ot_trials``) and its
   study (``_ot_study``); Ray's token-authentication set-up for an explicit cluster address
   (``ray._private.authentication``).
@@ -17,6 +18,7 @@ Libraries are imported inside the functions: importing this module costs nothing
 """
 from __future__ import annotations
 
+import functools
 import logging
 from contextlib import contextmanager
 from typing import Any
@@ -48,6 +50,41 @@ def hypervolume(loss, reference) -> float:
     from optuna._hypervolume import compute_hypervolume
 
     return float(compute_hypervolume(loss, reference))
+
+
+@functools.cache
+def picklable_sampler(name: str):
+    """Optuna's genetic sampler ``name`` (``NSGAIISampler``, ``NSGAIIISampler``) made picklable:
+    Optuna 5.1's ``BaseGASampler`` holds a ``threading.Lock`` and no ``__getstate__``, and Ray
+    Tune pickles the search algorithm with its sampler ("cannot pickle '_thread.lock' object").
+    Locks leave the state and come back fresh on unpickling, as Optuna's own storages do. The
+    class is built on first use and found by pickle through this module's ``__getattr__``."""
+    import threading
+
+    import optuna
+
+    lock_type = type(threading.Lock())
+
+    def getstate(self):
+        locks = [k for k, v in self.__dict__.items() if isinstance(v, lock_type)]
+        return {**{k: v for k, v in self.__dict__.items() if k not in locks}, "_harness_locks": locks}
+
+    def setstate(self, state):
+        state = dict(state)
+        locks = state.pop("_harness_locks", [])
+        self.__dict__.update(state)
+        for k in locks:
+            setattr(self, k, threading.Lock())
+
+    cls = type(f"Picklable{name}", (getattr(optuna.samplers, name),),
+               {"__getstate__": getstate, "__setstate__": setstate, "__module__": __name__})
+    return cls
+
+
+def __getattr__(attr: str):
+    if attr.startswith("Picklable") and attr.endswith("Sampler"):
+        return picklable_sampler(attr.removeprefix("Picklable"))
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
 def generation_key(sampler) -> str | None:

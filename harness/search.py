@@ -13,9 +13,10 @@ each Pareto point as a ready study variant for ``harness run``.
 from __future__ import annotations
 
 import copy
-import functools
 import itertools
 import json
+import math
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -49,12 +50,39 @@ class Knob(_Strict):
 class Objective(_Strict):
     metric: str
     mode: Literal["max", "min"]
+    # log: the hypervolume measures this objective in log10 (a cost spanning decades, where a
+    # linear reference point would give the whole volume to the cheapest net).
+    scale: Literal["linear", "log"] = "linear"
 
 
 class SamplerCfg(_Strict):
-    name: Literal["nsga2", "tpe", "random"] = "nsga2"
+    """Optuna's sampler and its options. ``auto``: TPE (multivariate, grouped by the
+    define-by-run branch) for a space whose knobs depend on a chosen model, NSGA-II otherwise.
+    NSGA-II on a space with one unconditional knob mutates that gene with probability 1/1 and
+    so samples exactly as random search does; TPE models each model's own knobs apart.
+
+    NSGA-II (``nsga2``, ``nsga3``): ``population_size``, ``mutation_prob`` (default 1 / genes),
+    ``crossover_prob``, ``swapping_prob``. TPE (``tpe``): ``n_startup_trials`` (random ones
+    first), ``multivariate``, ``group`` (a model per define-by-run branch; needs multivariate),
+    ``constant_liar`` (trials running in parallel counted as bad, so they are not proposed
+    again). ``random``: ``seed`` only."""
+
+    name: Literal["auto", "nsga2", "nsga3", "tpe", "random"] = "auto"
     seed: int = 0
-    population_size: int = Field(8, ge=2)  # NSGA-II generation size
+    population_size: int = Field(8, ge=2)  # NSGA-II/III generation size
+    mutation_prob: Optional[float] = Field(None, ge=0, le=1)
+    crossover_prob: float = Field(0.9, ge=0, le=1)
+    swapping_prob: float = Field(0.5, ge=0, le=1)
+    n_startup_trials: int = Field(6, ge=1)
+    multivariate: bool = True
+    group: Optional[bool] = None  # default: on for a space with conditional knobs
+    constant_liar: bool = True
+
+    @model_validator(mode="after")
+    def _tpe(self):
+        if self.group and not self.multivariate:
+            raise ValueError("group: true needs multivariate: true (TPE groups its multivariate models)")
+        return self
 
 
 class SchedulerCfg(_Strict):
@@ -110,6 +138,8 @@ class SearchCfg(_Strict):
     # The base study's finished runs at this scale enter every strategy as complete trials, where
     # one is exactly a point of the space (the same trial a search would train).
     warm_start: bool = False
+    # An option that cannot be built (found before training): refuse the space, or leave it out.
+    on_invalid: Literal["refuse", "skip"] = "refuse"
 
     @model_validator(mode="after")
     def _checks(self):
@@ -147,6 +177,8 @@ class Space:
         self.study: StudyCfg = load_study(p.parent / self.cfg.study)
         self.base_params = {**self.study.model.params, **self.study.scales[self.cfg.scale].model}
         self.choices: dict[str, list[Any]] = {}
+        # Knobs asked only of some models: a define-by-run space, which ``auto`` gives to TPE.
+        self.conditional = any(k.when is not None for k in self.cfg.knobs.values())
         if self.cfg.task is not None and self.cfg.task not in self.study.tasks:
             raise ConfigError(str(UnknownNameError("task", self.cfg.task, list(self.study.tasks), "task")))
         probe = resolve_variant(self.study, self.cfg.scale, VariantCfg(name="probe", task=self.cfg.task))[0]
@@ -232,16 +264,77 @@ class Space:
     def _asked(self, model: str) -> list[str]:
         return [n for n, k in self.cfg.knobs.items() if k.when is not None and model in self._when(k)]
 
+    def _options(self, name: str) -> list[Any]:
+        """A knob's options as Optuna holds them: every choice, or a range's two ends."""
+        if name in self.choices:
+            return [_enc(c) for c in self.choices[name]]
+        knob = self.cfg.knobs[name]
+        return list(knob.uniform or knob.loguniform or knob.integer)
+
+    def _complete(self, config: dict[str, Any]) -> dict[str, Any]:
+        """``config``'s unconditional knobs (the first option where unset), then the chosen
+        model's own knobs (their first option where unset)."""
+        out = {n: config.get(n, self._options(n)[0]) for n, k in self.cfg.knobs.items() if k.when is None}
+        return out | {n: config.get(n, self._options(n)[0]) for n in self._asked(self.model_of(out))}
+
     def cfg_default(self) -> dict[str, Any]:
         """The first option (or the low end) of every knob the default model asks."""
-        def first(name: str, knob: Knob):
-            if name in self.choices:
-                return _enc(self.choices[name][0])
-            lo, hi = knob.uniform or knob.loguniform or knob.integer
-            return lo
+        return self._complete({})
 
-        out = {n: first(n, k) for n, k in self.cfg.knobs.items() if k.when is None}
-        return out | {n: first(n, self.cfg.knobs[n]) for n in self._asked(self.model_of(out))}
+    def option_points(self) -> list[tuple[str, Any, dict[str, Any]]]:
+        """(knob, option, configuration) for every option of every knob: the default point with
+        that one option set; a model's own knob under the first option that chooses its model."""
+        choosing = {}  # model -> a configuration that chooses it
+        for name, knob in self.cfg.knobs.items():
+            for option in self._options(name) if knob.when is None else []:
+                config = self._complete({name: option})
+                choosing.setdefault(self.model_of(config), config)
+        points = []
+        for name, knob in self.cfg.knobs.items():
+            for option in self._options(name):
+                if knob.when is None:
+                    points.append((name, option, self._complete({name: option})))
+                else:
+                    points += [(name, option, self._complete({**choosing[m], name: option}))
+                               for m in self._when(knob) if m in choosing]
+        return points
+
+    def check_options(self) -> list[str]:
+        """Build every option of every knob once, as its trials would build it, and count its
+        MACs on the pre-flight's shrunk patch (``harness.study.proxy_macs``), before any training.
+        An option that cannot be built is a ConfigError naming the knob, the option and the error;
+        with ``on_invalid: skip`` a choice's bad option leaves the space instead, and the returned
+        warnings say which."""
+        from harness.contract import out_channels
+        from harness.study import proxy_macs
+
+        seen, bad = {}, []
+        for name, option, config in self.option_points():
+            try:
+                spec = self.spec_for(config)
+                key = spec.model_dump_json(include={"model", "data", "train"})
+                if key not in seen:
+                    task = DATASETS.get(spec.data.dataset)(**spec.data.params)  # lazy: no case is read
+                    build_checked_model(spec.model, spec.train.patch, "", spec.train.output, task.in_channels,
+                                        out_channels(len(task.regions), spec.train.output))
+                    seen[key] = proxy_macs(spec, task)
+            except Exception as e:  # noqa: BLE001  whatever the factory or the forward pass raises
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0].removeprefix(": ")
+                bad.append((name, option, first[:300]))
+        if bad and self.cfg.on_invalid == "refuse":
+            name, option, why = bad[0]
+            more = f" (and {len(bad) - 1} more option(s))" if len(bad) > 1 else ""
+            raise ConfigError(f"knobs.{name}: option {_dec(option)!r} cannot be built: {why}{more}; remove it, "
+                              f"or set on_invalid: skip to leave such options out of the space")
+        warnings = []
+        for name, option, why in bad:
+            if name not in self.choices:
+                raise ConfigError(f"knobs.{name}: the range's end {option!r} cannot be built: {why}; narrow the range")
+            self.choices[name] = [c for c in self.choices[name] if _enc(c) != option]
+            if not self.choices[name]:
+                raise ConfigError(f"knobs.{name}: no option can be built (the last: {why})")
+            warnings.append(f"warning: knobs.{name}: option {_dec(option)!r} left out (on_invalid: skip): {why}")
+        return warnings
 
     def define_by_run(self, trial) -> None:
         """Optuna's define-by-run space: the unconditional knobs, then those of the chosen model."""
@@ -369,47 +462,30 @@ class Space:
             task=self.cfg.task))[0]
 
 
-@functools.cache
-def _nsga2_class():
-    """NSGA-II that pickles: Optuna 5.1's genetic samplers (``BaseGASampler``) hold a
-    ``threading.Lock`` and no ``__getstate__``, and Ray Tune pickles the search algorithm with
-    its sampler ("cannot pickle '_thread.lock' object"). Locks leave the state and come back
-    fresh on unpickling, as Optuna's own storages do. Built on first use (Optuna is imported
-    lazily); the module's ``__getattr__`` builds it for pickle's lookup by name."""
-    import threading
+def sampler_name(cfg: SamplerCfg, conditional: bool) -> str:
+    """The sampler ``cfg`` names, ``auto`` resolved: TPE where knobs depend on the chosen model."""
+    return ("tpe" if conditional else "nsga2") if cfg.name == "auto" else cfg.name
+
+
+def _sampler(cfg: SamplerCfg, conditional: bool):
+    """Optuna's sampler for ``cfg`` (pinned explicitly: Optuna 5 changed the default
+    multi-objective sampler). ``conditional``: the space asks knobs only of some models."""
+    import warnings
 
     import optuna
 
-    class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
-        def __getstate__(self):
-            locks = [k for k, v in self.__dict__.items() if isinstance(v, type(threading.Lock()))]
-            return {**{k: v for k, v in self.__dict__.items() if k not in locks}, "_harness_locks": locks}
-
-        def __setstate__(self, state):
-            state = dict(state)
-            locks = state.pop("_harness_locks", [])
-            self.__dict__.update(state)
-            for k in locks:
-                setattr(self, k, threading.Lock())
-
-    PicklableNSGAIISampler.__module__, PicklableNSGAIISampler.__qualname__ = __name__, "PicklableNSGAIISampler"
-    return PicklableNSGAIISampler
-
-
-def __getattr__(name: str):
-    if name == "PicklableNSGAIISampler":
-        return _nsga2_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _sampler(cfg: SamplerCfg, multi: bool):
-    import optuna
-
-    # Pinned explicitly: Optuna 5 changed the default multi-objective sampler.
-    if cfg.name == "nsga2":
-        return _nsga2_class()(seed=cfg.seed, population_size=cfg.population_size)
-    if cfg.name == "tpe":
-        return optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True)
+    name = sampler_name(cfg, conditional)
+    with warnings.catch_warnings():  # Optuna marks multivariate/group/constant_liar experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name in ("nsga2", "nsga3"):
+            genetic = dict(seed=cfg.seed, population_size=cfg.population_size, mutation_prob=cfg.mutation_prob,
+                           crossover_prob=cfg.crossover_prob, swapping_prob=cfg.swapping_prob)
+            return compat.picklable_sampler("NSGAIISampler" if name == "nsga2" else "NSGAIIISampler")(**genetic)
+        if name == "tpe":
+            return optuna.samplers.TPESampler(
+                seed=cfg.seed, n_startup_trials=cfg.n_startup_trials, multivariate=cfg.multivariate,
+                group=cfg.multivariate and (conditional if cfg.group is None else cfg.group),
+                constant_liar=cfg.constant_liar)
     return optuna.samplers.RandomSampler(seed=cfg.seed)
 
 
@@ -423,8 +499,54 @@ def _storage(url: str):
     return JournalStorage(JournalFileBackend(url))
 
 
+def export_study(space: Space, variants: list[dict], path: Path) -> Path:
+    """A runnable study of the Pareto set: the base study's recipe (data, model, training,
+    scales, tasks, plugins, resources; resolved, so it stands alone) with a variant per point,
+    named ``<space>_pareto``; its grid, claims, expected numbers and layout belong to the base
+    study's table and are left out. Validated as it is written; never over an existing file."""
+    from harness.config import LayoutCfg
+
+    if path.exists():
+        raise ConfigError(f"--export: {path} exists; name a new file")
+    if not variants:
+        raise ConfigError(f"--export: search {space.cfg.name} has no complete trial to export")
+    study = space.study.model_copy(update={
+        "name": f"{space.cfg.name}_pareto", "title": f"Pareto set of search {space.cfg.name}",
+        "description": f"The Pareto points of search {space.cfg.name} over {space.study.name}, as variants of its "
+                       f"recipe (harness search --export).",
+        "variants": [VariantCfg.model_validate(v) for v in variants], "grid": {}, "combined": [],
+        "submission": None, "landscape": False, "expected": {}, "layout": LayoutCfg(), "claims": []})
+    text = yaml.safe_dump(study.model_dump(mode="json", by_alias=True, exclude_defaults=True), sort_keys=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "x") as f:  # exclusive: never over a file another command made meanwhile
+        f.write(f"# Exported by harness search {space.cfg.name} --export\n" + text)
+    try:
+        load_study(path)
+    except ConfigError:
+        path.unlink()
+        raise
+    return path
+
+
+def report_only(space: Space, storage, storage_url: str, reports: Path) -> Path:
+    """The Pareto outputs (and the strategies' comparison) again from the journal, nothing
+    trained: after a crash while they were written, or to redraw them."""
+    import optuna
+
+    studies = {}
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    for name, _ in space.strategies():
+        if name not in names:
+            raise ConfigError(f"--report-only: no search {name!r} in {storage_url}; run it first")
+        studies[name] = optuna.load_study(study_name=name, storage=storage)
+    out = write_pareto(space, studies[space.cfg.name], reports / space.cfg.name)
+    write_strategies(space, studies, out)  # hypervolume against trial-time, for one strategy too
+    return out
+
+
 def run_search(path: str, trials: int | None, address: str | None, resume: bool, tracking_uri: str | None,
-               reports: Path = Path("reports"), verbose: int = 1, scale: str | None = None) -> int:
+               reports: Path = Path("reports"), verbose: int = 1, scale: str | None = None,
+               only_report: bool = False, export: str | None = None) -> int:
     """Launch (or resume) the search and each strategy it is compared with, then write the
     Pareto table, plot and exported variants (and the hypervolume-against-trial-time figure)."""
     import optuna
@@ -433,18 +555,32 @@ def run_search(path: str, trials: int | None, address: str | None, resume: bool,
     if verbose < 2:  # Optuna's own lines ("A new study created ...") only with -v 2
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return _search(path, trials, address, resume, tracking_uri, reports, verbose, scale)
+        return _search(path, trials, address, resume, tracking_uri, reports, verbose, scale, only_report, export)
     finally:
         optuna.logging.set_verbosity(level)
 
 
 def _search(path: str, trials: int | None, address: str | None, resume: bool, tracking_uri: str | None,
-            reports: Path, verbose: int, scale: str | None) -> int:
+            reports: Path, verbose: int, scale: str | None, only_report: bool, export: str | None) -> int:
     import optuna
     from rich.console import Console
 
     console = Console()
     space = Space(path, scale)  # all validation before anything is written
+    if export and Path(export).exists():
+        raise ConfigError(f"--export: {export} exists; name a new file")
+    if only_report:
+        from harness.tracking import default_tracking_uri
+
+        uri = tracking_uri or default_tracking_uri()
+        db_dir = Path(uri[len("sqlite:///"):]).parent if uri.startswith("sqlite:///") else Path(".")
+        url = space.cfg.storage or str(db_dir / "optuna" / f"{space.cfg.name}.journal")
+        if "://" not in url and not Path(url).exists():
+            raise ConfigError(f"--report-only: no journal at {url}; run the search first")
+        out = report_only(space, _storage(url), url, reports)
+        return _closing(console, space, out, export)
+    for warning in space.check_options():  # every option built once, before Ray starts
+        print(warning, file=sys.stderr)
     cfg = space.cfg
     from harness.tracking import Tracker, check_store, hold_lock
     from harness.tune import check_capacity
@@ -470,9 +606,16 @@ def _search(path: str, trials: int | None, address: str | None, resume: bool, tr
             return 1
         studies[name] = study
     out = write_pareto(space, studies[cfg.name], reports / cfg.name)
-    if cfg.compare:
-        write_strategies(space, studies, out)
+    write_strategies(space, studies, out)  # hypervolume against trial-time, for one strategy too
+    return _closing(console, space, out, export)
+
+
+def _closing(console, space: Space, out: Path, export: str | None) -> int:
     console.print(f"Pareto set: {out}/pareto.md; variants to train: {out}/pareto_variants.yaml", soft_wrap=True)
+    if export:
+        variants = yaml.safe_load((out / "pareto_variants.yaml").read_text())["variants"]
+        console.print(f"Exported study: {export_study(space, variants, Path(export))} "
+                      f"(harness run {export} --scale {space.cfg.scale})", soft_wrap=True)
     return 0
 
 
@@ -488,7 +631,7 @@ def _run_strategy(space: Space, storage, storage_url: str, exists: bool, n_total
     cfg = space.cfg
     directions = ["maximize" if o.mode == "max" else "minimize" for o in cfg.objectives]
     study = optuna.create_study(study_name=cfg.name, storage=storage, directions=directions,
-                                sampler=_sampler(cfg.sampler, len(directions) > 1),
+                                sampler=_sampler(cfg.sampler, space.conditional),
                                 load_if_exists=exists)  # a fresh search is created, not "loaded"
     # A trial still RUNNING was left by a runner that died: the run lock admits one runner per
     # search. (Optuna's heartbeat + fail_stale_trials cannot tell: JournalStorage keeps no
@@ -496,9 +639,11 @@ def _run_strategy(space: Space, storage, storage_url: str, exists: bool, n_total
     for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING]):
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
     warm = warm_start(space, study, tracker.uri) if cfg.warm_start else 0
-    settled = (optuna.trial.TrialState.COMPLETE,) + ((optuna.trial.TrialState.PRUNED,) if space.rungs() else ())
-    # A configuration stopped at a rung counts as run (a repeat the sampler drew is PRUNED without
-    # a time: it does not count); a warm-started one was not run by the search.
+    settled = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL) + (
+        (optuna.trial.TrialState.PRUNED,) if space.rungs() else ())
+    # Trials run count: complete, failed in training (its compute was spent; it is never proposed
+    # again) and stopped at a rung. A repeat the sampler drew is PRUNED without a time and a trial
+    # left by a dead runner FAIL without one: neither ran. A warm-started one was not run either.
     done = len([t for t in study.get_trials(deepcopy=False, states=settled) if "warm_start_run" not in t.user_attrs
                 and (t.state == optuna.trial.TrialState.COMPLETE or "trial_time_s" in t.user_attrs)])
     todo = max(0, n_total - done)
@@ -545,18 +690,15 @@ def write_pareto(space: Space, study, out: Path) -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     objs = [o.metric for o in space.cfg.objectives]
-    frame = study.trials_dataframe(attrs=("number", "values", "params", "state", "datetime_start",
-                                          "datetime_complete"), multi_index=False)
-    complete = frame[frame.state == optuna.trial.TrialState.COMPLETE.name] if len(frame) else frame
-    rows = []
-    for r in complete.to_dict("records"):  # a knob another model's trial was not asked is NaN
-        params = {k: r[f"params_{k}"] for k in space.cfg.knobs if r.get(f"params_{k}") == r.get(f"params_{k}")}
-        rows.append({"trial": r["number"], "model": space.model_of(params),
-                     **{m: r[f"values_{i}"] for i, m in enumerate(objs)},
-                     **{k: _dec(v) for k, v in params.items()}})
+    # The trials themselves, not Optuna's data frame: a knob only some models are asked (or no
+    # trial drew) is a column of NaNs there, and ints beside NaN become floats.
+    complete = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+    asked = {t.number: t.params for t in complete}
+    rows = [{"trial": t.number, "model": space.model_of(t.params), **dict(zip(objs, t.values)),
+             **{k: _dec(t.params[k]) for k in space.cfg.knobs if k in t.params}} for t in complete]
     # From the first trial's start to the last one's end (a resumed search counts its pause too).
-    minutes = ((complete.datetime_complete.max() - complete.datetime_start.min()).total_seconds() / 60
-               if rows else 0.0)
+    minutes = ((max(t.datetime_complete for t in complete) - min(t.datetime_start for t in complete)).total_seconds()
+               / 60 if rows else 0.0)
     wall = f" Wall time {minutes:.1f} min." if rows else ""
     df = pd.DataFrame(rows)
     df.to_csv(out / "trials.csv", index=False)
@@ -572,13 +714,14 @@ def write_pareto(space: Space, study, out: Path) -> Path:
         f"# Pareto set of search {space.cfg.name}\n\nBase study `{space.study.name}` at scale "
         f"`{space.cfg.scale}`; objectives: "
         + ", ".join(f"{o.mode} {o.metric}" for o in space.cfg.objectives)
-        + f"; sampler {space.cfg.sampler.name} (seed {space.cfg.sampler.seed}); {len(df)} complete trials.{wall}\n\n"
+        + f"; sampler {sampler_name(space.cfg.sampler, space.conditional)} (seed {space.cfg.sampler.seed}); "
+          f"{len(df)} complete trials.{wall}\n\n"
         + (_by_model(df, front) if len(space.models) > 1 and rows else "")
         + (front.fillna("—").astype(str).to_markdown(index=False) if rows else "No complete trial yet.")
         + "\n")
     variants = []
     for r in front.to_dict("records") if rows else []:
-        config = {k: _enc(r[k]) for k in space.cfg.knobs if k in r and r[k] == r[k]}  # NaN: not asked
+        config = asked[int(r["trial"])]  # as drawn: ints stay ints, lists stay lists
         params, train = space.overrides(config)
         model = space.model_of(config)
         variants.append({"name": f"search_{space.cfg.name}_t{int(r['trial']):03d}",
@@ -591,28 +734,45 @@ def write_pareto(space: Space, study, out: Path) -> Path:
         "# (or a copy of it) and train at full scale with `harness run STUDY --scale paper`.\n"
         + yaml.safe_dump({"variants": variants}, sort_keys=False, default_flow_style=None))
     if rows and len(objs) >= 2:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import seaborn as sns
-
-        x, y = objs[1], objs[0]
-        fig, ax = plt.subplots(figsize=(6, 4.5))
-        if len(space.models) > 1:  # a search across families: each family's trials in its colour
-            sns.scatterplot(data=df, x=x, y=y, ax=ax, hue="model", alpha=0.6)
-        else:
-            sns.scatterplot(data=df, x=x, y=y, ax=ax, color="0.6", label="trials")
-        f2 = front.sort_values(x)
-        ax.step(f2[x], f2[y], where="post", color="C3", label="Pareto front")
-        sns.scatterplot(data=f2, x=x, y=y, ax=ax, color="C3")
-        for r in f2.to_dict("records"):
-            ax.annotate(f"t{int(r['trial'])}", (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_title(f"search {space.cfg.name}")
-        fig.tight_layout()
-        fig.savefig(out / "pareto.png", dpi=110)
-        plt.close(fig)
+        pareto_plot(space, df, front, objs[1], objs[0], out / "pareto.png")
     return out
+
+
+def pareto_plot(space: Space, df, front, x: str, y: str, path: Path) -> None:
+    """Every complete trial coloured by its model, the front as a line and rings over those
+    colours (a front point keeps its model's colour), each front point labelled ``tN model``
+    where labels do not collide, cost on a log axis when it spans over 10x."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    from harness.report.plots import place_labels
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for i, model in enumerate(dict.fromkeys(df.model)):
+        d = df[df.model == model]
+        ax.scatter(d[x], d[y], s=26, color=f"C{i}", alpha=0.75, label=model, zorder=3)
+    f2 = front.sort_values(x)
+    ax.step(f2[x], f2[y], where="post", color="0.25", lw=1, ls="--", zorder=2)
+    ax.scatter(f2[x], f2[y], s=110, facecolors="none", edgecolors="0.15", lw=1.1, zorder=4, label="Pareto front")
+    positive = df[x][df[x] > 0]
+    if len(positive) and positive.max() > 10 * positive.min():
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"search {space.cfg.name}: {len(df)} trials, {len(f2)} on the front")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    fig.tight_layout()
+    place_labels(ax, [(r[x], r[y], f"t{int(r['trial'])} {r['model']}") for r in f2.to_dict("records")],
+                list(zip(df[x], df[y])))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def warm_start(space: Space, study, tracking_uri: str | None) -> int:
@@ -672,9 +832,14 @@ def hypervolume_history(space: Space, studies: dict[str, Any]) -> tuple[Any, lis
     settled = {name: sorted((t for t in st.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED, state.FAIL))
                              if t.state == state.COMPLETE or "trial_time_s" in t.user_attrs),
                             key=lambda t: t.datetime_complete) for name, st in studies.items()}
-    complete = [t.values for ts in settled.values() for t in ts if t.state == state.COMPLETE]
+    logs = [o.scale == "log" for o in space.cfg.objectives]
+
+    def scaled(values):  # log10 where asked; a non-positive value sits at the floor 1e-12
+        return [math.log10(max(v, 1e-12)) if log else v for v, log in zip(values, logs)]
+
+    complete = [scaled(t.values) for ts in settled.values() for t in ts if t.state == state.COMPLETE]
     if space.cfg.reference_point is not None:
-        ref = [space.cfg.reference_point[m] for m in objs]
+        ref = scaled([space.cfg.reference_point[m] for m in objs])
     else:
         ref = [(min if m == "max" else max)(v[i] for v in complete) for i, m in enumerate(modes)] if complete else []
     rows = []
@@ -683,7 +848,7 @@ def hypervolume_history(space: Space, studies: dict[str, Any]) -> tuple[Any, lis
         for t in ts:
             spent += _trial_time(t)
             if t.state == state.COMPLETE:
-                values.append(t.values)
+                values.append(scaled(t.values))
             rows.append({"strategy": name, "trial": t.number, "state": t.state.name.lower(),
                          "epochs": t.user_attrs.get("epochs"), "trial_time_s": _trial_time(t),
                          "trial_time_min": spent / 60, "model": space.model_of(t.params),
@@ -713,7 +878,8 @@ def write_strategies(space: Space, studies: dict[str, Any], out: Path) -> None:
         at = float(reached.trial_time_min.iloc[0]) if len(reached) else None
         sch = strategy.cfg.scheduler
         lines.append({
-            "strategy": name, "sampler": f"{strategy.cfg.sampler.name} (seed {strategy.cfg.sampler.seed})",
+            "strategy": name,
+            "sampler": f"{sampler_name(strategy.cfg.sampler, strategy.conditional)} (seed {strategy.cfg.sampler.seed})",
             "early stopping": (f"ASHA, eta {sch.reduction_factor}, rungs at epochs {strategy.rungs()}"
                                + (f" on {sch.rung_cases} cases" if sch.rung_cases else "")) if sch.name == "asha" else "none",
             "trials (complete / stopped / failed)": " / ".join(str(int((h.state == s).sum())) for s in ("complete", "pruned", "fail")),
@@ -736,7 +902,8 @@ def write_strategies(space: Space, studies: dict[str, Any], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "hypervolume.png", dpi=110)
     plt.close(fig)
-    objs = ", ".join(f"{o.metric} {ref[i]:g}" for i, o in enumerate(space.cfg.objectives)) if ref else "none"
+    objs = ", ".join(f"{'log10 ' if o.scale == 'log' else ''}{o.metric} {ref[i]:g}"
+                     for i, o in enumerate(space.cfg.objectives)) if ref else "none"
     with open(out / "pareto.md", "a") as f:
         f.write("\n## Search strategies: hypervolume against trial-time\n\n"
                 f"The same space, objectives, base study and training seeds; trial-time is the trials' own "

@@ -12,16 +12,18 @@ their Table 1 merge).
 Each member preprocesses a case as its trials' data did (``folders._load_case``: crop to the
 non-zero box, resample, normalise), infers with its trial's inferer, and its probabilities are
 mapped back to the original grid through MONAI's inverse of the crop and resampling. The
-output folder is written whole or not at all (a temporary folder renamed at the end).
+output folder is written whole or not at all (a folder of its own beside it, renamed at the end).
 
 Formats: ``brats`` (``<case>.nii.gz``, uint8 labels 0, 1, 2, 4 from the WT, TC, ET probabilities
 by Sec. 2.6's reconstruction, the input's affine and header).
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +96,7 @@ def run_submit(path: str, scale: str, root: str, out: str, tracking_uri: str | N
     import nibabel as nib
     from rich.console import Console
 
-    from harness.data.brats_labels import regions_to_labels
-    from harness.data.folders import DataFolderError, _read, scan_unlabelled_brats
+    from harness.data.folders import DataFolderError, scan_unlabelled_brats
     from harness.evaluate import load_checkpoint
     from harness.report import load_runs
     from harness.tracking import Tracker
@@ -110,13 +111,20 @@ def run_submit(path: str, scale: str, root: str, out: str, tracking_uri: str | N
     names = [v.name for v in table_rows(study)]
     if row not in names:
         raise ConfigError(str(UnknownNameError("row", row, names, "--row")))
-    out_dir = Path(out)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ConfigError(f"--out: {out_dir} exists and is not empty; give a new folder")
+    out_dir = _new_folder(out)
     try:
         cases = scan_unlabelled_brats(root)
     except DataFolderError as e:
         raise ConfigError(f"--data-root: {e}") from None
+    for case in cases:  # every header before any inference: a bad file is said now, in one line
+        shapes = {}
+        for p in case.images:
+            try:
+                shapes[p.name] = tuple(nib.load(str(p)).shape[:3])
+            except Exception as e:  # noqa: BLE001  nibabel raises ImageFileError, OSError, EOFError ...
+                raise ConfigError(f"--data-root: {p}: not a readable NIfTI header ({e})") from None
+        if len(set(shapes.values())) > 1:
+            raise ConfigError(f"--data-root: case {case.id}: its images differ in shape ({shapes})")
     combined = {c.name: c for c in study.combined}
     runs = load_runs(study, scale, tracking_uri, with_cases=False)
     client = Tracker(tracking_uri).client
@@ -134,13 +142,61 @@ def run_submit(path: str, scale: str, root: str, out: str, tracking_uri: str | N
         raise ConfigError(f"submission format brats: needs members predicting sigmoid WT, TC, ET; got {outputs}")
     rules = {name: COMBINERS.get(c.rule.name)(**c.rule.params) for name, c in combined.items()}
 
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    # Written into a folder of our own (a unique name beside the target), renamed at the end; on
+    # any failure only what this command created is removed.
+    made = [d for d in reversed(out_dir.parents) if not d.exists()]
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        _write_maps(cases, members, combined, rules, row, tmp, device)
+        (tmp / "submission.json").write_text(json.dumps({
+            "study": study.name, "scale": scale, "row": row, "format": study.submission.format, "cases": len(cases),
+            "members": {k: ids for k, (_, _, ids) in members.items()}}, indent=1))
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked above; a file put there meanwhile makes this fail, not vanish
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+    console.print(f"{out_dir}: {len(cases)} label maps ({study.submission.format} format) of {row!r}, "
+                  f"{sum(len(ids) for _, _, ids in members.values())} trained models; upload them to the "
+                  f"challenge's server. The paper's server numbers: harness report {path} --scale {scale}")
+    return 0
+
+
+def _new_folder(out: str) -> Path:
+    """``--out`` resolved (a symlink to its target): a new folder, or an empty one; else a
+    ConfigError naming what is there."""
+    given = Path(out)
+    target = given.resolve()
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"--out: {given} is a file{f' (via the link to {target})' if given.is_symlink() else ''}; "
+                          f"give a new folder")
+    if target.is_dir() and any(target.iterdir()):
+        raise ConfigError(f"--out: {given} exists and is not empty; give a new folder")
+    if given.is_symlink() and not target.exists():
+        raise ConfigError(f"--out: {given} is a link to {target}, which does not exist; give a new folder")
+    return target
+
+
+def _write_maps(cases, members, combined, rules, row: str, tmp: Path, device) -> None:
+    """Each case's label map of ``row`` into ``tmp`` (``<case>.nii.gz``); a file that cannot be
+    read is a ConfigError naming it."""
+    import nibabel as nib
+
+    from harness.data.brats_labels import regions_to_labels
+    from harness.data.folders import _read
+
     for case in cases:
         chans, ref = [], None
         for p in case.images:
-            a, _ = _read(p)
+            try:
+                a, _ = _read(p)
+            except RuntimeError as e:
+                raise ConfigError(f"--data-root: {p}: {e}") from None
             chans.append(a)
             ref = ref or nib.load(str(p))
         zooms = tuple(float(z) for z in ref.header.get_zooms()[:3])[::-1]  # (z, y, x) as the arrays
@@ -153,13 +209,3 @@ def run_submit(path: str, scale: str, root: str, out: str, tracking_uri: str | N
         img = nib.Nifti1Image(labels.transpose(2, 1, 0).astype(np.uint8), ref.affine, ref.header)
         img.set_data_dtype(np.uint8)  # the input's header says float; a label map is uint8
         nib.save(img, str(tmp / f"{case.id}.nii.gz"))
-    (tmp / "submission.json").write_text(json.dumps({
-        "study": study.name, "scale": scale, "row": row, "format": study.submission.format, "cases": len(cases),
-        "members": {k: ids for k, (_, _, ids) in members.items()}}, indent=1))
-    if out_dir.exists():
-        out_dir.rmdir()
-    tmp.rename(out_dir)
-    console.print(f"{out_dir}: {len(cases)} label maps ({study.submission.format} format) of {row!r}, "
-                  f"{sum(len(ids) for _, _, ids in members.values())} trained models; upload them to the "
-                  f"challenge's server. The paper's server numbers: harness report {path} --scale {scale}")
-    return 0

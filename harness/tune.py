@@ -367,7 +367,7 @@ def _storage_path(storage: str | Path) -> str:
 
 def _fresh_optuna_search():
     """Ray Tune's OptunaSearch that never trains a configuration the Optuna study already holds
-    (complete, or running now): a repeat is told PRUNED (no values, so NSGA-II's population and
+    (complete, running now, or failed in training): a repeat is told PRUNED (no values, so NSGA-II's population and
     ``trials.csv`` keep the first) and the sampler is asked again. A resumed NSGA-II restarts
     from its seed and would re-propose its first generation; this way it moves on to new points.
     After ``REDRAWS`` repeats in a row the space is taken as exhausted and the search ends.
@@ -387,8 +387,11 @@ def _fresh_optuna_search():
                 if not isinstance(config, dict):
                     return config
                 asked, study = compat.searcher_trial(self, trial_id), compat.searcher_study(self)
+                # Complete, running, or trained and failed (a failure is final: the same
+                # configuration would fail again); a trial left by a dead runner was not trained.
                 held = {json.dumps(t.params, sort_keys=True) for t in study.get_trials(
-                    deepcopy=False, states=(state.COMPLETE, state.RUNNING)) if t.number != asked.number}
+                    deepcopy=False, states=(state.COMPLETE, state.RUNNING, state.FAIL)) if t.number != asked.number
+                        and (t.state != state.FAIL or "trial_time_s" in t.user_attrs)}
                 if json.dumps(asked.params, sort_keys=True) not in held:
                     return config
                 study.tell(asked, state=state.PRUNED)

@@ -79,7 +79,7 @@ def test_cost_of_a_study_named_without_its_file_defaults_to_quick(capsys, monkey
     captured = capsys.readouterr()
     rows = json.loads(captured.out)
     assert [r["name"] for r in rows] == ["Cs_half", "Cs_all"] and rows[0]["input"] == "1x1x16x128x128"  # the quick patch
-    assert "costed at the quick scale's input" in captured.err and "the paper's inputs are" in captured.err
+    assert "costed at the quick scale's input" in captured.err and "the paper's nets and inputs are" in captured.err
     assert main(["cost", "gsp_shift_ratio_promise1"]) == 2  # a typo: the model is unknown, the study close
     assert "Or a study; did you mean studies/gsp_shift_ratio_promise12.yaml?" in capsys.readouterr().err
 

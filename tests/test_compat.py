@@ -55,6 +55,21 @@ def test_a_genetic_sampler_reads_back_the_generation_it_is_given():
     assert compat.generation_key(optuna.samplers.RandomSampler()) is None
 
 
+@pytest.mark.parametrize("name", ["NSGAIISampler", "NSGAIIISampler"])
+def test_genetic_samplers_pickle_as_ray_tune_pickles_its_searcher(name):
+    import pickle
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sampler = compat.picklable_sampler(name)(seed=0, population_size=4)
+    copy = pickle.loads(pickle.dumps(sampler))  # Optuna 5.1 holds a lock that plain pickling refuses
+    assert isinstance(copy, getattr(optuna.samplers, name)), _moved("optuna")
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=copy)
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), n_trials=5)
+    assert len(study.trials) == 5
+
+
 def test_optuna_search_trial_map_and_study():
     from ray.tune.search.optuna import OptunaSearch
 

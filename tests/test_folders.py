@@ -174,6 +174,11 @@ def _break(kind, root):
     elif kind == "channels":
         img = root / "imagesTr" / "prostate_01.nii.gz"
         _nii(img, np.stack([np.asarray(nib.load(str(img)).dataobj)] * 2, -1))
+    elif kind == "nan":
+        img = root / "imagesTr" / "prostate_01.nii.gz"
+        a = np.asarray(nib.load(str(img)).dataobj).copy()
+        a[5, 5, 2:10] = np.nan
+        _nii(img, a)
     elif kind in ("no list", "entry"):
         meta = json.loads((root / "dataset.json").read_text())
         if kind == "no list":
@@ -190,6 +195,8 @@ BROKEN = [
     ("labels", "prostate_01: prostate_01.nii.gz has label values [7] outside the declared [0, 1, 2]"),
     ("truncated", "prostate_01: prostate_01.nii.gz: unreadable"),
     ("channels", "prostate_01: image has 2 channel(s), the data set declares 1"),
+    ("nan", "prostate_01: prostate_01.nii.gz has 8 non-finite voxel(s) (NaN or Inf); fix the file, or set "
+            "data.params.nonfinite: zero"),
     ("no list", "dataset.json: unreadable (ValueError: Data list training not specified"),
     ("entry", "dataset.json: training[0]: needs 'image' and 'label'"),
 ]
@@ -225,6 +232,18 @@ def test_data_check_other_formats_and_a_clean_folder(tmp_path, capsys):
     assert "cannot tell the format" in capsys.readouterr().err
     assert main(["data", "check", str(make_msd(tmp_path / "ok"))]) == 0
     assert "ok (msd): 5 cases, channels T2, regions pz, tz" in capsys.readouterr().out
+
+
+def test_nonfinite_voxels_set_to_zero_only_when_the_study_asks(tmp_path):
+    from harness.data.folders import DataFolderError, folder_task
+
+    root = make_msd(tmp_path / "msd")
+    _break("nan", root)
+    with pytest.raises(DataFolderError, match="8 non-finite voxel"):
+        folder_task("msd", str(root), folds=5)
+    with pytest.warns(UserWarning, match="1 file\\(s\\) with NaN or Inf voxels set to 0"):
+        task = folder_task("msd", str(root), folds=5, nonfinite="zero")
+    assert all(np.isfinite(c.image).all() for c in task.train + task.val)
 
 
 def test_run_checks_the_folder_first_and_writes_nothing(tmp_path, capsys):

@@ -2,6 +2,7 @@
 import re
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import yaml
@@ -119,6 +120,15 @@ def test_tiny_search_end_to_end_and_resume(tmp_path, monkeypatch, capsys, caplog
     assert variants and len(variants) == len(study.best_trials)
     for v in variants:  # each exported Pareto point is a ready variant of the base study
         build_checked_model(ModelCfg(name="gsp_unet", params={**BASE["model"]["params"], **v["params"]}), [16, 32, 32], v["name"])
+    # The outputs again from the journal alone, with the Pareto set as a study that runs.
+    (out / "pareto.md").unlink()
+    assert main(["search", str(path), "--report-only", "--export", "front.yaml", "-v", "0"]) == 0
+    assert (out / "pareto.md").exists()
+    assert len(client.search_runs([exp.experiment_id], "tags.harness_role = 'trial'")) == len(runs)  # none trained
+    exported = yaml.safe_load((tmp_path / "front.yaml").read_text())
+    assert [v["name"] for v in exported["variants"]] == [v["name"] for v in variants]
+    assert main(["run", "front.yaml", "--scale", "smoke", "-v", "0"]) == 0
+    assert main(["search", str(path), "--report-only", "--export", "front.yaml", "-v", "0"]) == 2  # never over a file
 
 
 def test_pareto_lists_each_configuration_once(tmp_path):
@@ -135,6 +145,81 @@ def test_pareto_lists_each_configuration_once(tmp_path):
     names = [v["name"] for v in yaml.safe_load((out / "pareto_variants.yaml").read_text())["variants"]]
     assert names == ["search_tiny_t001", "search_tiny_t000"]  # the repeat (trial 2) and the dominated one left out
     assert len((out / "trials.csv").read_text().splitlines()) == 5  # every complete trial kept in the CSV
+
+
+def test_pareto_files_whatever_was_sampled_and_exported_knobs_keep_their_types(tmp_path):
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+    from optuna.trial import create_trial
+
+    from harness.search import _enc, write_pareto
+
+    knobs = {"net": {"choice": [{"model": "gsp_unet"}, {"model": "unet3d"}]},
+             "base_width": {"int": [4, 8], "when": {"model": "unet3d"}}}
+    space = Space(write(tmp_path, {**SPACE, "knobs": knobs}))
+    net = CategoricalDistribution([_enc(o) for o in knobs["net"]["choice"]])
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.add_trial(create_trial(params={"net": _enc({"model": "gsp_unet"})}, distributions={"net": net},
+                                 values=[50.0, 1.0]))
+    files = ("pareto.md", "pareto.png", "trials.csv", "pareto_variants.yaml")
+    out = write_pareto(space, study, tmp_path / "a")  # unet3d and its knob never drawn
+    assert all((out / f).exists() for f in files)
+    study.add_trial(create_trial(params={"net": _enc({"model": "unet3d"}), "base_width": 4},
+                                 distributions={"net": net, "base_width": IntDistribution(4, 8)}, values=[60.0, 2.0]))
+    out = write_pareto(space, study, tmp_path / "b")
+    variants = yaml.safe_load((out / "pareto_variants.yaml").read_text())["variants"]
+    unet = next(v for v in variants if v.get("model") == "unet3d")
+    assert unet["params"] == {"base_width": 4} and type(unet["params"]["base_width"]) is int  # not 4.0
+
+
+def _conditional_space(tmp_path, sampler):
+    tmp_path.mkdir(exist_ok=True)
+    knobs = {"net": {"choice": [{"model": "gsp_unet"}, {"model": "unet3d"}]},
+             "shift_ratio": {"uniform": [0.1, 1.0], "when": {"model": "gsp_unet"}},
+             "base_width": {"int": [2, 16], "when": {"model": "unet3d"}}}
+    return Space(write(tmp_path, {**SPACE, "knobs": knobs, "sampler": sampler}))
+
+
+def test_the_default_sampler_on_a_conditional_space_is_not_random_and_adapts(tmp_path):
+    from harness.search import _sampler, sampler_name
+
+    space = _conditional_space(tmp_path, {"seed": 3})
+    assert space.conditional and sampler_name(space.cfg.sampler, True) == "tpe"
+
+    def objective(trial):  # a synthetic landscape: unet3d at base_width 14 is best
+        space.define_by_run(trial)
+        if "base_width" in trial.params:
+            return 90 - abs(trial.params["base_width"] - 14) * 3, 1.0
+        return 40 + 10 * trial.params["shift_ratio"], 0.5
+
+    def run(sampler):
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            study.optimize(objective, n_trials=40)
+        finally:
+            optuna.logging.set_verbosity(optuna.logging.INFO)
+        return [t.params for t in study.trials], [t.values[0] for t in study.trials]
+
+    ours, ours_dice = run(_sampler(space.cfg.sampler, space.conditional))
+    rand, rand_dice = run(optuna.samplers.RandomSampler(seed=3))
+    assert ours != rand  # not random search in disguise
+    # It adapts: its last 20 proposals score better than its first 20 and than random's last 20.
+    assert np.mean(ours_dice[20:]) > np.mean(ours_dice[:20]) and np.mean(ours_dice[20:]) > np.mean(rand_dice[20:])
+
+
+def test_sampler_options_reach_optuna(tmp_path):
+    from harness.search import _sampler
+
+    space = _conditional_space(tmp_path, {"name": "nsga2", "population_size": 4, "mutation_prob": 0.3,
+                                          "crossover_prob": 0.5})
+    sampler = _sampler(space.cfg.sampler, space.conditional)
+    assert isinstance(sampler, optuna.samplers.NSGAIISampler) and sampler._population_size == 4
+    tpe = _sampler(_conditional_space(tmp_path / "t", {"name": "tpe", "n_startup_trials": 3,
+                                                       "constant_liar": False}).cfg.sampler, True)
+    assert isinstance(tpe, optuna.samplers.TPESampler) and tpe._n_startup_trials == 3 and tpe._group
+    assert not tpe._constant_liar
+    with pytest.raises(ConfigError, match="group: true needs multivariate: true"):
+        _conditional_space(tmp_path / "g", {"name": "tpe", "group": True, "multivariate": False})
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "search_spaces").glob("*.yaml")), ids=lambda p: p.stem)
@@ -196,13 +281,55 @@ def test_nsga2_sampler_survives_pickling_as_ray_tune_does():
 
     from harness.search import SamplerCfg, _sampler
 
-    sampler = _sampler(SamplerCfg(name="nsga2", seed=7, population_size=4), multi=True)
+    sampler = _sampler(SamplerCfg(name="nsga2", seed=7, population_size=4), conditional=False)
     for dumps in (pickle.dumps, cloudpickle.dumps):
         copy = pickle.loads(dumps(sampler))
         assert isinstance(copy, optuna.samplers.NSGAIISampler) and copy.population_size == 4
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=copy)
     study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), n_trials=6)
     assert len(study.trials) == 6
+
+
+def test_an_option_that_cannot_be_built_is_refused_or_skipped_before_training(tmp_path, monkeypatch, capsys):
+    import harness.tune
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray started")
+
+    monkeypatch.setattr(harness.tune, "check_capacity", no_ray)
+    monkeypatch.chdir(tmp_path)
+    knobs = {"insert": {"choice": ["CSC", "BOGUS"]}, "shift_ratio": {"uniform": [0.25, 1.0]}}
+    path = write(tmp_path, {**SPACE, "knobs": knobs})
+    assert main(["search", str(path), "-v", "0"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "knobs.insert: option 'BOGUS' cannot be built" in err
+    assert "on_invalid: skip" in err and sorted(p.name for p in tmp_path.iterdir()) == ["base.yaml", "space.yaml"]
+    space = Space(write(tmp_path, {**SPACE, "knobs": knobs, "on_invalid": "skip"}))
+    warnings = space.check_options()
+    assert space.choices["insert"] == ["CSC"] and len(warnings) == 1 and "'BOGUS' left out" in warnings[0]
+
+
+def test_a_configuration_that_failed_in_training_is_never_proposed_again(tmp_path):
+    from optuna.storages.journal import JournalFileBackend
+    from ray.tune.search import Searcher
+
+    from harness.tune import _fresh_optuna_search
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "s.journal")))
+    def space(trial):
+        trial.suggest_categorical("a", [1, 2])
+
+    searcher = _fresh_optuna_search()(space=space, metric=["m", "n"],
+                                      mode=["max", "min"], storage=storage,
+                                      sampler=optuna.samplers.RandomSampler(seed=0), study_name="s")
+    first = searcher.suggest("t0")
+    searcher.on_trial_complete("t0", {"trial_error": "ValueError: boom", "time_total_s": 3.0})  # trained, raised
+    second = searcher.suggest("t1")
+    assert second["a"] != first["a"]
+    searcher.on_trial_complete("t1", {"m": 1.0, "n": 1.0, "final": 1, "time_total_s": 3.0})
+    assert searcher.suggest("t2") == Searcher.FINISHED  # the failed one is not drawn again: the space is spent
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert [t.state.name for t in study.trials if t.state.name != "PRUNED"] == ["FAIL", "COMPLETE"]
 
 
 def test_a_search_whose_tuner_raises_exits_1_with_the_cause(tmp_path, monkeypatch, capsys):
@@ -229,7 +356,7 @@ def test_a_resumed_sampler_never_trains_a_configuration_twice_and_stops_when_the
     from optuna.storages.journal import JournalFileBackend
     from ray.tune.search import Searcher
 
-    from harness.search import _nsga2_class
+    from harness.compat import picklable_sampler
     from harness.tune import _fresh_optuna_search
 
     def space(trial):
@@ -240,7 +367,7 @@ def test_a_resumed_sampler_never_trains_a_configuration_twice_and_stops_when_the
 
     def searcher():
         return _fresh_optuna_search()(space=space, metric=["m", "n"], mode=["max", "min"], storage=storage,
-                                      sampler=_nsga2_class()(seed=0, population_size=2), study_name="s")
+                                      sampler=picklable_sampler("NSGAIISampler")(seed=0, population_size=2), study_name="s")
 
     first = searcher()
     seen = []

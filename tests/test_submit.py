@@ -56,6 +56,29 @@ def test_a_challenge_study_writes_one_brats_label_map_per_case_on_its_grid(tmp_p
     # The folder is written whole or not at all, and never over an earlier submission.
     r = harness(tmp_path, "submit", path, "--scale", "smoke", "--data-root", str(val), "--out", "sub")
     assert r.returncode == 2 and "exists and is not empty" in r.stderr and "Traceback" not in r.stderr
+    if study != "brats20_table4":
+        return
+    # Only what the command made is ever removed: a user's "<out>.partial" folder stays.
+    (tmp_path / "keep.partial").mkdir()
+    (tmp_path / "keep.partial" / "data.txt").write_text("precious")
+    r = harness(tmp_path, "submit", path, "--scale", "smoke", "--data-root", str(val), "--out", "keep")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "keep.partial" / "data.txt").read_text() == "precious" and (tmp_path / "keep" / "submission.json").exists()
+    # --out naming a file; a link to an empty folder (written through it); a truncated image.
+    (tmp_path / "afile").write_text("x")
+    r = harness(tmp_path, "submit", path, "--scale", "smoke", "--data-root", str(val), "--out", "afile")
+    assert r.returncode == 2 and "--out: afile is a file" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    r = harness(tmp_path, "submit", path, "--scale", "smoke", "--data-root", str(val), "--out", "link")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "empty" / "submission.json").exists() and (tmp_path / "link").is_symlink()
+    image = next(val.glob("*/*_flair.nii.gz"))
+    image.write_bytes(image.read_bytes()[:-200])  # truncated: its header reads, its voxels do not
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = harness(tmp_path, "submit", path, "--scale", "smoke", "--data-root", str(val), "--out", "sub2")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and image.name in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_bad_submission_input_is_refused_with_the_field(tmp_path):

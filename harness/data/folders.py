@@ -25,6 +25,7 @@ import json
 import multiprocessing
 import os
 import re
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,6 +234,11 @@ def _check_case(layout: Layout, c: CaseFiles) -> list[str]:
     if out:
         return out
     *chans, (label, geom) = read
+    for p, (a, _) in zip(c.images, chans):
+        bad = int(a.size - np.count_nonzero(np.isfinite(a))) if np.issubdtype(a.dtype, np.floating) else 0
+        if bad:  # z-scoring would spread them over the whole case
+            out.append(f"{c.id}: {p.name} has {bad} {NONFINITE} (NaN or Inf); fix the file, or set "
+                       f"data.params.nonfinite: zero to train with them set to 0")
     n_chan = sum(a.shape[0] if a.ndim == 4 else 1 for a, _ in chans)
     if n_chan != len(layout.channels):
         out.append(f"{c.id}: image has {n_chan} channel(s), the data set declares {len(layout.channels)}")
@@ -258,20 +264,27 @@ def _stats_key(layout: Layout) -> str:
                         ).hexdigest()[:16]
 
 
-def check_folder(root: str | Path, fmt: str) -> list[str]:
-    """Every problem of a folder, one line each (empty: usable). Cached until a file changes."""
+NONFINITE = "non-finite voxel(s)"
+
+
+def check_folder(root: str | Path, fmt: str, nonfinite: str = "refuse") -> list[str]:
+    """Every problem of a folder, one line each (empty: usable). Cached until a file changes.
+    ``nonfinite: zero``: NaN or Inf voxels are not a problem (the loader sets them to 0)."""
     try:
         layout = scan(root, fmt)
     except DataFolderError as e:
         return e.problems
-    # Files missing at scan time, then the complete cases' own problems (cached per file state).
-    key = cache_dir() / "checks" / f"{fmt}-{_stats_key(layout)}.json"
+    # Files missing at scan time, then the complete cases' own problems (cached per file state;
+    # v2: since non-finite voxels are checked).
+    key = cache_dir() / "checks" / f"v2-{fmt}-{_stats_key(layout)}.json"
     if key.exists():
         found = json.loads(key.read_text())
     else:
         found = [p for c in layout.cases for p in _check_case(layout, c)]
         key.parent.mkdir(parents=True, exist_ok=True)
         key.write_text(json.dumps(found))
+    if nonfinite == "zero":
+        found = [p for p in found if NONFINITE not in p]
     return list(layout.problems or []) + found
 
 
@@ -283,6 +296,8 @@ def _load_case(layout: Layout, c: CaseFiles, spacing: Sequence[float] | None, cr
     chans = []
     for p in c.images:
         a = _read(p)[0].astype(np.float32)  # (z, y, x) or (C, z, y, x)
+        # Non-finite voxels reach here only under data.nonfinite: zero (check_folder refuses them).
+        a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
         chans += list(a) if a.ndim == 4 else [a]
     ref, (_, (sx, sy, sz), _, _) = _read(c.label)
     image = np.stack(chans)  # (C, D, H, W), D = z
@@ -364,8 +379,12 @@ def folder_task(fmt: str, root: str, fold: int = 0, folds: int | None = 5, val_f
                 seed: int = 0, split_file: str | None = None, spacing: Sequence[float] | None = None,
                 crop_foreground: bool = True, normalize: str = "auto",
                 ct_window: Sequence[float] = (-1000.0, 1000.0), workers: int | None = None,
-                labels: str = "regions") -> Task:
+                labels: str = "regions", nonfinite: str = "refuse") -> Task:
     """A registered folder data set: checked, split, preprocessed lazily (module docstring).
+
+    ``nonfinite``: ``refuse`` (a case with NaN or Inf voxels is a problem of the folder) or
+    ``zero`` (those voxels set to 0 before normalisation, with a warning). A case smaller than
+    the patch on an axis is zero-padded to it (``harness.train.sample_transforms``).
 
     ``workers``: processes for the one-off preprocessing (default: up to 8 CPUs, one per 8 cases).
     ``labels: classes`` (BraTS only) trains on the exclusive classes ED, NCR, ET and evaluates
@@ -387,9 +406,16 @@ def folder_task(fmt: str, root: str, fold: int = 0, folds: int | None = 5, val_f
         raise ValueError(f"data.ct_window: {list(ct_window)} must be [low, high] with low < high")
     if workers is not None and workers < 1:
         raise ValueError(f"data.workers: {workers} must be >= 1")
-    problems = check_folder(root, fmt)
+    if nonfinite not in ("refuse", "zero"):
+        raise ValueError(f"data.nonfinite: {nonfinite!r} is not allowed; choose from refuse, zero")
+    problems = check_folder(root, fmt, nonfinite)
     if problems:
         raise DataFolderError(root, problems)
+    if nonfinite == "zero":
+        zeroed = [p for p in check_folder(root, fmt) if NONFINITE in p]
+        if zeroed:
+            warnings.warn(f"data.nonfinite: zero: {len(zeroed)} file(s) with NaN or Inf voxels set to 0 "
+                          f"(first: {zeroed[0].split(';')[0]})", stacklevel=2)
     layout = scan(root, fmt)
     if normalize == "auto":
         normalize = "ct" if layout.ct else "zscore"
@@ -402,7 +428,8 @@ def folder_task(fmt: str, root: str, fold: int = 0, folds: int | None = 5, val_f
 
     def load() -> dict[str, list[Case]]:
         by_id = {c.id: c for c in cached(f"{fmt}-{Path(root).name}",
-                                         {"root": str(Path(root).resolve()), "files": _stats_key(layout), **prep},
+                                         {"root": str(Path(root).resolve()), "files": _stats_key(layout), **prep,
+                                          "finite": 1},  # cases cached since NaN/Inf voxels are zeroed
                                          lambda: _load_all(layout, prep, n_workers))}
         load_split(split_path.resolve(), ids, folds, val_fraction, seed, fold)  # fixed on disk at first use
         return {part: [by_id[i] for i in split[part]] for part in ("train", "val")}

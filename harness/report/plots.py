@@ -27,7 +27,7 @@ COST_AXES = {"gmacs": "GMACs", "params": "parameters", "latency_ns_per_voxel": "
 LOADED = 1.25  # 1-minute load per core above which latency is flagged (trials run 1 a core: about 1)
 
 
-def _no_overlap(ax, points: list[tuple[float, float, str]], avoid: list[tuple[float, float]], size: float = 7) -> None:
+def place_labels(ax, points: list[tuple[float, float, str]], avoid: list[tuple[float, float]], size: float = 7) -> None:
     """Label ``points`` (x, y, text) where no label overlaps another, a marker or the axes'
     edge: each tries offsets around its point, nearest first, and keeps the first free one
     (the greedy rule adjustText starts from); a label with no free place is left out."""
@@ -123,7 +123,7 @@ def accuracy_figure(trials: pd.DataFrame, task_of: dict[str, str | None], title:
     fig.suptitle(f"{title}: accuracy vs cost (fronts labelled; every variant in the report's tables)")
     fig.tight_layout(rect=(0, 0.4 / (4.2 * rows + 0.4), 1, 1))
     for ax, labels, points in placing:
-        _no_overlap(ax, labels, points)
+        place_labels(ax, labels, points)
     return fig
 
 
