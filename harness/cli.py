@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -11,6 +12,10 @@ from pathlib import Path
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # silence the profiler's start/stop lines
 
+# A path that cannot be written: permission, a read-only file system, a file where a folder must
+# be (or the reverse), a name too long, a full disk.
+UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENAMETOOLONG,
+              errno.ENOSPC}
 SCALES = ("smoke", "quick", "paper")  # harness.config.SCALES, kept here so that --help imports nothing heavy
 # Reports of the user's runs: the examples under reports/ are tracked, so writing there would
 # dirty the checkout and tag every later run <commit>-dirty.
@@ -221,9 +226,10 @@ def cmd_report(args) -> int:
     study = load_study(args.study)
     study = with_data_roots(study, args.scale, args.data_root or [])
     resolve(study, args.scale, check=False)  # bad input fails before anything is written; no model is built
-    from harness.tracking import default_tracking_uri
+    from harness.tracking import check_store, default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri()
+    check_store(uri)  # a damaged or half-created store: one line
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():  # MLflow would create it
         raise ConfigError(f"--tracking-uri: no MLflow database at {uri[len('sqlite:///'):]}: nothing has run "
                           f"here; run `harness run {args.study} --scale {args.scale}` first or point --tracking-uri "
@@ -564,6 +570,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except (ConfigError, UnknownNameError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the user cannot write (or name): one line, not a traceback
+        if e.errno not in UNWRITABLE or not e.filename:
+            raise
+        print(f"error: {e.filename}: {e.strerror}; the command needs to write there (the working directory, "
+              f"--out, --tracking-uri's folder, or $HARNESS_CACHE, default ~/.cache/harness)", file=sys.stderr)
         return 2
 
 

@@ -10,6 +10,8 @@ against the installed version and fails naming the dependency and its version wh
   attribute key in which a genetic sampler keeps a trial's generation
   (``NSGAIISampler._get_generation_key``), and the genetic samplers' lock, which pickling drops
   (``picklable_sampler``).
+- MLflow: the newest tracking schema revision (``_get_latest_schema_revision``), against which
+  a store is checked before use.
 - Ray Tune: ``OptunaSearch``'s map of Ray trial ids to Optuna trials (``_ot_trials``) and its
   study (``_ot_study``); Ray's token-authentication set-up for an explicit cluster address
   (``ray._private.authentication``).
@@ -85,6 +87,14 @@ def __getattr__(attr: str):
     if attr.startswith("Picklable") and attr.endswith("Sampler"):
         return picklable_sampler(attr.removeprefix("Picklable"))
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+
+
+def mlflow_schema_head() -> str:
+    """The alembic revision of the newest MLflow tracking schema, as this MLflow writes it
+    (``mlflow.store.db.utils._get_latest_schema_revision``)."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    return _get_latest_schema_revision()
 
 
 def generation_key(sampler) -> str | None:

@@ -122,7 +122,7 @@ class StrategyCfg(_Strict):
 
 
 class SearchCfg(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=100)
     study: str  # base study, relative to this file
     scale: Literal["smoke", "quick", "paper"] = "smoke"
     task: Optional[str] = None  # one of the base study's ``tasks`` (its data at the scale)

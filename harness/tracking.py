@@ -21,6 +21,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from harness import compat
 from harness.config import TrialSpec
 
 PARENT = "mlflow.parentRunId"
@@ -71,23 +72,37 @@ def sqlite_path(uri: str) -> Path | None:
 
 def check_store(uri: str | None) -> None:
     """Refuse a damaged sqlite tracking store in one line (ConfigError), before Ray starts and
-    before MLflow would print a long traceback; a missing or empty file is a new store."""
+    before MLflow would print a long traceback: unreadable, or a schema that is not MLflow's
+    newest (half-created, or older: MLflow would fail on it). A missing or empty file is a new
+    store; every command that opens the store calls this."""
     from harness.config import ConfigError
 
     path = sqlite_path(uri or default_tracking_uri())
     if path is None or not path.exists() or path.stat().st_size == 0:
         return
+    aside = f"move it aside (mv {path} {path}.broken) to start a new one, or pass --tracking-uri"
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             problem = con.execute("PRAGMA quick_check").fetchone()[0]
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            version = (con.execute("SELECT version_num FROM alembic_version").fetchone() or [None])[0] \
+                if "alembic_version" in tables else None
         finally:
             con.close()
     except sqlite3.DatabaseError as e:
-        problem = str(e)
+        problem, tables, version = str(e), set(), None
     if problem != "ok":
-        raise ConfigError(f"{path}: not a readable MLflow database ({problem}); move it aside "
-                          f"(mv {path} {path}.broken) to start a new one, or pass --tracking-uri")
+        raise ConfigError(f"{path}: not a readable MLflow database ({problem}); {aside}")
+    if not tables:
+        return  # an empty database: MLflow creates its schema
+    head = compat.mlflow_schema_head()
+    if version is None or "runs" not in tables:
+        raise ConfigError(f"{path}: an MLflow database whose schema was never completed (a command killed "
+                          f"while creating it?); {aside}")
+    if version != head:
+        raise ConfigError(f"{path}: MLflow schema {version}, this MLflow needs {head}; upgrade it "
+                          f"(mlflow db upgrade sqlite:///{path}, after a copy) or {aside}")
 
 
 def hold_lock(uri: str | None, name: str, what: str):
@@ -116,6 +131,22 @@ def hold_lock(uri: str | None, name: str, what: str):
     return f
 
 
+def _create_store(path: Path) -> None:
+    """MLflow's schema in ``.<name>.<pid>.creating`` beside ``path``, renamed over it when whole;
+    files of that kind left by killed processes are removed first (the caller holds the lock)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    for old in path.parent.glob(f".{path.name}.*.creating"):
+        old.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
+    try:
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", str(tmp.parent / "mlartifacts"))
+        store.engine.dispose()
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 class Tracker:
     def __init__(self, uri: str | None = None, verbose: int = 1):
         self.uri = uri or default_tracking_uri()
@@ -129,11 +160,16 @@ class Tracker:
             self.client = MlflowClient(self.uri)
             return
         # Two runs started together would both create (or migrate) the schema ("table datasets
-        # already exists"): the client, which creates it, is made under a file lock.
+        # already exists"): the store is checked and created under a file lock. A new store's
+        # schema is made in a file of this process and renamed into place, so a kill at any
+        # instant leaves no store or a whole one (MLflow takes seconds to create it).
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path.with_name(path.name + ".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
+                check_store(self.uri)
+                if not path.exists() or path.stat().st_size == 0:
+                    _create_store(path)
                 self.client = MlflowClient(self.uri)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)

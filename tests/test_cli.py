@@ -241,3 +241,17 @@ def test_cost_and_list_see_a_plugin_family_given_by_plugin(capsys, monkeypatch):
     assert "toy_two_heads" in capsys.readouterr().out
     assert main(["list", "models", "--plugin", "no_such_plugin_module"]) == 2
     assert "plugins: cannot import 'no_such_plugin_module'" in capsys.readouterr().err
+
+
+def test_an_unwritable_cache_or_an_overlong_name_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cache").write_text("a file where the cache folder must be")
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(BASE))
+    assert main(["run", "s.yaml", "-v", "0"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Not a directory" in err and "HARNESS_CACHE" in err
+    assert not (tmp_path / "mlflow.db").exists()
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump({**BASE, "name": "x" * 101}))
+    assert main(["run", "long.yaml"]) == 2
+    assert "name: String should have at most 100 characters" in capsys.readouterr().err

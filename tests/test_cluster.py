@@ -56,6 +56,7 @@ def token_cluster(tmp_path, monkeypatch):
         reset_auth_token_state()
 
 
+@pytest.mark.slow
 def test_a_study_runs_on_every_node_of_a_cluster_reached_by_host_port(token_cluster, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(STUDY))
@@ -68,3 +69,29 @@ def test_a_study_runs_on_every_node_of_a_cluster_reached_by_host_port(token_clus
     assert all(r.info.status == "FINISHED" for r in runs)
     nodes = {r.data.tags["result.node"] for r in runs}
     assert len(nodes) == 2 and nodes == {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+
+
+@pytest.mark.slow
+def test_without_address_a_run_stays_local_whatever_cluster_is_live(tmp_path, monkeypatch):
+    # A live cluster on this machine, named by RAY_ADDRESS as a user's shell may have it: a run
+    # with no --address starts its own instance and no trial lands on the cluster.
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        ray.init(address=cluster.address)
+        live = {n["NodeID"] for n in ray.nodes()}
+        ray.shutdown()
+        monkeypatch.setenv("RAY_ADDRESS", cluster.address)
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / "s.yaml").write_text(yaml.safe_dump({**STUDY, "seeds": 1}))
+        assert main(["run", "s.yaml", "-v", "0"]) == 0
+        assert os.environ["RAY_ADDRESS"] == cluster.address  # the user's environment is left as it was
+        client = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}").client
+        exp = client.get_experiment_by_name("harness/tiny_cluster")
+        nodes = {r.data.tags["result.node"] for r in client.search_runs([exp.experiment_id],
+                                                                         "tags.harness_role = 'trial'")}
+        assert live and nodes and not nodes & live
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

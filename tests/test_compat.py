@@ -109,3 +109,15 @@ def test_a_dependency_with_wrapped_private_apis_is_pinned_to_what_the_suite_runs
     upper = next(s.version for s in pin.specifier if s.operator == "<")
     major, minor = map(int, lower.split(".")[:2])
     assert upper == f"{major}.{minor + 1}", f"{dist}: pin {pin.specifier} spans more than one minor release"
+
+
+def test_mlflow_schema_head_is_a_revision_mlflow_writes(tmp_path):
+    import sqlite3
+
+    from harness.tracking import Tracker
+
+    head = compat.mlflow_schema_head()
+    assert isinstance(head, str) and head, _moved("mlflow")
+    Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchone()[0] == head, _moved("mlflow")

@@ -330,6 +330,30 @@ def test_report_from_mlflow_runs_end_to_end(tmp_path, monkeypatch, capsys):
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(GRID2, sort_keys=False))
     assert main(["report", "s.yaml", "--verify"]) == 1
     assert "MISMATCH fcn params: ours 1,000 vs paper 500" in capsys.readouterr().out
+    # A store that lost a run's metrics: the report says which run lacks what and goes on.
+    import sqlite3
+
+    runs = {r.data.tags["trial_key"]: r.info.run_id for r in tracker.client.search_runs(
+        [exp], "tags.harness_role = 'trial'")}
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        db.execute("DELETE FROM metrics WHERE run_uuid = ?", (runs["A-CSC#s0"],))
+        db.execute("DELETE FROM latest_metrics WHERE run_uuid = ?", (runs["A-CSC#s0"],))
+        db.execute("DELETE FROM latest_metrics WHERE run_uuid = ? AND key = 'params'", (runs["B-CCS#s0"],))
+        db.execute("DELETE FROM metrics WHERE run_uuid = ? AND key = 'params'", (runs["B-CCS#s0"],))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
+    assert main(["report", "s.yaml"]) == 0
+    readme = (out / "README.md").read_text()
+    assert f"A-CSC#s0 (run {runs['A-CSC#s0']}) lacks mean_dice, params, gmacs; left out" in readme
+    assert f"B-CCS#s0 (run {runs['B-CCS#s0']}) lacks params" in readme
+    # A failure while writing leaves the earlier report as it was, and no half-written folder.
+    import harness.report.write
+
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    monkeypatch.setattr(harness.report.write, "plots", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        main(["report", "s.yaml"])
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".")) == []
 
 
 def test_row_params_show_what_each_variant_ran_with():
@@ -523,6 +547,14 @@ def test_index_counts_each_comparison_once_and_ours_apart(tmp_path):
     assert "Not in these totals: 1 reports judged by an earlier engine" in md and md.count("bootstrap") == 1
     html = (tmp_path / "index.html").read_text()
     assert "t4 &lt;title&gt;" in html and "<title>\n" not in html.split("</title>", 1)[1]
+    # A title as the report writes it (Markdown-escaped) is escaped once in HTML, not twice.
+    from harness.report import md_text
+
+    study("escaped", [])
+    (tmp_path / "escaped" / "README.md").write_text(f"# {md_text('a <b> & c|d')}\n")
+    write_index(tmp_path)
+    html = (tmp_path / "index.html").read_text()
+    assert "a &lt;b&gt; &amp; c|d" in html and "&amp;lt;" not in html
 
 
 def test_a_studys_own_words_are_escaped_for_each_format(tmp_path):

@@ -383,7 +383,7 @@ class ClaimCfg(_Strict):
 
 class StudyCfg(_Strict):
     # The study's name is a folder (reports/<name>/): a plain name, never "." or "..".
-    name: str = Field(pattern=PLAIN_NAME)
+    name: str = Field(pattern=PLAIN_NAME, max_length=100)  # a folder and a lock file's name: kept short
     paper: str
     title: str
     description: str = ""

@@ -25,6 +25,7 @@ class StudyRuns:
     stale: int = 0  # finished runs of an older configuration, left out
     per_case: pd.DataFrame | None = None  # variant, seed, case, metric columns
     ran_with: list[str] = field(default_factory=list)  # studies whose trials ran in the same `harness run`
+    incomplete: list[str] = field(default_factory=list)  # finished runs lacking metrics: which, and what
 
     def params_of(self, variant: str) -> dict[str, Any]:
         """The model parameters ``variant`` ran with: logged with its run, or (no run yet) the
@@ -39,6 +40,9 @@ class StudyRuns:
         return self._resolved.get(variant, {})
 
 
+REQUIRED = ("mean_dice", "params", "gmacs")  # every finished trial logs these
+
+
 def _tag_axes(v: VariantCfg) -> dict[str, str]:
     return {"variant": v.name, **v.tags}
 
@@ -47,9 +51,10 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
     """Finished trial runs of ``study`` at ``scale`` whose configuration matches the study file now."""
     from mlflow.tracking import MlflowClient
 
-    from harness.tracking import PARENT, default_tracking_uri
+    from harness.tracking import PARENT, check_store, default_tracking_uri
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    check_store(tracking_uri)  # report, evaluate and submit read the store here first
     client = MlflowClient(tracking_uri or default_tracking_uri())
     exp = client.get_experiment_by_name(f"harness/{study.name}")
     runs = [] if exp is None else client.search_runs(
@@ -61,7 +66,7 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
     specs = resolve(study, scale, seeds, folds, check=False)
     expected_hash = {s.key: spec_hash(s) for s in specs} | {c["key"]: c["hash"] for c in combined_keys(study, specs)}
     axes = {v.name: _tag_axes(v) for v in table_rows(study)}
-    rows, failed, stale, seen = [], [], 0, set()
+    rows, failed, stale, seen, incomplete = [], [], 0, set(), []
     for r in runs:  # newest first: the first finished run of a key is the one that counts
         key = r.data.tags.get("trial_key")
         if expected_hash.get(key) != r.data.tags.get("config_hash"):
@@ -72,6 +77,12 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
         if r.info.status != "FINISHED" or key in seen:
             continue
         seen.add(key)
+        lacks = [m for m in REQUIRED if m not in r.data.metrics]
+        if lacks:  # a store that lost them (or a run closed by hand): said in the report, never a traceback
+            incomplete.append(f"{key} (run {r.info.run_id}) lacks {', '.join(lacks)}"
+                              + ("; left out" if "mean_dice" in lacks else ""))
+            if "mean_dice" in lacks:
+                continue
         variant = r.data.tags["variant"]
         rows.append({"run_id": r.info.run_id, "key": key, "variant": variant, "seed": int(r.data.tags["seed"]),
                      "start_time": r.info.start_time, "end_time": r.info.end_time,
@@ -96,7 +107,7 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
             cases["variant"], cases["seed"] = row["variant"], row["seed"]
             frames.append(cases)
         per_case = pd.concat(frames, ignore_index=True) if frames else None
-    return StudyRuns(study, scale, trials, failed, stale, per_case, ran_with)
+    return StudyRuns(study, scale, trials, failed, stale, per_case, ran_with, incomplete)
 
 
 def evaluations(runs: StudyRuns, tracking_uri: str | None = None) -> pd.DataFrame:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import html as html_lib
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from harness import stats as stats_
@@ -30,8 +33,24 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
     if require_runs and runs.trials.empty and not runs.failed and not runs.stale:
         raise ConfigError(f"{study.name}@{scale}: no runs in {tracking_uri}; run `harness run {path} --scale "
                           f"{scale}` first")
-    out = reports / study.name
-    out.mkdir(parents=True, exist_ok=True)
+    final = reports / study.name
+    reports.mkdir(parents=True, exist_ok=True)
+    # Written into a folder of our own, then moved file by file: a failure leaves no half report,
+    # and files of the folder that this report does not write are left alone.
+    out = Path(tempfile.mkdtemp(prefix=f".{study.name}.", suffix=".partial", dir=reports))
+    try:
+        problems = _write(study, scale, runs, formats, out, tracking_uri)
+        final.mkdir(exist_ok=True)
+        for f in out.iterdir():
+            os.replace(f, final / f.name)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    write_index(reports)
+    return final, problems
+
+
+def _write(study, scale: str, runs, formats: list[str], out: Path, tracking_uri: str | None) -> list[str]:
+    """The report's files into ``out``; returns the verify problems."""
     table, notes = layout_table(runs)
     _write_table(table, out, "table", formats)
     st = stats_table(runs)
@@ -50,6 +69,7 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
     md += [f"Scale: **{scale}**. {len(runs.trials)} finished trials"
            + (f", failed: {', '.join(runs.failed)}" if runs.failed else "")
            + (f"; {runs.stale} finished runs of an older configuration left out" if runs.stale else "")
+           + (f"; incomplete runs: {'; '.join(runs.incomplete)}" if runs.incomplete else "")
            + (f"; wall time of the study {wall / 60:.1f} min" if wall and not runs.ran_with else "")
            + (f"; its trials ran in {wall / 60:.1f} min, in one `harness run` with {len(runs.ran_with)} other "
               f"studies ({', '.join(runs.ran_with)}), whose trials shared the cores"
@@ -70,7 +90,7 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
                "evaluated (every network pass of the inferer), peak memory of that inference and of one training "
                "forward and backward pass on the training batch. CUDA: the allocator's high-water mark; CPU: the "
                "profiler's running sum of allocations minus frees.", "",
-               (costs.assign(parameters=costs["parameters"].map(lambda v: f"{int(round(v)):,}"))  # not 2.209e+05
+               (costs.assign(parameters=costs["parameters"].map(lambda v: "—" if v != v else f"{int(round(v)):,}"))
                 if "parameters" in costs else costs).to_markdown(index=False, floatfmt=",.4g"), ""]
     evals = evaluations(runs, tracking_uri)
     if not evals.empty:
@@ -84,11 +104,16 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
                                        or ["This study pins no number."]) + [""]
     md += [f"![{f}]({f})" for f in figs]
     (out / "README.md").write_text("\n".join(md) + "\n")
-    write_index(reports)
-    return out, problems
+    return problems
 
 
 SCALE_ORDER = ("quick", "paper", "smoke")  # the headline first; smoke (plumbing) last
+
+
+def _plain(markdown: str) -> str:
+    """A Markdown line's text as the reader sees it (``md_text``'s entities and ``\\|`` undone),
+    to be escaped once for HTML: escaping the Markdown escaped it twice (``&amp;lt;``)."""
+    return html_lib.unescape(markdown.replace("\\|", "|"))
 
 
 def write_index(reports: Path) -> None:
@@ -129,11 +154,22 @@ def write_index(reports: Path) -> None:
         md += totals + [""]
     md += [f"- [{name}]({name}/README.md): {title}{v}" for name, title, v in entries]
     md += ["", "## Reading the verdicts", "", VERDICT_LEGEND]
-    (reports / "index.md").write_text("\n".join(md) + "\n")
+    _replace(reports / "index.md", "\n".join(md) + "\n")
     esc = html_lib.escape
     page = ["<html><head><meta charset='utf-8'><title>harness reports</title></head><body><h1>Reports</h1>"]
-    page += [f"<p>{esc(t.removeprefix('- '))}</p>" for t in totals] + ["<ul>"]
+    page += [f"<p>{esc(_plain(t.removeprefix('- ')))}</p>" for t in totals] + ["<ul>"]
     page += [f"<li><a href='{esc(name)}/{'table.html' if (reports / name / 'table.html').exists() else 'README.md'}'>"
-             f"{esc(name)}</a>: {esc(title + v)}</li>" for name, title, v in entries]
+             f"{esc(name)}</a>: {esc(_plain(title + v))}</li>" for name, title, v in entries]
     page.append("</ul></body></html>")
-    (reports / "index.html").write_text("\n".join(page) + "\n")
+    _replace(reports / "index.html", "\n".join(page) + "\n")
+
+
+def _replace(path: Path, text: str) -> None:
+    """``path`` written whole: a file of this process beside it (the usual permissions, which
+    ``NamedTemporaryFile``'s 0600 would not give), renamed over it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
