@@ -638,6 +638,12 @@ def _run_strategy(space: Space, storage, storage_url: str, exists: bool, n_total
     # heartbeat in Optuna 5.1, and OptunaSearch's ask/tell never records one.)
     for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING]):
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    chash = config_hash(cfg.model_dump())
+    parent = tracker.find_parent(exp_id, cfg.scale, chash)
+    rebuilt = rebuild_from_mlflow(space, study, tracker, exp_id, parent.info.run_id) if parent else 0
+    if rebuilt:
+        console.print(f"search {cfg.name}: {rebuilt} trial(s) MLflow holds were missing from {storage_url}; added "
+                      f"back from their runs (nothing is trained again)", soft_wrap=True)
     warm = warm_start(space, study, tracker.uri) if cfg.warm_start else 0
     settled = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL) + (
         (optuna.trial.TrialState.PRUNED,) if space.rungs() else ())
@@ -650,8 +656,6 @@ def _run_strategy(space: Space, storage, storage_url: str, exists: bool, n_total
     console.print(f"search {cfg.name}: {done} trials run in {storage_url}, {todo} to run"
                   + (f"; {warm} finished runs of {space.study.name} added as complete trials" if warm else "") + ".",
                   soft_wrap=True)
-    chash = config_hash(cfg.model_dump())
-    parent = tracker.find_parent(exp_id, cfg.scale, chash)
     if parent is not None:
         parent_id = parent.info.run_id
         tracker.reopen_parent(exp_id, parent_id)  # the Optuna journal, not MLflow, says what is done
@@ -670,7 +674,48 @@ def _run_strategy(space: Space, storage, storage_url: str, exists: bool, n_total
                           f"{todo} trials finished. Fix the cause and pass --resume.", soft_wrap=True)
             return None
     tracker.client.set_terminated(parent_id, "FINISHED")
+    # A journal lost or cut while the search ran: what MLflow recorded is added back before the outputs.
+    rebuilt = rebuild_from_mlflow(space, study, tracker, exp_id, parent_id)
+    if rebuilt:
+        console.print(f"search {cfg.name}: {rebuilt} trial(s) were missing from {storage_url} after the run; "
+                      f"added back from MLflow", soft_wrap=True)
     return optuna.load_study(study_name=cfg.name, storage=storage)
+
+
+def rebuild_from_mlflow(space: Space, study, tracker, exp_id: str, parent_id: str) -> int:
+    """Add to ``study`` the trials of this search that MLflow recorded and the Optuna journal
+    lacks (a journal lost, cut short, or removed): finished ones as COMPLETE with their
+    objectives, ones that raised in training as FAIL, ones stopped at a rung as PRUNED, each
+    with its trial-time (the run's span) and ``rebuilt_from_run``. MLflow is the record of what
+    was trained: no configuration it holds is trained again. Returns how many were added."""
+    import optuna
+
+    state = optuna.trial.TrialState
+    held = {json.dumps(t.params, sort_keys=True) for t in study.get_trials(
+        deepcopy=False, states=(state.COMPLETE, state.FAIL, state.PRUNED))
+        if t.state == state.COMPLETE or "trial_time_s" in t.user_attrs}
+    objs = [o.metric for o in space.cfg.objectives]
+    added = 0
+    for run in tracker.children(exp_id, parent_id):
+        raw, tags, m = run.data.tags.get("tag.optuna_params"), run.data.tags, run.data.metrics
+        if raw is None or raw in held:
+            continue
+        if run.info.status == "FINISHED" and all(o in m for o in objs):
+            kind, values = state.COMPLETE, [m[o] for o in objs]
+        elif run.info.status == "FAILED" and not tags.get("error", "").startswith("Ray Tune stopped"):
+            kind, values = state.FAIL, None
+        elif run.info.status == "KILLED" and tags.get("stopped_early") == "true":
+            kind, values = state.PRUNED, None
+        else:
+            continue  # still running, or ended by a dead runner: not trained to an outcome
+        params = json.loads(raw)
+        span = ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=space.distributions(params), values=values, state=kind,
+            user_attrs={"trial_time_s": span, "rebuilt_from_run": run.info.run_id}))
+        held.add(raw)
+        added += 1
+    return added
 
 
 def _by_model(df, front) -> str:

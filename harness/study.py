@@ -85,13 +85,19 @@ def longest_first(specs: list[TrialSpec], work: dict[str, float]) -> list[TrialS
 PROXY_SHRINK = (4, 2, 1)  # per axis: 1/64, 1/8 of the patch's voxels, then the patch itself
 
 
+def shrink_factors(patch: list[int]) -> list[int]:
+    """``PROXY_SHRINK``, after larger factors (8 to 64) that keep every axis at 16 or more: a
+    patch of 512^3 is measured at 16^3, never at 128^3 in the driver."""
+    return [f for f in (64, 32, 16, 8) if min(patch) // f >= 16] + list(PROXY_SHRINK)
+
+
 def _at_proxy(spec: TrialSpec, task: Task, measure) -> tuple[float, float, nn.Module]:
     """``measure(model, shape)`` at batch 1 on the patch shrunk by the largest factor of
     ``PROXY_SHRINK`` the model accepts (groups and strides must still divide), with the factor
     (voxels x batch) that scales it to a training batch, and the model: never a training-sized
     forward pass in the driver, whose memory it could exhaust."""
     cfg = spec.train
-    for f in PROXY_SHRINK:
+    for f in shrink_factors(cfg.patch):
         if any(p % f for p in cfg.patch):
             continue
         small = [p // f for p in cfg.patch]
@@ -277,17 +283,17 @@ def _run(studies, specs_of, tasks, scale, resume, tracking_uri, address, storage
                 f"architectures (build, cost handles)")
     for specs in specs_of.values():
         check_costable(specs, tasks)
-    board.phase("preparing the data (generated on first use, then read from the cache)")
-    for task in tasks.values():
-        task.train  # generate/cache once, before trials race for it
-
     from harness.tracking import Tracker, check_store, hold_lock  # mlflow and ray load only when a run starts
     from harness.tune import check_capacity, run_trials
 
     check_store(tracking_uri)  # a damaged mlflow.db is said in one line, before Ray starts
     board.phase(f"starting Ray ({address})" if address else "starting a local Ray instance")
+    # A trial no node can hold is refused before its data is generated (gigabytes, for a huge patch).
     check_capacity(address, max(st.resources.cpu for _, st in studies), max(st.resources.gpu for _, st in studies),
                    verbose, largest_cpu_trial(specs_of, tasks))  # before mlflow.db exists
+    board.phase("preparing the data (generated on first use, then read from the cache)")
+    for task in tasks.values():
+        task.train  # generate/cache once, before trials race for it
     # One runner per study and scale: a second `--resume` at once would train every trial left twice.
     locks = [hold_lock(tracking_uri, f"{study.name}@{scale}", f"{study.name}@{scale}") for _, study in studies]  # noqa: F841
     tracker = Tracker(tracking_uri, verbose)

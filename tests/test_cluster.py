@@ -95,3 +95,18 @@ def test_without_address_a_run_stays_local_whatever_cluster_is_live(tmp_path, mo
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_local_trials_run_at_the_users_priority_not_below_it():
+    # Ray's default worker niceness (15) starves trials beside any other work on the machine.
+    from harness.tune import _init_ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    _init_ray(None, 0)
+    try:
+        assert ray.get(ray.remote(lambda: os.nice(0)).remote()) == os.nice(0)
+        assert "RAY_worker_niceness" not in os.environ  # the user's environment is left as it was
+    finally:
+        ray.shutdown()

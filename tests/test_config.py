@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from harness.cli import main
-from harness.config import ConfigError, load_study, resolve, variants
+from harness.config import ConfigError, StudyCfg, load_study, resolve, variants
 
 STUDIES = sorted(Path(__file__).parents[1].joinpath("studies").glob("*.yaml"))
 
@@ -313,3 +313,9 @@ def test_bad_command_line_values_exit_2_in_one_line_and_write_nothing(tmp_path, 
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
+def test_a_study_naming_only_its_model_has_one_default_variant():
+    study = StudyCfg.model_validate({k: v for k, v in BASE.items() if k not in ("variants", "grid")})
+    assert [v.name for v in study.variants] == [BASE["model"]["name"]]
+    assert [s.key for s in resolve(study, "smoke")] == [f"{BASE['model']['name']}#s0"]

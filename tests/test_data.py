@@ -132,3 +132,19 @@ def test_depth_task_takes_the_shape_of_a_real_task():
     assert img[0][pz].mean() < img[0][tz].mean() and img[1][pz].mean() > img[1][tz].mean()
     with pytest.raises(ValueError, match="distinct"):
         build_task("synthetic_depth", regions=["a", "a"])
+
+
+def test_a_case_thinner_than_the_patch_is_zero_padded_to_it():
+    # A 1-voxel-thick case trains on the patch it is padded to (docs/data.md), never refused.
+    from monai.inferers import sliding_window_inference
+
+    from harness.config import TrainCfg
+    from harness.train import sample_transforms
+
+    cfg = TrainCfg(patch=[16, 32, 32], augment=[])
+    image = np.ones((1, 1, 40, 40), np.float32)
+    label = np.ones((1, 1, 40, 40), np.uint8)
+    out = sample_transforms(cfg, seed=0)({"image": image, "label": label})
+    assert tuple(out["image"].shape) == (1, 16, 32, 32) and float(out["image"].sum()) == 32 * 32  # one slice of ones
+    pred = sliding_window_inference(torch.from_numpy(image)[None], cfg.patch, 1, lambda x: x)
+    assert tuple(pred.shape) == (1, 1, 1, 40, 40)  # evaluated on the case's own size

@@ -327,12 +327,43 @@ def test_a_trial_too_big_for_every_node_is_refused_before_anything_is_written(tm
              "variants": [{"name": "a"}], "train": {"patch": [64, 256, 256], "batch_size": 8},
              "scales": {"smoke": {}, "quick": {}, "paper": {}}}
     (tmp_path / "s.yaml").write_text(json.dumps(study))
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))  # its data must not be generated first
     monkeypatch.setattr(harness.tune, "_init_ray", lambda *a, **k: None)
     monkeypatch.setattr(harness.tune.ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2.0, "memory": 2.0**30}}])
     assert main(["run", "s.yaml", "-v", "0"]) == 2
     err = capsys.readouterr().err
     assert "big/a#s0: a training step needs about" in err and "largest Ray node has 1.0 GiB" in err, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+    assert not any(p.name.startswith("synthetic") for p in (tmp_path / "cache").glob("*")), "data generated first"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["s.yaml"]
+
+
+def test_the_cache_keeps_no_partial_entry_on_any_exit_and_sweeps_killed_writers(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from harness.data.task import Case, cached
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+
+    def failing():
+        yield Case("a", np.zeros((1, 2, 2, 2), np.float32), np.zeros((1, 2, 2, 2), np.uint8))
+        raise KeyboardInterrupt  # an interrupt mid-write
+
+    with pytest.raises(KeyboardInterrupt):
+        cached("toy", {"n": 1}, failing)
+    assert list(tmp_path.iterdir()) == []
+    # A writer killed outright left its folder: the next write removes it, a live writer's stays.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f"toy-x.{dead.pid}.tmp").mkdir()
+    (tmp_path / f"toy-y.{os.getppid()}.tmp").mkdir()
+    cases = cached("toy", {"n": 2}, lambda: iter([Case("b", np.ones((1, 2, 2, 2), np.float32),
+                                                       np.ones((1, 2, 2, 2), np.uint8))]))
+    assert [c.id for c in cases] == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == [f"toy-y.{os.getppid()}.tmp"]
 
 
 @pytest.mark.parametrize("total,flat", [(200, 0.5), (7, 0.5), (10, 0.0), (3, 0.9)])

@@ -610,3 +610,14 @@ def test_accuracy_plot_draws_a_front_per_task_and_labels_that_do_not_overlap():
     assert fig.axes[0].get_xscale() == "log"  # GMACs span 90x
     assert fig.legends and not any(ax.get_legend() for ax in fig.axes)  # the legend sits outside the panels
     plt.close(fig)
+
+
+def test_latency_measured_beside_other_work_is_said():
+    from types import SimpleNamespace
+
+    from harness.report.write import _load_note
+
+    quiet = SimpleNamespace(trials=pd.DataFrame({"load_per_core": [1.0, 1.1]}))
+    busy = SimpleNamespace(trials=pd.DataFrame({"load_per_core": [1.0, 3.2, 2.0]}))
+    assert _load_note(quiet) == "" and _load_note(SimpleNamespace(trials=pd.DataFrame({"x": [1]}))) == ""
+    assert "Latency of 2 of 3 trials was measured beside other work (1-minute load up to 3.2 per core" in _load_note(busy)

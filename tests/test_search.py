@@ -129,6 +129,12 @@ def test_tiny_search_end_to_end_and_resume(tmp_path, monkeypatch, capsys, caplog
     assert [v["name"] for v in exported["variants"]] == [v["name"] for v in variants]
     assert main(["run", "front.yaml", "--scale", "smoke", "-v", "0"]) == 0
     assert main(["search", str(path), "--report-only", "--export", "front.yaml", "-v", "0"]) == 2  # never over a file
+    # A lost journal is rebuilt from MLflow's runs: nothing is trained again, the outputs count all four.
+    (tmp_path / "optuna" / "tiny.journal").unlink()
+    assert main(["search", str(path), "--trials", "4", "--resume", "-v", "0"]) == 0
+    assert "4 trial(s) MLflow holds were missing" in capsys.readouterr().out
+    assert len(client.search_runs([exp.experiment_id], "tags.harness_role = 'trial'")) == len(runs)
+    assert "4 complete trials" in (out / "pareto.md").read_text()
 
 
 def test_pareto_lists_each_configuration_once(tmp_path):

@@ -415,7 +415,8 @@ class StudyCfg(_Strict):
         if missing:
             raise ValueError(f"scales: missing {sorted(missing)}; every study needs {', '.join(SCALES)}")
         if not self.variants and not self.grid and not self.landscape:
-            raise ValueError("variants/grid: a study needs at least one variant")
+            # A study of one net: its default variant, named after the model.
+            self.variants = [VariantCfg(name=self.model.name)]
         empty = [axis for axis, options in self.grid.items() if not options]
         if empty:
             raise ValueError(f"grid.{empty[0]}: an axis needs at least one option (its product would be empty)")

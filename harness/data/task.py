@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -70,28 +71,49 @@ class Task:
         return self._cases()["val"]
 
 
+def sweep_stale(folder: Path) -> None:
+    """Remove ``<entry>.<pid>.tmp`` folders whose writing process is gone (killed mid-write: a
+    kill skips ``cached``'s own clean-up)."""
+    for tmp in folder.glob("*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2] if tmp.name.count(".") >= 2 else ""
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
+
+
 def cached(name: str, params: dict, make: Callable[[], Iterator[Case]]) -> list[Case]:
     """Cases from the cache keyed by name and params; ``make()`` yields them on a miss.
 
     Written case by case into a temporary folder that is renamed into place when
-    complete, so concurrent or interrupted writers never leave a partial cache.
+    complete, so concurrent or interrupted writers never leave a partial cache; the folder is
+    removed on any exit, and folders of killed writers at the next write (``sweep_stale``).
     """
     key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_dir() / f"{name}-{key}"
     if not (path / "ids.json").exists():
+        sweep_stale(path.parent)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        ids = []
-        for case in make():
-            np.save(tmp / f"{case.id}_img.npy", case.image)
-            np.save(tmp / f"{case.id}_lab.npy", case.label)
-            ids.append(case.id)
-        (tmp / "ids.json").write_text(json.dumps(ids))
         try:
+            ids = []
+            for case in make():
+                np.save(tmp / f"{case.id}_img.npy", case.image)
+                np.save(tmp / f"{case.id}_lab.npy", case.label)
+                ids.append(case.id)
+            (tmp / "ids.json").write_text(json.dumps(ids))
             tmp.rename(path)
-        except OSError:  # another process finished first: its copy is identical
-            shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            if not (path / "ids.json").exists():
+                raise
+            # another process finished first: its copy is identical
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # on any exit: a failed or interrupted write leaves nothing
     ids = json.loads((path / "ids.json").read_text())
     return [Case(i, np.load(path / f"{i}_img.npy", mmap_mode="c"), np.load(path / f"{i}_lab.npy", mmap_mode="c"))
             for i in ids]

@@ -13,7 +13,7 @@ from harness import stats as stats_
 from harness.config import ConfigError, load_study, with_data_roots
 from harness.report.claims import (VERDICT_LEGEND, _claims_of, _counts, claims_markdown, claims_table, comparisons,
                                    md_text, reading_guide)
-from harness.report.plots import plots
+from harness.report.plots import LOADED, plots
 from harness.report.runs import evaluations, load_runs, wall_time
 from harness.report.tables import _md_frame, _write_table, check_pinned, cost_table, layout_table, stats_table, verify
 
@@ -89,7 +89,7 @@ def _write(study, scale: str, runs, formats: list[str], out: Path, tracking_uri:
         md += ["## Cost", "", "Mean over seeds, as each trial measured it (`harness.cost`): GMACs of inference as "
                "evaluated (every network pass of the inferer), peak memory of that inference and of one training "
                "forward and backward pass on the training batch. CUDA: the allocator's high-water mark; CPU: the "
-               "profiler's running sum of allocations minus frees.", "",
+               "profiler's running sum of allocations minus frees." + _load_note(runs), "",
                (costs.assign(parameters=costs["parameters"].map(lambda v: "—" if v != v else f"{int(round(v)):,}"))
                 if "parameters" in costs else costs).to_markdown(index=False, floatfmt=",.4g"), ""]
     evals = evaluations(runs, tracking_uri)
@@ -108,6 +108,18 @@ def _write(study, scale: str, runs, formats: list[str], out: Path, tracking_uri:
 
 
 SCALE_ORDER = ("quick", "paper", "smoke")  # the headline first; smoke (plumbing) last
+
+
+def _load_note(runs) -> str:
+    """A sentence when latency was measured beside other work (``load_per_core`` above
+    ``LOADED``: more runnable processes than cores), which reads it high."""
+    t = runs.trials
+    if "load_per_core" not in t or not (t.load_per_core > LOADED).any():
+        return ""
+    loaded = t[t.load_per_core > LOADED]
+    return (f" Latency of {len(loaded)} of {len(t)} trials was measured beside other work (1-minute load up to "
+            f"{loaded.load_per_core.max():.1f} per core; 1 is the trials' own), so it reads high: compare "
+            f"latencies measured on an idle machine (`harness cost`).")
 
 
 def _plain(markdown: str) -> str:
