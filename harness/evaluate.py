@@ -74,7 +74,10 @@ def run_evaluate(path: str, scale: str, inferer_text: str | None, ensemble: str,
 
     rows, skipped = [], []
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    for (variant, fold, _), members in groups.items():
+    console.print(f"{study.name}@{scale}: {len(groups)} evaluation(s) of {len(runs.trials)} finished trial(s)")
+    for i, ((variant, fold, _), members) in enumerate(groups.items(), 1):
+        console.print(f"[{i}/{len(groups)}] {variant}" + (f" fold {fold}" if fold is not None else "")
+                      + f": {len(members)} model(s), evaluating and costing ...", highlight=False)
         try:
             ckpts = [load_checkpoint(client, run.info.run_id) for run, _ in members]
             foreign = {p for c in ckpts for p in TrialSpec.model_validate_json(c["trial"]).plugins} - set(study.plugins)
@@ -108,6 +111,8 @@ def run_evaluate(path: str, scale: str, inferer_text: str | None, ensemble: str,
              "mlflow.runName": f"{variant}:{cfg.inferer.name}" + (f"x{len(models)}" if len(models) > 1 else ""),
              **({"fold": fold} if fold is not None else {})})
         tracker.finish_child(run_id, final, per_case, step=0)
+        console.print(f"    Dice {result['mean_dice']:.1f} (members {sum(members_dice) / len(members_dice):.1f}), "
+                      f"{cost['gmacs']:.3g} GMACs", highlight=False)
         rows.append({"variant": variant, "fold": fold or "", "members": len(models), "inferer": cfg.inferer.name,
                      "mean_dice": result["mean_dice"], "members_mean_dice": sum(members_dice) / len(members_dice),
                      "gmacs": cost["gmacs"], "forward_passes": cost["forward_passes"],

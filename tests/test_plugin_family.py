@@ -65,7 +65,10 @@ def test_outside_family_runs_saves_weights_and_reevaluates(tmp_path, monkeypatch
     monkeypatch.syspath_prepend(str(tmp_path))
     assert main(["evaluate", "s.yaml", "--inferer", "{name: ttaa}"]) == 2  # did you mean 'tta'; nothing written
     assert not trial_runs(client, "evaluation")
+    capsys.readouterr()
     assert main(["evaluate", "s.yaml"]) == 0
+    out = capsys.readouterr().out  # progress as it goes: a line per evaluation, then its Dice
+    assert "[1/2] toy" in out and "[2/2] toy" in out and out.count("    Dice ") == 2
     assert main(["evaluate", "s.yaml", "--inferer", "{name: tta, params: {views: mirror}}", "--ensemble", "seeds"]) == 0
     evals = trial_runs(client, "evaluation")
     by_trial = {r.data.metrics["mean_dice"] for r in runs}
