@@ -235,7 +235,7 @@ def cmd_report(args) -> int:
                           f"here; run `harness run {args.study} --scale {args.scale}` first or point --tracking-uri "
                           f"at the runs")
     out, problems = write_report(args.study, args.scale, formats, Path(args.out), uri, args.data_root,
-                                 require_runs=True)
+                                 require_runs=True, seeds=args.seeds)
     print(f"report: {out}/README.md")
     for p in problems:
         print(f"MISMATCH {p}")
@@ -447,6 +447,9 @@ def build_parser() -> tuple[Parser, argparse._SubParsersAction]:
     rp = sub.add_parser("report", help="the paper's table, statistics and accuracy-vs-cost plots from MLflow")
     rp.add_argument("study")
     rp.add_argument("--scale", default="smoke", choices=list(SCALES))
+    rp.add_argument("--seeds", type=_positive, default=None,
+                    help="count the first N seeds (default: the study's at the scale; runs of further seeds "
+                         "are left out and said)")
     rp.add_argument("--format", default="md,html,csv", help="comma-separated: md, html, tex, csv")
     rp.add_argument("--verify", action="store_true", help="exit 1 when a pinned number is outside its tolerance")
     rp.add_argument("--out", default=LOCAL_REPORTS,

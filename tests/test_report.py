@@ -621,3 +621,24 @@ def test_latency_measured_beside_other_work_is_said():
     busy = SimpleNamespace(trials=pd.DataFrame({"load_per_core": [1.0, 3.2, 2.0]}))
     assert _load_note(quiet) == "" and _load_note(SimpleNamespace(trials=pd.DataFrame({"x": [1]}))) == ""
     assert "Latency of 2 of 3 trials was measured beside other work (1-minute load up to 3.2 per core" in _load_note(busy)
+
+
+def test_a_report_counts_the_studys_seeds_and_says_what_else_the_store_holds(tmp_path, monkeypatch):
+    from harness.config import spec_hash
+    from harness.report import load_runs
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({**GRID, "seeds": 2}, sort_keys=False))
+    study = load_study("s.yaml")
+    tracker = Tracker()
+    exp = tracker.experiment(study.name)
+    parent = tracker.start_parent(exp, study.name, "smoke", "h", {})
+    for spec in resolve(study, "smoke", seeds=3):  # a run with --seeds 3 (or a study that shrank since)
+        run = tracker.start_child(exp, parent, spec, spec_hash(spec))
+        tracker.finish_child(run, {"mean_dice": 50.0 + spec.seed, "params": 10.0, "gmacs": 1.0}, [], step=1)
+    runs = load_runs(study, "smoke", with_cases=False)
+    assert sorted(set(runs.trials.seed)) == [0, 1] and runs.extra == 5 and runs.seeds == 2
+    assert sorted(set(load_runs(study, "smoke", with_cases=False, seeds=3).trials.seed)) == [0, 1, 2]
+    assert main(["report", "s.yaml"]) == 0
+    readme = (tmp_path / "reports" / "local" / "grid" / "README.md").read_text()
+    assert "the store holds 5 more finished trial(s) of seeds beyond the 2 counted" in readme

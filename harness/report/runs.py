@@ -26,6 +26,8 @@ class StudyRuns:
     per_case: pd.DataFrame | None = None  # variant, seed, case, metric columns
     ran_with: list[str] = field(default_factory=list)  # studies whose trials ran in the same `harness run`
     incomplete: list[str] = field(default_factory=list)  # finished runs lacking metrics: which, and what
+    extra: int = 0  # finished trials of seeds beyond those counted (``seeds``), left out
+    seeds: int = 1  # the seeds counted: the study's at the scale, or --seeds
 
     def params_of(self, variant: str) -> dict[str, Any]:
         """The model parameters ``variant`` ran with: logged with its run, or (no run yet) the
@@ -47,8 +49,11 @@ def _tag_axes(v: VariantCfg) -> dict[str, str]:
     return {"variant": v.name, **v.tags}
 
 
-def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with_cases: bool = True) -> StudyRuns:
-    """Finished trial runs of ``study`` at ``scale`` whose configuration matches the study file now."""
+def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with_cases: bool = True,
+              seeds: int | None = None) -> StudyRuns:
+    """Finished trial runs of ``study`` at ``scale`` whose configuration matches the study file now,
+    of its seeds at that scale (or the first ``seeds``): runs of further seeds, from a run with a
+    larger ``--seeds`` or a study that has since shrunk, are counted in ``extra``, not reported."""
     from mlflow.tracking import MlflowClient
 
     from harness.tracking import PARENT, check_store, default_tracking_uri
@@ -60,17 +65,22 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
     runs = [] if exp is None else client.search_runs(
         [exp.experiment_id], f"tags.harness_role = 'trial' and tags.scale = '{scale}'", max_results=50000,
         order_by=["attributes.start_time DESC"])
-    seeds = 1 + max([int(r.data.tags.get("seed", 0)) for r in runs] or [0])
+    wanted = seeds or study.scales[scale].seeds or study.seeds
+    seen_seeds = 1 + max([int(r.data.tags.get("seed", 0)) for r in runs] or [0])
     folds = 1 + max([int(r.data.tags.get("fold", 0)) for r in runs] or [0])
     # The study's trials as it stands, without building a model or reading data: only their hashes.
-    specs = resolve(study, scale, seeds, folds, check=False)
+    specs = resolve(study, scale, max(wanted, seen_seeds), folds, check=False)
     expected_hash = {s.key: spec_hash(s) for s in specs} | {c["key"]: c["hash"] for c in combined_keys(study, specs)}
     axes = {v.name: _tag_axes(v) for v in table_rows(study)}
-    rows, failed, stale, seen, incomplete = [], [], 0, set(), []
+    rows, failed, stale, seen, incomplete, extra = [], [], 0, set(), [], set()
     for r in runs:  # newest first: the first finished run of a key is the one that counts
         key = r.data.tags.get("trial_key")
         if expected_hash.get(key) != r.data.tags.get("config_hash"):
             stale += r.info.status == "FINISHED"
+            continue
+        if int(r.data.tags.get("seed", 0)) >= wanted:
+            if r.info.status == "FINISHED":
+                extra.add(key)
             continue
         if r.info.status == "FAILED" and key not in seen:
             failed.append(key)
@@ -107,7 +117,7 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
             cases["variant"], cases["seed"] = row["variant"], row["seed"]
             frames.append(cases)
         per_case = pd.concat(frames, ignore_index=True) if frames else None
-    return StudyRuns(study, scale, trials, failed, stale, per_case, ran_with, incomplete)
+    return StudyRuns(study, scale, trials, failed, stale, per_case, ran_with, incomplete, len(extra), wanted)
 
 
 def evaluations(runs: StudyRuns, tracking_uri: str | None = None) -> pd.DataFrame:

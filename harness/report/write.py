@@ -20,7 +20,7 @@ from harness.report.tables import _md_frame, _write_table, check_pinned, cost_ta
 
 def write_report(path: str, scale: str, formats: list[str], reports: Path = Path("reports"),
                  tracking_uri: str | None = None, data_roots: list[str] | None = None,
-                 require_runs: bool = False) -> tuple[Path, list[str]]:
+                 require_runs: bool = False, seeds: int | None = None) -> tuple[Path, list[str]]:
     """Write ``reports/<study>/`` and refresh the index; returns the folder and the verify problems.
 
     ``data_roots``: the run's ``--data-root`` values, so that its trials match the study as run.
@@ -29,8 +29,8 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
     """
     study = load_study(path)
     study = with_data_roots(study, scale, data_roots or [])
-    runs = load_runs(study, scale, tracking_uri)
-    if require_runs and runs.trials.empty and not runs.failed and not runs.stale:
+    runs = load_runs(study, scale, tracking_uri, seeds=seeds)
+    if require_runs and runs.trials.empty and not runs.failed and not runs.stale and not runs.extra:
         raise ConfigError(f"{study.name}@{scale}: no runs in {tracking_uri}; run `harness run {path} --scale "
                           f"{scale}` first")
     final = reports / study.name
@@ -70,6 +70,8 @@ def _write(study, scale: str, runs, formats: list[str], out: Path, tracking_uri:
            + (f", failed: {', '.join(runs.failed)}" if runs.failed else "")
            + (f"; {runs.stale} finished runs of an older configuration left out" if runs.stale else "")
            + (f"; incomplete runs: {'; '.join(runs.incomplete)}" if runs.incomplete else "")
+           + (f"; the store holds {runs.extra} more finished trial(s) of seeds beyond the {runs.seeds} counted "
+              f"(`harness report --seeds N` counts them)" if runs.extra else "")
            + (f"; wall time of the study {wall / 60:.1f} min" if wall and not runs.ran_with else "")
            + (f"; its trials ran in {wall / 60:.1f} min, in one `harness run` with {len(runs.ran_with)} other "
               f"studies ({', '.join(runs.ran_with)}), whose trials shared the cores"
