@@ -43,3 +43,33 @@ def hypervolume(values: list[list[float]], modes: list[str], reference: list[flo
     loss, ref = _losses(values, modes), _losses([reference], modes)[0]
     loss = loss[(loss < ref).all(axis=1)]
     return compat.hypervolume(loss, ref) if len(loss) else 0.0
+
+
+def non_dominated(values: list[list[float]], modes: list[str]) -> list[int]:
+    """Indices of the vectors no other vector dominates (the Pareto front; equal vectors all stay)."""
+    loss = _losses(values, modes) if len(values) else np.zeros((0, len(modes)))
+    return [i for i in range(len(loss))
+            if not any((loss[j] <= loss[i]).all() and (loss[j] < loss[i]).any() for j in range(len(loss)))]
+
+
+def constraint_values(bounds: list[tuple[str, float | None, float | None]], metrics: dict[str, float]) -> list[float]:
+    """Optuna's constraint convention for (metric, min, max) bounds: one value per bound, at most
+    0 when it holds (``min - value``, ``value - max``); a missing metric counts as violated (1)."""
+    out = []
+    for metric, lo, hi in bounds:
+        v = metrics.get(metric)
+        if v is None or v != v:
+            out.append(1.0)
+        else:
+            out.append(max(lo - v if lo is not None else -np.inf, v - hi if hi is not None else -np.inf))
+    return [float(x) for x in out]
+
+
+def read_constraints(trial) -> list[float]:
+    """Optuna's ``constraints_func``: the values the searcher stored on the trial (user attribute
+    ``constraints``); a trial without them (no final result) counts as infeasible."""
+    return list(trial.user_attrs.get("constraints") or [1.0])
+
+
+def feasible(trial) -> bool:
+    return all(v <= 0 for v in read_constraints(trial)) if "constraints" in trial.user_attrs else True

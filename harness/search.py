@@ -26,6 +26,7 @@ from pydantic import BeforeValidator, Field, model_validator
 from harness import compat
 from harness.config import (ConfigError, StudyCfg, TrialSpec, VariantCfg, _merge, _Strict, build_checked_model,
                             config_hash, import_plugins, load_study, load_yaml, resolve_variant)
+from harness.pareto import constraint_values, feasible, non_dominated
 from harness.registry import DATASETS, MODELS, UnknownNameError
 
 
@@ -53,6 +54,21 @@ class Objective(_Strict):
     # log: the hypervolume measures this objective in log10 (a cost spanning decades, where a
     # linear reference point would give the whole volume to the cheapest net).
     scale: Literal["linear", "log"] = "linear"
+
+
+class Constraint(_Strict):
+    """A bound a trial must meet to count (Optuna's ``constraints_func``): the samplers prefer
+    feasible trials, and only those enter the Pareto set and the hypervolume."""
+
+    metric: str
+    min: Optional[float] = None
+    max: Optional[float] = None
+
+    @model_validator(mode="after")
+    def _bound(self):
+        if self.min is None and self.max is None:
+            raise ValueError(f"constraints: {self.metric}: give min, max or both")
+        return self
 
 
 class SamplerCfg(_Strict):
@@ -140,6 +156,10 @@ class SearchCfg(_Strict):
     warm_start: bool = False
     # An option that cannot be built (found before training): refuse the space, or leave it out.
     on_invalid: Literal["refuse", "skip"] = "refuse"
+    constraints: list[Constraint] = Field(default_factory=list)  # e.g. [{metric: mean_dice, min: 50}]
+
+    def bounds(self) -> list[tuple[str, Optional[float], Optional[float]]]:
+        return [(c.metric, c.min, c.max) for c in self.constraints]
 
     @model_validator(mode="after")
     def _checks(self):
@@ -221,10 +241,11 @@ class Space:
                 raise ConfigError(f"knobs.{name}: 'values' is only for groups.<stage> knobs")
             elif knob.choice is not None:
                 self.choices[name] = knob.choice
-        for o in self.cfg.objectives:
-            if o.metric not in ("mean_dice", "gmacs", "params", "latency_ns_per_voxel", "peak_mem_mb",
-                                "macs_per_voxel", "mean_hd95") and not o.metric.startswith(("dice_", "hd95_")):
-                raise ConfigError(f"objectives: unknown metric {o.metric!r}")
+        for where, metric in [("objectives", o.metric) for o in self.cfg.objectives] + [
+                ("constraints", c.metric) for c in self.cfg.constraints]:
+            if metric not in ("mean_dice", "gmacs", "params", "latency_ns_per_voxel", "peak_mem_mb",
+                              "macs_per_voxel", "mean_hd95") and not metric.startswith(("dice_", "hd95_")):
+                raise ConfigError(f"{where}: unknown metric {metric!r}")
         base = self.spec_for(self.cfg_default())  # the base point must build
         from harness.contract import out_channels
 
@@ -467,25 +488,29 @@ def sampler_name(cfg: SamplerCfg, conditional: bool) -> str:
     return ("tpe" if conditional else "nsga2") if cfg.name == "auto" else cfg.name
 
 
-def _sampler(cfg: SamplerCfg, conditional: bool):
+def _sampler(cfg: SamplerCfg, conditional: bool, constrained: bool = False):
     """Optuna's sampler for ``cfg`` (pinned explicitly: Optuna 5 changed the default
-    multi-objective sampler). ``conditional``: the space asks knobs only of some models."""
+    multi-objective sampler). ``conditional``: the space asks knobs only of some models;
+    ``constrained``: the space has constraints, which NSGA-II/III and TPE read from each trial."""
     import warnings
 
     import optuna
 
+    from harness.pareto import read_constraints
+
     name = sampler_name(cfg, conditional)
+    check = {"constraints_func": read_constraints} if constrained else {}
     with warnings.catch_warnings():  # Optuna marks multivariate/group/constant_liar experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if name in ("nsga2", "nsga3"):
             genetic = dict(seed=cfg.seed, population_size=cfg.population_size, mutation_prob=cfg.mutation_prob,
-                           crossover_prob=cfg.crossover_prob, swapping_prob=cfg.swapping_prob)
+                           crossover_prob=cfg.crossover_prob, swapping_prob=cfg.swapping_prob, **check)
             return compat.picklable_sampler("NSGAIISampler" if name == "nsga2" else "NSGAIIISampler")(**genetic)
         if name == "tpe":
             return optuna.samplers.TPESampler(
                 seed=cfg.seed, n_startup_trials=cfg.n_startup_trials, multivariate=cfg.multivariate,
                 group=cfg.multivariate and (conditional if cfg.group is None else cfg.group),
-                constant_liar=cfg.constant_liar)
+                constant_liar=cfg.constant_liar, **check)
     return optuna.samplers.RandomSampler(seed=cfg.seed)
 
 
@@ -631,7 +656,7 @@ def _run_strategy(space: Space, storage, storage_url: str, exists: bool, n_total
     cfg = space.cfg
     directions = ["maximize" if o.mode == "max" else "minimize" for o in cfg.objectives]
     study = optuna.create_study(study_name=cfg.name, storage=storage, directions=directions,
-                                sampler=_sampler(cfg.sampler, space.conditional),
+                                sampler=_sampler(cfg.sampler, space.conditional, bool(cfg.constraints)),
                                 load_if_exists=exists)  # a fresh search is created, not "loaded"
     # A trial still RUNNING was left by a runner that died: the run lock admits one runner per
     # search. (Optuna's heartbeat + fail_stale_trials cannot tell: JournalStorage keeps no
@@ -710,9 +735,10 @@ def rebuild_from_mlflow(space: Space, study, tracker, exp_id: str, parent_id: st
             continue  # still running, or ended by a dead runner: not trained to an outcome
         params = json.loads(raw)
         span = ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000
+        bounds = {"constraints": constraint_values(space.cfg.bounds(), m)} if space.cfg.constraints else {}
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions=space.distributions(params), values=values, state=kind,
-            user_attrs={"trial_time_s": span, "rebuilt_from_run": run.info.run_id}))
+            user_attrs={"trial_time_s": span, "rebuilt_from_run": run.info.run_id, **bounds}))
         held.add(raw)
         added += 1
     return added
@@ -740,14 +766,17 @@ def write_pareto(space: Space, study, out: Path) -> Path:
     complete = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
     asked = {t.number: t.params for t in complete}
     rows = [{"trial": t.number, "model": space.model_of(t.params), **dict(zip(objs, t.values)),
-             **{k: _dec(t.params[k]) for k in space.cfg.knobs if k in t.params}} for t in complete]
+             "feasible": feasible(t), **{k: _dec(t.params[k]) for k in space.cfg.knobs if k in t.params}}
+            for t in complete]
     # From the first trial's start to the last one's end (a resumed search counts its pause too).
     minutes = ((max(t.datetime_complete for t in complete) - min(t.datetime_start for t in complete)).total_seconds()
                / 60 if rows else 0.0)
     wall = f" Wall time {minutes:.1f} min." if rows else ""
     df = pd.DataFrame(rows)
     df.to_csv(out / "trials.csv", index=False)
-    best = {t.number for t in study.best_trials} if rows else set()
+    # The front of the trials that meet every constraint (all trials, without constraints).
+    ok = [t for t in complete if feasible(t)]
+    best = {ok[i].number for i in non_dominated([t.values for t in ok], [o.mode for o in space.cfg.objectives])}
     front = df[df.trial.isin(best)].sort_values(objs[-1]) if rows else df
     if rows:  # a sampler may propose a configuration again: one row per configuration, its first trial
         knobs = list(space.cfg.knobs)
@@ -760,7 +789,9 @@ def write_pareto(space: Space, study, out: Path) -> Path:
         f"`{space.cfg.scale}`; objectives: "
         + ", ".join(f"{o.mode} {o.metric}" for o in space.cfg.objectives)
         + f"; sampler {sampler_name(space.cfg.sampler, space.conditional)} (seed {space.cfg.sampler.seed}); "
-          f"{len(df)} complete trials.{wall}\n\n"
+          f"{len(df)} complete trials.{wall}"
+        + (f" Constraints: {', '.join(_bound_text(c) for c in space.cfg.constraints)}; {len(ok)} of {len(df)} "
+           f"trials meet them, and only those enter the front." if space.cfg.constraints else "") + "\n\n"
         + (_by_model(df, front) if len(space.models) > 1 and rows else "")
         + (front.fillna("—").astype(str).to_markdown(index=False) if rows else "No complete trial yet.")
         + "\n")
@@ -783,6 +814,11 @@ def write_pareto(space: Space, study, out: Path) -> Path:
     return out
 
 
+def _bound_text(c: Constraint) -> str:
+    return " and ".join(t for t in (f"{c.metric} >= {c.min:g}" if c.min is not None else "",
+                                    f"{c.metric} <= {c.max:g}" if c.max is not None else "") if t)
+
+
 def pareto_plot(space: Space, df, front, x: str, y: str, path: Path) -> None:
     """Every complete trial coloured by its model, the front as a line and rings over those
     colours (a front point keeps its model's colour), each front point labelled ``tN model``
@@ -796,8 +832,11 @@ def pareto_plot(space: Space, df, front, x: str, y: str, path: Path) -> None:
     from harness.report.plots import place_labels
 
     fig, ax = plt.subplots(figsize=(7, 5))
+    out = df[~df.feasible]
+    if len(out):  # trials that miss a constraint (a Dice floor): grey, off the front
+        ax.scatter(out[x], out[y], s=22, color="0.75", label="misses a constraint", zorder=2)
     for i, model in enumerate(dict.fromkeys(df.model)):
-        d = df[df.model == model]
+        d = df[(df.model == model) & df.feasible]
         ax.scatter(d[x], d[y], s=26, color=f"C{i}", alpha=0.75, label=model, zorder=3)
     f2 = front.sort_values(x)
     ax.step(f2[x], f2[y], where="post", color="0.25", lw=1, ls="--", zorder=2)
@@ -882,7 +921,7 @@ def hypervolume_history(space: Space, studies: dict[str, Any]) -> tuple[Any, lis
     def scaled(values):  # log10 where asked; a non-positive value sits at the floor 1e-12
         return [math.log10(max(v, 1e-12)) if log else v for v, log in zip(values, logs)]
 
-    complete = [scaled(t.values) for ts in settled.values() for t in ts if t.state == state.COMPLETE]
+    complete = [scaled(t.values) for ts in settled.values() for t in ts if t.state == state.COMPLETE and feasible(t)]
     if space.cfg.reference_point is not None:
         ref = scaled([space.cfg.reference_point[m] for m in objs])
     else:
@@ -892,7 +931,7 @@ def hypervolume_history(space: Space, studies: dict[str, Any]) -> tuple[Any, lis
         spent, values = 0.0, []
         for t in ts:
             spent += _trial_time(t)
-            if t.state == state.COMPLETE:
+            if t.state == state.COMPLETE and feasible(t):
                 values.append(scaled(t.values))
             rows.append({"strategy": name, "trial": t.number, "state": t.state.name.lower(),
                          "epochs": t.user_attrs.get("epochs"), "trial_time_s": _trial_time(t),

@@ -28,6 +28,7 @@ from ray import tune  # noqa: E402
 
 from harness import compat
 from harness.config import TrialSpec
+from harness.pareto import constraint_values
 from harness.progress import Board
 from harness.tracking import Tracker, numeric
 from harness.train import CHECKPOINT, run_trial
@@ -395,6 +396,7 @@ def _fresh_optuna_search():
 
     class FreshOptunaSearch(OptunaSearch):
         REDRAWS = 100
+        bounds: list = []  # the space's constraints, (metric, min, max)
 
         def suggest(self, trial_id: str):
             for _ in range(self.REDRAWS):
@@ -422,6 +424,9 @@ def _fresh_optuna_search():
                 asked.set_user_attr("trial_time_s", float(result.get("time_total_s", 0.0)))
                 if "epoch" in result:
                     asked.set_user_attr("epochs", int(result["epoch"]) + 1)
+                if self.bounds and result.get("final") and not result.get("trial_error"):
+                    # Stored before tell: the sampler's constraints_func reads them there.
+                    asked.set_user_attr("constraints", constraint_values(self.bounds, numeric(result)))
             if result and result.get("trial_error"):
                 result, error = None, True
             elif result and not result.get("final"):
@@ -491,6 +496,7 @@ def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: s
                                 storage=storage)
     finally:
         optuna.logging.set_verbosity(level)
+    searcher.bounds = cfg.bounds()
 
     def spec_for(trial):
         spec = space.spec_for(trial.config, f"trial_{trial.trial_id}")

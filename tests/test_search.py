@@ -601,3 +601,42 @@ def test_strategies_compared_with_halving_and_a_warm_start(tmp_path, monkeypatch
     assert main(["search", str(path), "--resume", "-v", "0"]) == 0
     said = capsys.readouterr().out
     assert "tiny.halving: 4 trials run" in said and "0 to run" in said and "added" not in said
+
+
+def test_constraints_keep_missing_trials_off_the_front_and_reach_the_sampler(tmp_path):
+    from optuna.distributions import CategoricalDistribution
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import create_trial
+
+    from harness.pareto import constraint_values
+    from harness.search import _sampler, write_pareto
+    from harness.tune import _fresh_optuna_search
+
+    assert constraint_values([("mean_dice", 50, None), ("gmacs", None, 2.0)], {"mean_dice": 40.0, "gmacs": 1.5}) \
+        == [10.0, -0.5]
+    space = Space(write(tmp_path, {**SPACE, "knobs": {"insert": {"choice": ["CSC", "CCS", "CSCS"]}},
+                                   "constraints": [{"metric": "mean_dice", "min": 50}]}))
+    sampler = _sampler(space.cfg.sampler, space.conditional, constrained=True)
+    assert sampler._constraints_func is not None
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    dist = {"insert": CategoricalDistribution(["CSC", "CCS", "CSCS"])}
+    for insert, dice, gmacs in (("CSC", 60.0, 2.0), ("CCS", 40.0, 0.5), ("CSCS", 55.0, 3.0)):
+        study.add_trial(create_trial(params={"insert": insert}, distributions=dist, values=[dice, gmacs],
+                                     user_attrs={"constraints": constraint_values(space.cfg.bounds(), {"mean_dice": dice})}))
+    out = write_pareto(space, study, tmp_path / "out")
+    names = [v["name"] for v in yaml.safe_load((out / "pareto_variants.yaml").read_text())["variants"]]
+    assert names == ["search_tiny_t000"]  # CCS is cheaper but below the Dice floor; CSCS is dominated
+    assert "Constraints: mean_dice >= 50; 2 of 3 trials meet them" in (out / "pareto.md").read_text()
+    # The searcher stores each finished trial's values before telling Optuna (constraints_func reads them).
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "s.journal")))
+
+    def knobs(trial):
+        trial.suggest_categorical("a", [1, 2])
+
+    searcher = _fresh_optuna_search()(space=knobs, metric=["m", "n"], mode=["max", "min"], storage=storage,
+                                      sampler=optuna.samplers.RandomSampler(seed=0), study_name="s")
+    searcher.bounds = [("m", 0.5, None)]
+    searcher.suggest("t0")
+    searcher.on_trial_complete("t0", {"m": 0.2, "n": 1.0, "final": 1, "time_total_s": 1.0})
+    (trial,) = optuna.load_study(study_name="s", storage=storage).trials
+    assert trial.user_attrs["constraints"] == pytest.approx([0.3])
