@@ -263,7 +263,8 @@ def cmd_search(args) -> int:
     from harness.search import run_search
 
     return run_search(args.space, args.trials, args.address, args.resume, args.tracking_uri, Path(args.out),
-                      verbose=args.verbose, scale=args.scale, only_report=args.report_only, export=args.export)
+                      verbose=args.verbose, scale=args.scale, only_report=args.report_only, export=args.export,
+                      confirm=args.confirm)
 
 
 def cmd_bench(args) -> int:
@@ -502,6 +503,9 @@ def build_parser() -> tuple[Parser, argparse._SubParsersAction]:
                          f"(default: {LOCAL_REPORTS}, git-ignored)")
     se.add_argument("--report-only", action="store_true",
                     help="write the Pareto outputs again from the journal, training nothing")
+    se.add_argument("--confirm", type=_positive, default=None, metavar="N",
+                    help="then retrain the Pareto points at N seeds and mark those whose place holds at 95% "
+                         "(confirm.md, confirm.png); default: the space's confirm.seeds")
     se.add_argument("--export", default=None, metavar="STUDY.yaml",
                     help="also write a runnable study of the Pareto set (the base study's recipe, a variant per "
                          "point) to this new file")

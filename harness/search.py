@@ -71,6 +71,10 @@ class Constraint(_Strict):
         return self
 
 
+class ConfirmCfg(_Strict):
+    seeds: int = Field(ge=2)  # an interval over seeds needs two at least
+
+
 class SamplerCfg(_Strict):
     """Optuna's sampler and its options. ``auto``: TPE (multivariate, grouped by the
     define-by-run branch) for a space whose knobs depend on a chosen model, NSGA-II otherwise.
@@ -157,6 +161,7 @@ class SearchCfg(_Strict):
     # An option that cannot be built (found before training): refuse the space, or leave it out.
     on_invalid: Literal["refuse", "skip"] = "refuse"
     constraints: list[Constraint] = Field(default_factory=list)  # e.g. [{metric: mean_dice, min: 50}]
+    confirm: Optional[ConfirmCfg] = None  # retrain the front at this many seeds after the search
 
     def bounds(self) -> list[tuple[str, Optional[float], Optional[float]]]:
         return [(c.metric, c.min, c.max) for c in self.constraints]
@@ -524,10 +529,10 @@ def _storage(url: str):
     return JournalStorage(JournalFileBackend(url))
 
 
-def export_study(space: Space, variants: list[dict], path: Path) -> Path:
+def export_study(space: Space, variants: list[dict], path: Path, suffix: str = "pareto") -> Path:
     """A runnable study of the Pareto set: the base study's recipe (data, model, training,
     scales, tasks, plugins, resources; resolved, so it stands alone) with a variant per point,
-    named ``<space>_pareto``; its grid, claims, expected numbers and layout belong to the base
+    named ``<space>_<suffix>``; its grid, claims, expected numbers and layout belong to the base
     study's table and are left out. Validated as it is written; never over an existing file."""
     from harness.config import LayoutCfg
 
@@ -536,7 +541,7 @@ def export_study(space: Space, variants: list[dict], path: Path) -> Path:
     if not variants:
         raise ConfigError(f"--export: search {space.cfg.name} has no complete trial to export")
     study = space.study.model_copy(update={
-        "name": f"{space.cfg.name}_pareto", "title": f"Pareto set of search {space.cfg.name}",
+        "name": f"{space.cfg.name}_{suffix}", "title": f"Pareto set of search {space.cfg.name}",
         "description": f"The Pareto points of search {space.cfg.name} over {space.study.name}, as variants of its "
                        f"recipe (harness search --export).",
         "variants": [VariantCfg.model_validate(v) for v in variants], "grid": {}, "combined": [],
@@ -551,6 +556,87 @@ def export_study(space: Space, variants: list[dict], path: Path) -> Path:
         path.unlink()
         raise
     return path
+
+
+def confirm_front(space: Space, out: Path, seeds: int, tracking_uri: str | None, address: str | None,
+                  verbose: int) -> Path:
+    """Retrain the Pareto points at ``seeds`` seeds and say which hold their place at 95%.
+
+    The front (``pareto_variants.yaml``) becomes a study (``confirm_study.yaml`` in ``out``, the
+    base study's recipe) run like any other, resumable, its trials in MLflow. Each point then gets
+    its accuracy with the claim engine's 95% interval over seeds and validation cases
+    (``harness.stats``), and its place holds when it beats every point that costs no more, by a
+    paired interval that excludes 0 (the cheapest point always holds). ``confirm.md`` and
+    ``confirm.png`` (the points with their intervals, held ones filled)."""
+    from harness.report import load_runs, paired_test
+    from harness.stats import components, interval
+    from harness.study import run_studies
+
+    objs = space.cfg.objectives
+    if len(objs) != 2 or objs[0].mode != "max":
+        raise ConfigError("confirm: needs two objectives, accuracy (max) first and a cost second")
+    acc, cost = objs[0].metric, objs[1].metric
+    variants = yaml.safe_load((out / "pareto_variants.yaml").read_text())["variants"]
+    path = out / "confirm_study.yaml"
+    path.unlink(missing_ok=True)  # this command's own file (``export_study`` never writes over one)
+    export_study(space, variants, path, "confirm")  # its own MLflow experiment, apart from an --export's
+    code = run_studies([str(path)], space.cfg.scale, seeds, address, True, tracking_uri, False, verbose)
+    if code:
+        raise ConfigError(f"confirm: some trials of {path} did not finish; rerun --confirm to resume them")
+    runs = load_runs(load_study(path), space.cfg.scale, tracking_uri, seeds=seeds)
+    t, cases = runs.trials, runs.per_case
+    points = []
+    for v in variants:
+        name = v["name"]
+        d = cases[cases.variant == name].pivot_table(index="case", columns="seed", values=acc).to_numpy()
+        mean, lo, hi = (float(x) for x in interval(d, p=components(d)))
+        points.append({"point": name.rsplit("_", 1)[-1], "variant": name, "model": v.get("model", space.study.model.name),
+                       cost: float(t[t.variant == name][cost].mean()), acc: mean, "low": lo, "high": hi})
+    sign = 1.0 if objs[1].mode == "min" else -1.0
+    for p in points:
+        cheaper = [q for q in points if q is not p and sign * q[cost] <= sign * p[cost]]
+        tests = {q["point"]: paired_test(cases, [p["variant"]], [q["variant"]], acc) for q in cheaper}
+        weak = [f"{q}: {r['delta']:+.2f} ({r['ci_low']:.2f} to {r['ci_high']:.2f})" for q, r in tests.items()
+                if not r["ci_low"] > 0]
+        p["holds"] = not weak
+        p["why"] = "the cheapest" if not cheaper else ("beats every cheaper point" if not weak else
+                                                        "not surely better than " + "; ".join(weak))
+    _write_confirm(space, points, acc, cost, seeds, out)
+    return out
+
+
+def _write_confirm(space: Space, points: list[dict], acc: str, cost: str, seeds: int, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    df = pd.DataFrame(points).sort_values(cost)
+    table = df.assign(**{f"{acc} (95% interval)": [f"{r[acc]:.2f} ({r['low']:.2f} to {r['high']:.2f})"
+                                                   for r in df.to_dict("records")]})[
+        ["point", "model", cost, f"{acc} (95% interval)", "holds", "why"]]
+    (out / "confirm.md").write_text(
+        f"# Pareto set of search {space.cfg.name}, confirmed over {seeds} seeds\n\nEach Pareto point retrained at "
+        f"{seeds} seeds (`confirm_study.yaml`); {acc} with the claim engine's 95% interval over seeds and "
+        f"validation cases. A point holds its place at 95% when it beats every point that costs no more "
+        f"by a paired interval above 0.\n\n" + table.to_markdown(index=False) + "\n\n![confirmed](confirm.png)\n")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for held, face in ((True, "C0"), (False, "none")):
+        d = df[df.holds == held]
+        ax.errorbar(d[cost], d[acc], yerr=[d[acc] - d.low, d.high - d[acc]], fmt="o", mfc=face, mec="C0",
+                    ecolor="C0", capsize=3, label="holds at 95%" if held else "does not hold")
+    for r in df.to_dict("records"):
+        ax.annotate(f"{r['point']} {r['model']}", (r[cost], r[acc]), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")
+    ax.set_xlabel(cost)
+    ax.set_ylabel(acc)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"search {space.cfg.name}: the front over {seeds} seeds")
+    fig.tight_layout()
+    fig.savefig(out / "confirm.png", dpi=110)
+    plt.close(fig)
 
 
 def report_only(space: Space, storage, storage_url: str, reports: Path) -> Path:
@@ -571,16 +657,24 @@ def report_only(space: Space, storage, storage_url: str, reports: Path) -> Path:
 
 def run_search(path: str, trials: int | None, address: str | None, resume: bool, tracking_uri: str | None,
                reports: Path = Path("reports"), verbose: int = 1, scale: str | None = None,
-               only_report: bool = False, export: str | None = None) -> int:
+               only_report: bool = False, export: str | None = None, confirm: int | None = None) -> int:
     """Launch (or resume) the search and each strategy it is compared with, then write the
     Pareto table, plot and exported variants (and the hypervolume-against-trial-time figure)."""
     import optuna
 
+    if confirm is not None and confirm < 2:
+        raise ConfigError(f"--confirm: {confirm} seed; an interval over seeds needs at least 2")
     level = optuna.logging.get_verbosity()
     if verbose < 2:  # Optuna's own lines ("A new study created ...") only with -v 2
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return _search(path, trials, address, resume, tracking_uri, reports, verbose, scale, only_report, export)
+        code = _search(path, trials, address, resume, tracking_uri, reports, verbose, scale, only_report, export)
+        space = Space(path, scale)
+        seeds = confirm or (space.cfg.confirm.seeds if space.cfg.confirm else None)
+        if code == 0 and seeds:
+            out = confirm_front(space, reports / space.cfg.name, seeds, tracking_uri, address, verbose)
+            print(f"Confirmed front: {out}/confirm.md")
+        return code
     finally:
         optuna.logging.set_verbosity(level)
 

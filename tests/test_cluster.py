@@ -38,6 +38,9 @@ def token_cluster(tmp_path, monkeypatch):
     token.write_text(secrets.token_hex(32))
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    # The cluster's workers at normal priority, as the harness's local ones: at Ray's default
+    # (niceness 15) a busy machine starves them and the test crawls.
+    monkeypatch.setenv("RAY_worker_niceness", "0")
     reset_auth_token_state()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
@@ -77,7 +80,9 @@ def test_without_address_a_run_stays_local_whatever_cluster_is_live(tmp_path, mo
     # with no --address starts its own instance and no trial lands on the cluster.
     if ray.is_initialized():
         ray.shutdown()
+    monkeypatch.setenv("RAY_worker_niceness", "0")  # not starved on a busy machine (the fixture's reason)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    monkeypatch.delenv("RAY_worker_niceness")  # the run's own instance sets it itself
     try:
         ray.init(address=cluster.address)
         live = {n["NodeID"] for n in ray.nodes()}

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import pandas as pd
 import pytest
 import yaml
 
@@ -135,6 +136,17 @@ def test_tiny_search_end_to_end_and_resume(tmp_path, monkeypatch, capsys, caplog
     assert "4 trial(s) MLflow holds were missing" in capsys.readouterr().out
     assert len(client.search_runs([exp.experiment_id], "tags.harness_role = 'trial'")) == len(runs)
     assert "4 complete trials" in (out / "pareto.md").read_text()
+    # The front confirmed over 2 seeds: each point retrained, its interval, whether its place holds.
+    assert main(["search", str(path), "--report-only", "--confirm", "2", "-v", "0"]) == 0
+    confirmed = (out / "confirm.md").read_text()
+    assert "confirmed over 2 seeds" in confirmed and "| holds" in confirmed and (out / "confirm.png").exists()
+    rows = [ln for ln in confirmed.splitlines() if ln.startswith("| t")]
+    assert len(rows) == len(variants) and all(("True" in r) != ("not surely better" in r) for r in rows)
+    exp2 = client.get_experiment_by_name("harness/tiny_confirm")
+    pareto_runs = client.search_runs([exp2.experiment_id], "tags.harness_role = 'trial'")
+    assert len(pareto_runs) == 2 * len(variants), sorted(r.data.tags["trial_key"] for r in pareto_runs)
+    assert all(r.info.status == "FINISHED" for r in pareto_runs)
+    assert main(["search", str(path), "--report-only", "--confirm", "1", "-v", "0"]) == 2
 
 
 def test_pareto_lists_each_configuration_once(tmp_path):
@@ -640,3 +652,32 @@ def test_constraints_keep_missing_trials_off_the_front_and_reach_the_sampler(tmp
     searcher.on_trial_complete("t0", {"m": 0.2, "n": 1.0, "final": 1, "time_total_s": 1.0})
     (trial,) = optuna.load_study(study_name="s", storage=storage).trials
     assert trial.user_attrs["constraints"] == pytest.approx([0.3])
+
+
+def test_a_front_point_holds_only_when_it_surely_beats_every_cheaper_one(tmp_path, monkeypatch):
+    # Three points: the cheapest holds; one surely better than it holds; one within noise does not.
+    import harness.report
+    import harness.search
+    import harness.study
+    from harness.report.runs import StudyRuns
+    from harness.search import confirm_front
+
+    space = Space(write(tmp_path))
+    out = tmp_path / "out"
+    out.mkdir()
+    names = ["search_tiny_t000", "search_tiny_t001", "search_tiny_t002"]
+    (out / "pareto_variants.yaml").write_text(yaml.safe_dump({"variants": [
+        {"name": n, "params": {"insert": i}} for n, i in zip(names, ["CSC", "CCS", "CSCS"])]}))
+    rng = np.random.default_rng(0)
+    level = {names[0]: 50.0, names[1]: 70.0, names[2]: 70.3}  # t002 costs more than t001, gains noise
+    cost = {names[0]: 1.0, names[1]: 2.0, names[2]: 3.0}
+    cases = pd.DataFrame([{"variant": n, "seed": s, "case": c, "mean_dice": level[n] + rng.normal(0, 2)}
+                          for n in names for s in range(3) for c in range(8)])
+    trials = pd.DataFrame([{"variant": n, "seed": s, "gmacs": cost[n]} for n in names for s in range(3)])
+    monkeypatch.setattr(harness.study, "run_studies", lambda *a, **k: 0)
+    monkeypatch.setattr(harness.report, "load_runs", lambda *a, **k: StudyRuns(None, "smoke", trials, per_case=cases))
+    confirm_front(space, out, 3, None, None, 0)
+    rows = {ln.split("|")[1].strip(): ln for ln in (out / "confirm.md").read_text().splitlines() if ln.startswith("| t")}
+    assert "True" in rows["t000"] and "the cheapest" in rows["t000"]
+    assert "True" in rows["t001"] and "beats every cheaper point" in rows["t001"]
+    assert "False" in rows["t002"] and "not surely better than t001" in rows["t002"]
