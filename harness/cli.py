@@ -504,7 +504,7 @@ def build_parser() -> tuple[Parser, argparse._SubParsersAction]:
     se.add_argument("--report-only", action="store_true",
                     help="write the Pareto outputs again from the journal, training nothing")
     se.add_argument("--confirm", type=_positive, default=None, metavar="N",
-                    help="then retrain the Pareto points at N seeds and mark those whose place holds at 95% "
+                    help="then retrain the Pareto points at N seeds and mark those whose place holds at 95%% "
                          "(confirm.md, confirm.png); default: the space's confirm.seeds")
     se.add_argument("--export", default=None, metavar="STUDY.yaml",
                     help="also write a runnable study of the Pareto set (the base study's recipe, a variant per "
