@@ -239,9 +239,11 @@ class Board:
         with self._lock:
             settled, failed, stopped, running = self.counts()
             eta = self.eta()
+            elapsed = f"elapsed {mmss(self.clock() - self.t0)}"
             head = Text(f"{self.title}: {settled}/{self.total} settled, {running} running, {failed} failed"
-                        + (f", {stopped} stopped" if stopped else "") + f"; elapsed {mmss(self.clock() - self.t0)}, "
-                        + (f"ETA {mmss(eta)}" if eta is not None else "ETA after the first steps"), style="bold")
+                        + (f", {stopped} stopped" if stopped else "") + f"; {elapsed}, "
+                        + (f"ETA {mmss(eta)}" if eta is not None else "ETA after the first steps")
+                        if self.total else f"{self.title}: {elapsed}", style="bold")
             table = Table(box=None, pad_edge=False, show_edge=False)
             for col in ("trial", "epoch", "step", "loss", "s/step", "time"):
                 table.add_column(col, justify="left" if col == "trial" else "right")
@@ -252,5 +254,5 @@ class Board:
                 table.add_row(t.label, f"{t.epoch + 1}/{t.epochs}" if t.epochs else "",
                               f"{t.step}/{t.steps}" if t.steps else "", "" if t.loss is None else f"{t.loss:.4f}",
                               "" if t.step_time is None else f"{t.step_time:.2f}", mmss(now - t.started))
-            parts = [head, table] + ([Text(self.status, style="dim")] if self.status else [])
+            parts = [head] + ([table] if running else []) + ([Text(self.status, style="dim")] if self.status else [])
         return Group(*parts)
