@@ -52,7 +52,6 @@ def token_cluster(tmp_path, monkeypatch):
     finally:
         ray.shutdown()
         cluster.shutdown()
-        _reset_auth()
         # Leave Ray as the next test expects it: no auth mode set (harness set it for the
         # explicit address), the default token path, no cached token of this cluster.
         os.environ.pop("RAY_AUTH_MODE", None)
@@ -81,21 +80,24 @@ def _reset_auth():
     reset_auth_token_state()
 
 
-def _no_auth(monkeypatch):
+@pytest.fixture
+def no_auth(monkeypatch):
     """A cluster and driver of this test without token authentication, whatever an earlier
-    in-process test left in Ray's cached auth state (its token mode turned on by an explicit
-    --address)."""
+    in-process test left in Ray's cached auth state; afterwards the environment as it was and
+    Ray's cache re-read from it (a cache of "disabled" would make every later local start fail)."""
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    _reset_auth()
+    yield
+    monkeypatch.delenv("RAY_AUTH_MODE")
     _reset_auth()
 
 
 @pytest.mark.slow
-def test_without_address_a_run_stays_local_whatever_cluster_is_live(tmp_path, monkeypatch):
+def test_without_address_a_run_stays_local_whatever_cluster_is_live(no_auth, tmp_path, monkeypatch):
     # A live cluster on this machine, named by RAY_ADDRESS as a user's shell may have it: a run
     # with no --address starts its own instance and no trial lands on the cluster.
     if ray.is_initialized():
         ray.shutdown()
-    _no_auth(monkeypatch)
     monkeypatch.setenv("RAY_worker_niceness", "0")  # not starved on a busy machine (the fixture's reason)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     monkeypatch.delenv("RAY_worker_niceness")  # the run's own instance sets it itself
@@ -116,21 +118,18 @@ def test_without_address_a_run_stays_local_whatever_cluster_is_live(tmp_path, mo
     finally:
         ray.shutdown()
         cluster.shutdown()
-        _reset_auth()
 
 
 @pytest.mark.slow
-def test_local_trials_run_at_the_users_priority_not_below_it(monkeypatch):
+def test_local_trials_run_at_the_users_priority_not_below_it(no_auth):
     # Ray's default worker niceness (15) starves trials beside any other work on the machine.
     from harness.tune import _init_ray
 
     if ray.is_initialized():
         ray.shutdown()
-    _no_auth(monkeypatch)
     _init_ray(None, 0)
     try:
         assert ray.get(ray.remote(lambda: os.nice(0)).remote()) == os.nice(0)
         assert "RAY_worker_niceness" not in os.environ  # the user's environment is left as it was
     finally:
         ray.shutdown()
-        _reset_auth()
