@@ -74,62 +74,62 @@ def test_a_study_runs_on_every_node_of_a_cluster_reached_by_host_port(token_clus
     assert len(nodes) == 2 and nodes == {n["NodeID"] for n in ray.nodes() if n["Alive"]}
 
 
-def _reset_auth():
-    from ray._private.authentication_test_utils import reset_auth_token_state
+# Run in a process of their own: a cluster started in the test process leaves Ray's cached
+# token-authentication state behind, and every later local start in the suite then fails.
+STAYS_LOCAL = """
+import os, sys, yaml, ray
+from ray.cluster_utils import Cluster
+from harness.cli import main
+from harness.tracking import Tracker
+study = yaml.safe_load(sys.argv[1])
+os.environ["RAY_worker_niceness"] = "0"  # the cluster's workers not starved on a busy machine
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+del os.environ["RAY_worker_niceness"]
+try:
+    ray.init(address=cluster.address)
+    live = {n["NodeID"] for n in ray.nodes()}
+    ray.shutdown()
+    os.environ["RAY_ADDRESS"] = cluster.address  # as a user's shell may have it
+    open("s.yaml", "w").write(yaml.safe_dump(study))
+    assert main(["run", "s.yaml", "-v", "0"]) == 0
+    assert os.environ["RAY_ADDRESS"] == cluster.address  # the environment is left as it was
+    client = Tracker(f"sqlite:///{os.path.abspath('mlflow.db')}").client
+    exp = client.get_experiment_by_name("harness/tiny_cluster")
+    nodes = {r.data.tags["result.node"] for r in client.search_runs([exp.experiment_id], "tags.harness_role = 'trial'")}
+    assert live and nodes and not nodes & live, (live, nodes)
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
 
-    reset_auth_token_state()
+PRIORITY = """
+import os, ray
+from harness.tune import _init_ray
+_init_ray(None, 0)
+assert ray.get(ray.remote(lambda: os.nice(0)).remote()) == os.nice(0)
+assert "RAY_worker_niceness" not in os.environ  # the user's environment is left as it was
+ray.shutdown()
+"""
 
 
-@pytest.fixture
-def no_auth(monkeypatch):
-    """A cluster and driver of this test without token authentication, whatever an earlier
-    in-process test left in Ray's cached auth state; afterwards the environment as it was and
-    Ray's cache re-read from it (a cache of "disabled" would make every later local start fail)."""
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    _reset_auth()
-    yield
-    monkeypatch.delenv("RAY_AUTH_MODE")
-    _reset_auth()
+def _script(code: str, cwd, *args) -> None:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    p = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
 
 
 @pytest.mark.slow
-def test_without_address_a_run_stays_local_whatever_cluster_is_live(no_auth, tmp_path, monkeypatch):
-    # A live cluster on this machine, named by RAY_ADDRESS as a user's shell may have it: a run
-    # with no --address starts its own instance and no trial lands on the cluster.
-    if ray.is_initialized():
-        ray.shutdown()
-    monkeypatch.setenv("RAY_worker_niceness", "0")  # not starved on a busy machine (the fixture's reason)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    monkeypatch.delenv("RAY_worker_niceness")  # the run's own instance sets it itself
-    try:
-        ray.init(address=cluster.address)
-        live = {n["NodeID"] for n in ray.nodes()}
-        ray.shutdown()
-        monkeypatch.setenv("RAY_ADDRESS", cluster.address)
-        monkeypatch.chdir(tmp_path)
-        (tmp_path / "s.yaml").write_text(yaml.safe_dump({**STUDY, "seeds": 1}))
-        assert main(["run", "s.yaml", "-v", "0"]) == 0
-        assert os.environ["RAY_ADDRESS"] == cluster.address  # the user's environment is left as it was
-        client = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}").client
-        exp = client.get_experiment_by_name("harness/tiny_cluster")
-        nodes = {r.data.tags["result.node"] for r in client.search_runs([exp.experiment_id],
-                                                                         "tags.harness_role = 'trial'")}
-        assert live and nodes and not nodes & live
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+def test_without_address_a_run_stays_local_whatever_cluster_is_live(tmp_path):
+    # A live cluster on this machine, named by RAY_ADDRESS: a run with no --address starts its
+    # own instance and no trial lands on the cluster.
+    _script(STAYS_LOCAL, tmp_path, yaml.safe_dump({**STUDY, "seeds": 1}))
 
 
 @pytest.mark.slow
-def test_local_trials_run_at_the_users_priority_not_below_it(no_auth):
+def test_local_trials_run_at_the_users_priority_not_below_it(tmp_path):
     # Ray's default worker niceness (15) starves trials beside any other work on the machine.
-    from harness.tune import _init_ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    _init_ray(None, 0)
-    try:
-        assert ray.get(ray.remote(lambda: os.nice(0)).remote()) == os.nice(0)
-        assert "RAY_worker_niceness" not in os.environ  # the user's environment is left as it was
-    finally:
-        ray.shutdown()
+    _script(PRIORITY, tmp_path)
