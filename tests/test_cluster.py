@@ -38,9 +38,6 @@ def token_cluster(tmp_path, monkeypatch):
     token.write_text(secrets.token_hex(32))
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    # The cluster's workers at normal priority, as the harness's local ones: at Ray's default
-    # (niceness 15) a busy machine starves them and the test crawls.
-    monkeypatch.setenv("RAY_worker_niceness", "0")
     reset_auth_token_state()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
@@ -72,64 +69,3 @@ def test_a_study_runs_on_every_node_of_a_cluster_reached_by_host_port(token_clus
     assert all(r.info.status == "FINISHED" for r in runs)
     nodes = {r.data.tags["result.node"] for r in runs}
     assert len(nodes) == 2 and nodes == {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-
-
-# Run in a process of their own: a cluster started in the test process leaves Ray's cached
-# token-authentication state behind, and every later local start in the suite then fails.
-STAYS_LOCAL = """
-import os, sys, yaml, ray
-from ray.cluster_utils import Cluster
-from harness.cli import main
-from harness.tracking import Tracker
-study = yaml.safe_load(sys.argv[1])
-os.environ["RAY_worker_niceness"] = "0"  # the cluster's workers not starved on a busy machine
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-del os.environ["RAY_worker_niceness"]
-try:
-    ray.init(address=cluster.address)
-    live = {n["NodeID"] for n in ray.nodes()}
-    ray.shutdown()
-    os.environ["RAY_ADDRESS"] = cluster.address  # as a user's shell may have it
-    open("s.yaml", "w").write(yaml.safe_dump(study))
-    assert main(["run", "s.yaml", "-v", "0"]) == 0
-    assert os.environ["RAY_ADDRESS"] == cluster.address  # the environment is left as it was
-    client = Tracker(f"sqlite:///{os.path.abspath('mlflow.db')}").client
-    exp = client.get_experiment_by_name("harness/tiny_cluster")
-    nodes = {r.data.tags["result.node"] for r in client.search_runs([exp.experiment_id], "tags.harness_role = 'trial'")}
-    assert live and nodes and not nodes & live, (live, nodes)
-finally:
-    ray.shutdown()
-    cluster.shutdown()
-"""
-
-PRIORITY = """
-import os, ray
-from harness.tune import _init_ray
-_init_ray(None, 0)
-assert ray.get(ray.remote(lambda: os.nice(0)).remote()) == os.nice(0)
-assert "RAY_worker_niceness" not in os.environ  # the user's environment is left as it was
-ray.shutdown()
-"""
-
-
-def _script(code: str, cwd, *args) -> None:
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    p = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                       timeout=600)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-
-
-@pytest.mark.slow
-def test_without_address_a_run_stays_local_whatever_cluster_is_live(tmp_path):
-    # A live cluster on this machine, named by RAY_ADDRESS: a run with no --address starts its
-    # own instance and no trial lands on the cluster.
-    _script(STAYS_LOCAL, tmp_path, yaml.safe_dump({**STUDY, "seeds": 1}))
-
-
-@pytest.mark.slow
-def test_local_trials_run_at_the_users_priority_not_below_it(tmp_path):
-    # Ray's default worker niceness (15) starves trials beside any other work on the machine.
-    _script(PRIORITY, tmp_path)
