@@ -221,10 +221,25 @@ def _init_ray(address: str | None, verbose: int) -> None:
         # RAY_AUTH_MODE is unset (a token-mode driver joins a cluster without authentication too).
         compat.ray_token_auth(verbose)
     if not ray.is_initialized():
-        # Ray's own warnings (its token-authentication notice on every local start) only with -v 2.
-        ray.init(address=address, include_dashboard=False,
-                 logging_level=logging.WARNING if verbose > 1 else logging.ERROR,
-                 runtime_env={"env_vars": env}, log_to_driver=verbose > 1)
+        # Without --address a run is local: a fresh instance of its own ("local"), never a cluster
+        # that RAY_ADDRESS or a `ray start` on this machine would otherwise hand ray.init.
+        saved = os.environ.pop("RAY_ADDRESS", None) if not address else None
+        # Ray starts its workers at niceness 15, below the driver: on a machine busy with other
+        # work the trials, which are the work here, then got 3% of a core beside a plain loop.
+        # A local instance's workers run at the user's own priority (RAY_worker_niceness if set).
+        nice = None if address or "RAY_worker_niceness" in os.environ else "0"
+        if nice is not None:
+            os.environ["RAY_worker_niceness"] = nice
+        try:
+            # Ray's own warnings (its token-authentication notice on every local start) only with -v 2.
+            ray.init(address=address or "local", include_dashboard=False,
+                     logging_level=logging.WARNING if verbose > 1 else logging.ERROR,
+                     runtime_env={"env_vars": env}, log_to_driver=verbose > 1)
+        finally:
+            if saved is not None:
+                os.environ["RAY_ADDRESS"] = saved
+            if nice is not None:
+                os.environ.pop("RAY_worker_niceness", None)
 
 
 def check_capacity(address: str | None, cpu: float, gpu: float, verbose: int = 1,
