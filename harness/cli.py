@@ -581,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # a path the user cannot write (or name): one line, not a traceback
         if e.errno not in UNWRITABLE or not e.filename:
             raise
-        print(f"error: {e.filename}: {e.strerror}; the command needs to write there (the working directory, "
+        print(f"error: {os.path.abspath(e.filename)}: {e.strerror}; the command needs to write there (the working directory, "
               f"--out, --tracking-uri's folder, or $HARNESS_CACHE, default ~/.cache/harness)", file=sys.stderr)
         return 2
 

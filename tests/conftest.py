@@ -9,3 +9,42 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 def _cache(tmp_path_factory, monkeypatch):
     # Synthetic data is cached per test session, never in the user's home.
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """``read_only(folder)``: from then on every write under ``folder`` fails as on a read-only
+    folder (EACCES with the path). The suite runs as root, whom ``chmod`` does not stop."""
+    import builtins
+    import errno
+    import io
+
+    real_open, real_mkdir, real_os_open = builtins.open, os.mkdir, os.open
+    folders = []
+
+    def inside(path) -> bool:
+        p = os.path.realpath(os.fspath(path))
+        return any(p == f or p.startswith(f + os.sep) for f in folders)
+
+    def refuse(path):
+        raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+
+    def _open(file, mode="r", *a, **k):
+        if isinstance(file, (str, os.PathLike)) and set(mode) & set("wax+") and inside(file):
+            refuse(file)
+        return real_open(file, mode, *a, **k)
+
+    def _mkdir(path, *a, **k):
+        if inside(path):
+            refuse(path)
+        return real_mkdir(path, *a, **k)
+
+    def _os_open(path, flags, *a, **k):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and inside(path):
+            refuse(path)
+        return real_os_open(path, flags, *a, **k)
+
+    for target, name, fn in ((builtins, "open", _open), (io, "open", _open), (os, "mkdir", _mkdir),
+                             (os, "open", _os_open)):
+        monkeypatch.setattr(target, name, fn)
+    return lambda folder: folders.append(os.path.realpath(folder))

@@ -366,6 +366,54 @@ def test_the_cache_keeps_no_partial_entry_on_any_exit_and_sweeps_killed_writers(
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == [f"toy-y.{os.getppid()}.tmp"]
 
 
+def test_data_the_disk_cannot_hold_is_refused_in_one_line_before_it_is_written(tmp_path, monkeypatch, capsys):
+    # 16 cases of 128x512x512 (2.5 GiB in the cache) on a disk with 1 GiB free: exit 2 naming the
+    # cache and both sizes before a case is made; nothing in the cache, no store.
+    import collections
+    import json
+
+    import numpy as np
+
+    import harness.data.synthetic
+    import harness.data.task
+    import harness.tune
+    from harness.cli import main
+    from harness.data.task import Case, cached
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(harness.data.task.shutil, "disk_usage", lambda p: usage(2**40, 0, 2**30))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    study = {"name": "wide", "paper": "harness", "title": "wide", "data": {"dataset": "synthetic_organ",
+             "params": {"n_cases": 16, "shape": [128, 512, 512]}},
+             "model": {"name": "gsp_unet", "params": {"conv": "pointwise", "widths": [4, 4, 8, 8, 8]}},
+             "variants": [{"name": "a"}], "train": {"patch": [16, 32, 32]},
+             "scales": {"smoke": {}, "quick": {}, "paper": {}}}
+    (tmp_path / "s.yaml").write_text(json.dumps(study))
+    monkeypatch.setattr(harness.tune, "_init_ray", lambda *a, **k: None)
+    monkeypatch.setattr(harness.tune.ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2.0, "memory": 2.0**40}}])
+    made = []
+    monkeypatch.setattr(harness.data.synthetic, "_coords", lambda shape: made.append(shape))  # a case begins
+    assert main(["run", "s.yaml", "-v", "0"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "synthetic_organ (16 cases) needs about 2.50 GiB in the data cache but its disk has 1.00 GiB free" in err
+    assert str(tmp_path / "cache") in err and not made
+    assert not any((tmp_path / "cache").glob("synthetic*")), "data written"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["s.yaml"]
+    # A folder's case size is known after its first case: checked then, the rest never made.
+    seen = []
+
+    def cases():
+        for i in range(4):
+            seen.append(i)
+            yield Case(str(i), np.zeros((1, 512, 512, 512), np.float32), np.zeros((1, 512, 512, 512), np.uint8))
+
+    with pytest.raises(OSError, match="folder \\(4 cases\\) needs about 2.50 GiB"):
+        cached("folder", {"n": 4}, cases, count=4)
+    assert seen == [0] and not any((tmp_path / "cache").glob("folder*"))
+
+
 @pytest.mark.parametrize("total,flat", [(200, 0.5), (7, 0.5), (10, 0.0), (3, 0.9)])
 def test_library_schedules_follow_the_closed_forms_they_replace(total, flat):
     # flat_cosine (SequentialLR of ConstantLR and CosineAnnealingLR) and exponential (StepLR)

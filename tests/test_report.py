@@ -642,3 +642,35 @@ def test_a_report_counts_the_studys_seeds_and_says_what_else_the_store_holds(tmp
     assert main(["report", "s.yaml"]) == 0
     readme = (tmp_path / "reports" / "local" / "grid" / "README.md").read_text()
     assert "the store holds 5 more finished trial(s) of seeds beyond the 2 counted" in readme
+
+
+def test_a_read_only_reports_folder_or_working_directory_is_one_line(tmp_path, monkeypatch, capsys, read_only):
+    # The store holds a study's runs; reports/ cannot be written: one line naming it, exit 2.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(GRID, sort_keys=False))
+    study = load_study("s.yaml")
+    tracker = Tracker()
+    exp = tracker.experiment(study.name)
+    parent = tracker.start_parent(exp, study.name, "smoke", "h", {})
+    from harness.config import spec_hash
+
+    for spec in resolve(study, "smoke"):
+        run = tracker.start_child(exp, parent, spec, spec_hash(spec))
+        tracker.finish_child(run, {"mean_dice": 50.0, "dice_organ": 50.0, "gmacs": 1.0, "params": 50}, [
+            {"case": "c0", "mean_dice": 50.0, "dice_organ": 50.0}], step=1)
+    (tmp_path / "reports").mkdir()
+    read_only(tmp_path / "reports")
+    assert main(["report", "s.yaml", "--format", "md"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Permission denied" in err and str(tmp_path / "reports") in err, err
+    assert list((tmp_path / "reports").iterdir()) == []
+    # A read-only working directory: a run says so in one line and writes nothing there.
+    other = tmp_path / "ro"
+    other.mkdir()
+    (other / "s.yaml").write_text(yaml.safe_dump(GRID, sort_keys=False))
+    monkeypatch.chdir(other)
+    read_only(other)
+    assert main(["run", "s.yaml", "--scale", "smoke", "-v", "0"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Permission denied" in err and str(other) in err, err
+    assert sorted(p.name for p in other.iterdir()) == ["s.yaml"]

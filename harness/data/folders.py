@@ -430,7 +430,8 @@ def folder_task(fmt: str, root: str, fold: int = 0, folds: int | None = 5, val_f
         by_id = {c.id: c for c in cached(f"{fmt}-{Path(root).name}",
                                          {"root": str(Path(root).resolve()), "files": _stats_key(layout), **prep,
                                           "finite": 1},  # cases cached since NaN/Inf voxels are zeroed
-                                         lambda: _load_all(layout, prep, n_workers))}
+                                         lambda: _load_all(layout, prep, n_workers),
+                                         count=len(layout.cases))}
         load_split(split_path.resolve(), ids, folds, val_fraction, seed, fold)  # fixed on disk at first use
         return {part: [by_id[i] for i in split[part]] for part in ("train", "val")}
 

@@ -5,6 +5,7 @@ paper-scale data set costs disk, not RAM, and a random crop reads only its voxel
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -86,16 +87,41 @@ def sweep_stale(folder: Path) -> None:
             pass  # alive, another user's
 
 
-def cached(name: str, params: dict, make: Callable[[], Iterator[Case]]) -> list[Case]:
+def check_disk(folder: Path, need: float, what: str) -> None:
+    """Refuse, before writing, ``need`` bytes that the file system of ``folder`` (or of its
+    nearest existing parent) cannot hold: an OSError(ENOSPC) naming the folder, which the CLI
+    prints in one line."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        raise OSError(errno.ENOSPC, f"{what} needs about {need / 2**30:.2f} GiB in the data cache but its disk has "
+                                    f"{free / 2**30:.2f} GiB free; free space or point HARNESS_CACHE elsewhere",
+                      str(folder))
+
+
+def case_bytes(shape: Sequence[int], channels: int, regions: int) -> int:
+    """A cached case's bytes: a float32 image of ``channels`` and a uint8 label of ``regions``."""
+    return int(np.prod(shape)) * (4 * channels + regions)
+
+
+def cached(name: str, params: dict, make: Callable[[], Iterator[Case]], nbytes: float | None = None,
+           count: int | None = None) -> list[Case]:
     """Cases from the cache keyed by name and params; ``make()`` yields them on a miss.
 
     Written case by case into a temporary folder that is renamed into place when
     complete, so concurrent or interrupted writers never leave a partial cache; the folder is
     removed on any exit, and folders of killed writers at the next write (``sweep_stale``).
+    The disk is checked before writing: against ``nbytes`` when the cases' size is known up
+    front (synthetic sets), else against the first case's size times ``count`` (folders, whose
+    resampling decides the size).
     """
     key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_dir() / f"{name}-{key}"
     if not (path / "ids.json").exists():
+        if nbytes is not None:
+            check_disk(path.parent, nbytes, f"{name} ({count or '?'} cases)")
         sweep_stale(path.parent)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -103,13 +129,15 @@ def cached(name: str, params: dict, make: Callable[[], Iterator[Case]]) -> list[
         try:
             ids = []
             for case in make():
+                if not ids and nbytes is None and count:  # the rest are about as large as the first
+                    check_disk(tmp, (case.image.nbytes + case.label.nbytes) * count, f"{name} ({count} cases)")
                 np.save(tmp / f"{case.id}_img.npy", case.image)
                 np.save(tmp / f"{case.id}_lab.npy", case.label)
                 ids.append(case.id)
             (tmp / "ids.json").write_text(json.dumps(ids))
             tmp.rename(path)
-        except OSError:
-            if not (path / "ids.json").exists():
+        except OSError as e:
+            if e.errno == errno.ENOSPC or not (path / "ids.json").exists():
                 raise
             # another process finished first: its copy is identical
         finally:
@@ -151,17 +179,18 @@ HELD_OUT_SEED = 1_000_003
 
 
 def held_out_or_split(name: str, params: dict, make: Callable[[int, int, str], Iterator[Case]], n_cases: int,
-                      val_cases: int, val_fraction: float, seed: int) -> dict[str, list[Case]]:
+                      val_cases: int, val_fraction: float, seed: int, nbytes: int | None = None) -> dict[str, list[Case]]:
     """A synthetic data set's train / val cases. ``val_cases`` 0: the seeded ratio split of
     ``n_cases`` (``split_cases``); otherwise all ``n_cases`` train and ``val_cases`` more, drawn
     by ``make(count, generator seed, id prefix)`` from another seed, validate: a validation set
     as large as the claims' statistics need (case noise averaged out) without growing the
-    training set, ids prefixed ``val_``."""
-    train = cached(name, params, lambda: make(n_cases, seed, ""))
+    training set, ids prefixed ``val_``. ``nbytes``: one case's cached size (``case_bytes``),
+    checked against the disk before any case is made."""
+    train = cached(name, params, lambda: make(n_cases, seed, ""), nbytes and nbytes * n_cases, n_cases)
     if not val_cases:
         return split_cases(train, val_fraction, seed)
     val = cached(name, {**params, "n": val_cases, "held_out": seed + HELD_OUT_SEED},
-                 lambda: make(val_cases, seed + HELD_OUT_SEED, "val_"))
+                 lambda: make(val_cases, seed + HELD_OUT_SEED, "val_"), nbytes and nbytes * val_cases, val_cases)
     return {"train": train, "val": val}
 
 
