@@ -121,6 +121,7 @@ def _cost_study(args, console) -> list[dict]:
     from harness.data import build_task
     from harness.inferers import build_inferer
     from harness.models import build_model
+    from harness.outputs import adapt
     from harness.study import proxy_macs
 
     study = load_study(args.target)
@@ -135,6 +136,7 @@ def _cost_study(args, console) -> list[dict]:
         model = build_model(s.model.name, in_channels=shape[1], input_size=s.train.patch, output=s.train.output,
                             out_channels=out_channels(len(task.regions), s.train.output),
                             cpu_conv_route=s.train.cpu_conv_route, **s.model.params)
+        adapt(model, s.train.outputs.name, s.train.outputs.params)
         inferer = build_inferer(s.train.inferer, shape[2:], shape[0], s.train.output)
         with _doing(console, f"costing {s.variant} at {'x'.join(map(str, shape))}") as say:
             t0 = time.perf_counter()
@@ -159,6 +161,28 @@ def _cost_study(args, console) -> list[dict]:
     return rows
 
 
+def _model_channels(args) -> tuple[list[int], int, str, str]:
+    """A model's input shape, output channels and activation for ``harness cost MODEL``, and
+    where they came from: ``--study``'s data set, patch and ``train.output`` (at ``--scale``,
+    default quick), else ``--input`` and ``--out-channels`` (defaults 1x4x64x128x128 and 3);
+    an explicit option wins."""
+    if not args.study:
+        shape = args.input or [1, 4, 64, 128, 128]
+        return shape, args.out_channels or 3, "sigmoid", "from " + (
+            "--input" if args.input else "the default input") + (
+            " and --out-channels" if args.out_channels else " and the default 3 outputs; --study takes a study's")
+    from harness.config import load_study, resolve
+    from harness.contract import out_channels
+    from harness.data import build_task
+
+    path = args.study
+    spec = resolve(load_study(path), args.scale or "quick", 1, check=False)[0]
+    task = build_task(spec.data.dataset, **spec.data.params)
+    shape = args.input or [1, task.in_channels, *spec.train.patch]
+    out = args.out_channels or out_channels(len(task.regions), spec.train.output)
+    return shape, out, spec.train.output, f"from {path} ({task.name}, {args.scale or 'quick'} scale)"
+
+
 def cmd_cost(args) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -166,6 +190,7 @@ def cmd_cost(args) -> int:
     from harness.config import ConfigError, ModelCfg, build_checked_model, import_plugins
     from harness.cost import cost_report
     from harness.models import build_model
+    from harness.outputs import adapt
     from harness.registry import UnknownNameError
 
     console = Console(stderr=True)
@@ -173,18 +198,19 @@ def cmd_cost(args) -> int:
         rows = _cost_study(args, console)
     else:
         import_plugins(args.plugin or [])
-        shape = args.input or [1, 4, 64, 128, 128]
+        shape, out, output, source = _model_channels(args)
         params = dict(args.param or [])
         try:
-            build_checked_model(ModelCfg(name=args.target, params=params), shape[2:], "cost", in_channels=shape[1],
-                                out_channels=args.out_channels)
+            build_checked_model(ModelCfg(name=args.target, params=params), shape[2:], "cost", output,
+                                in_channels=shape[1], out_channels=out)
         except UnknownNameError as e:
             study = _did_you_mean_file(args.target, "study")
             if not study:
                 raise
             raise ConfigError(f"{e} Or a study{study}") from None
-        model = build_model(args.target, in_channels=shape[1], out_channels=args.out_channels, input_size=shape[2:],
-                            **params)
+        model = adapt(build_model(args.target, in_channels=shape[1], out_channels=out, input_size=shape[2:],
+                                  output=output, **params))
+        print(f"{args.target}: {shape[1]} input and {out} output channels ({output}), {source}", file=sys.stderr)
         with _doing(console, f"costing {args.target} at {'x'.join(map(str, shape))}") as say:
             rows = [{"name": args.target, **cost_report(model, shape, latency=not args.no_latency, train_shape=shape,
                                                         say=say)}]
@@ -438,7 +464,10 @@ def build_parser() -> tuple[Parser, argparse._SubParsersAction]:
                    help="a study's scale to cost at (default: quick, which takes seconds; paper: the paper's input, "
                         "which can take many minutes on a CPU)")
     c.add_argument("--param", type=_kv, action="append", help="model parameter KEY=VALUE (YAML value)")
-    c.add_argument("--out-channels", type=int, default=3, help="a model's output channels (default 3)")
+    c.add_argument("--out-channels", type=int, default=None,
+                   help="a model's output channels (default: from --study, else 3)")
+    c.add_argument("--study", default=None, metavar="STUDY",
+                   help="a model's channels, output and default input from this study's data and patch (at --scale)")
     c.add_argument("--no-latency", action="store_true", help="skip the measured figures: latency, inference and training memory")
     c.add_argument("--json", action="store_true", help="the figures as JSON on stdout")
     c.add_argument("--plugin", action="append", metavar="MODULE",
@@ -547,6 +576,9 @@ def main(argv: list[str] | None = None) -> int:
     target = getattr(args, "target", None)
     if target and not target.endswith((".yaml", ".yml")) and (Path("studies") / f"{target}.yaml").is_file():
         args.target = str(Path("studies") / f"{target}.yaml")  # cost: a study named without its file
+    named = getattr(args, "study", None) if args.cmd == "cost" else None
+    if named and not named.endswith((".yaml", ".yml")) and (Path("studies") / f"{named}.yaml").is_file():
+        args.study = str(Path("studies") / f"{named}.yaml")  # cost --study NAME
     warnings.filterwarnings("ignore", category=FutureWarning)
     # A missing study or space file is known before torch, MONAI, MLflow and Ray load (seconds).
     studies = getattr(args, "study", None)

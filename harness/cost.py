@@ -110,24 +110,48 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
-    """MACs of one forward pass at ``input_shape`` (N, C, D, H, W), by operator.
+    """MACs of one forward pass at ``input_shape`` (N, C, D, H, W), by operator, as run.
 
-    Raises UnsupportedOpError naming any op that has no handle.
+    fvcore counts the traced graph, from which the tracer prunes work whose result the output
+    does not use (DynUNet's deep-supervision heads still run in evaluation, kept in a list
+    outside the graph). Leaf modules with weights that ran but count nothing in the graph are
+    counted alone at their recorded inputs and added (``untraced_macs``): the cost is that of
+    the forward pass as executed. Raises UnsupportedOpError naming any op that has no handle.
     """
     model = model.eval()
     x = torch.zeros(*input_shape, device=next(model.parameters()).device)
-    with torch.no_grad():
-        fca = FlopCountAnalysis(model, x).set_op_handle(**{op: COST_HANDLES.get(op) for op in COST_HANDLES.names()})
-        fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        total = fca.total()
-        unsupported = dict(fca.unsupported_ops())
+    ran: dict[str, list[tuple[int, ...]]] = {}
+    weighted = [(name, m) for name, m in model.named_modules()
+                if not list(m.children()) and any(True for _ in m.parameters(recurse=False))]
+    handles = [m.register_forward_hook(lambda m, i, o, name=name: ran.setdefault(name, []).append(tuple(i[0].shape)))
+               for name, m in weighted if name]
+    try:
+        with torch.no_grad():
+            fca = FlopCountAnalysis(model, x).set_op_handle(**{op: COST_HANDLES.get(op) for op in COST_HANDLES.names()})
+            fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            total = fca.total()
+            unsupported = dict(fca.unsupported_ops())
+            by_module = fca.by_module()
+    finally:
+        for h in handles:
+            h.remove()
     if unsupported:
         raise UnsupportedOpError(
             f"{type(model).__name__}: no cost handle for {unsupported}; register one: "
             f"@COST_HANDLES.register(OP) (harness.registry) on a function (inputs, outputs) -> MACs, "
             f"harness.cost.zero_cost for an op without multiply-adds"
         )
-    return {"macs": int(total), "by_op": {k: int(v) for k, v in fca.by_operator().items()}}
+    by_op = {k: int(v) for k, v in fca.by_operator().items()}
+    untraced = 0
+    modules = dict(weighted)
+    for name, shapes in ran.items():
+        if by_module.get(name, 0) == 0:  # ran, but pruned from the traced graph
+            for shape in shapes:
+                alone = count_macs(modules[name], shape)
+                untraced += alone["macs"]
+                for op, n in alone["by_op"].items():
+                    by_op[op] = by_op.get(op, 0) + n
+    return {"macs": int(total) + untraced, "by_op": by_op, "untraced_macs": untraced}
 
 
 def _sync(device: torch.device) -> None:

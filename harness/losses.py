@@ -127,13 +127,30 @@ def ce(output: str, weight: Optional[list[float]] = None) -> SegLoss:
     return SegLoss(_CrossEntropy(output, weight), output)
 
 
-def build_loss(spec, output: str, deep_supervision=None) -> nn.Module:
-    """The study's loss (a ``ComponentCfg``), wrapped for deep supervision when asked."""
+class AuxLosses(nn.Module):
+    """``loss + sum_k w_k * outputs[k]``: a net's own scalar loss outputs (SegResNetVAE's
+    ``vae_loss``, the L2 and KL terms of Myronenko 2018 Eq. 1, weighted 0.1 there) added with
+    the study's weights (``train.aux_losses``)."""
+
+    def __init__(self, loss: nn.Module, weights: dict[str, float]):
+        super().__init__()
+        self.loss, self.weights = loss, dict(weights)
+
+    def forward(self, outputs, batch, state):
+        missing = [k for k in self.weights if k not in outputs]
+        if missing:
+            raise KeyError(f"train.aux_losses: the model has no output {missing} (it returned {list(outputs)})")
+        return self.loss(outputs, batch, state) + sum(w * outputs[k].float().mean() for k, w in self.weights.items())
+
+
+def build_loss(spec, output: str, deep_supervision=None, aux_losses: dict[str, float] | None = None) -> nn.Module:
+    """The study's loss (a ``ComponentCfg``), wrapped for deep supervision and the net's own
+    weighted loss outputs when asked."""
     loss = LOSSES.get(spec.name, field="train.loss.name")(output=output, **spec.params)
-    if deep_supervision is None:
-        return loss
-    if not isinstance(loss, SegLoss):
-        raise ValueError(f"train.deep_supervision: loss {spec.name!r} is not a criterion on the segmentation "
-                         f"(SegLoss), so it cannot be applied per head")
-    return DeepSupervision(loss, deep_supervision.output, deep_supervision.weight_mode, deep_supervision.weights,
-                           deep_supervision.reduction)
+    if deep_supervision is not None:
+        if not isinstance(loss, SegLoss):
+            raise ValueError(f"train.deep_supervision: loss {spec.name!r} is not a criterion on the segmentation "
+                             f"(SegLoss), so it cannot be applied per head")
+        loss = DeepSupervision(loss, deep_supervision.output, deep_supervision.weight_mode, deep_supervision.weights,
+                               deep_supervision.reduction)
+    return AuxLosses(loss, aux_losses) if aux_losses else loss

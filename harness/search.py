@@ -326,24 +326,22 @@ class Space:
         return points
 
     def check_options(self) -> list[str]:
-        """Build every option of every knob once, as its trials would build it, and count its
-        MACs on the pre-flight's shrunk patch (``harness.study.proxy_macs``), before any training.
+        """Run every option of every knob once, as its trials would, through the run's pre-flight
+        (``harness.study.preflight``: built, an evaluation and a training pass, costed), before
+        any training.
         An option that cannot be built is a ConfigError naming the knob, the option and the error;
         with ``on_invalid: skip`` a choice's bad option leaves the space instead, and the returned
         warnings say which."""
-        from harness.contract import out_channels
-        from harness.study import proxy_macs
+        from harness.study import preflight
 
         seen, bad = {}, []
         for name, option, config in self.option_points():
             try:
                 spec = self.spec_for(config)
-                key = spec.model_dump_json(include={"model", "data", "train"})
+                key = spec.model_dump_json(include={"model", "data", "train", "cost"})
                 if key not in seen:
                     task = DATASETS.get(spec.data.dataset)(**spec.data.params)  # lazy: no case is read
-                    build_checked_model(spec.model, spec.train.patch, "", spec.train.output, task.in_channels,
-                                        out_channels(len(task.regions), spec.train.output))
-                    seen[key] = proxy_macs(spec, task)
+                    seen[key] = preflight(spec, task)  # the run's pre-flight: built, run, costed
             except Exception as e:  # noqa: BLE001  whatever the factory or the forward pass raises
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0].removeprefix(": ")
                 bad.append((name, option, first[:300]))

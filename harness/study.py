@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 from harness.combine import run_combined
 from harness.config import (ConfigError, ResourcesCfg, TrialSpec, build_checked_model, combined_keys, config_hash,
                             load_study, resolve, spec_hash, with_data_roots)
+from harness.config.checks import missing_package
 from harness.data import Task, build_task
 from harness.cost import count_macs
 from harness.train import build_trial, pick_device, sample_transforms, train_step, trial_model
@@ -166,30 +168,116 @@ def largest_cpu_trial(specs_of: dict[str, list[TrialSpec]], tasks: dict[str, Tas
     return best
 
 
-def check_costable(specs: list[TrialSpec], tasks: dict[str, Task]) -> None:
-    """Build every architecture once, as its trials will (the values its factory refuses are a
-    ConfigError naming the variant), and count its MACs on ``_at_proxy``'s shrunk patch, before
-    anything trains: a net with an op the counter has no handle for is refused now (naming the
-    op and how to register a handle), not after its training. Other failures of the count are
-    left to the trial, which reports them as its own."""
-    from harness.contract import out_channels
-    from harness.cost import UnsupportedOpError
+class PreflightError(ValueError):
+    """What failed when the net ran as its trial will, and what to change (one line)."""
 
+
+def _why(e: BaseException) -> str:
+    """An exception in one line; a missing package as the command that installs it."""
+    if isinstance(e, ImportError):
+        return missing_package(e)
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return f"{type(e).__name__}: {first[:300]}"
+
+
+def _step(what: str, fn, hint: str = ""):
+    try:
+        return fn()
+    except (ConfigError, PreflightError):
+        raise
+    except Exception as e:  # noqa: BLE001  whatever the net raises is the user's to read, in one line
+        raise PreflightError(f"{what}: {_why(e)}" + (f"; {hint}" if hint else "")) from None
+
+
+def preflight(spec: TrialSpec, task: Task, check_loss: bool = True) -> tuple[float, list[str]]:
+    """Run the net as its trial will, once per architecture, before anything trains: built with
+    the trial's injected arguments; an evaluation pass at the patch (batch 1, no grad: the
+    inferers' window) returning the segmentation (1, C, *patch); a training-mode pass at the
+    patch through the output adapter (``train.outputs``) whose outputs the loss reads (deep
+    supervision's heads, ``train.aux_losses``), the loss computed on a random batch; an
+    evaluation pass at ``cost.input`` when it differs from the patch, for a plugin's net (one
+    built for one size fails there); the MACs on ``_at_proxy``'s shrunk patch (an op without a cost handle).
+
+    Returns (MACs of a training batch, notes: outputs the loss will not read); raises
+    ``PreflightError`` naming what failed and what to change. Failures of the MAC count other
+    than a missing handle are left to the trial (which reports them as its own)."""
+    from harness.contract import TrainState, as_outputs, main_output, out_channels
+    from harness.cost import UnsupportedOpError
+    from harness.losses import build_loss
+    from harness.outputs import adapter_names, describe, unused_outputs
+    from harness.registry import MODELS
+
+    cfg = spec.train
+    out_ch = out_channels(len(task.regions), cfg.output)
+    try:
+        build_checked_model(spec.model, cfg.patch, "", cfg.output, task.in_channels, out_ch)
+    except ConfigError as e:
+        raise PreflightError(str(e)) from None
+    model = _step("building it", lambda: trial_model(spec, task))
+    x = torch.zeros(1, task.in_channels, *cfg.patch)
+    fit = "a train.patch its strides divide (and, for a net built for one input size, that size)"
+    adapters = f"train.outputs ({', '.join(adapter_names())}; docs/bring_your_own_net.md)"
+    want = (1, out_ch, *cfg.patch)
+    with torch.no_grad():
+        seg = _step(f"an evaluation pass at the patch {cfg.patch}", lambda: model.eval()(x), f"choose {fit}")
+        if not isinstance(seg, torch.Tensor) or tuple(seg.shape) != want:
+            raise PreflightError(f"in evaluation it returned {describe(seg)}, the inferers need the segmentation "
+                                 f"{want}; choose {adapters}")
+        outs = _step(f"a training pass at the patch {cfg.patch}", lambda: as_outputs(model.train()(x)),
+                     f"choose {adapters}")
+        main = main_output(outs)
+        if not isinstance(main, torch.Tensor) or main.shape[:2] != (1, out_ch) or (
+                list(main.shape[2:]) != list(cfg.patch) and "target_at" not in outs):
+            raise PreflightError(f"in training its segmentation (first output) is {describe(main)}, not {want}; "
+                                 f"choose {adapters}")
+        if check_loss:
+            one = spec.model_copy(update={"train": cfg.model_copy(update={"batch_size": 1})})
+            loss = build_loss(cfg.loss, cfg.output, cfg.deep_supervision, cfg.aux_losses)
+            if not hasattr(loss, "fit"):  # a loss fitted to the training labels needs the data
+                batch = random_batch(one, task)
+                batch["label"] = batch["label"].float()
+                _step("the loss on its training outputs", lambda: loss(outs, batch, TrainState()),
+                      f"turn the net's own deep supervision on, or choose {adapters} and train.aux_losses")
+        notes = [f"its training output {k!r} is not read by the loss: " + (
+            "set train.deep_supervision to train its heads" if k == "deep" else
+            f"add it with train.aux_losses: {{{k}: WEIGHT}}") for k in
+            unused_outputs(model, outs, cfg.deep_supervision, cfg.aux_losses)]
+        # The built-in families are tested at their studies' cost inputs (a paper-sized pass takes
+        # minutes on a CPU); a plugin's net may be built for one size and fail there.
+        builtin = MODELS.get(spec.model.name).__module__.startswith("harness.")
+        if spec.cost.input and list(spec.cost.input[2:]) != list(cfg.patch) and not builtin:
+            size = list(spec.cost.input[2:])
+            _step(f"an evaluation pass at cost.input's {size}",
+                  lambda: model.eval()(torch.zeros(1, task.in_channels, *size)),
+                  "a net built for one input size is costed at its patch: remove cost.input")
+    try:
+        macs = proxy_macs(spec, task)
+    except UnsupportedOpError as e:
+        raise PreflightError(f"cannot be costed: {e}") from None
+    except Exception:  # noqa: BLE001  not a cost question: the trial reports it
+        macs = float("nan")
+    return macs, notes
+
+
+def check_costable(specs: list[TrialSpec], tasks: dict[str, Task], say=print) -> None:
+    """``preflight`` once per architecture of ``specs``: a failure is a ConfigError naming the
+    variant and the model; outputs the loss will not read are said once (``say``)."""
     seen = set()
     for spec in specs:
-        key = config_hash([spec.model.model_dump(), spec.data.model_dump(), spec.train.patch, spec.train.output])
+        key = config_hash([spec.model.model_dump(), spec.data.model_dump(), spec.train.patch, spec.train.output,
+                           spec.train.outputs.model_dump(), spec.train.aux_losses, spec.train.loss.model_dump(),
+                           spec.train.deep_supervision and spec.train.deep_supervision.model_dump(),
+                           spec.cost.input])
         if key in seen:
             continue
         seen.add(key)
-        task = tasks[config_hash(spec.data.model_dump())]
-        build_checked_model(spec.model, spec.train.patch, f"{spec.study}: variant {spec.variant!r}", spec.train.output,
-                            task.in_channels, out_channels(len(task.regions), spec.train.output))
+        where = f"{spec.study}: variant {spec.variant!r} (model {spec.model.name!r})"
         try:
-            proxy_macs(spec, tasks[config_hash(spec.data.model_dump())])
-        except UnsupportedOpError as e:
-            raise ConfigError(f"{spec.study}: variant {spec.variant!r} cannot be costed: {e}") from None
-        except Exception:  # noqa: BLE001  not a cost question: the trial reports it
-            continue
+            _, notes = preflight(spec, tasks[config_hash(spec.data.model_dump())])
+        except PreflightError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        for note in notes:
+            say(f"note: {where}: {note}")
 
 
 def dry_run(specs: list[TrialSpec], console: Console) -> None:
@@ -266,7 +354,7 @@ def run_studies(paths: list[str], scale: str, seeds: int | None, address: str | 
              {config_hash(s.data.model_dump()): s.data for specs in specs_of.values() for s in specs}.items()}
     if dry:
         for specs in specs_of.values():
-            check_costable(specs, tasks)
+            check_costable(specs, tasks, lambda line: print(line, file=sys.stderr, flush=True))
         for _, study in studies:
             dry_run(specs_of[study.name], console)
         return 0
@@ -280,9 +368,9 @@ def run_studies(paths: list[str], scale: str, seeds: int | None, address: str | 
 def _run(studies, specs_of, tasks, scale, resume, tracking_uri, address, storage, verbose, console, board) -> int:
     """``run_studies`` once every study is valid: check, start Ray, train, close the parent runs."""
     board.phase(f"checking {len({(s.model.model_dump_json(), str(s.train.patch)) for v in specs_of.values() for s in v})} "
-                f"architectures (build, cost handles)")
+                f"architectures (built, run in both modes at the patch, costed)")
     for specs in specs_of.values():
-        check_costable(specs, tasks)
+        check_costable(specs, tasks, board.note)
     from harness.tracking import Tracker, check_store, hold_lock  # mlflow and ray load only when a run starts
     from harness.tune import check_capacity, run_trials
 

@@ -36,6 +36,7 @@ from harness.inferers import Ensemble, Inferer, build_inferer
 from harness.losses import build_loss
 from harness.models import build_model
 from harness.optim import build_optimizer, build_schedule
+from harness.outputs import adapt
 from harness.registry import AUGMENTATIONS, CALLBACKS, TARGETS
 
 Report = Callable[[dict[str, float], int], None]
@@ -116,9 +117,10 @@ class Trial:
 def trial_model(spec: TrialSpec, task: Task) -> nn.Module:
     """The trial's network, sized for its task (channels, regions) and patch."""
     cfg = spec.train
-    return build_model(spec.model.name, in_channels=task.in_channels, input_size=cfg.patch, output=cfg.output,
-                       out_channels=out_channels(len(task.regions), cfg.output), cpu_conv_route=cfg.cpu_conv_route,
-                       **spec.model.params)
+    model = build_model(spec.model.name, in_channels=task.in_channels, input_size=cfg.patch, output=cfg.output,
+                        out_channels=out_channels(len(task.regions), cfg.output), cpu_conv_route=cfg.cpu_conv_route,
+                        **spec.model.params)
+    return adapt(model, cfg.outputs.name, cfg.outputs.params)  # the net's output convention -> the contract
 
 
 def build_trial(spec: TrialSpec, task: Task | None = None, device: torch.device | None = None,
@@ -133,7 +135,7 @@ def build_trial(spec: TrialSpec, task: Task | None = None, device: torch.device 
     device = device or pick_device(spec.resources.gpu)
     task = task or build_task(spec.data.dataset, **spec.data.params)
     model = trial_model(spec, task).to(device)
-    loss_fn = build_loss(cfg.loss, cfg.output, cfg.deep_supervision).to(device)
+    loss_fn = build_loss(cfg.loss, cfg.output, cfg.deep_supervision, cfg.aux_losses).to(device)
     if loader and hasattr(loss_fn, "fit"):  # statistics of the training labels (class weights)
         loss_fn.fit(task.train)
     optimizer = build_optimizer(model, cfg)
@@ -322,6 +324,7 @@ def load_model(ckpt: dict | str | Path, device: torch.device | str = "cpu") -> n
     model = build_model(ckpt["model"], in_channels=ckpt["in_channels"], out_channels=ckpt["out_channels"],
                         input_size=spec.train.patch, output=spec.train.output,
                         cpu_conv_route=spec.train.cpu_conv_route, **spec.model.params)
+    adapt(model, spec.train.outputs.name, spec.train.outputs.params)
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:

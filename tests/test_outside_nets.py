@@ -72,3 +72,166 @@ def test_monai_nets_run_are_costed_and_report_without_a_harness_edit(tmp_path):
     assert (trials.gmacs > 0).all() and (trials.params > 0).all() and trials.mean_dice.notna().all()
     r = harness("cost", "monai_unet", "--plugin", "monai_family", "--input", "1x1x16x32x32", "--json", "--no-latency")
     assert r.returncode == 0 and '"gmacs"' in r.stdout, r.stdout + r.stderr
+
+
+# MONAI's nets with their stock constructors (tests/plugins/monai_stock.py): each convention of
+# their outputs read by an adapter, each fault refused in one line before training.
+PATCH = [16, 32, 32]
+DYN = {"name": "dyn", "model": "dynunet", "params": {
+    "spatial_dims": 3, "kernel_size": [3, 3, 3], "strides": [1, 2, 2], "upsample_kernel_size": [2, 2],
+    "filters": [8, 16, 32], "deep_supervision": True, "deep_supr_num": 1},
+    "train": {"deep_supervision": {"weight_mode": "same"}}}
+VAE = {"name": "vae", "model": "segresnet_vae", "params": {
+    "input_image_size": PATCH, "init_filters": 8, "vae_nz": 16},
+    "train": {"outputs": {"name": "extras", "params": {"names": ["vae_loss"]}}, "aux_losses": {"vae_loss": 0.1}}}
+UNETR = {"name": "unetr", "model": "unetr", "params": {
+    "img_size": PATCH, "feature_size": 8, "hidden_size": 48, "mlp_dim": 96, "num_heads": 4}}
+
+
+def stock(*variants, **train):
+    return {**STUDY, "name": "stock_nets", "plugins": ["monai_stock"], "variants": list(variants),
+            "model": {"name": "dynunet", "params": DYN["params"]},
+            "train": {**STUDY["train"], "loss": "dice", **train}}
+
+
+def _einops() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("einops") is not None
+
+
+def test_output_adapters_read_monai_conventions():
+    import torch
+
+    from harness.contract import as_outputs
+    from harness.outputs import Auto, adapt, unused_outputs
+
+    x = torch.zeros(2, 1, 4, 8, 8)
+    seg = torch.ones(2, 3, 4, 8, 8)
+    auto = Auto()
+    stacked = auto(torch.stack([seg, 2 * seg, 3 * seg], 1), 5, True)  # DynUNet's (N, 1 + heads, C, ...)
+    assert torch.equal(stacked["seg"], seg) and [float(h.mean()) for h in stacked["deep"]] == [2.0, 3.0]
+    vae = auto((seg, torch.tensor(0.5)), 5, True)  # SegResNetVAE's (seg, vae_loss)
+    assert list(vae) == ["seg", "aux_loss"] and float(vae["aux_loss"]) == 0.5
+    assert auto((seg, None), 5, False) is seg and auto(seg, 5, False) is seg  # evaluation: the segmentation
+    heads = auto([seg, seg[:, :, ::2]], 5, True)
+    assert list(heads) == ["seg", "deep"] and len(heads["deep"]) == 1
+    with pytest.raises(TypeError, match=r"returned tuple \[tensor \(2, 3, 4, 8, 8\), tensor \(2, 8\)\].*"
+                                        r"choose an adapter \(train.outputs: extras, heads, stacked\)"):
+        auto((seg, torch.zeros(2, 8)), 5, True)
+    # On a net: a hook, the net's own class and weights; what the loss will not read is named.
+    net = adapt(torch.nn.Conv3d(1, 3, 1), "extras", {"names": ["kl"]})
+    net.register_forward_hook(lambda m, i, o: (o, torch.tensor(1.0)), prepend=True)  # a net returning (seg, kl)
+    outs = as_outputs(net.train()(x))
+    assert list(outs) == ["seg", "kl"] and type(net) is torch.nn.Conv3d
+    assert unused_outputs(net, outs, None, {}) == ["kl"] and unused_outputs(net, outs, None, {"kl": 0.1}) == []
+    assert net.eval()(x).shape == (2, 3, 4, 8, 8)
+
+
+def test_stock_monai_nets_are_costed_as_an_independent_counter_counts_them(monkeypatch):
+    # PyTorch's own FlopCounterMode counts convolutions and matrix products as executed: the
+    # harness's count of those ops equals it, DynUNet's evaluation-time heads included (the
+    # tracer prunes them; count_macs adds them back as untraced_macs).
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from harness.cost import count_macs
+    from harness.models import build_model
+    from harness.outputs import adapt
+
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    import monai_stock  # noqa: F401
+
+    nets = [("dynunet", DYN["params"]), ("segresnet_vae", VAE["params"])] + (
+        [("unetr", UNETR["params"])] if _einops() else [])
+    for name, params in nets:
+        net = adapt(build_model(name, in_channels=1, out_channels=1, **params)).eval()
+        ours = count_macs(net, [1, 1, *PATCH])
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(torch.zeros(1, 1, *PATCH))
+        theirs = sum(counter.get_flop_counts()["Global"].values()) / 2  # FLOPs = 2 x MACs
+        assert ours["by_op"].get("conv", 0) + ours["by_op"].get("linear", 0) + ours["by_op"].get("matmul", 0) \
+            == theirs, name
+        assert (ours["untraced_macs"] > 0) == (name == "dynunet"), name
+
+
+@pytest.mark.slow
+def test_stock_monai_nets_run_end_to_end_at_smoke(tmp_path):
+    variants = [DYN, VAE] + ([UNETR] if _einops() else [])
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(stock(*variants)))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": os.pathsep.join(
+        [str(PLUGINS), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "run", "s.yaml", "-v", "0"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "report", "s.yaml", "--out", "reports"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    trials = pd.read_csv(tmp_path / "reports" / "stock_nets" / "trials.csv").set_index("variant")
+    assert set(trials.index) == {v["name"] for v in variants}
+    assert (trials.gmacs > 0).all() and trials.mean_dice.notna().all()
+
+
+def _refused(tmp_path, monkeypatch, capsys, study, *args) -> str:
+    from harness.cli import main
+
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    assert main(["run", "s.yaml", "-v", "0", *args]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]  # no store, nothing else
+    return err
+
+
+def test_a_net_that_needs_a_missing_package_is_refused_with_the_install_line(tmp_path, monkeypatch, capsys):
+    if _einops():
+        pytest.skip("einops is installed: UNETR builds (test_stock_monai_nets_run_end_to_end_at_smoke runs it)")
+    err = _refused(tmp_path, monkeypatch, capsys, stock(UNETR))
+    assert "variant 'unetr' (model 'unetr')" in err and "needs the package einops: pip install einops" in err, err
+
+
+def test_a_patch_the_strides_do_not_divide_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    study = stock(DYN)
+    study["train"]["patch"] = [16, 30, 30]
+    for args in ((), ("--dry-run",)):
+        err = _refused(tmp_path, monkeypatch, capsys, study, *args)
+        assert "variant 'dyn' (model 'dynunet'): an evaluation pass at the patch [16, 30, 30]" in err, err
+        assert "choose a train.patch its strides divide" in err
+
+
+def test_a_net_built_for_one_size_is_refused_at_another_cost_input(tmp_path, monkeypatch, capsys):
+    one_size = {"name": "vae", "model": "var_autoencoder", "params": {
+        "spatial_dims": 3, "in_shape": [1, *PATCH], "latent_size": 8, "channels": [4, 8], "strides": [2, 2]},
+        "train": {"outputs": {"name": "extras", "params": {"names": ["mu", "logvar", "z"]}}}}
+    study = {**stock(one_size), "cost": {"input": [1, 1, 32, 32, 32]}}
+    err = _refused(tmp_path, monkeypatch, capsys, study)
+    assert "an evaluation pass at cost.input's [32, 32, 32]: RuntimeError" in err, err
+    assert "a net built for one input size is costed at its patch: remove cost.input" in err
+    # Without its adapter, the tuple it returns in training is named with the adapters to choose.
+    err = _refused(tmp_path, monkeypatch, capsys, {**stock({**one_size, "train": {}})})
+    assert "a training pass at the patch [16, 32, 32]: TypeError: in training the model returned tuple" in err, err
+
+
+def test_an_output_the_loss_does_not_read_is_said_once(tmp_path, monkeypatch, capsys):
+    from harness.cli import main
+
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    monkeypatch.chdir(tmp_path)
+    quiet = {**VAE, "train": {}}  # SegResNetVAE's vae_loss, read by no loss
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(stock(quiet, {**quiet, "name": "vae2"})))
+    assert main(["run", "s.yaml", "--dry-run"]) == 0
+    out = capsys.readouterr()
+    said = [line for line in (out.out + out.err).splitlines() if "is not read by the loss" in line]
+    assert said == ["note: stock_nets: variant 'vae' (model 'segresnet_vae'): its training output 'aux_loss' is not "
+                    "read by the loss: add it with train.aux_losses: {aux_loss: WEIGHT}"], said
+
+
+def test_cost_of_a_model_takes_its_channels_from_a_study_and_says_so(capsys):
+    from harness.cli import main
+
+    assert main(["cost", "gsp_unet", "--study", "gsp_table1", "--no-latency", "--json"]) == 0
+    out = capsys.readouterr()
+    assert '"input": "1x4x32x64x64"' in out.out
+    assert "gsp_unet: 4 input and 3 output channels (sigmoid), from studies/gsp_table1.yaml" in out.err, out.err

@@ -5,6 +5,7 @@ architecture by the runner's cost check (``harness.study.check_costable``)."""
 from __future__ import annotations
 
 import inspect
+import re
 
 from harness.config.schema import ConfigError, DataCfg, ModelCfg, StudyCfg, TrainCfg
 from harness.registry import DATASETS, MODELS, UnknownNameError, check_types
@@ -27,7 +28,8 @@ def check_train(train: TrainCfg, where: str) -> None:
     """
     from harness import inferers, losses, optim
     from harness.data import transforms
-    from harness.registry import AUGMENTATIONS, CALLBACKS, INFERERS, LOSSES, OPTIMIZERS, SCHEDULES, TARGETS
+    from harness.registry import (AUGMENTATIONS, CALLBACKS, INFERERS, LOSSES, OPTIMIZERS, OUTPUT_ADAPTERS, SCHEDULES,
+                                  TARGETS)
 
     total = train.epochs * train.steps_per_epoch
     checks = [
@@ -37,6 +39,7 @@ def check_train(train: TrainCfg, where: str) -> None:
         (SCHEDULES, train.schedule, "train.schedule", optim.SCHEDULE_INJECTED, {"total_steps": total}),
         (INFERERS, train.inferer, "train.inferer", inferers.INJECTED,
          {"patch": list(train.patch), "batch_size": train.batch_size, "output": train.output}),
+        (OUTPUT_ADAPTERS, train.outputs, "train.outputs", (), {}),
     ]
     checks += [(AUGMENTATIONS, a, f"train.augment[{i}]", transforms.AUGMENT_INJECTED, {"keys": ["image", "label"]})
                for i, a in enumerate(train.augment)]
@@ -153,5 +156,15 @@ def build_checked_model(model: ModelCfg, patch: list[int], where: str, output: s
         if hasattr(net, "check_input"):
             net.check_input(patch)
     except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+    except ImportError as e:  # MONAI's OptionalImportError too (UNETR without einops)
+        raise ConfigError((f"{where}: " if where else "") + missing_package(e)) from None
     return net
+
+
+def missing_package(e: ImportError) -> str:
+    """An import failure as what to install: "needs the package einops: pip install einops"."""
+    missing = re.search(r"No module named '(\w+)", str(e))
+    if missing:
+        return f"needs the package {missing.group(1)}: pip install {missing.group(1)}"
+    return f"cannot import what it needs: {(str(e).strip().splitlines() or [type(e).__name__])[0]}"

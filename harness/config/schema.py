@@ -152,6 +152,12 @@ class TrainCfg(_Strict):
     augment: Union[list[ComponentCfg], bool] = Field(True, validate_default=True)
     targets: list[ComponentCfg] = Field(default_factory=list)  # label-derived targets, after augmentation
     inferer: ComponentCfg = Field(default_factory=lambda: ComponentCfg(name="sliding_window"))
+    # How the net's outputs map to the training contract (harness.outputs): auto tells MONAI's
+    # conventions apart by rank; stacked (DynUNet), heads, extras (SegResNetVAE) name one.
+    outputs: ComponentCfg = Field(default_factory=lambda: ComponentCfg(name="auto"))
+    # Named scalar outputs added to the loss with these weights (SegResNetVAE's vae_loss: 0.1,
+    # Myronenko 2018's weight of its L2 and KL terms); an output left out is said, not added.
+    aux_losses: dict[str, float] = Field(default_factory=dict)
     callbacks: list[ComponentCfg] = Field(default_factory=list)
     amp: bool = True  # CUDA only
     # The CPU layer's batch-1 convolution route (harness.ops.conv): unset, the harness's own

@@ -27,6 +27,9 @@ def build_model(name: str, input_size=None, output=None, cpu_conv_route: bool | 
         params.setdefault("input_size", [int(s) for s in input_size])
     if output is not None and "output" in declared:
         params["output"] = output
+    if not any(p.kind == p.VAR_KEYWORD for p in declared.values()):
+        # A net whose channels come from elsewhere (MONAI's VarAutoEncoder: in_shape) takes none.
+        params = {k: v for k, v in params.items() if k in declared or k not in ("in_channels", "out_channels")}
     model = cls(**params)
     # The batch-1 CPU convolution route (harness.ops.conv) for the harness's own families unless
     # the study says otherwise: a plugin's net (MONAI's, timm's) runs as its authors wrote it.
