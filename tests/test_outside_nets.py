@@ -235,3 +235,24 @@ def test_cost_of_a_model_takes_its_channels_from_a_study_and_says_so(capsys):
     out = capsys.readouterr()
     assert '"input": "1x4x32x64x64"' in out.out
     assert "gsp_unet: 4 input and 3 output channels (sigmoid), from studies/gsp_table1.yaml" in out.err, out.err
+
+
+def test_the_shrunk_count_skips_sizes_that_leave_a_net_empty(monkeypatch, tmp_path):
+    # SegResNetVAE sized from the injected input_size: at the patch shrunk 4x its VAE's linear
+    # layer has no elements (PyTorch warns "Initializing zero-element tensors"); the count takes
+    # the next size (2x), without the warning.
+    import warnings
+
+    from harness.config import load_study, resolve
+    from harness.data import build_task
+    from harness.study import _at_proxy
+
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    study = stock({"name": "vae", "model": "segresnet_vae_sized"})
+    study["train"]["patch"] = study["data"]["params"]["shape"] = [32, 64, 64]
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    spec = resolve(load_study(tmp_path / "s.yaml"), "smoke")[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, scale, model = _at_proxy(spec, build_task(spec.data.dataset, **spec.data.params), lambda m, s: 0)
+    assert all(p.numel() > 0 for p in model.parameters()) and scale == 2**3
