@@ -190,6 +190,11 @@ def test_a_net_that_needs_a_missing_package_is_refused_with_the_install_line(tmp
         pytest.skip("einops is installed: UNETR builds (test_stock_monai_nets_run_end_to_end_at_smoke runs it)")
     err = _refused(tmp_path, monkeypatch, capsys, stock(UNETR))
     assert "variant 'unetr' (model 'unetr')" in err and "needs the package einops: pip install einops" in err, err
+    from harness.cli import main  # the cost command too: one line, no OptionalImportError traceback
+
+    assert main(["cost", "unetr", "--plugin", "monai_stock", "--param", "img_size=[16, 32, 32]", "--no-latency"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["error: cost: needs the package einops: pip install einops"], err
 
 
 def test_a_patch_the_strides_do_not_divide_is_refused_before_training(tmp_path, monkeypatch, capsys):
