@@ -28,12 +28,18 @@ seed spread happens to come out small. With one seed part only (trial-level metr
 costs, C = 1) the interval is the paired t over seeds. Two seeds give t_1 = 12.7: an accuracy
 claim is called only when the effect dwarfs the seed spread.
 
+The seeds a claim needs (``seeds_needed``) follow from the same parts: the seed part's variance
+per seed, MS_seed / C, shrinks as 1 / S' with t at S' - 1 degrees of freedom, the case part
+stays (new seeds sample no new cases), and S' is the first count whose detectable effect
+reaches the claim's effect beyond its bound (tested against the closed form and by simulation).
+
 Every function takes ``d`` with any leading batch axes (..., C, S), so the calibration test runs
 thousands of simulated designs through the very code ``harness.report.judge_claim`` uses.
 """
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +104,29 @@ def detectable(d: np.ndarray, equivalence: bool = False, level: float = LEVEL, p
     with np.errstate(invalid="ignore"):
         return _quadrature(p, stats.t.ppf(q, p["df_seed"]) + stats.t.ppf(b, p["df_seed"]),
                            stats.t.ppf(q, p["df_case"]) + stats.t.ppf(b, p["df_case"]))
+
+
+def seeds_needed(d: np.ndarray, effect: float, equivalence: bool = False, level: float = LEVEL,
+                 power: float = POWER, most: int = 1000, p: dict[str, np.ndarray] | None = None) -> float:
+    """The fewest seeds (2 to ``most``) at which the design ``d`` (C, S), its cases kept, would
+    decide a claim whose true effect beyond its bound is ``effect`` with ``power``: the first S'
+    whose ``detectable`` effect is at most ``effect``. The seed part scales as its variance per
+    seed (MS_seed / C, estimated from ``d``) over S', with t at S' - 1 degrees of freedom; the
+    case part stays (more seeds do not sample new cases). inf when even ``most`` seeds would not
+    do (a case part alone above ``effect`` needs more cases), or when ``effect`` <= 0 (no design
+    reproduces a claim at or beyond its own bound); NaN where ``d`` has no seed spread to scale."""
+    p = components(d) if p is None else p
+    per_seed = float(p["u_seed2"]) * np.asarray(d).shape[-1]
+    if not effect > 0:
+        return math.inf
+    if math.isnan(per_seed):
+        return math.nan
+    q, b = 0.5 + level / 2, (1 + power) / 2 if equivalence else power
+    n = np.arange(2, most + 1)
+    case = (stats.t.ppf(q, p["df_case"]) + stats.t.ppf(b, p["df_case"])) ** 2 * float(p["u_case2"])
+    found = np.sqrt((stats.t.ppf(q, n - 1) + stats.t.ppf(b, n - 1)) ** 2 * per_seed / n + case)
+    enough = np.flatnonzero(found <= effect)
+    return float(n[enough[0]]) if enough.size else math.inf
 
 
 def bound(margin: float, direction: str) -> float:

@@ -228,3 +228,33 @@ def test_equivalence_and_noninferiority_hold_their_rate_at_the_margin(direction)
     for seeds, cases, noise in ((2, 5, "seeds"), (3, 24, "mixed"), (5, 50, "cases"), (10, 20, "seeds")):
         _, lo, hi = stats.interval(stats.simulate(seeds, cases, noise, REPS, effect=edge, seed=seeds + cases))
         assert (stats.verdict(lo, hi, m, direction) == "reproduced").mean() <= 0.04
+
+
+def test_seeds_needed_meets_the_closed_form_and_gives_the_power_it_states():
+    # Seed noise only (one case): S' is the first n with (t_.975,n-1 + t_.8,n-1) sd / sqrt(n) <= effect,
+    # which for large n is the normal formula ((z_.975 + z_.8) sd / effect)^2.
+    rng = np.random.default_rng(1)
+    d = rng.normal(0, 1, (1, 400))
+    sd = d.std(ddof=1)
+    n = stats.seeds_needed(d, 0.1)
+    t = lambda k: (sp.t.ppf(0.975, k - 1) + sp.t.ppf(0.8, k - 1)) * sd / math.sqrt(k)  # noqa: E731
+    assert t(n) <= 0.1 < t(n - 1)
+    assert abs(n - ((sp.norm.ppf(0.975) + sp.norm.ppf(0.8)) * sd / 0.1) ** 2) < 5
+    # At that many seeds a true effect of 0.1 is reproduced about 80% of the time.
+    small = stats.seeds_needed(d, 1.0)
+    sims = rng.normal(1.0, sd, (4000, 1, int(small)))
+    _, lo, _ = stats.interval(sims)
+    assert 0.75 < (lo > 0).mean() < 0.9
+    # A case part alone above the effect: no number of seeds decides it; an effect at the bound: never.
+    cases = rng.normal(0, 1, (20, 1)) * 5 + rng.normal(0, 0.1, (20, 4))
+    assert math.isinf(stats.seeds_needed(cases, 0.5)) and math.isinf(stats.seeds_needed(d, 0.0))
+
+
+def test_a_claim_row_states_the_seeds_its_effects_need():
+    rng = np.random.default_rng(0)
+    d = 0.5 + rng.normal(0, 1, (24, 3)) + rng.normal(0, 2, (1, 3))  # paper's effect is 1 point, margin 0
+    row = claims_table(_runs(d)).iloc[0]
+    parts = stats.components(d)
+    assert row.seeds_needed_paper == stats.seeds_needed(d, 1.0, p=parts) > 3
+    assert row.seeds_needed_observed == stats.seeds_needed(d, row.effect, p=parts)
+    assert claims_table(_runs(d - 10)).iloc[0].seeds_needed_observed == "never"  # observed on the wrong side

@@ -166,6 +166,16 @@ def judge_claim(runs: "StudyRuns", claim) -> dict[str, Any]:
         flag = "underpowered"
     elif not math.isnan(lo) and stats_.is_borderline(slo, shi, claim.margin, claim.direction):
         flag = "borderline"
+    needed: dict[str, Any] = {"paper": None, "observed": None}
+    if not ratio and not math.isnan(lo) and not (not per_case and claim.metric in EXACT_COSTS):
+        d = (-1.0 if claim.direction == "lower" else 1.0) * paired_difference(
+            runs.per_case if per_case else runs.trials, a, b, claim.metric, ("case", "seed") if per_case else ("seed",))
+        for at, effect in (("paper", paper), ("observed", r["delta"])):
+            if not math.isnan(effect):  # the true effect's distance beyond the bound the verdict turns on
+                beyond = claim.margin - abs(effect) if equal else effect - target
+                n = stats_.seeds_needed(d, beyond, equivalence=equal, most=MOST_SEEDS)
+                needed[at] = ("never" if not beyond > 0 else f"> {MOST_SEEDS}" if math.isinf(n) else
+                              None if math.isnan(n) else int(n))
     name = f"{claim.metric} ratio" if ratio else claim.metric
     metric = (f"{name} = {claim.reference:g} (±{claim.margin:g})" if equal and (ratio or claim.value is not None) else
               f"{name} = (±{claim.margin:g})" if equal else
@@ -174,7 +184,8 @@ def judge_claim(runs: "StudyRuns", claim) -> dict[str, Any]:
               f"{name} > {1 + claim.margin:g}" if ratio else name)
     return {"claim": claim.text, "where": claim.where, "source": claim.source, "id": claim_id(runs.study, claim),
             "metric": metric, "verdict": verdict, "flag": flag, "effect": r["delta"], "ci_low": lo, "ci_high": hi,
-            "detectable": found, "paper": paper, "cases": r["cases"], "seeds": r["seeds"], "note": note}
+            "detectable": found, "paper": paper, "cases": r["cases"], "seeds": r["seeds"],
+            "seeds_needed_paper": needed["paper"], "seeds_needed_observed": needed["observed"], "note": note}
 
 
 def claim_id(study: StudyCfg, claim) -> str:
@@ -188,8 +199,10 @@ def claim_id(study: StudyCfg, claim) -> str:
     return f"{study.paper}:{study.name}:{better}|{than}|{claim.metric}"
 
 
+# The most seeds ``seeds_needed`` looks at: beyond it a claim is out of any training budget.
+MOST_SEEDS = 1000
 CLAIM_COLUMNS = ["claim", "where", "source", "id", "metric", "verdict", "flag", "effect", "ci_low", "ci_high",
-                 "detectable", "paper", "cases", "seeds", "note"]
+                 "detectable", "paper", "cases", "seeds", "seeds_needed_paper", "seeds_needed_observed", "note"]
 
 
 def claims_table(runs: "StudyRuns") -> pd.DataFrame:
@@ -219,7 +232,12 @@ VERDICT_LEGEND = (
     "smallest margin within which it shows a true zero difference), from the observed seed and case variance; "
     "paper: the effect in the paper's own numbers. *underpowered*: inconclusive, and the design could not have "
     "detected the paper's effect; *borderline*: a shift of a tenth of the interval's half-width would change "
-    "the verdict. Source: the paper's claim, or ours (a check the paper does not state), counted apart.")
+    "the verdict. Seeds for 80% power: the seeds (these validation cases kept) at which the design would "
+    "decide the claim with 80% power were the true effect the paper's, or ours (`harness.stats.seeds_needed`, "
+    "from the observed seed variance); *never*: the effect lies at or beyond the claim's own bound, so no "
+    "number of seeds reproduces it; *> 1000*: out of any budget, or only more cases would help. Add seeds "
+    "to a design only with a rule that accounts for looking again (re-testing after each seed inflates the "
+    "false-positive rate). Source: the paper's claim, or ours (a check the paper does not state), counted apart.")
 
 
 def reading_guide() -> str:
@@ -238,8 +256,14 @@ def claims_markdown(claims: pd.DataFrame) -> str:
              "verdict": r.verdict + (f" — *{r.flag}*" if r.flag else ""), "effect": num(r.effect),
              "95% interval": "—" if math.isnan(r.ci_low) else f"{num(r.ci_low)} to {num(r.ci_high)}",
              "detectable": num(r.detectable), "paper": num(r.paper), "cases x seeds": f"{r.cases} x {r.seeds}",
+             "seeds for 80% power (paper / ours)": f"{_count(getattr(r, 'seeds_needed_paper', None))} / "
+                                                  f"{_count(getattr(r, 'seeds_needed_observed', None))}",
              "note": r.note} for r in claims.itertuples()]
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+
+
+def _count(n: Any) -> str:
+    return "—" if n is None or (isinstance(n, float) and math.isnan(n)) else str(n)
 
 
 def _claims_of(d: Path) -> tuple[str, bool, list[dict]]:
