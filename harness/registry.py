@@ -193,6 +193,7 @@ CALLBACKS = Registry("callback", "harness.callbacks")
 COMBINERS = Registry("combiner", "harness.combine")
 VIEW_SETS = Registry("view set", "harness.inferers")  # test-time augmentation views (harness.inferers.View)
 COST_HANDLES = Registry("cost handle", "harness.cost")  # fvcore op handles, by the traced op's name
+TRAINING_FAILURES = Registry("training-failure rule", "harness.report.failures")  # a seed that did not train
 OUTPUT_ADAPTERS = Registry("output adapter", "harness.outputs")  # a net's output convention -> the contract
 DATA_COMMANDS = Registry("data command", "harness.data.folders")  # `harness data NAME`: (add_arguments, run)
 REGISTRIES = (OPS, MODELS, DATASETS, LOSSES, OPTIMIZERS, SCHEDULES, AUGMENTATIONS, TARGETS, INFERERS, CALLBACKS,

@@ -17,6 +17,15 @@ def _check_names(study: StudyCfg) -> None:
             reg.get(name, field=field)
         except UnknownNameError as e:
             raise ConfigError(str(e)) from None
+    from harness.registry import TRAINING_FAILURES
+
+    try:
+        TRAINING_FAILURES.check_params(study.failed_to_train.name, study.failed_to_train.params, "failed_to_train",
+                                       ("trials",))
+    except UnknownNameError as e:
+        raise ConfigError(str(e)) from None
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from None
     check_train(study.train, "train")
 
 

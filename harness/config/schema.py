@@ -414,6 +414,8 @@ class StudyCfg(_Strict):
     expected: dict[str, dict[str, ExpectedValue | float]] = Field(default_factory=dict)
     layout: LayoutCfg = Field(default_factory=LayoutCfg)  # the paper table's rows/columns (report)
     claims: list[ClaimCfg] = Field(default_factory=list)  # the paper's claims, judged by the report
+    # The rule that marks a seed that did not train (harness.report.failures), flagged in the report.
+    failed_to_train: ComponentCfg = Field(default_factory=lambda: ComponentCfg(name="below_median"))
 
     @model_validator(mode="after")
     def _has_scales_and_variants(self):

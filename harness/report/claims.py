@@ -14,6 +14,7 @@ from scipy import stats
 
 from harness import stats as stats_
 from harness.config import EXACT_COSTS, StudyCfg
+from harness.report.failures import failed_seeds
 from harness.report.runs import StudyRuns
 
 
@@ -176,6 +177,22 @@ def judge_claim(runs: "StudyRuns", claim) -> dict[str, Any]:
                 n = stats_.seeds_needed(d, beyond, equivalence=equal, most=MOST_SEEDS)
                 needed[at] = ("never" if not beyond > 0 else f"> {MOST_SEEDS}" if math.isinf(n) else
                               None if math.isnan(n) else int(n))
+    # Seeds a side failed to train at (harness.report.failures): said, and the claim judged again
+    # on the seeds where both sides trained (pairs by seed, so a failed seed leaves both sides).
+    failed = {"better": failed_seeds(runs.trials, a),
+              "than": [] if isinstance(b, (int, float)) else failed_seeds(runs.trials, b)}
+    trained = ""
+    gone = sorted(set(failed["better"]) | set(failed["than"]))
+    if gone and not ratio and not (not per_case and claim.metric in EXACT_COSTS) and r["pairs"]:
+        source = runs.per_case if per_case else runs.trials
+        t = paired_test(source[~source.seed.isin(gone)], a, b, claim.metric, ("case", "seed") if per_case else ("seed",),
+                        sign=-1.0 if claim.direction == "lower" else 1.0)
+        tlo, thi = (t["ci_low"] - claim.reference, t["ci_high"] - claim.reference)
+        trained = str(stats_.verdict(tlo, thi, claim.margin, claim.direction))
+        sides = "; ".join(f"{side} side: seed{'s' if len(v) > 1 else ''} {', '.join(map(str, v))}"
+                          for side, v in failed.items() if v)
+        note = "; ".join(filter(None, [note, f"failed to train ({sides}); on the {t['seeds']} seeds where both "
+                                             f"trained: {trained}"]))
     name = f"{claim.metric} ratio" if ratio else claim.metric
     metric = (f"{name} = {claim.reference:g} (±{claim.margin:g})" if equal and (ratio or claim.value is not None) else
               f"{name} = (±{claim.margin:g})" if equal else
@@ -185,7 +202,8 @@ def judge_claim(runs: "StudyRuns", claim) -> dict[str, Any]:
     return {"claim": claim.text, "where": claim.where, "source": claim.source, "id": claim_id(runs.study, claim),
             "metric": metric, "verdict": verdict, "flag": flag, "effect": r["delta"], "ci_low": lo, "ci_high": hi,
             "detectable": found, "paper": paper, "cases": r["cases"], "seeds": r["seeds"],
-            "seeds_needed_paper": needed["paper"], "seeds_needed_observed": needed["observed"], "note": note}
+            "seeds_needed_paper": needed["paper"], "seeds_needed_observed": needed["observed"],
+            "failed_seeds": failed, "verdict_trained": trained, "note": note}
 
 
 def claim_id(study: StudyCfg, claim) -> str:
@@ -202,7 +220,8 @@ def claim_id(study: StudyCfg, claim) -> str:
 # The most seeds ``seeds_needed`` looks at: beyond it a claim is out of any training budget.
 MOST_SEEDS = 1000
 CLAIM_COLUMNS = ["claim", "where", "source", "id", "metric", "verdict", "flag", "effect", "ci_low", "ci_high",
-                 "detectable", "paper", "cases", "seeds", "seeds_needed_paper", "seeds_needed_observed", "note"]
+                 "detectable", "paper", "cases", "seeds", "seeds_needed_paper", "seeds_needed_observed", "failed_seeds",
+                 "verdict_trained", "note"]
 
 
 def claims_table(runs: "StudyRuns") -> pd.DataFrame:

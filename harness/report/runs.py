@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from harness.config import StudyCfg, VariantCfg, combined_keys, resolve, spec_hash, table_rows
+from harness.report.failures import mark_failed
 
 
 @dataclass
@@ -103,7 +104,7 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
     # Studies run together (`harness run A.yaml B.yaml`) share their time: the report says so.
     ran_with = sorted({name for parent in {row["parent"] for row in rows if row["parent"]}
                        for name in client.get_run(parent).data.tags.get("run_with", "").split(",") if name})
-    trials = pd.DataFrame(rows)
+    trials = mark_failed(pd.DataFrame(rows), study.failed_to_train)
     per_case = None
     if with_cases and rows:
         frames = []

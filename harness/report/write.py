@@ -13,6 +13,7 @@ from harness import stats as stats_
 from harness.config import ConfigError, load_study, with_data_roots
 from harness.report.claims import (VERDICT_LEGEND, _claims_of, _counts, claims_markdown, claims_table, comparisons,
                                    md_text, reading_guide)
+from harness.report.failures import failure_table
 from harness.report.plots import LOADED, plots
 from harness.report.runs import evaluations, load_runs, wall_time
 from harness.report.tables import _md_frame, _write_table, check_pinned, cost_table, layout_table, stats_table, verify
@@ -85,6 +86,14 @@ def _write(study, scale: str, runs, formats: list[str], out: Path, tracking_uri:
     if notes:
         md += ["Missing:", ""] + [f"- {n}" for n in notes] + [""]
     md += ["## Statistics", "", st.to_markdown(index=False, floatfmt=".4g") if not st.empty else "No finished runs.", ""]
+    failures = failure_table(runs.trials)
+    if not failures.empty:
+        rule = study.failed_to_train
+        md += ["## Seeds that did not train", "",
+               f"Rule `{rule.name}`{' ' + json.dumps(rule.params) if rule.params else ''} (`harness.report.failures`); "
+               "a claim touching a failed seed says so and is judged again on the seeds where both sides trained. "
+               "The last column: the failure rate these seeds rule out (one-sided 95%; a rarer failure would "
+               "go unseen at this many seeds).", "", failures.to_markdown(index=False), ""]
     costs = cost_table(runs)
     if not costs.empty:
         costs.to_csv(out / "cost.csv", index=False)
