@@ -319,3 +319,20 @@ def test_the_verdict_on_trained_seeds_holds_its_rate_on_failure_prone_null_desig
                 _, lo, _ = stats.interval((sides[0] - sides[1])[:, keep])
                 called += lo > 0
         assert called / 600 <= 0.04, (seeds, called / 600)
+
+
+@pytest.mark.parametrize("noise", list(stats.NOISE))
+def test_adding_seeds_until_decided_holds_the_false_positive_rate(noise):
+    # Looks after 3, 5, 7 and 10 seeds: the spending rule stays at the nominal rate where the
+    # naive re-test (the fixed interval after each look) does not; a large effect stops early
+    # (at 3 seeds the first look spends 0.03%: only an effect that dwarfs t_2 there stops at once).
+    null = stats.simulate(10, 20, noise, 2000, seed=11)
+    v, used = stats.sequential_verdict(null, [3, 5, 7, 10])
+    assert (v == "reproduced").mean() <= 0.04 and (v == "contradicted").mean() <= 0.04
+    if noise == "seeds":
+        assert (stats.naive_sequential(null, [3, 5, 7, 10]) == "reproduced").mean() > 0.05
+    assert sum(stats.spending([3, 5, 7, 10])) == pytest.approx(0.05)
+    big, used = stats.sequential_verdict(stats.simulate(10, 20, noise, 200, effect=30, seed=12), [3, 5, 7, 10])
+    assert (big == "reproduced").all() and (used <= 5).all()
+    one, n = stats.sequential_verdict(null[0], [1, 3, 5, 7, 10, 12])  # looks outside 2..10 dropped
+    assert one in ("reproduced", "contradicted", "inconclusive") and n in (3, 5, 7, 10)
