@@ -71,9 +71,49 @@ def cmd_run(args) -> int:
     from harness.study import run_studies
 
     resources = {k: v for k, v in (("cpu", args.cpus_per_trial), ("gpu", args.gpus_per_trial)) if v is not None}
+    if args.until_decided and not args.dry_run:
+        return _until_decided(args, resources)
     return run_studies(args.study, args.scale, args.seeds, args.address, args.resume, args.tracking_uri, args.dry_run,
                      verbose=args.verbose, resources=resources, data_roots=args.data_root, folds=args.folds,
                      storage=args.storage)
+
+
+def _until_decided(args, resources: dict) -> int:
+    """``run --until-decided``: the study at its seeds, then 2 more at a time up to
+    ``--max-seeds``, until every claim it judges is decided; each look's verdicts by
+    ``harness.stats.sequential_verdict`` (the error spent over the looks, fixed in advance and
+    recorded on the parent run, so that ``harness report`` judges as the run did)."""
+    from harness.config import ConfigError, load_study
+    from harness.report.claims import undecided
+    from harness.report.runs import LOOKS
+    from harness.study import run_studies
+    from harness.tracking import Tracker
+
+    if len(args.study) != 1:
+        raise ConfigError("--until-decided: one study at a time")
+    study = load_study(args.study[0])
+    first = max(2, args.seeds or study.scales[args.scale].seeds or study.seeds)
+    if args.max_seeds < first:
+        raise ConfigError(f"--max-seeds: {args.max_seeds} is below the first look's {first} seeds")
+    looks = sorted({*range(first, args.max_seeds, 2), args.max_seeds})
+    print(f"{study.name}@{args.scale}: looks at {', '.join(map(str, looks))} seeds until every claim is decided")
+    for i, n in enumerate(looks):
+        code = run_studies(args.study, args.scale, n, args.address, args.resume or i > 0, args.tracking_uri, False,
+                           verbose=args.verbose, resources=resources, data_roots=args.data_root, folds=args.folds,
+                           storage=args.storage)
+        if code:
+            return code
+        tracker = Tracker(args.tracking_uri)
+        exp = tracker.experiment(study.name)
+        parent = tracker.client.search_runs([exp], f"tags.harness_role = 'study' and tags.scale = '{args.scale}'",
+                                            order_by=["attributes.start_time DESC"], max_results=1)[0]
+        tracker.client.set_tag(parent.info.run_id, LOOKS, ",".join(map(str, looks)))
+        left = undecided(study, args.scale, n, args.tracking_uri)
+        print(f"after {n} seeds: " + (f"{len(left)} claim(s) undecided: {'; '.join(left)}" if left else
+                                      "every claim decided"), flush=True)
+        if not left:
+            break
+    return 0
 
 
 def cmd_data(args) -> int:
@@ -449,6 +489,10 @@ def build_parser() -> tuple[Parser, argparse._SubParsersAction]:
     r.add_argument("--cpus-per-trial", type=float, default=None, help="override the study's resources.cpu")
     r.add_argument("--gpus-per-trial", type=float, default=None, help="override resources.gpu (fractions allowed)")
     r.add_argument("--dry-run", action="store_true", help="validate, list trials and estimate their compute")
+    r.add_argument("--until-decided", action="store_true",
+                   help="add seeds, 2 at a time, until every claim is reproduced or contradicted (or --max-seeds); "
+                        "the verdicts' error is spent over the looks")
+    r.add_argument("--max-seeds", type=_positive, default=10, help="the last look of --until-decided (default 10)")
     r.add_argument("--data-root", action="append", default=None, metavar="[TASK=]PATH",
                    help="point the study's data (or one of its tasks) at a folder on disk")
     r.add_argument("-v", "--verbose", type=int, default=1, choices=[0, 1, 2],

@@ -391,6 +391,7 @@ def _run(studies, specs_of, tasks, scale, resume, tracking_uri, address, storage
     locks = [hold_lock(tracking_uri, f"{study.name}@{scale}", f"{study.name}@{scale}") for _, study in studies]  # noqa: F841
     tracker = Tracker(tracking_uri, verbose)
     parents: dict[str, tuple[str, str]] = {}
+    earlier: dict[str, set[str]] = {}  # trial keys finished in earlier runs (more seeds resumed)
     trial_hash: dict[str, str] = {}
     todo: list[TrialSpec] = []
     for path, study in studies:
@@ -409,8 +410,14 @@ def _run(studies, specs_of, tasks, scale, resume, tracking_uri, address, storage
             console.print(f"Resuming {study.name}@{scale}: {len(done)} of {len(specs)} trials finished, "
                           f"{len(left)} to run.")
         else:
+            # Another set of seeds (or folds) than the earlier runs: the trials they finished stay.
+            done = tracker.finished_trials(exp_id, scale, hashes) if resume else set()
+            earlier[study.name] = done
+            left = [s for s in specs if s.key not in done]
             if resume:
-                console.print(f"No earlier run of {study.name}@{scale} with this configuration: starting afresh.")
+                console.print(f"Resuming {study.name}@{scale}: {len(done)} of {len(specs)} trials finished in earlier "
+                              f"runs, {len(left)} to run." if done else
+                              f"No earlier run of {study.name}@{scale} with this configuration: starting afresh.")
             parent_id = tracker.start_parent(exp_id, study.name, scale, study_hash,
                                              {"study_file": str(Path(path)), "paper": study.paper, "title": study.title,
                                               **({"run_with": ",".join(st.name for _, st in studies if st is not study)}
@@ -448,7 +455,7 @@ def _run(studies, specs_of, tasks, scale, resume, tracking_uri, address, storage
         # Combined rows (harness.combine) after their members, in the driver (it writes MLflow).
         _, lost_combined = run_combined(study, specs, tracker, exp_id, parent_id, console)
         finished = {r.data.tags.get("trial_key") for r in tracker.children(exp_id, parent_id)
-                    if r.info.status == "FINISHED"}
+                    if r.info.status == "FINISHED"} | earlier.get(study.name, set())
         keys = [s.key for s in specs] + [c["key"] for c in combined_keys(study, specs)]
         missing = [k for k in keys if k not in finished]
         lost = [s.key for s in specs if s.trial_id in failed] + lost_combined

@@ -208,6 +208,16 @@ class Tracker:
         self.client.update_run(parent_id, status="RUNNING")
         return done
 
+    def finished_trials(self, exp_id: str, scale: str, hashes: dict[str, str]) -> set[str]:
+        """Trial keys finished in any earlier run of the study at ``scale`` with the configuration
+        ``hashes`` gives them (key -> config hash): a resume with more seeds (a new parent run)
+        trains only the seeds not yet trained."""
+        runs = self.client.search_runs([exp_id], filter_string=(
+            f"tags.harness_role = 'trial' and tags.scale = '{scale}' and attributes.status = 'FINISHED'"),
+            max_results=50000)
+        return {r.data.tags.get("trial_key") for r in runs
+                if hashes.get(r.data.tags.get("trial_key")) == r.data.tags.get("config_hash")}
+
     def children(self, exp_id: str, parent_id: str):
         return self.client.search_runs([exp_id], filter_string=f"tags.`{PARENT}` = '{parent_id}'", max_results=50000)
 

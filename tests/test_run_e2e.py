@@ -236,3 +236,25 @@ def test_studies_run_together_keep_their_own_runs_reports_and_resume(tmp_path):
     assert "Resuming tiny_b@smoke: 1 of 2 trials finished, 1 to run." in out
     assert len(finished_by_key(runs(tmp_path, "tiny_a"))["pw#s0"]) == 1  # not redone
     assert sorted(r.data.tags["trial_key"] for r in runs(tmp_path, "tiny_b")) == ["diverge#s0", "diverge#s0", "pw#s0"]
+
+
+def test_until_decided_adds_seeds_in_batches_trains_each_once_and_the_report_judges_as_run(tmp_path):
+    # A claim smoke cannot decide (2 training steps): looks at 2 and 3 seeds, seeds 0-1 then 2
+    # alone (the first two are kept from the earlier look), then the report judges sequentially.
+    study = {**TINY, "train": {**TINY["train"], "epochs": 1},
+             "claims": [{"text": "CSC beats pointwise", "where": "T1", "better": "csc", "than": "pw"}]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    p = harness(["run", "s.yaml", "--until-decided", "--max-seeds", "3", "-v", "0"], tmp_path)
+    out, _ = p.communicate(timeout=900)
+    assert p.returncode == 0, out
+    assert "tiny_e2e@smoke: looks at 2, 3 seeds until every claim is decided" in out
+    assert "after 2 seeds: 1 claim(s) undecided: CSC beats pointwise" in out
+    assert "Resuming tiny_e2e@smoke: 4 of 6 trials finished in earlier runs, 2 to run." in out
+    done = finished_by_key(runs(tmp_path))
+    assert sorted(done) == ["csc#s0", "csc#s1", "csc#s2", "pw#s0", "pw#s1", "pw#s2"]
+    assert all(len(ids) == 1 for ids in done.values()), done  # each seed trained once
+    r = harness(["report", "s.yaml", "--format", "md"], tmp_path)
+    out, _ = r.communicate(timeout=300)
+    assert r.returncode == 0, out
+    readme = (tmp_path / "reports" / "local" / "tiny_e2e" / "README.md").read_text()
+    assert "judged over looks at 2, 3 seeds with the error spent across them" in readme

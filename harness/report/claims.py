@@ -161,6 +161,16 @@ def judge_claim(runs: "StudyRuns", claim) -> dict[str, Any]:
     ref = claim.reference
     slo, shi = (ref - hi, ref - lo) if ratio and claim.direction == "lower" else (lo - ref, hi - ref)
     verdict = str(stats_.verdict(slo, shi, claim.margin, claim.direction))
+    judged = not ratio and not math.isnan(lo) and not (not per_case and claim.metric in EXACT_COSTS)
+    d = (-1.0 if claim.direction == "lower" else 1.0) * paired_difference(
+        runs.per_case if per_case else runs.trials, a, b, claim.metric,
+        ("case", "seed") if per_case else ("seed",)) if judged else None
+    looks = [n for n in runs.looks if n <= r["seeds"]]
+    if judged and looks:  # seeds added until decided (--until-decided): the error spent over the looks
+        v, used = stats_.sequential_verdict(d - ref, looks, claim.margin, claim.direction)
+        verdict = str(v)
+        note = "; ".join(filter(None, [note, f"judged over looks at {', '.join(map(str, looks))} seeds with the "
+                                             f"error spent across them: {verdict} at {int(used)} seeds"]))
     paper = paper_effect(runs.study, claim)
     flag = ""
     if verdict == "inconclusive" and (found > claim.margin if equal else found > paper):
@@ -168,9 +178,7 @@ def judge_claim(runs: "StudyRuns", claim) -> dict[str, Any]:
     elif not math.isnan(lo) and stats_.is_borderline(slo, shi, claim.margin, claim.direction):
         flag = "borderline"
     needed: dict[str, Any] = {"paper": None, "observed": None}
-    if not ratio and not math.isnan(lo) and not (not per_case and claim.metric in EXACT_COSTS):
-        d = (-1.0 if claim.direction == "lower" else 1.0) * paired_difference(
-            runs.per_case if per_case else runs.trials, a, b, claim.metric, ("case", "seed") if per_case else ("seed",))
+    if judged:
         for at, effect in (("paper", paper), ("observed", r["delta"])):
             if not math.isnan(effect):  # the true effect's distance beyond the bound the verdict turns on
                 beyond = claim.margin - abs(effect) if equal else effect - target
@@ -317,3 +325,11 @@ def comparisons(claims: list[dict], source: str) -> pd.DataFrame:
         verdict=("verdict", lambda v: v.iloc[0] if v.nunique() == 1 else "mixed"),
         studies=("study", lambda v: ", ".join(v)),
         flag=("flag", lambda f: "underpowered" if (f == "underpowered").all() else "")).reset_index()
+
+
+def undecided(study: StudyCfg, scale: str, seeds: int, tracking_uri: str | None = None) -> list[str]:
+    """The claims of ``study`` still inconclusive on its first ``seeds`` seeds (``run --until-decided``)."""
+    from harness.report.runs import load_runs
+
+    claims = claims_table(load_runs(study, scale, tracking_uri, seeds=seeds))
+    return [c.claim for c in claims.itertuples() if c.verdict == "inconclusive"]

@@ -29,6 +29,7 @@ class StudyRuns:
     incomplete: list[str] = field(default_factory=list)  # finished runs lacking metrics: which, and what
     extra: int = 0  # finished trials of seeds beyond those counted (``seeds``), left out
     seeds: int = 1  # the seeds counted: the study's at the scale, or --seeds
+    looks: list[int] = field(default_factory=list)  # seed counts judged at by `run --until-decided`
 
     def params_of(self, variant: str) -> dict[str, Any]:
         """The model parameters ``variant`` ran with: logged with its run, or (no run yet) the
@@ -43,7 +44,8 @@ class StudyRuns:
         return self._resolved.get(variant, {})
 
 
-REQUIRED = ("mean_dice", "params", "gmacs")  # every finished trial logs these
+REQUIRED = ("mean_dice", "params", "gmacs")
+LOOKS = "until_decided_looks"  # the parent run's tag: the seed counts `run --until-decided` judged at  # every finished trial logs these
 
 
 def _tag_axes(v: VariantCfg) -> dict[str, str]:
@@ -66,8 +68,15 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
     runs = [] if exp is None else client.search_runs(
         [exp.experiment_id], f"tags.harness_role = 'trial' and tags.scale = '{scale}'", max_results=50000,
         order_by=["attributes.start_time DESC"])
-    wanted = seeds or study.scales[scale].seeds or study.seeds
     seen_seeds = 1 + max([int(r.data.tags.get("seed", 0)) for r in runs] or [0])
+    # A study run --until-decided is judged as it was run: sequentially over its looks, at the
+    # seeds of the last look reached.
+    last = [] if exp is None else client.search_runs(
+        [exp.experiment_id], f"tags.harness_role = 'study' and tags.scale = '{scale}'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    looks = [int(n) for n in last[0].data.tags.get(LOOKS, "").split(",") if n] if last else []
+    reached = [n for n in looks if n <= seen_seeds]
+    wanted = seeds or (reached[-1] if reached else 0) or study.scales[scale].seeds or study.seeds
     folds = 1 + max([int(r.data.tags.get("fold", 0)) for r in runs] or [0])
     # The study's trials as it stands, without building a model or reading data: only their hashes.
     specs = resolve(study, scale, max(wanted, seen_seeds), folds, check=False)
@@ -118,7 +127,8 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
             cases["variant"], cases["seed"] = row["variant"], row["seed"]
             frames.append(cases)
         per_case = pd.concat(frames, ignore_index=True) if frames else None
-    return StudyRuns(study, scale, trials, failed, stale, per_case, ran_with, incomplete, len(extra), wanted)
+    return StudyRuns(study, scale, trials, failed, stale, per_case, ran_with, incomplete, len(extra), wanted,
+                     [n for n in looks if n <= wanted])
 
 
 def evaluations(runs: StudyRuns, tracking_uri: str | None = None) -> pd.DataFrame:
