@@ -674,3 +674,29 @@ def test_a_read_only_reports_folder_or_working_directory_is_one_line(tmp_path, m
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Permission denied" in err and str(other) in err, err
     assert sorted(p.name for p in other.iterdir()) == ["s.yaml"]
+
+
+def test_the_index_counts_trained_results_apart_from_arithmetic_identities_and_conventions(tmp_path):
+    from harness.report import write_index
+    from harness.stats import ENGINE
+
+    def claim(text, verdict, kind=None, metric="mean_dice", source="paper"):
+        return {"claim": text, "verdict": verdict, "id": text, "source": source, "flag": "", "metric": metric,
+                **({"kind": kind} if kind else {})}
+
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "README.md").write_text("# s\n")
+    claims = [claim("a beats b", "reproduced", "result"), claim("c beats b", "inconclusive", "result"),
+              claim("fewer params", "reproduced", "arithmetic", "params"),
+              claim("older report, fewer MACs", "reproduced", None, "gmacs"),  # no kind: told by its metric
+              claim("merge keeps ET", "reproduced", "identity"), claim("FLOPs per voxel", "contradicted", "convention"),
+              claim("read off the table", "inconclusive", "result", source="reading")]
+    (tmp_path / "s" / "claims.json").write_text(json.dumps({"scale": "quick", "engine": ENGINE, "claims": claims}))
+    write_index(tmp_path)
+    md = (tmp_path / "index.md").read_text()
+    assert ("  - trained results (the headline): 2: 1 reproduced, 1 inconclusive; were every one of these "
+            "comparisons null, about 0.1 would read reproduced and as many contradicted by chance") in md, md
+    assert "  - arithmetic on exact costs (no training): 2: 2 reproduced" in md
+    assert "  - identities that hold by construction (not verdicts on training): 1: 1 reproduced" in md
+    assert "  - counting conventions that differ from the paper's (both counts in the report): 1: 1 contradicted" in md
+    assert "- At quick scale, our readings of the papers' tables: 1 distinct comparisons (1 claim rows): 1 inconclusive" in md

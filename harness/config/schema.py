@@ -355,9 +355,16 @@ class ClaimCfg(_Strict):
     margin: float = 0.0
     measure: Literal["difference", "ratio"] = "difference"
     value: Optional[float] = None  # the stated magnitude of an ``equal`` claim (default: 0, or 1 for a ratio)
-    # paper: the paper states it; ours: a check of our own (a sanity check, a procedure the paper
-    # does not ablate). The index counts the two apart.
-    source: Literal["paper", "ours"] = "paper"
+    # paper: the paper states it; reading: our reading of the paper's table, which its text does
+    # not state; ours: a check of our own (a sanity check, a procedure the paper does not
+    # ablate). The index counts each apart.
+    source: Literal["paper", "reading", "ours"] = "paper"
+    # What the verdict is about, counted apart in the index: result (what training gave; timed
+    # costs too), identity (holds by construction: BraTS 2020's merge leaves ET and TC as they
+    # were; not a verdict on training), convention (the paper counts otherwise than we do: its
+    # "FLOPs per voxel" against our MACs). Exact costs (parameters, MACs) are arithmetic whatever
+    # this says.
+    kind: Literal["result", "identity", "convention"] = "result"
     # The comparison's name where several studies judge it (ConResNet vs its baseline in Tables
     # III-V): claims sharing an id within a paper count once in the index.
     id: Optional[str] = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")

@@ -207,7 +207,9 @@ def judge_claim(runs: "StudyRuns", claim) -> dict[str, Any]:
               f"{name} ≥ (−{claim.margin:g})" if claim.direction == "noninferior" else
               f"{name} < {1 - claim.margin:g}" if ratio and claim.direction == "lower" else
               f"{name} > {1 + claim.margin:g}" if ratio else name)
+    exact = ratio or (not per_case and claim.metric in EXACT_COSTS)
     return {"claim": claim.text, "where": claim.where, "source": claim.source, "id": claim_id(runs.study, claim),
+            "kind": claim.kind if claim.kind != "result" else "arithmetic" if exact else "result",
             "metric": metric, "verdict": verdict, "flag": flag, "effect": r["delta"], "ci_low": lo, "ci_high": hi,
             "detectable": found, "paper": paper, "cases": r["cases"], "seeds": r["seeds"],
             "seeds_needed_paper": needed["paper"], "seeds_needed_observed": needed["observed"],
@@ -227,7 +229,7 @@ def claim_id(study: StudyCfg, claim) -> str:
 
 # The most seeds ``seeds_needed`` looks at: beyond it a claim is out of any training budget.
 MOST_SEEDS = 1000
-CLAIM_COLUMNS = ["claim", "where", "source", "id", "metric", "verdict", "flag", "effect", "ci_low", "ci_high",
+CLAIM_COLUMNS = ["claim", "where", "source", "id", "kind", "metric", "verdict", "flag", "effect", "ci_low", "ci_high",
                  "detectable", "paper", "cases", "seeds", "seeds_needed_paper", "seeds_needed_observed", "failed_seeds",
                  "verdict_trained", "note"]
 
@@ -314,17 +316,44 @@ def comparisons(claims: list[dict], source: str) -> pd.DataFrame:
     report), across studies that share the id the common verdict, or ``mixed``."""
     rows = [c for c in claims if c.get("source", "paper") == source]
     if not rows:
-        return pd.DataFrame(columns=["id", "verdict", "studies", "flag"])
+        return pd.DataFrame(columns=["id", "verdict", "studies", "flag", "kind"])
     df = pd.DataFrame(rows)
-    for col in ("id", "flag"):  # reports written before claims carried them
+    for col in ("id", "flag", "kind"):  # reports written before claims carried them
         df[col] = df[col] if col in df else None
     df["id"] = df["id"].where(df["id"].notna(), df.study + ":" + df.claim)
     df["flag"] = df["flag"].fillna("")
+    # Reports written before claims carried their kind: exact costs by their metric, else results.
+    metric = df["metric"] if "metric" in df else pd.Series("", index=df.index)
+    df["kind"] = df["kind"].where(df["kind"].notna(), metric.map(
+        lambda m: "arithmetic" if str(m).split(" ")[0] in EXACT_COSTS else "result"))
     first = df.groupby(["id", "study"], sort=False).first().reset_index()
     return first.groupby("id", sort=False).agg(
         verdict=("verdict", lambda v: v.iloc[0] if v.nunique() == 1 else "mixed"),
         studies=("study", lambda v: ", ".join(v)),
-        flag=("flag", lambda f: "underpowered" if (f == "underpowered").all() else "")).reset_index()
+        flag=("flag", lambda f: "underpowered" if (f == "underpowered").all() else ""),
+        kind=("kind", "first")).reset_index()
+
+
+# The index's headline and what it counts apart, in order (``ClaimCfg.kind`` and exact costs).
+KINDS = {"result": "trained results (the headline)", "arithmetic": "arithmetic on exact costs (no training)",
+         "identity": "identities that hold by construction (not verdicts on training)",
+         "convention": "counting conventions that differ from the paper's (both counts in the report)"}
+
+
+def kind_counts(comp: pd.DataFrame, level: float = stats_.LEVEL) -> list[str]:
+    """The index's lines for one scale and source: each kind's verdicts, and for trained results
+    how many decided verdicts chance alone would give (each side 2.5% of null comparisons)."""
+    lines = []
+    for kind, label in KINDS.items():
+        part = comp[comp.kind == kind]
+        if part.empty:
+            continue
+        line = f"{label}: {len(part)}: {_counts(part.to_dict('records'))}"
+        if kind == "result":
+            line += (f"; were every one of these comparisons null, about {len(part) * (1 - level) / 2:.1f} would "
+                     f"read reproduced and as many contradicted by chance")
+        lines.append(line)
+    return lines
 
 
 def undecided(study: StudyCfg, scale: str, seeds: int, tracking_uri: str | None = None) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from harness import stats as stats_
 from harness.config import ConfigError, load_study, with_data_roots
 from harness.report.claims import (VERDICT_LEGEND, _claims_of, _counts, claims_markdown, claims_table, comparisons,
-                                   md_text, reading_guide)
+                                   kind_counts, md_text, reading_guide)
 from harness.report.failures import failure_table
 from harness.report.plots import LOADED, plots
 from harness.report.runs import evaluations, load_runs, wall_time
@@ -160,12 +160,14 @@ def write_index(reports: Path) -> None:
     totals = []
     for scale in sorted(by_scale, key=lambda s: SCALE_ORDER.index(s) if s in SCALE_ORDER else len(SCALE_ORDER)):
         everything = by_scale[scale]
-        for source, label in (("paper", "the papers' claims"), ("ours", "our own checks")):
+        for source, label in (("paper", "the papers' claims"), ("reading", "our readings of the papers' tables"),
+                              ("ours", "our own checks")):
             comp = comparisons(everything, source)
             if len(comp):
                 n = len([c for c in everything if c.get("source", "paper") == source])
                 totals.append(f"- At {scale} scale, {label}: {len(comp)} distinct comparisons ({n} claim rows): "
                               f"{_counts(comp.to_dict('records'))}")
+                totals += [f"  - {line}" for line in kind_counts(comp)]
     if older:
         totals.append(f"- Not in these totals: {len(older)} reports judged by an earlier engine (a percentile "
                       f"bootstrap, too liberal at 2-3 seeds: docs/calibration.md) and not yet re-run: "
@@ -180,7 +182,7 @@ def write_index(reports: Path) -> None:
     _replace(reports / "index.md", "\n".join(md) + "\n")
     esc = html_lib.escape
     page = ["<html><head><meta charset='utf-8'><title>harness reports</title></head><body><h1>Reports</h1>"]
-    page += [f"<p>{esc(_plain(t.removeprefix('- ')))}</p>" for t in totals] + ["<ul>"]
+    page += [f"<p>{esc(_plain(t.strip().removeprefix('- ')))}</p>" for t in totals] + ["<ul>"]
     page += [f"<li><a href='{esc(name)}/{'table.html' if (reports / name / 'table.html').exists() else 'README.md'}'>"
              f"{esc(name)}</a>: {esc(_plain(title + v))}</li>" for name, title, v in entries]
     page.append("</ul></body></html>")
