@@ -310,7 +310,7 @@ def test_report_from_mlflow_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert main(["report", "s.yaml", "--format", "md,html,tex,csv", "--verify"]) == 0
     out = tmp_path / "reports" / "local" / "grid"
     for f in ("README.md", "table.md", "table.html", "table.tex", "table.csv", "trials.csv", "stats.csv",
-              "accuracy_vs_cost.png", "dice_per_region.png", "learning_curves.png"):
+              "accuracy_vs_cost.png", "dice_per_region.png", "learning_curves.png", "seeds.png"):
         assert (out / f).exists(), f
     table = (out / "table.md").read_text()
     assert "**90.0**" in table and "| A " in table

@@ -143,6 +143,8 @@ def plots(runs: StudyRuns, out: Path, tracking_uri: str | None = None) -> list[s
     if accuracy_vs_cost(t, task_of, f"{runs.study.name} @ {runs.scale}", out / "accuracy_vs_cost.png"):
         files.append("accuracy_vs_cost.png")
     files += axis_curves(runs, out)
+    if seed_strip(t, out / "seeds.png"):
+        files.append("seeds.png")
     region_cols = [c for c in t.columns if c.startswith("dice_")]
     if region_cols:
         long = t.melt(id_vars=["variant"], value_vars=region_cols, var_name="region", value_name="dice")
@@ -176,6 +178,34 @@ def plots(runs: StudyRuns, out: Path, tracking_uri: str | None = None) -> list[s
         plt.close(g.figure)
         files.append("learning_curves.png")
     return files
+
+
+def seed_strip(trials: pd.DataFrame, path: Path) -> bool:
+    """Every seed's mean Dice per variant, seeds that failed to train (``failed_to_train``) as
+    red crosses: what a mean ± sd hides."""
+    if trials.empty or "mean_dice" not in trials:
+        return False
+    import matplotlib.pyplot as plt
+
+    variants = list(dict.fromkeys(trials.variant))
+    failed = trials.failed_to_train if "failed_to_train" in trials else pd.Series(False, index=trials.index)
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(variants)), 3.5))
+    for i, v in enumerate(variants):
+        rows = trials[trials.variant == v]
+        for ok, marker, colour in ((True, "o", "tab:blue"), (False, "x", "tab:red")):
+            part = rows[failed[rows.index] != ok]
+            jitter = [(k - (len(part) - 1) / 2) * 0.06 for k in range(len(part))]
+            ax.scatter([i + j for j in jitter], part.mean_dice, marker=marker, color=colour, s=22,
+                       label=("trained" if ok else "failed to train") if i == 0 else None, zorder=3)
+        ax.hlines(rows.mean_dice.mean(), i - 0.3, i + 0.3, color="grey", lw=1, label="mean" if i == 0 else None)
+    ax.set_xticks(range(len(variants)), variants, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("mean Dice (%) per seed")
+    if failed.any():
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def _numeric(label: str) -> float | None:
