@@ -48,3 +48,13 @@ def read_only(monkeypatch):
                              (os, "open", _os_open)):
         monkeypatch.setattr(target, name, fn)
     return lambda folder: folders.append(os.path.realpath(folder))
+
+
+@pytest.fixture
+def tiny_study():
+    """A one-variant study of a tiny pointwise GSP net at smoke (``helpers.BASE``), a fresh copy."""
+    import copy
+
+    from helpers import BASE
+
+    return copy.deepcopy(BASE)

@@ -21,7 +21,7 @@ from harness.families.brats2020_unet.cbam import CBAM3d
 from harness.optim import SCHEDULES
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_recipe import spec  # noqa: E402
+from helpers import spec  # noqa: E402
 
 # docs/architectures.md: the authors' EquiUnet at width 48, 4 in / 3 out.
 COUNTS = [({}, 23_152_563), ({"norm": "instance"}, 23_152_563), ({"deep_supervision": True}, 23_154_735),

@@ -6,7 +6,7 @@ import yaml
 
 from harness.cli import main
 
-from test_config import BASE
+from helpers import BASE
 
 
 def test_dry_run_lists_trials_and_compute_and_writes_nothing(tmp_path, monkeypatch, capsys):

@@ -7,19 +7,9 @@ import yaml
 
 from harness.cli import main
 from harness.config import ConfigError, StudyCfg, load_study, resolve, variants
+from helpers import BASE, STUDIES
 
-STUDIES = sorted(Path(__file__).parents[1].joinpath("studies").glob("*.yaml"))
 
-BASE = {
-    "name": "tiny",
-    "paper": "gsp_conv",
-    "title": "tiny",
-    "data": {"dataset": "synthetic_organ", "params": {"n_cases": 4, "shape": [16, 32, 32]}},
-    "model": {"name": "gsp_unet", "params": {"conv": "pointwise", "widths": [4, 4, 8, 8, 8]}},
-    "variants": [{"name": "pw"}],
-    "train": {"patch": [16, 32, 32], "epochs": 1, "steps_per_epoch": 1, "batch_size": 1},
-    "scales": {"smoke": {}, "quick": {}, "paper": {}},
-}
 
 
 def write(tmp_path, study, name="s.yaml"):
@@ -231,7 +221,7 @@ def test_bad_tasks_exit_2(tmp_path, monkeypatch, capsys, change, message):
 
 
 def test_folds_expand_folder_data_sets_only(tmp_path, monkeypatch):
-    from test_folders import make_msd
+    from helpers import make_msd
 
     monkeypatch.chdir(tmp_path)  # the split file is written under ./splits
 

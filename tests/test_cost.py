@@ -108,7 +108,7 @@ def test_a_net_the_counter_cannot_cost_is_refused_at_dry_run_naming_the_op(tmp_p
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
     assert main(["run", "s.yaml", "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert "variant 'v' cannot be costed" in err and "aten::cumsum" in err and "COST_HANDLES.register" in err
+    assert "variant 'v' (model 'cumsum_net'): cannot be costed" in err and "aten::cumsum" in err and "COST_HANDLES.register" in err
     assert not (tmp_path / "mlflow.db").exists()
 
 

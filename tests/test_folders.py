@@ -12,40 +12,9 @@ from harness.config import CostCfg, DataCfg, ModelCfg, ResourcesCfg, TrainCfg, T
 from harness.data import build_task
 from harness.data.folders import check_folder, detect_format
 from harness.train import run_trial
-
-SHAPE = (24, 20, 12)  # x, y, z as stored; arrays come out (C, z, y, x)
-
-
-def _volumes(rng, channels: int, labels: tuple[int, ...]):
-    """Images with a zero border (so foreground cropping has work) and a label map of cubes."""
-    img = np.zeros((*SHAPE, channels), np.float32)
-    img[2:-2, 2:-2, 1:-1] = rng.normal(100, 20, (SHAPE[0] - 4, SHAPE[1] - 4, SHAPE[2] - 2, channels))
-    lab = np.zeros(SHAPE, np.uint8)
-    for i, v in enumerate(labels):
-        x = 4 + 6 * i  # inside the non-zero box for up to three labels
-        lab[x:x + 5, 6:14, 3:9] = v
-        img[x:x + 5, 6:14, 3:9] += 40.0 * (i + 1)
-    return img, lab
+from helpers import write_nii, volumes, make_msd
 
 
-def _nii(path, data, spacing=(1.0, 1.0, 2.0)):
-    nib.save(nib.Nifti1Image(data, np.diag([*spacing, 1.0])), str(path))
-
-
-def make_msd(root, n=5, channels=1, seed=0):
-    rng = np.random.default_rng(seed)
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    training = []
-    for i in range(n):
-        img, lab = _volumes(rng, channels, (1, 2))
-        _nii(root / "imagesTr" / f"prostate_{i:02d}.nii.gz", img if channels > 1 else img[..., 0])
-        _nii(root / "labelsTr" / f"prostate_{i:02d}.nii.gz", lab)
-        training.append({"image": f"./imagesTr/prostate_{i:02d}.nii.gz", "label": f"./labelsTr/prostate_{i:02d}.nii.gz"})
-    meta = {"name": "Prostate", "modality": {str(c): m for c, m in zip(range(channels), ["T2", "ADC"])},
-            "labels": {"0": "background", "1": "PZ", "2": "TZ"}, "numTraining": n, "training": training}
-    (root / "dataset.json").write_text(json.dumps(meta))
-    return root
 
 
 def make_brats(root, n=5, seed=0):
@@ -53,10 +22,10 @@ def make_brats(root, n=5, seed=0):
     for i in range(n):
         d = root / f"BraTS20_Training_{i:03d}"
         d.mkdir(parents=True)
-        img, lab = _volumes(rng, 4, (2, 1, 4))
+        img, lab = volumes(rng, 4, (2, 1, 4))
         for c, m in enumerate(("t1", "t1ce", "t2", "flair")):
-            _nii(d / f"{d.name}_{m}.nii.gz", img[..., c])
-        _nii(d / f"{d.name}_seg.nii.gz", lab)
+            write_nii(d / f"{d.name}_{m}.nii.gz", img[..., c])
+        write_nii(d / f"{d.name}_seg.nii.gz", lab)
     return root
 
 
@@ -64,7 +33,7 @@ def make_promise12(root, n=5, seed=0):
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True)
     for i in range(n):
-        img, lab = _volumes(rng, 1, (1,))
+        img, lab = volumes(rng, 1, (1,))
         for name, a in ((f"Case{i:02d}.mhd", img[..., 0]), (f"Case{i:02d}_segmentation.mhd", lab)):
             im = sitk.GetImageFromArray(np.ascontiguousarray(a.transpose(2, 1, 0)))  # numpy (z, y, x)
             im.SetSpacing((0.6, 0.6, 2.0))
@@ -161,24 +130,24 @@ def _break(kind, root):
     if kind == "missing":
         f.unlink()
     elif kind == "shape":
-        _nii(f, np.zeros((24, 20, 10), np.uint8))
+        write_nii(f, np.zeros((24, 20, 10), np.uint8))
     elif kind == "affine":
-        _nii(f, np.asarray(nib.load(str(f)).dataobj), spacing=(1.0, 1.0, 3.0))
+        write_nii(f, np.asarray(nib.load(str(f)).dataobj), spacing=(1.0, 1.0, 3.0))
     elif kind == "labels":
         lab = np.asarray(nib.load(str(f)).dataobj).copy()
         lab[0, 0, 0] = 7
-        _nii(f, lab)
+        write_nii(f, lab)
     elif kind == "truncated":
         data = (root / "imagesTr" / "prostate_01.nii.gz").read_bytes()
         (root / "imagesTr" / "prostate_01.nii.gz").write_bytes(data[: len(data) // 2])
     elif kind == "channels":
         img = root / "imagesTr" / "prostate_01.nii.gz"
-        _nii(img, np.stack([np.asarray(nib.load(str(img)).dataobj)] * 2, -1))
+        write_nii(img, np.stack([np.asarray(nib.load(str(img)).dataobj)] * 2, -1))
     elif kind == "nan":
         img = root / "imagesTr" / "prostate_01.nii.gz"
         a = np.asarray(nib.load(str(img)).dataobj).copy()
         a[5, 5, 2:10] = np.nan
-        _nii(img, a)
+        write_nii(img, a)
     elif kind in ("no list", "entry"):
         meta = json.loads((root / "dataset.json").read_text())
         if kind == "no list":

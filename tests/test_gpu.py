@@ -15,8 +15,8 @@ from harness.families.gsp_conv.group_shift import group_shift
 from harness.families.gsp_conv.group_shift import _apply, _apply_rows
 from harness.train import build_trial, pick_device, run_trial
 
-from test_group_shift import literal_eqs
-from test_recipe import spec
+from helpers import literal_eqs
+from helpers import spec
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 CUDA = torch.device("cuda")

@@ -11,30 +11,14 @@ from harness.cache import cache_dir
 from harness.families.gsp_conv.group_shift import GroupShift, group_shift
 from harness.families.gsp_conv.group_shift import _METHOD, _apply, _apply_kernel, _apply_rows, _kernel
 from harness.ops import native
+from helpers import literal_eqs
 
 needs_kernel = pytest.mark.skipif(_kernel() is None, reason="no C compiler: the kernel realisation is not built")
 METHODS = ["box", "rows", pytest.param("kernel", marks=needs_kernel)]
 gs_module = importlib.import_module("harness.families.gsp_conv.group_shift")  # the module (harness.families.gsp_conv.group_shift is also the function)
 
 
-def literal_eqs(x, groups, ratio):
-    """Eqs. 1-8 voxel by voxel, written as printed in the paper."""
-    N, C, D, H, W = x.shape
-    gd, gh, gw = groups
-    d, h, w = D // gd, H // gh, W // gw
-    G = gd * gh * gw
-    cs = int(ratio * C)
-    cg = max(1, cs // G)
-    out = x.clone()
-    for c, X, Y, Z in itertools.product(range(cs), range(D), range(H), range(W)):
-        cur = X // d + (Y // h) * gd + (Z // w) * gd * gh  # Eq. 2
-        step = c // cg  # Eq. 3
-        s = (cur + step) % G  # Eq. 4
-        x2 = (s % gd) * d + X % d  # Eq. 5
-        y2 = ((s % (gd * gh)) // gd) * h + Y % h  # Eq. 6
-        z2 = (s // (gd * gh)) * w + Z % w  # Eq. 7
-        out[:, c, x2, y2, z2] = x[:, c, X, Y, Z]  # Eqs. 1, 8
-    return out
+
 
 
 def test_hand_worked_2x2_in_plane():

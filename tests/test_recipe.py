@@ -9,24 +9,20 @@ import torch
 from monai.losses import DiceLoss
 
 from harness.callbacks import SWA, LoopContext
-from harness.config import (ComponentCfg, ConfigError, CostCfg, DataCfg, DeepSupervisionCfg, ModelCfg, ParamGroupCfg,
-                            ResourcesCfg, TrainCfg, TrialSpec, check_train, spec_hash)
+from harness.config import (ComponentCfg, ConfigError, DeepSupervisionCfg, ParamGroupCfg,
+                            TrainCfg, TrialSpec, check_train, spec_hash)
 from harness.contract import TrainState, as_outputs, classes_of, regions_of
 from harness.families.conresnet.transforms import SignedDistance
 from harness.losses import build_loss
 from harness.optim import build_optimizer
 from harness.train import build_trial, run_trial, train_step
 
+from helpers import spec
+
 sys.path.insert(0, str(Path(__file__).parent / "plugins"))
 
 
-def spec(model="gsp_unet", params=None, data=("synthetic_organ", {"n_cases": 5, "shape": [16, 32, 32]}), **train):
-    params = {"widths": [4, 8, 8, 16, 16], "insert": "CSC",
-              "groups": [[2, 2, 2], [1, 2, 2], [1, 2, 2], [1, 1, 1], [1, 1, 1]]} if params is None else params
-    train = {"patch": [16, 32, 32], "epochs": 2, "steps_per_epoch": 4, "batch_size": 2, **train}
-    return TrialSpec(study="t", scale="smoke", key="k", variant="v", tags={}, seed=0,
-                     data=DataCfg(dataset=data[0], params=data[1]), model=ModelCfg(name=model, params=params),
-                     train=TrainCfg(**train), cost=CostCfg(latency=False), resources=ResourcesCfg(cpu=1))
+
 
 
 # Final validation Dice of two fixed-seed CPU trials, recorded with the closed recipe (before

@@ -14,7 +14,7 @@ from harness.cost import cost_report, count_params
 from harness.data import build_task
 from harness.models import build_model
 from harness.report import StudyRuns, check_pinned, layout_table, paired_test, pareto_front, summarise, verify
-from test_config import STUDIES
+from helpers import STUDIES
 from harness.tracking import Tracker
 
 GRID = {

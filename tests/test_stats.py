@@ -10,7 +10,7 @@ from scipy import stats as sp
 from harness import stats
 from harness.config import StudyCfg, load_study, resolve
 from harness.report import StudyRuns, claims_table
-from test_config import STUDIES
+from helpers import STUDIES
 
 REPS = 1000  # per design and noise pattern; the rates' simulation sd at 0.025 is 0.005
 

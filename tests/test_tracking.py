@@ -6,7 +6,6 @@ import pytest
 import yaml
 
 from harness.cli import main
-from test_config import BASE
 
 
 def test_two_processes_create_one_store_together(tmp_path):
@@ -19,9 +18,9 @@ def test_two_processes_create_one_store_together(tmp_path):
     assert len({o.strip() for o, _ in outs}) == 1  # one experiment, found or created by each
 
 
-def test_a_damaged_store_is_refused_in_one_line_before_ray_starts(tmp_path, monkeypatch, capsys):
+def test_a_damaged_store_is_refused_in_one_line_before_ray_starts(tmp_path, monkeypatch, capsys, tiny_study):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(BASE, sort_keys=False))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(tiny_study, sort_keys=False))
     (tmp_path / "mlflow.db").write_bytes(b"SQLite format 3\x00" + bytes(200))  # a header, then nothing
     import harness.tune
 
@@ -36,23 +35,23 @@ def test_a_damaged_store_is_refused_in_one_line_before_ray_starts(tmp_path, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "s.yaml"]
 
 
-def test_a_study_run_twice_at_once_is_refused_naming_the_holder(tmp_path, monkeypatch, capsys):
+def test_a_study_run_twice_at_once_is_refused_naming_the_holder(tmp_path, monkeypatch, capsys, tiny_study):
     # Two `--resume`s at once would each train every trial left: the second exits 2, and the
     # lock goes with its holder (closing it, as a process ending does, frees it).
     from harness.tracking import hold_lock
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(BASE, sort_keys=False))
-    held = hold_lock(None, f"{BASE['name']}@smoke", "first")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(tiny_study, sort_keys=False))
+    held = hold_lock(None, f"{tiny_study['name']}@smoke", "first")
     import harness.tune
 
     monkeypatch.setattr(harness.tune, "check_capacity", lambda *a, **k: None)  # the lock is taken after it
     assert main(["run", "s.yaml", "--resume"]) == 2
     err = capsys.readouterr().err
-    assert f"{BASE['name']}@smoke is being run already by pid " in err and "since" in err
+    assert f"{tiny_study['name']}@smoke is being run already by pid " in err and "since" in err
     assert not (tmp_path / "mlflow.db").exists()  # refused before the store is touched
     held.close()
-    again = hold_lock(None, f"{BASE['name']}@smoke", "second")  # free once its holder is gone
+    again = hold_lock(None, f"{tiny_study['name']}@smoke", "second")  # free once its holder is gone
     again.close()
 
 
@@ -81,11 +80,11 @@ def test_a_store_killed_while_its_schema_is_created_is_absent_or_whole(tmp_path,
     assert not leftovers
 
 
-def test_a_half_created_or_older_store_is_one_line_in_every_command(tmp_path, monkeypatch, capsys):
+def test_a_half_created_or_older_store_is_one_line_in_every_command(tmp_path, monkeypatch, capsys, tiny_study):
     import sqlite3
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(BASE))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(tiny_study))
     with sqlite3.connect(tmp_path / "mlflow.db") as db:  # what a kill during MLflow's own creation left
         db.execute("CREATE TABLE trace_info (id TEXT)")
     for argv in (["run", "s.yaml"], ["report", "s.yaml"], ["evaluate", "s.yaml"]):
