@@ -118,6 +118,20 @@ def _at_proxy(spec: TrialSpec, task: Task, measure) -> tuple[float, float, nn.Mo
     raise ValueError(f"patch {cfg.patch}: no size to measure at")
 
 
+def proxy_patch(spec: TrialSpec, task: Task) -> list[int]:
+    """The shrunk patch ``_at_proxy`` measures at: the smallest the model runs at in evaluation."""
+    seen = []
+
+    def run(model, shape):
+        with torch.no_grad():
+            model.eval()(torch.zeros(*shape))
+        seen.append(shape[2:])
+        return 0
+
+    _at_proxy(spec, task, run)
+    return seen[-1]
+
+
 def proxy_macs(spec: TrialSpec, task: Task) -> float:
     """Forward MACs of a training batch (``_at_proxy``): exact for nets whose every op scales
     with the voxels (convolutions, norms, upsampling), an estimate for the rest (a fully
@@ -202,6 +216,8 @@ def preflight(spec: TrialSpec, task: Task, check_loss: bool = True) -> tuple[flo
     supervision's heads, ``train.aux_losses``), the loss computed on a random batch; an
     evaluation pass at ``cost.input`` when it differs from the patch, for a plugin's net (one
     built for one size fails there); the MACs on ``_at_proxy``'s shrunk patch (an op without a cost handle).
+    A built-in family's passes run at that shrunk patch too: its nets are tested at their
+    studies' patches, and a paper-sized pass takes minutes on the driver's CPU.
 
     Returns (MACs of a training batch, notes: outputs the loss will not read); raises
     ``PreflightError`` naming what failed and what to change. Failures of the MAC count other
@@ -218,28 +234,35 @@ def preflight(spec: TrialSpec, task: Task, check_loss: bool = True) -> tuple[flo
         build_checked_model(spec.model, cfg.patch, "", cfg.output, task.in_channels, out_ch)
     except ConfigError as e:
         raise PreflightError(str(e)) from None
-    model = _step("building it", lambda: trial_model(spec, task))
-    x = torch.zeros(1, task.in_channels, *cfg.patch)
+    builtin = MODELS.get(spec.model.name).__module__.startswith("harness.")
+    patch = cfg.patch
+    if builtin:
+        try:
+            patch = proxy_patch(spec, task)
+        except Exception:  # noqa: BLE001  no smaller size runs: the passes at the patch say why
+            pass
+    run = spec.model_copy(update={"train": cfg.model_copy(update={"patch": patch, "batch_size": 1})})
+    model = _step("building it", lambda: trial_model(run, task))
+    x = torch.zeros(1, task.in_channels, *patch)
     fit = "a train.patch its strides divide (and, for a net built for one input size, that size)"
     adapters = f"train.outputs ({', '.join(adapter_names())}; docs/bring_your_own_net.md)"
-    want = (1, out_ch, *cfg.patch)
+    want = (1, out_ch, *patch)
     with torch.no_grad():
-        seg = _step(f"an evaluation pass at the patch {cfg.patch}", lambda: model.eval()(x), f"choose {fit}")
+        seg = _step(f"an evaluation pass at the patch {patch}", lambda: model.eval()(x), f"choose {fit}")
         if not isinstance(seg, torch.Tensor) or tuple(seg.shape) != want:
             raise PreflightError(f"in evaluation it returned {describe(seg)}, the inferers need the segmentation "
                                  f"{want}; choose {adapters}")
-        outs = _step(f"a training pass at the patch {cfg.patch}", lambda: as_outputs(model.train()(x)),
+        outs = _step(f"a training pass at the patch {patch}", lambda: as_outputs(model.train()(x)),
                      f"choose {adapters}")
         main = main_output(outs)
         if not isinstance(main, torch.Tensor) or main.shape[:2] != (1, out_ch) or (
-                list(main.shape[2:]) != list(cfg.patch) and "target_at" not in outs):
+                list(main.shape[2:]) != list(patch) and "target_at" not in outs):
             raise PreflightError(f"in training its segmentation (first output) is {describe(main)}, not {want}; "
                                  f"choose {adapters}")
         if check_loss:
-            one = spec.model_copy(update={"train": cfg.model_copy(update={"batch_size": 1})})
             loss = build_loss(cfg.loss, cfg.output, cfg.deep_supervision, cfg.aux_losses)
             if not hasattr(loss, "fit"):  # a loss fitted to the training labels needs the data
-                batch = random_batch(one, task)
+                batch = random_batch(run, task)
                 batch["label"] = batch["label"].float()
                 _step("the loss on its training outputs", lambda: loss(outs, batch, TrainState()),
                       f"turn the net's own deep supervision on, or choose {adapters} and train.aux_losses")
@@ -247,9 +270,8 @@ def preflight(spec: TrialSpec, task: Task, check_loss: bool = True) -> tuple[flo
             "set train.deep_supervision to train its heads" if k == "deep" else
             f"add it with train.aux_losses: {{{k}: WEIGHT}}") for k in
             unused_outputs(model, outs, cfg.deep_supervision, cfg.aux_losses)]
-        # The built-in families are tested at their studies' cost inputs (a paper-sized pass takes
-        # minutes on a CPU); a plugin's net may be built for one size and fail there.
-        builtin = MODELS.get(spec.model.name).__module__.startswith("harness.")
+        # The built-in families are tested at their studies' cost inputs; a plugin's net may be
+        # built for one size and fail there.
         if spec.cost.input and list(spec.cost.input[2:]) != list(cfg.patch) and not builtin:
             size = list(spec.cost.input[2:])
             _step(f"an evaluation pass at cost.input's {size}",
