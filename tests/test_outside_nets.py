@@ -55,7 +55,12 @@ def test_the_cpu_conv_route_takes_a_plugins_net_only_when_the_study_asks(monkeyp
 
 @pytest.mark.slow
 def test_monai_nets_run_are_costed_and_report_without_a_harness_edit(tmp_path):
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(STUDY))
+    # The plugin's wrapped nets and MONAI's stock DynUNet (deep supervision heads stacked) and
+    # SegResNetVAE (a (seg, vae_loss) pair) in one run: every output convention read end to end.
+    stock = [DYN, VAE] + ([UNETR] if _einops() else [])
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({**STUDY, "plugins": ["monai_family", "monai_stock"],
+                                                     "variants": STUDY["variants"] + stock,
+                                                     "train": {**STUDY["train"], "loss": "dice"}}))  # per head
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": os.pathsep.join(
         [str(PLUGINS), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
@@ -68,7 +73,7 @@ def test_monai_nets_run_are_costed_and_report_without_a_harness_edit(tmp_path):
     r = harness("report", "s.yaml", "--out", "reports")
     assert r.returncode == 0, r.stdout + r.stderr
     trials = pd.read_csv(tmp_path / "reports" / "outside_nets" / "trials.csv").set_index("variant")
-    assert set(trials.index) == {"gsp", "unet", "basic"}
+    assert set(trials.index) == {"gsp", "unet", "basic", *(v["name"] for v in stock)}
     assert (trials.gmacs > 0).all() and (trials.params > 0).all() and trials.mean_dice.notna().all()
     r = harness("cost", "monai_unet", "--plugin", "monai_family", "--input", "1x1x16x32x32", "--json", "--no-latency")
     assert r.returncode == 0 and '"gmacs"' in r.stdout, r.stdout + r.stderr
@@ -155,23 +160,6 @@ def test_stock_monai_nets_are_costed_as_an_independent_counter_counts_them(monke
         assert (ours["untraced_macs"] > 0) == (name == "dynunet"), name
 
 
-@pytest.mark.slow
-def test_stock_monai_nets_run_end_to_end_at_smoke(tmp_path):
-    variants = [DYN, VAE] + ([UNETR] if _einops() else [])
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(stock(*variants)))
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": os.pathsep.join(
-        [str(PLUGINS), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    r = subprocess.run([sys.executable, "-m", "harness.cli", "run", "s.yaml", "-v", "0"], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    r = subprocess.run([sys.executable, "-m", "harness.cli", "report", "s.yaml", "--out", "reports"], cwd=tmp_path,
-                       env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    trials = pd.read_csv(tmp_path / "reports" / "stock_nets" / "trials.csv").set_index("variant")
-    assert set(trials.index) == {v["name"] for v in variants}
-    assert (trials.gmacs > 0).all() and trials.mean_dice.notna().all()
-
-
 def _refused(tmp_path, monkeypatch, capsys, study, *args) -> str:
     from harness.cli import main
 
@@ -187,7 +175,7 @@ def _refused(tmp_path, monkeypatch, capsys, study, *args) -> str:
 
 def test_a_net_that_needs_a_missing_package_is_refused_with_the_install_line(tmp_path, monkeypatch, capsys):
     if _einops():
-        pytest.skip("einops is installed: UNETR builds (test_stock_monai_nets_run_end_to_end_at_smoke runs it)")
+        pytest.skip("einops is installed: UNETR builds (test_monai_nets_run_are_costed_and_report_without_a_harness_edit runs it)")
     err = _refused(tmp_path, monkeypatch, capsys, stock(UNETR))
     assert "variant 'unetr' (model 'unetr')" in err and "needs the package einops: pip install einops" in err, err
     from harness.cli import main  # the cost command too: one line, no OptionalImportError traceback

@@ -169,19 +169,19 @@ def test_pareto_files_whatever_was_sampled_and_exported_knobs_keep_their_types(t
     from optuna.distributions import CategoricalDistribution, IntDistribution
     from optuna.trial import create_trial
 
-    from harness.search import _enc, write_pareto
+    from harness.search import encode, write_pareto
 
     knobs = {"net": {"choice": [{"model": "gsp_unet"}, {"model": "unet3d"}]},
              "base_width": {"int": [4, 8], "when": {"model": "unet3d"}}}
     space = Space(write(tmp_path, {**SPACE, "knobs": knobs}))
-    net = CategoricalDistribution([_enc(o) for o in knobs["net"]["choice"]])
+    net = CategoricalDistribution([encode(o) for o in knobs["net"]["choice"]])
     study = optuna.create_study(directions=["maximize", "minimize"])
-    study.add_trial(create_trial(params={"net": _enc({"model": "gsp_unet"})}, distributions={"net": net},
+    study.add_trial(create_trial(params={"net": encode({"model": "gsp_unet"})}, distributions={"net": net},
                                  values=[50.0, 1.0]))
     files = ("pareto.md", "pareto.png", "trials.csv", "pareto_variants.yaml")
     out = write_pareto(space, study, tmp_path / "a")  # unet3d and its knob never drawn
     assert all((out / f).exists() for f in files)
-    study.add_trial(create_trial(params={"net": _enc({"model": "unet3d"}), "base_width": 4},
+    study.add_trial(create_trial(params={"net": encode({"model": "unet3d"}), "base_width": 4},
                                  distributions={"net": net, "base_width": IntDistribution(4, 8)}, values=[60.0, 2.0]))
     out = write_pareto(space, study, tmp_path / "b")
     variants = yaml.safe_load((out / "pareto_variants.yaml").read_text())["variants"]
@@ -198,7 +198,7 @@ def _conditional_space(tmp_path, sampler):
 
 
 def test_the_default_sampler_on_a_conditional_space_is_not_random_and_adapts(tmp_path):
-    from harness.search import _sampler, sampler_name
+    from harness.search import make_sampler, sampler_name
 
     space = _conditional_space(tmp_path, {"seed": 3})
     assert space.conditional and sampler_name(space.cfg.sampler, True) == "tpe"
@@ -218,7 +218,7 @@ def test_the_default_sampler_on_a_conditional_space_is_not_random_and_adapts(tmp
             optuna.logging.set_verbosity(optuna.logging.INFO)
         return [t.params for t in study.trials], [t.values[0] for t in study.trials]
 
-    ours, ours_dice = run(_sampler(space.cfg.sampler, space.conditional))
+    ours, ours_dice = run(make_sampler(space.cfg.sampler, space.conditional))
     rand, rand_dice = run(optuna.samplers.RandomSampler(seed=3))
     assert ours != rand  # not random search in disguise
     # It adapts: its last 20 proposals score better than its first 20 and than random's last 20.
@@ -226,13 +226,13 @@ def test_the_default_sampler_on_a_conditional_space_is_not_random_and_adapts(tmp
 
 
 def test_sampler_options_reach_optuna(tmp_path):
-    from harness.search import _sampler
+    from harness.search import make_sampler
 
     space = _conditional_space(tmp_path, {"name": "nsga2", "population_size": 4, "mutation_prob": 0.3,
                                           "crossover_prob": 0.5})
-    sampler = _sampler(space.cfg.sampler, space.conditional)
+    sampler = make_sampler(space.cfg.sampler, space.conditional)
     assert isinstance(sampler, optuna.samplers.NSGAIISampler) and sampler._population_size == 4
-    tpe = _sampler(_conditional_space(tmp_path / "t", {"name": "tpe", "n_startup_trials": 3,
+    tpe = make_sampler(_conditional_space(tmp_path / "t", {"name": "tpe", "n_startup_trials": 3,
                                                        "constant_liar": False}).cfg.sampler, True)
     assert isinstance(tpe, optuna.samplers.TPESampler) and tpe._n_startup_trials == 3 and tpe._group
     assert not tpe._constant_liar
@@ -297,9 +297,9 @@ def test_nsga2_sampler_survives_pickling_as_ray_tune_does():
 
     from ray import cloudpickle
 
-    from harness.search import SamplerCfg, _sampler
+    from harness.search import SamplerCfg, make_sampler
 
-    sampler = _sampler(SamplerCfg(name="nsga2", seed=7, population_size=4), conditional=False)
+    sampler = make_sampler(SamplerCfg(name="nsga2", seed=7, population_size=4), conditional=False)
     for dumps in (pickle.dumps, cloudpickle.dumps):
         copy = pickle.loads(dumps(sampler))
         assert isinstance(copy, optuna.samplers.NSGAIISampler) and copy.population_size == 4
@@ -427,7 +427,7 @@ def test_the_searcher_tells_optuna_a_stopped_trial_pruned_and_a_raised_one_faile
 def test_a_search_across_families_asks_each_model_only_its_own_knobs(tmp_path):
     from optuna.distributions import CategoricalDistribution
 
-    from harness.search import _enc, write_pareto
+    from harness.search import encode, write_pareto
 
     nets = [{"model": "gsp_unet", "conv": "pointwise"}, {"model": "distill_dsm"}]
     space = Space(write(tmp_path, {**SPACE, "knobs": {
@@ -452,11 +452,11 @@ def test_a_search_across_families_asks_each_model_only_its_own_knobs(tmp_path):
     assert {space.model_of(p) for p in asked} == {"gsp_unet", "distill_dsm"}
     # The Pareto table and the exported variants name each point's model.
     done = optuna.create_study(directions=["maximize", "minimize"])
-    dist = {"net": CategoricalDistribution([_enc(n) for n in nets]), "insert": CategoricalDistribution(["CSC", "CCS"]),
+    dist = {"net": CategoricalDistribution([encode(n) for n in nets]), "insert": CategoricalDistribution(["CSC", "CCS"]),
             "alpha": CategoricalDistribution([0.25, 1.0])}
-    for params, dice, gmacs in (({"net": _enc(nets[0]), "insert": "CSC"}, 70.0, 2.0),
-                                ({"net": _enc(nets[1]), "alpha": 0.25}, 60.0, 1.0),
-                                ({"net": _enc(nets[1]), "alpha": 1.0}, 50.0, 1.5)):
+    for params, dice, gmacs in (({"net": encode(nets[0]), "insert": "CSC"}, 70.0, 2.0),
+                                ({"net": encode(nets[1]), "alpha": 0.25}, 60.0, 1.0),
+                                ({"net": encode(nets[1]), "alpha": 1.0}, 50.0, 1.5)):
         done.add_trial(optuna.trial.create_trial(params=params, distributions={k: dist[k] for k in params},
                                                  values=[dice, gmacs]))
     out = write_pareto(space, done, tmp_path / "out")
@@ -561,9 +561,9 @@ def test_a_run_of_the_base_study_maps_back_onto_the_space(tmp_path):
 
 
 def json_enc(v):
-    from harness.search import _enc
+    from harness.search import encode
 
-    return _enc(v)
+    return encode(v)
 
 
 @pytest.mark.slow
@@ -596,9 +596,9 @@ def test_strategies_compared_with_halving_and_a_warm_start(tmp_path, monkeypatch
     halving = optuna.load_study(study_name="tiny.halving", storage=storage).get_trials()
     stopped = [t for t in halving if t.state == state.PRUNED and "epochs" in t.user_attrs]
     assert stopped and all(t.user_attrs["epochs"] in (1, 2) for t in stopped)
-    from harness.search import SamplerCfg, _sampler
+    from harness.search import SamplerCfg, make_sampler
 
-    nsga2 = optuna.load_study(study_name="tiny", storage=storage, sampler=_sampler(SamplerCfg(**SPACE["sampler"]), True))
+    nsga2 = optuna.load_study(study_name="tiny", storage=storage, sampler=make_sampler(SamplerCfg(**SPACE["sampler"]), True))
     warm = [t for t in nsga2.get_trials() if "warm_start_run" in t.user_attrs][0]
     assert nsga2.sampler.get_trial_generation(nsga2, warm) == 0  # the genetic sampler's first generation
     out = tmp_path / "reports" / "local" / "tiny"
@@ -621,14 +621,14 @@ def test_constraints_keep_missing_trials_off_the_front_and_reach_the_sampler(tmp
     from optuna.trial import create_trial
 
     from harness.pareto import constraint_values
-    from harness.search import _sampler, write_pareto
+    from harness.search import make_sampler, write_pareto
     from harness.tune import _fresh_optuna_search
 
     assert constraint_values([("mean_dice", 50, None), ("gmacs", None, 2.0)], {"mean_dice": 40.0, "gmacs": 1.5}) \
         == [10.0, -0.5]
     space = Space(write(tmp_path, {**SPACE, "knobs": {"insert": {"choice": ["CSC", "CCS", "CSCS"]}},
                                    "constraints": [{"metric": "mean_dice", "min": 50}]}))
-    sampler = _sampler(space.cfg.sampler, space.conditional, constrained=True)
+    sampler = make_sampler(space.cfg.sampler, space.conditional, constrained=True)
     assert sampler._constraints_func is not None
     study = optuna.create_study(directions=["maximize", "minimize"])
     dist = {"insert": CategoricalDistribution(["CSC", "CCS", "CSCS"])}

@@ -37,13 +37,22 @@ def harness(cwd, *args):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("study", ["brats20_table4", "conres_table1_brats18"])
-def test_a_challenge_study_writes_one_brats_label_map_per_case_on_its_grid(tmp_path, study):
+def test_a_challenge_study_writes_one_brats_label_map_per_case_on_its_grid(tmp_path, monkeypatch, capsys, study):
+    from harness.cli import main
+
     val = make_validation(tmp_path / "val")
     path = str(ROOT / "studies" / f"{study}.yaml")
     r = harness(tmp_path, "run", path, "--scale", "smoke", "--seeds", "1", "-v", "0")
     assert r.returncode == 0, r.stdout + r.stderr
-    r = harness(tmp_path, "submit", path, "--scale", "smoke", "--data-root", str(val), "--out", "sub")
-    assert r.returncode == 0, r.stdout + r.stderr
+    monkeypatch.chdir(tmp_path)
+
+    def submit(out):  # in this process: the command's own exit code and lines, without a start-up each
+        capsys.readouterr()
+        code = main(["submit", path, "--scale", "smoke", "--data-root", str(val), "--out", out])
+        return code, capsys.readouterr().err
+
+    code, err = submit("sub")
+    assert code == 0, err
     for case in sorted(val.iterdir()):
         ref = nib.load(str(next(case.glob("*_t1.nii.gz"))))
         out = nib.load(str(tmp_path / "sub" / f"{case.name}.nii.gz"))
@@ -54,43 +63,48 @@ def test_a_challenge_study_writes_one_brats_label_map_per_case_on_its_grid(tmp_p
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == sorted(
         [f"{c.name}.nii.gz" for c in val.iterdir()] + ["submission.json"])
     # The folder is written whole or not at all, and never over an earlier submission.
-    r = harness(tmp_path, "submit", path, "--scale", "smoke", "--data-root", str(val), "--out", "sub")
-    assert r.returncode == 2 and "exists and is not empty" in r.stderr and "Traceback" not in r.stderr
+    code, err = submit("sub")
+    assert code == 2 and "exists and is not empty" in err and "Traceback" not in err
     if study != "brats20_table4":
         return
     # Only what the command made is ever removed: a user's "<out>.partial" folder stays.
     (tmp_path / "keep.partial").mkdir()
     (tmp_path / "keep.partial" / "data.txt").write_text("precious")
-    r = harness(tmp_path, "submit", path, "--scale", "smoke", "--data-root", str(val), "--out", "keep")
-    assert r.returncode == 0, r.stderr
+    code, err = submit("keep")
+    assert code == 0, err
     assert (tmp_path / "keep.partial" / "data.txt").read_text() == "precious" and (tmp_path / "keep" / "submission.json").exists()
     # --out naming a file; a link to an empty folder (written through it); a truncated image.
     (tmp_path / "afile").write_text("x")
-    r = harness(tmp_path, "submit", path, "--scale", "smoke", "--data-root", str(val), "--out", "afile")
-    assert r.returncode == 2 and "--out: afile is a file" in r.stderr and "Traceback" not in r.stderr
+    code, err = submit("afile")
+    assert code == 2 and "--out: afile is a file" in err and "Traceback" not in err
     (tmp_path / "empty").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "empty")
-    r = harness(tmp_path, "submit", path, "--scale", "smoke", "--data-root", str(val), "--out", "link")
-    assert r.returncode == 0, r.stderr
+    code, err = submit("link")
+    assert code == 0, err
     assert (tmp_path / "empty" / "submission.json").exists() and (tmp_path / "link").is_symlink()
     image = next(val.glob("*/*_flair.nii.gz"))
     image.write_bytes(image.read_bytes()[:-200])  # truncated: its header reads, its voxels do not
     before = sorted(p.name for p in tmp_path.iterdir())
-    r = harness(tmp_path, "submit", path, "--scale", "smoke", "--data-root", str(val), "--out", "sub2")
-    assert r.returncode == 2 and "Traceback" not in r.stderr and image.name in r.stderr, r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and sorted(p.name for p in tmp_path.iterdir()) == before
+    code, err = submit("sub2")
+    assert code == 2 and "Traceback" not in err and image.name in err, err
+    assert len(err.strip().splitlines()) == 1 and sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-def test_bad_submission_input_is_refused_with_the_field(tmp_path):
+def test_bad_submission_input_is_refused_with_the_field(tmp_path, monkeypatch, capsys):
+    from harness.cli import main
+
     val = make_validation(tmp_path / "val", n=1)
     next(val.glob("*/*_t2.nii.gz")).unlink()
     path = str(ROOT / "studies" / "brats20_table4.yaml")
-    r = harness(tmp_path, "submit", path, "--scale", "smoke", "--data-root", str(val), "--out", "sub")
+    r = harness(tmp_path, "submit", path, "--scale", "smoke", "--data-root", str(val), "--out", "sub")  # as a user runs it
     assert r.returncode == 2 and "--data-root" in r.stderr and "no *_t2.nii(.gz)" in r.stderr, r.stderr
-    r = harness(tmp_path, "submit", path, "--scale", "smoke", "--data-root", str(val), "--out", "sub",
-                "--row", "mergd")
-    assert r.returncode == 2 and "Did you mean" in r.stderr and "merged" in r.stderr, r.stderr
-    r = harness(tmp_path, "submit", str(ROOT / "studies" / "brats20_table3.yaml"), "--scale", "smoke",
-                "--data-root", str(val), "--out", "sub")
-    assert r.returncode == 2 and "no 'submission' section" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    monkeypatch.chdir(tmp_path)
+    assert main(["submit", path, "--scale", "smoke", "--data-root", str(val), "--out", "sub", "--row", "mergd"]) == 2
+    err = capsys.readouterr().err
+    assert "Did you mean" in err and "merged" in err, err
+    assert main(["submit", str(ROOT / "studies" / "brats20_table3.yaml"), "--scale", "smoke",
+                 "--data-root", str(val), "--out", "sub"]) == 2
+    err = capsys.readouterr().err
+    assert "no 'submission' section" in err, err
     assert not (tmp_path / "sub").exists() and not (tmp_path / "mlflow.db").exists()

@@ -1,0 +1,324 @@
+"""``Space``: a validated search space bound to its base study and scale."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+from typing import Any, Optional
+
+from harness.config import (
+    ConfigError,
+    StudyCfg,
+    TrialSpec,
+    VariantCfg,
+    _merge,
+    build_checked_model,
+    import_plugins,
+    load_study,
+    load_yaml,
+    resolve_variant,
+)
+from harness.registry import DATASETS, MODELS, UnknownNameError
+from harness.search.schema import Knob, SearchCfg, decode, encode
+
+
+class Space:
+    """A validated search space bound to its base study and scale."""
+
+    def __init__(self, path: str | Path, scale: str | None = None):
+        """``scale``: another scale than the file's (``harness search --scale``); the search is
+        then its own, named ``<name>-<scale>`` (journal, MLflow experiment, report folder)."""
+        p = Path(path)
+        self.cfg: SearchCfg = load_yaml(p, SearchCfg, "search space")
+        if scale is not None and scale != self.cfg.scale:
+            self.cfg = self.cfg.model_copy(update={"scale": scale, "name": f"{self.cfg.name}-{scale}"})
+        self.study: StudyCfg = load_study(p.parent / self.cfg.study)
+        self.base_params = {**self.study.model.params, **self.study.scales[self.cfg.scale].model}
+        self.choices: dict[str, list[Any]] = {}
+        # Knobs asked only of some models: a define-by-run space, which ``auto`` gives to TPE.
+        self.conditional = any(k.when is not None for k in self.cfg.knobs.values())
+        if self.cfg.task is not None and self.cfg.task not in self.study.tasks:
+            raise ConfigError(str(UnknownNameError("task", self.cfg.task, list(self.study.tasks), "task")))
+        probe = resolve_variant(self.study, self.cfg.scale, VariantCfg(name="probe", task=self.cfg.task))[0]
+        self.patch = probe.train.patch
+        n_stages = len(self.base_params.get("widths", [0] * 5))
+        self.models = [self.study.model.name]  # the models a trial can choose, the study's first
+        for name, knob in self.cfg.knobs.items():
+            for option in knob.choice or []:
+                if isinstance(option, dict) and "model" in option:
+                    try:
+                        MODELS.get(option["model"], field=f"knobs.{name}: model")
+                    except UnknownNameError as e:
+                        raise ConfigError(str(e)) from None
+                    if option["model"] not in self.models:
+                        self.models.append(option["model"])
+        for name, knob in self.cfg.knobs.items():
+            if knob.when is not None:
+                if not any(isinstance(o, dict) and "model" in o for k in self.cfg.knobs.values() if k.when is None
+                           for o in k.choice or []):
+                    raise ConfigError(f"knobs.{name}: 'when' needs a knob whose options choose a model")
+                for m in self._when(knob):
+                    if m not in self.models:
+                        raise ConfigError(str(UnknownNameError("model a knob chooses", m, self.models,
+                                                               f"knobs.{name}.when.model")))
+            if name.startswith("groups."):
+                stage = int(name.split(".", 1)[1])
+                if not 0 <= stage < n_stages:
+                    raise ConfigError(f"knobs.{name}: stage {stage} does not exist (0..{n_stages - 1})")
+                size = [s // 2**stage for s in self.patch]
+                opts = [list(g) for g in itertools.product(*[knob.values] * 3)] if knob.values else knob.choice
+                valid = [g for g in opts if all(n % gi == 0 for n, gi in zip(size, g))]
+                bad = [g for g in (knob.choice or []) if g not in valid]
+                if bad:
+                    raise ConfigError(f"knobs.{name}: groups {bad} do not divide stage {stage + 1}'s feature size "
+                                      f"{tuple(size)} at patch {self.patch}; allowed: divisors of each axis")
+                if not valid:
+                    raise ConfigError(f"knobs.{name}: no combination of {knob.values} divides {tuple(size)}")
+                self.choices[name] = valid
+            elif knob.values is not None:
+                raise ConfigError(f"knobs.{name}: 'values' is only for groups.<stage> knobs")
+            elif knob.choice is not None:
+                self.choices[name] = knob.choice
+        for where, metric in [("objectives", o.metric) for o in self.cfg.objectives] + [
+                ("constraints", c.metric) for c in self.cfg.constraints]:
+            if metric not in ("mean_dice", "gmacs", "params", "latency_ns_per_voxel", "peak_mem_mb",
+                              "macs_per_voxel", "mean_hd95") and not metric.startswith(("dice_", "hd95_")):
+                raise ConfigError(f"{where}: unknown metric {metric!r}")
+        base = self.spec_for(self.cfg_default())  # the base point must build
+        from harness.contract import out_channels
+
+        task = DATASETS.get(base.data.dataset)(**base.data.params)  # lazy: channels and regions, no case read
+        build_checked_model(base.model, base.train.patch, "the space's base point", base.train.output,
+                            task.in_channels, out_channels(len(task.regions), base.train.output))
+
+    def rungs(self) -> list[int]:
+        """Epochs (from 1) at which the scheduler ranks trials (the base point's training length)."""
+        return self.cfg.scheduler.rungs(self.spec_for(self.cfg_default()).train.epochs)
+
+    def strategies(self) -> list[tuple[str, "Space"]]:
+        """(Optuna study name, space) of the main search, then of each ``compare`` strategy: the
+        same knobs, objectives and base study; its own sampler, scheduler and trial count."""
+        out = [(self.cfg.name, self)]
+        for st in self.cfg.compare:
+            other = copy.copy(self)
+            other.cfg = self.cfg.model_copy(update={
+                "name": f"{self.cfg.name}.{st.name}", "compare": [],
+                **{k: getattr(st, k) for k in ("sampler", "scheduler", "trials") if getattr(st, k) is not None}})
+            out.append((other.cfg.name, other))
+        return out
+
+    @staticmethod
+    def _when(knob: Knob) -> list[str]:
+        m = knob.when["model"]
+        return [m] if isinstance(m, str) else list(m)
+
+    def model_of(self, config: dict[str, Any]) -> str:
+        """The model a configuration chose (an option with ``model``), else the study's."""
+        for name, knob in self.cfg.knobs.items():
+            v = decode(config[name]) if knob.when is None and name in config else None
+            if isinstance(v, dict) and "model" in v:
+                return v["model"]
+        return self.study.model.name
+
+    def _asked(self, model: str) -> list[str]:
+        return [n for n, k in self.cfg.knobs.items() if k.when is not None and model in self._when(k)]
+
+    def _options(self, name: str) -> list[Any]:
+        """A knob's options as Optuna holds them: every choice, or a range's two ends."""
+        if name in self.choices:
+            return [encode(c) for c in self.choices[name]]
+        knob = self.cfg.knobs[name]
+        return list(knob.uniform or knob.loguniform or knob.integer)
+
+    def _complete(self, config: dict[str, Any]) -> dict[str, Any]:
+        """``config``'s unconditional knobs (the first option where unset), then the chosen
+        model's own knobs (their first option where unset)."""
+        out = {n: config.get(n, self._options(n)[0]) for n, k in self.cfg.knobs.items() if k.when is None}
+        return out | {n: config.get(n, self._options(n)[0]) for n in self._asked(self.model_of(out))}
+
+    def cfg_default(self) -> dict[str, Any]:
+        """The first option (or the low end) of every knob the default model asks."""
+        return self._complete({})
+
+    def option_points(self) -> list[tuple[str, Any, dict[str, Any]]]:
+        """(knob, option, configuration) for every option of every knob: the default point with
+        that one option set; a model's own knob under the first option that chooses its model."""
+        choosing = {}  # model -> a configuration that chooses it
+        for name, knob in self.cfg.knobs.items():
+            for option in self._options(name) if knob.when is None else []:
+                config = self._complete({name: option})
+                choosing.setdefault(self.model_of(config), config)
+        points = []
+        for name, knob in self.cfg.knobs.items():
+            for option in self._options(name):
+                if knob.when is None:
+                    points.append((name, option, self._complete({name: option})))
+                else:
+                    points += [(name, option, self._complete({**choosing[m], name: option}))
+                               for m in self._when(knob) if m in choosing]
+        return points
+
+    def check_options(self) -> list[str]:
+        """Run every option of every knob once, as its trials would, through the run's pre-flight
+        (``harness.study.preflight``: built, an evaluation and a training pass, costed), before
+        any training.
+        An option that cannot be built is a ConfigError naming the knob, the option and the error;
+        with ``on_invalid: skip`` a choice's bad option leaves the space instead, and the returned
+        warnings say which."""
+        from harness.study import preflight
+
+        seen, bad = {}, []
+        for name, option, config in self.option_points():
+            try:
+                spec = self.spec_for(config)
+                key = spec.model_dump_json(include={"model", "data", "train", "cost"})
+                if key not in seen:
+                    task = DATASETS.get(spec.data.dataset)(**spec.data.params)  # lazy: no case is read
+                    seen[key] = preflight(spec, task)  # the run's pre-flight: built, run, costed
+            except Exception as e:  # noqa: BLE001  whatever the factory or the forward pass raises
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0].removeprefix(": ")
+                bad.append((name, option, first[:300]))
+        if bad and self.cfg.on_invalid == "refuse":
+            name, option, why = bad[0]
+            more = f" (and {len(bad) - 1} more option(s))" if len(bad) > 1 else ""
+            raise ConfigError(f"knobs.{name}: option {decode(option)!r} cannot be built: {why}{more}; remove it, "
+                              f"or set on_invalid: skip to leave such options out of the space")
+        warnings = []
+        for name, option, why in bad:
+            if name not in self.choices:
+                raise ConfigError(f"knobs.{name}: the range's end {option!r} cannot be built: {why}; narrow the range")
+            self.choices[name] = [c for c in self.choices[name] if encode(c) != option]
+            if not self.choices[name]:
+                raise ConfigError(f"knobs.{name}: no option can be built (the last: {why})")
+            warnings.append(f"warning: knobs.{name}: option {decode(option)!r} left out (on_invalid: skip): {why}")
+        return warnings
+
+    def define_by_run(self, trial) -> None:
+        """Optuna's define-by-run space: the unconditional knobs, then those of the chosen model."""
+        def ask(name: str, knob: Knob):
+            if name in self.choices:
+                return trial.suggest_categorical(name, [encode(c) for c in self.choices[name]])
+            if knob.uniform:
+                return trial.suggest_float(name, *knob.uniform)
+            if knob.loguniform:
+                return trial.suggest_float(name, *knob.loguniform, log=True)
+            return trial.suggest_int(name, *knob.integer)
+
+        config = {n: ask(n, k) for n, k in self.cfg.knobs.items() if k.when is None}
+        for name in self._asked(self.model_of(config)):
+            ask(name, self.cfg.knobs[name])
+
+    def distributions(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Optuna's distribution of each knob in ``config`` (as ``define_by_run`` asks it)."""
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
+
+        out = {}
+        for name in config:
+            knob = self.cfg.knobs[name]
+            if name in self.choices:
+                out[name] = CategoricalDistribution([encode(c) for c in self.choices[name]])
+            elif knob.integer:
+                out[name] = IntDistribution(*knob.integer)
+            else:
+                out[name] = FloatDistribution(*(knob.uniform or knob.loguniform), log=knob.loguniform is not None)
+        return out
+
+    def config_of(self, spec: TrialSpec) -> Optional[dict[str, Any]]:
+        """The point of the space whose trial is ``spec`` (the base study's trial, say), or None.
+
+        Each knob's candidates are the options whose every setting ``spec`` has; a combination
+        counts only if the search would train exactly ``spec`` from it (all but its name)."""
+        missing = object()
+        train = spec.train.model_dump()
+
+        def has(key: str, v: Any) -> bool:
+            if key == "model":
+                return spec.model.name == v
+            if key.startswith("train."):
+                node: Any = train
+                for part in key.split(".")[1:]:
+                    node = node.get(part, missing) if isinstance(node, dict) else missing
+                return node == v
+            return spec.model.params.get(key, missing) == v
+
+        def candidates(name: str) -> list[Any]:
+            knob = self.cfg.knobs[name]
+            if name.startswith("groups."):
+                got = (spec.model.params.get("groups") or [None] * 99)[int(name.split(".", 1)[1])]
+                return [encode(g) for g in self.choices[name] if g == got]
+            if name in self.choices:
+                return [encode(o) for o in self.choices[name]
+                        if (all(has(k, x) for k, x in o.items()) if isinstance(o, dict) else has(name, o))]
+            v = spec.model.params.get(name, missing)
+            lo, hi = knob.uniform or knob.loguniform or knob.integer
+            return [v] if isinstance(v, (int, float)) and lo <= v <= hi else []
+
+        model = spec.model.name
+        names = [n for n, k in self.cfg.knobs.items() if k.when is None or model in self._when(k)]
+        ident = {"key", "variant", "tags"}
+        for combo in itertools.product(*[candidates(n) for n in names]):
+            config = dict(zip(names, combo))
+            if self.model_of(config) != model:
+                continue
+            try:
+                ours = self.spec_for(config)
+            except ConfigError:
+                continue
+            if ours.model_dump(exclude=ident) == spec.model_dump(exclude=ident):
+                return config
+        return None
+
+    def params(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Sampled knobs -> model parameters (``groups.<i>`` set stage i of the groups list)."""
+        return self.overrides(config)[0]
+
+    def overrides(self, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Sampled knobs -> (model parameters, training overrides).
+
+        ``groups.<i>`` sets stage i of the groups list; ``train.<path>`` sets a training field
+        (``train.loss.params.lam``); a choice whose options are mappings sets each key of the
+        option drawn (``{mapping: true, attention: false}``: parameters that only go together).
+        """
+        params: dict[str, Any] = {}
+        train: dict[str, Any] = {}
+        groups = [list(g) for g in self.base_params.get("groups") or [[1, 1, 1]] * len(
+            self.base_params.get("widths", [0] * 5))]
+
+        def put(key: str, v: Any) -> None:
+            if key.startswith("train."):
+                *path, last = key.split(".")[1:]
+                node = train
+                for part in path:
+                    node = node.setdefault(part, {})
+                node[last] = v
+            else:
+                params[key] = v
+
+        for name in self.cfg.knobs:
+            if name not in config:  # a conditional knob another model's trial was not asked
+                continue
+            v = decode(config[name])
+            if name.startswith("groups."):
+                groups[int(name.split(".", 1)[1])] = v
+                params["groups"] = groups
+            elif isinstance(v, dict):
+                for k, x in v.items():
+                    if k != "model":  # the chosen model: ``model_of``
+                        put(k, x)
+            else:
+                put(name, v)
+        return params, _merge(self.cfg.train, train)
+
+    def spec_for(self, config: dict[str, Any], name: str = "default") -> TrialSpec:
+        import_plugins(self.study.plugins)  # on a Ray worker too, before the model is checked
+        params, train = self.overrides(config)
+        model = self.model_of(config)
+        # Another family's trial takes only its own option's and knobs' parameters (resolve_variant).
+        return resolve_variant(self.study, self.cfg.scale, VariantCfg(
+            name=name, model=None if model == self.study.model.name else model, params=params, train=train,
+            task=self.cfg.task))[0]
