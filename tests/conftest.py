@@ -1,4 +1,5 @@
 import os
+import sys
 
 import pytest
 
@@ -9,6 +10,27 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 def _cache(tmp_path_factory, monkeypatch):
     # Synthetic data is cached per test session, never in the user's home.
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(autouse=True)
+def _fast_lane(request, monkeypatch):
+    # `pytest -m "not slow"` is the fast lane: a test that starts a Python process (a harness
+    # command, a script) or Ray is marked slow, and this fails it where it is not. A C compiler
+    # building a CPU kernel is allowed: it runs once per cache.
+    if request.node.get_closest_marker("slow") is not None:
+        return
+    import subprocess
+
+    real = subprocess.Popen.__init__
+
+    def guarded(self, args, *a, **k):
+        first = os.fspath(args if isinstance(args, (str, os.PathLike)) else args[0])
+        if os.path.basename(first).startswith("python") or first == sys.executable or f"{os.sep}ray{os.sep}" in first:
+            raise AssertionError(f"{request.node.nodeid} starts {first}: mark it @pytest.mark.slow (the fast "
+                                 f"lane, -m 'not slow', starts no process)")
+        real(self, args, *a, **k)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
 
 
 @pytest.fixture

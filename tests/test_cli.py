@@ -160,6 +160,7 @@ def test_cli_scales_are_the_schema_scales():
     assert cli.SCALES == config.SCALES
 
 
+@pytest.mark.slow
 def test_a_missing_study_or_space_is_reported_before_the_heavy_imports(tmp_path):
     import subprocess
     import sys
@@ -184,6 +185,7 @@ def test_a_study_named_without_its_folder_or_mistyped_gets_the_file_it_meant(cap
     assert main(["run", "zzz.yaml"]) == 2 and "did you mean" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_study_that_breaks_the_schema_is_reported_before_the_heavy_imports(tmp_path):
     import subprocess
     import sys
@@ -243,6 +245,7 @@ def test_cost_and_list_see_a_plugin_family_given_by_plugin(capsys, monkeypatch):
     assert "plugins: cannot import 'no_such_plugin_module'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_an_unwritable_cache_or_an_overlong_name_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "cache").write_text("a file where the cache folder must be")

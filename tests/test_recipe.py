@@ -333,6 +333,7 @@ def test_a_trial_too_big_for_every_node_is_refused_before_anything_is_written(tm
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["s.yaml"]
 
 
+@pytest.mark.slow
 def test_the_cache_keeps_no_partial_entry_on_any_exit_and_sweeps_killed_writers(tmp_path, monkeypatch):
     import os
     import subprocess

@@ -644,6 +644,7 @@ def test_a_report_counts_the_studys_seeds_and_says_what_else_the_store_holds(tmp
     assert "the store holds 5 more finished trial(s) of seeds beyond the 2 counted" in readme
 
 
+@pytest.mark.slow
 def test_a_read_only_reports_folder_or_working_directory_is_one_line(tmp_path, monkeypatch, capsys, read_only):
     # The store holds a study's runs; reports/ cannot be written: one line naming it, exit 2.
     monkeypatch.chdir(tmp_path)

@@ -350,6 +350,7 @@ def test_a_configuration_that_failed_in_training_is_never_proposed_again(tmp_pat
     assert [t.state.name for t in study.trials if t.state.name != "PRUNED"] == ["FAIL", "COMPLETE"]
 
 
+@pytest.mark.slow  # starts Ray
 def test_a_search_whose_tuner_raises_exits_1_with_the_cause(tmp_path, monkeypatch, capsys):
     # Optuna 5.1's unpicklable NSGA-II lock once made Tuner.fit raise: the search said
     # "0 trials complete" and exited 0. Now: exit 1, the cause, the parent run FAILED.

@@ -90,6 +90,7 @@ def test_a_challenge_study_writes_one_brats_label_map_per_case_on_its_grid(tmp_p
     assert len(err.strip().splitlines()) == 1 and sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+@pytest.mark.slow
 def test_bad_submission_input_is_refused_with_the_field(tmp_path, monkeypatch, capsys):
     from harness.cli import main
 

@@ -8,6 +8,7 @@ import yaml
 from harness.cli import main
 
 
+@pytest.mark.slow
 def test_two_processes_create_one_store_together(tmp_path):
     # Both would create MLflow's schema ("table datasets already exists"): the lock serialises it.
     code = "from harness.tracking import Tracker; t = Tracker(); print(t.experiment('x'))"

@@ -141,6 +141,7 @@ def test_a_failed_build_is_said_once_and_never_compiled_again(tmp_path, monkeypa
     assert not [c for c in ran if "-o" in c]  # the compiler did not run again
 
 
+@pytest.mark.slow
 def test_workers_building_at_once_compile_once(tmp_path):
     # A stand-in compiler that counts its runs and is slow enough for the workers to overlap.
     cc = tmp_path / "cc"

@@ -34,7 +34,7 @@ def make_sampler(cfg: SamplerCfg, conditional: bool, constrained: bool = False):
         if name in ("nsga2", "nsga3"):
             genetic = dict(seed=cfg.seed, population_size=cfg.population_size, mutation_prob=cfg.mutation_prob,
                            crossover_prob=cfg.crossover_prob, swapping_prob=cfg.swapping_prob, **check)
-            return compat.picklablemake_sampler("NSGAIISampler" if name == "nsga2" else "NSGAIIISampler")(**genetic)
+            return compat.picklable_sampler("NSGAIISampler" if name == "nsga2" else "NSGAIIISampler")(**genetic)
         if name == "tpe":
             return optuna.samplers.TPESampler(
                 seed=cfg.seed, n_startup_trials=cfg.n_startup_trials, multivariate=cfg.multivariate,
