@@ -105,9 +105,7 @@ def _until_decided(args, resources: dict) -> int:
             return code
         tracker = Tracker(args.tracking_uri)
         exp = tracker.experiment(study.name)
-        parent = tracker.client.search_runs([exp], f"tags.harness_role = 'study' and tags.scale = '{args.scale}'",
-                                            order_by=["attributes.start_time DESC"], max_results=1)[0]
-        tracker.client.set_tag(parent.info.run_id, LOOKS, ",".join(map(str, looks)))
+        tracker.tag(tracker.find_parent(exp, args.scale).info.run_id, LOOKS, ",".join(map(str, looks)))
         left = undecided(study, args.scale, n, args.tracking_uri)
         print(f"after {n} seeds: " + (f"{len(left)} claim(s) undecided: {'; '.join(left)}" if left else
                                       "every claim decided"), flush=True)
@@ -306,6 +304,28 @@ def cmd_report(args) -> int:
     for p in problems:
         print(f"MISMATCH {p}")
     return 1 if args.verify and problems else 0
+
+
+def cmd_plan(args) -> int:
+    from rich.console import Console
+
+    from harness.config import ConfigError, load_study, resolve
+    from harness.report import load_runs
+    from harness.report.plan import make_plan, plan_markdown
+    from harness.tracking import check_store, default_tracking_uri
+
+    study = load_study(args.study)
+    resolve(study, args.scale, check=False)  # the target scale's fields, before the store is read
+    uri = args.tracking_uri or default_tracking_uri()
+    check_store(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise ConfigError(f"--tracking-uri: no MLflow database at {uri[len('sqlite:///'):]}: a plan reads the runs of "
+                          f"--from; run `harness run {args.study} --scale {args.source}` first")
+    runs = load_runs(study, args.source, uri, seeds=args.seeds)
+    with _doing(Console(stderr=True), f"planning {study.name} at {args.scale}") as say:
+        plan = make_plan(runs, args.scale, args.device, say)
+    print(plan_markdown(plan), end="")
+    return 0
 
 
 def cmd_evaluate(args) -> int:
@@ -534,6 +554,19 @@ def build_parser() -> tuple[Parser, argparse._SubParsersAction]:
                     help="as given to 'harness run' (the trials' data is part of their configuration)")
     rp.set_defaults(fn=cmd_report)
 
+    pl = sub.add_parser("plan", help="per claim, the seeds that would decide it (80%% power) and the training "
+                                     "hours they take at a scale, from the study's runs")
+    pl.add_argument("study", help="a study YAML or a study's name (studies/NAME.yaml)")
+    pl.add_argument("--scale", default="paper", choices=list(SCALES), help="the scale to plan for (default: paper)")
+    pl.add_argument("--from", dest="source", default="quick", choices=list(SCALES),
+                    help="the scale whose finished runs give the claims' variance and the step times (default: quick)")
+    pl.add_argument("--seeds", type=_positive, default=None, help="count the first N seeds of --from's runs")
+    pl.add_argument("--device", default=None, choices=["cpu", "cuda"],
+                    help="measure a training step of each variant at --scale on this device instead of scaling "
+                         "the recorded step times (a paper-sized step takes minutes on a CPU)")
+    pl.add_argument("--tracking-uri", default=None)
+    pl.set_defaults(fn=cmd_plan)
+
     ev = sub.add_parser("evaluate", help="re-evaluate a study's saved models with another inferer or as ensembles")
     ev.add_argument("study")
     ev.add_argument("--scale", default="smoke", choices=list(SCALES))
@@ -620,9 +653,9 @@ def main(argv: list[str] | None = None) -> int:
     target = getattr(args, "target", None)
     if target and not target.endswith((".yaml", ".yml")) and (Path("studies") / f"{target}.yaml").is_file():
         args.target = str(Path("studies") / f"{target}.yaml")  # cost: a study named without its file
-    named = getattr(args, "study", None) if args.cmd == "cost" else None
+    named = getattr(args, "study", None) if args.cmd in ("cost", "plan") else None
     if named and not named.endswith((".yaml", ".yml")) and (Path("studies") / f"{named}.yaml").is_file():
-        args.study = str(Path("studies") / f"{named}.yaml")  # cost --study NAME
+        args.study = str(Path("studies") / f"{named}.yaml")  # cost --study NAME, plan NAME
     warnings.filterwarnings("ignore", category=FutureWarning)
     # A missing study or space file is known before torch, MONAI, MLflow and Ray load (seconds).
     studies = getattr(args, "study", None)

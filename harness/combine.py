@@ -61,12 +61,13 @@ def run_combined(study, specs, tracker, exp_id: str, parent_id: str, console) ->
     has not itself finished there (``--resume``). Returns (keys finished, keys failed); a failure
     is recorded as a FAILED run and the others go on."""
     from harness.config import combined_keys
+    from harness.tracking import TRIAL_KEY
 
     todo = combined_keys(study, specs)
     if not todo:
         return [], []
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    runs = {r.data.tags.get("trial_key"): r for r in tracker.children(exp_id, parent_id)
+    runs = {r.data.tags.get(TRIAL_KEY): r for r in tracker.children(exp_id, parent_id)
             if r.info.status == "FINISHED"}
     by_key = {s.key: s for s in specs}
     rows_of = {c["key"]: c for c in todo}

@@ -43,7 +43,7 @@ def run_evaluate(path: str, scale: str, inferer_text: str | None, ensemble: str,
     from rich.table import Table
 
     from harness.report import load_runs
-    from harness.tracking import Tracker
+    from harness.tracking import PARENT, Tracker
 
     console = console or Console()
     if ensemble not in ENSEMBLES:
@@ -105,7 +105,7 @@ def run_evaluate(path: str, scale: str, inferer_text: str | None, ensemble: str,
         final = {**result, **cost, "members": float(len(models))}
         members_dice = [r.mean_dice for _, r in members]
         run_id = tracker.start_evaluation(
-            members[0][0].info.experiment_id, members[0][0].data.tags.get("mlflow.parentRunId"),
+            members[0][0].info.experiment_id, members[0][0].data.tags.get(PARENT),
             {"variant": variant, "scale": scale, "study": study.name, "inferer": cfg.inferer.model_dump_json(),
              "ensemble": ensemble, "member_runs": ",".join(run.info.run_id for run, _ in members),
              "mlflow.runName": f"{variant}:{cfg.inferer.name}" + (f"x{len(models)}" if len(models) > 1 else ""),

@@ -398,7 +398,7 @@ def _run(studies, specs_of, tasks, scale, resume, tracking_uri, address, storage
                 f"architectures (built, run in both modes at the patch, costed)")
     for specs in specs_of.values():
         check_costable(specs, tasks, board.note)
-    from harness.tracking import Tracker, check_store, hold_lock  # mlflow and ray load only when a run starts
+    from harness.tracking import TRIAL_KEY, Tracker, check_store, hold_lock  # mlflow and ray load only when a run starts
     from harness.tune import check_capacity, run_trials
 
     check_store(tracking_uri)  # a damaged mlflow.db is said in one line, before Ray starts
@@ -476,14 +476,14 @@ def _run(studies, specs_of, tasks, scale, resume, tracking_uri, address, storage
         exp_id, parent_id = parents[study.name]
         # Combined rows (harness.combine) after their members, in the driver (it writes MLflow).
         _, lost_combined = run_combined(study, specs, tracker, exp_id, parent_id, console)
-        finished = {r.data.tags.get("trial_key") for r in tracker.children(exp_id, parent_id)
+        finished = {r.data.tags.get(TRIAL_KEY) for r in tracker.children(exp_id, parent_id)
                     if r.info.status == "FINISHED"} | earlier.get(study.name, set())
         keys = [s.key for s in specs] + [c["key"] for c in combined_keys(study, specs)]
         missing = [k for k in keys if k not in finished]
         lost = [s.key for s in specs if s.trial_id in failed] + lost_combined
-        tracker.client.set_tag(parent_id, "trials_finished", str(len(keys) - len(missing)))
-        tracker.client.set_tag(parent_id, "trials_failed", ",".join(lost))
-        tracker.client.set_terminated(parent_id, "FINISHED" if not missing else ("FAILED" if lost else "KILLED"))
+        tracker.tag(parent_id, "trials_finished", str(len(keys) - len(missing)))
+        tracker.tag(parent_id, "trials_failed", ",".join(lost))
+        tracker.end(parent_id, "FINISHED" if not missing else ("FAILED" if lost else "KILLED"))
         console.print(f"{study.name}@{scale}: {len(keys) - len(missing)}/{len(keys)} trials finished"
                       + (f"; failed: {', '.join(lost)}" if lost else "")
                       + (f"; not run: {', '.join(k for k in missing if k not in lost)} (rerun with --resume)"

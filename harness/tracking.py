@@ -24,7 +24,31 @@ from mlflow.tracking import MlflowClient
 from harness import compat
 from harness.config import TrialSpec
 
+# The run schema: every tag name the harness reads back, here and nowhere else.
 PARENT = "mlflow.parentRunId"
+ROLE = "harness_role"  # study (a parent run), trial (a child: trained, or a combined row), evaluation
+TRIAL_KEY = "trial_key"  # variant#sSEED[/fFOLD]: what a resume and the report match on
+CONFIG_HASH = "config_hash"  # of the trial's resolved configuration: a changed study's runs are stale
+
+
+def reader(uri: str | None = None) -> MlflowClient:
+    """A client that reads the store (``report``, ``evaluate``, ``submit``) and never creates one."""
+    return MlflowClient(uri or default_tracking_uri())
+
+
+def experiment_of(client: MlflowClient, study: str) -> str | None:
+    """The MLflow experiment of a study (or ``search-NAME``), or None where nothing ran."""
+    exp = client.get_experiment_by_name(f"harness/{study}")
+    return None if exp is None else exp.experiment_id
+
+
+def runs_of(client: MlflowClient, exp_id: str, role: str, scale: str, finished: bool = False,
+            newest_first: bool = True, most: int = 50000) -> list:
+    """Runs of one role at one scale, newest first."""
+    where = f"tags.{ROLE} = '{role}' and tags.scale = '{scale}'" + (" and attributes.status = 'FINISHED'"
+                                                                     if finished else "")
+    return client.search_runs([exp_id], where, max_results=most,
+                              order_by=["attributes.start_time DESC"] if newest_first else None)
 
 
 def default_tracking_uri() -> str:
@@ -175,23 +199,31 @@ class Tracker:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def experiment(self, study: str) -> str:
-        name = f"harness/{study}"
-        exp = self.client.get_experiment_by_name(name)
-        if exp is not None:
-            return exp.experiment_id
+        found = experiment_of(self.client, study)
+        if found is not None:
+            return found
         artifacts = None
         if self.uri.startswith("sqlite:///"):  # keep artifacts beside the database, not in cwd/mlruns
             artifacts = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts" / study).resolve().as_uri()
-        return self.client.create_experiment(name, artifact_location=artifacts)
+        return self.client.create_experiment(f"harness/{study}", artifact_location=artifacts)
 
-    def find_parent(self, exp_id: str, scale: str, chash: str):
+    def find_parent(self, exp_id: str, scale: str, chash: str | None = None):
+        """The newest parent run at ``scale`` (of configuration ``chash`` where given), or None."""
         runs = self.client.search_runs([exp_id], filter_string=(
-            f"tags.harness_role = 'study' and tags.scale = '{scale}' and tags.config_hash = '{chash}'"),
+            f"tags.{ROLE} = 'study' and tags.scale = '{scale}'" + (f" and tags.{CONFIG_HASH} = '{chash}'"
+                                                                   if chash else "")),
             order_by=["attributes.start_time DESC"], max_results=1)
         return runs[0] if runs else None
 
+    def tag(self, run_id: str, key: str, value: str) -> None:
+        self.client.set_tag(run_id, key, value)
+
+    def end(self, run_id: str, status: str) -> None:
+        """FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(run_id, status)
+
     def start_parent(self, exp_id: str, study: str, scale: str, chash: str, extra: dict[str, str]) -> str:
-        tags = {"harness_role": "study", "study": study, "scale": scale, "config_hash": chash,
+        tags = {ROLE: "study", "study": study, "scale": scale, CONFIG_HASH: chash,
                 "git_commit": git_commit(), "mlflow.runName": f"{study}@{scale}", **environment(), **extra}
         return self.client.create_run(exp_id, tags=tags).info.run_id
 
@@ -202,7 +234,7 @@ class Tracker:
         done = set()
         for run in self.children(exp_id, parent_id):
             if run.info.status == "FINISHED":
-                done.add(run.data.tags.get("trial_key"))
+                done.add(run.data.tags.get(TRIAL_KEY))
             elif run.info.status == "RUNNING":
                 self.client.set_terminated(run.info.run_id, "KILLED")
         self.client.update_run(parent_id, status="RUNNING")
@@ -212,19 +244,16 @@ class Tracker:
         """Trial keys finished in any earlier run of the study at ``scale`` with the configuration
         ``hashes`` gives them (key -> config hash): a resume with more seeds (a new parent run)
         trains only the seeds not yet trained."""
-        runs = self.client.search_runs([exp_id], filter_string=(
-            f"tags.harness_role = 'trial' and tags.scale = '{scale}' and attributes.status = 'FINISHED'"),
-            max_results=50000)
-        return {r.data.tags.get("trial_key") for r in runs
-                if hashes.get(r.data.tags.get("trial_key")) == r.data.tags.get("config_hash")}
+        runs = runs_of(self.client, exp_id, "trial", scale, finished=True, newest_first=False)
+        return {r.data.tags.get(TRIAL_KEY) for r in runs if hashes.get(r.data.tags.get(TRIAL_KEY)) == r.data.tags.get(CONFIG_HASH)}
 
     def children(self, exp_id: str, parent_id: str):
         return self.client.search_runs([exp_id], filter_string=f"tags.`{PARENT}` = '{parent_id}'", max_results=50000)
 
     def start_child(self, exp_id: str, parent_id: str, spec: TrialSpec, chash: str) -> str:
-        tags = {PARENT: parent_id, "harness_role": "trial", "study": spec.study, "scale": spec.scale,
-                "trial_key": spec.key, "variant": spec.variant, "seed": str(spec.seed),
-                **({"fold": str(spec.fold)} if spec.fold is not None else {}), "config_hash": chash,
+        tags = {PARENT: parent_id, ROLE: "trial", "study": spec.study, "scale": spec.scale,
+                TRIAL_KEY: spec.key, "variant": spec.variant, "seed": str(spec.seed),
+                **({"fold": str(spec.fold)} if spec.fold is not None else {}), CONFIG_HASH: chash,
                 "git_commit": git_commit(), "mlflow.runName": spec.key, **environment(),
                 "model_params": json.dumps(spec.model.params),  # what the report's tables show, as run
                 **{f"tag.{k}": v for k, v in spec.tags.items()}}
@@ -235,16 +264,16 @@ class Tracker:
 
     def start_evaluation(self, exp_id: str, parent_id: str | None, tags: dict[str, str]) -> str:
         """A re-evaluation of saved weights (``harness evaluate``), beside the study's trials."""
-        tags = {"harness_role": "evaluation", "git_commit": git_commit(), **environment(), **tags,
+        tags = {ROLE: "evaluation", "git_commit": git_commit(), **environment(), **tags,
                 **({PARENT: parent_id} if parent_id else {})}
         return self.client.create_run(exp_id, tags=tags).info.run_id
 
     def start_combined(self, exp_id: str, parent_id: str, study: str, scale: str, row: dict[str, Any],
                        members: list[str]) -> str:
         """A combined row's evaluation (``harness.combine``), tagged as a trial so the report counts it."""
-        tags = {PARENT: parent_id, "harness_role": "trial", "study": study, "scale": scale, "trial_key": row["key"],
+        tags = {PARENT: parent_id, ROLE: "trial", "study": study, "scale": scale, TRIAL_KEY: row["key"],
                 "variant": row["variant"], "seed": str(row["seed"]),
-                **({"fold": str(row["fold"])} if row["fold"] is not None else {}), "config_hash": row["hash"],
+                **({"fold": str(row["fold"])} if row["fold"] is not None else {}), CONFIG_HASH: row["hash"],
                 "git_commit": git_commit(), "mlflow.runName": row["key"], **environment(),
                 "combined_of": ",".join(members), "rule": row["rule"].model_dump_json(),
                 **{f"tag.{k}": v for k, v in row["tags"].items()}}

@@ -135,7 +135,7 @@ class MlflowWriter(tune.Callback):
 
     def _finish(self, key: str) -> None:
         self.awaiting_weights.discard(key)
-        self.tracker.client.set_terminated(self.run_ids[key], "FINISHED")
+        self.tracker.end(self.run_ids[key], "FINISHED")
         self.finished.append(key)
         self._progress(key, "done")
 
@@ -157,7 +157,7 @@ class MlflowWriter(tune.Callback):
         # the run keeps the epochs' metrics of both attempts and counts the retries.
         key = self._key(trial)
         self.retries[key] = self.retries.get(key, 0) + 1
-        self.tracker.client.set_tag(self.run_ids[key], "worker_retries", str(self.retries[key]))
+        self.tracker.tag(self.run_ids[key], "worker_retries", str(self.retries[key]))
         self.board.start(key)
         self.board.note(f"    retry  {self.board.trials[key].label}: its worker died "
                         f"(attempt {self.retries[key] + 1} of {WORKER_RETRIES + 1})")
@@ -165,11 +165,11 @@ class MlflowWriter(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         key = self._key(trial)
         if key in self.awaiting_weights:  # the result came, the checkpoint did not: keep the numbers, say so
-            self.tracker.client.set_tag(self.run_ids[key], "checkpoint", "missing")
+            self.tracker.tag(self.run_ids[key], "checkpoint", "missing")
             self._finish(key)
         if key not in self.finished + self.failed + self.stopped:  # stopped at a rung (ASHA)
-            self.tracker.client.set_tag(self.run_ids[key], "stopped_early", "true")
-            self.tracker.client.set_terminated(self.run_ids[key], "KILLED")
+            self.tracker.tag(self.run_ids[key], "stopped_early", "true")
+            self.tracker.end(self.run_ids[key], "KILLED")
             self.stopped.append(key)
             self._progress(key, "stopped")
 

@@ -1,6 +1,7 @@
 """``harness report``: a study's runs from MLflow -> the paper's table, judged claims, statistics,
 plots; one module a job: ``runs`` (loading), ``claims`` (statistics and verdicts), ``tables`` (the
-paper's layout and the formats), ``plots``, ``write`` (the report folder and the index)."""
+paper's layout and the formats), ``plots``, ``write`` (the report folder and the index), ``plan``
+(``harness plan``: the seeds each claim needs and their hours)."""
 from harness.report.runs import StudyRuns, evaluations, load_runs, wall_time
 from harness.report.claims import (CLAIM_COLUMNS, NOISY_COSTS, UNIT, claim_id, claims_markdown,
                                    claims_table, comparisons, judge_claim, md_text, paired_difference, paired_test,

@@ -157,11 +157,9 @@ def plots(runs: StudyRuns, out: Path, tracking_uri: str | None = None) -> list[s
         fig.savefig(out / "dice_per_region.png", dpi=110)
         plt.close(fig)
         files.append("dice_per_region.png")
-    from mlflow.tracking import MlflowClient
+    from harness.tracking import reader
 
-    from harness.tracking import default_tracking_uri
-
-    client = MlflowClient(tracking_uri or default_tracking_uri())
+    client = reader(tracking_uri)
     curves = []
     for r in t.itertuples():
         for m in ("train_loss", "mean_dice"):

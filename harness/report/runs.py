@@ -57,23 +57,17 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
     """Finished trial runs of ``study`` at ``scale`` whose configuration matches the study file now,
     of its seeds at that scale (or the first ``seeds``): runs of further seeds, from a run with a
     larger ``--seeds`` or a study that has since shrunk, are counted in ``extra``, not reported."""
-    from mlflow.tracking import MlflowClient
-
-    from harness.tracking import PARENT, check_store, default_tracking_uri
+    from harness.tracking import CONFIG_HASH, PARENT, TRIAL_KEY, check_store, experiment_of, reader, runs_of
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     check_store(tracking_uri)  # report, evaluate and submit read the store here first
-    client = MlflowClient(tracking_uri or default_tracking_uri())
-    exp = client.get_experiment_by_name(f"harness/{study.name}")
-    runs = [] if exp is None else client.search_runs(
-        [exp.experiment_id], f"tags.harness_role = 'trial' and tags.scale = '{scale}'", max_results=50000,
-        order_by=["attributes.start_time DESC"])
+    client = reader(tracking_uri)
+    exp = experiment_of(client, study.name)
+    runs = [] if exp is None else runs_of(client, exp, "trial", scale)
     seen_seeds = 1 + max([int(r.data.tags.get("seed", 0)) for r in runs] or [0])
     # A study run --until-decided is judged as it was run: sequentially over its looks, at the
     # seeds of the last look reached.
-    last = [] if exp is None else client.search_runs(
-        [exp.experiment_id], f"tags.harness_role = 'study' and tags.scale = '{scale}'",
-        order_by=["attributes.start_time DESC"], max_results=1)
+    last = [] if exp is None else runs_of(client, exp, "study", scale, most=1)
     looks = [int(n) for n in last[0].data.tags.get(LOOKS, "").split(",") if n] if last else []
     reached = [n for n in looks if n <= seen_seeds]
     wanted = seeds or (reached[-1] if reached else 0) or study.scales[scale].seeds or study.seeds
@@ -84,8 +78,8 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
     axes = {v.name: _tag_axes(v) for v in table_rows(study)}
     rows, failed, stale, seen, incomplete, extra = [], [], 0, set(), [], set()
     for r in runs:  # newest first: the first finished run of a key is the one that counts
-        key = r.data.tags.get("trial_key")
-        if expected_hash.get(key) != r.data.tags.get("config_hash"):
+        key = r.data.tags.get(TRIAL_KEY)
+        if expected_hash.get(key) != r.data.tags.get(CONFIG_HASH):
             stale += r.info.status == "FINISHED"
             continue
         if int(r.data.tags.get("seed", 0)) >= wanted:
@@ -133,16 +127,12 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
 
 def evaluations(runs: StudyRuns, tracking_uri: str | None = None) -> pd.DataFrame:
     """``harness evaluate`` runs whose members are all trials shown in this report, newest first."""
-    from mlflow.tracking import MlflowClient
-
-    from harness.tracking import default_tracking_uri
+    from harness.tracking import experiment_of, reader, runs_of
 
     if runs.trials.empty:
         return pd.DataFrame()
-    client = MlflowClient(tracking_uri or default_tracking_uri())
-    exp = client.get_experiment_by_name(f"harness/{runs.study.name}")
-    found = client.search_runs([exp.experiment_id], f"tags.harness_role = 'evaluation' and tags.scale = '{runs.scale}'"
-                               " and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"])
+    client = reader(tracking_uri)
+    found = runs_of(client, experiment_of(client, runs.study.name), "evaluation", runs.scale, finished=True)
     dice = dict(zip(runs.trials.run_id, runs.trials.mean_dice)) if "mean_dice" in runs.trials else {}
     rows = []
     for r in found:

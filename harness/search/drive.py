@@ -220,11 +220,11 @@ def _run_strategy(space: Space, storage, storage_url: str, exists: bool, n_total
             writer = run_search_trials(space, study, storage, todo, tracker, exp_id, parent_id, address,
                                        db_dir / "ray_results", board, verbose)
         if writer.crashed:  # Ray Tune raised: the search did not run, whatever the journal holds
-            tracker.client.set_terminated(parent_id, "FAILED")
+            tracker.end(parent_id, "FAILED")
             console.print(f"search {cfg.name}: Ray Tune stopped with {writer.error}; {len(writer.finished)} of "
                           f"{todo} trials finished. Fix the cause and pass --resume.", soft_wrap=True)
             return None
-    tracker.client.set_terminated(parent_id, "FINISHED")
+    tracker.end(parent_id, "FINISHED")
     # A journal lost or cut while the search ran: what MLflow recorded is added back before the outputs.
     rebuilt = rebuild_from_mlflow(space, study, tracker, exp_id, parent_id)
     if rebuilt:
