@@ -293,6 +293,17 @@ def test_a_seed_that_did_not_train_is_flagged_and_the_claim_judged_again_without
     assert "failed to train (better side: seed 1); on the 4 seeds where both trained: reproduced" in row.note
 
 
+def test_most_seeds_stuck_at_the_background_are_flagged_though_the_median_is_one_of_them():
+    from harness.report.failures import below_median
+
+    # ConResNet on Pancreas-CT at quick: four of five seeds near a Dice of 0, the median 0.7.
+    trials = pd.DataFrame({"variant": ["c"] * 5 + ["b"] * 5, "seed": list(range(5)) * 2,
+                           "mean_dice": [0.7, 0.0, 0.07, 1.8, 33.6, 42.2, 25.4, 11.3, 18.1, 34.3]})
+    flagged = trials[below_median(trials)]
+    assert flagged.set_index("variant").seed.groupby(level=0).apply(list).to_dict() == {"c": [0, 1, 2, 3], "b": [2]}
+    assert not below_median(trials, floor=0.0)[trials.variant.eq("c")].iloc[[0, 3]].any()  # the median alone misses them
+
+
 def test_the_verdict_on_trained_seeds_holds_its_rate_on_failure_prone_null_designs():
     # Both variants fail to train at 15% of seeds (a Dice of 10 instead of 80), equal otherwise:
     # the verdict on the seeds where both trained (failures found by the rule, not known) calls
