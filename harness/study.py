@@ -118,20 +118,6 @@ def _at_proxy(spec: TrialSpec, task: Task, measure) -> tuple[float, float, nn.Mo
     raise ValueError(f"patch {cfg.patch}: no size to measure at")
 
 
-def proxy_patch(spec: TrialSpec, task: Task) -> list[int]:
-    """The shrunk patch ``_at_proxy`` measures at: the smallest the model runs at in evaluation."""
-    seen = []
-
-    def run(model, shape):
-        with torch.no_grad():
-            model.eval()(torch.zeros(*shape))
-        seen.append(shape[2:])
-        return 0
-
-    _at_proxy(spec, task, run)
-    return seen[-1]
-
-
 def proxy_macs(spec: TrialSpec, task: Task) -> float:
     """Forward MACs of a training batch (``_at_proxy``): exact for nets whose every op scales
     with the voxels (convolutions, norms, upsampling), an estimate for the rest (a fully
@@ -234,13 +220,23 @@ def preflight(spec: TrialSpec, task: Task, check_loss: bool = True) -> tuple[flo
         build_checked_model(spec.model, cfg.patch, "", cfg.output, task.in_channels, out_ch)
     except ConfigError as e:
         raise PreflightError(str(e)) from None
+    sizes: list[list[int]] = []
+
+    def count(model, shape):
+        macs = count_macs(model, shape)["macs"]
+        sizes.append(shape[2:])  # the size the count ran at
+        return macs
+
+    uncosted = None
+    try:
+        one, scale, _ = _at_proxy(spec, task, count)
+        macs = one * scale
+    except UnsupportedOpError as e:  # said after the passes, whose faults come first
+        macs, uncosted = float("nan"), e
+    except Exception:  # noqa: BLE001  not a cost question: the passes below or the trial report it
+        macs = float("nan")
     builtin = MODELS.get(spec.model.name).__module__.startswith("harness.")
-    patch = cfg.patch
-    if builtin:
-        try:
-            patch = proxy_patch(spec, task)
-        except Exception:  # noqa: BLE001  no smaller size runs: the passes at the patch say why
-            pass
+    patch = sizes[-1] if builtin and sizes else cfg.patch
     run = spec.model_copy(update={"train": cfg.model_copy(update={"patch": patch, "batch_size": 1})})
     model = _step("building it", lambda: trial_model(run, task))
     x = torch.zeros(1, task.in_channels, *patch)
@@ -277,12 +273,8 @@ def preflight(spec: TrialSpec, task: Task, check_loss: bool = True) -> tuple[flo
             _step(f"an evaluation pass at cost.input's {size}",
                   lambda: model.eval()(torch.zeros(1, task.in_channels, *size)),
                   "a net built for one input size is costed at its patch: remove cost.input")
-    try:
-        macs = proxy_macs(spec, task)
-    except UnsupportedOpError as e:
-        raise PreflightError(f"cannot be costed: {e}") from None
-    except Exception:  # noqa: BLE001  not a cost question: the trial reports it
-        macs = float("nan")
+    if uncosted is not None:
+        raise PreflightError(f"cannot be costed: {uncosted}")
     return macs, notes
 
 

@@ -86,3 +86,22 @@ def make_msd(root, n=5, channels=1, seed=0):
             "labels": {"0": "background", "1": "PZ", "2": "TZ"}, "numTraining": n, "training": training}
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
+
+
+def finished_runs(study_dict: dict, scale: str, result) -> None:
+    """Write ``study_dict`` as ``s.yaml`` in the working folder and record one finished trial
+    per spec at ``scale`` in its MLflow store: ``result(spec)`` gives (final numbers, per-case rows)."""
+    import yaml
+
+    from harness.config import load_study, resolve, spec_hash
+    from harness.tracking import Tracker
+
+    Path("s.yaml").write_text(yaml.safe_dump(study_dict, sort_keys=False))
+    study = load_study("s.yaml")
+    tracker = Tracker()
+    exp = tracker.experiment(study.name)
+    parent = tracker.start_parent(exp, study.name, scale, "h", {})
+    for spec in resolve(study, scale):
+        final, per_case = result(spec)
+        tracker.finish_child(tracker.start_child(exp, parent, spec, spec_hash(spec)), final, per_case, step=1)
+

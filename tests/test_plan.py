@@ -5,13 +5,13 @@ import pytest
 import yaml
 
 from harness.cli import main
-from harness.config import load_study, resolve, spec_hash
+from harness.config import load_study, resolve
 from harness.data import build_task
 from harness.report import load_runs, paired_difference
 from harness.report.plan import make_plan, plan_markdown, trained_variants
 from harness.stats import seeds_needed
 from harness.study import proxy_macs
-from harness.tracking import Tracker
+from helpers import finished_runs
 
 STUDY = {
     "name": "planned", "paper": "gsp_conv", "title": "plan",
@@ -36,22 +36,18 @@ STEP = {"pw": 0.2, "fcn": 0.5}  # recorded seconds per training step
 def _store(tmp_path, monkeypatch):
     """Four finished quick seeds of each variant: per-case Dice with a case effect and seed noise."""
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(STUDY, sort_keys=False))
-    study = load_study("s.yaml")
-    tracker = Tracker()
-    exp = tracker.experiment(study.name)
-    parent = tracker.start_parent(exp, study.name, "quick", "h", {})
     rng = np.random.default_rng(0)
     case = rng.normal(0, 4, 6)
-    for spec in resolve(study, "quick"):
-        level = 75.0 if spec.variant == "fcn" else 70.0
-        noise = rng.normal(0, 3)
+
+    def result(spec):
+        level, noise = (75.0 if spec.variant == "fcn" else 70.0), rng.normal(0, 3)
         per_case = [{"case": f"c{i}", "mean_dice": level + case[i] + noise + rng.normal(0, 1)} for i in range(6)]
-        run = tracker.start_child(exp, parent, spec, spec_hash(spec))
-        tracker.finish_child(run, {"mean_dice": float(np.mean([c["mean_dice"] for c in per_case])), "gmacs": 1.0,
-                                   "params": 10 if spec.variant == "pw" else 100, "step_time_s": STEP[spec.variant],
-                                   "device": "cpu"}, per_case, step=1)
-    return study
+        return {"mean_dice": float(np.mean([c["mean_dice"] for c in per_case])), "gmacs": 1.0,
+                "params": 10 if spec.variant == "pw" else 100, "step_time_s": STEP[spec.variant],
+                "device": "cpu"}, per_case
+
+    finished_runs(STUDY, "quick", result)
+    return load_study("s.yaml")
 
 
 def test_a_plan_gives_each_claim_its_seeds_and_their_hours_at_the_paper_scale(tmp_path, monkeypatch):

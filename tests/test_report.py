@@ -647,18 +647,11 @@ def test_a_report_counts_the_studys_seeds_and_says_what_else_the_store_holds(tmp
 @pytest.mark.slow
 def test_a_read_only_reports_folder_or_working_directory_is_one_line(tmp_path, monkeypatch, capsys, read_only):
     # The store holds a study's runs; reports/ cannot be written: one line naming it, exit 2.
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(GRID, sort_keys=False))
-    study = load_study("s.yaml")
-    tracker = Tracker()
-    exp = tracker.experiment(study.name)
-    parent = tracker.start_parent(exp, study.name, "smoke", "h", {})
-    from harness.config import spec_hash
+    from helpers import finished_runs
 
-    for spec in resolve(study, "smoke"):
-        run = tracker.start_child(exp, parent, spec, spec_hash(spec))
-        tracker.finish_child(run, {"mean_dice": 50.0, "dice_organ": 50.0, "gmacs": 1.0, "params": 50}, [
-            {"case": "c0", "mean_dice": 50.0, "dice_organ": 50.0}], step=1)
+    monkeypatch.chdir(tmp_path)
+    finished_runs(GRID, "smoke", lambda spec: ({"mean_dice": 50.0, "dice_organ": 50.0, "gmacs": 1.0, "params": 50},
+                                              [{"case": "c0", "mean_dice": 50.0, "dice_organ": 50.0}]))
     (tmp_path / "reports").mkdir()
     read_only(tmp_path / "reports")
     assert main(["report", "s.yaml", "--format", "md"]) == 2
