@@ -56,6 +56,17 @@ def _positive(text: str) -> int:
     return n
 
 
+def _nonnegative(text: str) -> int:
+    """A whole number of at least 0 (``--seed``)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return n
+
+
 def _missing_data_root(roots: list[str] | None) -> str | None:
     """The first ``--data-root`` whose folder does not exist (``TASK=PATH`` or ``PATH``), said at
     once rather than after the study has loaded."""
@@ -350,7 +361,7 @@ def cmd_search(args) -> int:
 
     return run_search(args.space, args.trials, args.address, args.resume, args.tracking_uri, Path(args.out),
                       verbose=args.verbose, scale=args.scale, only_report=args.report_only, export=args.export,
-                      confirm=args.confirm)
+                      confirm=args.confirm, seed=args.seed)
 
 
 def cmd_bench(args) -> int:
@@ -597,6 +608,9 @@ def build_parser() -> tuple[Parser, argparse._SubParsersAction]:
     se.add_argument("--scale", default=None, choices=list(SCALES),
                     help="another scale than the space's own (its 'scale:'); the search is then its own, named "
                          "<name>-<scale>")
+    se.add_argument("--seed", type=_nonnegative, default=None, metavar="N",
+                    help="every strategy's sampler seed; the search is then its own, named <name>-seed<N>, and "
+                         "<out>/<name>/seeds.md compares the strategies over every seed run so far")
     se.add_argument("--trials", type=_positive, default=None,
                     help="total trials to run, counting complete ones, those that failed in training and "
                          "those stopped at a rung (default: the space's)")

@@ -369,7 +369,7 @@ def cost_as_run(spec: TrialSpec, cfg: TrainCfg, in_channels: int, models: list[n
 def run_trial(spec: TrialSpec, report: Report = lambda m, e: None, threads: int | None = None,
               checkpoint_dir: Path | None = None, rungs: Collection[int] = (),
               rung_cases: int | None = None, beat: Callable[[dict[str, float]], None] | None = None,
-              clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
+              clock: Callable[[], float] = time.perf_counter, rung_cost: bool = True) -> dict[str, Any]:
     """Train and evaluate one trial; returns final metrics, per-case metrics and cost.
 
     With ``checkpoint_dir`` the final weights (those evaluated: a callback may have replaced
@@ -378,9 +378,11 @@ def run_trial(spec: TrialSpec, report: Report = lambda m, e: None, threads: int 
 
     ``rungs``: epochs (counted from 1) at which a multi-fidelity scheduler decides whether the
     trial goes on. The trial validates there too (on its first ``rung_cases`` validation cases
-    only, when given: a rung needs a ranking, not the final score), and the architecture's cost
-    is measured before training and sent with those epochs' numbers, since the scheduler ranks
-    by every objective at once.
+    only, when given: a rung needs a ranking, not the final score); with ``rung_cost`` the
+    architecture's cost is measured before training and sent with those epochs' numbers (a
+    scheduler that ranks by a measured cost, latency say; exact costs it counts itself).
+    Every epoch's numbers carry ``time_cpu_s``, the trial's CPU time so far: what a search
+    paid for it, which other work on a busy machine does not inflate as it does wall time.
 
     ``beat(progress)``: the loop's progress (``step``, ``steps``, ``epoch``, ``loss``, ``train_s``,
     ``build_s``) after the first step and then every ``BEAT_S`` seconds, for a live display and
@@ -388,6 +390,7 @@ def run_trial(spec: TrialSpec, report: Report = lambda m, e: None, threads: int 
     """
     # Each trial owns its CPU share; torch would otherwise grab every core per trial.
     torch.set_num_threads(max(1, int(threads or spec.resources.cpu)))
+    cpu0 = time.process_time()
     set_determinism(seed=spec.seed)
     start = time.perf_counter()
     t = build_trial(spec)
@@ -395,7 +398,7 @@ def run_trial(spec: TrialSpec, report: Report = lambda m, e: None, threads: int 
     cfg = t.spec.train
     ctx = t.context()
     rungs = set(rungs)
-    early_cost = trial_cost(t, t.model) if rungs else {}  # the cache serves the end's call
+    early_cost = trial_cost(t, t.model) if rungs and rung_cost else {}  # the cache serves the end's call
     rung_task = (dataclasses.replace(t.task, _split={"train": t.task.train, "val": t.task.val[:rung_cases]})
                  if rungs and rung_cases else t.task)
     for cb in t.callbacks:
@@ -423,7 +426,7 @@ def run_trial(spec: TrialSpec, report: Report = lambda m, e: None, threads: int 
         train_s += time.perf_counter() - t0
         step_times.append((time.perf_counter() - t0) / max(1, len(losses)))
         ctx.metrics = {"train_loss": float(np.mean(losses)), "lr": t.schedule.get_last_lr()[0],
-                       "step_time_s": step_times[-1]}
+                       "step_time_s": step_times[-1], "time_cpu_s": time.process_time() - cpu0}
         for cb in t.callbacks:
             cb.on_epoch_end(ctx)
         last = epoch + 1 == cfg.epochs
@@ -448,6 +451,7 @@ def run_trial(spec: TrialSpec, report: Report = lambda m, e: None, threads: int 
     phase["cost"] = time.perf_counter() - start
     final["step_time_s"] = float(np.median(step_times))
     final.update({f"time_{k}_s": v for k, v in phase.items()})
+    final["time_cpu_s"] = time.process_time() - cpu0
     final["device"] = str(t.device)
     final.update(ctx.results)  # what the procedures report (removed cases, SWA snapshots)
     return final

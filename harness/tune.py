@@ -47,9 +47,9 @@ def _trainable(config: dict[str, Any], specs: dict[str, dict]) -> None:
 
 
 def _search_trainable(config: dict[str, Any], spec_for: Callable[[dict, str], TrialSpec], rungs: list[int],
-                      rung_cases: int | None) -> None:
+                      rung_cases: int | None, rung_cost: bool) -> None:
     # spec_for is the search space's (pickled to the worker): tune needs no import of search.
-    _report_trial(spec_for(config, f"trial_{tune.get_context().get_trial_id()}"), rungs, rung_cases)
+    _report_trial(spec_for(config, f"trial_{tune.get_context().get_trial_id()}"), rungs, rung_cases, rung_cost)
 
 
 class MlflowWriter(tune.Callback):
@@ -295,11 +295,11 @@ def packing_warning(cpu: float, node_cpus: float) -> str | None:
             f"what this harness is tested at.")
 
 
-def _report_trial(spec: TrialSpec, rungs: list[int] = (), rung_cases: int | None = None) -> None:
+def _report_trial(spec: TrialSpec, rungs: list[int] = (), rung_cases: int | None = None, rung_cost: bool = True) -> None:
     with tempfile.TemporaryDirectory() as d:
         # Beats carry no "epoch": schedulers and the MLflow writer read only the epochs' results.
         final = run_trial(spec, report=lambda m, epoch: tune.report({**numeric(m), "epoch": epoch}),
-                          checkpoint_dir=Path(d), rungs=rungs, rung_cases=rung_cases,
+                          checkpoint_dir=Path(d), rungs=rungs, rung_cases=rung_cases, rung_cost=rung_cost,
                           beat=lambda b: tune.report({"beat": 1, **{f"beat_{k}": v for k, v in b.items()}}))
         per_case = final.pop("per_case", [])
         final["node"] = ray.get_runtime_context().get_node_id()  # which machine ran it (tag result.node)
@@ -404,11 +404,13 @@ def _fresh_optuna_search():
                 if not isinstance(config, dict):
                     return config
                 asked, study = compat.searcher_trial(self, trial_id), compat.searcher_study(self)
-                # Complete, running, or trained and failed (a failure is final: the same
-                # configuration would fail again); a trial left by a dead runner was not trained.
+                # Complete, running, trained and failed (a failure is final: the same
+                # configuration would fail again) or stopped at a rung (its rung results stand,
+                # and the sampler has them); a trial left by a dead runner was not trained.
                 held = {json.dumps(t.params, sort_keys=True) for t in study.get_trials(
-                    deepcopy=False, states=(state.COMPLETE, state.RUNNING, state.FAIL)) if t.number != asked.number
-                        and (t.state != state.FAIL or "trial_time_s" in t.user_attrs)}
+                    deepcopy=False, states=(state.COMPLETE, state.RUNNING, state.FAIL, state.PRUNED))
+                        if t.number != asked.number and (t.state in (state.COMPLETE, state.RUNNING)
+                                                         or "trial_time_s" in t.user_attrs)}
                 if json.dumps(asked.params, sort_keys=True) not in held:
                     return config
                 study.tell(asked, state=state.PRUNED)
@@ -422,6 +424,8 @@ def _fresh_optuna_search():
             asked = compat.searcher_trial(self, trial_id)
             if asked is not None and result:
                 asked.set_user_attr("trial_time_s", float(result.get("time_total_s", 0.0)))
+                if "time_cpu_s" in result:
+                    asked.set_user_attr("trial_cpu_s", float(result["time_cpu_s"]))
                 if "epoch" in result:
                     asked.set_user_attr("epochs", int(result["epoch"]) + 1)
                 if self.bounds and result.get("final") and not result.get("trial_error"):
@@ -436,36 +440,54 @@ def _fresh_optuna_search():
     return FreshOptunaSearch
 
 
-def _halving(metrics: list[str], modes: list[str], rungs: list[int], reduction_factor: int):
-    """Asynchronous successive halving (ASHA, Li et al. 2020, Alg. 2) ranked by every objective
-    at once: at each rung a trial goes on only while it is among the top ceil(n / eta) of the n
-    trials that reached the rung, in ``harness.pareto.promotion_order`` (non-domination, then
-    crowding: MO-ASHA, Schmucker et al. 2021). Ray Tune's ASHAScheduler ranks one metric only.
-    Rung results are the epochs (from 1) in ``rungs``; the trial sends every objective there."""
-    import math
+RUNG = "rung_"  # an Optuna trial's user attribute per rung it reached: {"values": [...], "costs": [...]}
 
+
+def _halving(space, searcher, study, rungs: list[int]):
+    """Cost-aware asynchronous successive halving: at each rung (epochs from 1, ``rungs``) a
+    trial goes on while ``harness.pareto.continues_at_rung`` holds: its rung accuracy ranks in
+    the top 1/eta of the trials at that rung that cost no more than it does. The exact costs
+    (``EXACT_COSTS`` objectives) are counted in the driver (``space.exact_costs``), the others
+    come with the rung's result. Each rung result is written to the Optuna trial
+    (``rung_<epoch>``), so a resumed search ranks against every rung reached before.
+    Ray Tune's ASHAScheduler ranks one metric only; MO-ASHA ranks the exact cost as if noisy."""
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-    from harness.pareto import promotion_order
+    from harness.config import EXACT_COSTS
+    from harness.pareto import continues_at_rung
 
-    class SuccessiveHalving(FIFOScheduler):
+    objs = space.cfg.objectives
+    exact = [o for o in objs if o.metric in EXACT_COSTS]
+    trained = [o for o in objs if o.metric not in EXACT_COSTS]
+    eta = space.cfg.scheduler.reduction_factor
+
+    class CostAwareHalving(FIFOScheduler):
         def __init__(self):
             super().__init__()
-            self.recorded: dict[int, dict[str, list[float]]] = {r: {} for r in rungs}
+            self.records: dict[int, dict[int, tuple[list[float], list[float]]]] = {r: {} for r in rungs}
+            for t in study.get_trials(deepcopy=False):  # what earlier runs of this search reached
+                for r in rungs:
+                    if f"{RUNG}{r}" in t.user_attrs:
+                        at = t.user_attrs[f"{RUNG}{r}"]
+                        self.records[r][t.number] = (at["values"], at["costs"])
 
         def on_trial_result(self, tune_controller, trial, result):
-            if "epoch" not in result or int(result["epoch"]) + 1 not in self.recorded:
+            epoch = int(result["epoch"]) + 1 if "epoch" in result and not result.get("final") else None
+            asked = compat.searcher_trial(searcher, trial.trial_id)
+            if epoch not in self.records or asked is None:
                 return TrialScheduler.CONTINUE
-            missing = [m for m in metrics if m not in result]
+            missing = [o.metric for o in trained if o.metric not in result]
             if missing:
                 raise RuntimeError(f"rung result of {trial.trial_id} lacks objectives {missing}")
-            at = self.recorded[int(result["epoch"]) + 1]
-            at[trial.trial_id] = [float(result[m]) for m in metrics]
-            ids = list(at)
-            top = {ids[i] for i in promotion_order([at[i] for i in ids], modes)[:math.ceil(len(ids) / reduction_factor)]}
-            return TrialScheduler.CONTINUE if trial.trial_id in top else TrialScheduler.STOP
+            known = space.exact_costs(trial.config)
+            values, costs = [float(result[o.metric]) for o in trained], [known[o.metric] for o in exact]
+            self.records[epoch][asked.number] = (values, costs)
+            asked.set_user_attr(f"{RUNG}{epoch}", {"values": values, "costs": costs})
+            go = continues_at_rung(self.records[epoch], asked.number, [o.mode for o in trained],
+                                   [o.mode for o in exact], eta)
+            return TrialScheduler.CONTINUE if go else TrialScheduler.STOP
 
-    return SuccessiveHalving()
+    return CostAwareHalving()
 
 
 def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: str, parent_id: str,
@@ -516,9 +538,15 @@ def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: s
     board.slots = slots_for(res.cpu, res.gpu)
     writer = MlflowWriter(tracker, {space.study.name: (exp_id, parent_id)}, spec_for, board)
     rungs = space.rungs()
-    scheduler = _halving(metrics, modes, rungs, cfg.scheduler.reduction_factor) if rungs else None
+    scheduler = _halving(space, searcher, study, rungs) if rungs else None
+    # A trial measures its cost before training only for a measured cost objective (latency):
+    # the scheduler counts the exact ones itself.
+    from harness.config import EXACT_COSTS
+
+    rung_cost = any(o.metric not in EXACT_COSTS and o.metric not in ("mean_dice", "mean_hd95")
+                    and not o.metric.startswith(("dice_", "hd95_")) for o in cfg.objectives)
     trainable = tune.with_resources(tune.with_parameters(_search_trainable, spec_for=space.spec_for, rungs=rungs,
-                                                         rung_cases=cfg.scheduler.rung_cases),
+                                                         rung_cases=cfg.scheduler.rung_cases, rung_cost=rung_cost),
                                     {"cpu": res.cpu, "gpu": res.gpu})
     reporter = tune.CLIReporter(metric_columns={m: m for m in metrics}, max_report_frequency=15)
     return _fit(trainable, tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=n, reuse_actors=True),

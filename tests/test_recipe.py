@@ -29,9 +29,10 @@ sys.path.insert(0, str(Path(__file__).parent / "plugins"))
 # components by name, commit fc81d05) and asserted unchanged after it. The GSP trial's ops (Group
 # Shift, pointwise convs) sum alike on every CPU seen, so it is pinned exactly; Distill DSM's 2D
 # convs run oneDNN kernels that the CPU picks: 80.0704 on the AMD EPYC it was recorded on,
-# 80.5013 on an Intel Xeon (the same commit on both), so that pin allows a point.
+# 80.5013 on an Intel Xeon, 82.0527 on an AVX2-only AMD EPYC (the same commit on each), so that
+# pin allows 2.5 points (a broken recipe moves it further: SGD for Adam gives 0.0, lr 0.03 for 0.003 24.0).
 BEFORE = {"gsp": 19.817441701889038, "dsm": 80.07044196128845}
-DSM_ACROSS_CPUS = 1.0
+DSM_ACROSS_CPUS = 2.5
 
 
 def test_fixed_seed_trials_give_the_dice_they_gave_before_the_recipe_opened():

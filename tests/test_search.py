@@ -498,29 +498,86 @@ def test_hypervolume_matches_hand_computed_fronts():
 
 
 class _T:
-    def __init__(self, i):
-        self.trial_id = i
+    def __init__(self, i, config=None):
+        self.trial_id, self.config = i, config or {}
 
 
-def test_halving_keeps_the_top_third_of_each_rung_by_every_objective():
+def test_a_trial_goes_on_while_its_rung_accuracy_ranks_among_the_trials_that_cost_no_more():
+    from harness.pareto import continues_at_rung
+
+    rung = {"a": ([50.0], [1.0])}
+    go = lambda k: continues_at_rung(rung, k, ["max"], ["min"], 2)  # noqa: E731
+    assert go("a")  # the first at the rung: nothing costs no more
+    rung["b"] = ([60.0], [2.0])
+    assert go("b")  # costlier but more accurate: a non-dominated newcomer goes on
+    rung["c"] = ([40.0], [3.0])
+    assert not go("c")  # costlier and worse than both cheaper ones: 3rd of 3
+    rung["d"] = ([30.0], [0.5])
+    assert go("d")  # the cheapest: nothing that costs no more beats it
+    rung["e"] = ([55.0], [2.0])  # ties b's cost: its peers a, b, d, itself; 2nd of 4 goes on
+    assert go("e") and not continues_at_rung(rung, "e", ["max"], ["min"], 4)  # at eta 4 only the 1st of 4
+    rung["f"] = ([45.0], [2.0])
+    assert not go("f")  # 4th of its 5 peers (b, e, a above it)
+
+
+def test_halving_knows_the_exact_cost_and_a_resumed_search_ranks_against_earlier_rungs():
+    """The rung's accuracy comes from the trial, its GMACs from the space (counted before
+    training): each rung result is written to the Optuna trial, and a new scheduler on the same
+    study (a resumed search) ranks against them."""
+    from types import SimpleNamespace
+
     from ray.tune.schedulers import TrialScheduler
 
+    from harness.search.schema import Objective, SchedulerCfg
     from harness.tune import _halving
 
-    sched = _halving(["mean_dice", "gmacs"], ["max", "min"], [1, 3], 3)
     go, stop = TrialScheduler.CONTINUE, TrialScheduler.STOP
-    res = lambda dice, gmacs, epoch=0: {"epoch": epoch, "mean_dice": dice, "gmacs": gmacs}  # noqa: E731
-    assert sched.on_trial_result(None, _T("a"), res(50, 1.0)) == go  # first at the rung: top 1 of 1
-    assert sched.on_trial_result(None, _T("b"), res(40, 2.0)) == stop  # dominated by a
-    assert sched.on_trial_result(None, _T("c"), res(60, 3.0)) == stop  # 1 of 3 goes on: a front end first
-    assert sched.on_trial_result(None, _T("d"), res(70, 0.5)) == go  # dominates everything so far
-    assert sched.on_trial_result(None, _T("a"), {"epoch": 1, "train_loss": 0.3}) == go  # not a rung
-    assert sched.on_trial_result(None, _T("a"), res(55, 1.0, epoch=2)) == go  # rung 3, first there
+    gmacs = {"small": 1.0, "big": 4.0}
+    space = SimpleNamespace(
+        cfg=SimpleNamespace(objectives=[Objective(metric="mean_dice", mode="max"), Objective(metric="gmacs", mode="min")],
+                            scheduler=SchedulerCfg(name="asha", reduction_factor=2)),
+        exact_costs=lambda config: {"gmacs": gmacs[config["net"]]})
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    searcher = SimpleNamespace(_ot_trials={})
+
+    def trial(tid, net):
+        searcher._ot_trials[tid] = study.ask()
+        return _T(tid, {"net": net})
+
+    sched = _halving(space, searcher, study, [1, 2])
+    rung = lambda dice, epoch=0: {"epoch": epoch, "mean_dice": dice, "train_loss": 0.1}  # noqa: E731  no gmacs sent
+    assert sched.on_trial_result(None, trial("a", "small"), rung(50)) == go
+    assert sched.on_trial_result(None, trial("b", "big"), rung(40)) == stop  # costs more, less accurate
+    assert sched.on_trial_result(None, trial("c", "big"), rung(70)) == go  # costs more, more accurate
+    assert sched.on_trial_result(None, _T("a", {"net": "small"}), {"epoch": 0, "train_loss": 0.3, "final": 1}) == go
+    assert study.trials[1].user_attrs["rung_1"] == {"values": [40.0], "costs": [4.0]}
+    resumed = _halving(space, searcher, study, [1, 2])  # a resumed search: the journal holds the rungs
+    assert resumed.on_trial_result(None, trial("d", "big"), rung(45)) == stop  # 3rd of a, b, c, d (big: all peers)
+    assert resumed.on_trial_result(None, trial("e", "small"), rung(45)) == stop  # 2nd of a, e at eta 2: 1 goes on
     with pytest.raises(RuntimeError, match="lacks objectives"):
-        sched.on_trial_result(None, _T("e"), {"epoch": 0, "mean_dice": 1.0})
+        resumed.on_trial_result(None, trial("f", "small"), {"epoch": 0, "train_loss": 0.3})
 
 
-def test_a_trial_validates_on_rung_cases_and_sends_its_cost_at_rungs(tmp_path, monkeypatch):
+def test_a_stopped_configuration_is_answered_from_the_store_not_trained_again(tmp_path):
+    from ray.tune.search import Searcher
+
+    from harness.tune import _fresh_optuna_search
+
+    def space(trial):
+        trial.suggest_categorical("a", [1, 2])
+
+    searcher = _fresh_optuna_search()(space=space, metric=["m", "n"], mode=["max", "min"],
+                                      sampler=optuna.samplers.RandomSampler(seed=0), study_name="s")
+    first = searcher.suggest("t0")
+    searcher.on_trial_complete("t0", {"m": 0.5, "n": 1.0, "epoch": 0, "time_total_s": 3.0, "time_cpu_s": 2.5})
+    second = searcher.suggest("t1")
+    assert second != first  # the stopped one is not drawn again
+    searcher.on_trial_complete("t1", {"m": 0.7, "n": 2.0, "final": 1, "time_total_s": 9.0})
+    assert searcher.suggest("t2") is Searcher.FINISHED  # both trained once: the space is spent
+    assert searcher._ot_study.trials[0].user_attrs["trial_cpu_s"] == 2.5  # the strategies' trial-time
+
+
+def test_a_trial_validates_on_rung_cases_and_sends_its_cost_at_rungs_only_when_asked(tmp_path, monkeypatch):
     import harness.train
     from harness.config import resolve
 
@@ -539,6 +596,10 @@ def test_a_trial_validates_on_rung_cases_and_sends_its_cost_at_rungs(tmp_path, m
     assert [e for e, m in reports if "mean_dice" in m and "gmacs" in m] == [0, 1]  # rung results carry the cost
     assert final["gmacs"] == dict(reports)[0]["gmacs"]  # measured once, before training
     assert "mean_dice" in dict(reports)[2] and len(final["per_case"]) == n_val
+    assert all(0 < m["time_cpu_s"] <= final["time_cpu_s"] for _, m in reports)  # the trial's CPU time so far
+    reports.clear()
+    harness.train.run_trial(spec, report=lambda m, e: reports.append((e, m)), rungs=[1, 2], rung_cost=False)
+    assert "mean_dice" in dict(reports)[0] and not any("gmacs" in m for _, m in reports[:-1])  # the scheduler counts it
 
 
 def test_a_run_of_the_base_study_maps_back_onto_the_space(tmp_path):
@@ -576,7 +637,7 @@ def test_strategies_compared_with_halving_and_a_warm_start(tmp_path, monkeypatch
     space = {**SPACE, "knobs": {"insert": {"choice": ["CSC", "CCS"]}, "widths": SPACE["knobs"]["widths"]},
              "train": {"epochs": 4, "steps_per_epoch": 1, "val_every": 4}, "warm_start": True, "trials": 2,
              "compare": [{"name": "random", "sampler": {"name": "random"}},
-                         {"name": "halving", "sampler": {"name": "random"}, "trials": 4,
+                         {"name": "halving", "sampler": {"name": "random"}, "trials": 3,
                           "scheduler": {"name": "asha", "reduction_factor": 2, "rung_cases": 1}}]}
     path = write(tmp_path, space)
     base = yaml.safe_load((tmp_path / "base.yaml").read_text())
@@ -587,13 +648,13 @@ def test_strategies_compared_with_halving_and_a_warm_start(tmp_path, monkeypatch
     assert "1 finished runs of tiny_base added as complete trials" in capsys.readouterr().out
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna" / "tiny.journal")))
     state = optuna.trial.TrialState
-    for name, n in (("tiny", 2), ("tiny.random", 2), ("tiny.halving", 4)):
+    for name, n in (("tiny", 2), ("tiny.random", 2), ("tiny.halving", 3)):  # the 3 points beside the warm one
         trials = optuna.load_study(study_name=name, storage=storage).get_trials()
         warm = [t for t in trials if "warm_start_run" in t.user_attrs]
         assert len(warm) == 1 and warm[0].params == {"insert": "CSC", "widths": "[4, 4, 8, 8, 8]"}
         ran = [t for t in trials if "warm_start_run" not in t.user_attrs and t.state in (state.COMPLETE, state.PRUNED)
                and "trial_time_s" in t.user_attrs]
-        assert len(ran) == n
+        assert len(ran) == n and len({str(t.params) for t in ran}) == n  # none trained twice
     halving = optuna.load_study(study_name="tiny.halving", storage=storage).get_trials()
     stopped = [t for t in halving if t.state == state.PRUNED and "epochs" in t.user_attrs]
     assert stopped and all(t.user_attrs["epochs"] in (1, 2) for t in stopped)
@@ -605,7 +666,7 @@ def test_strategies_compared_with_halving_and_a_warm_start(tmp_path, monkeypatch
     out = tmp_path / "reports" / "local" / "tiny"
     text = (out / "pareto.md").read_text()
     assert "## Search strategies: hypervolume against trial-time" in text and (out / "hypervolume.png").exists()
-    assert "ASHA, eta 2, rungs at epochs [1, 2] on 1 cases" in text
+    assert "cost-aware ASHA, eta 2, rungs at epochs [1, 2] on 1 cases" in text
     import pandas as pd
 
     csv = pd.read_csv(out / "strategies.csv")
@@ -613,7 +674,7 @@ def test_strategies_compared_with_halving_and_a_warm_start(tmp_path, monkeypatch
     assert (csv.groupby("strategy").trial_time_min.diff().dropna() >= 0).all()  # time only accumulates
     assert main(["search", str(path), "--resume", "-v", "0"]) == 0
     said = capsys.readouterr().out
-    assert "tiny.halving: 4 trials run" in said and "0 to run" in said and "added" not in said
+    assert "tiny.halving: 3 trials run" in said and "0 to run" in said and "added" not in said
 
 
 def test_constraints_keep_missing_trials_off_the_front_and_reach_the_sampler(tmp_path):
@@ -682,3 +743,32 @@ def test_a_front_point_holds_only_when_it_surely_beats_every_cheaper_one(tmp_pat
     assert "True" in rows["t000"] and "the cheapest" in rows["t000"]
     assert "True" in rows["t001"] and "beats every cheaper point" in rows["t001"]
     assert "False" in rows["t002"] and "not surely better than t001" in rows["t002"]
+
+
+def test_seeds_md_puts_each_seed_of_a_comparison_side_by_side(tmp_path):
+    """``--seed N`` names the search ``<name>-seed<N>`` with every sampler at N; ``seeds.md``
+    reads each repetition's ``strategies.csv``: final hypervolume over seeds, its difference
+    from the main search's at the same seed, and the share of the main search's trial-time a
+    strategy took to reach that search's final hypervolume."""
+    import pandas as pd
+
+    from harness.search.outputs import write_seeds
+
+    path = write(tmp_path, {**SPACE, "compare": [{"name": "random", "sampler": {"name": "random", "seed": 5}}]})
+    space = Space(path, seed=2)
+    assert space.cfg.name == "tiny-seed2" and space.family == "tiny"
+    assert [s.cfg.sampler.seed for _, s in space.strategies()] == [2, 2]
+    reports = tmp_path / "reports"
+    for seed, (main_hv, other_hv) in enumerate([((1, 3, 4), (2, 5, 5)), ((2, 2, 6), (1, 3, 3))]):
+        rows = [{"strategy": f"tiny-seed{seed}", "trial_time_min": t, "hypervolume": h} for t, h in zip((1, 2, 4), main_hv)]
+        rows += [{"strategy": f"tiny-seed{seed}.random", "trial_time_min": t, "hypervolume": h}
+                 for t, h in zip((1, 3, 5), other_hv)]
+        (reports / f"tiny-seed{seed}").mkdir(parents=True)
+        pd.DataFrame(rows).to_csv(reports / f"tiny-seed{seed}" / "strategies.csv", index=False)
+    out = write_seeds(space, reports)
+    per = pd.read_csv(out / "seeds.csv").set_index(["seed", "strategy"])
+    assert per.loc[(0, "random"), "minus_main"] == 1 and per.loc[(1, "random"), "minus_main"] == -3
+    assert per.loc[(0, "random"), "share_to_main_final"] == 3 / 4  # reached 4 after 3 of the main's 4 minutes
+    assert pd.isna(per.loc[(1, "random"), "share_to_main_final"])  # never reached 6
+    text = (out / "seeds.md").read_text()
+    assert "| random" in text and "1 of 2" in text and "-1.000 ± 2.828" in text and (out / "seeds.png").exists()

@@ -13,6 +13,7 @@ from harness.search.outputs import (
     export_study,
     write_confirm,
     write_pareto,
+    write_seeds,
     write_strategies,
 )
 from harness.search.samplers import (
@@ -84,12 +85,15 @@ def report_only(space: Space, storage, storage_url: str, reports: Path) -> Path:
         studies[name] = optuna.load_study(study_name=name, storage=storage)
     out = write_pareto(space, studies[space.cfg.name], reports / space.cfg.name)
     write_strategies(space, studies, out)  # hypervolume against trial-time, for one strategy too
+    if space.family != space.cfg.name:  # one repetition of a comparison over seeds
+        write_seeds(space, reports)
     return out
 
 
 def run_search(path: str, trials: int | None, address: str | None, resume: bool, tracking_uri: str | None,
                reports: Path = Path("reports"), verbose: int = 1, scale: str | None = None,
-               only_report: bool = False, export: str | None = None, confirm: int | None = None) -> int:
+               only_report: bool = False, export: str | None = None, confirm: int | None = None,
+               seed: int | None = None) -> int:
     """Launch (or resume) the search and each strategy it is compared with, then write the
     Pareto table, plot and exported variants (and the hypervolume-against-trial-time figure)."""
     import optuna
@@ -100,8 +104,9 @@ def run_search(path: str, trials: int | None, address: str | None, resume: bool,
     if verbose < 2:  # Optuna's own lines ("A new study created ...") only with -v 2
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        code = _search(path, trials, address, resume, tracking_uri, reports, verbose, scale, only_report, export)
-        space = Space(path, scale)
+        code = _search(path, trials, address, resume, tracking_uri, reports, verbose, scale, only_report, export,
+                       seed)
+        space = Space(path, scale, seed)
         seeds = confirm or (space.cfg.confirm.seeds if space.cfg.confirm else None)
         if code == 0 and seeds:
             out = confirm_front(space, reports / space.cfg.name, seeds, tracking_uri, address, verbose)
@@ -112,12 +117,13 @@ def run_search(path: str, trials: int | None, address: str | None, resume: bool,
 
 
 def _search(path: str, trials: int | None, address: str | None, resume: bool, tracking_uri: str | None,
-            reports: Path, verbose: int, scale: str | None, only_report: bool, export: str | None) -> int:
+            reports: Path, verbose: int, scale: str | None, only_report: bool, export: str | None,
+            seed: int | None) -> int:
     import optuna
     from rich.console import Console
 
     console = Console()
-    space = Space(path, scale)  # all validation before anything is written
+    space = Space(path, scale, seed)  # all validation before anything is written
     if export and Path(export).exists():
         raise ConfigError(f"--export: {export} exists; name a new file")
     if only_report:
@@ -158,6 +164,8 @@ def _search(path: str, trials: int | None, address: str | None, resume: bool, tr
         studies[name] = study
     out = write_pareto(space, studies[cfg.name], reports / cfg.name)
     write_strategies(space, studies, out)  # hypervolume against trial-time, for one strategy too
+    if seed is not None:
+        console.print(f"Strategies over seeds: {write_seeds(space, reports)}/seeds.md", soft_wrap=True)
     return _closing(console, space, out, export)
 
 

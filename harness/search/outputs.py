@@ -195,8 +195,11 @@ def pareto_plot(space: Space, df, front, x: str, y: str, path: Path) -> None:
 
 
 def _trial_time(t) -> float:
-    """A trial's own time (Ray's, from its start); a trial run before it was recorded: its
-    Optuna start to end (which also counts a wait for a free worker)."""
+    """A trial's own time: its CPU time (``trial_cpu_s``: what it paid, which other work on a busy
+    machine does not inflate); else Ray's wall time from its start; a trial run before either
+    was recorded: its Optuna start to end (which also counts a wait for a free worker)."""
+    if "trial_cpu_s" in t.user_attrs:
+        return float(t.user_attrs["trial_cpu_s"])
     if "trial_time_s" in t.user_attrs:
         return float(t.user_attrs["trial_time_s"])
     return (t.datetime_complete - t.datetime_start).total_seconds()
@@ -243,6 +246,19 @@ def hypervolume_history(space: Space, studies: dict[str, Any]) -> tuple[Any, lis
     return pd.DataFrame(rows), ref
 
 
+def _save_hv_plot(fig, ax, title: str, path: Path) -> None:
+    """A hypervolume-against-trial-time figure's axes, legend and file."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel("trial CPU time spent (min, all trials summed)")
+    ax.set_ylabel("hypervolume of complete trials")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_strategies(space: Space, studies: dict[str, Any], out: Path) -> None:
     """The comparison of search strategies on one space: hypervolume reached against trial-time
     spent (``hypervolume.png``, ``strategies.csv``), and a section of ``pareto.md`` with, for
@@ -266,7 +282,7 @@ def write_strategies(space: Space, studies: dict[str, Any], out: Path) -> None:
         lines.append({
             "strategy": name,
             "sampler": f"{sampler_name(strategy.cfg.sampler, strategy.conditional)} (seed {strategy.cfg.sampler.seed})",
-            "early stopping": (f"ASHA, eta {sch.reduction_factor}, rungs at epochs {strategy.rungs()}"
+            "early stopping": (f"cost-aware ASHA, eta {sch.reduction_factor}, rungs at epochs {strategy.rungs()}"
                                + (f" on {sch.rung_cases} cases" if sch.rung_cases else "")) if sch.name == "asha" else "none",
             "trials (complete / stopped / failed)": " / ".join(str(int((h.state == s).sum())) for s in ("complete", "pruned", "fail")),
             "trial-time (min)": round(float(h.trial_time_min.max()) if len(h) else 0.0, 1),
@@ -281,19 +297,95 @@ def write_strategies(space: Space, studies: dict[str, Any], out: Path) -> None:
         ax.step([0.0, *h.trial_time_min], [0.0, *h.hypervolume], where="post", label=name)
     if target > 0:
         ax.axhline(target, color="0.5", ls="--", lw=0.8, label=f"{main}'s final")
-    ax.set_xlabel("trial-time spent (min, all trials summed)")
-    ax.set_ylabel("hypervolume of complete trials")
-    ax.set_title(f"search {main}: strategies")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "hypervolume.png", dpi=110)
-    plt.close(fig)
+    _save_hv_plot(fig, ax, f"search {main}: strategies", out / "hypervolume.png")
     objs = ", ".join(f"{'log10 ' if o.scale == 'log' else ''}{o.metric} {ref[i]:g}"
                      for i, o in enumerate(space.cfg.objectives)) if ref else "none"
     with open(out / "pareto.md", "a") as f:
         f.write("\n## Search strategies: hypervolume against trial-time\n\n"
                 f"The same space, objectives, base study and training seeds; trial-time is the trials' own "
-                f"time summed (what the search paid, whatever ran in parallel); hypervolume of each "
+                f"CPU time summed (what the search paid, whatever ran in parallel or beside it); hypervolume of each "
                 f"strategy's complete (full-budget) trials, reference point {objs}. Per trial: "
                 f"`strategies.csv`.\n\n" + pd.DataFrame(lines).to_markdown(index=False)
                 + "\n\n![hypervolume against trial-time](hypervolume.png)\n")
+
+
+def seed_summary(family: str, folders: dict[int, Path]) -> tuple[Any, Any]:
+    """Per seed and strategy, from each repetition's ``strategies.csv`` (``--seed N``): final
+    hypervolume, trial-time, and the trial-time it took to reach the main search's final
+    hypervolume of the same seed. Returns (per seed and strategy, per strategy over seeds)."""
+    import pandas as pd
+
+    rows = []
+    for seed, folder in sorted(folders.items()):
+        hist = pd.read_csv(folder / "strategies.csv")
+        main = f"{family}-seed{seed}"
+        target = float(hist[hist.strategy == main].hypervolume.max())
+        main_time = float(hist[hist.strategy == main].trial_time_min.max())
+        for name, h in hist.groupby("strategy", sort=False):
+            reached = h[h.hypervolume >= target - 1e-9 * max(1.0, abs(target))]
+            at = float(reached.trial_time_min.iloc[0]) if len(reached) else math.nan
+            rows.append({"seed": seed, "strategy": "main" if name == main else name.removeprefix(main + "."),
+                         "trials": len(h), "final_hypervolume": float(h.hypervolume.max()),
+                         "minus_main": float(h.hypervolume.max()) - target,
+                         "trial_time_min": float(h.trial_time_min.max()),
+                         "share_to_main_final": at / main_time if main_time else math.nan})
+    per = pd.DataFrame(rows)
+    summary = per.groupby("strategy", sort=False).agg(
+        seeds=("seed", "count"), trials=("trials", "mean"),
+        hypervolume_mean=("final_hypervolume", "mean"), hypervolume_sd=("final_hypervolume", "std"),
+        minus_main_mean=("minus_main", "mean"), minus_main_sd=("minus_main", "std"),
+        above_main=("minus_main", lambda d: int((d > 0).sum())),
+        trial_time_min=("trial_time_min", "mean"),
+        reached_main=("share_to_main_final", lambda s: int(s.notna().sum())),
+        share_median=("share_to_main_final", "median")).reset_index()
+    return per, summary
+
+
+def write_seeds(space: Space, reports: Path) -> Path:
+    """``<reports>/<name>/seeds.md``, ``seeds.csv`` and ``seeds.png``: the strategies of every
+    repetition run so far (``reports/<name>-seed<N>/``) side by side, so that "this sampler beats
+    random" and "multi-fidelity pays" rest on several search seeds, the spread shown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    family = space.family
+    folders = {int(p.parent.name.rsplit("-seed", 1)[1]): p.parent
+               for p in reports.glob(f"{family}-seed*/strategies.csv") if p.parent.name.rsplit("-seed", 1)[1].isdigit()}
+    out = reports / family
+    out.mkdir(parents=True, exist_ok=True)
+    per, summary = seed_summary(family, folders)
+    per.to_csv(out / "seeds.csv", index=False)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    colours = dict(zip(summary.strategy, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4))
+    for seed, folder in sorted(folders.items()):
+        hist = pd.read_csv(folder / "strategies.csv")
+        main = f"{family}-seed{seed}"
+        for name, h in hist.groupby("strategy", sort=False):
+            label = "main" if name == main else name.removeprefix(main + ".")
+            ax.step([0.0, *h.trial_time_min], [0.0, *h.hypervolume], where="post", color=colours[label], alpha=0.7,
+                    lw=1.0, label=label if seed == min(folders) else None)
+    _save_hv_plot(fig, ax, f"search {family}: strategies over {len(folders)} seed(s)", out / "seeds.png")
+    table = summary.assign(**{
+        "final hypervolume": [f"{m:.3f} ± {0.0 if math.isnan(s) else s:.3f}"
+                              for m, s in zip(summary.hypervolume_mean, summary.hypervolume_sd)],
+        "minus the main's (same seed)": [f"{m:+.3f} ± {0.0 if math.isnan(s) else s:.3f}"
+                                         for m, s in zip(summary.minus_main_mean, summary.minus_main_sd)],
+        "seeds above the main's": [f"{a} of {n}" for a, n in zip(summary.above_main, summary.seeds)],
+        "reached the main's final": [f"{r} of {n}" for r, n in zip(summary.reached_main, summary.seeds)],
+        "share of the main's trial-time (median)": ["—" if math.isnan(x) else f"{x:.2f}" for x in summary.share_median]})
+    cols = ["strategy", "seeds", "trials", "trial_time_min", "final hypervolume", "minus the main's (same seed)",
+            "seeds above the main's", "reached the main's final", "share of the main's trial-time (median)"]
+    (out / "seeds.md").write_text(
+        f"# Search {family}: strategies over search seeds\n\n"
+        f"Each seed is one run of `harness search --seed N` (every strategy's sampler at that seed; the "
+        f"same space, recipe and training seeds): `{family}-seed<N>/pareto.md` holds its own table. "
+        f"Hypervolume of complete trials at the space's reference point; trial-time is the trials' CPU "
+        f"time summed, in minutes; mean ± sd over seeds; \"share\": the trial-time a strategy took to "
+        f"reach the main search's final hypervolume of the same seed, over the main search's whole "
+        f"trial-time (below 0.5: in half its time). Per seed: `seeds.csv`.\n\n"
+        + table.assign(trial_time_min=table.trial_time_min.round(1), trials=table.trials.round(1))[cols]
+        .to_markdown(index=False) + "\n\n![hypervolume against trial-time, every seed](seeds.png)\n")
+    return out

@@ -86,11 +86,13 @@ class SamplerCfg(_Strict):
 
 
 class SchedulerCfg(_Strict):
-    """Early stopping by asynchronous successive halving (ASHA, Li et al. 2020): at each rung
-    (``grace_period`` x ``reduction_factor``^k epochs, below the last) a trial goes on only if it
-    ranks in the top 1/``reduction_factor`` of the trials that reached that rung. With several
-    objectives the rank is by non-domination, ties by crowding distance (MO-ASHA, Schmucker et
-    al. 2021). ``rung_cases``: validation cases scored at a rung (the first ones; the last
+    """Early stopping by cost-aware asynchronous successive halving: at each rung
+    (``grace_period`` x ``reduction_factor``^k epochs, below the last) a trial goes on only if its
+    rung accuracy ranks in the top 1/``reduction_factor`` of the trials at that rung that cost no
+    more than it does (``harness.pareto.continues_at_rung``: the exact costs, GMACs or
+    parameters, are known before training; only trials that cost no more can dominate it).
+    ASHA: Li et al. 2020; MO-ASHA (Schmucker et al. 2021) ranks the cost with the rung's noisy
+    accuracy instead. ``rung_cases``: validation cases scored at a rung (the first ones; the last
     epoch scores all): a rung needs a ranking, and validation is most of a short rung's time."""
 
     name: Literal["none", "asha"] = "none"

@@ -26,16 +26,26 @@ from harness.search.schema import Knob, SearchCfg, decode, encode
 class Space:
     """A validated search space bound to its base study and scale."""
 
-    def __init__(self, path: str | Path, scale: str | None = None):
+    def __init__(self, path: str | Path, scale: str | None = None, seed: int | None = None):
         """``scale``: another scale than the file's (``harness search --scale``); the search is
-        then its own, named ``<name>-<scale>`` (journal, MLflow experiment, report folder)."""
+        then its own, named ``<name>-<scale>`` (journal, MLflow experiment, report folder).
+        ``seed``: every strategy's sampler seed (``--seed``), the search then named
+        ``<name>-seed<N>``: one repetition of a comparison of strategies (``seeds.md``)."""
         p = Path(path)
         self.cfg: SearchCfg = load_yaml(p, SearchCfg, "search space")
+        self.family = self.cfg.name  # the repetitions of one search over seeds share it
         if scale is not None and scale != self.cfg.scale:
             self.cfg = self.cfg.model_copy(update={"scale": scale, "name": f"{self.cfg.name}-{scale}"})
+            self.family = self.cfg.name
+        if seed is not None:
+            self.cfg = self.cfg.model_copy(update={
+                "name": f"{self.cfg.name}-seed{seed}", "sampler": self.cfg.sampler.model_copy(update={"seed": seed}),
+                "compare": [st.model_copy(update={"sampler": (st.sampler or self.cfg.sampler).model_copy(
+                    update={"seed": seed})}) for st in self.cfg.compare]})
         self.study: StudyCfg = load_study(p.parent / self.cfg.study)
         self.base_params = {**self.study.model.params, **self.study.scales[self.cfg.scale].model}
         self.choices: dict[str, list[Any]] = {}
+        self._exact: dict[str, dict[str, float]] = {}  # architecture -> its exact costs
         # Knobs asked only of some models: a define-by-run space, which ``auto`` gives to TPE.
         self.conditional = any(k.when is not None for k in self.cfg.knobs.values())
         if self.cfg.task is not None and self.cfg.task not in self.study.tasks:
@@ -313,6 +323,23 @@ class Space:
             else:
                 put(name, v)
         return params, _merge(self.cfg.train, train)
+
+    def exact_costs(self, config: dict[str, Any]) -> dict[str, float]:
+        """The configuration's exact costs (``EXACT_COSTS``: parameters, GMACs, MACs per voxel,
+        size), counted here once per architecture as its trial's own final count is
+        (``harness.train.cost_as_run``, the measured figures off): the scheduler ranks a rung
+        knowing them, and a trial need not measure its cost before it trains."""
+        from harness.config import EXACT_COSTS
+        from harness.train import cost_as_run, trial_model
+
+        spec = self.spec_for(config)
+        key = spec.model_dump_json(include={"model", "data", "train", "cost"})
+        if key not in self._exact:
+            task = DATASETS.get(spec.data.dataset)(**spec.data.params)  # lazy: channels and regions only
+            spec = spec.model_copy(update={"cost": spec.cost.model_copy(update={"latency": False})})
+            cost = cost_as_run(spec, spec.train, task.in_channels, [trial_model(spec, task)], train_memory=False)
+            self._exact[key] = {k: float(v) for k, v in cost.items() if k in EXACT_COSTS}
+        return self._exact[key]
 
     def spec_for(self, config: dict[str, Any], name: str = "default") -> TrialSpec:
         import_plugins(self.study.plugins)  # on a Ray worker too, before the model is checked
