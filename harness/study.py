@@ -194,49 +194,25 @@ def _step(what: str, fn, hint: str = ""):
         raise PreflightError(f"{what}: {_why(e)}" + (f"; {hint}" if hint else "")) from None
 
 
-def preflight(spec: TrialSpec, task: Task, check_loss: bool = True) -> tuple[float, list[str]]:
-    """Run the net as its trial will, once per architecture, before anything trains: built with
-    the trial's injected arguments; an evaluation pass at the patch (batch 1, no grad: the
-    inferers' window) returning the segmentation (1, C, *patch); a training-mode pass at the
-    patch through the output adapter (``train.outputs``) whose outputs the loss reads (deep
-    supervision's heads, ``train.aux_losses``), the loss computed on a random batch; an
-    evaluation pass at ``cost.input`` when it differs from the patch, for a plugin's net (one
-    built for one size fails there); the MACs on ``_at_proxy``'s shrunk patch (an op without a cost handle).
-    A built-in family's passes run at that shrunk patch too: its nets are tested at their
-    studies' patches, and a paper-sized pass takes minutes on the driver's CPU.
+def _pass_sizes(patch: list[int], proxy: list[int]) -> list[list[int]]:
+    """``proxy`` (the patch shrunk by f), then the patch shrunk by f/2, f/4, ... above 1."""
+    f, out = patch[0] // proxy[0], [list(proxy)]
+    while f % 2 == 0 and f > 2:
+        f //= 2
+        if not any(p % f for p in patch):
+            out.append([p // f for p in patch])
+    return [s for s in out if s != list(patch)]
 
-    Returns (MACs of a training batch, notes: outputs the loss will not read); raises
-    ``PreflightError`` naming what failed and what to change. Failures of the MAC count other
-    than a missing handle are left to the trial (which reports them as its own)."""
-    from harness.contract import TrainState, as_outputs, main_output, out_channels
-    from harness.cost import UnsupportedOpError
+
+def _passes(spec: TrialSpec, task: Task, patch: list[int], out_ch: int, check_loss: bool):
+    """The pre-flight's passes at ``patch`` (batch 1): built, an evaluation pass returning the
+    segmentation (1, C, *patch), a training pass through the output adapter, the loss on a random
+    batch. Returns (the spec at that patch, the model, its training outputs)."""
+    from harness.contract import TrainState, as_outputs, main_output
     from harness.losses import build_loss
-    from harness.outputs import adapter_names, describe, unused_outputs
-    from harness.registry import MODELS
+    from harness.outputs import adapter_names, describe
 
     cfg = spec.train
-    out_ch = out_channels(len(task.regions), cfg.output)
-    try:
-        build_checked_model(spec.model, cfg.patch, "", cfg.output, task.in_channels, out_ch)
-    except ConfigError as e:
-        raise PreflightError(str(e)) from None
-    sizes: list[list[int]] = []
-
-    def count(model, shape):
-        macs = count_macs(model, shape)["macs"]
-        sizes.append(shape[2:])  # the size the count ran at
-        return macs
-
-    uncosted = None
-    try:
-        one, scale, _ = _at_proxy(spec, task, count)
-        macs = one * scale
-    except UnsupportedOpError as e:  # said after the passes, whose faults come first
-        macs, uncosted = float("nan"), e
-    except Exception:  # noqa: BLE001  not a cost question: the passes below or the trial report it
-        macs = float("nan")
-    builtin = MODELS.get(spec.model.name).__module__.startswith("harness.")
-    patch = sizes[-1] if builtin and sizes else cfg.patch
     run = spec.model_copy(update={"train": cfg.model_copy(update={"patch": patch, "batch_size": 1})})
     model = _step("building it", lambda: trial_model(run, task))
     x = torch.zeros(1, task.in_channels, *patch)
@@ -262,6 +238,64 @@ def preflight(spec: TrialSpec, task: Task, check_loss: bool = True) -> tuple[flo
                 batch["label"] = batch["label"].float()
                 _step("the loss on its training outputs", lambda: loss(outs, batch, TrainState()),
                       f"turn the net's own deep supervision on, or choose {adapters} and train.aux_losses")
+    return run, model, outs
+
+
+def preflight(spec: TrialSpec, task: Task, check_loss: bool = True) -> tuple[float, list[str]]:
+    """Run the net as its trial will, once per architecture, before anything trains: built with
+    the trial's injected arguments; an evaluation pass at the patch (batch 1, no grad: the
+    inferers' window) returning the segmentation (1, C, *patch); a training-mode pass at the
+    patch through the output adapter (``train.outputs``) whose outputs the loss reads (deep
+    supervision's heads, ``train.aux_losses``), the loss computed on a random batch; an
+    evaluation pass at ``cost.input`` when it differs from the patch, for a plugin's net (one
+    built for one size fails there); the MACs on ``_at_proxy``'s shrunk patch (an op without a cost handle).
+    A built-in family's passes run at that shrunk patch too: its nets are tested at their
+    studies' patches, and a paper-sized pass takes minutes on the driver's CPU.
+
+    Returns (MACs of a training batch, notes: outputs the loss will not read); raises
+    ``PreflightError`` naming what failed and what to change. Failures of the MAC count other
+    than a missing handle are left to the trial (which reports them as its own)."""
+    from harness.contract import out_channels
+    from harness.cost import UnsupportedOpError
+    from harness.outputs import unused_outputs
+    from harness.registry import MODELS
+
+    cfg = spec.train
+    out_ch = out_channels(len(task.regions), cfg.output)
+    try:
+        build_checked_model(spec.model, cfg.patch, "", cfg.output, task.in_channels, out_ch)
+    except ConfigError as e:
+        raise PreflightError(str(e)) from None
+    sizes: list[list[int]] = []
+
+    def count(model, shape):
+        macs = count_macs(model, shape)["macs"]
+        sizes.append(shape[2:])  # the size the count ran at
+        return macs
+
+    uncosted = None
+    try:
+        one, scale, _ = _at_proxy(spec, task, count)
+        macs = one * scale
+    except UnsupportedOpError as e:  # said after the passes, whose faults come first
+        macs, uncosted = float("nan"), e
+    except Exception:  # noqa: BLE001  not a cost question: the passes below or the trial report it
+        macs = float("nan")
+    builtin = MODELS.get(spec.model.name).__module__.startswith("harness.")
+    # A built-in net runs at the size its MACs were counted at, else the next larger shrink that
+    # its training pass takes (batch 1 leaves a norm layer one value per channel at a 1^3
+    # bottleneck), up to the patch itself, where a failure is the net's own.
+    patches = (_pass_sizes(cfg.patch, sizes[-1]) if builtin and sizes else []) + [cfg.patch]
+    for i, patch in enumerate(patches):
+        try:
+            with warnings.catch_warnings():  # e.g. OBELISK's affine_grid on a unit-size proxy grid
+                warnings.simplefilter("ignore", UserWarning)
+                run, model, outs = _passes(spec, task, patch, out_ch, check_loss)
+            break
+        except PreflightError:
+            if i + 1 == len(patches):
+                raise
+    with torch.no_grad():
         notes = [f"its training output {k!r} is not read by the loss: " + (
             "set train.deep_supervision to train its heads" if k == "deep" else
             f"add it with train.aux_losses: {{{k}: WEIGHT}}") for k in

@@ -249,3 +249,20 @@ def test_the_shrunk_count_skips_sizes_that_leave_a_net_empty(monkeypatch, tmp_pa
         warnings.simplefilter("error")
         _, scale, model = _at_proxy(spec, build_task(spec.data.dataset, **spec.data.params), lambda m, s: 0)
     assert all(p.numel() > 0 for p in model.parameters()) and scale == 2**3
+
+
+def test_a_built_in_net_whose_training_pass_needs_more_than_the_counted_size_is_not_refused():
+    """The landscape's quick GSP-Conv net at its 32^3 patch is counted at 16^3, where a batch of
+    one leaves its 1^3 bottleneck's BatchNorm one value per channel in training (PyTorch
+    raises): the pre-flight takes the next size up instead of refusing a net that trains. (It
+    refused every option of the shipped efficient3d space.)"""
+    from harness.data import build_task
+    from harness.study import _pass_sizes, preflight
+    from helpers import spec
+
+    assert _pass_sizes([32, 32, 32], [16, 16, 16]) == [[16, 16, 16]]
+    assert _pass_sizes([64, 128, 128], [8, 16, 16]) == [[8, 16, 16], [16, 32, 32], [32, 64, 64]]
+    s = spec("gsp_unet", {"conv": "pointwise", "widths": [4, 8, 8, 16, 16]}, patch=[32, 32, 32],
+             data=("synthetic_organ", {"n_cases": 4, "shape": [32, 32, 32]}))
+    macs, notes = preflight(s, build_task(s.data.dataset, **s.data.params))
+    assert macs > 0 and notes == []
