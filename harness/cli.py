@@ -84,9 +84,24 @@ def cmd_run(args) -> int:
     resources = {k: v for k, v in (("cpu", args.cpus_per_trial), ("gpu", args.gpus_per_trial)) if v is not None}
     if args.until_decided and not args.dry_run:
         return _until_decided(args, resources)
-    return run_studies(args.study, args.scale, args.seeds, args.address, args.resume, args.tracking_uri, args.dry_run,
-                     verbose=args.verbose, resources=resources, data_roots=args.data_root, folds=args.folds,
-                     storage=args.storage)
+    code = run_studies(args.study, args.scale, args.seeds, args.address, args.resume, args.tracking_uri, args.dry_run,
+                       verbose=args.verbose, resources=resources, data_roots=args.data_root, folds=args.folds,
+                       storage=args.storage)
+    if not args.dry_run:
+        _tag_failures(args.study, args.scale, args.tracking_uri)
+    return code
+
+
+def _tag_failures(paths: list[str], scale: str, tracking_uri: str | None) -> None:
+    """Each finished trial's ``failed_to_train`` on its MLflow run (``harness.report.failures``)."""
+    from harness.config import load_study
+    from harness.report.failures import tag_failures
+
+    for path in paths:
+        failed = tag_failures(load_study(path), scale, tracking_uri)
+        if failed:
+            print(f"{Path(path).stem}@{scale}: {failed} trial(s) failed to train by the study's rule "
+                  f"(tag failed_to_train; the report lists them)")
 
 
 def _until_decided(args, resources: dict) -> int:
@@ -113,10 +128,12 @@ def _until_decided(args, resources: dict) -> int:
                            verbose=args.verbose, resources=resources, data_roots=args.data_root, folds=args.folds,
                            storage=args.storage)
         if code:
+            _tag_failures(args.study, args.scale, args.tracking_uri)
             return code
         tracker = Tracker(args.tracking_uri)
         exp = tracker.experiment(study.name)
         tracker.tag(tracker.find_parent(exp, args.scale).info.run_id, LOOKS, ",".join(map(str, looks)))
+        _tag_failures(args.study, args.scale, args.tracking_uri)  # over this look's seeds (read from LOOKS)
         left = undecided(study, args.scale, n, args.tracking_uri)
         print(f"after {n} seeds: " + (f"{len(left)} claim(s) undecided: {'; '.join(left)}" if left else
                                       "every claim decided"), flush=True)

@@ -99,25 +99,28 @@ def whole_volume(patch: Sequence[int], batch_size: int, output: str, divisor: in
 
 
 BASES = ("sliding_window", "whole_volume")
+PLANES = {(3, 4): "axial", (2, 4): "coronal", (2, 3): "sagittal"}  # dims of N, C, D, H, W
 
 
 @dataclass(frozen=True)
 class View:
     """One test-time view: flip ``flip`` (a spatial dim of N, C, D, H, W, or None), then rotate
-    ``rot`` quarter turns in the axial (H, W) plane. ``inverse`` undoes ``forward`` exactly:
-    rotate back first, then flip (the order matters when the flip lies in the rotation plane)."""
+    ``rot`` quarter turns in ``plane`` (two spatial dims; the axial (H, W) plane by default).
+    ``inverse`` undoes ``forward`` exactly: rotate back first, then flip (the order matters when
+    the flip lies in the rotation plane)."""
 
     flip: int | None
     rot: int
+    plane: tuple[int, int] = (3, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.flip is not None:
             x = x.flip(self.flip)
-        return torch.rot90(x, self.rot, dims=(3, 4)) if self.rot else x
+        return torch.rot90(x, self.rot, dims=self.plane) if self.rot else x
 
     def inverse(self, x: torch.Tensor) -> torch.Tensor:
         if self.rot:
-            x = torch.rot90(x, -self.rot, dims=(3, 4))
+            x = torch.rot90(x, -self.rot, dims=self.plane)
         return x.flip(self.flip) if self.flip is not None else x
 
 
@@ -144,9 +147,12 @@ def _check_tta(patch: Sequence[int], views: str, overlap: float, mode: str, base
         raise ValueError(f"base: {base!r} is not one of {', '.join(BASES)}")
     if base == "sliding_window":
         _check_window(overlap, mode)
-        if any(v.rot % 2 for v in VIEW_SETS.get(views)()) and patch[1] != patch[2]:
-            raise ValueError(f"views {views!r} rotate the axial plane: the patch's H and W must be equal, "
-                             f"got {list(patch)}")
+        odd = sorted({v.plane for v in VIEW_SETS.get(views)() if v.rot % 2}, reverse=True)
+        bad = [p for p in odd if patch[p[0] - 2] != patch[p[1] - 2]]
+        if bad:
+            name, (a, b) = PLANES[bad[0]], ("DHW"[bad[0][0] - 2], "DHW"[bad[0][1] - 2])
+            raise ValueError(f"views {views!r} rotate the {name} plane: the patch's {a} and {b} must be equal, "
+                             f"got {list(patch)} (or base: whole_volume)")
 
 
 @INFERERS.register("tta", check=_check_tta)

@@ -106,12 +106,14 @@ def _at_proxy(spec: TrialSpec, task: Task, measure) -> tuple[float, float, nn.Mo
         small = [p // f for p in cfg.patch]
         proxy = spec.model_copy(update={"train": cfg.model_copy(update={"patch": small})})
         try:
-            with warnings.catch_warnings():  # "Initializing zero-element tensors": a size it cannot take
+            # "Initializing zero-element tensors": a size it cannot take; OBELISK's affine_grid on a
+            # unit-size grid: the proxy's, not the trial's.
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 model = trial_model(proxy, task)
-            if f > 1 and any(p.numel() == 0 for p in model.parameters()):
-                continue  # layers sized from the input (a net built for one size) came out empty
-            return float(measure(model, [1, task.in_channels, *small])), float(f**3 * cfg.batch_size), model
+                if f > 1 and any(p.numel() == 0 for p in model.parameters()):
+                    continue  # layers sized from the input (a net built for one size) came out empty
+                return float(measure(model, [1, task.in_channels, *small])), float(f**3 * cfg.batch_size), model
         except Exception:  # noqa: BLE001  the model refuses this size (groups, strides): try a larger one
             if f == 1:
                 raise

@@ -10,7 +10,7 @@ import torch
 
 from harness.callbacks import LoopContext
 from harness.families.brats2020_unet.callbacks import PatientRemoval, SelfEnsemble
-from harness.config import DeepSupervisionCfg, _merge
+from harness.config import DeepSupervisionCfg, merge
 from harness.contract import TrainState
 from harness.cost import count_macs, count_params
 from harness.families.brats2020_unet.labels import labels_to_regions, merge_labels, regions_to_labels
@@ -248,12 +248,12 @@ def test_flat_cosine_keeps_the_lr_then_anneals_to_zero():
 
 def test_a_variant_appends_a_callback_to_the_scales_list():
     base = {"callbacks": [{"name": "self_ensemble"}], "lr": 0.1}
-    merged = _merge(base, {"callbacks+": [{"name": "patient_removal"}]})
+    merged = merge(base, {"callbacks+": [{"name": "patient_removal"}]})
     assert [c["name"] for c in merged["callbacks"]] == ["self_ensemble", "patient_removal"]
     from harness.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"lr\+: appends a list to the list 'lr'"):
-        _merge(base, {"lr+": [1]})
+        merge(base, {"lr+": [1]})
 
 
 def test_merge_labels_command_writes_table1_on_a_grid_and_refuses_bad_input(tmp_path, capsys):

@@ -21,10 +21,10 @@ class Identity(nn.Module):
 
 @pytest.mark.parametrize("views", list(VIEW_SETS))
 def test_every_view_is_undone_exactly_and_an_identity_model_comes_back_unchanged(views):
-    x = torch.randn(1, 2, 8, 12, 12)
+    x = torch.randn(1, 2, 12, 12, 12)  # a cube: a view set may turn any plane
     for v in VIEW_SETS.get(views)():
         assert torch.equal(v.inverse(v.forward(x)), x), v
-    tta = build_inferer(ComponentCfg(name="tta", params={"views": views}), [8, 12, 12], 1, "sigmoid")
+    tta = build_inferer(ComponentCfg(name="tta", params={"views": views}), [12, 12, 12], 1, "sigmoid")
     # The views are exact (above); averaging 16 equal floats may round by an ulp or two.
     assert torch.allclose(tta(x, Identity()), torch.sigmoid(x), atol=1e-6, rtol=0)
 
@@ -85,3 +85,14 @@ def test_whole_volume_pads_to_the_divisor_crops_back_and_costs_one_pass():
     assert torch.allclose(tta(y, Identity()), torch.sigmoid(y), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="base: 'whole' is not one of sliding_window, whole_volume"):
         build_inferer(ComponentCfg(name="tta", params={"base": "whole"}), [8, 16, 16], 1, "sigmoid")
+
+
+def test_the_views_the_brats_paper_turned_down_rotate_every_plane_and_need_equal_sides_there():
+    views = VIEW_SETS.get("brats2020_all_planes")()
+    assert len(views) == 40 and {v.plane for v in views if v.rot} == {(3, 4), (2, 4), (2, 3)}
+    with pytest.raises(ValueError, match=r"rotate the coronal plane: the patch's D and W must be equal, got \[8, 16, 16\]"):
+        build_inferer(ComponentCfg(name="tta", params={"views": "brats2020_all_planes"}), [8, 16, 16], 1, "sigmoid")
+    whole = build_inferer(ComponentCfg(name="tta", params={"views": "brats2020_all_planes", "base": "whole_volume"}),
+                          [8, 16, 16], 1, "sigmoid")
+    x = torch.randn(1, 1, 8, 16, 16)
+    assert torch.allclose(whole(x, Identity()), torch.sigmoid(x), atol=1e-6, rtol=0)  # any volume, whole

@@ -55,7 +55,7 @@ def test_a_bare_name_is_a_component_and_params_are_checked_against_the_factory()
         ({"schedule": {"name": "poly", "params": {"powr": 1}}}, "Did you mean 'power'"),
         ({"inferer": {"name": "sliding_window", "params": {"overlap": 1.5}}},
          "train.inferer (sliding_window): overlap: 1.5 is outside [0, 1)"),
-        ({"inferer": {"name": "tta", "params": {"views": "all"}}}, "views: 'all' is not one of brats2020, mirror"),
+        ({"inferer": {"name": "tta", "params": {"views": "all"}}}, "views: 'all' is not one of brats2020, brats2020_all_planes, mirror"),
         ({"callbacks": ["swaa"]}, "train.callbacks[0].name: unknown callback 'swaa'. Did you mean 'swa'"),
         ({"callbacks": [{"name": "swa", "params": {"start": 1.5}}]}, "start: 1.5 is outside [0, 1)"),
         ({"targets": ["signed_distance", "signed_distance"]}, "output keys ['sdm'] clash"),

@@ -260,6 +260,15 @@ def test_until_decided_adds_seeds_in_batches_trains_each_once_and_the_report_jud
     done = finished_by_key(runs(tmp_path))
     assert sorted(done) == ["csc#s0", "csc#s1", "csc#s2", "pw#s0", "pw#s1", "pw#s2"]
     assert all(len(ids) == 1 for ids in done.values()), done  # each seed trained once
+    import pandas as pd
+
+    from harness.report.failures import below_median
+
+    # Each finished trial carries the study's failure rule's mark, over every seed of its variant.
+    finished = [r for r in runs(tmp_path) if r.info.status == "FINISHED"]
+    frame = pd.DataFrame({"variant": [r.data.tags["variant"] for r in finished],
+                          "mean_dice": [r.data.metrics["mean_dice"] for r in finished]})
+    assert [r.data.tags["failed_to_train"] for r in finished] == [str(f).lower() for f in below_median(frame)]
     r = harness(["report", "s.yaml", "--format", "md"], tmp_path)
     out, _ = r.communicate(timeout=300)
     assert r.returncode == 0, out

@@ -12,8 +12,8 @@ Every error names the field, the bad value and what is allowed (``ConfigError``,
 from harness.config.schema import (BEST, ClaimCfg, CombinedCfg, ComponentCfg, ConfigError, CostCfg, DataCfg,
                                    DeepSupervisionCfg, EXACT_COSTS, ExpectedValue, LayoutCfg, ModelCfg, PLAIN_NAME,
                                    ParamGroupCfg, ResourcesCfg, SCALES, ScaleCfg, Side, StudyCfg, SubmissionCfg,
-                                   TaskScaleCfg, TrainCfg, TrialSpec, VariantCfg, _Strict)
-from harness.config.expand import _merge, table_rows, variants
+                                   TaskScaleCfg, TrainCfg, TrialSpec, VariantCfg, Strict)
+from harness.config.expand import merge, table_rows, variants
 from harness.config.checks import (build_checked_model, check_data, check_exclusive, check_model, check_patch_fits,
                                    check_train)
 from harness.config.layout import check_layout, claim_members
@@ -24,7 +24,7 @@ from harness.config.resolve import combined_keys, config_hash, resolve, resolve_
 __all__ = ["BEST", "ClaimCfg", "CombinedCfg", "ComponentCfg", "ConfigError", "CostCfg", "DataCfg",
            "DeepSupervisionCfg", "EXACT_COSTS", "ExpectedValue", "LayoutCfg", "MAX_YAML_NODES", "MODULE_NAME",
            "ModelCfg", "PLAIN_NAME", "PORTABLE_DATA_PARAMS", "ParamGroupCfg", "ResourcesCfg", "SCALES", "ScaleCfg",
-           "Side", "StudyCfg", "SubmissionCfg", "TaskScaleCfg", "TrainCfg", "TrialSpec", "VariantCfg", "_Strict",
-           "_merge", "with_data_roots", "build_checked_model", "check_data", "check_exclusive", "check_layout", "check_model",
+           "Side", "StudyCfg", "SubmissionCfg", "TaskScaleCfg", "TrainCfg", "TrialSpec", "VariantCfg", "Strict",
+           "merge", "with_data_roots", "build_checked_model", "check_data", "check_exclusive", "check_layout", "check_model",
            "check_patch_fits", "check_train", "claim_members", "combined_keys", "config_hash", "import_plugins",
            "load_study", "load_yaml", "resolve", "resolve_variant", "spec_hash", "table_rows", "variants"]

@@ -1,5 +1,5 @@
 """A study's rows: its explicit variants, its grid's product, the landscape's variants and the
-combined rows, and the dict merge (``_merge``) that layers scales, tasks and variants."""
+combined rows, and the dict merge (``merge``) that layers scales, tasks and variants."""
 from __future__ import annotations
 
 import copy
@@ -10,7 +10,7 @@ from harness.config.schema import ConfigError, StudyCfg, VariantCfg
 from harness.registry import COMBINERS, MODELS, UnknownNameError
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge(base: dict, over: dict) -> dict:
     """``over`` on ``base``: mappings merge, other values replace; ``key+: [...]`` appends to the
     list ``key`` (a variant adding a callback to the scale's, e.g. BraTS 2020's patient removal
     beside the scale-sized self-ensembling)."""
@@ -22,7 +22,7 @@ def _merge(base: dict, over: dict) -> dict:
                 raise ConfigError(f"{k}: appends a list to the list {key!r}; got {v!r} onto {prev!r}")
             out[key] = prev + copy.deepcopy(v)
         else:
-            out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
 
 
@@ -41,9 +41,9 @@ def variants(study: StudyCfg) -> list[VariantCfg]:
             picked: dict[str, Any] = {}
             for _, p in combo:
                 p = dict(p or {})
-                train = _merge(train, p.pop("train", {}))
+                train = merge(train, p.pop("train", {}))
                 picked.update({k: p.pop(k) for k in ("model", "task") if k in p})
-                params = _merge(params, p)
+                params = merge(params, p)
             out.append(VariantCfg(name="-".join(label for label, _ in combo), params=params, train=train,
                                   tags={a: label for a, (label, _) in zip(axes, combo)}, **picked))
     if study.landscape:

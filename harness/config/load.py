@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from harness.config.checks import _check_names
-from harness.config.expand import _merge
+from harness.config.expand import merge
 from harness.config.layout import check_layout
 from harness.config.schema import ConfigError, DataCfg, StudyCfg, _fmt_validation
 from harness.registry import DATASETS, UnknownNameError
@@ -103,7 +103,7 @@ def _read_mapping(p: Path, kind: str) -> dict:
 
 def _extended(p: Path, raw: dict, chain: list[Path]) -> dict:
     """``extends: BASE.yaml`` (beside the file): the base study with this file's keys merged on
-    it (``_merge``: mappings merge, lists and values replace, ``key+`` appends), as detectron2's
+    it (``merge``: mappings merge, lists and values replace, ``key+`` appends), as detectron2's
     ``_BASE_``. The child names itself; chains are followed, cycles refused."""
     base_path = p.parent / str(raw["extends"])
     if base_path.resolve() in chain:
@@ -118,7 +118,7 @@ def _extended(p: Path, raw: dict, chain: list[Path]) -> dict:
         raise ConfigError(f"{p}: name: a study that extends {base_path.name} needs a name of its own")
     # What the base's claims, expectations and rows said about its own table is not the child's.
     base = {k: v for k, v in base.items() if k not in ("expected", "claims", "title", "description", "submission")}
-    return _merge(base, child)
+    return merge(base, child)
 
 
 def load_yaml(path: str | Path, schema: type[BaseModel], kind: str = "study"):

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from harness.config.checks import check_data, check_exclusive, check_model, check_patch_fits, check_train
-from harness.config.expand import _merge, table_rows, variants
+from harness.config.expand import merge, table_rows, variants
 from harness.config.schema import (ConfigError, CostCfg, DataCfg, ModelCfg, StudyCfg, TrainCfg, TrialSpec, VariantCfg,
                                    _fmt_validation)
 from harness.registry import DATASETS, MODELS, UnknownNameError
@@ -60,15 +60,15 @@ def _scale_parts(study: StudyCfg, scale: str):
         raise ConfigError(f"--scale: {scale!r} is not defined; allowed: {sorted(study.scales)}")
     sc = study.scales[scale]
     try:
-        base_train = _merge(study.train.model_dump(), sc.train)
+        base_train = merge(study.train.model_dump(), sc.train)
         check_train(TrainCfg.model_validate(base_train), f"scales.{scale}")
     except ValidationError as e:
         raise ConfigError(_fmt_validation(e, f"scales.{scale}", "train", TrainCfg)) from None
     try:
-        cost = CostCfg.model_validate(_merge(study.cost.model_dump(), sc.cost))
+        cost = CostCfg.model_validate(merge(study.cost.model_dump(), sc.cost))
     except ValidationError as e:
         raise ConfigError(_fmt_validation(e, f"scales.{scale}", "cost", CostCfg)) from None
-    data = DataCfg(dataset=study.data.dataset, params=_merge(study.data.params, sc.data))
+    data = DataCfg(dataset=study.data.dataset, params=merge(study.data.params, sc.data))
     return sc, base_train, cost, data
 
 
@@ -84,16 +84,16 @@ def resolve_variant(study: StudyCfg, scale: str, v: VariantCfg, seeds: int = 1, 
     if v.task is not None:  # the task defines the data at this scale, and may adjust training (its patch)
         t = study.tasks[v.task][scale]
         data = DataCfg(dataset=t.dataset, params=t.params)
-        base_train = _merge(base_train, t.train)
+        base_train = merge(base_train, t.train)
     try:
-        train = TrainCfg.model_validate(_merge(base_train, v.train))
+        train = TrainCfg.model_validate(merge(base_train, v.train))
     except ValidationError as e:
         raise ConfigError(_fmt_validation(e, f"variant {v.name!r} train", model=TrainCfg)) from None
     if check and v.train:
         check_train(train, f"variant {v.name!r}")
     if v.model is None or v.model == study.model.name:
         model = ModelCfg(name=study.model.name,
-                         params=_merge(_merge(study.model.params, study.scales[scale].model), v.params))
+                         params=merge(merge(study.model.params, study.scales[scale].model), v.params))
     else:  # another family: the study's model parameters are not its parameters
         try:
             MODELS.get(v.model, field=f"variant {v.name!r}: model")

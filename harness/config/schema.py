@@ -35,7 +35,7 @@ def _scalar_type(annotation: Any) -> Any:
     return annotation if annotation in (int, float, bool) else None
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     # Numbers are finite; a number is never read from a string or a boolean, nor a boolean from
     # anything else (pydantic's lax mode turns `epochs: true` into 1 and `lr: "1e-2"` into 0.01).
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -74,7 +74,7 @@ def _flat_params(keep: tuple[str, ...]):
     return model_validator(mode="before")(classmethod(lambda cls, raw: fold(raw)))
 
 
-class DataCfg(_Strict):
+class DataCfg(Strict):
     dataset: str
     params: dict[str, Any] = Field(default_factory=dict)
     # Parameters of the folder data set ``--data-root`` swaps in for a synthetic one: the paper's
@@ -84,12 +84,12 @@ class DataCfg(_Strict):
     _flat = _flat_params(("dataset", "params", "folder"))
 
 
-class ModelCfg(_Strict):
+class ModelCfg(Strict):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class ComponentCfg(_Strict):
+class ComponentCfg(Strict):
     """A registered component and its parameters; a bare name is ``{name: NAME}``."""
 
     name: str
@@ -101,7 +101,7 @@ class ComponentCfg(_Strict):
         return {"name": raw} if isinstance(raw, str) else raw
 
 
-class DeepSupervisionCfg(_Strict):
+class DeepSupervisionCfg(Strict):
     """Deep supervision: the loss on the segmentation and on each head of ``outputs[output]``."""
 
     output: str = "deep"
@@ -110,7 +110,7 @@ class DeepSupervisionCfg(_Strict):
     reduction: Literal["sum", "mean"] = "sum"  # mean: the weighted sum divided by the number of heads
 
 
-class ParamGroupCfg(_Strict):
+class ParamGroupCfg(Strict):
     """Parameters whose name matches ``match`` (a regular expression) get their own settings."""
 
     match: str
@@ -133,7 +133,7 @@ _MOVED = {"momentum": "optimizer: {name: sgd, params: {momentum: ...}}",
           "sw_overlap": "inferer: {name: sliding_window, params: {overlap: ...}}"}
 
 
-class TrainCfg(_Strict):
+class TrainCfg(Strict):
     # sigmoid: one channel per (possibly overlapping) region; softmax: background + exclusive classes.
     output: Literal["sigmoid", "softmax"] = "sigmoid"
     loss: ComponentCfg = Field(default_factory=lambda: ComponentCfg(name="dice"))
@@ -202,7 +202,7 @@ def _five_sizes(v: Optional[list[int]]) -> Optional[list[int]]:
     return v
 
 
-class CostCfg(_Strict):
+class CostCfg(Strict):
     input: Optional[list[int]] = None  # (N, C, D, H, W) for params/GMACs; default 1 x C x patch
     latency: bool = True
     latency_runs: int = Field(5, ge=1)
@@ -213,12 +213,12 @@ class CostCfg(_Strict):
         return _five_sizes(v)
 
 
-class ResourcesCfg(_Strict):
+class ResourcesCfg(Strict):
     cpu: float = Field(1, gt=0)
     gpu: float = Field(0, ge=0)
 
 
-class ScaleCfg(_Strict):
+class ScaleCfg(Strict):
     data: dict[str, Any] = Field(default_factory=dict)
     model: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
@@ -227,7 +227,7 @@ class ScaleCfg(_Strict):
     folds: Optional[int] = Field(None, ge=1)  # cross-validation folds of folder data sets (their ``fold``)
 
 
-class TaskScaleCfg(_Strict):
+class TaskScaleCfg(Strict):
     """A task's data (and training overrides, e.g. its patch) at one scale."""
 
     dataset: str
@@ -237,7 +237,7 @@ class TaskScaleCfg(_Strict):
     _flat = _flat_params(("dataset", "params", "train"))
 
 
-class VariantCfg(_Strict):
+class VariantCfg(Strict):
     name: str
     model: Optional[str] = None  # another registered model than the study's (families side by side)
     task: Optional[str] = None  # one of the study's ``tasks`` (tables spanning data sets)
@@ -246,7 +246,7 @@ class VariantCfg(_Strict):
     tags: dict[str, str] = Field(default_factory=dict)
 
 
-class CombinedCfg(_Strict):
+class CombinedCfg(Strict):
     """A row evaluated, not trained: per seed (and fold), the predictions of the variants ``of``
     on the validation cases, combined by a registered ``rule`` (``harness.combine``): an
     ensemble of pipelines, a label-map reconstruction, BraTS 2020's merge (Table 3). A member may be an earlier
@@ -258,7 +258,7 @@ class CombinedCfg(_Strict):
     tags: dict[str, str] = Field(default_factory=dict)
 
 
-class SubmissionCfg(_Strict):
+class SubmissionCfg(Strict):
     """What ``harness submit`` writes for a challenge's unlabelled cases (``harness.submit``):
     the ``row`` (a variant or combined row) whose label maps are uploaded, in ``format``."""
 
@@ -266,7 +266,7 @@ class SubmissionCfg(_Strict):
     format: Literal["brats"] = "brats"
 
 
-class ExpectedValue(_Strict):
+class ExpectedValue(Strict):
     value: float
     tol: Optional[float] = Field(None, ge=0)  # set for pinned numbers (params, GMACs); None = reported only
     known_gap: bool = False  # a pinned number we cannot match and say so: reported, not a --verify failure
@@ -286,7 +286,7 @@ class ExpectedValue(_Strict):
 BEST = ("max_per_column", "max_per_row", "min_per_column", "min_per_row")
 
 
-class LayoutCfg(_Strict):
+class LayoutCfg(Strict):
     """How the paper laid its table out (``harness.report`` renders it; see its docstring).
 
     An axis is a grid axis, a variant tag or ``variant``.
@@ -327,7 +327,7 @@ EXACT_COSTS = ("params", "size_mb", "gmacs", "macs_per_voxel", "forward_passes",
 PLAIN_NAME = r"^[A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
 
 
-class ClaimCfg(_Strict):
+class ClaimCfg(Strict):
     """A claim of the paper, judged on our runs by ``harness report``.
 
     ``better`` has a ``direction``-er ``metric`` than ``than``, by more than ``margin`` (metric
@@ -394,7 +394,7 @@ class ClaimCfg(_Strict):
         return self.value if self.value is not None else 1.0 if self.measure == "ratio" else 0.0
 
 
-class StudyCfg(_Strict):
+class StudyCfg(Strict):
     # The study's name is a folder (reports/<name>/): a plain name, never "." or "..".
     name: str = Field(pattern=PLAIN_NAME, max_length=100)  # a folder and a lock file's name: kept short
     paper: str
@@ -509,7 +509,7 @@ def _fmt_validation(err: ValidationError, source: str, prefix: str = "", model: 
     for e in _union_errors(err.errors()):
         loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(e["loc"])) or "(top level)"
         msg = e["msg"]
-        coerced = e["type"] == "no_coercion"  # raised for a field by its model (_Strict), located at the model
+        coerced = e["type"] == "no_coercion"  # raised for a field by its model (Strict), located at the model
         if coerced:
             loc, e = f"{loc}.{e['ctx']['field']}" if e["loc"] else e["ctx"]["field"], {**e, "input": e["ctx"]["value"]}
         if e["type"] == "extra_forbidden":

@@ -64,3 +64,20 @@ def failed_seeds(trials: pd.DataFrame, members: list[str]) -> list[int]:
         return []
     hit = trials[trials.variant.isin(members) & trials.failed_to_train]
     return sorted({int(s) for s in hit.seed})
+
+
+def tag_failures(study, scale: str, tracking_uri: str | None = None) -> int:
+    """Write each finished trial's ``failed_to_train`` (``true`` / ``false``) on its MLflow run,
+    as the study's rule judges it over the seeds run so far (``harness run`` after its trials:
+    a seed added later may move a variant's median, and the next run writes the tags again).
+    Returns the trials marked failed."""
+    from harness.report.runs import load_runs
+    from harness.tracking import Tracker
+
+    trials = load_runs(study, scale, tracking_uri, with_cases=False).trials
+    if trials.empty or "failed_to_train" not in trials:
+        return 0
+    tracker = Tracker(tracking_uri)
+    for run_id, failed in zip(trials.run_id, trials.failed_to_train):
+        tracker.tag(run_id, "failed_to_train", str(bool(failed)).lower())
+    return int(trials.failed_to_train.sum())

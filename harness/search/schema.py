@@ -7,10 +7,10 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BeforeValidator, Field, model_validator
 
-from harness.config import _Strict
+from harness.config import Strict
 
 
-class Knob(_Strict):
+class Knob(Strict):
     choice: Optional[list[Any]] = None
     # Asked only when the trial's model is one of these (Optuna's define-by-run spaces): the
     # family's own axes in a search across families.
@@ -28,7 +28,7 @@ class Knob(_Strict):
         return self
 
 
-class Objective(_Strict):
+class Objective(Strict):
     metric: str
     mode: Literal["max", "min"]
     # log: the hypervolume measures this objective in log10 (a cost spanning decades, where a
@@ -36,7 +36,7 @@ class Objective(_Strict):
     scale: Literal["linear", "log"] = "linear"
 
 
-class Constraint(_Strict):
+class Constraint(Strict):
     """A bound a trial must meet to count (Optuna's ``constraints_func``): the samplers prefer
     feasible trials, and only those enter the Pareto set and the hypervolume."""
 
@@ -51,11 +51,11 @@ class Constraint(_Strict):
         return self
 
 
-class ConfirmCfg(_Strict):
+class ConfirmCfg(Strict):
     seeds: int = Field(ge=2)  # an interval over seeds needs two at least
 
 
-class SamplerCfg(_Strict):
+class SamplerCfg(Strict):
     """Optuna's sampler and its options. ``auto``: TPE (multivariate, grouped by the
     define-by-run branch) for a space whose knobs depend on a chosen model, NSGA-II otherwise.
     NSGA-II on a space with one unconditional knob mutates that gene with probability 1/1 and
@@ -85,7 +85,7 @@ class SamplerCfg(_Strict):
         return self
 
 
-class SchedulerCfg(_Strict):
+class SchedulerCfg(Strict):
     """Early stopping by cost-aware asynchronous successive halving: at each rung
     (``grace_period`` x ``reduction_factor``^k epochs, below the last) a trial goes on only if its
     rung accuracy ranks in the top 1/``reduction_factor`` of the trials at that rung that cost no
@@ -113,7 +113,7 @@ class SchedulerCfg(_Strict):
 Scheduler = Annotated[SchedulerCfg, BeforeValidator(lambda v: {"name": v} if isinstance(v, str) else v)]
 
 
-class StrategyCfg(_Strict):
+class StrategyCfg(Strict):
     """Another way to search the same space, run beside the main one for the comparison of
     hypervolume against trial-time (unset fields: the main search's)."""
 
@@ -123,7 +123,7 @@ class StrategyCfg(_Strict):
     trials: Optional[int] = Field(None, ge=1)
 
 
-class SearchCfg(_Strict):
+class SearchCfg(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=100)
     study: str  # base study, relative to this file
     scale: Literal["smoke", "quick", "paper"] = "smoke"

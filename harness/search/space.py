@@ -12,7 +12,7 @@ from harness.config import (
     StudyCfg,
     TrialSpec,
     VariantCfg,
-    _merge,
+    merge,
     build_checked_model,
     import_plugins,
     load_study,
@@ -322,7 +322,7 @@ class Space:
                         put(k, x)
             else:
                 put(name, v)
-        return params, _merge(self.cfg.train, train)
+        return params, merge(self.cfg.train, train)
 
     def exact_costs(self, config: dict[str, Any]) -> dict[str, float]:
         """The configuration's exact costs (``EXACT_COSTS``: parameters, GMACs, MACs per voxel,

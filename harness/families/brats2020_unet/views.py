@@ -14,3 +14,14 @@ from harness.registry import VIEW_SETS
 def brats2020() -> list[View]:
     """16 views: no flip or a flip along D, H or W, then 0-3 quarter turns in the axial plane."""
     return [View(f, r) for f in (None, 2, 3, 4) for r in range(4)]
+
+
+# "We used flips, and 90-180-270 rotations only in the axial plane, as rotation in other planes
+# led to worse performance on the local validation set" (Sec. 2.6): the set they turned down,
+# the flips with 1-3 quarter turns in each of the three planes (axial, coronal, sagittal).
+@VIEW_SETS.register("brats2020_all_planes")
+def brats2020_all_planes() -> list[View]:
+    """40 views: no flip or a flip along D, H or W, then none or 1-3 quarter turns in the axial
+    (H, W), coronal (D, W) or sagittal (D, H) plane."""
+    turns = [(0, (3, 4))] + [(r, p) for p in ((3, 4), (2, 4), (2, 3)) for r in (1, 2, 3)]
+    return [View(f, r, p) for f in (None, 2, 3, 4) for r, p in turns]
