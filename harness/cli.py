@@ -87,7 +87,7 @@ def cmd_run(args) -> int:
     code = run_studies(args.study, args.scale, args.seeds, args.address, args.resume, args.tracking_uri, args.dry_run,
                        verbose=args.verbose, resources=resources, data_roots=args.data_root, folds=args.folds,
                        storage=args.storage)
-    if not args.dry_run:
+    if code in (0, 1) and not args.dry_run:  # trials ran (2: refused, nothing written)
         _tag_failures(args.study, args.scale, args.tracking_uri)
     return code
 
@@ -128,7 +128,8 @@ def _until_decided(args, resources: dict) -> int:
                            verbose=args.verbose, resources=resources, data_roots=args.data_root, folds=args.folds,
                            storage=args.storage)
         if code:
-            _tag_failures(args.study, args.scale, args.tracking_uri)
+            if code == 1:
+                _tag_failures(args.study, args.scale, args.tracking_uri)
             return code
         tracker = Tracker(args.tracking_uri)
         exp = tracker.experiment(study.name)
