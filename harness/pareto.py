@@ -32,23 +32,28 @@ def promotion_order(values: list[list[float]], modes: list[str]) -> list[int]:
     return order
 
 
-def continues_at_rung(rung: dict, key, modes: list[str], cost_modes: list[str], reduction_factor: int) -> bool:
+def continues_at_rung(rung: dict, key, modes: list[str], cost_modes: list[str], reduction_factor: int,
+                      band: float | None = None) -> bool:
     """Cost-aware successive halving's rule: does trial ``key`` go on past this rung?
 
     ``rung`` maps each trial that reached the rung to (values, costs): ``values`` its rung
     results for the objectives training changes (accuracy, in ``modes``), ``costs`` its exact,
     fidelity-free objectives (GMACs, parameters, in ``cost_modes``), known before it trained.
-    Only a trial that costs no more in every cost (``peers``, itself included) can dominate it,
-    so it goes on while it ranks in the top ceil(n / eta) of its n peers by ``promotion_order``
-    on the rung values. A trial no seen trial matches in cost (the cheapest so far, or the first)
-    goes on: nothing yet says it is dominated; a non-dominated newcomer always goes on. MO-ASHA
+    Only a trial that costs no more in every cost can dominate it; with ``band``, only those
+    within that factor of its cost count (``peers``, itself included): a net several times
+    cheaper learns faster over the first steps, so its rung Dice says little about a costlier
+    net's final one. A trial goes on while it ranks in the top ceil(n / eta) of its n peers by
+    ``promotion_order`` on the rung values. A trial no seen trial matches in cost (the cheapest
+    of its band so far, or the first) goes on: nothing yet says it is dominated; a non-dominated
+    newcomer always goes on. MO-ASHA
     (Schmucker et al. 2021) ranks cost with the rung's accuracy instead, so that the exact cost
     decides a rung that a few validation cases after a few steps should."""
     import math
 
     values, costs = rung[key]
     sign = [1.0 if m == "min" else -1.0 for m in cost_modes]
-    peers = [k for k, (_, c) in rung.items() if all(s * a <= s * b for s, a, b in zip(sign, c, costs))]
+    peers = [k for k, (_, c) in rung.items() if all(s * a <= s * b for s, a, b in zip(sign, c, costs))
+             and (band is None or all(max(abs(a), abs(b)) <= band * min(abs(a), abs(b)) for a, b in zip(c, costs)))]
     order = promotion_order([rung[k][0] for k in peers], modes)
     return peers.index(key) in order[:math.ceil(len(peers) / reduction_factor)]
 

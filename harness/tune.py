@@ -446,7 +446,8 @@ RUNG = "rung_"  # an Optuna trial's user attribute per rung it reached: {"values
 def _halving(space, searcher, study, rungs: list[int]):
     """Cost-aware asynchronous successive halving: at each rung (epochs from 1, ``rungs``) a
     trial goes on while ``harness.pareto.continues_at_rung`` holds: its rung accuracy ranks in
-    the top 1/eta of the trials at that rung that cost no more than it does. The exact costs
+    the top 1/eta of the trials at that rung that cost no more than it does, and not over
+    ``cost_band`` times less. The exact costs
     (``EXACT_COSTS`` objectives) are counted in the driver (``space.exact_costs``), the others
     come with the rung's result. Each rung result is written to the Optuna trial
     (``rung_<epoch>``), so a resumed search ranks against every rung reached before.
@@ -484,7 +485,7 @@ def _halving(space, searcher, study, rungs: list[int]):
             self.records[epoch][asked.number] = (values, costs)
             asked.set_user_attr(f"{RUNG}{epoch}", {"values": values, "costs": costs})
             go = continues_at_rung(self.records[epoch], asked.number, [o.mode for o in trained],
-                                   [o.mode for o in exact], eta)
+                                   [o.mode for o in exact], eta, space.cfg.scheduler.cost_band)
             return TrialScheduler.CONTINUE if go else TrialScheduler.STOP
 
     return CostAwareHalving()

@@ -518,6 +518,11 @@ def test_a_trial_goes_on_while_its_rung_accuracy_ranks_among_the_trials_that_cos
     assert go("e") and not continues_at_rung(rung, "e", ["max"], ["min"], 4)  # at eta 4 only the 1st of 4
     rung["f"] = ([45.0], [2.0])
     assert not go("f")  # 4th of its 5 peers (b, e, a above it)
+    # A net 4x cheaper leads after a few steps whatever it reaches: with a band of 2 it is no peer.
+    early = {"cheap": ([70.0], [1.0]), "big": ([50.0], [4.0])}
+    assert not continues_at_rung(early, "big", ["max"], ["min"], 2)
+    assert continues_at_rung(early, "big", ["max"], ["min"], 2, band=2.0)
+    assert not continues_at_rung({**early, "near": ([60.0], [2.5])}, "big", ["max"], ["min"], 2, band=2.0)
 
 
 def test_halving_knows_the_exact_cost_and_a_resumed_search_ranks_against_earlier_rungs():
@@ -535,7 +540,7 @@ def test_halving_knows_the_exact_cost_and_a_resumed_search_ranks_against_earlier
     gmacs = {"small": 1.0, "big": 4.0}
     space = SimpleNamespace(
         cfg=SimpleNamespace(objectives=[Objective(metric="mean_dice", mode="max"), Objective(metric="gmacs", mode="min")],
-                            scheduler=SchedulerCfg(name="asha", reduction_factor=2)),
+                            scheduler=SchedulerCfg(name="asha", reduction_factor=2, cost_band=None)),
         exact_costs=lambda config: {"gmacs": gmacs[config["net"]]})
     study = optuna.create_study(directions=["maximize", "minimize"])
     searcher = SimpleNamespace(_ot_trials={})

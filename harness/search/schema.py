@@ -89,8 +89,9 @@ class SchedulerCfg(Strict):
     """Early stopping by cost-aware asynchronous successive halving: at each rung
     (``grace_period`` x ``reduction_factor``^k epochs, below the last) a trial goes on only if its
     rung accuracy ranks in the top 1/``reduction_factor`` of the trials at that rung that cost no
-    more than it does (``harness.pareto.continues_at_rung``: the exact costs, GMACs or
-    parameters, are known before training; only trials that cost no more can dominate it).
+    more than it does, and at most ``cost_band`` times less (``harness.pareto.continues_at_rung``:
+    the exact costs, GMACs or parameters, are known before training; only trials that cost no
+    more can dominate it, and a much cheaper net leads over the first steps whatever it reaches).
     ASHA: Li et al. 2020; MO-ASHA (Schmucker et al. 2021) ranks the cost with the rung's noisy
     accuracy instead. ``rung_cases``: validation cases scored at a rung (the first ones; the last
     epoch scores all): a rung needs a ranking, and validation is most of a short rung's time."""
@@ -99,6 +100,8 @@ class SchedulerCfg(Strict):
     reduction_factor: int = Field(3, ge=2)
     grace_period: int = Field(1, ge=1)  # epochs to the first rung
     rung_cases: Optional[int] = Field(None, ge=1)
+    # Peers at a rung cost no more, and at most this factor less (null: any cheaper trial).
+    cost_band: Optional[float] = Field(2.0, gt=1)
 
     def rungs(self, epochs: int) -> list[int]:
         """Epochs (from 1) at which trials are ranked: none without a scheduler."""
