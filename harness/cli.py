@@ -88,19 +88,21 @@ def cmd_run(args) -> int:
                        verbose=args.verbose, resources=resources, data_roots=args.data_root, folds=args.folds,
                        storage=args.storage)
     if code in (0, 1) and not args.dry_run:  # trials ran (2: refused, nothing written)
-        _tag_failures(args.study, args.scale, args.tracking_uri)
+        _tag_failures(args)
     return code
 
 
-def _tag_failures(paths: list[str], scale: str, tracking_uri: str | None) -> None:
-    """Each finished trial's ``failed_to_train`` on its MLflow run (``harness.report.failures``)."""
-    from harness.config import load_study
+def _tag_failures(args) -> None:
+    """Each finished trial's ``failed_to_train`` on its MLflow run (``harness.report.failures``),
+    the study read as it ran (``--data-root``)."""
+    from harness.config import load_study, with_data_roots
     from harness.report.failures import tag_failures
 
-    for path in paths:
-        failed = tag_failures(load_study(path), scale, tracking_uri)
+    for path in args.study:
+        study = with_data_roots(load_study(path), args.scale, args.data_root or [])
+        failed = tag_failures(study, args.scale, args.tracking_uri)
         if failed:
-            print(f"{Path(path).stem}@{scale}: {failed} trial(s) failed to train by the study's rule "
+            print(f"{Path(path).stem}@{args.scale}: {failed} trial(s) failed to train by the study's rule "
                   f"(tag failed_to_train; the report lists them)")
 
 
@@ -129,12 +131,12 @@ def _until_decided(args, resources: dict) -> int:
                            storage=args.storage)
         if code:
             if code == 1:
-                _tag_failures(args.study, args.scale, args.tracking_uri)
+                _tag_failures(args)
             return code
         tracker = Tracker(args.tracking_uri)
         exp = tracker.experiment(study.name)
         tracker.tag(tracker.find_parent(exp, args.scale).info.run_id, LOOKS, ",".join(map(str, looks)))
-        _tag_failures(args.study, args.scale, args.tracking_uri)  # over this look's seeds (read from LOOKS)
+        _tag_failures(args)  # over this look's seeds (read from LOOKS)
         left = undecided(study, args.scale, n, args.tracking_uri)
         print(f"after {n} seeds: " + (f"{len(left)} claim(s) undecided: {'; '.join(left)}" if left else
                                       "every claim decided"), flush=True)
