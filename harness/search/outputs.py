@@ -246,6 +246,12 @@ def hypervolume_history(space: Space, studies: dict[str, Any]) -> tuple[Any, lis
     return pd.DataFrame(rows), ref
 
 
+def _reached_at(h, target: float) -> float | None:
+    """The trial-time (min) at which history ``h`` first reached hypervolume ``target``, or None."""
+    reached = h[h.hypervolume >= target - 1e-9 * max(1.0, abs(target))]
+    return float(reached.trial_time_min.iloc[0]) if len(reached) else None
+
+
 def _save_hv_plot(fig, ax, title: str, path: Path) -> None:
     """A hypervolume-against-trial-time figure's axes, legend and file."""
     import matplotlib.pyplot as plt
@@ -276,8 +282,7 @@ def write_strategies(space: Space, studies: dict[str, Any], out: Path) -> None:
     lines = []
     for name, strategy in space.strategies():
         h = hist[hist.strategy == name]
-        reached = h[h.hypervolume >= target - 1e-9 * max(1.0, abs(target))] if target > 0 else h.iloc[:0]
-        at = float(reached.trial_time_min.iloc[0]) if len(reached) else None
+        at = _reached_at(h, target) if target > 0 else None
         sch = strategy.cfg.scheduler
         lines.append({
             "strategy": name,
@@ -322,8 +327,8 @@ def seed_summary(family: str, folders: dict[int, Path]) -> tuple[Any, Any]:
         target = float(hist[hist.strategy == main].hypervolume.max())
         main_time = float(hist[hist.strategy == main].trial_time_min.max())
         for name, h in hist.groupby("strategy", sort=False):
-            reached = h[h.hypervolume >= target - 1e-9 * max(1.0, abs(target))]
-            at = float(reached.trial_time_min.iloc[0]) if len(reached) else math.nan
+            at = _reached_at(h, target)
+            at = math.nan if at is None else at
             rows.append({"seed": seed, "strategy": "main" if name == main else name.removeprefix(main + "."),
                          "trials": len(h), "final_hypervolume": float(h.hypervolume.max()),
                          "minus_main": float(h.hypervolume.max()) - target,
