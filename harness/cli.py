@@ -10,8 +10,6 @@ import sys
 import warnings
 from pathlib import Path
 
-os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # silence the profiler's start/stop lines
-
 # A path that cannot be written: permission, a read-only file system, a file where a folder must
 # be (or the reverse), a name too long, a full disk.
 UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENAMETOOLONG,
@@ -70,23 +68,32 @@ def _nonnegative(text: str) -> int:
 def _missing_data_root(roots: list[str] | None) -> str | None:
     """The first ``--data-root`` whose folder does not exist (``TASK=PATH`` or ``PATH``), said at
     once rather than after the study has loaded."""
+    from harness.roots import split_data_root
+
     for item in roots or []:
-        name, sep, path = item.partition("=")
-        path = path if sep and name and not Path(item).exists() else item
+        _, path = split_data_root(item)
         if not Path(path).exists():
             return f"error: --data-root: {path!r} does not exist"
     return None
 
 
+def _run_options(args, **changes):
+    """``harness run``'s options as ``harness.study.RunOptions`` (``changes`` over the command line's)."""
+    from harness.study import RunOptions
+
+    resources = {k: v for k, v in (("cpu", args.cpus_per_trial), ("gpu", args.gpus_per_trial)) if v is not None}
+    return RunOptions(**{**dict(scale=args.scale, seeds=args.seeds, folds=args.folds, address=args.address,
+                                resume=args.resume, tracking_uri=args.tracking_uri, storage=args.storage,
+                                resources=resources, data_roots=args.data_root or [], dry=args.dry_run,
+                                verbose=args.verbose), **changes})
+
+
 def cmd_run(args) -> int:
     from harness.study import run_studies
 
-    resources = {k: v for k, v in (("cpu", args.cpus_per_trial), ("gpu", args.gpus_per_trial)) if v is not None}
     if args.until_decided and not args.dry_run:
-        return _until_decided(args, resources)
-    code = run_studies(args.study, args.scale, args.seeds, args.address, args.resume, args.tracking_uri, args.dry_run,
-                       verbose=args.verbose, resources=resources, data_roots=args.data_root, folds=args.folds,
-                       storage=args.storage)
+        return _until_decided(args)
+    code = run_studies(args.study, _run_options(args))
     if code in (0, 1) and not args.dry_run:  # trials ran (2: refused, nothing written)
         _tag_failures(args)
     return code
@@ -106,7 +113,7 @@ def _tag_failures(args) -> None:
                   f"(tag failed_to_train; the report lists them)")
 
 
-def _until_decided(args, resources: dict) -> int:
+def _until_decided(args) -> int:
     """``run --until-decided``: the study at its seeds, then 2 more at a time up to
     ``--max-seeds``, until every claim it judges is decided; each look's verdicts by
     ``harness.stats.sequential_verdict`` (the error spent over the looks, fixed in advance and
@@ -114,8 +121,8 @@ def _until_decided(args, resources: dict) -> int:
     from harness.config import ConfigError, load_study
     from harness.report.claims import undecided
     from harness.report.runs import LOOKS
+    from harness.session import Session, SessionOptions
     from harness.study import run_studies
-    from harness.tracking import Tracker
 
     if len(args.study) != 1:
         raise ConfigError("--until-decided: one study at a time")
@@ -126,16 +133,15 @@ def _until_decided(args, resources: dict) -> int:
     looks = sorted({*range(first, args.max_seeds, 2), args.max_seeds})
     print(f"{study.name}@{args.scale}: looks at {', '.join(map(str, looks))} seeds until every claim is decided")
     for i, n in enumerate(looks):
-        code = run_studies(args.study, args.scale, n, args.address, args.resume or i > 0, args.tracking_uri, False,
-                           verbose=args.verbose, resources=resources, data_roots=args.data_root, folds=args.folds,
-                           storage=args.storage)
+        code = run_studies(args.study, _run_options(args, seeds=n, resume=args.resume or i > 0, dry=False))
         if code:
             if code == 1:
                 _tag_failures(args)
             return code
-        tracker = Tracker(args.tracking_uri)
-        exp = tracker.experiment(study.name)
-        tracker.tag(tracker.find_parent(exp, args.scale).info.run_id, LOOKS, ",".join(map(str, looks)))
+        with Session(SessionOptions(args.tracking_uri)) as session:
+            exp = session.tracker.experiment(study.name)
+            session.tracker.tag(session.tracker.find_parent(exp, args.scale).info.run_id, LOOKS,
+                                ",".join(map(str, looks)))
         _tag_failures(args)  # over this look's seeds (read from LOOKS)
         left = undecided(study, args.scale, n, args.tracking_uri)
         print(f"after {n} seeds: " + (f"{len(left)} claim(s) undecided: {'; '.join(left)}" if left else
@@ -310,7 +316,7 @@ def cmd_cost(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from harness.config import ConfigError, load_study, resolve, with_data_roots
+    from harness.config import load_study, resolve, with_data_roots
     from harness.report import FORMATS, write_report
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
@@ -321,14 +327,11 @@ def cmd_report(args) -> int:
     study = load_study(args.study)
     study = with_data_roots(study, args.scale, args.data_root or [])
     resolve(study, args.scale, check=False)  # bad input fails before anything is written; no model is built
-    from harness.tracking import check_store, default_tracking_uri
+    from harness.session import Session, SessionOptions
 
-    uri = args.tracking_uri or default_tracking_uri()
-    check_store(uri)  # a damaged or half-created store: one line
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():  # MLflow would create it
-        raise ConfigError(f"--tracking-uri: no MLflow database at {uri[len('sqlite:///'):]}: nothing has run "
-                          f"here; run `harness run {args.study} --scale {args.scale}` first or point --tracking-uri "
-                          f"at the runs")
+    # A damaged or half-created store: one line; a missing one is not created (MLflow would).
+    uri = Session(SessionOptions(args.tracking_uri, writes=False, must_exist=(
+        f"run `harness run {args.study} --scale {args.scale}` first or point --tracking-uri at the runs"))).uri
     out, problems = write_report(args.study, args.scale, formats, Path(args.out), uri, args.data_root,
                                  require_runs=True, seeds=args.seeds)
     print(f"report: {out}/README.md")
@@ -340,18 +343,15 @@ def cmd_report(args) -> int:
 def cmd_plan(args) -> int:
     from rich.console import Console
 
-    from harness.config import ConfigError, load_study, resolve
+    from harness.config import load_study, resolve
     from harness.report import load_runs
     from harness.report.plan import make_plan, plan_markdown
-    from harness.tracking import check_store, default_tracking_uri
+    from harness.session import Session, SessionOptions
 
     study = load_study(args.study)
     resolve(study, args.scale, check=False)  # the target scale's fields, before the store is read
-    uri = args.tracking_uri or default_tracking_uri()
-    check_store(uri)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        raise ConfigError(f"--tracking-uri: no MLflow database at {uri[len('sqlite:///'):]}: a plan reads the runs of "
-                          f"--from; run `harness run {args.study} --scale {args.source}` first")
+    uri = Session(SessionOptions(args.tracking_uri, writes=False, must_exist=(
+        f"a plan reads the runs of --from; run `harness run {args.study} --scale {args.source}` first"))).uri
     runs = load_runs(study, args.source, uri, seeds=args.seeds)
     with _doing(Console(stderr=True), f"planning {study.name} at {args.scale}") as say:
         plan = make_plan(runs, args.scale, args.device, say)
@@ -362,8 +362,8 @@ def cmd_plan(args) -> int:
 def cmd_evaluate(args) -> int:
     from harness.evaluate import run_evaluate
 
-    return run_evaluate(args.study, args.scale, args.inferer, args.ensemble, args.variant, args.tracking_uri,
-                        args.data_root)
+    return run_evaluate(args.study, args.scale, inferer=args.inferer, ensemble=args.ensemble, variants=args.variant,
+                        tracking_uri=args.tracking_uri, data_roots=args.data_root)
 
 
 def cmd_submit(args) -> int:
@@ -377,11 +377,12 @@ def cmd_submit(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from harness.search import run_search
+    from harness.search import SearchOptions, run_search
 
-    return run_search(args.space, args.trials, args.address, args.resume, args.tracking_uri, Path(args.out),
-                      verbose=args.verbose, scale=args.scale, only_report=args.report_only, export=args.export,
-                      confirm=args.confirm, seed=args.seed)
+    return run_search(args.space, SearchOptions(
+        trials=args.trials, address=args.address, resume=args.resume, tracking_uri=args.tracking_uri,
+        reports=Path(args.out), verbose=args.verbose, scale=args.scale, seed=args.seed,
+        report_only=args.report_only, export=args.export, confirm=args.confirm))
 
 
 def cmd_bench(args) -> int:
@@ -717,7 +718,10 @@ def main(argv: list[str] | None = None) -> int:
         for path in (*studies, getattr(args, "target", None)):
             if path and str(path).endswith((".yaml", ".yml")):
                 load_yaml(path, StudyCfg)
-        return args.fn(args)
+        from harness.session import QUIET, environment
+
+        with environment(QUIET):
+            return args.fn(args)
     except (ConfigError, UnknownNameError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -16,7 +16,6 @@ A rule factory takes its own parameters and returns ``rule(probs, output) -> pro
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Sequence
 
 import torch
@@ -66,7 +65,6 @@ def run_combined(study, specs, tracker, exp_id: str, parent_id: str, console) ->
     todo = combined_keys(study, specs)
     if not todo:
         return [], []
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     runs = {r.data.tags.get(TRIAL_KEY): r for r in tracker.children(exp_id, parent_id)
             if r.info.status == "FINISHED"}
     by_key = {s.key: s for s in specs}

@@ -37,23 +37,52 @@ def parse_inferer(text: str | None) -> ComponentCfg | None:
         raise ConfigError(f"--inferer: {text!r} is not a name or {{name: ..., params: {{...}}}} ({e})") from None
 
 
-def run_evaluate(path: str, scale: str, inferer_text: str | None, ensemble: str, variants: list[str] | None,
-                 tracking_uri: str | None, data_roots: list[str] | None = None, console=None) -> int:
+def run_evaluate(path: str, scale: str, *, inferer: str | None = None, ensemble: str = "none",
+                 variants: list[str] | None = None, tracking_uri: str | None = None,
+                 data_roots: list[str] | None = None, console=None) -> int:
+    """Evaluate the study's finished trials (``variants``: those only) with ``inferer`` (YAML text;
+    default the trial's own), per trial or as one ensemble of seeds per variant and fold; each
+    evaluation an MLflow run. 1 when a named variant could not be evaluated."""
     from rich.console import Console
-    from rich.table import Table
 
-    from harness.report import load_runs
-    from harness.tracking import PARENT, Tracker
+    from harness.session import Session, SessionOptions
 
     console = console or Console()
     if ensemble not in ENSEMBLES:
         raise ConfigError(f"--ensemble: {ensemble!r} is not one of {', '.join(ENSEMBLES)}")
-    study = load_study(path)
-    study = with_data_roots(study, scale, data_roots or [])
-    inferer = parse_inferer(inferer_text)
-    if inferer is not None:  # a bad inferer fails before any model is loaded or run is written
-        check_train(study.train.model_copy(update={"inferer": inferer}), "--inferer")
-    runs = load_runs(study, scale, tracking_uri, with_cases=False)
+    study = with_data_roots(load_study(path), scale, data_roots or [])
+    cfg = parse_inferer(inferer)
+    if cfg is not None:  # a bad inferer fails before any model is loaded or run is written
+        check_train(study.train.model_copy(update={"inferer": cfg}), "--inferer")
+    session = Session(SessionOptions(tracking_uri))
+    groups, n = _groups(study, scale, session, ensemble, variants)
+    with session:
+        console.print(f"{study.name}@{scale}: {len(groups)} evaluation(s) of {n} finished trial(s)")
+        rows, skipped = [], []
+        for i, ((variant, fold, _), members) in enumerate(groups.items(), 1):
+            console.print(f"[{i}/{len(groups)}] {variant}" + (f" fold {fold}" if fold is not None else "")
+                          + f": {len(members)} model(s), evaluating and costing ...", highlight=False)
+            try:
+                loaded = _load_members(members, study, path, session.reader)
+            except Exception as e:  # noqa: BLE001  a run without weights (older harness, lost artifact, damaged file)
+                console.print(f"[yellow]{variant}: skipped, {e}[/yellow]", soft_wrap=True)
+                skipped.append(variant)
+                continue
+            rows.append(_evaluate_group((variant, fold), members, loaded, cfg, (session.tracker, study, scale,
+                                                                                  ensemble), console))
+    _print_rows(rows, f"{study.name}@{scale}: re-evaluated ({ensemble} ensemble)", console)
+    named_and_skipped = sorted(set(variants or []) & set(skipped))
+    if named_and_skipped:
+        console.print(f"[red]--variant {', '.join(named_and_skipped)}: not evaluated (see above)[/red]")
+    return 0 if rows and not named_and_skipped else 1
+
+
+def _groups(study, scale: str, session, ensemble: str, variants: list[str] | None) -> tuple[dict, int]:
+    """The finished trials to evaluate, grouped: (variant, fold, run or None for an ensemble) ->
+    [(MLflow run, trial row)]; and how many trials the study has finished."""
+    from harness.report import load_runs
+
+    runs = load_runs(study, scale, session.uri, with_cases=False)
     if runs.trials.empty:
         raise ConfigError(f"{study.name}@{scale}: no finished trial of the study as it stands to evaluate")
     known = list(dict.fromkeys(runs.trials.variant))
@@ -62,72 +91,72 @@ def run_evaluate(path: str, scale: str, inferer_text: str | None, ensemble: str,
             from harness.registry import UnknownNameError
 
             raise ConfigError(str(UnknownNameError("variant with finished trials", v, known, "--variant")))
-    tracker = Tracker(tracking_uri)
-    client = tracker.client
     groups: dict[tuple, list[Any]] = defaultdict(list)
     for r in runs.trials.itertuples():
         if variants and r.variant not in variants:
             continue
-        run = client.get_run(r.run_id)
+        run = session.reader.get_run(r.run_id)
         key = (r.variant, run.data.tags.get("fold"), r.run_id if ensemble == "none" else None)
         groups[key].append((run, r))
+    return groups, len(runs.trials)
 
-    rows, skipped = [], []
+
+def _load_members(members: list, study, path: str, client) -> tuple[list[dict], list]:
+    """The members' checkpoints and models; ValueError for a missing, damaged or foreign one."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    console.print(f"{study.name}@{scale}: {len(groups)} evaluation(s) of {len(runs.trials)} finished trial(s)")
-    for i, ((variant, fold, _), members) in enumerate(groups.items(), 1):
-        console.print(f"[{i}/{len(groups)}] {variant}" + (f" fold {fold}" if fold is not None else "")
-                      + f": {len(members)} model(s), evaluating and costing ...", highlight=False)
-        try:
-            ckpts = [load_checkpoint(client, run.info.run_id) for run, _ in members]
-            foreign = {p for c in ckpts for p in TrialSpec.model_validate_json(c["trial"]).plugins} - set(study.plugins)
-            if foreign:  # the checkpoint's list is data: only the study on the command line imports
-                raise ValueError(f"it was trained with plugins {sorted(foreign)} that {path} does not name")
-            models = [load_model(c, device) for c in ckpts]
-        except Exception as e:  # noqa: BLE001  a run without weights (older harness, lost artifact, damaged file)
-            console.print(f"[yellow]{variant}: skipped, {e}[/yellow]", soft_wrap=True)
-            skipped.append(variant)
-            continue
-        ckpt = ckpts[0]
-        spec = TrialSpec.model_validate_json(ckpt["trial"])
-        cfg = spec.train
-        if inferer is not None:
-            cfg = cfg.model_copy(update={"inferer": inferer})
-            check_train(cfg, "--inferer")
-        task = build_task(spec.data.dataset, **spec.data.params)
-        if out_channels(len(task.regions), cfg.output) != ckpt["out_channels"]:
-            raise ConfigError(f"{variant}: the data now has regions {list(task.regions)}, the model predicts "
-                              f"{ckpt['out_channels']} channels")
-        inf = build_inferer(cfg.inferer, cfg.patch, cfg.batch_size, cfg.output)
-        result = evaluate(models if len(models) > 1 else models[0], task, cfg, device, inf)
-        cost = cost_as_run(spec, cfg, task.in_channels, models, train_memory=False)
-        per_case = result.pop("per_case")
-        final = {**result, **cost, "members": float(len(models))}
-        members_dice = [r.mean_dice for _, r in members]
-        run_id = tracker.start_evaluation(
-            members[0][0].info.experiment_id, members[0][0].data.tags.get(PARENT),
-            {"variant": variant, "scale": scale, "study": study.name, "inferer": cfg.inferer.model_dump_json(),
-             "ensemble": ensemble, "member_runs": ",".join(run.info.run_id for run, _ in members),
-             "mlflow.runName": f"{variant}:{cfg.inferer.name}" + (f"x{len(models)}" if len(models) > 1 else ""),
-             **({"fold": fold} if fold is not None else {})})
-        tracker.finish_child(run_id, final, per_case, step=0)
-        console.print(f"    Dice {result['mean_dice']:.1f} (members {sum(members_dice) / len(members_dice):.1f}), "
-                      f"{cost['gmacs']:.3g} GMACs", highlight=False)
-        rows.append({"variant": variant, "fold": fold or "", "members": len(models), "inferer": cfg.inferer.name,
-                     "mean_dice": result["mean_dice"], "members_mean_dice": sum(members_dice) / len(members_dice),
-                     "gmacs": cost["gmacs"], "forward_passes": cost["forward_passes"],
-                     "latency_s": cost.get("latency_s", float("nan")), "run": run_id})
-    table = Table(title=f"{study.name}@{scale}: re-evaluated ({ensemble} ensemble)")
+    ckpts = [load_checkpoint(client, run.info.run_id) for run, _ in members]
+    foreign = {p for c in ckpts for p in TrialSpec.model_validate_json(c["trial"]).plugins} - set(study.plugins)
+    if foreign:  # the checkpoint's list is data: only the study on the command line imports
+        raise ValueError(f"it was trained with plugins {sorted(foreign)} that {path} does not name")
+    return ckpts, [load_model(c, device) for c in ckpts]
+
+
+def _evaluate_group(group: tuple, members: list, loaded: tuple, inferer, where: tuple, console) -> dict:
+    """One evaluation (a trial, or an ensemble of its members) with its cost, logged as an MLflow
+    run beside the study's trials; returns its row. ``where``: (tracker, study, scale, ensemble)."""
+    from harness.tracking import PARENT
+
+    (variant, fold), (ckpts, models), (tracker, study, scale, ensemble) = group, loaded, where
+    ckpt = ckpts[0]
+    spec = TrialSpec.model_validate_json(ckpt["trial"])
+    cfg = spec.train
+    if inferer is not None:
+        cfg = cfg.model_copy(update={"inferer": inferer})
+        check_train(cfg, "--inferer")
+    task = build_task(spec.data.dataset, **spec.data.params)
+    if out_channels(len(task.regions), cfg.output) != ckpt["out_channels"]:
+        raise ConfigError(f"{variant}: the data now has regions {list(task.regions)}, the model predicts "
+                          f"{ckpt['out_channels']} channels")
+    inf = build_inferer(cfg.inferer, cfg.patch, cfg.batch_size, cfg.output)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    result = evaluate(models if len(models) > 1 else models[0], task, cfg, device, inf)
+    cost = cost_as_run(spec, cfg, task.in_channels, models, train_memory=False)
+    per_case = result.pop("per_case")
+    members_dice = sum(r.mean_dice for _, r in members) / len(members)
+    run_id = tracker.start_evaluation(
+        members[0][0].info.experiment_id, members[0][0].data.tags.get(PARENT),
+        {"variant": variant, "scale": scale, "study": study.name, "inferer": cfg.inferer.model_dump_json(),
+         "ensemble": ensemble, "member_runs": ",".join(run.info.run_id for run, _ in members),
+         "mlflow.runName": f"{variant}:{cfg.inferer.name}" + (f"x{len(models)}" if len(models) > 1 else ""),
+         **({"fold": fold} if fold is not None else {})})
+    tracker.finish_child(run_id, {**result, **cost, "members": float(len(models))}, per_case, step=0)
+    console.print(f"    Dice {result['mean_dice']:.1f} (members {members_dice:.1f}), {cost['gmacs']:.3g} GMACs",
+                  highlight=False)
+    return {"variant": variant, "fold": fold or "", "members": len(models), "inferer": cfg.inferer.name,
+            "mean_dice": result["mean_dice"], "members_mean_dice": members_dice, "gmacs": cost["gmacs"],
+            "forward_passes": cost["forward_passes"], "latency_s": cost.get("latency_s", float("nan")), "run": run_id}
+
+
+def _print_rows(rows: list[dict], title: str, console) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
     for c in ("variant", "fold", "members", "inferer", "mean_dice", "members_mean_dice", "gmacs", "forward_passes",
               "latency_s", "run"):
         table.add_column(c)
     for r in rows:
         table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()))
     console.print(table)
-    named_and_skipped = sorted(set(variants or []) & set(skipped))
-    if named_and_skipped:
-        console.print(f"[red]--variant {', '.join(named_and_skipped)}: not evaluated (see above)[/red]")
-    return 0 if rows and not named_and_skipped else 1
 
 
 def load_checkpoint(client, run_id: str) -> dict:

@@ -5,6 +5,7 @@ import json
 import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -374,40 +375,46 @@ def dry_run(specs: list[TrialSpec], console: Console) -> None:
                   f"validation and cost measurement not included).")
 
 
-def run_studies(paths: list[str], scale: str, seeds: int | None, address: str | None, resume: bool,
-                tracking_uri: str | None, dry: bool, verbose: int = 1, console: Console | None = None,
-                resources: dict[str, float] | None = None, data_roots: list[str] | None = None,
-                folds: int | None = None, storage: str | None = None) -> int:
+@dataclass(frozen=True)
+class RunOptions:
+    """How ``harness run`` runs its studies (the command line's options).
+
+    seeds / folds: instead of the scale's; address: a Ray cluster; resume: continue the runs
+    of this configuration; storage: Ray Tune's trial storage (default: beside the store);
+    resources: ``cpu`` / ``gpu`` per trial instead of the study's; data_roots: the study's
+    folders instead of its own (one study only); dry: size the trials, train nothing.
+    """
+    scale: str
+    seeds: int | None = None
+    folds: int | None = None
+    address: str | None = None
+    resume: bool = False
+    tracking_uri: str | None = None
+    storage: str | None = None
+    resources: dict[str, float] = field(default_factory=dict)
+    data_roots: list[str] = field(default_factory=list)
+    dry: bool = False
+    verbose: int = 1
+
+
+def run_studies(paths: list[str], options: RunOptions, console: Console | None = None) -> int:
     """Train the trials of one or more studies, as one Ray Tune run.
 
-    Several studies share the run's fixed cost (imports, Ray's start, the workers' imports:
-    20-30 s a study on 2 cores) and one longest-first order over all their trials, so no study's
-    last trial runs alone while cores idle. Each study keeps its own MLflow experiment, parent
-    run, ``--resume`` and report; its report's wall time is then the span its trials ran in,
-    among the other studies' (it says so). Every study is validated before anything is written.
+    Several studies share the run's fixed cost (imports, Ray's start, the workers' imports) and
+    one longest-first order over all their trials, so no study's last trial runs alone while
+    cores idle. Each study keeps its own MLflow experiment, parent run, ``--resume`` and report;
+    its report's wall time is then the span its trials ran in, among the other studies' (it says
+    so). Every study is validated before anything is written.
     """
     console = console or Console()
-    if data_roots and len(paths) > 1:
+    if options.data_roots and len(paths) > 1:
         raise ConfigError(f"--data-root: {len(paths)} studies given; a data root belongs to one study's data: "
                           f"run the studies on folders one at a time")
-    studies, specs_of = [], {}
-    for path in paths:
-        study = load_study(path)
-        study = with_data_roots(study, scale, data_roots or [])
-        if resources:
-            try:
-                study = study.model_copy(update={"resources": ResourcesCfg.model_validate(
-                    {**study.resources.model_dump(), **resources})})
-            except ValidationError as e:
-                raise ConfigError(f"--cpus-per-trial/--gpus-per-trial: {e.errors()[0]['msg']} (got {resources})") from None
-        if study.name in specs_of:
-            raise ConfigError(f"study: {path!r} names study {study.name!r} again (given twice?)")
-        specs_of[study.name] = resolve(study, scale, seeds, folds)  # every config error before anything is written
-        studies.append((path, study))
+    studies, specs_of = _load_studies(paths, options)
     # Lazy tasks (channels and regions, no case read) for the cost check; data is generated below.
     tasks = {key: build_task(data.dataset, **data.params) for key, data in
              {config_hash(s.data.model_dump()): s.data for specs in specs_of.values() for s in specs}.items()}
-    if dry:
+    if options.dry:
         for specs in specs_of.values():
             check_costable(specs, tasks, lambda line: print(line, file=sys.stderr, flush=True))
         for _, study in studies:
@@ -415,109 +422,165 @@ def run_studies(paths: list[str], scale: str, seeds: int | None, address: str | 
         return 0
     from harness.progress import Board
 
-    title = ", ".join(st.name for _, st in studies) + f" @ {scale}"
-    with Board(title, verbose) as board:  # shown from here on: the start-up takes tens of seconds
-        return _run(studies, specs_of, tasks, scale, resume, tracking_uri, address, storage, verbose, console, board)
+    title = ", ".join(st.name for _, st in studies) + f" @ {options.scale}"
+    with Board(title, options.verbose) as board:  # shown from here on: the start-up takes tens of seconds
+        return _run(Planned(studies, specs_of, tasks), options, console, board)
 
 
-def _run(studies, specs_of, tasks, scale, resume, tracking_uri, address, storage, verbose, console, board) -> int:
+def _load_studies(paths: list[str], options: RunOptions) -> tuple[list, dict[str, list[TrialSpec]]]:
+    """Each study file loaded, on its data roots and resources, and resolved at the scale: every
+    config error before anything is written."""
+    studies, specs_of = [], {}
+    for path in paths:
+        study = with_data_roots(load_study(path), options.scale, options.data_roots)
+        if options.resources:
+            try:
+                study = study.model_copy(update={"resources": ResourcesCfg.model_validate(
+                    {**study.resources.model_dump(), **options.resources})})
+            except ValidationError as e:
+                raise ConfigError(f"--cpus-per-trial/--gpus-per-trial: {e.errors()[0]['msg']} "
+                                  f"(got {options.resources})") from None
+        if study.name in specs_of:
+            raise ConfigError(f"study: {path!r} names study {study.name!r} again (given twice?)")
+        specs_of[study.name] = resolve(study, options.scale, options.seeds, options.folds)
+        studies.append((path, study))
+    return studies, specs_of
+
+
+@dataclass
+class Planned:
+    """The studies of one ``harness run`` as resolved: (path, study) pairs, each study's trial
+    specs, and the tasks they train on (by data hash)."""
+    studies: list
+    specs_of: dict[str, list[TrialSpec]]
+    tasks: dict[str, Task]
+
+
+def _run(plan: Planned, options: RunOptions, console: Console, board) -> int:
     """``run_studies`` once every study is valid: check, start Ray, train, close the parent runs."""
+    from harness.session import Session, SessionOptions  # mlflow and ray load only when a run starts
+    from harness.tune import check_capacity
+
+    studies, specs_of, tasks, scale = plan.studies, plan.specs_of, plan.tasks, options.scale
     board.phase(f"checking {len({(s.model.model_dump_json(), str(s.train.patch)) for v in specs_of.values() for s in v})} "
                 f"architectures (built, run in both modes at the patch, costed)")
     for specs in specs_of.values():
         check_costable(specs, tasks, board.note)
-    from harness.tracking import TRIAL_KEY, Tracker, check_store, hold_lock  # mlflow and ray load only when a run starts
-    from harness.tune import check_capacity, run_trials
-
-    check_store(tracking_uri)  # a damaged mlflow.db is said in one line, before Ray starts
-    board.phase(f"starting Ray ({address})" if address else "starting a local Ray instance")
+    # One runner per study and scale: a second `--resume` at once would train every trial left twice.
+    session = Session(SessionOptions(options.tracking_uri, verbose=options.verbose, locks=tuple(
+        (f"{study.name}@{scale}", f"{study.name}@{scale}") for _, study in studies)))
+    board.phase(f"starting Ray ({options.address})" if options.address else "starting a local Ray instance")
     # A trial no node can hold is refused before its data is generated (gigabytes, for a huge patch).
-    check_capacity(address, max(st.resources.cpu for _, st in studies), max(st.resources.gpu for _, st in studies),
-                   verbose, largest_cpu_trial(specs_of, tasks))  # before mlflow.db exists
+    check_capacity(options.address, max(st.resources.cpu for _, st in studies),
+                   max(st.resources.gpu for _, st in studies), options.verbose,
+                   largest_cpu_trial(specs_of, tasks))  # before mlflow.db exists
     board.phase("preparing the data (generated on first use, then read from the cache)")
     for task in tasks.values():
         task.train  # generate/cache once, before trials race for it
-    # One runner per study and scale: a second `--resume` at once would train every trial left twice.
-    locks = [hold_lock(tracking_uri, f"{study.name}@{scale}", f"{study.name}@{scale}") for _, study in studies]  # noqa: F841
-    tracker = Tracker(tracking_uri, verbose)
-    parents: dict[str, tuple[str, str]] = {}
-    earlier: dict[str, set[str]] = {}  # trial keys finished in earlier runs (more seeds resumed)
-    trial_hash: dict[str, str] = {}
-    todo: list[TrialSpec] = []
-    for path, study in studies:
-        specs = specs_of[study.name]
-        exp_id = tracker.experiment(study.name)
-        hashes = {s.key: spec_hash(s) for s in specs}
-        trial_hash |= {s.trial_id: hashes[s.key] for s in specs}
-        study_hash = config_hash(sorted(hashes.items()))
-        parent = tracker.find_parent(exp_id, scale, study_hash) if resume else None
-        left = specs
-        if parent is not None:
-            parent_id = parent.info.run_id
-            # Trained trials only (combined rows are evaluated after them).
-            done = tracker.reopen_parent(exp_id, parent_id) & {s.key for s in specs}
-            left = [s for s in specs if s.key not in done]
-            console.print(f"Resuming {study.name}@{scale}: {len(done)} of {len(specs)} trials finished, "
-                          f"{len(left)} to run.")
-        else:
-            # Another set of seeds (or folds) than the earlier runs: the trials they finished stay.
-            done = tracker.finished_trials(exp_id, scale, hashes) if resume else set()
-            earlier[study.name] = done
-            left = [s for s in specs if s.key not in done]
-            if resume:
-                console.print(f"Resuming {study.name}@{scale}: {len(done)} of {len(specs)} trials finished in earlier "
-                              f"runs, {len(left)} to run." if done else
-                              f"No earlier run of {study.name}@{scale} with this configuration: starting afresh.")
-            parent_id = tracker.start_parent(exp_id, study.name, scale, study_hash,
-                                             {"study_file": str(Path(path)), "paper": study.paper, "title": study.title,
-                                              **({"run_with": ",".join(st.name for _, st in studies if st is not study)}
-                                                 if len(studies) > 1 else {})})
-        parents[study.name] = (exp_id, parent_id)
-        todo += left
+    with session:
+        run = _Run(session, plan, options, console)
+        todo = run.open_parents()
+        failed = run.train(todo, board)
+        return run.close_parents(failed)
 
-    failed: list[str] = []
-    # Ray keeps trial state and checkpoints (the final weights) here; a multi-node cluster needs
-    # a path every node shares, or a URI (--storage s3://bucket/ray).
-    storage = storage or (Path(tracker.uri[len("sqlite:///"):]).parent / "ray_results" if tracker.uri.startswith(
-        "sqlite:///") else Path("ray_results"))
-    work = step_work(todo, tasks)
-    todo = longest_first(todo, work)
-    for s in todo:
-        board.plan(s.trial_id, s.trial_id if len(studies) > 1 else s.key, s.train.epochs * s.train.steps_per_epoch,
-                   s.train.epochs, work[s.trial_id])
-    board.phase(f"launching {len(todo)} trials")
-    while todo:
-        writer = run_trials(todo, tracker, parents, trial_hash, address, storage, board, verbose)
-        failed += writer.failed
-        if not writer.crashed:
-            break
-        # Tune itself raised: its in-flight trials are recorded as failed; go on with the rest.
-        settled = set(writer.finished) | set(writer.failed)
-        if not settled:
-            console.print("Ray Tune stopped before any trial started; nothing more is launched.")
-            break
-        todo = [s for s in todo if s.trial_id not in settled]
-        console.print(f"Ray Tune stopped early; {len(todo)} trials left to launch.")
-    code = 0
-    for path, study in studies:
-        specs = specs_of[study.name]
-        exp_id, parent_id = parents[study.name]
-        # Combined rows (harness.combine) after their members, in the driver (it writes MLflow).
-        _, lost_combined = run_combined(study, specs, tracker, exp_id, parent_id, console)
-        finished = {r.data.tags.get(TRIAL_KEY) for r in tracker.children(exp_id, parent_id)
-                    if r.info.status == "FINISHED"} | earlier.get(study.name, set())
-        keys = [s.key for s in specs] + [c["key"] for c in combined_keys(study, specs)]
-        missing = [k for k in keys if k not in finished]
-        lost = [s.key for s in specs if s.trial_id in failed] + lost_combined
-        tracker.tag(parent_id, "trials_finished", str(len(keys) - len(missing)))
-        tracker.tag(parent_id, "trials_failed", ",".join(lost))
-        tracker.end(parent_id, "FINISHED" if not missing else ("FAILED" if lost else "KILLED"))
-        console.print(f"{study.name}@{scale}: {len(keys) - len(missing)}/{len(keys)} trials finished"
-                      + (f"; failed: {', '.join(lost)}" if lost else "")
-                      + (f"; not run: {', '.join(k for k in missing if k not in lost)} (rerun with --resume)"
-                         if set(missing) - set(lost) else "")
-                      + f". MLflow: {tracker.uri}, parent run {parent_id}. "
-                      + f"Report: harness report {path} --scale {scale}"
-                      + (f" --tracking-uri {tracker.uri}" if tracking_uri else ""), soft_wrap=True)
-        code = code or (1 if missing else 0)
-    return code
+
+class _Run:
+    """One ``harness run`` inside its session: the parent runs opened, the trials trained, the
+    parents closed with what happened."""
+
+    def __init__(self, session, plan: Planned, options: RunOptions, console: Console):
+        self.session, self.plan, self.options, self.console = session, plan, options, console
+        self.parents: dict[str, tuple[str, str]] = {}  # study -> (experiment, parent run)
+        self.earlier: dict[str, set[str]] = {}  # trial keys finished in earlier runs (more seeds resumed)
+
+    def open_parents(self) -> list[TrialSpec]:
+        """Each study's parent run, reopened (``--resume``) or started; returns the trials to run."""
+        tracker, scale, studies, todo = self.session.tracker, self.options.scale, self.plan.studies, []
+        for path, study in studies:
+            specs = self.plan.specs_of[study.name]
+            exp_id = tracker.experiment(study.name)
+            hashes = {s.key: spec_hash(s) for s in specs}
+            study_hash = config_hash(sorted(hashes.items()))
+            found = tracker.find_parent(exp_id, scale, study_hash) if self.options.resume else None
+            if found is None:
+                # Another set of seeds (or folds) than the earlier runs: the trials they finished stay.
+                self.earlier[study.name] = (tracker.finished_trials(exp_id, scale, hashes) if self.options.resume
+                                            else set())
+            tags = {"study_file": str(Path(path)), "paper": study.paper, "title": study.title,
+                    **({"run_with": ",".join(st.name for _, st in studies if st is not study)}
+                       if len(studies) > 1 else {})}
+            parent_id, reopened = self.session.parent(exp_id, study.name, scale, study_hash, tags,
+                                                      find=found is not None)
+            # Trained trials only (combined rows are evaluated after them).
+            done = reopened & {s.key for s in specs} if reopened is not None else self.earlier[study.name]
+            left = [s for s in specs if s.key not in done]
+            if reopened is not None:
+                self.console.print(f"Resuming {study.name}@{scale}: {len(done)} of {len(specs)} trials finished, "
+                                   f"{len(left)} to run.")
+            elif self.options.resume:
+                self.console.print(f"Resuming {study.name}@{scale}: {len(done)} of {len(specs)} trials finished in "
+                                   f"earlier runs, {len(left)} to run." if done else
+                                   f"No earlier run of {study.name}@{scale} with this configuration: starting afresh.")
+            self.parents[study.name] = (exp_id, parent_id)
+            todo += left
+        return todo
+
+    def train(self, todo: list[TrialSpec], board) -> list[str]:
+        """The trials on Ray Tune, longest first; a Tune crash records its in-flight trials as
+        failed and the rest are launched again. Returns the failed trial ids."""
+        from harness.tune import run_trials
+
+        trial_hash = {s.trial_id: spec_hash(s) for specs in self.plan.specs_of.values() for s in specs}
+        # Ray keeps trial state and checkpoints (the final weights) here; a multi-node cluster needs
+        # a path every node shares, or a URI (--storage s3://bucket/ray).
+        storage = self.options.storage or self.session.ray_storage
+        work = step_work(todo, self.plan.tasks)
+        todo = longest_first(todo, work)
+        several = len(self.plan.studies) > 1
+        for s in todo:
+            board.plan(s.trial_id, s.trial_id if several else s.key, s.train.epochs * s.train.steps_per_epoch,
+                       s.train.epochs, work[s.trial_id])
+        board.phase(f"launching {len(todo)} trials")
+        failed: list[str] = []
+        while todo:
+            writer = run_trials(todo, self.session.tracker, self.parents, trial_hash, self.options.address, storage,
+                                board, self.options.verbose)
+            failed += writer.failed
+            if not writer.crashed:
+                break
+            # Tune itself raised: its in-flight trials are recorded as failed; go on with the rest.
+            settled = set(writer.finished) | set(writer.failed)
+            if not settled:
+                self.console.print("Ray Tune stopped before any trial started; nothing more is launched.")
+                break
+            todo = [s for s in todo if s.trial_id not in settled]
+            self.console.print(f"Ray Tune stopped early; {len(todo)} trials left to launch.")
+        return failed
+
+    def close_parents(self, failed: list[str]) -> int:
+        """Combined rows evaluated, then each parent closed with its counts; 1 when a trial is missing."""
+        from harness.tracking import TRIAL_KEY
+
+        tracker, scale, code = self.session.tracker, self.options.scale, 0
+        for path, study in self.plan.studies:
+            specs = self.plan.specs_of[study.name]
+            exp_id, parent_id = self.parents[study.name]
+            # Combined rows (harness.combine) after their members, in the driver (it writes MLflow).
+            _, lost_combined = run_combined(study, specs, tracker, exp_id, parent_id, self.console)
+            finished = {r.data.tags.get(TRIAL_KEY) for r in tracker.children(exp_id, parent_id)
+                        if r.info.status == "FINISHED"} | self.earlier.get(study.name, set())
+            keys = [s.key for s in specs] + [c["key"] for c in combined_keys(study, specs)]
+            missing = [k for k in keys if k not in finished]
+            lost = [s.key for s in specs if s.trial_id in failed] + lost_combined
+            tracker.tag(parent_id, "trials_finished", str(len(keys) - len(missing)))
+            tracker.tag(parent_id, "trials_failed", ",".join(lost))
+            self.session.end(parent_id, "FINISHED" if not missing else ("FAILED" if lost else "KILLED"))
+            self.console.print(
+                f"{study.name}@{scale}: {len(keys) - len(missing)}/{len(keys)} trials finished"
+                + (f"; failed: {', '.join(lost)}" if lost else "")
+                + (f"; not run: {', '.join(k for k in missing if k not in lost)} (rerun with --resume)"
+                   if set(missing) - set(lost) else "")
+                + f". MLflow: {tracker.uri}, parent run {parent_id}. Report: harness report {path} --scale {scale}"
+                + (f" --tracking-uri {tracker.uri}" if self.options.tracking_uri else ""), soft_wrap=True)
+            code = code or (1 if missing else 0)
+        return code

@@ -99,7 +99,7 @@ def run_submit(path: str, scale: str, root: str, out: str, tracking_uri: str | N
     from harness.data.folders import DataFolderError, scan_unlabelled_brats
     from harness.evaluate import load_checkpoint
     from harness.report import load_runs
-    from harness.tracking import Tracker
+    from harness.session import Session, SessionOptions
     from harness.train import load_model
 
     console = console or Console()
@@ -127,7 +127,7 @@ def run_submit(path: str, scale: str, root: str, out: str, tracking_uri: str | N
             raise ConfigError(f"--data-root: case {case.id}: its images differ in shape ({shapes})")
     combined = {c.name: c for c in study.combined}
     runs = load_runs(study, scale, tracking_uri, with_cases=False)
-    client = Tracker(tracking_uri).client
+    client = Session(SessionOptions(tracking_uri, writes=False)).reader
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     members: dict[str, tuple[list, TrialSpec, list[str]]] = {}
     for leaf in dict.fromkeys(_leaves(row, combined)):

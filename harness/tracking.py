@@ -7,7 +7,6 @@ their numbers through Ray Tune's results. A study execution is identified by
 from __future__ import annotations
 
 import csv
-import fcntl
 import json
 import os
 import platform
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -129,30 +129,38 @@ def check_store(uri: str | None) -> None:
                           f"(mlflow db upgrade sqlite:///{path}, after a copy) or {aside}")
 
 
-def hold_lock(uri: str | None, name: str, what: str):
+class Held:
+    """A run lock held (``hold_lock``) until ``close()``; a killed holder's lock is freed by the OS."""
+
+    def __init__(self, lock: FileLock):
+        self._lock = lock
+
+    def close(self) -> None:
+        self._lock.release()
+
+
+def hold_lock(uri: str | None, name: str, what: str) -> Held:
     """An exclusive lock on ``name`` (a study at a scale, a search) beside the tracking store,
-    held until the returned file is closed (or the process ends: a killed holder never leaves a
-    stale lock). Taken already: ConfigError naming the holder (pid, host, since)."""
+    held until the returned lock is closed (or the process ends: a killed holder never leaves a
+    stale lock). Taken already: ConfigError naming the holder (pid, host, since), which each
+    holder writes beside its lock. ``harness.session`` is the one caller."""
     from harness.config import ConfigError
 
     db = sqlite_path(uri or default_tracking_uri())
     folder = (db.parent if db is not None else Path(".")) / ".harness" / "locks"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.lock"
-    f = open(path, "a+")
+    lock = FileLock(path, thread_local=False)
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
-        raise ConfigError(f"{what} is being run already by {holder} (lock {path}); wait for it to end, or stop "
+        lock.acquire(timeout=0)
+    except Timeout:
+        holder = path.with_suffix(".holder")
+        who = (holder.read_text().strip() if holder.exists() else "") or "another process"
+        raise ConfigError(f"{what} is being run already by {who} (lock {path}); wait for it to end, or stop "
                           f"it first (the lock goes with its process)") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} on {platform.node()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-    f.flush()
-    return f
+    path.with_suffix(".holder").write_text(f"pid {os.getpid()} on {platform.node()} since "
+                                           f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+    return Held(lock)
 
 
 def _create_store(path: Path) -> None:
@@ -188,15 +196,11 @@ class Tracker:
         # schema is made in a file of this process and renamed into place, so a kill at any
         # instant leaves no store or a whole one (MLflow takes seconds to create it).
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_name(path.name + ".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                check_store(self.uri)
-                if not path.exists() or path.stat().st_size == 0:
-                    _create_store(path)
-                self.client = MlflowClient(self.uri)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with FileLock(path.with_name(path.name + ".lock"), thread_local=False):
+            check_store(self.uri)
+            if not path.exists() or path.stat().st_size == 0:
+                _create_store(path)
+            self.client = MlflowClient(self.uri)
 
     def experiment(self, study: str) -> str:
         found = experiment_of(self.client, study)

@@ -20,16 +20,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
-# The classic reporter honours our metric columns; the newer output engine prints whole configs.
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-
-import ray  # noqa: E402
-from ray import tune  # noqa: E402
+import ray
+from ray import tune
 
 from harness import compat
 from harness.config import TrialSpec
 from harness.pareto import constraint_values
 from harness.progress import Board
+from harness.session import environment
 from harness.tracking import Tracker, numeric
 from harness.train import CHECKPOINT, run_trial
 
@@ -37,6 +35,10 @@ from harness.train import CHECKPOINT, run_trial
 # A trial whose worker process dies (Ray's OOM monitor, a lost node) is started again this many
 # times; a trial that raises is final at once (the same recipe and seed would raise again).
 WORKER_RETRIES = 2
+# For the length of a fit: the classic reporter, which honours our metric columns (the newer
+# output engine prints whole configs); a search's per-epoch results carry the loss (and Dice on
+# validation epochs) before its objectives, which arrive with the final one.
+TUNE_SETTINGS = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
 
 
 def _trainable(config: dict[str, Any], specs: dict[str, dict]) -> None:
@@ -368,7 +370,7 @@ def _fit(trainable, tune_config, writer: MlflowWriter, reporter, verbose: int, s
             failure_config=tune.FailureConfig(max_failures=max_failures, fail_fast=False)),
     )
     try:
-        with _tune_logs(verbose):
+        with environment(TUNE_SETTINGS), _tune_logs(verbose):
             tuner.fit()
     except Exception as e:  # noqa: BLE001  e.g. Ray's OOM killer hitting a trial actor while it starts
         writer.abort(f"{type(e).__name__}: {e}")
@@ -501,8 +503,6 @@ def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: s
     from harness.config import spec_hash
 
     _init_ray(address, verbose)
-    # Per-epoch results carry the loss (and Dice on validation epochs); cost arrives with the final one.
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     cfg = space.cfg
     metrics = [o.metric for o in cfg.objectives]
     modes = [o.mode for o in cfg.objectives]

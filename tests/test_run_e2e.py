@@ -125,7 +125,7 @@ def test_kill_midway_then_resume_gives_one_finished_run_per_trial(tmp_path):
 def test_tune_crash_marks_in_flight_trials_failed_and_the_study_goes_on(tmp_path, monkeypatch):
     # Ray can raise out of Tuner.fit (e.g. its OOM killer hitting an actor as it starts).
     import harness.tune as ht
-    from harness.study import run_studies
+    from harness.study import RunOptions, run_studies
 
     calls = []
 
@@ -146,7 +146,7 @@ def test_tune_crash_marks_in_flight_trials_failed_and_the_study_goes_on(tmp_path
     monkeypatch.chdir(tmp_path)
     study = {**TINY, "variants": [{"name": f"v{i}"} for i in range(4)], "expected": {}}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
-    assert run_studies(["s.yaml"], "smoke", None, None, False, None, False, verbose=0) == 1
+    assert run_studies(["s.yaml"], RunOptions("smoke", verbose=0)) == 1
     assert calls == [["v0#s0", "v1#s0", "v2#s0", "v3#s0"], ["v2#s0", "v3#s0"]]
     status = {r.data.tags["trial_key"]: r.info.status for r in runs(tmp_path)}
     assert status == {"v0#s0": "FINISHED", "v1#s0": "FAILED", "v2#s0": "FINISHED", "v3#s0": "FINISHED"}

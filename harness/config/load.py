@@ -17,6 +17,7 @@ from harness.config.checks import _check_names
 from harness.config.expand import merge
 from harness.config.layout import check_layout
 from harness.config.schema import ConfigError, DataCfg, StudyCfg, _fmt_validation
+from harness.roots import split_data_root
 from harness.registry import DATASETS, UnknownNameError
 
 
@@ -181,8 +182,8 @@ def with_data_roots(study: StudyCfg, scale: str, roots: list[str]) -> StudyCfg:
         return study
     study = study.model_copy(deep=True)
     for item in roots:
-        name, sep, path = item.partition("=")
-        if sep and re.fullmatch(r"[A-Za-z0-9_.-]+", name) and not Path(item).exists():
+        name, path = split_data_root(item)
+        if name is not None:
             if name not in study.tasks:
                 raise ConfigError(str(UnknownNameError("task", name, list(study.tasks), "--data-root")))
             cfg = study.tasks[name][scale]
@@ -190,7 +191,7 @@ def with_data_roots(study: StudyCfg, scale: str, roots: list[str]) -> StudyCfg:
             if study.tasks:
                 raise ConfigError(f"--data-root: {study.name} spans tasks {sorted(study.tasks)}; "
                                   f"name one: --data-root TASK=PATH")
-            cfg, path = None, item
+            cfg = None
         dataset = cfg.dataset if cfg else study.data.dataset
         old = cfg.params if cfg else {**study.data.params, **study.scales[scale].data}
         # A synthetic set's parameters mean nothing to the folder's format, but for the label

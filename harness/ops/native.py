@@ -14,7 +14,6 @@ tested on the torch versions in ``TESTED_TORCH``: on another it is off unless
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
@@ -23,11 +22,11 @@ import subprocess
 import sysconfig
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +84,6 @@ def _cpu() -> str:
     return f"{platform.machine()} {flags}"
 
 
-@contextmanager
-def _locked(path: Path):
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, or the process ends
-        yield
-
-
 def build(command: list[str], cache: Path, source: Path) -> Path:
     """The library ``command`` builds from ``source``, compiled once into ``cache``; raises
     ``BuildError`` when the compiler refuses it (now or at an earlier, recorded attempt)."""
@@ -102,7 +94,7 @@ def build(command: list[str], cache: Path, source: Path) -> Path:
         return lib
     cache.mkdir(parents=True, exist_ok=True)
     failed = lib.with_name(f"{lib.name}.failed")
-    with _locked(lib.with_name(f"{lib.name}.lock")):  # concurrent workers: one compiles, the rest wait
+    with FileLock(lib.with_name(f"{lib.name}.lock"), thread_local=False):  # concurrent workers: one compiles, the rest wait
         if lib.exists():
             return lib
         if failed.exists():

@@ -72,12 +72,12 @@ def tag_failures(study, scale: str, tracking_uri: str | None = None) -> int:
     a seed added later may move a variant's median, and the next run writes the tags again).
     Returns the trials marked failed."""
     from harness.report.runs import load_runs
-    from harness.tracking import Tracker
+    from harness.session import Session, SessionOptions
 
     trials = load_runs(study, scale, tracking_uri, with_cases=False).trials
     if trials.empty or "failed_to_train" not in trials:
         return 0
-    tracker = Tracker(tracking_uri)
-    for run_id, failed in zip(trials.run_id, trials.failed_to_train):
-        tracker.tag(run_id, "failed_to_train", str(bool(failed)).lower())
+    with Session(SessionOptions(tracking_uri)) as session:
+        for run_id, failed in zip(trials.run_id, trials.failed_to_train):
+            session.tracker.tag(run_id, "failed_to_train", str(bool(failed)).lower())
     return int(trials.failed_to_train.sum())

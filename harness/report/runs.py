@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,11 +56,10 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
     """Finished trial runs of ``study`` at ``scale`` whose configuration matches the study file now,
     of its seeds at that scale (or the first ``seeds``): runs of further seeds, from a run with a
     larger ``--seeds`` or a study that has since shrunk, are counted in ``extra``, not reported."""
-    from harness.tracking import CONFIG_HASH, PARENT, TRIAL_KEY, check_store, experiment_of, reader, runs_of
+    from harness.session import Session, SessionOptions
+    from harness.tracking import CONFIG_HASH, PARENT, TRIAL_KEY, experiment_of, runs_of
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    check_store(tracking_uri)  # report, evaluate and submit read the store here first
-    client = reader(tracking_uri)
+    client = Session(SessionOptions(tracking_uri, writes=False)).reader  # the store checked: report, evaluate, submit
     exp = experiment_of(client, study.name)
     runs = [] if exp is None else runs_of(client, exp, "trial", scale)
     seen_seeds = 1 + max([int(r.data.tags.get("seed", 0)) for r in runs] or [0])

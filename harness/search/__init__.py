@@ -15,11 +15,11 @@ The package by job: ``schema`` (the file's fields), ``space`` (``Space``: knobs 
 ``outputs`` (Pareto files, export, confirmation, hypervolume) and ``drive`` (the command).
 """
 
-from harness.search.drive import confirm_front, run_search
+from harness.search.drive import SearchOptions, confirm_front, run_search
 from harness.search.outputs import export_study, write_pareto
 from harness.search.samplers import make_sampler, sampler_name
 from harness.search.schema import SamplerCfg, SearchCfg, encode
 from harness.search.space import Space
 
-__all__ = ["SamplerCfg", "SearchCfg", "Space", "confirm_front", "encode", "export_study", "make_sampler", "run_search",
+__all__ = ["SamplerCfg", "SearchCfg", "SearchOptions", "Space", "confirm_front", "encode", "export_study", "make_sampler", "run_search",
            "sampler_name", "write_pareto"]
