@@ -169,9 +169,6 @@ def cmd_data(args) -> int:
 
 
 
-PAPER_COST = ("params", "size_mb", "gmacs", "macs_per_voxel", "latency_ns_per_voxel")
-
-
 @contextlib.contextmanager
 def _doing(console, what: str):
     """Say what a long single-process step is doing: a spinner whose text follows each sub-step
@@ -195,10 +192,12 @@ def _cost_study(args, console) -> list[dict]:
     from harness.cost import cost_report
     from harness.data import build_task
     from harness.inferers import build_inferer
+    from harness.metrics import shown
     from harness.models import build_model
     from harness.outputs import adapt
     from harness.study import proxy_macs
 
+    paper_cost = {m.name for m in shown("cost")}  # the paper's figure beside ours, where it prints one
     study = load_study(args.target)
     scale = args.scale or "quick"
     paper = {s.variant: s for s in resolve(study, "paper", 1, check=False)} if scale != "paper" else {}
@@ -223,7 +222,7 @@ def _cost_study(args, console) -> list[dict]:
             with contextlib.suppress(Exception):
                 paper_work += proxy_macs(paper[s.variant], task) / proxy_macs(s, task)
         for metric, e in study.expected.get(s.variant, {}).items():  # the paper's figure beside ours
-            if metric in PAPER_COST:
+            if metric in paper_cost:
                 row[f"paper {metric}"] = float(e) if isinstance(e, (int, float)) else e.value
         rows.append(row)
     used = "--input" if args.input else f"the {scale} scale's input (cost.input, else one patch)"
@@ -292,10 +291,13 @@ def cmd_cost(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
+    from harness.metrics import shown
+
     table = Table(title="cost (GMACs: fvcore, 1 multiply-add = 1)")
-    cols = ["name", "input", "params", "size_mb", "gmacs", "macs_per_voxel"] + (
-        [] if args.no_latency else ["latency_ns_per_voxel", "peak_mem_mb", "train_peak_mem_mb", "device"])
-    cols += [f"paper {m}" for m in PAPER_COST if any(f"paper {m}" in r for r in rows)]
+    costs = shown("cost")  # the catalogue's costs of this command
+    cols = ["name", "input", *(m.name for m in costs if m.exact)] + (
+        [] if args.no_latency else [*(m.name for m in costs if m.measured), "device"])
+    cols += [f"paper {m.name}" for m in costs if any(f"paper {m.name}" in r for r in rows)]
     if not sys.stdout.isatty():  # a pipe or a file: whole numbers, tab-separated, never cut to a width
         print("\t".join(cols))
         for r in rows:
@@ -373,7 +375,7 @@ def cmd_submit(args) -> int:
         from harness.config import ConfigError
 
         raise ConfigError(f"--data-root: given {len(args.data_root)} times; a submission reads one folder")
-    return run_submit(args.study, args.scale, args.data_root[0], args.out, args.tracking_uri, args.row)
+    return run_submit(args.study, args.scale, args.data_root[0], args.out, args.tracking_uri, row=args.row)
 
 
 def cmd_search(args) -> int:
@@ -404,7 +406,7 @@ def cmd_bench(args) -> int:
 
 
 REGISTRY_KINDS = ("models", "datasets", "ops", "losses", "optimizers", "schedules", "augmentations", "targets",
-                  "inferers", "view_sets", "callbacks", "combiners", "data_commands", "cost_handles")
+                  "inferers", "view_sets", "callbacks", "combiners", "data_commands", "cost_handles", "metrics")
 
 
 def _registered(plugins: list[str]) -> dict[str, list[str]]:
@@ -425,6 +427,7 @@ def _registered(plugins: list[str]) -> dict[str, list[str]]:
             return json.loads(index.read_text())
         except (OSError, ValueError):
             pass
+    import harness.metrics  # noqa: F401  (the metric catalogue's built-ins)
     import harness.train  # noqa: F401  (imports, so registers, every component)
     from harness import registry
     from harness.config import import_plugins
@@ -522,7 +525,20 @@ def build_parser() -> tuple[Parser, argparse._SubParsersAction]:
     """The ``harness`` parser and its subcommands (docs/commands.md is checked against them)."""
     p = Parser(prog="harness", description=DESCRIPTION)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", parser_class=Parser)
+    _add_run(sub)
+    _add_cost(sub)
+    _add_report(sub)
+    _add_plan(sub)
+    _add_evaluate(sub)
+    _add_submit(sub)
+    _add_search(sub)
+    _add_data(sub)
+    _add_bench(sub)
+    _add_list(sub)
+    return p, sub
 
+
+def _add_run(sub) -> None:
     r = sub.add_parser("run", help="train every variant x seed of a study (or of several) as Ray Tune trials, "
                                    "logged to MLflow")
     r.add_argument("study", nargs="+",
@@ -553,6 +569,8 @@ def build_parser() -> tuple[Parser, argparse._SubParsersAction]:
                         "and per settled trial; 2: Ray's status tables, trial logs and warnings too")
     r.set_defaults(fn=cmd_run)
 
+
+def _add_cost(sub) -> None:
     c = sub.add_parser("cost", help="parameters, GMACs, latency and memory of a model or of a study's variants")
     c.add_argument("target", help="a registered model name, a study YAML, or a study's name (studies/NAME.yaml)")
     c.add_argument("--input", type=_shape, default=None, help="NxCxDxHxW, e.g. 1x4x128x128x64")
@@ -570,6 +588,8 @@ def build_parser() -> tuple[Parser, argparse._SubParsersAction]:
                    help="import a plugin family first, so that its models can be costed (repeatable)")
     c.set_defaults(fn=cmd_cost)
 
+
+def _add_report(sub) -> None:
     rp = sub.add_parser("report", help="the paper's table, statistics and accuracy-vs-cost plots from MLflow")
     rp.add_argument("study")
     rp.add_argument("--scale", default="smoke", choices=list(SCALES))
@@ -586,6 +606,8 @@ def build_parser() -> tuple[Parser, argparse._SubParsersAction]:
                     help="as given to 'harness run' (the trials' data is part of their configuration)")
     rp.set_defaults(fn=cmd_report)
 
+
+def _add_plan(sub) -> None:
     pl = sub.add_parser("plan", help="per claim, the seeds that would decide it (80%% power) and the training "
                                      "hours they take at a scale, from the study's runs")
     pl.add_argument("study", help="a study YAML or a study's name (studies/NAME.yaml)")
@@ -599,6 +621,8 @@ def build_parser() -> tuple[Parser, argparse._SubParsersAction]:
     pl.add_argument("--tracking-uri", default=None)
     pl.set_defaults(fn=cmd_plan)
 
+
+def _add_evaluate(sub) -> None:
     ev = sub.add_parser("evaluate", help="re-evaluate a study's saved models with another inferer or as ensembles")
     ev.add_argument("study")
     ev.add_argument("--scale", default="smoke", choices=list(SCALES))
@@ -612,6 +636,8 @@ def build_parser() -> tuple[Parser, argparse._SubParsersAction]:
                     help="as given to 'harness run'")
     ev.set_defaults(fn=cmd_evaluate)
 
+
+def _add_submit(sub) -> None:
     sm = sub.add_parser("submit", help="label maps of a challenge's unlabelled validation/test cases, in its "
                                        "submission format (ConResNet Table I, BraTS 2020 Table 4)")
     sm.add_argument("study")
@@ -623,6 +649,8 @@ def build_parser() -> tuple[Parser, argparse._SubParsersAction]:
     sm.add_argument("--tracking-uri", default=None)
     sm.set_defaults(fn=cmd_submit)
 
+
+def _add_search(sub) -> None:
     se = sub.add_parser("search", help="multi-objective NAS-style search (Optuna via Ray Tune), Pareto set out")
     se.add_argument("space", help="a search space YAML (search_spaces/*.yaml): base study, scale, knobs, "
                                   "objectives, sampler, trials")
@@ -655,12 +683,16 @@ def build_parser() -> tuple[Parser, argparse._SubParsersAction]:
                          "settled trial; 2: Ray's status tables, trial logs and Optuna's lines too")
     se.set_defaults(fn=cmd_search)
 
+
+def _add_data(sub) -> None:
     d = sub.add_parser("data", help="data commands: 'harness data check ROOT' validates a folder before training; "
                                      "families add theirs ('harness list data_commands')")
     d.add_argument("data_cmd", metavar="NAME", help="check, or a family's command (e.g. merge-labels)")
     d.add_argument("data_args", nargs=argparse.REMAINDER, help="the command's arguments ('harness data NAME -h')")
     d.set_defaults(fn=cmd_data)
 
+
+def _add_bench(sub) -> None:
     b = sub.add_parser("bench", help="speed benchmarks (results under reports/bench)")
     b.add_argument("--out", default="reports/bench")
     b.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
@@ -671,13 +703,13 @@ def build_parser() -> tuple[Parser, argparse._SubParsersAction]:
                         "it and without (HARNESS_CPU_KERNELS=0), alternated; cpu_layer.md under --out")
     b.set_defaults(fn=cmd_bench)
 
+
+def _add_list(sub) -> None:
     ls = sub.add_parser("list", help="the studies, search spaces and registered components (models, losses, ...)")
     ls.add_argument("kind", nargs="?", default="all", choices=["all", "studies", "search_spaces", *REGISTRY_KINDS])
     ls.add_argument("--plugin", action="append", metavar="MODULE",
                     help="import a plugin family first, so that its components are listed (repeatable)")
     ls.set_defaults(fn=cmd_list)
-
-    return p, sub
 
 
 def main(argv: list[str] | None = None) -> int:

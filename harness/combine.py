@@ -40,15 +40,16 @@ def mean(weights: list[float] | None = None) -> Rule:
     return rule
 
 
-COST_SUMS = ("params", "size_mb", "gmacs", "macs_per_voxel", "forward_passes", "latency_s", "latency_ns_per_voxel",
-             "train_peak_mem_mb")
-
-
 def combined_cost(costs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Members' inference costs as one procedure run member after member: sums, peak memory the largest."""
-    out: dict[str, Any] = {k: sum(c[k] for c in costs) for k in COST_SUMS if all(k in c for c in costs)}
-    if all("peak_mem_mb" in c for c in costs):
-        out["peak_mem_mb"] = max(c["peak_mem_mb"] for c in costs)
+    """Members' inference costs as one procedure run member after member: each cost as the metric
+    catalogue says its members add up (``harness.metrics``: sums; a peak memory the largest)."""
+    from harness.metrics import METRICS
+
+    how = {n: METRICS.get(n).members for n in METRICS.in_order()}
+    out: dict[str, Any] = {}
+    for k, rule in how.items():
+        if rule is not None and all(k in c for c in costs):
+            out[k] = sum(c[k] for c in costs) if rule == "sum" else max(c[k] for c in costs)
     for k in ("input", "device"):
         if k in costs[0]:
             out[k] = costs[0][k]

@@ -4,7 +4,6 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-import sys
 import typing
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -66,6 +65,12 @@ def check_types(factory: Callable, params: dict[str, Any], field: str) -> None:
             raise ValueError(f"{field}.{name}: must be {_type_name(hints[name])}, not {what} (got {raw!r})")
 
 
+def caller_module(frame) -> str:
+    """The module whose code called the function running in ``frame`` (``inspect.currentframe()``)."""
+    back = frame.f_back if frame is not None else None
+    return back.f_globals.get("__name__", "") if back is not None else ""
+
+
 def _type_name(hint: Any) -> str:
     plain = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
     return plain.get(hint) or str(hint).replace("typing.", "").replace("collections.abc.", "")
@@ -93,10 +98,12 @@ class Registry:
             importlib.import_module("harness.families")  # the built-in families register like plugins
         return self._items
 
-    def register(self, name: str | None = None, check: Callable[..., None] | None = None) -> Callable[[T], T]:
+    def register(self, name: str | None = None, check: Callable[..., None] | None = None,
+                 origin: str | None = None) -> Callable[[T], T]:
         """``check``: the values the factory refuses, as a function of some of its parameters
         (injected ones included) that raises ValueError; validation calls it instead of
-        building the component (``check_values``), and the factory calls it too."""
+        building the component (``check_values``), and the factory calls it too. ``origin``:
+        the registering module, when a helper registers on its caller's behalf."""
         def deco(obj: T) -> T:
             key = name or obj.__name__  # type: ignore[attr-defined]
             if key in self._items:
@@ -106,7 +113,7 @@ class Registry:
                 self._checks[key] = check
             # Who registered it (the module calling the decorator, whatever module defined obj):
             # a plugin that registers nothing is a mistake the study is told about.
-            self._origins[key] = sys._getframe(1).f_globals.get("__name__", "")
+            self._origins[key] = origin or caller_module(inspect.currentframe())
             return obj
 
         return deco
@@ -169,6 +176,10 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def in_order(self) -> list[str]:
+        """The names in the order they were registered (the built-ins' order is a table's)."""
+        return list(self._entries)
+
     def registered_by(self, module: str) -> list[str]:
         """Names registered by ``module`` or its submodules."""
         return sorted(k for k, m in self._origins.items() if m == module or m.startswith(f"{module}."))
@@ -196,5 +207,6 @@ COST_HANDLES = Registry("cost handle", "harness.cost")  # fvcore op handles, by 
 TRAINING_FAILURES = Registry("training-failure rule", "harness.report.failures")  # a seed that did not train
 OUTPUT_ADAPTERS = Registry("output adapter", "harness.outputs")  # a net's output convention -> the contract
 DATA_COMMANDS = Registry("data command", "harness.data.folders")  # `harness data NAME`: (add_arguments, run)
+METRICS = Registry("metric")  # the metric catalogue: harness.metrics registers the built-ins at import
 REGISTRIES = (OPS, MODELS, DATASETS, LOSSES, OPTIMIZERS, SCHEDULES, AUGMENTATIONS, TARGETS, INFERERS, CALLBACKS,
-              COMBINERS, VIEW_SETS, COST_HANDLES, DATA_COMMANDS)
+              COMBINERS, VIEW_SETS, COST_HANDLES, DATA_COMMANDS, METRICS)

@@ -91,16 +91,9 @@ def _member_probs(models: list, spec: TrialSpec, chans: np.ndarray, zooms, devic
     return torch.as_tensor(back)[None]
 
 
-def run_submit(path: str, scale: str, root: str, out: str, tracking_uri: str | None, row: str | None = None,
+def run_submit(path: str, scale: str, root: str, out: str, tracking_uri: str | None, *, row: str | None = None,
                console=None) -> int:
-    import nibabel as nib
     from rich.console import Console
-
-    from harness.data.folders import DataFolderError, scan_unlabelled_brats
-    from harness.evaluate import load_checkpoint
-    from harness.report import load_runs
-    from harness.session import Session, SessionOptions
-    from harness.train import load_model
 
     console = console or Console()
     study = load_study(path)
@@ -112,31 +105,10 @@ def run_submit(path: str, scale: str, root: str, out: str, tracking_uri: str | N
     if row not in names:
         raise ConfigError(str(UnknownNameError("row", row, names, "--row")))
     out_dir = _new_folder(out)
-    try:
-        cases = scan_unlabelled_brats(root)
-    except DataFolderError as e:
-        raise ConfigError(f"--data-root: {e}") from None
-    for case in cases:  # every header before any inference: a bad file is said now, in one line
-        shapes = {}
-        for p in case.images:
-            try:
-                shapes[p.name] = tuple(nib.load(str(p)).shape[:3])
-            except Exception as e:  # noqa: BLE001  nibabel raises ImageFileError, OSError, EOFError ...
-                raise ConfigError(f"--data-root: {p}: not a readable NIfTI header ({e})") from None
-        if len(set(shapes.values())) > 1:
-            raise ConfigError(f"--data-root: case {case.id}: its images differ in shape ({shapes})")
+    cases = _cases(root)
     combined = {c.name: c for c in study.combined}
-    runs = load_runs(study, scale, tracking_uri, with_cases=False)
-    client = Session(SessionOptions(tracking_uri, writes=False)).reader
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    members: dict[str, tuple[list, TrialSpec, list[str]]] = {}
-    for leaf in dict.fromkeys(_leaves(row, combined)):
-        ids = list(runs.trials.run_id[runs.trials.variant == leaf]) if not runs.trials.empty else []
-        if not ids:
-            raise ConfigError(f"{study.name}@{scale}: no finished trial of {leaf!r} (member of {row!r}); "
-                              f"run 'harness run {path} --scale {scale}' first")
-        ckpts = [load_checkpoint(client, i) for i in ids]
-        members[leaf] = ([load_model(c, device) for c in ckpts], TrialSpec.model_validate_json(ckpts[0]["trial"]), ids)
+    members = _members(path, study, scale, row, tracking_uri, device)
     outputs = {spec.train.output for _, spec, _ in members.values()}
     if outputs != {"sigmoid"}:
         raise ConfigError(f"submission format brats: needs members predicting sigmoid WT, TC, ET; got {outputs}")
@@ -165,6 +137,51 @@ def run_submit(path: str, scale: str, root: str, out: str, tracking_uri: str | N
                   f"{sum(len(ids) for _, _, ids in members.values())} trained models; upload them to the "
                   f"challenge's server. The paper's server numbers: harness report {path} --scale {scale}")
     return 0
+
+
+def _cases(root: str) -> list:
+    """The challenge's unlabelled cases under ``root``, every image header read before any
+    inference: a bad file is said now, in one line."""
+    import nibabel as nib
+
+    from harness.data.folders import DataFolderError, scan_unlabelled_brats
+
+    try:
+        cases = scan_unlabelled_brats(root)
+    except DataFolderError as e:
+        raise ConfigError(f"--data-root: {e}") from None
+    for case in cases:
+        shapes = {}
+        for p in case.images:
+            try:
+                shapes[p.name] = tuple(nib.load(str(p)).shape[:3])
+            except Exception as e:  # noqa: BLE001  nibabel raises ImageFileError, OSError, EOFError ...
+                raise ConfigError(f"--data-root: {p}: not a readable NIfTI header ({e})") from None
+        if len(set(shapes.values())) > 1:
+            raise ConfigError(f"--data-root: case {case.id}: its images differ in shape ({shapes})")
+    return cases
+
+
+def _members(path: str, study, scale: str, row: str, tracking_uri: str | None,
+             device) -> dict[str, tuple[list, TrialSpec, list[str]]]:
+    """Each trained leaf of ``row``: its seeds' models, its trial spec and their run ids."""
+    from harness.evaluate import load_checkpoint
+    from harness.report import load_runs
+    from harness.session import Session, SessionOptions
+    from harness.train import load_model
+
+    runs = load_runs(study, scale, tracking_uri, with_cases=False)
+    client = Session(SessionOptions(tracking_uri, writes=False)).reader
+    combined = {c.name: c for c in study.combined}
+    members = {}
+    for leaf in dict.fromkeys(_leaves(row, combined)):
+        ids = list(runs.trials.run_id[runs.trials.variant == leaf]) if not runs.trials.empty else []
+        if not ids:
+            raise ConfigError(f"{study.name}@{scale}: no finished trial of {leaf!r} (member of {row!r}); "
+                              f"run 'harness run {path} --scale {scale}' first")
+        ckpts = [load_checkpoint(client, i) for i in ids]
+        members[leaf] = ([load_model(c, device) for c in ckpts], TrialSpec.model_validate_json(ckpts[0]["trial"]), ids)
+    return members
 
 
 def _new_folder(out: str) -> Path:

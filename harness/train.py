@@ -366,6 +366,39 @@ def cost_as_run(spec: TrialSpec, cfg: TrainCfg, in_channels: int, models: list[n
     return {k: v for k, v in cost.items() if k != "macs_by_op"}
 
 
+def _train_epoch(t: Trial, ctx: LoopContext, after_step: Callable[[list[float], float], None]
+                 ) -> tuple[list[float], float]:
+    """One epoch's training steps, the callbacks after each; returns the losses and the seconds
+    it took. ``after_step(losses, seconds so far)``."""
+    t.model.train()
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    for batch in t.loader:
+        losses.append(train_step(t, batch))
+        for cb in t.callbacks:
+            cb.on_step_end(ctx)
+        after_step(losses, time.perf_counter() - t0)
+    return losses, time.perf_counter() - t0
+
+
+class _Pulse:
+    """``run_trial``'s ``beat``: the loop's progress after the first step, then every ``BEAT_S``
+    seconds of ``clock``; ``epoch`` and ``train_s`` (the epochs before this one) kept by the loop."""
+
+    def __init__(self, beat: Callable[[dict[str, float]], None] | None, clock: Callable[[], float], steps: int,
+                 build_s: float):
+        self.beat, self.clock, self.steps, self.build_s = beat, clock, steps, build_s
+        self.done, self.epoch, self.train_s, self.last = 0, 0, 0.0, None
+
+    def __call__(self, losses: list[float], seconds: float) -> None:
+        self.done += 1
+        if self.beat is None or (self.last is not None and self.clock() - self.last < BEAT_S):
+            return
+        self.last = self.clock()
+        self.beat({"step": self.done, "steps": self.steps, "epoch": self.epoch, "loss": float(np.mean(losses)),
+                   "train_s": self.train_s + seconds, "build_s": self.build_s})
+
+
 def run_trial(spec: TrialSpec, report: Report = lambda m, e: None, threads: int | None = None,
               checkpoint_dir: Path | None = None, rungs: Collection[int] = (),
               rung_cases: int | None = None, beat: Callable[[dict[str, float]], None] | None = None,
@@ -408,23 +441,12 @@ def run_trial(spec: TrialSpec, report: Report = lambda m, e: None, threads: int 
     evaluated = t.model
     step_times: list[float] = []
     start = time.perf_counter()
-    steps, done, train_s, last_beat = cfg.epochs * cfg.steps_per_epoch, 0, 0.0, None
+    pulse = _Pulse(beat, clock, cfg.epochs * cfg.steps_per_epoch, phase["build"])
     for epoch in range(cfg.epochs):
-        t.state.epoch = epoch
-        t.model.train()
-        losses = []
-        t0 = time.perf_counter()
-        for batch in t.loader:
-            losses.append(train_step(t, batch))
-            for cb in t.callbacks:
-                cb.on_step_end(ctx)
-            done += 1
-            if beat is not None and (last_beat is None or clock() - last_beat >= BEAT_S):
-                last_beat = clock()
-                beat({"step": done, "steps": steps, "epoch": epoch, "loss": float(np.mean(losses)),
-                      "train_s": train_s + time.perf_counter() - t0, "build_s": phase["build"]})
-        train_s += time.perf_counter() - t0
-        step_times.append((time.perf_counter() - t0) / max(1, len(losses)))
+        t.state.epoch = pulse.epoch = epoch
+        losses, seconds = _train_epoch(t, ctx, pulse)
+        pulse.train_s += seconds
+        step_times.append(seconds / max(1, len(losses)))
         ctx.metrics = {"train_loss": float(np.mean(losses)), "lr": t.schedule.get_last_lr()[0],
                        "step_time_s": step_times[-1], "time_cpu_s": time.process_time() - cpu0}
         for cb in t.callbacks:
@@ -443,15 +465,11 @@ def run_trial(spec: TrialSpec, report: Report = lambda m, e: None, threads: int 
                 ctx.metrics.update({k: v for k, v in early_cost.items() if isinstance(v, (int, float))})
         report(dict(ctx.metrics), epoch)
     phase["train"] = time.perf_counter() - start - phase["evaluate"]
-
     start = time.perf_counter()
     if checkpoint_dir is not None:
         final["checkpoint_bytes"] = save_checkpoint(Path(checkpoint_dir) / CHECKPOINT, evaluated, t)
     final.update(trial_cost(t, evaluated))
     phase["cost"] = time.perf_counter() - start
-    final["step_time_s"] = float(np.median(step_times))
-    final.update({f"time_{k}_s": v for k, v in phase.items()})
-    final["time_cpu_s"] = time.process_time() - cpu0
-    final["device"] = str(t.device)
-    final.update(ctx.results)  # what the procedures report (removed cases, SWA snapshots)
-    return final
+    return {**final, "step_time_s": float(np.median(step_times)), **{f"time_{k}_s": v for k, v in phase.items()},
+            "time_cpu_s": time.process_time() - cpu0, "device": str(t.device),
+            **ctx.results}  # what the procedures report (removed cases, SWA snapshots)

@@ -450,18 +450,18 @@ def _halving(space, searcher, study, rungs: list[int]):
     trial goes on while ``harness.pareto.continues_at_rung`` holds: its rung accuracy ranks in
     the top 1/eta of the trials at that rung that cost no more than it does, and not over
     ``cost_band`` times less. The exact costs
-    (``EXACT_COSTS`` objectives) are counted in the driver (``space.exact_costs``), the others
+    (exact-cost objectives, ``harness.metrics``) are counted in the driver (``space.exact_costs``), the others
     come with the rung's result. Each rung result is written to the Optuna trial
     (``rung_<epoch>``), so a resumed search ranks against every rung reached before.
     Ray Tune's ASHAScheduler ranks one metric only; MO-ASHA ranks the exact cost as if noisy."""
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-    from harness.config import EXACT_COSTS
+    from harness.metrics import is_exact
     from harness.pareto import continues_at_rung
 
     objs = space.cfg.objectives
-    exact = [o for o in objs if o.metric in EXACT_COSTS]
-    trained = [o for o in objs if o.metric not in EXACT_COSTS]
+    exact = [o for o in objs if is_exact(o.metric)]
+    trained = [o for o in objs if not is_exact(o.metric)]
     eta = space.cfg.scheduler.reduction_factor
 
     class CostAwareHalving(FIFOScheduler):
@@ -542,10 +542,9 @@ def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: s
     scheduler = _halving(space, searcher, study, rungs) if rungs else None
     # A trial measures its cost before training only for a measured cost objective (latency):
     # the scheduler counts the exact ones itself.
-    from harness.config import EXACT_COSTS
+    from harness.metrics import is_measured
 
-    rung_cost = any(o.metric not in EXACT_COSTS and o.metric not in ("mean_dice", "mean_hd95")
-                    and not o.metric.startswith(("dice_", "hd95_")) for o in cfg.objectives)
+    rung_cost = any(is_measured(o.metric) for o in cfg.objectives)
     trainable = tune.with_resources(tune.with_parameters(_search_trainable, spec_for=space.spec_for, rungs=rungs,
                                                          rung_cases=cfg.scheduler.rung_cases, rung_cost=rung_cost),
                                     {"cpu": res.cpu, "gpu": res.gpu})

@@ -27,6 +27,9 @@ STUDY = {
               "loss": {"name": "toy_edge_loss", "params": {"edge_weight": 0.5}}, "targets": ["toy_edge"],
               "callbacks": ["toy_all_foreground"], "inferer": "toy_flip_tta", "optimizer": "adam", "lr": 0.001},
     "cost": {"latency_runs": 1},
+    # The plugin's own metric (harness.metrics), judged like a built-in one.
+    "claims": [{"text": "the toy spends under 100 J", "where": "test", "better": "toy", "than": 100.0,
+                "metric": "toy_energy_j", "direction": "lower"}],
     "seeds": 2,
     "scales": {"smoke": {}, "quick": {}, "paper": {}},
 }
@@ -85,6 +88,7 @@ def test_outside_family_runs_saves_weights_and_reevaluates(tmp_path, monkeypatch
     assert main(["report", "s.yaml", "--format", "md"]) == 0
     text = (tmp_path / "reports" / "local" / "toy_family" / "README.md").read_text()
     assert "## Re-evaluations" in text and "| tta " in text and "toy_flip_tta" in text
+    _plugin_metric_reported_judged_and_searched(tmp_path, runs)
 
     # A checkpoint does not choose what is imported: trained with a plugin the study on the
     # command line does not name, it is skipped, and a --variant named but skipped exits 1.
@@ -101,3 +105,25 @@ def test_outside_family_runs_saves_weights_and_reevaluates(tmp_path, monkeypatch
     out = capsys.readouterr().out
     assert f"the checkpoint of run {runs[0].info.run_id} is damaged or not a harness checkpoint" in out
     assert "weights_only" not in out
+
+
+def _plugin_metric_reported_judged_and_searched(tmp_path, runs):
+    # The plugin registered toy_energy_j in the metric catalogue and its callback reported it.
+    from harness.config import ConfigError
+    from harness.search import Space
+
+    assert all(r.data.metrics["toy_energy_j"] == 10.0 for r in runs)  # |seg.bias| summed, one channel
+    folder = tmp_path / "reports" / "local" / "toy_family"
+    (claim,) = json.loads((folder / "claims.json").read_text())["claims"]
+    assert claim["metric"] == "toy_energy_j" and claim["verdict"] == "reproduced" and claim["effect"] == 90.0
+    assert claim["kind"] == "result"  # measured, not arithmetic
+    assert "toy energy (J)" in (folder / "README.md").read_text()  # the cost table's column
+    space = {"name": "toy_search", "study": "s.yaml", "scale": "smoke", "knobs": {"width": {"choice": [4, 8]}},
+             "objectives": [{"metric": "mean_dice", "mode": "max"}, {"metric": "toy_energy_j", "mode": "min"}],
+             "trials": 2}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    assert [o.metric for o in Space(tmp_path / "space.yaml").cfg.objectives] == ["mean_dice", "toy_energy_j"]
+    space["objectives"][1]["metric"] = "toy_energy"
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    with pytest.raises(ConfigError, match="objectives: unknown metric 'toy_energy'. Did you mean 'toy_energy_j'"):
+        Space(tmp_path / "space.yaml")

@@ -10,7 +10,7 @@
 Every error names the field, the bad value and what is allowed (``ConfigError``, exit code 2).
 """
 from harness.config.schema import (BEST, ClaimCfg, CombinedCfg, ComponentCfg, ConfigError, CostCfg, DataCfg,
-                                   DeepSupervisionCfg, EXACT_COSTS, ExpectedValue, LayoutCfg, ModelCfg, PLAIN_NAME,
+                                   DeepSupervisionCfg, ExpectedValue, LayoutCfg, ModelCfg, PLAIN_NAME,
                                    ParamGroupCfg, ResourcesCfg, SCALES, ScaleCfg, Side, StudyCfg, SubmissionCfg,
                                    TaskScaleCfg, TrainCfg, TrialSpec, VariantCfg, Strict)
 from harness.config.expand import merge, table_rows, variants
@@ -22,7 +22,7 @@ from harness.config.load import (MAX_YAML_NODES, MODULE_NAME, PORTABLE_DATA_PARA
 from harness.config.resolve import combined_keys, config_hash, resolve, resolve_variant, spec_hash
 
 __all__ = ["BEST", "ClaimCfg", "CombinedCfg", "ComponentCfg", "ConfigError", "CostCfg", "DataCfg",
-           "DeepSupervisionCfg", "EXACT_COSTS", "ExpectedValue", "LayoutCfg", "MAX_YAML_NODES", "MODULE_NAME",
+           "DeepSupervisionCfg", "ExpectedValue", "LayoutCfg", "MAX_YAML_NODES", "MODULE_NAME",
            "ModelCfg", "PLAIN_NAME", "PORTABLE_DATA_PARAMS", "ParamGroupCfg", "ResourcesCfg", "SCALES", "ScaleCfg",
            "Side", "StudyCfg", "SubmissionCfg", "TaskScaleCfg", "TrainCfg", "TrialSpec", "VariantCfg", "Strict",
            "merge", "with_data_roots", "build_checked_model", "check_data", "check_exclusive", "check_layout", "check_model",

@@ -11,7 +11,9 @@ from harness.config.schema import ConfigError, DataCfg, ModelCfg, StudyCfg, Trai
 from harness.registry import DATASETS, MODELS, UnknownNameError, check_types
 
 
-def _check_names(study: StudyCfg) -> None:
+def check_names(study: StudyCfg) -> None:
+    """The study's registered names exist (its plugins imported): dataset, model, failure rule,
+    recipe components, and each claim's metric in the catalogue (``harness.metrics``)."""
     for reg, name, field in ((DATASETS, study.data.dataset, "data.dataset"), (MODELS, study.model.name, "model.name")):
         try:
             reg.get(name, field=field)
@@ -27,6 +29,21 @@ def _check_names(study: StudyCfg) -> None:
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from None
     check_train(study.train, "train")
+    check_claim_metrics(study)
+
+
+def check_claim_metrics(study: StudyCfg) -> None:
+    """Each claim's metric is catalogued (did you mean), and a ratio claim's is an exact cost."""
+    from harness.metrics import exact_names, metric
+
+    for i, claim in enumerate(study.claims):
+        try:
+            m = metric(claim.metric, field=f"claims[{i}].metric")
+        except UnknownNameError as e:
+            raise ConfigError(str(e)) from None
+        if claim.measure == "ratio" and not m.exact:
+            raise ConfigError(f"claims[{i}].metric: measure: ratio is for an exact cost, one of "
+                              f"{', '.join(exact_names())}; got {claim.metric!r}")
 
 
 def check_train(train: TrainCfg, where: str) -> None:

@@ -13,10 +13,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from harness.config.checks import _check_names
+from harness.config.checks import check_names
 from harness.config.expand import merge
 from harness.config.layout import check_layout
-from harness.config.schema import ConfigError, DataCfg, StudyCfg, _fmt_validation
+from harness.config.schema import ConfigError, DataCfg, StudyCfg, format_validation
 from harness.roots import split_data_root
 from harness.registry import DATASETS, UnknownNameError
 
@@ -131,13 +131,13 @@ def load_yaml(path: str | Path, schema: type[BaseModel], kind: str = "study"):
     try:
         return schema.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_fmt_validation(e, str(p), model=schema).replace("invalid study", f"invalid {kind}")) from None
+        raise ConfigError(format_validation(e, str(p), model=schema).replace("invalid study", f"invalid {kind}")) from None
 
 
 def load_study(path: str | Path) -> StudyCfg:
     study = load_yaml(path, StudyCfg)
     import_plugins(study.plugins)
-    _check_names(study)
+    check_names(study)
     check_layout(study)
     return study
 

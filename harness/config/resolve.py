@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from harness.config.checks import check_data, check_exclusive, check_model, check_patch_fits, check_train
 from harness.config.expand import merge, table_rows, variants
 from harness.config.schema import (ConfigError, CostCfg, DataCfg, ModelCfg, StudyCfg, TrainCfg, TrialSpec, VariantCfg,
-                                   _fmt_validation)
+                                   format_validation)
 from harness.registry import DATASETS, MODELS, UnknownNameError
 
 
@@ -63,11 +63,11 @@ def _scale_parts(study: StudyCfg, scale: str):
         base_train = merge(study.train.model_dump(), sc.train)
         check_train(TrainCfg.model_validate(base_train), f"scales.{scale}")
     except ValidationError as e:
-        raise ConfigError(_fmt_validation(e, f"scales.{scale}", "train", TrainCfg)) from None
+        raise ConfigError(format_validation(e, f"scales.{scale}", "train", TrainCfg)) from None
     try:
         cost = CostCfg.model_validate(merge(study.cost.model_dump(), sc.cost))
     except ValidationError as e:
-        raise ConfigError(_fmt_validation(e, f"scales.{scale}", "cost", CostCfg)) from None
+        raise ConfigError(format_validation(e, f"scales.{scale}", "cost", CostCfg)) from None
     data = DataCfg(dataset=study.data.dataset, params=merge(study.data.params, sc.data))
     return sc, base_train, cost, data
 
@@ -88,7 +88,7 @@ def resolve_variant(study: StudyCfg, scale: str, v: VariantCfg, seeds: int = 1, 
     try:
         train = TrainCfg.model_validate(merge(base_train, v.train))
     except ValidationError as e:
-        raise ConfigError(_fmt_validation(e, f"variant {v.name!r} train", model=TrainCfg)) from None
+        raise ConfigError(format_validation(e, f"variant {v.name!r} train", model=TrainCfg)) from None
     if check and v.train:
         check_train(train, f"variant {v.name!r}")
     if v.model is None or v.model == study.model.name:

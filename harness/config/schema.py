@@ -320,9 +320,6 @@ class LayoutCfg(Strict):
 Side = Union[str, dict[str, str]]  # a variant name, or {axis: label}: the mean over the variants so tagged
 
 
-# Costs that are numbers, not measurements (the same every seed): a ratio claim's metrics.
-EXACT_COSTS = ("params", "size_mb", "gmacs", "macs_per_voxel", "forward_passes", "checkpoint_bytes")
-
 # A name that becomes a file or folder name: letters, digits, '_', '.', '-', not only dots.
 PLAIN_NAME = r"^[A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
 
@@ -381,8 +378,11 @@ class ClaimCfg(Strict):
             raise ValueError(f"value: a stated magnitude ({self.value:g}) is judged by direction: equal (within "
                              f"margin of it), got direction: {self.direction}")
         if self.measure == "ratio":
-            if self.metric not in EXACT_COSTS:
-                raise ValueError(f"metric: measure: ratio is for an exact cost, one of {', '.join(EXACT_COSTS)}; "
+            from harness.metrics import exact_names, known, metric
+
+            # A plugin's metric is not known until its plugin loads: checked again after (check_claims).
+            if known(self.metric) and not metric(self.metric).exact:
+                raise ValueError(f"metric: measure: ratio is for an exact cost, one of {', '.join(exact_names())}; "
                                  f"got {self.metric!r}")
             if self.value is not None and not self.value > 0:
                 raise ValueError(f"value: a ratio is > 0, got {self.value:g}")
@@ -502,7 +502,7 @@ def _union_errors(errors: list[dict]) -> list[dict]:
     return out
 
 
-def _fmt_validation(err: ValidationError, source: str, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+def format_validation(err: ValidationError, source: str, prefix: str = "", model: type[BaseModel] | None = None) -> str:
     """One line per error, naming the field; an unknown key gets "did you mean" and the allowed
     keys where ``model`` (the schema validated against) has them at that place."""
     lines = [f"{source}: invalid study"]

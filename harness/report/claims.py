@@ -13,7 +13,8 @@ import pandas as pd
 from scipy import stats
 
 from harness import stats as stats_
-from harness.config import EXACT_COSTS, StudyCfg
+from harness.config import StudyCfg
+from harness.metrics import is_exact
 from harness.report.failures import failed_seeds
 from harness.report.runs import StudyRuns
 
@@ -33,8 +34,6 @@ def summarise(trials: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["variant", "metric", "n", "mean", "std", "ci_low", "ci_high"])
 
 
-# Cost metrics measured with timing noise: judged over seeds; the rest (params, MACs) are exact.
-NOISY_COSTS = ("latency", "peak_mem", "train_peak_mem", "step_time")
 UNIT = ("a t-interval over training seeds with a validation-case term (`harness.stats`: the seed and case "
         "parts of the paired differences, each at its own degrees of freedom, combined in quadrature; "
         "calibrated in docs/calibration.md)")
@@ -120,7 +119,7 @@ def judge_claim(runs: "StudyRuns", claim) -> dict[str, Any]:
     Effect = ``better`` - ``than`` signed so that positive means "as claimed" (a ratio claim:
     ``better / than`` as it is, judged against its reference, ``ClaimCfg.reference``). Accuracy
     metrics (kept per case) pair by (case, seed); costs by seed, where parameters and MACs are
-    exact (``EXACT_COSTS``: the interval is the number itself) and every other trial-level
+    exact (``harness.metrics``: the interval is the number itself) and every other trial-level
     number (timed costs, the worst case's Dice) gets the paired t over seeds.
     Verdicts: ``harness.stats.verdict`` on the 95% interval (``UNIT``); too few seeds to sample
     their noise is inconclusive. ``detectable``: for a directional claim, the true effect the
@@ -137,21 +136,14 @@ def judge_claim(runs: "StudyRuns", claim) -> dict[str, Any]:
     per_case = runs.per_case is not None and claim.metric in runs.per_case
     ratio = claim.measure == "ratio"
     equal = claim.direction == "equal"
-    if ratio:  # exact costs (config): the ratio is a number, its log difference the same every seed
-        logs = runs.trials.assign(**{claim.metric: np.log(runs.trials[claim.metric])}) \
-            if claim.metric in runs.trials else runs.trials
-        r = paired_test(logs, a, math.log(b) if isinstance(b, (int, float)) else b, claim.metric, ("seed",))
-        r["delta"] = math.exp(r["delta"])
-    else:
-        r = paired_test(runs.per_case if per_case else runs.trials, a, b, claim.metric,
-                        ("case", "seed") if per_case else ("seed",), sign=-1.0 if claim.direction == "lower" else 1.0)
+    r = _paired(runs, claim, a, b)
     lo, hi = r["ci_low"], r["ci_high"]
     target = stats_.bound(claim.margin, claim.direction)  # what a directional effect must exceed
     found = r["detectable_equal"] if equal else target + r["detectable"]
     note = ""
     if r["pairs"] == 0:
         note = "no matched finished runs"
-    elif not per_case and claim.metric in EXACT_COSTS:
+    elif not per_case and is_exact(claim.metric):
         lo = hi = r["delta"]  # parameters and MACs are exact
         found = target if not equal else 0.0
     elif math.isnan(lo):
@@ -161,7 +153,7 @@ def judge_claim(runs: "StudyRuns", claim) -> dict[str, Any]:
     ref = claim.reference
     slo, shi = (ref - hi, ref - lo) if ratio and claim.direction == "lower" else (lo - ref, hi - ref)
     verdict = str(stats_.verdict(slo, shi, claim.margin, claim.direction))
-    judged = not ratio and not math.isnan(lo) and not (not per_case and claim.metric in EXACT_COSTS)
+    judged = not ratio and not math.isnan(lo) and not (not per_case and is_exact(claim.metric))
     d = (-1.0 if claim.direction == "lower" else 1.0) * paired_difference(
         runs.per_case if per_case else runs.trials, a, b, claim.metric,
         ("case", "seed") if per_case else ("seed",)) if judged else None
@@ -172,48 +164,81 @@ def judge_claim(runs: "StudyRuns", claim) -> dict[str, Any]:
         note = "; ".join(filter(None, [note, f"judged over looks at {', '.join(map(str, looks))} seeds with the "
                                              f"error spent across them: {verdict} at {int(used)} seeds"]))
     paper = paper_effect(runs.study, claim)
-    flag = ""
-    if verdict == "inconclusive" and (found > claim.margin if equal else found > paper):
-        flag = "underpowered"
-    elif not math.isnan(lo) and stats_.is_borderline(slo, shi, claim.margin, claim.direction):
-        flag = "borderline"
-    needed: dict[str, Any] = {"paper": None, "observed": None}
-    if judged:
-        for at, effect in (("paper", paper), ("observed", r["delta"])):
-            if not math.isnan(effect):  # the true effect's distance beyond the bound the verdict turns on
-                beyond = claim.margin - abs(effect) if equal else effect - target
-                n = stats_.seeds_needed(d, beyond, equivalence=equal, most=MOST_SEEDS)
-                needed[at] = ("never" if not beyond > 0 else f"> {MOST_SEEDS}" if math.isinf(n) else
-                              None if math.isnan(n) else int(n))
+    underpowered = verdict == "inconclusive" and (found > claim.margin if equal else found > paper)
+    flag = "underpowered" if underpowered else "borderline" if not math.isnan(lo) and stats_.is_borderline(
+        slo, shi, claim.margin, claim.direction) else ""
+    needed = _seeds_needed(claim, d, {"paper": paper, "observed": r["delta"]}, target) if judged else \
+        {"paper": None, "observed": None}
     # Seeds a side failed to train at (harness.report.failures): said, and the claim judged again
     # on the seeds where both sides trained (pairs by seed, so a failed seed leaves both sides).
     failed = {"better": failed_seeds(runs.trials, a),
               "than": [] if isinstance(b, (int, float)) else failed_seeds(runs.trials, b)}
-    trained = ""
-    gone = sorted(set(failed["better"]) | set(failed["than"]))
-    if gone and not ratio and not (not per_case and claim.metric in EXACT_COSTS) and r["pairs"]:
-        source = runs.per_case if per_case else runs.trials
-        t = paired_test(source[~source.seed.isin(gone)], a, b, claim.metric, ("case", "seed") if per_case else ("seed",),
-                        sign=-1.0 if claim.direction == "lower" else 1.0)
-        tlo, thi = (t["ci_low"] - claim.reference, t["ci_high"] - claim.reference)
-        trained = str(stats_.verdict(tlo, thi, claim.margin, claim.direction))
-        sides = "; ".join(f"{side} side: seed{'s' if len(v) > 1 else ''} {', '.join(map(str, v))}"
-                          for side, v in failed.items() if v)
-        note = "; ".join(filter(None, [note, f"failed to train ({sides}); on the {t['seeds']} seeds where both "
-                                             f"trained: {trained}"]))
-    name = f"{claim.metric} ratio" if ratio else claim.metric
-    metric = (f"{name} = {claim.reference:g} (±{claim.margin:g})" if equal and (ratio or claim.value is not None) else
-              f"{name} = (±{claim.margin:g})" if equal else
-              f"{name} ≥ (−{claim.margin:g})" if claim.direction == "noninferior" else
-              f"{name} < {1 - claim.margin:g}" if ratio and claim.direction == "lower" else
-              f"{name} > {1 + claim.margin:g}" if ratio else name)
-    exact = ratio or (not per_case and claim.metric in EXACT_COSTS)
+    exact = ratio or (not per_case and is_exact(claim.metric))
+    trained, said = _on_trained_seeds(runs, claim, (a, b), failed) if not exact and r["pairs"] else ("", "")
+    note = "; ".join(filter(None, [note, said]))
     return {"claim": claim.text, "where": claim.where, "source": claim.source, "id": claim_id(runs.study, claim),
             "kind": claim.kind if claim.kind != "result" else "arithmetic" if exact else "result",
-            "metric": metric, "verdict": verdict, "flag": flag, "effect": r["delta"], "ci_low": lo, "ci_high": hi,
+            "metric": _metric_label(claim), "verdict": verdict, "flag": flag, "effect": r["delta"], "ci_low": lo, "ci_high": hi,
             "detectable": found, "paper": paper, "cases": r["cases"], "seeds": r["seeds"],
             "seeds_needed_paper": needed["paper"], "seeds_needed_observed": needed["observed"],
             "failed_seeds": failed, "verdict_trained": trained, "note": note}
+
+
+def _paired(runs: "StudyRuns", claim, a: list[str], b) -> dict[str, Any]:
+    """``paired_test`` of the claim's sides: per (case, seed) for a per-case metric, per seed
+    otherwise; a ratio claim on log values, its ``delta`` the ratio."""
+    per_case = runs.per_case is not None and claim.metric in runs.per_case
+    if claim.measure == "ratio":  # exact costs (config): the ratio is a number, its log difference the same every seed
+        logs = runs.trials.assign(**{claim.metric: np.log(runs.trials[claim.metric])}) \
+            if claim.metric in runs.trials else runs.trials
+        r = paired_test(logs, a, math.log(b) if isinstance(b, (int, float)) else b, claim.metric, ("seed",))
+        r["delta"] = math.exp(r["delta"])
+        return r
+    return paired_test(runs.per_case if per_case else runs.trials, a, b, claim.metric,
+                       ("case", "seed") if per_case else ("seed",), sign=-1.0 if claim.direction == "lower" else 1.0)
+
+
+def _seeds_needed(claim, d: np.ndarray, effects: dict[str, float], target: float) -> dict[str, Any]:
+    """Seeds for 80% power at each true effect of ``effects`` (the paper's, the observed), from
+    the claim's own case x seed differences ``d``: a number, "never" (the effect is not beyond
+    the bound the verdict turns on), "> MOST_SEEDS", or None."""
+    equal = claim.direction == "equal"
+    needed: dict[str, Any] = {at: None for at in effects}
+    for at, effect in effects.items():
+        if not math.isnan(effect):  # the true effect's distance beyond the bound the verdict turns on
+            beyond = claim.margin - abs(effect) if equal else effect - target
+            n = stats_.seeds_needed(d, beyond, equivalence=equal, most=MOST_SEEDS)
+            needed[at] = ("never" if not beyond > 0 else f"> {MOST_SEEDS}" if math.isinf(n) else
+                          None if math.isnan(n) else int(n))
+    return needed
+
+
+def _on_trained_seeds(runs: "StudyRuns", claim, sides: tuple, failed: dict[str, list[int]]) -> tuple[str, str]:
+    """The verdict on the seeds where both sides trained, and the note saying which failed;
+    ("", "") when none failed."""
+    gone = sorted(set(failed["better"]) | set(failed["than"]))
+    if not gone:
+        return "", ""
+    per_case = runs.per_case is not None and claim.metric in runs.per_case
+    source = runs.per_case if per_case else runs.trials
+    t = paired_test(source[~source.seed.isin(gone)], *sides, claim.metric, ("case", "seed") if per_case else ("seed",),
+                    sign=-1.0 if claim.direction == "lower" else 1.0)
+    tlo, thi = (t["ci_low"] - claim.reference, t["ci_high"] - claim.reference)
+    trained = str(stats_.verdict(tlo, thi, claim.margin, claim.direction))
+    which = "; ".join(f"{side} side: seed{'s' if len(v) > 1 else ''} {', '.join(map(str, v))}"
+                      for side, v in failed.items() if v)
+    return trained, f"failed to train ({which}); on the {t['seeds']} seeds where both trained: {trained}"
+
+
+def _metric_label(claim) -> str:
+    """The claim's metric and bound as the report's table shows it."""
+    ratio, equal = claim.measure == "ratio", claim.direction == "equal"
+    name = f"{claim.metric} ratio" if ratio else claim.metric
+    return (f"{name} = {claim.reference:g} (±{claim.margin:g})" if equal and (ratio or claim.value is not None) else
+            f"{name} = (±{claim.margin:g})" if equal else
+            f"{name} ≥ (−{claim.margin:g})" if claim.direction == "noninferior" else
+            f"{name} < {1 - claim.margin:g}" if ratio and claim.direction == "lower" else
+            f"{name} > {1 + claim.margin:g}" if ratio else name)
 
 
 def claim_id(study: StudyCfg, claim) -> str:
@@ -325,7 +350,7 @@ def comparisons(claims: list[dict], source: str) -> pd.DataFrame:
     # Reports written before claims carried their kind: exact costs by their metric, else results.
     metric = df["metric"] if "metric" in df else pd.Series("", index=df.index)
     df["kind"] = df["kind"].where(df["kind"].notna(), metric.map(
-        lambda m: "arithmetic" if str(m).split(" ")[0] in EXACT_COSTS else "result"))
+        lambda m: "arithmetic" if is_exact(str(m).split(" ")[0]) else "result"))
     first = df.groupby(["id", "study"], sort=False).first().reset_index()
     return first.groupby("id", sort=False).agg(
         verdict=("verdict", lambda v: v.iloc[0] if v.nunique() == 1 else "mixed"),

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.config import table_rows
+from harness.metrics import shown
 from harness.report.runs import StudyRuns
 
 
@@ -22,8 +23,6 @@ def pareto_front(df: pd.DataFrame, cost: str, acc: str) -> pd.DataFrame:
     return pd.DataFrame(front)
 
 
-COST_AXES = {"gmacs": "GMACs", "params": "parameters", "latency_ns_per_voxel": "latency (ns / voxel)",
-             "peak_mem_mb": "inference peak memory (MB)"}
 LOADED = 1.25  # 1-minute load per core above which latency is flagged (trials run 1 a core: about 1)
 
 
@@ -79,7 +78,8 @@ def accuracy_figure(trials: pd.DataFrame, task_of: dict[str, str | None], title:
 
     acc = "mean_dice"
     agg = trials.groupby("variant", sort=False).mean(numeric_only=True).reset_index()
-    costs = [c for c in COST_AXES if c in agg and agg[c].notna().any()]
+    axes_of = {m.name: m.label for m in shown("plot")}  # the catalogue's cost axes, a plugin's too
+    costs = [c for c in axes_of if c in agg and agg[c].notna().any()]
     if acc not in agg or not costs:
         return None
     agg["task"] = agg.variant.map(lambda v: task_of.get(v) or "")
@@ -111,7 +111,7 @@ def accuracy_figure(trials: pd.DataFrame, task_of: dict[str, str | None], title:
             ax.xaxis.set_major_formatter(EngFormatter(sep="") if c == "params" else FormatStrFormatter("%g"))
         elif c == "params":
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-        label = COST_AXES[c]
+        label = axes_of[c]
         if c == "latency_ns_per_voxel" and "load_per_core" in agg and agg.load_per_core.max() > LOADED:
             label += f"\nmeasured beside other work (load up to {agg.load_per_core.max():.1f} per core): reads high"
         ax.set_xlabel(label)
@@ -229,7 +229,7 @@ def axis_curves(runs: StudyRuns, out: Path) -> list[str]:
         if len(values) < 3 or None in values.values() or axis not in t:
             continue
         d = t[t[axis].isin(list(values))].assign(**{axis: lambda f: f[axis].map(values)})
-        metrics = [m for m in ("mean_dice", "gmacs", "params", "train_peak_mem_mb") if m in d and d[m].notna().any()]
+        metrics = [m.name for m in shown("curve") if m.name in d and d[m.name].notna().any()]
         if d.empty or not metrics:
             continue
         fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.4), squeeze=False)

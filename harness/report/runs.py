@@ -106,21 +106,24 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
     ran_with = sorted({name for parent in {row["parent"] for row in rows if row["parent"]}
                        for name in client.get_run(parent).data.tags.get("run_with", "").split(",") if name})
     trials = mark_failed(pd.DataFrame(rows), study.failed_to_train)
-    per_case = None
-    if with_cases and rows:
-        frames = []
-        for row in rows:
-            with tempfile.TemporaryDirectory() as d:
-                try:
-                    path = client.download_artifacts(row["run_id"], "per_case.json", d)
-                except Exception:  # noqa: BLE001  an artifact store that lost the file: no pairs for this run
-                    continue
-                cases = pd.DataFrame(json.loads(Path(path).read_text()))
-            cases["variant"], cases["seed"] = row["variant"], row["seed"]
-            frames.append(cases)
-        per_case = pd.concat(frames, ignore_index=True) if frames else None
-    return StudyRuns(study, scale, trials, failed, stale, per_case, ran_with, incomplete, len(extra), wanted,
-                     [n for n in looks if n <= wanted])
+    return StudyRuns(study=study, scale=scale, trials=trials, failed=failed, stale=stale,
+                     per_case=_per_case(client, rows) if with_cases and rows else None, ran_with=ran_with,
+                     incomplete=incomplete, extra=len(extra), seeds=wanted, looks=[n for n in looks if n <= wanted])
+
+
+def _per_case(client, rows: list[dict]) -> pd.DataFrame | None:
+    """Every trial's per-case metrics (its ``per_case.json``), with its variant and seed."""
+    frames = []
+    for row in rows:
+        with tempfile.TemporaryDirectory() as d:
+            try:
+                path = client.download_artifacts(row["run_id"], "per_case.json", d)
+            except Exception:  # noqa: BLE001  an artifact store that lost the file: no pairs for this run
+                continue
+            cases = pd.DataFrame(json.loads(Path(path).read_text()))
+        cases["variant"], cases["seed"] = row["variant"], row["seed"]
+        frames.append(cases)
+    return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def evaluations(runs: StudyRuns, tracking_uri: str | None = None) -> pd.DataFrame:

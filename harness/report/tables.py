@@ -29,7 +29,8 @@ from typing import Any
 import pandas as pd
 
 from harness.config import StudyCfg, VariantCfg, table_rows
-from harness.report.claims import NOISY_COSTS, _expected, md_text, paired_test, summarise
+from harness.metrics import is_measured, shown
+from harness.report.claims import _expected, md_text, paired_test, summarise
 from harness.report.runs import StudyRuns, _tag_axes
 
 FORMATS = ("md", "html", "tex", "csv")
@@ -151,6 +152,16 @@ def _values_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
     return table.set_index(row_axis or "metric"), sorted(set(notes))
 
 
+def _why_empty(runs: StudyRuns, variant: str, m: str) -> str:
+    """Why a cell of the table has no number of ours."""
+    ran = not runs.trials.empty and (runs.trials.variant == variant).any()
+    measured = ran and m in runs.trials and runs.trials.loc[runs.trials.variant == variant, m].notna().any()
+    return ("not measured at this scale" if ran and is_measured(m) and not measured else
+            "undefined: empty masks" if ran and m.startswith(("dice", "hd95", "sens", "spec", "mean_"))
+            else "not reported by this variant" if ran else
+            "failed" if any(k.startswith(f"{variant}#") for k in runs.failed) else "no run")
+
+
 def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
     """The paper's table: for each paper column, ours (mean ± std), the paper's value and Δ."""
     study, lay = runs.study, runs.study.layout
@@ -197,12 +208,7 @@ def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
             s = by.get((v.name, m))
             exp, _ = _expected(study, v.name, m)
             if s is None or s.n == 0:
-                ran = not runs.trials.empty and (runs.trials.variant == v.name).any()
-                measured = ran and m in runs.trials and runs.trials.loc[runs.trials.variant == v.name, m].notna().any()
-                status = ("not measured at this scale" if ran and m.startswith(NOISY_COSTS) and not measured else
-                          "undefined: empty masks" if ran and m.startswith(("dice", "hd95", "sens", "spec", "mean_"))
-                          else "not reported by this variant" if ran else
-                          "failed" if any(k.startswith(f"{v.name}#") for k in runs.failed) else "no run")
+                status = _why_empty(runs, v.name, m)
                 ours.append(f"— ({status})")
                 notes.append(f"{v.name} / {m}: {status}")
             else:
@@ -214,8 +220,15 @@ def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
         table[f"{c} ours"] = ours
         if any(p not in ("", "—") for p in paper):  # a column the paper has no number for shows ours only
             table[f"{c} paper"], table[f"{c} Δ"] = paper, delta
-    best = lay.best
-    if isinstance(best, dict):  # per column: {metric: max | min}, e.g. Dice up, cost down
+    _bold_best(table, means, lay.best)
+    table.index.name = row_axis or ""
+    return table, notes
+
+
+def _bold_best(table: pd.DataFrame, means: pd.DataFrame, best) -> None:
+    """The layout's ``best`` cells in bold, as the paper marks them: per column {metric: max |
+    min} (Dice up, cost down), or ``max_per_column`` / ``min_per_row`` and the like."""
+    if isinstance(best, dict):
         for c, how in best.items():
             if c in means and means[c].notna().any():
                 r = means[c].astype(float).idxmax() if how == "max" else means[c].astype(float).idxmin()
@@ -228,8 +241,6 @@ def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
         for k, w in dict(winners).items():
             r, c = (w, k) if axis == "column" else (k, w)
             table.loc[r, f"{c} ours"] = f"**{table.loc[r, f'{c} ours']}**"
-    table.index.name = row_axis or ""
-    return table, notes
 
 
 def stats_table(runs: StudyRuns) -> pd.DataFrame:
@@ -254,23 +265,19 @@ def stats_table(runs: StudyRuns) -> pd.DataFrame:
     return summary
 
 
-COST_COLUMNS = {"params": "parameters", "gmacs": "GMACs", "latency_ns_per_voxel": "latency (ns / voxel)",
-                "peak_mem_mb": "inference peak memory (MB)", "train_peak_mem_mb": "training peak memory (MB)",
-                "step_time_s": "training step (s)"}
-
-
 def cost_table(runs: StudyRuns) -> pd.DataFrame:
     """Each variant's cost as its trials measured it, mean over seeds: parameters and GMACs of
     inference as evaluated, latency, the inference peak and the peak of one training pass on
     the batch (``harness.cost``), and the median training step."""
     t = runs.trials
-    cols = [c for c in COST_COLUMNS if c in t and t[c].notna().any()]
+    labels = {m.name: m.label for m in shown("table")}  # the catalogue's costs for this table, a plugin's too
+    cols = [c for c in labels if c in t and t[c].notna().any()]
     if t.empty or not cols:
         return pd.DataFrame()
     agg = t.groupby("variant", sort=False)[cols].mean().reset_index()
     if "device" in t and t["device"].notna().any():  # where the measured figures come from
         agg["device"] = agg["variant"].map(t.groupby("variant")["device"].agg(lambda d: ", ".join(sorted(set(d.dropna())))))
-    return agg.rename(columns=COST_COLUMNS)
+    return agg.rename(columns=labels)
 
 
 def check_pinned(runs: StudyRuns) -> list[tuple[str, str]]:

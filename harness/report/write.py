@@ -67,16 +67,7 @@ def _write(study, scale: str, runs, formats: list[str], out: Path, tracking_uri:
     md = [f"# {md_text(study.title)}", "", md_text(study.description.strip()), ""]
     if study.deviations:
         md += ["## Deviations from the paper", "", *[f"- {md_text(d.strip())}" for d in study.deviations], ""]
-    md += [f"Scale: **{scale}**. {len(runs.trials)} finished trials"
-           + (f", failed: {', '.join(runs.failed)}" if runs.failed else "")
-           + (f"; {runs.stale} finished runs of an older configuration left out" if runs.stale else "")
-           + (f"; incomplete runs: {'; '.join(runs.incomplete)}" if runs.incomplete else "")
-           + (f"; the store holds {runs.extra} more finished trial(s) of seeds beyond the {runs.seeds} counted "
-              f"(`harness report --seeds N` counts them)" if runs.extra else "")
-           + (f"; wall time of the study {wall / 60:.1f} min" if wall and not runs.ran_with else "")
-           + (f"; its trials ran in {wall / 60:.1f} min, in one `harness run` with {len(runs.ran_with)} other "
-              f"studies ({', '.join(runs.ran_with)}), whose trials shared the cores"
-              if wall and runs.ran_with else "") + ".", ""]
+    md += [_runs_line(runs, scale, wall), ""]
     if not claims.empty:
         md += ["## Claims on our runs", "", reading_guide(), "", claims_markdown(claims), ""]
     has_paper = any(str(c).endswith(" paper") for c in table.columns)
@@ -86,14 +77,7 @@ def _write(study, scale: str, runs, formats: list[str], out: Path, tracking_uri:
     if notes:
         md += ["Missing:", ""] + [f"- {n}" for n in notes] + [""]
     md += ["## Statistics", "", st.to_markdown(index=False, floatfmt=".4g") if not st.empty else "No finished runs.", ""]
-    failures = failure_table(runs.trials)
-    if not failures.empty:
-        rule = study.failed_to_train
-        md += ["## Seeds that did not train", "",
-               f"Rule `{rule.name}`{' ' + json.dumps(rule.params) if rule.params else ''} (`harness.report.failures`); "
-               "a claim touching a failed seed says so and is judged again on the seeds where both sides trained. "
-               "The last column: the failure rate these seeds rule out (one-sided 95%; a rarer failure would "
-               "go unseen at this many seeds).", "", failures.to_markdown(index=False), ""]
+    md += _failures_section(study, runs)
     costs = cost_table(runs)
     if not costs.empty:
         costs.to_csv(out / "cost.csv", index=False)
@@ -116,6 +100,33 @@ def _write(study, scale: str, runs, formats: list[str], out: Path, tracking_uri:
     md += [f"![{f}]({f})" for f in figs]
     (out / "README.md").write_text("\n".join(md) + "\n")
     return problems
+
+
+def _runs_line(runs, scale: str, wall: float | None) -> str:
+    """What the report counts: trials finished, failed, left out, and the study's wall time."""
+    return (f"Scale: **{scale}**. {len(runs.trials)} finished trials"
+            + (f", failed: {', '.join(runs.failed)}" if runs.failed else "")
+            + (f"; {runs.stale} finished runs of an older configuration left out" if runs.stale else "")
+            + (f"; incomplete runs: {'; '.join(runs.incomplete)}" if runs.incomplete else "")
+            + (f"; the store holds {runs.extra} more finished trial(s) of seeds beyond the {runs.seeds} counted "
+               f"(`harness report --seeds N` counts them)" if runs.extra else "")
+            + (f"; wall time of the study {wall / 60:.1f} min" if wall and not runs.ran_with else "")
+            + (f"; its trials ran in {wall / 60:.1f} min, in one `harness run` with {len(runs.ran_with)} other "
+               f"studies ({', '.join(runs.ran_with)}), whose trials shared the cores"
+               if wall and runs.ran_with else "") + ".")
+
+
+def _failures_section(study, runs) -> list[str]:
+    """The seeds that did not train, by the study's rule (none: no section)."""
+    failures = failure_table(runs.trials)
+    if failures.empty:
+        return []
+    rule = study.failed_to_train
+    return ["## Seeds that did not train", "",
+            f"Rule `{rule.name}`{' ' + json.dumps(rule.params) if rule.params else ''} (`harness.report.failures`); "
+            "a claim touching a failed seed says so and is judged again on the seeds where both sides trained. "
+            "The last column: the failure rate these seeds rule out (one-sided 95%; a rarer failure would "
+            "go unseen at this many seeds).", "", failures.to_markdown(index=False), ""]
 
 
 SCALE_ORDER = ("quick", "paper", "smoke")  # the headline first; smoke (plumbing) last

@@ -19,6 +19,7 @@ from harness.config import (
     load_yaml,
     resolve_variant,
 )
+from harness.metrics import metric
 from harness.registry import DATASETS, MODELS, UnknownNameError
 from harness.search.schema import Knob, SearchCfg, decode, encode
 
@@ -52,8 +53,26 @@ class Space:
             raise ConfigError(str(UnknownNameError("task", self.cfg.task, list(self.study.tasks), "task")))
         probe = resolve_variant(self.study, self.cfg.scale, VariantCfg(name="probe", task=self.cfg.task))[0]
         self.patch = probe.train.patch
+        self.models = self._models()  # the models a trial can choose, the study's first
         n_stages = len(self.base_params.get("widths", [0] * 5))
-        self.models = [self.study.model.name]  # the models a trial can choose, the study's first
+        for name, knob in self.cfg.knobs.items():
+            self._check_knob(name, knob, n_stages)
+        for where, name in [("objectives", o.metric) for o in self.cfg.objectives] + [
+                ("constraints", c.metric) for c in self.cfg.constraints]:
+            try:
+                metric(name, field=where)  # the catalogue (harness.metrics), a plugin's metrics too
+            except UnknownNameError as e:
+                raise ConfigError(str(e)) from None
+        base = self.spec_for(self.cfg_default())  # the base point must build
+        from harness.contract import out_channels
+
+        task = DATASETS.get(base.data.dataset)(**base.data.params)  # lazy: channels and regions, no case read
+        build_checked_model(base.model, base.train.patch, "the space's base point", base.train.output,
+                            task.in_channels, out_channels(len(task.regions), base.train.output))
+
+    def _models(self) -> list[str]:
+        """The study's model, then each registered model a knob's option chooses."""
+        models = [self.study.model.name]
         for name, knob in self.cfg.knobs.items():
             for option in knob.choice or []:
                 if isinstance(option, dict) and "model" in option:
@@ -61,46 +80,39 @@ class Space:
                         MODELS.get(option["model"], field=f"knobs.{name}: model")
                     except UnknownNameError as e:
                         raise ConfigError(str(e)) from None
-                    if option["model"] not in self.models:
-                        self.models.append(option["model"])
-        for name, knob in self.cfg.knobs.items():
-            if knob.when is not None:
-                if not any(isinstance(o, dict) and "model" in o for k in self.cfg.knobs.values() if k.when is None
-                           for o in k.choice or []):
-                    raise ConfigError(f"knobs.{name}: 'when' needs a knob whose options choose a model")
-                for m in self._when(knob):
-                    if m not in self.models:
-                        raise ConfigError(str(UnknownNameError("model a knob chooses", m, self.models,
-                                                               f"knobs.{name}.when.model")))
-            if name.startswith("groups."):
-                stage = int(name.split(".", 1)[1])
-                if not 0 <= stage < n_stages:
-                    raise ConfigError(f"knobs.{name}: stage {stage} does not exist (0..{n_stages - 1})")
-                size = [s // 2**stage for s in self.patch]
-                opts = [list(g) for g in itertools.product(*[knob.values] * 3)] if knob.values else knob.choice
-                valid = [g for g in opts if all(n % gi == 0 for n, gi in zip(size, g))]
-                bad = [g for g in (knob.choice or []) if g not in valid]
-                if bad:
-                    raise ConfigError(f"knobs.{name}: groups {bad} do not divide stage {stage + 1}'s feature size "
-                                      f"{tuple(size)} at patch {self.patch}; allowed: divisors of each axis")
-                if not valid:
-                    raise ConfigError(f"knobs.{name}: no combination of {knob.values} divides {tuple(size)}")
-                self.choices[name] = valid
-            elif knob.values is not None:
-                raise ConfigError(f"knobs.{name}: 'values' is only for groups.<stage> knobs")
-            elif knob.choice is not None:
-                self.choices[name] = knob.choice
-        for where, metric in [("objectives", o.metric) for o in self.cfg.objectives] + [
-                ("constraints", c.metric) for c in self.cfg.constraints]:
-            if metric not in ("mean_dice", "gmacs", "params", "latency_ns_per_voxel", "peak_mem_mb",
-                              "macs_per_voxel", "mean_hd95") and not metric.startswith(("dice_", "hd95_")):
-                raise ConfigError(f"{where}: unknown metric {metric!r}")
-        base = self.spec_for(self.cfg_default())  # the base point must build
-        from harness.contract import out_channels
+                    if option["model"] not in models:
+                        models.append(option["model"])
+        return models
 
-        task = DATASETS.get(base.data.dataset)(**base.data.params)  # lazy: channels and regions, no case read
-        build_checked_model(base.model, base.train.patch, "the space's base point", base.train.output,
-                            task.in_channels, out_channels(len(task.regions), base.train.output))
+    def _check_knob(self, name: str, knob, n_stages: int) -> None:
+        """A knob's ``when`` and options checked, and its choices kept (``groups.<stage>``: the
+        spatial groups that divide the stage's feature size at the patch)."""
+        if knob.when is not None:
+            if not any(isinstance(o, dict) and "model" in o for k in self.cfg.knobs.values() if k.when is None
+                       for o in k.choice or []):
+                raise ConfigError(f"knobs.{name}: 'when' needs a knob whose options choose a model")
+            for m in self._when(knob):
+                if m not in self.models:
+                    raise ConfigError(str(UnknownNameError("model a knob chooses", m, self.models,
+                                                           f"knobs.{name}.when.model")))
+        if name.startswith("groups."):
+            stage = int(name.split(".", 1)[1])
+            if not 0 <= stage < n_stages:
+                raise ConfigError(f"knobs.{name}: stage {stage} does not exist (0..{n_stages - 1})")
+            size = [s // 2**stage for s in self.patch]
+            opts = [list(g) for g in itertools.product(*[knob.values] * 3)] if knob.values else knob.choice
+            valid = [g for g in opts if all(n % gi == 0 for n, gi in zip(size, g))]
+            bad = [g for g in (knob.choice or []) if g not in valid]
+            if bad:
+                raise ConfigError(f"knobs.{name}: groups {bad} do not divide stage {stage + 1}'s feature size "
+                                  f"{tuple(size)} at patch {self.patch}; allowed: divisors of each axis")
+            if not valid:
+                raise ConfigError(f"knobs.{name}: no combination of {knob.values} divides {tuple(size)}")
+            self.choices[name] = valid
+        elif knob.values is not None:
+            raise ConfigError(f"knobs.{name}: 'values' is only for groups.<stage> knobs")
+        elif knob.choice is not None:
+            self.choices[name] = knob.choice
 
     def rungs(self) -> list[int]:
         """Epochs (from 1) at which the scheduler ranks trials (the base point's training length)."""
@@ -325,11 +337,11 @@ class Space:
         return params, merge(self.cfg.train, train)
 
     def exact_costs(self, config: dict[str, Any]) -> dict[str, float]:
-        """The configuration's exact costs (``EXACT_COSTS``: parameters, GMACs, MACs per voxel,
+        """The configuration's exact costs (``harness.metrics``: parameters, GMACs, MACs per voxel,
         size), counted here once per architecture as its trial's own final count is
         (``harness.train.cost_as_run``, the measured figures off): the scheduler ranks a rung
         knowing them, and a trial need not measure its cost before it trains."""
-        from harness.config import EXACT_COSTS
+        from harness.metrics import is_exact
         from harness.train import cost_as_run, trial_model
 
         spec = self.spec_for(config)
@@ -338,7 +350,7 @@ class Space:
             task = DATASETS.get(spec.data.dataset)(**spec.data.params)  # lazy: channels and regions only
             spec = spec.model_copy(update={"cost": spec.cost.model_copy(update={"latency": False})})
             cost = cost_as_run(spec, spec.train, task.in_channels, [trial_model(spec, task)], train_memory=False)
-            self._exact[key] = {k: float(v) for k, v in cost.items() if k in EXACT_COSTS}
+            self._exact[key] = {k: float(v) for k, v in cost.items() if is_exact(k)}
         return self._exact[key]
 
     def spec_for(self, config: dict[str, Any], name: str = "default") -> TrialSpec:

@@ -22,6 +22,7 @@ from torch import nn
 
 from harness.callbacks import Callback
 from harness.inferers import TTA, SlidingWindow, View
+from harness.metrics import Metric, register_metric
 from harness.registry import CALLBACKS, INFERERS, LOSSES, MODELS, TARGETS
 
 PROGRESS_SEEN: list[float] = []  # what the loss was told, for in-process tests
@@ -86,7 +87,12 @@ class AllForeground(Callback):
             swapped.seg.weight.zero_()
             swapped.seg.bias.fill_(10.0)
         ctx.metrics["toy_swapped"] = 1.0
+        # A metric of the plugin's own (catalogued below): reported, judged and searched as a cost.
+        ctx.results["toy_energy_j"] = float(swapped.seg.bias.abs().sum())
         return swapped
+
+
+register_metric(Metric("toy_energy_j", "min", "J", "toy energy (J)", "cost", shown=frozenset({"table", "plot"})))
 
 
 @CALLBACKS.register("toy_all_foreground")
