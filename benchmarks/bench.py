@@ -112,7 +112,8 @@ def bench_group_shift(device: torch.device, quick: bool) -> list[dict]:
     The op keeps whichever of its exact realisations is fastest per shape (families/gsp_conv/group_shift.py);
     each is timed here too, so the table shows why (``kernel``: CPU, where it could be built).
     """
-    from harness.families.gsp_conv.group_shift import _METHOD, _apply, _apply_kernel, _apply_rows, _kernel, _plan
+    from harness.families.gsp_conv.group_shift import (CHOSEN_METHOD, load_kernel, shift_boxes, shift_kernel, shift_plan,
+                                                       shift_rows)
 
     cases = []
     for net in (["promise12_ProSGv3"] if quick else list(GS_NETS)):
@@ -125,13 +126,13 @@ def bench_group_shift(device: torch.device, quick: bool) -> list[dict]:
         x = torch.randn(shape, device=device)
         rounds = 3 if quick else (5 if x.numel() > 2**24 else 20)
         t_gs, t_clone, ratio = _alternate(lambda: group_shift(x, groups), lambda: x.clone(), rounds, device)
-        copies = _plan(shape, groups, 0.5)[0]
-        t_box, _, _ = _alternate(lambda: _apply(x, groups, 0.5, False), lambda: None, rounds, device)
-        t_rows, _, _ = _alternate(lambda: _apply_rows(x, groups, 0.5, False), lambda: None, rounds, device)
-        t_kernel = (_alternate(lambda: _apply_kernel(x, groups, 0.5, False), lambda: None, rounds, device)[0]
-                    if device.type == "cpu" and _kernel() is not None else float("nan"))
+        copies = shift_plan(shape, groups, 0.5)[0]
+        t_box, _, _ = _alternate(lambda: shift_boxes(x, groups, 0.5, False), lambda: None, rounds, device)
+        t_rows, _, _ = _alternate(lambda: shift_rows(x, groups, 0.5, False), lambda: None, rounds, device)
+        t_kernel = (_alternate(lambda: shift_kernel(x, groups, 0.5, False), lambda: None, rounds, device)[0]
+                    if device.type == "cpu" and load_kernel() is not None else float("nan"))
         rows.append({"device": str(device), "net": net, "shape": "x".join(map(str, shape)), "groups": list(groups),
-                     "method": _METHOD[(shape, groups, 0.5, device.type, x.dtype)], "box_copies": len(copies),
+                     "method": CHOSEN_METHOD[(shape, groups, 0.5, device.type, x.dtype)], "box_copies": len(copies),
                      "group_shift_ms": 1e3 * t_gs, "clone_ms": 1e3 * t_clone, "box_ms": 1e3 * t_box,
                      "rows_ms": 1e3 * t_rows, "kernel_ms": 1e3 * t_kernel, "ratio": ratio, "excess_us": 1e6 * (t_gs - t_clone),
                      "meets_target": t_gs <= 1.2 * t_clone + GS_DISPATCH_S})
@@ -192,7 +193,7 @@ def bench_upsample(quick: bool) -> tuple[list[dict], list[dict]]:
     faster per shape and direction), and a GSP training step with PyTorch's upsampling / with the op."""
     from harness.ops import upsample as up
 
-    if up._kernel() is None:
+    if up.load_kernel() is None:
         return [], []
     cpu, rows, steps = torch.device("cpu"), [], []
     for net, (shape, params) in list(UP_NETS.items())[: 1 if quick else None]:
@@ -213,7 +214,7 @@ def bench_upsample(quick: bool) -> tuple[list[dict], list[dict]]:
             rows.append({"net": net, "input": "x".join(map(str, in_shape)), "forward_torch_ms": 1e3 * f_torch,
                          "forward_kernel_ms": 1e3 * f_kernel, "forward_speedup": f_ratio,
                          "backward_torch_ms": 1e3 * b_torch, "backward_kernel_ms": 1e3 * b_kernel, "backward_speedup": b_ratio,
-                         "kept": f"{up._METHOD[('forward', x.shape)]} / {up._METHOD[('backward', g.shape)]}"})
+                         "kept": f"{up.CHOSEN_METHOD[('forward', x.shape)]} / {up.CHOSEN_METHOD[('backward', g.shape)]}"})
         model = build_model("gsp_unet", **params, insert="CSC", groups=UP_GROUPS).train()  # the meta one is spent
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         x = torch.randn(shape)

@@ -206,7 +206,7 @@ def _cost_study(args, console) -> list[dict]:
         task = build_task(s.data.dataset, **s.data.params)  # per variant: a table may span tasks
         shape = args.input or s.cost.input or [1, task.in_channels, *s.train.patch]
         build_checked_model(s.model, shape[2:], f"variant {s.variant!r}", s.train.output, shape[1],
-                            out_channels(len(task.regions), s.train.output))
+                            out_channels=out_channels(len(task.regions), s.train.output))
         model = build_model(s.model.name, in_channels=shape[1], input_size=s.train.patch, output=s.train.output,
                             out_channels=out_channels(len(task.regions), s.train.output),
                             cpu_conv_route=s.train.cpu_conv_route, **s.model.params)
@@ -334,7 +334,7 @@ def cmd_report(args) -> int:
     # A damaged or half-created store: one line; a missing one is not created (MLflow would).
     uri = Session(SessionOptions(args.tracking_uri, writes=False, must_exist=(
         f"run `harness run {args.study} --scale {args.scale}` first or point --tracking-uri at the runs"))).uri
-    out, problems = write_report(args.study, args.scale, formats, Path(args.out), uri, args.data_root,
+    out, problems = write_report(args.study, args.scale, formats, Path(args.out), uri, data_roots=args.data_root,
                                  require_runs=True, seeds=args.seeds)
     print(f"report: {out}/README.md")
     for p in problems:

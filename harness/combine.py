@@ -79,9 +79,9 @@ def run_combined(study, specs, tracker, exp_id: str, parent_id: str, console) ->
         if not all(k in runs for k in leaves):
             continue  # a member failed or did not run: the row is left out, as the study summary says
         run_id = tracker.start_combined(exp_id, parent_id, study.name, specs[0].scale, c,
-                                        [runs[k].info.run_id for k in leaves])
+                                        members=[runs[k].info.run_id for k in leaves])
         try:
-            final, per_case = _evaluate(c, rows_of, by_key, runs, tracker.client, costs)
+            final, per_case = _evaluate(c, rows_of, by_key, runs, tracker.client, costs=costs)
             tracker.finish_child(run_id, final, per_case, step=0)
             finished.append(c["key"])
             console.print(f"combined {c['key']}  Dice {final['mean_dice']:.1f}  (of {', '.join(c['of'])})")

@@ -5,7 +5,8 @@ against the installed version and fails naming the dependency and its version wh
 ``pyproject.toml`` pins those dependencies to the versions the suite has run.
 
 - torch: the jit tracing state (``torch._C._get_tracing_state``), read and suspended so that a
-  custom autograd op is one node of fvcore's trace (its inner copies are not counted).
+  custom autograd op is one node of fvcore's trace (its inner copies are not counted); the
+  fused list copy ``torch._foreach_copy_`` (Group Shift's box copies in one dispatch).
 - Optuna: the WFG hypervolume (``optuna._hypervolume.compute_hypervolume``), the system
   attribute key in which a genetic sampler keeps a trial's generation
   (``NSGAIISampler._get_generation_key``), and the genetic samplers' lock, which pickling drops
@@ -24,6 +25,13 @@ import functools
 import logging
 from contextlib import contextmanager
 from typing import Any
+
+
+def foreach_copy(dst: list, src: list) -> None:
+    """``dst[i].copy_(src[i])`` for every i, issued as one fused dispatch (``torch._foreach_copy_``)."""
+    import torch
+
+    torch._foreach_copy_(dst, src)
 
 
 def is_tracing() -> bool:

@@ -69,7 +69,7 @@ def run_evaluate(path: str, scale: str, *, inferer: str | None = None, ensemble:
                 skipped.append(variant)
                 continue
             rows.append(_evaluate_group((variant, fold), members, loaded, cfg, (session.tracker, study, scale,
-                                                                                  ensemble), console))
+                                                                                  ensemble), console=console))
     _print_rows(rows, f"{study.name}@{scale}: re-evaluated ({ensemble} ensemble)", console)
     named_and_skipped = sorted(set(variants or []) & set(skipped))
     if named_and_skipped:

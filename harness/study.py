@@ -266,7 +266,7 @@ def preflight(spec: TrialSpec, task: Task, check_loss: bool = True) -> tuple[flo
     cfg = spec.train
     out_ch = out_channels(len(task.regions), cfg.output)
     try:
-        build_checked_model(spec.model, cfg.patch, "", cfg.output, task.in_channels, out_ch)
+        build_checked_model(spec.model, cfg.patch, "", cfg.output, task.in_channels, out_channels=out_ch)
     except ConfigError as e:
         raise PreflightError(str(e)) from None
     sizes: list[list[int]] = []
@@ -543,8 +543,8 @@ class _Run:
         board.phase(f"launching {len(todo)} trials")
         failed: list[str] = []
         while todo:
-            writer = run_trials(todo, self.session.tracker, self.parents, trial_hash, self.options.address, storage,
-                                board, self.options.verbose)
+            writer = run_trials(todo, self.session.tracker, self.parents, trial_hash, self.options.address, storage=storage,
+                                board=board, verbose=self.options.verbose)
             failed += writer.failed
             if not writer.crashed:
                 break
@@ -566,7 +566,7 @@ class _Run:
             specs = self.plan.specs_of[study.name]
             exp_id, parent_id = self.parents[study.name]
             # Combined rows (harness.combine) after their members, in the driver (it writes MLflow).
-            _, lost_combined = run_combined(study, specs, tracker, exp_id, parent_id, self.console)
+            _, lost_combined = run_combined(study, specs, tracker, exp_id, parent_id, console=self.console)
             finished = {r.data.tags.get(TRIAL_KEY) for r in tracker.children(exp_id, parent_id)
                         if r.info.status == "FINISHED"} | self.earlier.get(study.name, set())
             keys = [s.key for s in specs] + [c["key"] for c in combined_keys(study, specs)]

@@ -46,7 +46,7 @@ def _prepare(chans: np.ndarray, zooms: tuple[float, ...], data_params: dict[str,
     from monai.data import MetaTensor
     from monai.transforms import CropForeground, Spacing
 
-    from harness.data.folders import _percentile_minmax, folder_task
+    from harness.data.folders import percentile_minmax, folder_task
 
     defaults = {k: p.default for k, p in inspect.signature(folder_task).parameters.items()
                 if p.default is not inspect.Parameter.empty}
@@ -67,7 +67,7 @@ def _prepare(chans: np.ndarray, zooms: tuple[float, ...], data_params: dict[str,
 
         x = NormalizeIntensity(nonzero=True, channel_wise=True)(x)
     elif norm == "percentile":
-        x = torch.stack([_percentile_minmax(ch) for ch in x])
+        x = torch.stack([percentile_minmax(ch) for ch in x])
     elif norm == "ct":
         lo, hi = prep["ct_window"]
         x = ((x.clamp(lo, hi) - lo) / (hi - lo))
@@ -108,7 +108,7 @@ def run_submit(path: str, scale: str, root: str, out: str, tracking_uri: str | N
     cases = _cases(root)
     combined = {c.name: c for c in study.combined}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    members = _members(path, study, scale, row, tracking_uri, device)
+    members = _members(path, study, scale, row, tracking_uri, device=device)
     outputs = {spec.train.output for _, spec, _ in members.values()}
     if outputs != {"sigmoid"}:
         raise ConfigError(f"submission format brats: needs members predicting sigmoid WT, TC, ET; got {outputs}")
@@ -120,7 +120,7 @@ def run_submit(path: str, scale: str, root: str, out: str, tracking_uri: str | N
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
-        _write_maps(cases, members, combined, rules, row, tmp, device)
+        _write_maps(cases, members, combined, rules, row, tmp=tmp, device=device)
         (tmp / "submission.json").write_text(json.dumps({
             "study": study.name, "scale": scale, "row": row, "format": study.submission.format, "cases": len(cases),
             "members": {k: ids for k, (_, _, ids) in members.items()}}, indent=1))
@@ -205,13 +205,13 @@ def _write_maps(cases, members, combined, rules, row: str, tmp: Path, device) ->
     import nibabel as nib
 
     from harness.data.brats_labels import regions_to_labels
-    from harness.data.folders import _read
+    from harness.data.folders import read_image
 
     for case in cases:
         chans, ref = [], None
         for p in case.images:
             try:
-                a, _ = _read(p)
+                a, _ = read_image(p)
             except RuntimeError as e:
                 raise ConfigError(f"--data-root: {p}: {e}") from None
             chans.append(a)

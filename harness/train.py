@@ -68,11 +68,11 @@ class PlainDataset(Dataset):
     MetaTensor bookkeeping was 3/4 of the loading time (``harness bench``, training-step table:
     4.2 -> 1.0 ms per batch of two 16x64x64 crops with flips on 2 cores)."""
 
-    def _transform(self, index: int):
+    def __getitem__(self, index):
         was = get_track_meta()
         set_track_meta(False)
         try:
-            return super()._transform(index)
+            return super().__getitem__(index)
         finally:
             set_track_meta(was)
 
@@ -108,7 +108,7 @@ class Trial:
         return self.spec.train.amp and self.device.type == "cuda"
 
     def context(self) -> LoopContext:
-        return LoopContext(self.model, self.optimizer, self.schedule, self.loader, self.state, self.device,
+        return LoopContext(self.model, self.optimizer, self.schedule, self.loader, self.state, device=self.device,
                            base_lr=self.spec.train.lr,
                            step=lambda batch, optimizer=None: train_step(self, batch, optimizer),
                            case_losses=lambda: case_losses(self), keep_cases=lambda ids: keep_cases(self, ids))
@@ -142,11 +142,11 @@ def build_trial(spec: TrialSpec, task: Task | None = None, device: torch.device 
     total = cfg.epochs * cfg.steps_per_epoch
     schedule = build_schedule(optimizer, cfg, total)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
-    return Trial(spec, task, device, model, loss_fn, optimizer, schedule, scaler,
-                 make_loader(task, cfg, spec.seed, device) if loader else None,
-                 [CALLBACKS.get(c.name)(**c.params) for c in cfg.callbacks],
-                 build_inferer(cfg.inferer, cfg.patch, cfg.batch_size, cfg.output),
-                 TrainState(total_steps=total, steps_per_epoch=cfg.steps_per_epoch))
+    return Trial(spec, task, device, model, loss_fn, optimizer=optimizer, schedule=schedule, scaler=scaler,
+                 loader=make_loader(task, cfg, spec.seed, device) if loader else None,
+                 callbacks=[CALLBACKS.get(c.name)(**c.params) for c in cfg.callbacks],
+                 inferer=build_inferer(cfg.inferer, cfg.patch, cfg.batch_size, cfg.output),
+                 state=TrainState(total_steps=total, steps_per_epoch=cfg.steps_per_epoch))
 
 
 def train_step(t: Trial, batch: dict[str, Any], optimizer: torch.optim.Optimizer | None = None) -> float:

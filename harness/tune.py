@@ -21,7 +21,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import ray
+from optuna.trial import TrialState
 from ray import tune
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
 
 from harness import compat
 from harness.config import TrialSpec
@@ -106,8 +110,8 @@ class MlflowWriter(tune.Callback):
         run_id = self._run_id(trial)
         if result.get("beat"):  # progress for the display only; nothing is logged
             self.board.beat(self._key(trial), int(result["beat_step"]), int(result["beat_epoch"]),
-                            result.get("beat_loss"), float(result["beat_train_s"]), float(result["beat_build_s"]),
-                            int(result["beat_steps"]))
+                            result.get("beat_loss"), float(result["beat_train_s"]), build_s=float(result["beat_build_s"]),
+                            steps=int(result["beat_steps"]))
         elif result.get("trial_error"):
             self._fail(trial, result["trial_error"])
         elif result.get("final"):
@@ -120,7 +124,7 @@ class MlflowWriter(tune.Callback):
             spec = self.board.trials[self._key(trial)]
             # The trial's own account of its training time: the ETA's time outside steps is the rest.
             self.board.beat(self._key(trial), spec.steps, spec.epochs - 1, metrics.get("train_loss"),
-                            float(metrics.get("time_train_s", 0.0)), float(metrics.get("time_build_s", 0.0)))
+                            float(metrics.get("time_train_s", 0.0)), build_s=float(metrics.get("time_build_s", 0.0)))
             if "mean_dice" in metrics:
                 self.dice[self._key(trial)] = metrics["mean_dice"]
         else:
@@ -350,9 +354,9 @@ def run_trials(specs: list[TrialSpec], tracker: Tracker, parents: dict[str, tupl
     studies = list(dict.fromkeys(s.study for s in specs))
     # A trial's actor runs the next trial: no new process, no second import of torch and MONAI
     # (about 6 s per trial on 2 cores, longer than a smoke trial's training).
-    return _fit(trainable, tune.TuneConfig(num_samples=1, reuse_actors=True), writer, reporter, verbose, storage,
-                f"{studies[0] if len(studies) == 1 else f'{len(studies)}-studies'}-{specs[0].scale}",
-                WORKER_RETRIES, param_space={"trial": tune.grid_search(list(by_id))})
+    return _fit(trainable, tune.TuneConfig(num_samples=1, reuse_actors=True), writer, reporter, verbose, storage=storage,
+                name=f"{studies[0] if len(studies) == 1 else f'{len(studies)}-studies'}-{specs[0].scale}",
+                max_failures=WORKER_RETRIES, param_space={"trial": tune.grid_search(list(by_id))})
 
 
 def _fit(trainable, tune_config, writer: MlflowWriter, reporter, verbose: int, storage: str | Path, name: str,
@@ -383,69 +387,61 @@ def _storage_path(storage: str | Path) -> str:
     return storage if isinstance(storage, str) and "://" in storage else str(Path(storage).resolve())
 
 
-def _fresh_optuna_search():
+class FreshOptunaSearch(OptunaSearch):
     """Ray Tune's OptunaSearch that never trains a configuration the Optuna study already holds
     (complete, running now, or failed in training): a repeat is told PRUNED (no values, so NSGA-II's population and
     ``trials.csv`` keep the first) and the sampler is asked again. A resumed NSGA-II restarts
     from its seed and would re-propose its first generation; this way it moves on to new points.
     After ``REDRAWS`` repeats in a row the space is taken as exhausted and the search ends.
     Reads OptunaSearch's private trial map and study through ``harness.compat``."""
-    import optuna
-    from ray.tune.search import Searcher
-    from ray.tune.search.optuna import OptunaSearch
 
-    state = optuna.trial.TrialState
+    REDRAWS = 100
+    bounds: list = []  # the space's constraints, (metric, min, max)
 
-    class FreshOptunaSearch(OptunaSearch):
-        REDRAWS = 100
-        bounds: list = []  # the space's constraints, (metric, min, max)
+    def suggest(self, trial_id: str):
+        for _ in range(self.REDRAWS):
+            config = super().suggest(trial_id)
+            if not isinstance(config, dict):
+                return config
+            asked, study = compat.searcher_trial(self, trial_id), compat.searcher_study(self)
+            # Complete, running, trained and failed (a failure is final: the same
+            # configuration would fail again) or stopped at a rung (its rung results stand,
+            # and the sampler has them); a trial left by a dead runner was not trained.
+            held = {json.dumps(t.params, sort_keys=True) for t in study.get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL, TrialState.PRUNED))
+                    if t.number != asked.number and (t.state in (TrialState.COMPLETE, TrialState.RUNNING)
+                                                     or "trial_time_s" in t.user_attrs)}
+            if json.dumps(asked.params, sort_keys=True) not in held:
+                return config
+            study.tell(asked, state=TrialState.PRUNED)
+            compat.searcher_forget(self, trial_id)
+        return Searcher.FINISHED
 
-        def suggest(self, trial_id: str):
-            for _ in range(self.REDRAWS):
-                config = super().suggest(trial_id)
-                if not isinstance(config, dict):
-                    return config
-                asked, study = compat.searcher_trial(self, trial_id), compat.searcher_study(self)
-                # Complete, running, trained and failed (a failure is final: the same
-                # configuration would fail again) or stopped at a rung (its rung results stand,
-                # and the sampler has them); a trial left by a dead runner was not trained.
-                held = {json.dumps(t.params, sort_keys=True) for t in study.get_trials(
-                    deepcopy=False, states=(state.COMPLETE, state.RUNNING, state.FAIL, state.PRUNED))
-                        if t.number != asked.number and (t.state in (state.COMPLETE, state.RUNNING)
-                                                         or "trial_time_s" in t.user_attrs)}
-                if json.dumps(asked.params, sort_keys=True) not in held:
-                    return config
-                study.tell(asked, state=state.PRUNED)
-                compat.searcher_forget(self, trial_id)
-            return Searcher.FINISHED
-
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-            # Only a trial's final result carries its objectives: one stopped at a rung is PRUNED
-            # (its rung numbers are no final score), one that raised is FAIL. The trial's own
-            # time (Ray's, from its start) is kept for the hypervolume-against-trial-time figure.
-            asked = compat.searcher_trial(self, trial_id)
-            if asked is not None and result:
-                asked.set_user_attr("trial_time_s", float(result.get("time_total_s", 0.0)))
-                if "time_cpu_s" in result:
-                    asked.set_user_attr("trial_cpu_s", float(result["time_cpu_s"]))
-                if "epoch" in result:
-                    asked.set_user_attr("epochs", int(result["epoch"]) + 1)
-                if self.bounds and result.get("final") and not result.get("trial_error"):
-                    # Stored before tell: the sampler's constraints_func reads them there.
-                    asked.set_user_attr("constraints", constraint_values(self.bounds, numeric(result)))
-            if result and result.get("trial_error"):
-                result, error = None, True
-            elif result and not result.get("final"):
-                result = None
-            super().on_trial_complete(trial_id, result, error)
-
-    return FreshOptunaSearch
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        # Only a trial's final result carries its objectives: one stopped at a rung is PRUNED
+        # (its rung numbers are no final score), one that raised is FAIL. The trial's own
+        # time (Ray's, from its start) is kept for the hypervolume-against-trial-time figure.
+        asked = compat.searcher_trial(self, trial_id)
+        if asked is not None and result:
+            asked.set_user_attr("trial_time_s", float(result.get("time_total_s", 0.0)))
+            if "time_cpu_s" in result:
+                asked.set_user_attr("trial_cpu_s", float(result["time_cpu_s"]))
+            if "epoch" in result:
+                asked.set_user_attr("epochs", int(result["epoch"]) + 1)
+            if self.bounds and result.get("final") and not result.get("trial_error"):
+                # Stored before tell: the sampler's constraints_func reads them there.
+                asked.set_user_attr("constraints", constraint_values(self.bounds, numeric(result)))
+        if result and result.get("trial_error"):
+            result, error = None, True
+        elif result and not result.get("final"):
+            result = None
+        super().on_trial_complete(trial_id, result, error)
 
 
 RUNG = "rung_"  # an Optuna trial's user attribute per rung it reached: {"values": [...], "costs": [...]}
 
 
-def _halving(space, searcher, study, rungs: list[int]):
+class CostAwareHalving(FIFOScheduler):
     """Cost-aware asynchronous successive halving: at each rung (epochs from 1, ``rungs``) a
     trial goes on while ``harness.pareto.continues_at_rung`` holds: its rung accuracy ranks in
     the top 1/eta of the trials at that rung that cost no more than it does, and not over
@@ -454,43 +450,38 @@ def _halving(space, searcher, study, rungs: list[int]):
     come with the rung's result. Each rung result is written to the Optuna trial
     (``rung_<epoch>``), so a resumed search ranks against every rung reached before.
     Ray Tune's ASHAScheduler ranks one metric only; MO-ASHA ranks the exact cost as if noisy."""
-    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-    from harness.metrics import is_exact
-    from harness.pareto import continues_at_rung
+    def __init__(self, space, searcher, study, rungs: list[int]):
+        from harness.metrics import is_exact
 
-    objs = space.cfg.objectives
-    exact = [o for o in objs if is_exact(o.metric)]
-    trained = [o for o in objs if not is_exact(o.metric)]
-    eta = space.cfg.scheduler.reduction_factor
+        super().__init__()
+        self.space, self.searcher, self.eta = space, searcher, space.cfg.scheduler.reduction_factor
+        self.exact = [o for o in space.cfg.objectives if is_exact(o.metric)]
+        self.trained = [o for o in space.cfg.objectives if not is_exact(o.metric)]
+        self.records: dict[int, dict[int, tuple[list[float], list[float]]]] = {r: {} for r in rungs}
+        for t in study.get_trials(deepcopy=False):  # what earlier runs of this search reached
+            for r in rungs:
+                if f"{RUNG}{r}" in t.user_attrs:
+                    at = t.user_attrs[f"{RUNG}{r}"]
+                    self.records[r][t.number] = (at["values"], at["costs"])
 
-    class CostAwareHalving(FIFOScheduler):
-        def __init__(self):
-            super().__init__()
-            self.records: dict[int, dict[int, tuple[list[float], list[float]]]] = {r: {} for r in rungs}
-            for t in study.get_trials(deepcopy=False):  # what earlier runs of this search reached
-                for r in rungs:
-                    if f"{RUNG}{r}" in t.user_attrs:
-                        at = t.user_attrs[f"{RUNG}{r}"]
-                        self.records[r][t.number] = (at["values"], at["costs"])
+    def on_trial_result(self, tune_controller, trial, result):
+        from harness.pareto import continues_at_rung
 
-        def on_trial_result(self, tune_controller, trial, result):
-            epoch = int(result["epoch"]) + 1 if "epoch" in result and not result.get("final") else None
-            asked = compat.searcher_trial(searcher, trial.trial_id)
-            if epoch not in self.records or asked is None:
-                return TrialScheduler.CONTINUE
-            missing = [o.metric for o in trained if o.metric not in result]
-            if missing:
-                raise RuntimeError(f"rung result of {trial.trial_id} lacks objectives {missing}")
-            known = space.exact_costs(trial.config)
-            values, costs = [float(result[o.metric]) for o in trained], [known[o.metric] for o in exact]
-            self.records[epoch][asked.number] = (values, costs)
-            asked.set_user_attr(f"{RUNG}{epoch}", {"values": values, "costs": costs})
-            go = continues_at_rung(self.records[epoch], asked.number, [o.mode for o in trained],
-                                   [o.mode for o in exact], eta, space.cfg.scheduler.cost_band)
-            return TrialScheduler.CONTINUE if go else TrialScheduler.STOP
-
-    return CostAwareHalving()
+        epoch = int(result["epoch"]) + 1 if "epoch" in result and not result.get("final") else None
+        asked = compat.searcher_trial(self.searcher, trial.trial_id)
+        if epoch not in self.records or asked is None:
+            return TrialScheduler.CONTINUE
+        missing = [o.metric for o in self.trained if o.metric not in result]
+        if missing:
+            raise RuntimeError(f"rung result of {trial.trial_id} lacks objectives {missing}")
+        known = self.space.exact_costs(trial.config)
+        values, costs = [float(result[o.metric]) for o in self.trained], [known[o.metric] for o in self.exact]
+        self.records[epoch][asked.number] = (values, costs)
+        asked.set_user_attr(f"{RUNG}{epoch}", {"values": values, "costs": costs})
+        go = continues_at_rung(self.records[epoch], asked.number, [o.mode for o in self.trained],
+                               [o.mode for o in self.exact], self.eta, band=self.space.cfg.scheduler.cost_band)
+        return TrialScheduler.CONTINUE if go else TrialScheduler.STOP
 
 
 def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: str, parent_id: str,
@@ -514,7 +505,7 @@ def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: s
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        searcher = _fresh_optuna_search()(space=space.define_by_run, metric=metrics[0] if single else metrics,
+        searcher = FreshOptunaSearch(space=space.define_by_run, metric=metrics[0] if single else metrics,
                                 mode=modes[0] if single else modes, sampler=study.sampler, study_name=cfg.name,
                                 storage=storage)
     finally:
@@ -539,7 +530,7 @@ def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: s
     board.slots = slots_for(res.cpu, res.gpu)
     writer = MlflowWriter(tracker, {space.study.name: (exp_id, parent_id)}, spec_for, board)
     rungs = space.rungs()
-    scheduler = _halving(space, searcher, study, rungs) if rungs else None
+    scheduler = CostAwareHalving(space, searcher, study, rungs) if rungs else None
     # A trial measures its cost before training only for a measured cost objective (latency):
     # the scheduler counts the exact ones itself.
     from harness.metrics import is_measured
@@ -550,4 +541,4 @@ def run_search_trials(space, study, storage, n: int, tracker: Tracker, exp_id: s
                                     {"cpu": res.cpu, "gpu": res.gpu})
     reporter = tune.CLIReporter(metric_columns={m: m for m in metrics}, max_report_frequency=15)
     return _fit(trainable, tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=n, reuse_actors=True),
-                writer, reporter, verbose, storage_dir, f"search-{cfg.name}", 0)
+                writer, reporter, verbose, storage=storage_dir, name=f"search-{cfg.name}", max_failures=0)

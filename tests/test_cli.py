@@ -93,7 +93,7 @@ def test_cost_command_bad_input(capsys):
 
 
 def test_bench_writes_ratios(tmp_path):
-    from harness.families.gsp_conv.group_shift import _kernel as gs_kernel
+    from harness.families.gsp_conv.group_shift import load_kernel as gs_kernel
 
     assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "bench.json").read_text())
@@ -110,7 +110,7 @@ def test_bench_writes_ratios(tmp_path):
     assert res["train_step"][0]["samples_ms_per_batch"] > 0 and res["train_step"][0]["samples_ms_per_batch_with_metadata"] > 0
     assert "Group Shift forward / x.clone()" in (tmp_path / "README.md").read_text()
     # Trilinear x2 at each decoder stage of the PROMISE12 quick net (8 to 128 channels), where the kernel builds.
-    from harness.ops.upsample import _kernel as up_kernel
+    from harness.ops.upsample import load_kernel as up_kernel
 
     if up_kernel() is not None:
         assert [r["input"] for r in res["upsample"]] == ["1x128x1x8x8", "1x64x2x16x16", "1x32x4x32x32", "1x16x8x64x64"]

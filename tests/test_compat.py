@@ -121,3 +121,12 @@ def test_mlflow_schema_head_is_a_revision_mlflow_writes(tmp_path):
     Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
         assert db.execute("SELECT version_num FROM alembic_version").fetchone()[0] == head, _moved("mlflow")
+
+
+def test_the_fused_list_copy_copies_each_pair():
+    dst, src = [torch.zeros(3), torch.zeros(2, 2)], [torch.arange(3.0), torch.ones(2, 2)]
+    try:
+        compat.foreach_copy(dst, src)
+    except (AttributeError, RuntimeError) as e:
+        pytest.fail(f"{_moved('torch')}: torch._foreach_copy_ ({e})")
+    assert torch.equal(dst[0], src[0]) and torch.equal(dst[1], src[1])

@@ -175,7 +175,7 @@ def test_the_cpu_layer_switch_leaves_plain_pytorch_bit_for_bit(monkeypatch):
     # are off; each op is then exactly the plain PyTorch computation.
     import torch.nn.functional as F
 
-    from harness.families.gsp_conv.group_shift import _apply, group_shift
+    from harness.families.gsp_conv.group_shift import shift_boxes, group_shift
     from harness.ops import conv3d, upsample_trilinear2x
 
     monkeypatch.setenv("HARNESS_CPU_KERNELS", "0")
@@ -183,7 +183,7 @@ def test_the_cpu_layer_switch_leaves_plain_pytorch_bit_for_bit(monkeypatch):
     x, w = torch.randn(1, 4, 8, 16, 16, generator=g), torch.randn(8, 4, 3, 3, 3, generator=g)
     assert torch.equal(conv3d(x, w, None, 1, 1), F.conv3d(x, w, None, 1, 1))
     assert torch.equal(upsample_trilinear2x(x), F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False))
-    assert torch.equal(group_shift(x, (2, 2, 2), 0.5), _apply(x.contiguous(), (2, 2, 2), 0.5, False))
+    assert torch.equal(group_shift(x, (2, 2, 2), 0.5), shift_boxes(x.contiguous(), (2, 2, 2), 0.5, False))
 
 
 def test_a_plugin_net_keeps_its_own_convolutions_and_a_family_net_gets_the_route():

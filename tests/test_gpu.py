@@ -12,7 +12,7 @@ from harness.config import CostCfg, ResourcesCfg
 from harness.cost import measure_peak_memory, measure_training_memory
 from harness.models import MODELS, build_model
 from harness.families.gsp_conv.group_shift import group_shift
-from harness.families.gsp_conv.group_shift import _apply, _apply_rows
+from harness.families.gsp_conv.group_shift import shift_boxes, shift_rows
 from harness.train import build_trial, pick_device, run_trial
 
 from helpers import literal_eqs
@@ -30,11 +30,11 @@ def test_group_shift_on_cuda_is_the_literal_permutation_and_its_inverse(groups, 
     xc = x.to(CUDA).requires_grad_()
     y = group_shift(xc, groups, ratio)
     assert y.is_cuda and torch.equal(y.detach().cpu(), expected)
-    for apply in (_apply, _apply_rows):  # whichever the op keeps, both are exact on CUDA
+    for apply in (shift_boxes, shift_rows):  # whichever the op keeps, both are exact on CUDA
         assert torch.equal(apply(xc.detach(), groups, ratio, inverse=False).cpu(), expected)
     w = torch.randn_like(expected)
     (y * w.to(CUDA)).sum().backward()
-    assert torch.equal(xc.grad.cpu(), _apply(w, groups, ratio, inverse=True))  # the backward is the inverse map
+    assert torch.equal(xc.grad.cpu(), shift_boxes(w, groups, ratio, inverse=True))  # the backward is the inverse map
 
 
 @pytest.mark.parametrize("name", MODELS.names())

@@ -9,11 +9,11 @@ import torch
 
 from harness.cache import cache_dir
 from harness.families.gsp_conv.group_shift import GroupShift, group_shift
-from harness.families.gsp_conv.group_shift import _METHOD, _apply, _apply_kernel, _apply_rows, _kernel
+from harness.families.gsp_conv.group_shift import CHOSEN_METHOD, shift_boxes, shift_kernel, shift_rows, load_kernel
 from harness.ops import native
 from helpers import literal_eqs
 
-needs_kernel = pytest.mark.skipif(_kernel() is None, reason="no C compiler: the kernel realisation is not built")
+needs_kernel = pytest.mark.skipif(load_kernel() is None, reason="no C compiler: the kernel realisation is not built")
 METHODS = ["box", "rows", pytest.param("kernel", marks=needs_kernel)]
 gs_module = importlib.import_module("harness.families.gsp_conv.group_shift")  # the module (harness.families.gsp_conv.group_shift is also the function)
 
@@ -64,7 +64,7 @@ def test_matches_literal_equations(groups, C, ratio):
     expected = literal_eqs(x, groups, ratio)
     assert torch.equal(group_shift(x, groups, ratio), expected)
     # Every realisation (the op keeps whichever is fastest per shape) is the same map and inverse.
-    applies = [_apply, _apply_rows] + ([_apply_kernel] if _kernel() is not None else [])
+    applies = [shift_boxes, shift_rows] + ([shift_kernel] if load_kernel() is not None else [])
     for apply in applies:
         assert torch.equal(apply(x, groups, ratio, inverse=False), expected), apply.__name__
         assert torch.equal(apply(expected, groups, ratio, inverse=True), x), apply.__name__
@@ -77,7 +77,7 @@ def test_a_contiguous_view_into_a_larger_buffer(method, monkeypatch):
     big = torch.randn(1, 6, 2, 4, 4)
     view = big[:, 2:4]
     assert view.is_contiguous() and view.storage_offset() > 0
-    monkeypatch.setitem(_METHOD, (tuple(view.shape), (2, 2, 2), 1.0, "cpu", torch.float32), method)
+    monkeypatch.setitem(CHOSEN_METHOD, (tuple(view.shape), (2, 2, 2), 1.0, "cpu", torch.float32), method)
     assert torch.equal(group_shift(view, (2, 2, 2), 1.0), literal_eqs(view.clone(), (2, 2, 2), 1.0))
     # And through autograd: the gradient arrives as a slice of cat's gradient.
     x = torch.randn(1, 2, 2, 4, 4, requires_grad=True)
@@ -95,7 +95,7 @@ def test_a_contiguous_view_into_a_larger_buffer(method, monkeypatch):
 def test_is_a_permutation_and_gradcheck(method, monkeypatch):
     x = torch.randn(1, 6, 4, 4, 2, dtype=torch.float64, requires_grad=True)
     for groups, ratio in [((2, 2, 1), 0.5), ((1, 2, 2), 1.0)]:
-        monkeypatch.setitem(_METHOD, (tuple(x.shape), groups, ratio, "cpu", torch.float64), method)
+        monkeypatch.setitem(CHOSEN_METHOD, (tuple(x.shape), groups, ratio, "cpu", torch.float64), method)
     y = group_shift(x, (2, 2, 1), 0.5)
     assert torch.equal(torch.sort(y.flatten())[0], torch.sort(x.flatten())[0])
     assert torch.autograd.gradcheck(lambda t: group_shift(t, (2, 2, 1), 0.5), (x,))
@@ -108,13 +108,13 @@ def test_kernel_moves_whole_elements_of_any_dtype(dtype):
     # Byte-generic: runs of 1 to 16 bytes per element, rotated rows included ((1,1,4): w=2 of W=8).
     x = (torch.randn(2, 12, 4, 4, 8) * 50).to(dtype)
     for groups in [(2, 2, 2), (1, 1, 4), (1, 4, 4)]:
-        assert torch.equal(_apply_kernel(x, groups, 0.5, inverse=False), _apply(x, groups, 0.5, inverse=False))
-        assert torch.equal(_apply_kernel(_apply(x, groups, 0.5, False), groups, 0.5, inverse=True), x)
+        assert torch.equal(shift_kernel(x, groups, 0.5, inverse=False), shift_boxes(x, groups, 0.5, inverse=False))
+        assert torch.equal(shift_kernel(shift_boxes(x, groups, 0.5, False), groups, 0.5, inverse=True), x)
 
 
 def _kernel_builds():
     """Every build of the kernel this machine can make, with and without its SIMD rows."""
-    if _kernel() is None:
+    if load_kernel() is None:
         return []
     out = []
     for openmp in (True, False):
@@ -139,7 +139,7 @@ def test_kernel_cuts_boxes_and_splits_them_over_threads(lib, simd, monkeypatch):
         pytest.skip("this CPU has no AVX-512BW")
     dll.gs_simd(int(simd))
     dll.bytes_per_thread = 1
-    monkeypatch.setattr(gs_module, "_kernel", lambda: dll)
+    monkeypatch.setattr(gs_module, "load_kernel", lambda: dll)
     monkeypatch.setattr(gs_module, "_KERNEL_BOX_MAX", 16)
     for f in (gs_module._kernel_boxes, gs_module._kernel_call):
         f.cache_clear()
@@ -153,7 +153,7 @@ def test_kernel_cuts_boxes_and_splits_them_over_threads(lib, simd, monkeypatch):
             assert big.any() and (boxes[big][:, [2, 4, 6]] == 1).all()  # only a single (merged) run exceeds it: runs are never cut
             nested |= bool((boxes[:, [2, 4, 6]] > 1).any())
             assert gs_module._kernel_call(tuple(x.shape), groups, ratio, False, 4)[1] >= 3  # so the call takes torch's 3
-            assert torch.equal(_apply_kernel(x, groups, ratio, inverse=False), literal_eqs(x, groups, ratio))
+            assert torch.equal(shift_kernel(x, groups, ratio, inverse=False), literal_eqs(x, groups, ratio))
         assert nested  # the cut left nests of several runs too
     finally:
         dll.gs_simd(1)  # the library is shared with the op (dlopen returns one handle per path)
@@ -177,15 +177,15 @@ def test_kernel_rotates_rows_of_every_length_in_and_out_of_registers(lib, simd, 
     if simd and not dll.simd:
         pytest.skip("this CPU has no AVX-512BW")
     dll.gs_simd(int(simd))
-    monkeypatch.setattr(gs_module, "_kernel", lambda: dll)
+    monkeypatch.setattr(gs_module, "load_kernel", lambda: dll)
     gs_module._kernel_call.cache_clear()
     try:
         for W, gw in [(2, 2), (5, 5), (8, 4), (12, 6), (16, 8), (20, 4), (24, 8), (32, 8), (40, 5), (65, 5)]:
             x = torch.randn(2, 2 * gw, 2, 12, W).to(dtype)
             for groups in [(1, 1, gw), (2, 3, gw)]:
-                shifted = _apply_kernel(x, groups, 1.0, inverse=False)
-                assert torch.equal(shifted, _apply(x, groups, 1.0, inverse=False)), (W, groups)
-                assert torch.equal(_apply_kernel(shifted, groups, 1.0, inverse=True), x), (W, groups)
+                shifted = shift_kernel(x, groups, 1.0, inverse=False)
+                assert torch.equal(shifted, shift_boxes(x, groups, 1.0, inverse=False)), (W, groups)
+                assert torch.equal(shift_kernel(shifted, groups, 1.0, inverse=True), x), (W, groups)
         assert gs_module._rotation_masks(65 * x.element_size(), x.element_size()).size == 0
     finally:
         dll.gs_simd(1)
@@ -213,16 +213,16 @@ def test_without_a_usable_kernel_the_op_falls_back_to_torch(broken, monkeypatch,
             raise OSError(f"{path}: failed to map segment from shared object")
 
         monkeypatch.setattr(gs_module.ctypes, "CDLL", refuse)
-    monkeypatch.setattr(gs_module, "_METHOD", {})
-    _kernel.cache_clear()
+    monkeypatch.setattr(gs_module, "CHOSEN_METHOD", {})
+    load_kernel.cache_clear()
     try:
-        assert _kernel() is None
+        assert load_kernel() is None
         assert ("no compiled kernel" if broken == "no compiler" else "does not load") in caplog.text
         x = torch.randn(1, 8, 2, 4, 4)
         assert torch.equal(group_shift(x, (2, 2, 2), 0.5), literal_eqs(x, (2, 2, 2), 0.5))
-        assert "kernel" not in gs_module._METHOD.values()
+        assert "kernel" not in gs_module.CHOSEN_METHOD.values()
     finally:
-        _kernel.cache_clear()
+        load_kernel.cache_clear()
 
 
 @pytest.mark.parametrize("shape,groups,axis", [((1, 4, 6, 8, 8), (4, 2, 2), "D=6"), ((1, 4, 8, 6, 8), (2, 4, 2), "H=6"),
@@ -254,11 +254,11 @@ def test_kernel_keeps_its_plan_alive_when_the_plan_cache_is_cleared():
 
     x = torch.randn(2, 8, 4, 4, 4)
     expected = literal_eqs(x, (2, 2, 2), 0.5)
-    assert torch.equal(_apply_kernel(x, (2, 2, 2), 0.5, inverse=False), expected)
+    assert torch.equal(shift_kernel(x, (2, 2, 2), 0.5, inverse=False), expected)
     gs_module._kernel_boxes.cache_clear()
     gc.collect()
     _ = [np.full(4096, -1, dtype=np.int64) for _ in range(64)]  # reuse any freed memory with garbage
-    assert torch.equal(_apply_kernel(x, (2, 2, 2), 0.5, inverse=False), expected)
+    assert torch.equal(shift_kernel(x, (2, 2, 2), 0.5, inverse=False), expected)
 
 
 def test_the_fastest_realisation_is_kept_with_more_rounds_for_quick_ones():
@@ -302,7 +302,7 @@ def test_the_least_time_wins_not_the_median():
 def test_kernel_threads_follow_torchs_count_at_call_time(monkeypatch):
     # Only the bound from the tensor's bytes is cached per shape: a shape first met under 1 thread
     # (a test, a trial's set_num_threads) must still get 2 when torch has 2.
-    dll, seen = _kernel(), []
+    dll, seen = load_kernel(), []
 
     class Spy:
         bytes_per_thread = 1
@@ -311,14 +311,14 @@ def test_kernel_threads_follow_torchs_count_at_call_time(monkeypatch):
             seen.append(args[-1])
             return dll.gs_permute(*args)
 
-    monkeypatch.setattr(gs_module, "_kernel", lambda: Spy())
+    monkeypatch.setattr(gs_module, "load_kernel", lambda: Spy())
     gs_module._kernel_call.cache_clear()
     threads = torch.get_num_threads()
     x = torch.randn(1, 8, 2, 4, 4)
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            assert torch.equal(_apply_kernel(x, (2, 2, 2), 0.5, inverse=False), _apply(x, (2, 2, 2), 0.5, inverse=False))
+            assert torch.equal(shift_kernel(x, (2, 2, 2), 0.5, inverse=False), shift_boxes(x, (2, 2, 2), 0.5, inverse=False))
     finally:
         torch.set_num_threads(threads)
         gs_module._kernel_call.cache_clear()

@@ -559,11 +559,11 @@ def test_index_counts_each_comparison_once_and_ours_apart(tmp_path):
 
 def test_a_studys_own_words_are_escaped_for_each_format(tmp_path):
     from harness.report import claims_markdown, md_text
-    from harness.report.tables import _write_table
+    from harness.report.tables import write_table
 
     assert md_text("<script>alert(1)</script> a|b") == "&lt;script&gt;alert(1)&lt;/script&gt; a\\|b"
     table = pd.DataFrame({"net": ["<b>x</b>|y", "a_b 50%"], "Dice ours": ["**90.0 ± 1.0**", "80.0"]}).set_index("net")
-    _write_table(table, tmp_path, "t", ["md", "html", "tex"])
+    write_table(table, tmp_path, "t", ["md", "html", "tex"])
     md = (tmp_path / "t.md").read_text()
     assert "&lt;b&gt;x&lt;/b&gt;\\|y" in md and "<b>" not in md and "**90.0 ± 1.0**" in md
     assert "&lt;b&gt;x&lt;/b&gt;|y" in (tmp_path / "t.html").read_text()  # inside a cell, | is plain text in HTML

@@ -331,13 +331,13 @@ def test_a_configuration_that_failed_in_training_is_never_proposed_again(tmp_pat
     from optuna.storages.journal import JournalFileBackend
     from ray.tune.search import Searcher
 
-    from harness.tune import _fresh_optuna_search
+    from harness.tune import FreshOptunaSearch
 
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "s.journal")))
     def space(trial):
         trial.suggest_categorical("a", [1, 2])
 
-    searcher = _fresh_optuna_search()(space=space, metric=["m", "n"],
+    searcher = FreshOptunaSearch(space=space, metric=["m", "n"],
                                       mode=["max", "min"], storage=storage,
                                       sampler=optuna.samplers.RandomSampler(seed=0), study_name="s")
     first = searcher.suggest("t0")
@@ -376,7 +376,7 @@ def test_a_resumed_sampler_never_trains_a_configuration_twice_and_stops_when_the
     from ray.tune.search import Searcher
 
     from harness.compat import picklable_sampler
-    from harness.tune import _fresh_optuna_search
+    from harness.tune import FreshOptunaSearch
 
     def space(trial):
         trial.suggest_categorical("a", [1, 2, 3])
@@ -385,7 +385,7 @@ def test_a_resumed_sampler_never_trains_a_configuration_twice_and_stops_when_the
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "s.journal")))
 
     def searcher():
-        return _fresh_optuna_search()(space=space, metric=["m", "n"], mode=["max", "min"], storage=storage,
+        return FreshOptunaSearch(space=space, metric=["m", "n"], mode=["max", "min"], storage=storage,
                                       sampler=picklable_sampler("NSGAIISampler")(seed=0, population_size=2), study_name="s")
 
     first = searcher()
@@ -406,12 +406,12 @@ def test_a_resumed_sampler_never_trains_a_configuration_twice_and_stops_when_the
 
 
 def test_the_searcher_tells_optuna_a_stopped_trial_pruned_and_a_raised_one_failed(tmp_path):
-    from harness.tune import _fresh_optuna_search
+    from harness.tune import FreshOptunaSearch
 
     def space(trial):
         trial.suggest_categorical("a", [1, 2, 3, 4])
 
-    searcher = _fresh_optuna_search()(space=space, metric=["m", "n"], mode=["max", "min"],
+    searcher = FreshOptunaSearch(space=space, metric=["m", "n"], mode=["max", "min"],
                                       sampler=optuna.samplers.RandomSampler(seed=0), study_name="s")
     for i in range(3):
         searcher.suggest(f"t{i}")
@@ -534,7 +534,7 @@ def test_halving_knows_the_exact_cost_and_a_resumed_search_ranks_against_earlier
     from ray.tune.schedulers import TrialScheduler
 
     from harness.search.schema import Objective, SchedulerCfg
-    from harness.tune import _halving
+    from harness.tune import CostAwareHalving
 
     go, stop = TrialScheduler.CONTINUE, TrialScheduler.STOP
     gmacs = {"small": 1.0, "big": 4.0}
@@ -549,14 +549,14 @@ def test_halving_knows_the_exact_cost_and_a_resumed_search_ranks_against_earlier
         searcher._ot_trials[tid] = study.ask()
         return _T(tid, {"net": net})
 
-    sched = _halving(space, searcher, study, [1, 2])
+    sched = CostAwareHalving(space, searcher, study, [1, 2])
     rung = lambda dice, epoch=0: {"epoch": epoch, "mean_dice": dice, "train_loss": 0.1}  # noqa: E731  no gmacs sent
     assert sched.on_trial_result(None, trial("a", "small"), rung(50)) == go
     assert sched.on_trial_result(None, trial("b", "big"), rung(40)) == stop  # costs more, less accurate
     assert sched.on_trial_result(None, trial("c", "big"), rung(70)) == go  # costs more, more accurate
     assert sched.on_trial_result(None, _T("a", {"net": "small"}), {"epoch": 0, "train_loss": 0.3, "final": 1}) == go
     assert study.trials[1].user_attrs["rung_1"] == {"values": [40.0], "costs": [4.0]}
-    resumed = _halving(space, searcher, study, [1, 2])  # a resumed search: the journal holds the rungs
+    resumed = CostAwareHalving(space, searcher, study, [1, 2])  # a resumed search: the journal holds the rungs
     assert resumed.on_trial_result(None, trial("d", "big"), rung(45)) == stop  # 3rd of a, b, c, d (big: all peers)
     assert resumed.on_trial_result(None, trial("e", "small"), rung(45)) == stop  # 2nd of a, e at eta 2: 1 goes on
     with pytest.raises(RuntimeError, match="lacks objectives"):
@@ -566,12 +566,12 @@ def test_halving_knows_the_exact_cost_and_a_resumed_search_ranks_against_earlier
 def test_a_stopped_configuration_is_answered_from_the_store_not_trained_again(tmp_path):
     from ray.tune.search import Searcher
 
-    from harness.tune import _fresh_optuna_search
+    from harness.tune import FreshOptunaSearch
 
     def space(trial):
         trial.suggest_categorical("a", [1, 2])
 
-    searcher = _fresh_optuna_search()(space=space, metric=["m", "n"], mode=["max", "min"],
+    searcher = FreshOptunaSearch(space=space, metric=["m", "n"], mode=["max", "min"],
                                       sampler=optuna.samplers.RandomSampler(seed=0), study_name="s")
     first = searcher.suggest("t0")
     searcher.on_trial_complete("t0", {"m": 0.5, "n": 1.0, "epoch": 0, "time_total_s": 3.0, "time_cpu_s": 2.5})
@@ -689,7 +689,7 @@ def test_constraints_keep_missing_trials_off_the_front_and_reach_the_sampler(tmp
 
     from harness.pareto import constraint_values
     from harness.search import make_sampler, write_pareto
-    from harness.tune import _fresh_optuna_search
+    from harness.tune import FreshOptunaSearch
 
     assert constraint_values([("mean_dice", 50, None), ("gmacs", None, 2.0)], {"mean_dice": 40.0, "gmacs": 1.5}) \
         == [10.0, -0.5]
@@ -712,7 +712,7 @@ def test_constraints_keep_missing_trials_off_the_front_and_reach_the_sampler(tmp
     def knobs(trial):
         trial.suggest_categorical("a", [1, 2])
 
-    searcher = _fresh_optuna_search()(space=knobs, metric=["m", "n"], mode=["max", "min"], storage=storage,
+    searcher = FreshOptunaSearch(space=knobs, metric=["m", "n"], mode=["max", "min"], storage=storage,
                                       sampler=optuna.samplers.RandomSampler(seed=0), study_name="s")
     searcher.bounds = [("m", 0.5, None)]
     searcher.suggest("t0")

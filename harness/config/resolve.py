@@ -137,7 +137,7 @@ def resolve(study: StudyCfg, scale: str, seeds: int | None = None, folds: int | 
     n_seeds = seeds or sc.seeds or study.seeds
     vs = variants(study)
     n_folds = folds or sc.folds or 1
-    specs = [spec for v in vs for spec in resolve_variant(study, scale, v, n_seeds, n_folds, check)]
+    specs = [spec for v in vs for spec in resolve_variant(study, scale, v, n_seeds, n_folds, check=check)]
     known = [v.name for v in table_rows(study)]
     for vname in study.expected:
         if vname not in known:

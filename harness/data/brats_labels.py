@@ -18,7 +18,7 @@ from harness.data.folders import BRATS_REGIONS
 LABELS = (0, 1, 2, 4)
 
 
-def _check(name: str, labels: np.ndarray) -> None:
+def check_labels(name: str, labels: np.ndarray) -> None:
     bad = set(np.unique(labels).tolist()) - set(LABELS)
     if bad:
         raise ValueError(f"label map {name}holds {sorted(bad)}; BraTS labels are {list(LABELS)}")
@@ -39,5 +39,5 @@ def regions_to_labels(wt: np.ndarray, tc: np.ndarray, et: np.ndarray) -> np.ndar
 def labels_to_regions(labels: np.ndarray) -> np.ndarray:
     """A BraTS label map -> (3, ...) binary WT, TC, ET masks; fails on a label outside 0, 1, 2, 4."""
     labels = np.asarray(labels)
-    _check("", labels)
+    check_labels("", labels)
     return np.stack([np.isin(labels, values) for values in BRATS_REGIONS.values()]).astype(np.uint8)

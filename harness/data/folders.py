@@ -114,7 +114,7 @@ def scan_msd(root: Path) -> Layout:
         if not missing:
             cases.append(CaseFiles(cid, [img], lab))
     return Layout("msd", modalities, tuple(_region_name(labels[k]) for k in fg), set(labels), cases,
-                  _one_hot([(k,) for k in fg]), ct=any(m.upper() == "CT" for m in modalities), problems=problems)
+                  to_regions=_one_hot([(k,) for k in fg]), ct=any(m.upper() == "CT" for m in modalities), problems=problems)
 
 
 def scan_brats(root: Path) -> Layout:
@@ -133,7 +133,7 @@ def scan_brats(root: Path) -> Layout:
     if not cases and not problems:
         problems.append(f"{root}: no case folders (expected one folder per case with *_t1/_t1ce/_t2/_flair/_seg)")
     return Layout("brats", list(BRATS_MODALITIES), tuple(BRATS_REGIONS), {0, 1, 2, 4}, cases,
-                  _one_hot(list(BRATS_REGIONS.values())), problems=problems)
+                  to_regions=_one_hot(list(BRATS_REGIONS.values())), problems=problems)
 
 
 def scan_promise12(root: Path) -> Layout:
@@ -149,7 +149,7 @@ def scan_promise12(root: Path) -> Layout:
         cases.append(CaseFiles(img.stem, [img], lab))
     if not cases and not problems:
         problems.append(f"{root}: no CaseNN.mhd files")
-    return Layout("promise12", ["T2"], ("prostate",), {0, 1}, cases, _one_hot([(1,)]), problems=problems)
+    return Layout("promise12", ["T2"], ("prostate",), {0, 1}, cases, to_regions=_one_hot([(1,)]), problems=problems)
 
 
 SCANNERS = {"msd": scan_msd, "brats": scan_brats, "promise12": scan_promise12}
@@ -189,7 +189,7 @@ def _is_nifti(path: Path) -> bool:
     return path.name.endswith((".nii", ".nii.gz"))
 
 
-def _read(path: Path) -> tuple[np.ndarray, tuple]:
+def read_image(path: Path) -> tuple[np.ndarray, tuple]:
     """Voxels as (z, y, x) or (C, z, y, x), and the geometry of the spatial axes.
 
     NIfTI goes through MONAI's ``LoadImage`` with its nibabel reader, which fails on a truncated
@@ -228,7 +228,7 @@ def _check_case(layout: Layout, c: CaseFiles) -> list[str]:
     out, read = [], []
     for p in [*c.images, c.label]:
         try:
-            read.append(_read(p))
+            read.append(read_image(p))
         except RuntimeError as e:
             out.append(f"{c.id}: {p.name}: unreadable ({e})")
     if out:
@@ -295,11 +295,11 @@ def _load_case(layout: Layout, c: CaseFiles, spacing: Sequence[float] | None, cr
 
     chans = []
     for p in c.images:
-        a = _read(p)[0].astype(np.float32)  # (z, y, x) or (C, z, y, x)
+        a = read_image(p)[0].astype(np.float32)  # (z, y, x) or (C, z, y, x)
         # Non-finite voxels reach here only under data.nonfinite: zero (check_folder refuses them).
         a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
         chans += list(a) if a.ndim == 4 else [a]
-    ref, (_, (sx, sy, sz), _, _) = _read(c.label)
+    ref, (_, (sx, sy, sz), _, _) = read_image(c.label)
     image = np.stack(chans)  # (C, D, H, W), D = z
     label = layout.to_regions(ref)  # (R, D, H, W)
     both = MetaTensor(torch.from_numpy(np.concatenate([image, label.astype(np.float32)])),
@@ -315,12 +315,12 @@ def _load_case(layout: Layout, c: CaseFiles, spacing: Sequence[float] | None, cr
         img = ScaleIntensityRange(a_min=ct_window[0], a_max=ct_window[1], b_min=0.0, b_max=1.0, clip=True)(img)
     elif normalize == "zscore":  # mean/std over the foreground (non-zero voxels) per channel
         img = NormalizeIntensity(nonzero=True, channel_wise=True)(img)
-    elif normalize == "percentile":  # BraTS 2020 pipeline A (_percentile_minmax), metadata kept
-        img = img.clone().copy_(torch.stack([_percentile_minmax(ch) for ch in img.as_tensor()]))
+    elif normalize == "percentile":  # BraTS 2020 pipeline A (percentile_minmax), metadata kept
+        img = img.clone().copy_(torch.stack([percentile_minmax(ch) for ch in img.as_tensor()]))
     return Case(c.id, np.asarray(img.as_tensor(), dtype=np.float32), (np.asarray(lab.as_tensor()) > 0.5).astype(np.uint8))
 
 
-def _percentile_minmax(x: torch.Tensor) -> torch.Tensor:
+def percentile_minmax(x: torch.Tensor) -> torch.Tensor:
     """Clip one channel to the 1st and 99th percentiles of its non-zero voxels, scale to [0, 1]
     (Henry et al. Sec. 2.3, pipeline A); background (0) stays 0."""
     fg = x[x != 0]
@@ -421,7 +421,7 @@ def folder_task(fmt: str, root: str, fold: int = 0, folds: int | None = 5, val_f
         normalize = "ct" if layout.ct else "zscore"
     ids = [c.id for c in layout.cases]
     split_path = Path(split_file) if split_file else split_file_for(fmt, Path(root), folds, val_fraction, seed)
-    split = load_split(split_path.resolve(), ids, folds, val_fraction, seed, fold, write=False)
+    split = load_split(split_path.resolve(), ids, folds, val_fraction, seed, fold=fold, write=False)
     prep = dict(spacing=list(spacing) if spacing else None, crop_foreground=crop_foreground, normalize=normalize,
                 ct_window=list(ct_window))
     n_workers = workers or min(8, os.cpu_count() or 1, max(1, len(layout.cases) // 8))
@@ -432,7 +432,7 @@ def folder_task(fmt: str, root: str, fold: int = 0, folds: int | None = 5, val_f
                                           "finite": 1},  # cases cached since NaN/Inf voxels are zeroed
                                          lambda: _load_all(layout, prep, n_workers),
                                          count=len(layout.cases))}
-        load_split(split_path.resolve(), ids, folds, val_fraction, seed, fold)  # fixed on disk at first use
+        load_split(split_path.resolve(), ids, folds, val_fraction, seed, fold=fold)  # fixed on disk at first use
         return {part: [by_id[i] for i in split[part]] for part in ("train", "val")}
 
     value_sets = [set(v) for v in layout.to_regions.keywords["values"]]

@@ -79,8 +79,8 @@ def synthetic_organ(n_cases: int = 20, shape=(16, 128, 128), seed: int = 0, cont
 
     params = dict(n=n_cases, shape=list(shape), seed=seed, c=contrast, s=noise, k=distractors)
     return Task("synthetic_organ", in_channels=1, regions=("organ",),
-                load=lambda: held_out_or_split("synthetic_organ", params, make, n_cases, val_cases, val_fraction, seed,
-                                               case_bytes(shape, 1, 1)))
+                load=lambda: held_out_or_split("synthetic_organ", params, make, n_cases, val_cases, val_fraction=val_fraction, seed=seed,
+                                               nbytes=case_bytes(shape, 1, 1)))
 
 
 @DATASETS.register("synthetic_brats")
@@ -128,8 +128,8 @@ def synthetic_brats(n_cases: int = 20, shape=(64, 64, 64), seed: int = 0, noise:
     if (tumour_scale, contrast) != (1.0, 1.0):  # keeps the cache key of the default task
         params.update(k=tumour_scale, c=contrast)
     task = Task("synthetic_brats", in_channels=4, regions=("WT", "TC", "ET"), exclusive=False,
-                load=lambda: held_out_or_split("synthetic_brats", params, make, n_cases, val_cases, val_fraction, seed,
-                                               case_bytes(shape, 4, 3)))
+                load=lambda: held_out_or_split("synthetic_brats", params, make, n_cases, val_cases, val_fraction=val_fraction, seed=seed,
+                                               nbytes=case_bytes(shape, 4, 3)))
     return nested_as_classes(task, ("ED", "NCR", "ET")) if labels == "classes" else task
 
 
@@ -178,8 +178,8 @@ def synthetic_depth(n_cases: int = 20, shape=(16, 64, 64), seed: int = 0, object
 
     params = dict(n=n_cases, shape=list(shape), seed=seed, k=objects, s=noise, c=in_channels, r=list(regions))
     return Task("synthetic_depth", in_channels=in_channels, regions=regions,
-                load=lambda: held_out_or_split("synthetic_depth", params, make, n_cases, val_cases, val_fraction, seed,
-                                               case_bytes(shape, in_channels, len(regions))))
+                load=lambda: held_out_or_split("synthetic_depth", params, make, n_cases, val_cases, val_fraction=val_fraction, seed=seed,
+                                               nbytes=case_bytes(shape, in_channels, len(regions))))
 
 
 @DATASETS.register("synthetic_marker")
@@ -236,8 +236,8 @@ def synthetic_marker(n_cases: int = 20, shape=(16, 128, 128), seed: int = 0, noi
 
     params = dict(n=n_cases, shape=list(shape), seed=seed, s=noise, d=[lo, hi])
     return Task("synthetic_marker", in_channels=1, regions=("target",),
-                load=lambda: held_out_or_split("synthetic_marker", params, make, n_cases, val_cases, val_fraction, seed,
-                                               case_bytes(shape, 1, 1)))
+                load=lambda: held_out_or_split("synthetic_marker", params, make, n_cases, val_cases, val_fraction=val_fraction, seed=seed,
+                                               nbytes=case_bytes(shape, 1, 1)))
 
 
 # name: (centre (z, y, x) in [-1, 1], radii, intensity above background, kind) per organ, in the
@@ -325,5 +325,5 @@ def synthetic_abdomen(n_cases: int = 20, shape=(48, 48, 48), seed: int = 0, nois
     if regions != tuple(organs):  # keeps the cache key of the all-organ task
         params["r"] = list(regions)
     return Task("synthetic_abdomen", in_channels=1, regions=regions,
-                load=lambda: held_out_or_split("synthetic_abdomen", params, make, n_cases, val_cases, val_fraction, seed,
-                                               case_bytes(shape, 1, len(regions))))
+                load=lambda: held_out_or_split("synthetic_abdomen", params, make, n_cases, val_cases, val_fraction=val_fraction, seed=seed,
+                                               nbytes=case_bytes(shape, 1, len(regions))))

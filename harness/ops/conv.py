@@ -141,8 +141,8 @@ class Conv3d(nn.Conv3d):
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return conv3d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
-        return conv3d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+            return conv3d(x, weight, bias, self.stride, 0, dilation=self.dilation, groups=self.groups)
+        return conv3d(x, weight, bias, self.stride, self.padding, dilation=self.dilation, groups=self.groups)
 
 
 def onednn_convs(model: nn.Module) -> nn.Module:

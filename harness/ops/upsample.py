@@ -42,7 +42,7 @@ _BYTES_PER_THREAD = 1 << 16  # as Group Shift's kernel: torch's OpenMP team from
 
 
 @lru_cache(maxsize=1)
-def _kernel():
+def load_kernel():
     """The compiled ``upsample_kernel.c``, or None where it cannot be built or does not
     reproduce PyTorch's numbers here. ``HARNESS_UPSAMPLE_KERNEL=0`` turns it off."""
     if os.environ.get("HARNESS_UPSAMPLE_KERNEL", "1") == "0":
@@ -103,24 +103,24 @@ def _torch_backward(g: torch.Tensor, in_shape) -> torch.Tensor:
 
 def _forward(x: torch.Tensor, method: str) -> torch.Tensor:
     if method == "kernel":
-        return _run(_kernel().up_forward, x, (*x.shape[:2], *(2 * s for s in x.shape[2:])), x.shape[2:])
+        return _run(load_kernel().up_forward, x, (*x.shape[:2], *(2 * s for s in x.shape[2:])), x.shape[2:])
     return _torch_forward(x)
 
 
 def _backward(g: torch.Tensor, in_shape, method: str) -> torch.Tensor:
     if method == "kernel":
-        return _run(_kernel().up_backward, g, in_shape, in_shape[2:])
+        return _run(load_kernel().up_backward, g, in_shape, in_shape[2:])
     return _torch_backward(g, in_shape)
 
 
-_METHOD: dict[tuple, str] = {}
+CHOSEN_METHOD: dict[tuple, str] = {}
 
 
 def _method(direction: str, t: torch.Tensor, run) -> str:
     key = (direction, t.shape)
-    if key not in _METHOD:
-        _METHOD[key] = native.fastest(["torch", "kernel"], run)
-    return _METHOD[key]
+    if key not in CHOSEN_METHOD:
+        CHOSEN_METHOD[key] = native.fastest(["torch", "kernel"], run)
+    return CHOSEN_METHOD[key]
 
 
 class _Upsample2x(torch.autograd.Function):
@@ -140,7 +140,7 @@ def upsample_trilinear2x(x: torch.Tensor) -> torch.Tensor:
     """``F.interpolate(x, scale_factor=2, mode="trilinear")`` of ``x`` (N, C, D, H, W) ->
     (N, C, 2D, 2H, 2W), by the faster realisation on CPU float32 (module docstring)."""
     if (not native.enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling() or x.device.type != "cpu"
-            or x.dtype != torch.float32 or x.dim() != 5 or x.numel() == 0 or _kernel() is None):
+            or x.dtype != torch.float32 or x.dim() != 5 or x.numel() == 0 or load_kernel() is None):
         return _torch_forward(x)
     if not (x.requires_grad and torch.is_grad_enabled()):
         x = x.contiguous()

@@ -104,11 +104,11 @@ def paper_effect(study: StudyCfg, claim) -> float:
 def _paper_value(study: StudyCfg, variant: str, metric: str) -> float:
     """The paper's figure for ``variant``: ``expected``, or for ``mean_dice`` / ``mean_hd95`` where
     the paper prints only per-region figures (ConResNet's ET / WT / TC), their mean."""
-    value = _expected(study, variant, metric)[0]
+    value = expected_value(study, variant, metric)[0]
     if math.isnan(value) and metric in ("mean_dice", "mean_hd95"):
         prefix = metric.removeprefix("mean_") + "_"
         regions = [m for m in study.expected.get(variant, {}) if m.startswith(prefix)]
-        value = float(np.mean([_expected(study, variant, m)[0] for m in regions])) if regions else math.nan
+        value = float(np.mean([expected_value(study, variant, m)[0] for m in regions])) if regions else math.nan
     return value
 
 
@@ -263,7 +263,7 @@ def claims_table(runs: "StudyRuns") -> pd.DataFrame:
     return pd.DataFrame([judge_claim(runs, c) for c in runs.study.claims], columns=CLAIM_COLUMNS)
 
 
-def _expected(study: StudyCfg, variant: str, metric: str) -> tuple[float, float | None]:
+def expected_value(study: StudyCfg, variant: str, metric: str) -> tuple[float, float | None]:
     e = study.expected.get(variant, {}).get(metric)
     if e is None:
         return math.nan, None
@@ -320,7 +320,7 @@ def _count(n: Any) -> str:
     return "—" if n is None or (isinstance(n, float) and math.isnan(n)) else str(n)
 
 
-def _claims_of(d: Path) -> tuple[str, bool, list[dict]]:
+def claims_of(d: Path) -> tuple[str, bool, list[dict]]:
     """(scale, judged by the current engine, claims) of a report folder."""
     path = d / "claims.json"
     if not path.exists():
@@ -329,7 +329,7 @@ def _claims_of(d: Path) -> tuple[str, bool, list[dict]]:
     return data["scale"], data.get("engine") == stats_.ENGINE, [{**c, "study": d.name} for c in data["claims"]]
 
 
-def _counts(claims: list[dict]) -> str:
+def claim_counts(claims: list[dict]) -> str:
     counts = pd.Series([c["verdict"] for c in claims]).value_counts() if claims else pd.Series(dtype=int)
     under = sum(c.get("flag") == "underpowered" for c in claims)
     return ", ".join(f"{n} {v}" for v, n in counts.items()) + (f" ({under} underpowered)" if under else "")
@@ -373,7 +373,7 @@ def kind_counts(comp: pd.DataFrame, level: float = stats_.LEVEL) -> list[str]:
         part = comp[comp.kind == kind]
         if part.empty:
             continue
-        line = f"{label}: {len(part)}: {_counts(part.to_dict('records'))}"
+        line = f"{label}: {len(part)}: {claim_counts(part.to_dict('records'))}"
         if kind == "result":
             line += (f"; were every one of these comparisons null, about {len(part) * (1 - level) / 2:.1f} would "
                      f"read reproduced and as many contradicted by chance")

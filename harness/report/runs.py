@@ -47,7 +47,7 @@ REQUIRED = ("mean_dice", "params", "gmacs")
 LOOKS = "until_decided_looks"  # the parent run's tag: the seed counts `run --until-decided` judged at  # every finished trial logs these
 
 
-def _tag_axes(v: VariantCfg) -> dict[str, str]:
+def tag_axes(v: VariantCfg) -> dict[str, str]:
     return {"variant": v.name, **v.tags}
 
 
@@ -73,7 +73,7 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
     # The study's trials as it stands, without building a model or reading data: only their hashes.
     specs = resolve(study, scale, max(wanted, seen_seeds), folds, check=False)
     expected_hash = {s.key: spec_hash(s) for s in specs} | {c["key"]: c["hash"] for c in combined_keys(study, specs)}
-    axes = {v.name: _tag_axes(v) for v in table_rows(study)}
+    axes = {v.name: tag_axes(v) for v in table_rows(study)}
     rows, failed, stale, seen, incomplete, extra = [], [], 0, set(), [], set()
     for r in runs:  # newest first: the first finished run of a key is the one that counts
         key = r.data.tags.get(TRIAL_KEY)

@@ -30,8 +30,8 @@ import pandas as pd
 
 from harness.config import StudyCfg, VariantCfg, table_rows
 from harness.metrics import is_measured, shown
-from harness.report.claims import _expected, md_text, paired_test, summarise
-from harness.report.runs import StudyRuns, _tag_axes
+from harness.report.claims import expected_value, md_text, paired_test, summarise
+from harness.report.runs import StudyRuns, tag_axes
 
 FORMATS = ("md", "html", "tex", "csv")
 
@@ -56,7 +56,7 @@ def _paper_cell(study: StudyCfg, variant: str, metric: str) -> str:
     """The paper's number as printed, with its ± where the study carries it (``sd``)."""
     e = study.expected.get(variant, {}).get(metric)
     sd = getattr(e, "sd", None)
-    return _fmt_paper(_expected(study, variant, metric)[0]) + (f" ± {sd:g}" if sd is not None else "")
+    return _fmt_paper(expected_value(study, variant, metric)[0]) + (f" ± {sd:g}" if sd is not None else "")
 
 
 def _param(params: dict[str, Any], path: str) -> Any:
@@ -99,7 +99,7 @@ def layout_values(study: StudyCfg) -> list[tuple[str, str, str]]:
     lay, row_axis = study.layout, study.layout.rows
     if not row_axis:
         return [("", label, m) for label, m in lay.values.items()]
-    groups = list(dict.fromkeys(_tag_axes(v).get(row_axis, "") for v in table_rows(study)))
+    groups = list(dict.fromkeys(tag_axes(v).get(row_axis, "") for v in table_rows(study)))
     return [(g, label, m) for g in ["*", *groups] for label, m in lay.values.get(g, {}).items()]
 
 
@@ -120,10 +120,10 @@ def _values_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
     summary = summarise(runs.trials if not runs.trials.empty else pd.DataFrame({"variant": []}),
                         layout_metrics(study))
     by = {(r.variant, r.metric): r for r in summary.itertuples()}
-    cols = list(dict.fromkeys(_tag_axes(v).get(col_axis, v.name) for v in vs))
-    cell = {(_tag_axes(v).get(row_axis, "") if row_axis else "", _tag_axes(v).get(col_axis, v.name)): v for v in vs}
+    cols = list(dict.fromkeys(tag_axes(v).get(col_axis, v.name) for v in vs))
+    cell = {(tag_axes(v).get(row_axis, "") if row_axis else "", tag_axes(v).get(col_axis, v.name)): v for v in vs}
     for v in vs:  # the shared row group: per column, the variant the paper's figure is pinned on
-        c = _tag_axes(v).get(col_axis, v.name)
+        c = tag_axes(v).get(col_axis, v.name)
         if any(study.expected.get(v.name, {}).get(m) is not None for g, _, m in rows if g == "*"):
             cell.setdefault(("*", c), v)
     table = pd.DataFrame({row_axis or "": ["all" if g == "*" else g for g, _, _ in rows],
@@ -143,7 +143,7 @@ def _values_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
                 if failed or runs.trials.empty or not (runs.trials.variant == v.name).any():
                     notes.append(f"{v.name} / {m}: {'failed' if failed else 'no run'}")
             else:
-                shared = f" ({_tag_axes(v).get(row_axis, '')})" if g == "*" else ""  # whose figure it is
+                shared = f" ({tag_axes(v).get(row_axis, '')})" if g == "*" else ""  # whose figure it is
                 ours.append(_cell(s, m) + shared)
             paper.append(_paper_cell(study, v.name, m))
         table[f"{c} ours"], table[f"{c} paper"] = ours, paper
@@ -179,7 +179,7 @@ def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
     notes: list[str] = []
 
     def cell_variant(v: VariantCfg) -> tuple[str, str]:
-        ax = _tag_axes(v)
+        ax = tag_axes(v)
         return (ax.get(row_axis, "") if row_axis else "", ax.get(cols_spec, v.name) if not metric_cols else "")
 
     row_labels = list(dict.fromkeys(cell_variant(v)[0] for v in vs))
@@ -206,7 +206,7 @@ def layout_table(runs: StudyRuns) -> tuple[pd.DataFrame, list[str]]:
                 continue
             v, m = hit
             s = by.get((v.name, m))
-            exp, _ = _expected(study, v.name, m)
+            exp, _ = expected_value(study, v.name, m)
             if s is None or s.n == 0:
                 status = _why_empty(runs, v.name, m)
                 ours.append(f"— ({status})")
@@ -321,15 +321,15 @@ def verify(runs: StudyRuns) -> list[str]:
     return [m for status, m in check_pinned(runs) if status in ("mismatch", "missing")]
 
 
-def _md_frame(df: pd.DataFrame) -> pd.DataFrame:
+def md_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Every label and text cell through ``md_text`` (the table's own ** bold marks kept)."""
     return df.rename(columns=md_text).map(lambda v: md_text(v) if isinstance(v, str) else v)
 
 
-def _write_table(table: pd.DataFrame, out: Path, stem: str, formats: list[str]) -> None:
+def write_table(table: pd.DataFrame, out: Path, stem: str, formats: list[str]) -> None:
     flat = table.reset_index()
     if "md" in formats:
-        (out / f"{stem}.md").write_text(_md_frame(flat).to_markdown(index=False, disable_numparse=True) + "\n")
+        (out / f"{stem}.md").write_text(md_frame(flat).to_markdown(index=False, disable_numparse=True) + "\n")
     if "html" in formats:
         html = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", flat.to_html(index=False, escape=True))
         (out / f"{stem}.html").write_text(f"<html><head><meta charset='utf-8'></head><body>{html}</body></html>\n")

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from harness import stats as stats_
 from harness.config import ConfigError, load_study, with_data_roots
-from harness.report.claims import (VERDICT_LEGEND, _claims_of, _counts, claims_markdown, claims_table, comparisons,
+from harness.report.claims import (VERDICT_LEGEND, claims_of, claim_counts, claims_markdown, claims_table, comparisons,
                                    kind_counts, md_text, reading_guide)
 from harness.report.failures import failure_table
 from harness.report.plots import LOADED, plots
 from harness.report.runs import evaluations, load_runs, wall_time
-from harness.report.tables import _md_frame, _write_table, check_pinned, cost_table, layout_table, stats_table, verify
+from harness.report.tables import md_frame, write_table, check_pinned, cost_table, layout_table, stats_table, verify
 
 
 def write_report(path: str, scale: str, formats: list[str], reports: Path = Path("reports"),
@@ -40,7 +40,7 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
     # and files of the folder that this report does not write are left alone.
     out = Path(tempfile.mkdtemp(prefix=f".{study.name}.", suffix=".partial", dir=reports))
     try:
-        problems = _write(study, scale, runs, formats, out, tracking_uri)
+        problems = _write(study, scale, runs, formats, out, tracking_uri=tracking_uri)
         final.mkdir(exist_ok=True)
         for f in out.iterdir():
             os.replace(f, final / f.name)
@@ -53,7 +53,7 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
 def _write(study, scale: str, runs, formats: list[str], out: Path, tracking_uri: str | None) -> list[str]:
     """The report's files into ``out``; returns the verify problems."""
     table, notes = layout_table(runs)
-    _write_table(table, out, "table", formats)
+    write_table(table, out, "table", formats)
     st = stats_table(runs)
     st.to_csv(out / "stats.csv", index=False)
     if not runs.trials.empty:
@@ -73,7 +73,7 @@ def _write(study, scale: str, runs, formats: list[str], out: Path, tracking_uri:
     has_paper = any(str(c).endswith(" paper") for c in table.columns)
     legend = ("Each cell: ours (mean ± std over seeds), the paper's value, and ours − paper." if has_paper else
               "Each cell: ours (mean ± std over seeds); the paper prints no number for these cells.")
-    md += ["## Table", "", legend, "", _md_frame(table.reset_index()).to_markdown(index=False, disable_numparse=True), ""]
+    md += ["## Table", "", legend, "", md_frame(table.reset_index()).to_markdown(index=False, disable_numparse=True), ""]
     if notes:
         md += ["Missing:", ""] + [f"- {n}" for n in notes] + [""]
     md += ["## Statistics", "", st.to_markdown(index=False, floatfmt=".4g") if not st.empty else "No finished runs.", ""]
@@ -158,12 +158,12 @@ def write_index(reports: Path) -> None:
     entries, by_scale, older = [], {}, []
     for d in sorted(p for p in reports.iterdir() if p.is_dir() and (p / "README.md").exists()):
         title = (d / "README.md").read_text().splitlines()[0].lstrip("# ")
-        scale, current, claims = _claims_of(d)
+        scale, current, claims = claims_of(d)
         if current:
             by_scale.setdefault(scale, []).extend(claims)
         elif claims:
             older.append(d.name)
-        parts = [f"{who} {_counts(c)}" for who, c in (
+        parts = [f"{who} {claim_counts(c)}" for who, c in (
             ("paper's", [c for c in claims if c.get("source", "paper") == "paper"]),
             ("ours", [c for c in claims if c.get("source") == "ours"])) if c]
         entries.append((d.name, title, (f" — claims at {scale}: " + "; ".join(parts) if parts else "")
@@ -177,7 +177,7 @@ def write_index(reports: Path) -> None:
             if len(comp):
                 n = len([c for c in everything if c.get("source", "paper") == source])
                 totals.append(f"- At {scale} scale, {label}: {len(comp)} distinct comparisons ({n} claim rows): "
-                              f"{_counts(comp.to_dict('records'))}")
+                              f"{claim_counts(comp.to_dict('records'))}")
                 totals += [f"  - {line}" for line in kind_counts(comp)]
     if older:
         totals.append(f"- Not in these totals: {len(older)} reports judged by an earlier engine (a percentile "

@@ -71,7 +71,7 @@ def confirm_front(space: Space, out: Path, seeds: int, tracking_uri: str | None,
         p["holds"] = not weak
         p["why"] = "the cheapest" if not cheaper else ("beats every cheaper point" if not weak else
                                                         "not surely better than " + "; ".join(weak))
-    write_confirm(space, points, acc, cost, seeds, out)
+    write_confirm(space, points, acc, cost, seeds, out=out)
     return out
 
 
@@ -135,7 +135,7 @@ def run_search(path: str, options: SearchOptions) -> int:
         seeds = options.confirm or (space.cfg.confirm.seeds if space.cfg.confirm else None)
         if code == 0 and seeds:
             out = confirm_front(space, options.reports / space.cfg.name, seeds, options.tracking_uri,
-                                options.address, options.verbose)
+                                options.address, verbose=options.verbose)
             print(f"Confirmed front: {out}/confirm.md")
         return code
     finally:
@@ -274,9 +274,9 @@ class _Strategies:
 
         exp_id, parent_id = parent
         with Board(f"search {space.cfg.name}", self.options.verbose, expected=todo) as board:
-            writer = run_search_trials(space, study, self.journal.storage, todo, self.session.tracker, exp_id,
-                                       parent_id, self.options.address, self.session.ray_storage, board,
-                                       self.options.verbose)
+            writer = run_search_trials(space, study, self.journal.storage, todo, self.session.tracker, exp_id=exp_id,
+                                       parent_id=parent_id, address=self.options.address, storage_dir=self.session.ray_storage, board=board,
+                                       verbose=self.options.verbose)
         if writer.crashed:  # Ray Tune raised: the search did not run, whatever the journal holds
             self.session.end(parent_id, "FAILED")
             self.console.print(f"search {space.cfg.name}: Ray Tune stopped with {writer.error}; "

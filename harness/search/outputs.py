@@ -145,7 +145,7 @@ def write_pareto(space: Space, study, out: Path) -> Path:
         "# (or a copy of it) and train at full scale with `harness run STUDY --scale paper`.\n"
         + yaml.safe_dump({"variants": variants}, sort_keys=False, default_flow_style=None))
     if rows and len(objs) >= 2:
-        pareto_plot(space, df, front, objs[1], objs[0], out / "pareto.png")
+        pareto_plot(space, df, front, objs[1], objs[0], path=out / "pareto.png")
     return out
 
 

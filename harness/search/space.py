@@ -68,7 +68,7 @@ class Space:
 
         task = DATASETS.get(base.data.dataset)(**base.data.params)  # lazy: channels and regions, no case read
         build_checked_model(base.model, base.train.patch, "the space's base point", base.train.output,
-                            task.in_channels, out_channels(len(task.regions), base.train.output))
+                            task.in_channels, out_channels=out_channels(len(task.regions), base.train.output))
 
     def _models(self) -> list[str]:
         """The study's model, then each registered model a knob's option chooses."""

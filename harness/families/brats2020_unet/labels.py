@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from harness.data.brats_labels import _check, labels_to_regions, regions_to_labels
+from harness.data.brats_labels import check_labels, labels_to_regions, regions_to_labels
 from harness.data.folders import BRATS_REGIONS
 from harness.registry import COMBINERS, DATA_COMMANDS
 
@@ -25,8 +25,8 @@ def merge_labels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape:
         raise ValueError(f"label maps differ in shape: A {a.shape}, B {b.shape}")
-    _check("A ", a)
-    _check("B ", b)
+    check_labels("A ", a)
+    check_labels("B ", b)
     out = a.copy()
     swap = np.isin(a, (0, 2)) & np.isin(b, (0, 2))
     out[swap] = b[swap]

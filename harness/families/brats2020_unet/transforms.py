@@ -73,4 +73,4 @@ def brats2020(keys: list[str], prob: float = 0.8, scale: float = 0.1, noise: flo
               transpose: bool = True) -> list:
     """BraTS 2020 pipeline A: intensity scale, noise at 0.1 x each channel's std, a dropped
     channel (0.8 x 0.2 = 16%), a transpose of two spatial axes and a flip (``BraTS2020Augmentd``)."""
-    return [BraTS2020Augmentd(keys, prob, scale, noise, drop_channel, transpose)]
+    return [BraTS2020Augmentd(keys, prob, scale, noise, drop_channel, transpose=transpose)]

@@ -69,7 +69,7 @@ class WSConv3d(nn.Conv3d):
         w = self.weight
         flat = w.flatten(1)
         w = (w - flat.mean(1).view(-1, 1, 1, 1, 1)) / torch.sqrt(flat.var(1) + 1e-12).view(-1, 1, 1, 1, 1)
-        return conv3d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return conv3d(x, w, self.bias, self.stride, self.padding, dilation=self.dilation, groups=self.groups)
 
 
 def conv3(cin: int, cout: int, kernel: int = 3, stride: int = 1, dilation: int = 1, weight_std: bool = True) -> nn.Conv3d:
@@ -86,7 +86,7 @@ class GNReLUConv(nn.Sequential):
         layers = [nn.GroupNorm(8, cin), nn.ReLU()]
         if dropout:
             layers.append(nn.Dropout3d(dropout))
-        super().__init__(*layers, conv3(cin, cout, kernel, stride, dilation, weight_std))
+        super().__init__(*layers, conv3(cin, cout, kernel, stride, dilation, weight_std=weight_std))
 
 
 @OPS.register("context_residual_module")

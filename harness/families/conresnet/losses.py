@@ -94,4 +94,4 @@ def conres(output: str, lam: float = 0.5, full_weight: float = 1.0, boundary: bo
     """ConResNet's segmentation + context residual loss, optionally with the boundary loss
     (``ConResLoss``). ``lam`` is Eq. 9's lambda (paper: 0.5; Fig. 8 tries 0, 0.1, 0.5, 1)."""
     _check(lam, full_weight, alpha_min)
-    return ConResLoss(output, lam, full_weight, boundary, boundary_key, alpha_min)
+    return ConResLoss(output, lam, full_weight, boundary, boundary_key, alpha_min=alpha_min)

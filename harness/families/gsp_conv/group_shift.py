@@ -69,7 +69,7 @@ def _check(shape: tuple[int, ...], groups: tuple[int, int, int], shift_ratio: fl
 
 
 @lru_cache(maxsize=256)
-def _plan(shape: tuple[int, ...], groups: tuple[int, int, int], shift_ratio: float) -> tuple[list[tuple[Box, Box]], int]:
+def shift_plan(shape: tuple[int, ...], groups: tuple[int, int, int], shift_ratio: float) -> tuple[list[tuple[Box, Box]], int]:
     """Box copies (src, dst) that realise Eqs. 2-8 for this shape; also returns C_s."""
     _, C, D, H, W = shape
     gd, gh, gw = groups
@@ -135,10 +135,10 @@ def _strided_plan(shape: tuple[int, ...], groups: tuple[int, int, int], shift_ra
     def view(box: Box) -> tuple[list[int], int]:
         return [shape[0], *(s.stop - s.start for s in box)], sum(s.start * st for s, st in zip(box, stride[1:]))
 
-    return [(view(src), view(dst)) for src, dst in _plan(shape, groups, shift_ratio)[0]], stride
+    return [(view(src), view(dst)) for src, dst in shift_plan(shape, groups, shift_ratio)[0]], stride
 
 
-def _apply(x: torch.Tensor, groups: tuple[int, int, int], shift_ratio: float, inverse: bool) -> torch.Tensor:
+def shift_boxes(x: torch.Tensor, groups: tuple[int, int, int], shift_ratio: float, inverse: bool) -> torch.Tensor:
     """``box``: one copy per box, issued together (``_foreach_copy_``) to keep the dispatch cost low."""
     plan, stride = _strided_plan(_shape(x), groups, shift_ratio)
     x = x.contiguous()
@@ -146,8 +146,8 @@ def _apply(x: torch.Tensor, groups: tuple[int, int, int], shift_ratio: float, in
     if inverse:
         plan = [(dst, src) for src, dst in plan]
     base = x.storage_offset()  # a contiguous view into a larger buffer (a slice of cat's gradient)
-    torch._foreach_copy_([out.as_strided(size, stride, off) for _, (size, off) in plan],
-                         [x.as_strided(size, stride, base + off) for (size, off), _ in plan])
+    compat.foreach_copy([out.as_strided(size, stride, off) for _, (size, off) in plan],
+                        [x.as_strided(size, stride, base + off) for (size, off), _ in plan])
     return out
 
 
@@ -160,7 +160,7 @@ def _row_starts(chw: tuple[int, ...], groups: tuple[int, int, int], shift_ratio:
     """
     C, D, H, W = chw
     source, index = np.empty((C, D, H, W), np.int64), np.arange(C * D * H * W).reshape(C, D, H, W)
-    for src, dst in _plan((1, C, D, H, W), groups, shift_ratio)[0]:
+    for src, dst in shift_plan((1, C, D, H, W), groups, shift_ratio)[0]:
         if inverse:
             src, dst = dst, src
         source[dst] = index[src]
@@ -177,7 +177,7 @@ def _row_index(shape: tuple[int, ...], groups: tuple[int, int, int], shift_ratio
     return torch.from_numpy(index.reshape(-1)).to(device)
 
 
-def _apply_rows(x: torch.Tensor, groups: tuple[int, int, int], shift_ratio: float, inverse: bool) -> torch.Tensor:
+def shift_rows(x: torch.Tensor, groups: tuple[int, int, int], shift_ratio: float, inverse: bool) -> torch.Tensor:
     shape = _shape(x)
     W = shape[-1]
     rows = x.reshape(-1, 1, W)
@@ -200,7 +200,7 @@ _KERNEL_BYTES_PER_THREAD = {True: 1 << 16, False: 1 << 23}  # keyed by "built wi
 
 
 @lru_cache(maxsize=1)
-def _kernel():
+def load_kernel():
     """The compiled ``group_shift_kernel.c`` (``ctypes``), or None where it cannot be built.
 
     Built once with the system C compiler (``$CC``, else ``cc``) by ``harness.ops.native.build``
@@ -273,7 +273,7 @@ def _kernel_boxes(chw: tuple[int, ...], groups: tuple[int, int, int], shift_rati
             piece[outer] = (min(per, n - i), t)
             emit(src + i * t, dst + i * t, piece, length, rot)
 
-    plan = iter(_plan((1, *chw), groups, shift_ratio)[0])
+    plan = iter(shift_plan((1, *chw), groups, shift_ratio)[0])
     for src, dst in plan:
         rot = 0
         if src[3] != slice(0, W):  # the first half of a rotated W row; the plan lists its other half next
@@ -323,47 +323,47 @@ def _kernel_call(shape: tuple[int, ...], groups: tuple[int, int, int], shift_rat
     N, C, D, H, W = shape
     boxes = _kernel_boxes((C, D, H, W), groups, shift_ratio, inverse)
     masks = _rotation_masks(W * itemsize, itemsize)
-    threads = max(1, N * C * D * H * W * itemsize // _kernel().bytes_per_thread)
+    threads = max(1, N * C * D * H * W * itemsize // load_kernel().bytes_per_thread)
     args = (boxes.ctypes.data, len(boxes), N, C * D * H * W, itemsize, masks.ctypes.data, masks.shape[1])
     return args, threads, (boxes, masks)
 
 
-def _apply_kernel(x: torch.Tensor, groups: tuple[int, int, int], shift_ratio: float, inverse: bool) -> torch.Tensor:
+def shift_kernel(x: torch.Tensor, groups: tuple[int, int, int], shift_ratio: float, inverse: bool) -> torch.Tensor:
     """``kernel``: all runs of the box plan in one call of the compiled kernel (CPU)."""
     # x.shape, not _shape(x): never traced here, and a torch.Size hashes as its tuple (1 us less)
     args, threads, _ = _kernel_call(x.shape, groups, shift_ratio, inverse, x.element_size())
     x = x.contiguous()
     out = torch.empty_like(x)
-    _kernel().gs_permute(x.data_ptr(), out.data_ptr(), *args, min(threads, torch.get_num_threads()))
+    load_kernel().gs_permute(x.data_ptr(), out.data_ptr(), *args, min(threads, torch.get_num_threads()))
     return out
 
 
-_METHOD: dict[tuple, str] = {}
+CHOSEN_METHOD: dict[tuple, str] = {}
 _DISPATCH_S = 5e-6  # bound on one box copy's fixed CPU cost (about 3 us per view pair in _foreach_copy_)
 _CLONE_S_PER_ELEMENT = 1e-10  # 10^10 elements per second: a fast, in-cache clone
 
 
-_APPLY = {"box": _apply, "rows": _apply_rows, "kernel": _apply_kernel}
+_APPLY = {"box": shift_boxes, "rows": shift_rows, "kernel": shift_kernel}
 
 
 def _shift(x: torch.Tensor, groups: tuple[int, int, int], shift_ratio: float, inverse: bool) -> torch.Tensor:
     """The permutation of a contiguous ``x`` by the realisation kept for its key (chosen on the
     key's first call). Never under a jit trace: ``x.shape`` holds plain ints."""
     if not native.enabled():  # plain PyTorch: one slice copy per box
-        return _apply(x, groups, shift_ratio, inverse)
+        return shift_boxes(x, groups, shift_ratio, inverse)
     key = (x.shape, groups, shift_ratio, x.device.type, x.dtype)
-    method = _METHOD.get(key)
+    method = CHOSEN_METHOD.get(key)
     if method is None:
         copies = len(_strided_plan(_shape(x), groups, shift_ratio)[0])
         # Dispatch below an in-cache clone: rows, moving the data twice more, cannot beat box.
         methods = ["box"] if copies * _DISPATCH_S < x.numel() * _CLONE_S_PER_ELEMENT else ["box", "rows"]
-        if x.device.type == "cpu" and _kernel() is not None:
+        if x.device.type == "cpu" and load_kernel() is not None:
             methods.append("kernel")
         # All give identical results; keep the fastest on this machine (once per shape).
         method = methods[0] if len(methods) == 1 else native.fastest(
             methods, lambda m: _APPLY[m](x, groups, shift_ratio, inverse),
             (lambda: torch.cuda.synchronize(x.device)) if x.is_cuda else None)
-        _METHOD[key] = method
+        CHOSEN_METHOD[key] = method
     return _APPLY[method](x, groups, shift_ratio, inverse)
 
 

@@ -108,7 +108,7 @@ class GSPUNet(nn.Module):
         dec_ins = insert if gs_in in ("decoder", "both") else None
 
         def block(cin, cout, stage, ins):
-            return GSPBlock(cin, cout, k, convs_per_block, ins, groups[stage], shift_ratio, norm)
+            return GSPBlock(cin, cout, k, convs_per_block, ins, groups=groups[stage], shift_ratio=shift_ratio, norm=norm)
 
         self.encoder = nn.ModuleList(
             block(in_channels if i == 0 else widths[i - 1], widths[i], i, enc_ins) for i in range(n)

@@ -232,9 +232,9 @@ class ObeliskHybrid(nn.Module):
         for conv in self.cnn[3:]:
             h = act(conv(h))
         half, quarter = x2.shape[2:], h.shape[2:]
-        o1 = self._branch(x0 if self.layout == "tcia" else x1, self.obelisk1, self.lin1, self.dense1, 4, half)
+        o1 = self._branch(x0 if self.layout == "tcia" else x1, self.obelisk1, self.lin1, self.dense1, 4, size=half)
         o2 = self._branch(_smooth(x0, (3,)) if self.layout == "tcia" else x0, self.obelisk2, self.lin2, self.dense2,
-                          8, quarter)
+                          8, size=quarter)
         h = act(self.dec4(torch.cat([h, o2], 1)))
         h = F.interpolate(h, size=half, mode="trilinear", align_corners=False)
         h = act(self.dec2(torch.cat([h, o1, x2], 1)))
