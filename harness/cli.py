@@ -120,7 +120,7 @@ def _until_decided(args) -> int:
     recorded on the parent run, so that ``harness report`` judges as the run did)."""
     from harness.config import ConfigError, load_study
     from harness.report.claims import undecided
-    from harness.report.runs import LOOKS
+    from harness.tracking import LOOKS
     from harness.session import Session, SessionOptions
     from harness.study import run_studies
 

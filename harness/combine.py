@@ -81,7 +81,7 @@ def run_combined(study, specs, tracker, exp_id: str, parent_id: str, console) ->
         run_id = tracker.start_combined(exp_id, parent_id, study.name, specs[0].scale, c,
                                         members=[runs[k].info.run_id for k in leaves])
         try:
-            final, per_case = _evaluate(c, rows_of, by_key, runs, tracker.client, costs=costs)
+            final, per_case = _evaluate(c, rows_of, by_key, runs, tracker, costs=costs)
             tracker.finish_child(run_id, final, per_case, step=0)
             finished.append(c["key"])
             console.print(f"combined {c['key']}  Dice {final['mean_dice']:.1f}  (of {', '.join(c['of'])})")
@@ -98,7 +98,7 @@ def _leaves(key: str, rows_of: dict[str, dict]) -> list[str]:
 
 
 @torch.no_grad()
-def _evaluate(c: dict, rows_of: dict, by_key: dict, runs: dict, client, costs: dict) -> tuple[dict[str, Any], list]:
+def _evaluate(c: dict, rows_of: dict, by_key: dict, runs: dict, store, costs: dict) -> tuple[dict[str, Any], list]:
     """Case by case (a paper-scale validation set's probabilities would not fit in memory at
     once): every leaf model infers the case, the rules combine bottom-up, the result is scored."""
     from harness.contract import regions_of
@@ -122,7 +122,7 @@ def _evaluate(c: dict, rows_of: dict, by_key: dict, runs: dict, client, costs: d
     models, inferers = {}, {}
     for k in leaves:
         cfg, spec = by_key[k].train, by_key[k]
-        models[k] = load_model(load_checkpoint(client, runs[k].info.run_id), device)
+        models[k] = load_model(load_checkpoint(store, runs[k].info.run_id), device)
         inferers[k] = build_inferer(cfg.inferer, cfg.patch, cfg.batch_size, cfg.output)
         if k not in costs:
             cost_input = spec.cost.input or [1, tasks[k].in_channels, *cfg.patch]

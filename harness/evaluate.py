@@ -81,6 +81,7 @@ def _groups(study, scale: str, session, ensemble: str, variants: list[str] | Non
     """The finished trials to evaluate, grouped: (variant, fold, run or None for an ensemble) ->
     [(MLflow run, trial row)]; and how many trials the study has finished."""
     from harness.report import load_runs
+    from harness.tracking import FOLD
 
     runs = load_runs(study, scale, session.uri, with_cases=False)
     if runs.trials.empty:
@@ -95,16 +96,16 @@ def _groups(study, scale: str, session, ensemble: str, variants: list[str] | Non
     for r in runs.trials.itertuples():
         if variants and r.variant not in variants:
             continue
-        run = session.reader.get_run(r.run_id)
-        key = (r.variant, run.data.tags.get("fold"), r.run_id if ensemble == "none" else None)
+        run = session.reader.run(r.run_id)
+        key = (r.variant, run.data.tags.get(FOLD), r.run_id if ensemble == "none" else None)
         groups[key].append((run, r))
     return groups, len(runs.trials)
 
 
-def _load_members(members: list, study, path: str, client) -> tuple[list[dict], list]:
+def _load_members(members: list, study, path: str, store) -> tuple[list[dict], list]:
     """The members' checkpoints and models; ValueError for a missing, damaged or foreign one."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ckpts = [load_checkpoint(client, run.info.run_id) for run, _ in members]
+    ckpts = [load_checkpoint(store, run.info.run_id) for run, _ in members]
     foreign = {p for c in ckpts for p in TrialSpec.model_validate_json(c["trial"]).plugins} - set(study.plugins)
     if foreign:  # the checkpoint's list is data: only the study on the command line imports
         raise ValueError(f"it was trained with plugins {sorted(foreign)} that {path} does not name")
@@ -114,7 +115,7 @@ def _load_members(members: list, study, path: str, client) -> tuple[list[dict], 
 def _evaluate_group(group: tuple, members: list, loaded: tuple, inferer, where: tuple, console) -> dict:
     """One evaluation (a trial, or an ensemble of its members) with its cost, logged as an MLflow
     run beside the study's trials; returns its row. ``where``: (tracker, study, scale, ensemble)."""
-    from harness.tracking import PARENT
+    from harness.tracking import FOLD, MEMBER_RUNS, PARENT, VARIANT
 
     (variant, fold), (ckpts, models), (tracker, study, scale, ensemble) = group, loaded, where
     ckpt = ckpts[0]
@@ -135,10 +136,10 @@ def _evaluate_group(group: tuple, members: list, loaded: tuple, inferer, where: 
     members_dice = sum(r.mean_dice for _, r in members) / len(members)
     run_id = tracker.start_evaluation(
         members[0][0].info.experiment_id, members[0][0].data.tags.get(PARENT),
-        {"variant": variant, "scale": scale, "study": study.name, "inferer": cfg.inferer.model_dump_json(),
-         "ensemble": ensemble, "member_runs": ",".join(run.info.run_id for run, _ in members),
+        {VARIANT: variant, "scale": scale, "study": study.name, "inferer": cfg.inferer.model_dump_json(),
+         "ensemble": ensemble, MEMBER_RUNS: ",".join(run.info.run_id for run, _ in members),
          "mlflow.runName": f"{variant}:{cfg.inferer.name}" + (f"x{len(models)}" if len(models) > 1 else ""),
-         **({"fold": fold} if fold is not None else {})})
+         **({FOLD: fold} if fold is not None else {})})
     tracker.finish_child(run_id, {**result, **cost, "members": float(len(models))}, per_case, step=0)
     console.print(f"    Dice {result['mean_dice']:.1f} (members {members_dice:.1f}), {cost['gmacs']:.3g} GMACs",
                   highlight=False)
@@ -159,12 +160,12 @@ def _print_rows(rows: list[dict], title: str, console) -> None:
     console.print(table)
 
 
-def load_checkpoint(client, run_id: str) -> dict:
+def load_checkpoint(store, run_id: str) -> dict:
     """The run's checkpoint; ValueError saying the file is missing or damaged (not torch's advice
     to unpickle it unsafely)."""
     with tempfile.TemporaryDirectory() as d:
         try:
-            path = client.download_artifacts(run_id, f"checkpoint/{CHECKPOINT}", d)
+            path = store.artifact(run_id, f"checkpoint/{CHECKPOINT}", d)
         except Exception:  # noqa: BLE001  MLflow raises several kinds for a missing artifact
             raise ValueError(f"run {run_id} has no checkpoint/{CHECKPOINT}") from None
         try:

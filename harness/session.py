@@ -89,10 +89,11 @@ class Session:
 
     @property
     def reader(self):
-        """A client that reads the store and never creates one."""
-        from harness.tracking import reader
+        """The store to read (``harness.tracking.Store``): the tracker inside ``with``, else a
+        reader that never creates the store."""
+        from harness.tracking import Store
 
-        return self.tracker.client if self.tracker is not None else reader(self.uri)
+        return self.tracker if self.tracker is not None else Store(self.uri)
 
     def __enter__(self) -> Session:
         from harness.tracking import Tracker, hold_lock

@@ -171,7 +171,7 @@ def _members(path: str, study, scale: str, row: str, tracking_uri: str | None,
     from harness.train import load_model
 
     runs = load_runs(study, scale, tracking_uri, with_cases=False)
-    client = Session(SessionOptions(tracking_uri, writes=False)).reader
+    store = Session(SessionOptions(tracking_uri, writes=False)).reader
     combined = {c.name: c for c in study.combined}
     members = {}
     for leaf in dict.fromkeys(_leaves(row, combined)):
@@ -179,7 +179,7 @@ def _members(path: str, study, scale: str, row: str, tracking_uri: str | None,
         if not ids:
             raise ConfigError(f"{study.name}@{scale}: no finished trial of {leaf!r} (member of {row!r}); "
                               f"run 'harness run {path} --scale {scale}' first")
-        ckpts = [load_checkpoint(client, i) for i in ids]
+        ckpts = [load_checkpoint(store, i) for i in ids]
         members[leaf] = ([load_model(c, device) for c in ckpts], TrialSpec.model_validate_json(ckpts[0]["trial"]), ids)
     return members
 

@@ -29,26 +29,45 @@ PARENT = "mlflow.parentRunId"
 ROLE = "harness_role"  # study (a parent run), trial (a child: trained, or a combined row), evaluation
 TRIAL_KEY = "trial_key"  # variant#sSEED[/fFOLD]: what a resume and the report match on
 CONFIG_HASH = "config_hash"  # of the trial's resolved configuration: a changed study's runs are stale
+VARIANT, SEED, FOLD = "variant", "seed", "fold"  # a trial's place in the study (fold: k-fold splits only)
+MODEL_PARAMS = "model_params"  # a trial's model parameters as run (JSON): what the report's tables show
+RUN_WITH = "run_with"  # a parent's: the studies whose trials ran in the same `harness run`
+LOOKS = "until_decided_looks"  # a parent's: the seed counts `run --until-decided` judged at
+MEMBER_RUNS = "member_runs"  # an evaluation's: the trial runs it ensembles
+FAILED_TO_TRAIN = "failed_to_train"  # a trial's: true / false by the study's rule (harness.report.failures)
 
 
-def reader(uri: str | None = None) -> MlflowClient:
-    """A client that reads the store (``report``, ``evaluate``, ``submit``) and never creates one."""
-    return MlflowClient(uri or default_tracking_uri())
+class Store:
+    """Reads the tracking store (``report``, ``evaluate``, ``submit``, ``plan``) and never creates
+    one: with ``Tracker`` (which writes), the only holder of an MLflow client."""
 
+    def __init__(self, uri: str | None = None):
+        self.uri = uri or default_tracking_uri()
+        self.client = MlflowClient(self.uri)
 
-def experiment_of(client: MlflowClient, study: str) -> str | None:
-    """The MLflow experiment of a study (or ``search-NAME``), or None where nothing ran."""
-    exp = client.get_experiment_by_name(f"harness/{study}")
-    return None if exp is None else exp.experiment_id
+    def experiment_of(self, study: str) -> str | None:
+        """The MLflow experiment of a study (or ``search-NAME``), or None where nothing ran."""
+        exp = self.client.get_experiment_by_name(f"harness/{study}")
+        return None if exp is None else exp.experiment_id
 
+    def runs_of(self, exp_id: str, role: str, scale: str, finished: bool = False, newest_first: bool = True,
+                most: int = 50000) -> list:
+        """Runs of one role (``ROLE``: study, trial, evaluation) at one scale, newest first."""
+        where = f"tags.{ROLE} = '{role}' and tags.scale = '{scale}'" + (" and attributes.status = 'FINISHED'"
+                                                                         if finished else "")
+        return self.client.search_runs([exp_id], where, max_results=most,
+                                       order_by=["attributes.start_time DESC"] if newest_first else None)
 
-def runs_of(client: MlflowClient, exp_id: str, role: str, scale: str, finished: bool = False,
-            newest_first: bool = True, most: int = 50000) -> list:
-    """Runs of one role at one scale, newest first."""
-    where = f"tags.{ROLE} = '{role}' and tags.scale = '{scale}'" + (" and attributes.status = 'FINISHED'"
-                                                                     if finished else "")
-    return client.search_runs([exp_id], where, max_results=most,
-                              order_by=["attributes.start_time DESC"] if newest_first else None)
+    def run(self, run_id: str):
+        return self.client.get_run(run_id)
+
+    def artifact(self, run_id: str, path: str, folder: str) -> str:
+        """The run's artifact ``path`` downloaded into ``folder``; its local path."""
+        return self.client.download_artifacts(run_id, path, folder)
+
+    def history(self, run_id: str, metric: str) -> list:
+        """Every logged value of ``metric`` (``.step``, ``.value``)."""
+        return self.client.get_metric_history(run_id, metric)
 
 
 def default_tracking_uri() -> str:
@@ -179,8 +198,11 @@ def _create_store(path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-class Tracker:
-    def __init__(self, uri: str | None = None, verbose: int = 1):
+class Tracker(Store):
+    """Writes the store: experiments, parent and child runs, their metrics and artifacts; a new
+    store is created whole (see ``__init__``). Only the driver writes."""
+
+    def __init__(self, uri: str | None = None, verbose: int = 1):  # Store's client, made once the store exists
         self.uri = uri or default_tracking_uri()
         if verbose < 2:  # MLflow's schema migrations log INFO lines on every new database
             import logging
@@ -203,7 +225,7 @@ class Tracker:
             self.client = MlflowClient(self.uri)
 
     def experiment(self, study: str) -> str:
-        found = experiment_of(self.client, study)
+        found = self.experiment_of(study)
         if found is not None:
             return found
         artifacts = None
@@ -248,7 +270,7 @@ class Tracker:
         """Trial keys finished in any earlier run of the study at ``scale`` with the configuration
         ``hashes`` gives them (key -> config hash): a resume with more seeds (a new parent run)
         trains only the seeds not yet trained."""
-        runs = runs_of(self.client, exp_id, "trial", scale, finished=True, newest_first=False)
+        runs = self.runs_of(exp_id, "trial", scale, finished=True, newest_first=False)
         return {r.data.tags.get(TRIAL_KEY) for r in runs if hashes.get(r.data.tags.get(TRIAL_KEY)) == r.data.tags.get(CONFIG_HASH)}
 
     def children(self, exp_id: str, parent_id: str):
@@ -256,10 +278,10 @@ class Tracker:
 
     def start_child(self, exp_id: str, parent_id: str, spec: TrialSpec, chash: str) -> str:
         tags = {PARENT: parent_id, ROLE: "trial", "study": spec.study, "scale": spec.scale,
-                TRIAL_KEY: spec.key, "variant": spec.variant, "seed": str(spec.seed),
-                **({"fold": str(spec.fold)} if spec.fold is not None else {}), CONFIG_HASH: chash,
+                TRIAL_KEY: spec.key, VARIANT: spec.variant, SEED: str(spec.seed),
+                **({FOLD: str(spec.fold)} if spec.fold is not None else {}), CONFIG_HASH: chash,
                 "git_commit": git_commit(), "mlflow.runName": spec.key, **environment(),
-                "model_params": json.dumps(spec.model.params),  # what the report's tables show, as run
+                MODEL_PARAMS: json.dumps(spec.model.params),  # what the report's tables show, as run
                 **{f"tag.{k}": v for k, v in spec.tags.items()}}
         run_id = self.client.create_run(exp_id, tags=tags).info.run_id
         params = flatten(spec.model_dump(exclude={"study", "scale", "key", "tags"}))
@@ -276,8 +298,8 @@ class Tracker:
                        members: list[str]) -> str:
         """A combined row's evaluation (``harness.combine``), tagged as a trial so the report counts it."""
         tags = {PARENT: parent_id, ROLE: "trial", "study": study, "scale": scale, TRIAL_KEY: row["key"],
-                "variant": row["variant"], "seed": str(row["seed"]),
-                **({"fold": str(row["fold"])} if row["fold"] is not None else {}), CONFIG_HASH: row["hash"],
+                VARIANT: row["variant"], SEED: str(row["seed"]),
+                **({FOLD: str(row["fold"])} if row["fold"] is not None else {}), CONFIG_HASH: row["hash"],
                 "git_commit": git_commit(), "mlflow.runName": row["key"], **environment(),
                 "combined_of": ",".join(members), "rule": row["rule"].model_dump_json(),
                 **{f"tag.{k}": v for k, v in row["tags"].items()}}

@@ -59,7 +59,7 @@ def test_an_interrupted_session_ends_its_open_parents_and_resume_reopens_them(tm
         assert again == parent and done == {"v#s0"}  # the finished trial is not redone
         assert s.tracker.client.get_run(parent).info.status == "RUNNING"
         s.end(parent, "FINISHED")
-    assert Session(SessionOptions(uri)).reader.get_run(parent).info.status == "FINISHED"
+    assert Session(SessionOptions(uri)).reader.run(parent).info.status == "FINISHED"
 
 
 def test_settings_hold_for_the_block_and_a_users_own_value_stays(monkeypatch):

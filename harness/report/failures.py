@@ -73,11 +73,12 @@ def tag_failures(study, scale: str, tracking_uri: str | None = None) -> int:
     Returns the trials marked failed."""
     from harness.report.runs import load_runs
     from harness.session import Session, SessionOptions
+    from harness.tracking import FAILED_TO_TRAIN
 
     trials = load_runs(study, scale, tracking_uri, with_cases=False).trials
     if trials.empty or "failed_to_train" not in trials:
         return 0
     with Session(SessionOptions(tracking_uri)) as session:
         for run_id, failed in zip(trials.run_id, trials.failed_to_train):
-            session.tracker.tag(run_id, "failed_to_train", str(bool(failed)).lower())
+            session.tracker.tag(run_id, FAILED_TO_TRAIN, str(bool(failed)).lower())
     return int(trials.failed_to_train.sum())

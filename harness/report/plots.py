@@ -157,14 +157,14 @@ def plots(runs: StudyRuns, out: Path, tracking_uri: str | None = None) -> list[s
         fig.savefig(out / "dice_per_region.png", dpi=110)
         plt.close(fig)
         files.append("dice_per_region.png")
-    from harness.tracking import reader
+    from harness.session import Session, SessionOptions
 
-    client = reader(tracking_uri)
+    store = Session(SessionOptions(tracking_uri, writes=False)).reader
     curves = []
     for r in t.itertuples():
         for m in ("train_loss", "mean_dice"):
             curves += [{"variant": r.variant, "seed": r.seed, "metric": m, "epoch": h.step, "value": h.value}
-                       for h in client.get_metric_history(r.run_id, m)]
+                       for h in store.history(r.run_id, m)]
     if curves:
         cdf = pd.DataFrame(curves)
         last = cdf.groupby(["variant", "seed", "metric"]).epoch.transform("max")

@@ -43,8 +43,7 @@ class StudyRuns:
         return self._resolved.get(variant, {})
 
 
-REQUIRED = ("mean_dice", "params", "gmacs")
-LOOKS = "until_decided_looks"  # the parent run's tag: the seed counts `run --until-decided` judged at  # every finished trial logs these
+REQUIRED = ("mean_dice", "params", "gmacs")  # every finished trial logs these
 
 
 def tag_axes(v: VariantCfg) -> dict[str, str]:
@@ -57,19 +56,20 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
     of its seeds at that scale (or the first ``seeds``): runs of further seeds, from a run with a
     larger ``--seeds`` or a study that has since shrunk, are counted in ``extra``, not reported."""
     from harness.session import Session, SessionOptions
-    from harness.tracking import CONFIG_HASH, PARENT, TRIAL_KEY, experiment_of, runs_of
+    from harness.tracking import (CONFIG_HASH, FOLD, LOOKS, MODEL_PARAMS, PARENT, RUN_WITH, SEED, TRIAL_KEY,
+                                  VARIANT)
 
-    client = Session(SessionOptions(tracking_uri, writes=False)).reader  # the store checked: report, evaluate, submit
-    exp = experiment_of(client, study.name)
-    runs = [] if exp is None else runs_of(client, exp, "trial", scale)
-    seen_seeds = 1 + max([int(r.data.tags.get("seed", 0)) for r in runs] or [0])
+    store = Session(SessionOptions(tracking_uri, writes=False)).reader  # the store checked: report, evaluate, submit
+    exp = store.experiment_of(study.name)
+    runs = [] if exp is None else store.runs_of(exp, "trial", scale)
+    seen_seeds = 1 + max([int(r.data.tags.get(SEED, 0)) for r in runs] or [0])
     # A study run --until-decided is judged as it was run: sequentially over its looks, at the
     # seeds of the last look reached.
-    last = [] if exp is None else runs_of(client, exp, "study", scale, most=1)
+    last = [] if exp is None else store.runs_of(exp, "study", scale, most=1)
     looks = [int(n) for n in last[0].data.tags.get(LOOKS, "").split(",") if n] if last else []
     reached = [n for n in looks if n <= seen_seeds]
     wanted = seeds or (reached[-1] if reached else 0) or study.scales[scale].seeds or study.seeds
-    folds = 1 + max([int(r.data.tags.get("fold", 0)) for r in runs] or [0])
+    folds = 1 + max([int(r.data.tags.get(FOLD, 0)) for r in runs] or [0])
     # The study's trials as it stands, without building a model or reading data: only their hashes.
     specs = resolve(study, scale, max(wanted, seen_seeds), folds, check=False)
     expected_hash = {s.key: spec_hash(s) for s in specs} | {c["key"]: c["hash"] for c in combined_keys(study, specs)}
@@ -80,7 +80,7 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
         if expected_hash.get(key) != r.data.tags.get(CONFIG_HASH):
             stale += r.info.status == "FINISHED"
             continue
-        if int(r.data.tags.get("seed", 0)) >= wanted:
+        if int(r.data.tags.get(SEED, 0)) >= wanted:
             if r.info.status == "FINISHED":
                 extra.add(key)
             continue
@@ -95,29 +95,29 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
                               + ("; left out" if "mean_dice" in lacks else ""))
             if "mean_dice" in lacks:
                 continue
-        variant = r.data.tags["variant"]
-        rows.append({"run_id": r.info.run_id, "key": key, "variant": variant, "seed": int(r.data.tags["seed"]),
+        variant = r.data.tags[VARIANT]
+        rows.append({"run_id": r.info.run_id, "key": key, "variant": variant, "seed": int(r.data.tags[SEED]),
                      "start_time": r.info.start_time, "end_time": r.info.end_time,
                      **axes.get(variant, {}), **r.data.metrics,
-                     "model_params": r.data.tags.get("model_params"), "device": r.data.tags.get("result.device"),
+                     "model_params": r.data.tags.get(MODEL_PARAMS), "device": r.data.tags.get("result.device"),
                      "parent": r.data.tags.get(PARENT)})
     failed = sorted(set(failed) - seen)
     # Studies run together (`harness run A.yaml B.yaml`) share their time: the report says so.
     ran_with = sorted({name for parent in {row["parent"] for row in rows if row["parent"]}
-                       for name in client.get_run(parent).data.tags.get("run_with", "").split(",") if name})
+                       for name in store.run(parent).data.tags.get(RUN_WITH, "").split(",") if name})
     trials = mark_failed(pd.DataFrame(rows), study.failed_to_train)
     return StudyRuns(study=study, scale=scale, trials=trials, failed=failed, stale=stale,
-                     per_case=_per_case(client, rows) if with_cases and rows else None, ran_with=ran_with,
+                     per_case=_per_case(store, rows) if with_cases and rows else None, ran_with=ran_with,
                      incomplete=incomplete, extra=len(extra), seeds=wanted, looks=[n for n in looks if n <= wanted])
 
 
-def _per_case(client, rows: list[dict]) -> pd.DataFrame | None:
+def _per_case(store, rows: list[dict]) -> pd.DataFrame | None:
     """Every trial's per-case metrics (its ``per_case.json``), with its variant and seed."""
     frames = []
     for row in rows:
         with tempfile.TemporaryDirectory() as d:
             try:
-                path = client.download_artifacts(row["run_id"], "per_case.json", d)
+                path = store.artifact(row["run_id"], "per_case.json", d)
             except Exception:  # noqa: BLE001  an artifact store that lost the file: no pairs for this run
                 continue
             cases = pd.DataFrame(json.loads(Path(path).read_text()))
@@ -128,21 +128,22 @@ def _per_case(client, rows: list[dict]) -> pd.DataFrame | None:
 
 def evaluations(runs: StudyRuns, tracking_uri: str | None = None) -> pd.DataFrame:
     """``harness evaluate`` runs whose members are all trials shown in this report, newest first."""
-    from harness.tracking import experiment_of, reader, runs_of
+    from harness.session import Session, SessionOptions
+    from harness.tracking import FOLD, MEMBER_RUNS, VARIANT
 
     if runs.trials.empty:
         return pd.DataFrame()
-    client = reader(tracking_uri)
-    found = runs_of(client, experiment_of(client, runs.study.name), "evaluation", runs.scale, finished=True)
+    store = Session(SessionOptions(tracking_uri, writes=False)).reader
+    found = store.runs_of(store.experiment_of(runs.study.name), "evaluation", runs.scale, finished=True)
     dice = dict(zip(runs.trials.run_id, runs.trials.mean_dice)) if "mean_dice" in runs.trials else {}
     rows = []
     for r in found:
-        members = r.data.tags.get("member_runs", "").split(",")
+        members = r.data.tags.get(MEMBER_RUNS, "").split(",")
         if not all(m in dice for m in members):
             continue  # evaluates trials of an older configuration
         m = r.data.metrics
         members_dice = float(np.mean([dice[x] for x in members]))
-        rows.append({"variant": r.data.tags["variant"], "fold": r.data.tags.get("fold", ""),
+        rows.append({"variant": r.data.tags[VARIANT], "fold": r.data.tags.get(FOLD, ""),
                      "inferer": json.loads(r.data.tags["inferer"])["name"], "members": len(members),
                      "mean_dice": m.get("mean_dice"), "members' mean_dice": members_dice,
                      "Δ": m.get("mean_dice", math.nan) - members_dice, "gmacs": m.get("gmacs"),
