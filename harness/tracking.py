@@ -202,7 +202,7 @@ class Tracker(Store):
     """Writes the store: experiments, parent and child runs, their metrics and artifacts; a new
     store is created whole (see ``__init__``). Only the driver writes."""
 
-    def __init__(self, uri: str | None = None, verbose: int = 1):  # Store's client, made once the store exists
+    def __init__(self, uri: str | None = None, verbose: int = 1):  # no super().__init__: the client waits for the store
         self.uri = uri or default_tracking_uri()
         if verbose < 2:  # MLflow's schema migrations log INFO lines on every new database
             import logging

@@ -13,7 +13,7 @@ from harness.ops import native, upsample_trilinear2x
 from harness.ops import upsample as up
 from harness.registry import MODELS
 
-needs_kernel = pytest.mark.skipif(up._kernel() is None, reason="no C compiler, or PyTorch computes without FMA here")
+needs_kernel = pytest.mark.skipif(up.load_kernel() is None, reason="no C compiler, or PyTorch computes without FMA here")
 
 # Axes of 1 (both ends one element), 2, odd and even lengths; rows shorter and longer than a vector.
 SHAPES = [(1, 1, 1, 1, 1), (1, 2, 1, 1, 5), (2, 3, 2, 3, 4), (1, 2, 3, 1, 2), (2, 3, 5, 6, 7), (1, 1, 4, 9, 17),
@@ -33,7 +33,7 @@ def _torch(x, g):
 def test_kernel_is_in_use_where_pytorch_computes_with_fma():
     # The kernel disables itself where it would not reproduce PyTorch; here it must not have:
     # a kernel that stopped matching would otherwise only show as skipped tests.
-    assert up._kernel() is not None
+    assert up.load_kernel() is not None
 
 
 @needs_kernel
@@ -62,7 +62,7 @@ def test_kernel_splits_channels_over_threads_with_the_same_numbers(monkeypatch):
 
 @pytest.mark.parametrize("grad", [True, False])
 def test_op_equals_f_interpolate_and_keeps_a_method_per_shape(grad, monkeypatch):
-    monkeypatch.setattr(up, "_METHOD", {})
+    monkeypatch.setattr(up, "CHOSEN_METHOD", {})
     x = torch.randn(2, 4, 3, 4, 6, requires_grad=grad)
     g = torch.randn(2, 4, 6, 8, 12)
     y = upsample_trilinear2x(x)
@@ -71,9 +71,9 @@ def test_op_equals_f_interpolate_and_keeps_a_method_per_shape(grad, monkeypatch)
     if grad:
         y.backward(g)
         assert torch.equal(x.grad, gx_ref)
-    if up._kernel() is not None:  # one timed choice per direction and shape, then reused
-        assert set(up._METHOD) == {("forward", x.shape)} | ({("backward", g.shape)} if grad else set())
-        assert set(up._METHOD.values()) <= {"torch", "kernel"}
+    if up.load_kernel() is not None:  # one timed choice per direction and shape, then reused
+        assert set(up.CHOSEN_METHOD) == {("forward", x.shape)} | ({("backward", g.shape)} if grad else set())
+        assert set(up.CHOSEN_METHOD.values()) <= {"torch", "kernel"}
 
 
 def test_trace_records_pytorchs_op_so_fvcore_counts_it():
@@ -108,21 +108,21 @@ def test_without_a_usable_kernel_the_op_is_f_interpolate(broken, monkeypatch, ca
         monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
         monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
     else:
-        if up._kernel() is None:
+        if up.load_kernel() is None:
             pytest.skip("no kernel to compare")
         exact = up._torch_backward
         monkeypatch.setattr(up, "_torch_backward", lambda g, shape: exact(g, shape) + 1e-7)
-    up._kernel.cache_clear()
-    monkeypatch.setattr(up, "_METHOD", {})
+    up.load_kernel.cache_clear()
+    monkeypatch.setattr(up, "CHOSEN_METHOD", {})
     try:
-        assert up._kernel() is None
+        assert up.load_kernel() is None
         if broken != "turned off":
             assert "upsample:" in caplog.text
         x = torch.randn(1, 2, 2, 3, 4)
         assert torch.equal(upsample_trilinear2x(x), F.interpolate(x, scale_factor=2, mode="trilinear"))
-        assert up._METHOD == {}
+        assert up.CHOSEN_METHOD == {}
     finally:
-        up._kernel.cache_clear()
+        up.load_kernel.cache_clear()
 
 
 def test_a_failed_build_is_said_once_and_never_compiled_again(tmp_path, monkeypatch):
