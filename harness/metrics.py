@@ -121,8 +121,8 @@ _builtin("spec_", "max", "%", "specificity of the region (%)", "accuracy", level
 _builtin("min_dice", "max", "%", "worst case's Dice (%)", "accuracy")
 _builtin("max_dice", "max", "%", "best case's Dice (%)", "accuracy")
 # Costs counted from the architecture (harness.cost: fvcore MACs, 1 multiply-add = 1).
-_builtin("gmacs", "min", "GMACs", "GMACs", "cost", exact=True, members="sum", shown={"cost", "table", "plot", "curve"})
 _builtin("params", "min", "", "parameters", "cost", exact=True, members="sum", shown={"cost", "table", "plot", "curve"})
+_builtin("gmacs", "min", "GMACs", "GMACs", "cost", exact=True, members="sum", shown={"cost", "table", "plot", "curve"})
 _builtin("size_mb", "min", "MB", "size (MB)", "cost", exact=True, members="sum", shown={"cost"})
 _builtin("macs_per_voxel", "min", "MACs", "MACs per voxel", "cost", exact=True, members="sum", shown={"cost"})
 _builtin("forward_passes", "min", "", "network passes", "cost", exact=True, members="sum")
