@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -58,7 +59,7 @@ def run_evaluate(path: str, scale: str, *, inferer: str | None = None, ensemble:
     groups, n = _groups(study, scale, session, ensemble, variants)
     with session:
         console.print(f"{study.name}@{scale}: {len(groups)} evaluation(s) of {n} finished trial(s)")
-        rows, skipped = [], []
+        rows, skipped, run = [], [], _Evaluation(session.tracker, study, scale, ensemble, inferer=cfg, console=console)
         for i, ((variant, fold, _), members) in enumerate(groups.items(), 1):
             console.print(f"[{i}/{len(groups)}] {variant}" + (f" fold {fold}" if fold is not None else "")
                           + f": {len(members)} model(s), evaluating and costing ...", highlight=False)
@@ -68,8 +69,7 @@ def run_evaluate(path: str, scale: str, *, inferer: str | None = None, ensemble:
                 console.print(f"[yellow]{variant}: skipped, {e}[/yellow]", soft_wrap=True)
                 skipped.append(variant)
                 continue
-            rows.append(_evaluate_group((variant, fold), members, loaded, cfg, (session.tracker, study, scale,
-                                                                                  ensemble), console=console))
+            rows.append(_evaluate_group(run, variant, fold, members, loaded))
     _print_rows(rows, f"{study.name}@{scale}: re-evaluated ({ensemble} ensemble)", console)
     named_and_skipped = sorted(set(variants or []) & set(skipped))
     if named_and_skipped:
@@ -112,12 +112,24 @@ def _load_members(members: list, study, path: str, store) -> tuple[list[dict], l
     return ckpts, [load_model(c, device) for c in ckpts]
 
 
-def _evaluate_group(group: tuple, members: list, loaded: tuple, inferer, where: tuple, console) -> dict:
+@dataclass(frozen=True)
+class _Evaluation:
+    """What every evaluation of one ``harness evaluate`` shares: where it is logged, the study at
+    its scale, the ensemble asked for, the inferer (None: each trial's own) and the console."""
+    tracker: Any
+    study: Any
+    scale: str
+    ensemble: str
+    inferer: ComponentCfg | None
+    console: Any
+
+
+def _evaluate_group(e: _Evaluation, variant: str, fold: str | None, members: list, loaded: tuple) -> dict:
     """One evaluation (a trial, or an ensemble of its members) with its cost, logged as an MLflow
-    run beside the study's trials; returns its row. ``where``: (tracker, study, scale, ensemble)."""
+    run beside the study's trials; returns its row."""
     from harness.tracking import FOLD, MEMBER_RUNS, PARENT, VARIANT
 
-    (variant, fold), (ckpts, models), (tracker, study, scale, ensemble) = group, loaded, where
+    (ckpts, models), tracker, study, scale, ensemble, inferer = loaded, e.tracker, e.study, e.scale, e.ensemble, e.inferer
     ckpt = ckpts[0]
     spec = TrialSpec.model_validate_json(ckpt["trial"])
     cfg = spec.train
@@ -141,7 +153,7 @@ def _evaluate_group(group: tuple, members: list, loaded: tuple, inferer, where: 
          "mlflow.runName": f"{variant}:{cfg.inferer.name}" + (f"x{len(models)}" if len(models) > 1 else ""),
          **({FOLD: fold} if fold is not None else {})})
     tracker.finish_child(run_id, {**result, **cost, "members": float(len(models))}, per_case, step=0)
-    console.print(f"    Dice {result['mean_dice']:.1f} (members {members_dice:.1f}), {cost['gmacs']:.3g} GMACs",
+    e.console.print(f"    Dice {result['mean_dice']:.1f} (members {members_dice:.1f}), {cost['gmacs']:.3g} GMACs",
                   highlight=False)
     return {"variant": variant, "fold": fold or "", "members": len(models), "inferer": cfg.inferer.name,
             "mean_dice": result["mean_dice"], "members_mean_dice": members_dice, "gmacs": cost["gmacs"],

@@ -67,34 +67,38 @@ def register_metric(metric: Metric) -> Metric:
     return METRICS.register(metric.name, origin=caller_module(inspect.currentframe()))(metric)
 
 
-def metric(name: str, field: str | None = None) -> Metric:
-    """The catalogue's entry for ``name`` (``dice_WT``: the ``dice_`` family); an unknown name is an
-    ``UnknownNameError`` naming ``field`` with the close matches."""
+def _lookup(name: str) -> Metric | None:
+    """The entry for ``name``, or for its region family (``dice_WT``: ``dice_``); None if neither."""
     if name in METRICS:
         return METRICS.get(name)
     family = [m for m in METRICS.names() if m.endswith("_") and name.startswith(m) and len(name) > len(m)]
-    if family:
-        return METRICS.get(family[0])
-    raise UnknownNameError("metric", name, METRICS.names(), field)
+    return METRICS.get(family[0]) if family else None
+
+
+def metric(name: str, field: str | None = None) -> Metric:
+    """The catalogue's entry for ``name`` (``dice_WT``: the ``dice_`` family); an unknown name is an
+    ``UnknownNameError`` naming ``field`` with the close matches."""
+    found = _lookup(name)
+    if found is None:
+        raise UnknownNameError("metric", name, METRICS.names(), field)
+    return found
 
 
 def is_exact(name: str) -> bool:
     """Whether ``name`` is a cost counted from the architecture (False for a name not catalogued)."""
-    return known(name) and metric(name).exact
+    found = _lookup(name)
+    return found is not None and found.exact
 
 
 def is_measured(name: str) -> bool:
     """Whether ``name`` is a cost measured on the machine (False for a name not catalogued)."""
-    return known(name) and metric(name).measured
+    found = _lookup(name)
+    return found is not None and found.measured
 
 
 def known(name: str) -> bool:
     """Whether the catalogue has ``name`` (or its family)."""
-    try:
-        metric(name)
-    except UnknownNameError:
-        return False
-    return True
+    return _lookup(name) is not None
 
 
 def shown(place: str) -> list[Metric]:

@@ -122,11 +122,10 @@ class Session:
         self._held.clear()
 
     def parent(self, exp_id: str, name: str, scale: str, chash: str, tags: dict[str, str],
-               find: bool = True) -> tuple[str, set[str] | None]:
-        """The parent run of this execution: the newest of configuration ``chash`` at ``scale``
-        reopened (its RUNNING children closed KILLED; returns the trial keys it finished), or, when
-        ``find`` is False or there is none, a new one (returns None for the keys)."""
-        found = self.tracker.find_parent(exp_id, scale, chash) if find else None
+               found=None) -> tuple[str, set[str] | None]:
+        """The parent run of this execution: ``found`` (``Tracker.find_parent``'s run) reopened
+        (its RUNNING children closed KILLED; returns the trial keys it finished), or, without one,
+        a new run of configuration ``chash`` at ``scale`` (returns None for the keys)."""
         if found is not None:
             run_id = found.info.run_id
             done = self.tracker.reopen_parent(exp_id, run_id)

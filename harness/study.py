@@ -509,8 +509,7 @@ class _Run:
             tags = {"study_file": str(Path(path)), "paper": study.paper, "title": study.title,
                     **({"run_with": ",".join(st.name for _, st in studies if st is not study)}
                        if len(studies) > 1 else {})}
-            parent_id, reopened = self.session.parent(exp_id, study.name, scale, study_hash, tags,
-                                                      find=found is not None)
+            parent_id, reopened = self.session.parent(exp_id, study.name, scale, study_hash, tags, found=found)
             # Trained trials only (combined rows are evaluated after them).
             done = reopened & {s.key for s in specs} if reopened is not None else self.earlier[study.name]
             left = [s for s in specs if s.key not in done]

@@ -48,14 +48,14 @@ def test_an_interrupted_session_ends_its_open_parents_and_resume_reopens_them(tm
     with pytest.raises(KeyboardInterrupt):
         with Session(SessionOptions(uri, verbose=0)) as s:
             exp = s.tracker.experiment("x")
-            parent, done = s.parent(exp, "x", "smoke", "h1", {}, find=False)
+            parent, done = s.parent(exp, "x", "smoke", "h1", {})
             assert done is None
             child = s.tracker.client.create_run(exp, tags={"mlflow.parentRunId": parent, "trial_key": "v#s0"})
             s.tracker.client.set_terminated(child.info.run_id, "FINISHED")
             raise KeyboardInterrupt
     with Session(SessionOptions(uri, verbose=0)) as s:
         assert s.tracker.client.get_run(parent).info.status == "KILLED"
-        again, done = s.parent(exp, "x", "smoke", "h1", {})
+        again, done = s.parent(exp, "x", "smoke", "h1", {}, found=s.tracker.find_parent(exp, "smoke", "h1"))
         assert again == parent and done == {"v#s0"}  # the finished trial is not redone
         assert s.tracker.client.get_run(parent).info.status == "RUNNING"
         s.end(parent, "FINISHED")

@@ -127,8 +127,9 @@ def accuracy_figure(trials: pd.DataFrame, task_of: dict[str, str | None], title:
     return fig
 
 
-def plots(runs: StudyRuns, out: Path, tracking_uri: str | None = None) -> list[str]:
-    """Accuracy vs cost with Pareto fronts, per-region Dice bars, learning curves (PNG)."""
+def plots(runs: StudyRuns, out: Path, store) -> list[str]:
+    """Accuracy vs cost with Pareto fronts, per-region Dice bars, learning curves (PNG); the
+    curves read from ``store`` (``harness.tracking.Store``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,9 +158,6 @@ def plots(runs: StudyRuns, out: Path, tracking_uri: str | None = None) -> list[s
         fig.savefig(out / "dice_per_region.png", dpi=110)
         plt.close(fig)
         files.append("dice_per_region.png")
-    from harness.session import Session, SessionOptions
-
-    store = Session(SessionOptions(tracking_uri, writes=False)).reader
     curves = []
     for r in t.itertuples():
         for m in ("train_loss", "mean_dice"):

@@ -126,14 +126,13 @@ def _per_case(store, rows: list[dict]) -> pd.DataFrame | None:
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
-def evaluations(runs: StudyRuns, tracking_uri: str | None = None) -> pd.DataFrame:
-    """``harness evaluate`` runs whose members are all trials shown in this report, newest first."""
-    from harness.session import Session, SessionOptions
+def evaluations(runs: StudyRuns, store) -> pd.DataFrame:
+    """``harness evaluate`` runs in ``store`` (``harness.tracking.Store``) whose members are all
+    trials shown in this report, newest first."""
     from harness.tracking import FOLD, MEMBER_RUNS, VARIANT
 
     if runs.trials.empty:
         return pd.DataFrame()
-    store = Session(SessionOptions(tracking_uri, writes=False)).reader
     found = store.runs_of(store.experiment_of(runs.study.name), "evaluation", runs.scale, finished=True)
     dice = dict(zip(runs.trials.run_id, runs.trials.mean_dice)) if "mean_dice" in runs.trials else {}
     rows = []

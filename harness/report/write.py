@@ -52,13 +52,16 @@ def write_report(path: str, scale: str, formats: list[str], reports: Path = Path
 
 def _write(study, scale: str, runs, formats: list[str], out: Path, tracking_uri: str | None) -> list[str]:
     """The report's files into ``out``; returns the verify problems."""
+    from harness.tracking import Store
+
+    store = Store(tracking_uri)  # checked by load_runs: the curves and re-evaluations read it again
     table, notes = layout_table(runs)
     write_table(table, out, "table", formats)
     st = stats_table(runs)
     st.to_csv(out / "stats.csv", index=False)
     if not runs.trials.empty:
         runs.trials.to_csv(out / "trials.csv", index=False)
-    figs = plots(runs, out, tracking_uri)
+    figs = plots(runs, out, store)
     problems = verify(runs)
     claims, wall = claims_table(runs), wall_time(runs)
     (out / "claims.json").write_text(json.dumps({"scale": scale, "engine": stats_.ENGINE, "wall_time_s": wall,
@@ -87,7 +90,7 @@ def _write(study, scale: str, runs, formats: list[str], out: Path, tracking_uri:
                "profiler's running sum of allocations minus frees." + _load_note(runs), "",
                (costs.assign(parameters=costs["parameters"].map(lambda v: "—" if v != v else f"{int(round(v)):,}"))
                 if "parameters" in costs else costs).to_markdown(index=False, floatfmt=",.4g"), ""]
-    evals = evaluations(runs, tracking_uri)
+    evals = evaluations(runs, store)
     if not evals.empty:
         evals.to_csv(out / "evaluations.csv", index=False)
         md += ["## Re-evaluations (`harness evaluate`)", "",

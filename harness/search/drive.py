@@ -240,7 +240,7 @@ class _Strategies:
         # The Optuna journal, not MLflow, says what is done.
         parent_id, _ = self.session.parent(exp_id, f"search-{cfg.name}", cfg.scale, chash,
                                            {"search_file": str(self.path), "base_study": space.study.name},
-                                           find=found is not None)
+                                           found=found)
         if todo and not self._run(space, study, todo, (exp_id, parent_id)):
             return None
         self.session.end(parent_id, "FINISHED")
