@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from filelock import FileLock, Timeout
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -50,13 +51,25 @@ class Store:
         exp = self.client.get_experiment_by_name(f"harness/{study}")
         return None if exp is None else exp.experiment_id
 
-    def runs_of(self, exp_id: str, role: str, scale: str, finished: bool = False, newest_first: bool = True,
-                most: int = 50000) -> list:
+    def runs_of(self, exp_id: str, role: str, scale: str, finished: bool = False, most: int = 50000) -> list:
         """Runs of one role (``ROLE``: study, trial, evaluation) at one scale, newest first."""
         where = f"tags.{ROLE} = '{role}' and tags.scale = '{scale}'" + (" and attributes.status = 'FINISHED'"
                                                                          if finished else "")
         return self.client.search_runs([exp_id], where, max_results=most,
-                                       order_by=["attributes.start_time DESC"] if newest_first else None)
+                                       order_by=["attributes.start_time DESC"])
+
+    def runs(self, exp_id: str | None, role: str, scale: str, finished: bool = False,
+             most: int = 50000) -> pd.DataFrame:
+        """``runs_of`` as one frame, newest first, in ``mlflow.search_runs``'s layout: ``run_id``,
+        ``status``, ``start_time`` / ``end_time`` (ms), then ``metrics.NAME``, ``params.NAME`` and
+        ``tags.NAME`` (NaN / None where a run lacks one). Built from this store's client:
+        ``mlflow.search_runs`` reads the process's global tracking URI, not this store's."""
+        found = [] if exp_id is None else self.runs_of(exp_id, role, scale, finished=finished, most=most)
+        return pd.DataFrame([{"run_id": r.info.run_id, "status": r.info.status, "start_time": r.info.start_time,
+                              "end_time": r.info.end_time, **{f"metrics.{k}": v for k, v in r.data.metrics.items()},
+                              **{f"params.{k}": v for k, v in r.data.params.items()},
+                              **{f"tags.{k}": v for k, v in r.data.tags.items()}} for r in found],
+                            columns=None if found else ["run_id", "status", "start_time", "end_time"])
 
     def run(self, run_id: str):
         return self.client.get_run(run_id)
@@ -68,6 +81,13 @@ class Store:
     def history(self, run_id: str, metric: str) -> list:
         """Every logged value of ``metric`` (``.step``, ``.value``)."""
         return self.client.get_metric_history(run_id, metric)
+
+
+def column(frame: pd.DataFrame, name: str, default: Any = None) -> pd.Series:
+    """A ``Store.runs`` frame's column ``name`` (``tags.seed``, ``metrics.gmacs``), ``default`` for
+    the runs that lack it (and for all where none has it)."""
+    found = frame[name] if name in frame else pd.Series(None, index=frame.index, dtype=object)
+    return found.where(found.notna(), default)
 
 
 def default_tracking_uri() -> str:
@@ -270,8 +290,11 @@ class Tracker(Store):
         """Trial keys finished in any earlier run of the study at ``scale`` with the configuration
         ``hashes`` gives them (key -> config hash): a resume with more seeds (a new parent run)
         trains only the seeds not yet trained."""
-        runs = self.runs_of(exp_id, "trial", scale, finished=True, newest_first=False)
-        return {r.data.tags.get(TRIAL_KEY) for r in runs if hashes.get(r.data.tags.get(TRIAL_KEY)) == r.data.tags.get(CONFIG_HASH)}
+        runs = self.runs(exp_id, "trial", scale, finished=True)
+        if runs.empty:
+            return set()
+        keys = runs[f"tags.{TRIAL_KEY}"]
+        return set(keys[keys.map(hashes) == runs[f"tags.{CONFIG_HASH}"]])
 
     def children(self, exp_id: str, parent_id: str):
         return self.client.search_runs([exp_id], filter_string=f"tags.`{PARENT}` = '{parent_id}'", max_results=50000)

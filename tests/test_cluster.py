@@ -13,6 +13,9 @@ import sys
 import pytest
 import yaml
 
+# One worker runs them all when the suite runs on several (pytest-xdist): the clusters start in turn.
+pytestmark = pytest.mark.xdist_group("ray_cluster")
+
 STUDY = {
     "name": "tiny_cluster", "paper": "gsp_conv", "title": "tiny",
     "data": {"dataset": "synthetic_organ", "params": {"n_cases": 4, "shape": [16, 32, 32]}},

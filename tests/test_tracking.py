@@ -92,3 +92,37 @@ def test_a_half_created_or_older_store_is_one_line_in_every_command(tmp_path, mo
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert "schema was never completed" in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+def test_runs_as_one_frame_in_mlflow_search_runs_layout(tmp_path):
+    """``Store.runs``: one role at one scale, newest first, a column per metric / param / tag with
+    NaN (metrics) or None (tags) where a run lacks it; no experiment gives the empty frame."""
+    import math
+
+    from harness.tracking import ROLE, Store, Tracker, column
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, verbose=0)
+    exp = tracker.experiment("frame")
+    made = []
+    for i, (role, scale, metrics) in enumerate([("trial", "smoke", {"mean_dice": 70.0}),
+                                                ("trial", "smoke", {"mean_dice": 80.0, "gmacs": 1.5}),
+                                                ("trial", "quick", {"mean_dice": 90.0}),
+                                                ("study", "smoke", {})]):
+        run = tracker.client.create_run(exp, start_time=1000 + i, tags={ROLE: role, "scale": scale, "seed": str(i)})
+        for name, value in metrics.items():
+            tracker.client.log_metric(run.info.run_id, name, value)
+        tracker.client.log_param(run.info.run_id, "lr", str(i))
+        made.append(run.info.run_id)
+    tracker.client.set_terminated(made[1], "FINISHED")
+
+    frame = Store(uri).runs(exp, "trial", "smoke")
+    assert list(frame.run_id) == [made[1], made[0]]  # newest first, other scales and roles left out
+    assert list(frame.columns[:4]) == ["run_id", "status", "start_time", "end_time"]
+    assert list(frame["metrics.mean_dice"]) == [80.0, 70.0]
+    assert frame["metrics.gmacs"].iloc[0] == 1.5 and math.isnan(frame["metrics.gmacs"].iloc[1])
+    assert list(frame["params.lr"]) == ["1", "0"] and list(frame["tags.seed"]) == ["1", "0"]
+    assert list(column(frame, "tags.fold", "-")) == ["-", "-"]  # a tag no run has: the default for each
+    assert list(Store(uri).runs(exp, "trial", "smoke", finished=True).run_id) == [made[1]]
+    empty = Store(uri).runs(None, "trial", "smoke")
+    assert empty.empty and list(empty.columns) == ["run_id", "status", "start_time", "end_time"]

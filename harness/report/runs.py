@@ -56,65 +56,74 @@ def load_runs(study: StudyCfg, scale: str, tracking_uri: str | None = None, with
     of its seeds at that scale (or the first ``seeds``): runs of further seeds, from a run with a
     larger ``--seeds`` or a study that has since shrunk, are counted in ``extra``, not reported."""
     from harness.session import Session, SessionOptions
-    from harness.tracking import (CONFIG_HASH, FOLD, LOOKS, MODEL_PARAMS, PARENT, RUN_WITH, SEED, TRIAL_KEY,
-                                  VARIANT)
+    from harness.tracking import CONFIG_HASH, FOLD, LOOKS, RUN_WITH, SEED, TRIAL_KEY, column
 
     store = Session(SessionOptions(tracking_uri, writes=False)).reader  # the store checked: report, evaluate, submit
     exp = store.experiment_of(study.name)
-    runs = [] if exp is None else store.runs_of(exp, "trial", scale)
-    seen_seeds = 1 + max([int(r.data.tags.get(SEED, 0)) for r in runs] or [0])
+    runs = store.runs(exp, "trial", scale)  # newest first
+    key, seed = column(runs, f"tags.{TRIAL_KEY}"), column(runs, f"tags.{SEED}", 0).astype(int)
+    seen_seeds = 1 + int(seed.max()) if len(runs) else 1
     # A study run --until-decided is judged as it was run: sequentially over its looks, at the
     # seeds of the last look reached.
-    last = [] if exp is None else store.runs_of(exp, "study", scale, most=1)
-    looks = [int(n) for n in last[0].data.tags.get(LOOKS, "").split(",") if n] if last else []
+    last = column(store.runs(exp, "study", scale, most=1), f"tags.{LOOKS}", "")
+    looks = [int(n) for n in (last.iloc[0] if len(last) else "").split(",") if n]
     reached = [n for n in looks if n <= seen_seeds]
     wanted = seeds or (reached[-1] if reached else 0) or study.scales[scale].seeds or study.seeds
-    folds = 1 + max([int(r.data.tags.get(FOLD, 0)) for r in runs] or [0])
+    folds = 1 + int(column(runs, f"tags.{FOLD}", 0).astype(int).max()) if len(runs) else 1
     # The study's trials as it stands, without building a model or reading data: only their hashes.
     specs = resolve(study, scale, max(wanted, seen_seeds), folds, check=False)
     expected_hash = {s.key: spec_hash(s) for s in specs} | {c["key"]: c["hash"] for c in combined_keys(study, specs)}
-    axes = {v.name: tag_axes(v) for v in table_rows(study)}
-    rows, failed, stale, seen, incomplete, extra = [], [], 0, set(), [], set()
-    for r in runs:  # newest first: the first finished run of a key is the one that counts
-        key = r.data.tags.get(TRIAL_KEY)
-        if expected_hash.get(key) != r.data.tags.get(CONFIG_HASH):
-            stale += r.info.status == "FINISHED"
-            continue
-        if int(r.data.tags.get(SEED, 0)) >= wanted:
-            if r.info.status == "FINISHED":
-                extra.add(key)
-            continue
-        if r.info.status == "FAILED" and key not in seen:
-            failed.append(key)
-        if r.info.status != "FINISHED" or key in seen:
-            continue
-        seen.add(key)
-        lacks = [m for m in REQUIRED if m not in r.data.metrics]
-        if lacks:  # a store that lost them (or a run closed by hand): said in the report, never a traceback
-            incomplete.append(f"{key} (run {r.info.run_id}) lacks {', '.join(lacks)}"
-                              + ("; left out" if "mean_dice" in lacks else ""))
-            if "mean_dice" in lacks:
-                continue
-        variant = r.data.tags[VARIANT]
-        rows.append({"run_id": r.info.run_id, "key": key, "variant": variant, "seed": int(r.data.tags[SEED]),
-                     "start_time": r.info.start_time, "end_time": r.info.end_time,
-                     **axes.get(variant, {}), **r.data.metrics,
-                     "model_params": r.data.tags.get(MODEL_PARAMS), "device": r.data.tags.get("result.device"),
-                     "parent": r.data.tags.get(PARENT)})
-    failed = sorted(set(failed) - seen)
+    current, finished = key.map(expected_hash) == column(runs, f"tags.{CONFIG_HASH}"), runs.status == "FINISHED"
+    counted = current & (seed < wanted)
+    # The first finished run of a key (the newest) is the one that counts.
+    done = runs[counted & finished]
+    done = done[~key[done.index].duplicated()]
+    failed = sorted(set(key[counted & (runs.status == "FAILED")]) - set(key[done.index]))
+    done, incomplete = _complete(done)
+    rows = _trial_rows(done, axes={v.name: tag_axes(v) for v in table_rows(study)})
     # Studies run together (`harness run A.yaml B.yaml`) share their time: the report says so.
-    ran_with = sorted({name for parent in {row["parent"] for row in rows if row["parent"]}
+    ran_with = sorted({name for parent in set(rows.get("parent", pd.Series(dtype=object)).dropna())
                        for name in store.run(parent).data.tags.get(RUN_WITH, "").split(",") if name})
-    trials = mark_failed(pd.DataFrame(rows), study.failed_to_train)
-    return StudyRuns(study=study, scale=scale, trials=trials, failed=failed, stale=stale,
-                     per_case=_per_case(store, rows) if with_cases and rows else None, ran_with=ran_with,
-                     incomplete=incomplete, extra=len(extra), seeds=wanted, looks=[n for n in looks if n <= wanted])
+    return StudyRuns(study=study, scale=scale, trials=mark_failed(rows, study.failed_to_train), failed=failed,
+                     stale=int((finished & ~current).sum()),
+                     per_case=_per_case(store, rows) if with_cases and not rows.empty else None, ran_with=ran_with,
+                     incomplete=incomplete, extra=key[current & finished & (seed >= wanted)].nunique(), seeds=wanted,
+                     looks=[n for n in looks if n <= wanted])
 
 
-def _per_case(store, rows: list[dict]) -> pd.DataFrame | None:
+def _complete(done: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``done`` without the runs that lack Dice, and a line per run lacking a ``REQUIRED`` metric (a
+    store that lost them, or a run closed by hand): said in the report, never a traceback."""
+    from harness.tracking import TRIAL_KEY, column
+
+    lacks = {m: column(done, f"metrics.{m}").isna() for m in REQUIRED}
+    incomplete = [f"{r[f'tags.{TRIAL_KEY}']} (run {r.run_id}) lacks {', '.join(m for m in REQUIRED if lacks[m][i])}"
+                  + ("; left out" if lacks["mean_dice"][i] else "")
+                  for i, r in done.iterrows() if any(lacks[m][i] for m in REQUIRED)]
+    return done[~lacks["mean_dice"]], incomplete
+
+
+def _trial_rows(done: pd.DataFrame, axes: dict[str, dict[str, str]]) -> pd.DataFrame:
+    """One row per counted trial: its run, key, variant and seed, times, the variant's axes, the
+    metrics it logged, its model parameters as run, device and parent run."""
+    from harness.tracking import MODEL_PARAMS, PARENT, SEED, TRIAL_KEY, VARIANT
+
+    def tag(run: dict, name: str):
+        return None if pd.isna(run.get(f"tags.{name}")) else run[f"tags.{name}"]
+
+    return pd.DataFrame([{"run_id": r["run_id"], "key": r[f"tags.{TRIAL_KEY}"], "variant": r[f"tags.{VARIANT}"],
+                          "seed": int(r[f"tags.{SEED}"]), "start_time": r["start_time"], "end_time": r["end_time"],
+                          **axes.get(r[f"tags.{VARIANT}"], {}),
+                          **{k[len("metrics."):]: v for k, v in r.items() if k.startswith("metrics.") and pd.notna(v)},
+                          "model_params": tag(r, MODEL_PARAMS), "device": tag(r, "result.device"),
+                          "parent": tag(r, PARENT)}
+                         for r in done.to_dict("records")])
+
+
+def _per_case(store, rows: pd.DataFrame) -> pd.DataFrame | None:
     """Every trial's per-case metrics (its ``per_case.json``), with its variant and seed."""
     frames = []
-    for row in rows:
+    for row in rows.to_dict("records"):
         with tempfile.TemporaryDirectory() as d:
             try:
                 path = store.artifact(row["run_id"], "per_case.json", d)
@@ -133,21 +142,20 @@ def evaluations(runs: StudyRuns, store) -> pd.DataFrame:
 
     if runs.trials.empty:
         return pd.DataFrame()
-    found = store.runs_of(store.experiment_of(runs.study.name), "evaluation", runs.scale, finished=True)
+    found = store.runs(store.experiment_of(runs.study.name), "evaluation", runs.scale, finished=True)
     dice = dict(zip(runs.trials.run_id, runs.trials.mean_dice)) if "mean_dice" in runs.trials else {}
     rows = []
-    for r in found:
-        members = r.data.tags.get(MEMBER_RUNS, "").split(",")
+    for _, r in found.iterrows():
+        members = (r.get(f"tags.{MEMBER_RUNS}") or "").split(",")
         if not all(m in dice for m in members):
             continue  # evaluates trials of an older configuration
-        m = r.data.metrics
         members_dice = float(np.mean([dice[x] for x in members]))
-        rows.append({"variant": r.data.tags[VARIANT], "fold": r.data.tags.get(FOLD, ""),
-                     "inferer": json.loads(r.data.tags["inferer"])["name"], "members": len(members),
-                     "mean_dice": m.get("mean_dice"), "members' mean_dice": members_dice,
-                     "Δ": m.get("mean_dice", math.nan) - members_dice, "gmacs": m.get("gmacs"),
-                     "forward_passes": m.get("forward_passes"),
-                     "latency_ns_per_voxel": m.get("latency_ns_per_voxel", math.nan)})
+        rows.append({"variant": r[f"tags.{VARIANT}"], "fold": r.get(f"tags.{FOLD}") or "",
+                     "inferer": json.loads(r["tags.inferer"])["name"], "members": len(members),
+                     "mean_dice": r.get("metrics.mean_dice", math.nan), "members' mean_dice": members_dice,
+                     "Δ": r.get("metrics.mean_dice", math.nan) - members_dice, "gmacs": r.get("metrics.gmacs"),
+                     "forward_passes": r.get("metrics.forward_passes"),
+                     "latency_ns_per_voxel": r.get("metrics.latency_ns_per_voxel", math.nan)})
     return pd.DataFrame(rows)
 
 
