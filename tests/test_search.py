@@ -10,7 +10,7 @@ import yaml
 
 from harness.cli import main
 from harness.config import ConfigError, ModelCfg, build_checked_model
-from harness.search import Space
+from harness.search import Space, encode
 from harness.tracking import Tracker
 
 BASE = {
@@ -169,7 +169,7 @@ def test_pareto_files_whatever_was_sampled_and_exported_knobs_keep_their_types(t
     from optuna.distributions import CategoricalDistribution, IntDistribution
     from optuna.trial import create_trial
 
-    from harness.search import encode, write_pareto
+    from harness.search import write_pareto
 
     knobs = {"net": {"choice": [{"model": "gsp_unet"}, {"model": "unet3d"}]},
              "base_width": {"int": [4, 8], "when": {"model": "unet3d"}}}
@@ -428,7 +428,7 @@ def test_the_searcher_tells_optuna_a_stopped_trial_pruned_and_a_raised_one_faile
 def test_a_search_across_families_asks_each_model_only_its_own_knobs(tmp_path):
     from optuna.distributions import CategoricalDistribution
 
-    from harness.search import encode, write_pareto
+    from harness.search import write_pareto
 
     nets = [{"model": "gsp_unet", "conv": "pointwise"}, {"model": "distill_dsm"}]
     space = Space(write(tmp_path, {**SPACE, "knobs": {
@@ -470,6 +470,41 @@ def test_a_search_across_families_asks_each_model_only_its_own_knobs(tmp_path):
     with pytest.raises(ConfigError, match=r"knobs.alpha.when.model: unknown model a knob chooses 'distil_dsm'"):
         Space(write(tmp_path, {**SPACE, "knobs": {"net": {"choice": nets},
                                                   "alpha": {"choice": [0.5], "when": {"model": "distil_dsm"}}}}))
+
+
+def test_a_knob_asked_only_under_another_knobs_options_builds_no_net_twice(tmp_path):
+    # Group Shift's ratio matters only where Group Shift is inserted: asked under those options
+    # alone, every point of the space is its own net.
+    nets = [{"model": "gsp_unet", "conv": "pointwise"}, {"model": "distill_dsm"}]
+    knobs = {"net": {"choice": nets}, "insert": {"choice": [None, "CSC"], "when": {"model": "gsp_unet"}},
+             "shift_ratio": {"choice": [0.25, 1.0], "when": {"model": "gsp_unet", "insert": ["CSC"]}},
+             "alpha": {"choice": [0.25, 1.0], "when": {"model": "distill_dsm"}}}
+    space = Space(write(tmp_path, {**SPACE, "knobs": knobs}))
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(40):
+        t = study.ask()
+        space.define_by_run(t)
+        model = space.model_of(t.params)
+        want = ({"net", "insert"} | ({"shift_ratio"} if t.params.get("insert") == "CSC" else set())
+                if model == "gsp_unet" else {"net", "alpha"})
+        assert set(t.params) == want, t.params
+        seen.add(space.spec_for(t.params).model_dump_json(include={"model"}))
+    assert len(seen) == 2 + 2 + 1  # distill x2, gsp with Group Shift x2, the plain pointwise net once
+    # The pre-flight builds the ratio's options where it is asked: under Group Shift.
+    ratio = [c for name, _, c in space.option_points() if name == "shift_ratio"]
+    assert len(ratio) == 2 and all(c["insert"] == "CSC" for c in ratio)
+    # A trial of the space is found back as its point, the ratio not asked where it is off.
+    plain = space.spec_for({"net": encode(nets[0]), "insert": None})
+    assert space.config_of(plain) == {"net": encode(nets[0]), "insert": None}
+    shifted = {"net": encode(nets[0]), "insert": "CSC", "shift_ratio": 1.0}
+    assert space.config_of(space.spec_for(shifted)) == shifted
+    for when, match in [({"insrt": ["CSC"]}, r"knobs.shift_ratio.when: unknown knob declared above 'insrt'.*insert"),
+                        ({"alpha": [0.25]}, r"knobs.shift_ratio.when: unknown knob declared above 'alpha'"),
+                        ({"insert": "CSC"}, r"knobs.shift_ratio.when.insert: give a list of insert's options"),
+                        ({"insert": ["CCS"]}, r"knobs.shift_ratio.when.insert: \['CCS'\] are not options of insert")]:
+        with pytest.raises(ConfigError, match=match):
+            Space(write(tmp_path, {**SPACE, "knobs": {**knobs, "shift_ratio": {"choice": [0.5], "when": when}}}))
 
 
 def test_promotion_order_ranks_by_non_domination_then_crowding():
@@ -628,8 +663,6 @@ def test_a_run_of_the_base_study_maps_back_onto_the_space(tmp_path):
 
 
 def json_enc(v):
-    from harness.search import encode
-
     return encode(v)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BeforeValidator, Field, model_validator
 
@@ -12,9 +12,12 @@ from harness.config import Strict
 
 class Knob(Strict):
     choice: Optional[list[Any]] = None
-    # Asked only when the trial's model is one of these (Optuna's define-by-run spaces): the
-    # family's own axes in a search across families.
-    when: Optional[dict[Literal["model"], Union[str, list[str]]]] = None
+    # Asked only when the trial's model is one of these (``model: NAME`` or a list), and each
+    # other knob named here (declared above this one) drew one of the options listed
+    # (``insert: [CSC, CCS]``): Optuna's define-by-run spaces. A family's own axes in a search
+    # across families; a knob that only matters under another's option (Group Shift's ratio
+    # only where Group Shift is inserted), so that no two points build the same net.
+    when: Optional[dict[str, Any]] = None
     uniform: Optional[tuple[float, float]] = None
     loguniform: Optional[tuple[float, float]] = None
     values: Optional[list[int]] = None  # groups.<stage>: per-axis group counts to combine (valid ones only)

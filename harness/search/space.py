@@ -88,13 +88,7 @@ class Space:
         """A knob's ``when`` and options checked, and its choices kept (``groups.<stage>``: the
         spatial groups that divide the stage's feature size at the patch)."""
         if knob.when is not None:
-            if not any(isinstance(o, dict) and "model" in o for k in self.cfg.knobs.values() if k.when is None
-                       for o in k.choice or []):
-                raise ConfigError(f"knobs.{name}: 'when' needs a knob whose options choose a model")
-            for m in self._when(knob):
-                if m not in self.models:
-                    raise ConfigError(str(UnknownNameError("model a knob chooses", m, self.models,
-                                                           f"knobs.{name}.when.model")))
+            self._check_when(name, knob.when)
         if name.startswith("groups."):
             stage = int(name.split(".", 1)[1])
             if not 0 <= stage < n_stages:
@@ -114,6 +108,42 @@ class Space:
         elif knob.choice is not None:
             self.choices[name] = knob.choice
 
+    def _check_when(self, name: str, when: dict[str, Any]) -> None:
+        """``when``: ``model`` names models a knob chooses; any other key names a knob declared
+        above this one, with a list of its options."""
+        above = list(self.cfg.knobs)[:list(self.cfg.knobs).index(name)]
+        for key, allowed in when.items():
+            if key == "model":
+                if not any(isinstance(o, dict) and "model" in o for k in self.cfg.knobs.values() if k.when is None
+                           for o in k.choice or []):
+                    raise ConfigError(f"knobs.{name}: 'when' needs a knob whose options choose a model")
+                for m in [allowed] if isinstance(allowed, str) else allowed:
+                    if m not in self.models:
+                        raise ConfigError(str(UnknownNameError("model a knob chooses", m, self.models,
+                                                               f"knobs.{name}.when.model")))
+                continue
+            if key not in above:
+                raise ConfigError(str(UnknownNameError("knob declared above", key, above, f"knobs.{name}.when")))
+            options = self.cfg.knobs[key].choice
+            if options is None or not isinstance(allowed, list) or not allowed:
+                raise ConfigError(f"knobs.{name}.when.{key}: give a list of {key}'s options (a choice knob); "
+                                  f"got {allowed!r}")
+            bad = [a for a in allowed if a not in options]
+            if bad:
+                raise ConfigError(f"knobs.{name}.when.{key}: {bad} are not options of {key} (its options: {options})")
+
+    def active(self, name: str, config: dict[str, Any]) -> bool:
+        """Whether a configuration asks knob ``name``: its ``when`` holds for the model chosen and
+        the other knobs' draws in ``config`` (a knob not drawn holds none of its options)."""
+        when = self.cfg.knobs[name].when or {}
+        for key, allowed in when.items():
+            if key == "model":
+                if self.model_of(config) not in ([allowed] if isinstance(allowed, str) else allowed):
+                    return False
+            elif key not in config or decode(config[key]) not in allowed:
+                return False
+        return True
+
     def rungs(self) -> list[int]:
         """Epochs (from 1) at which the scheduler ranks trials (the base point's training length)."""
         return self.cfg.scheduler.rungs(self.spec_for(self.cfg_default()).train.epochs)
@@ -130,11 +160,6 @@ class Space:
             out.append((other.cfg.name, other))
         return out
 
-    @staticmethod
-    def _when(knob: Knob) -> list[str]:
-        m = knob.when["model"]
-        return [m] if isinstance(m, str) else list(m)
-
     def model_of(self, config: dict[str, Any]) -> str:
         """The model a configuration chose (an option with ``model``), else the study's."""
         for name, knob in self.cfg.knobs.items():
@@ -142,9 +167,6 @@ class Space:
             if isinstance(v, dict) and "model" in v:
                 return v["model"]
         return self.study.model.name
-
-    def _asked(self, model: str) -> list[str]:
-        return [n for n, k in self.cfg.knobs.items() if k.when is not None and model in self._when(k)]
 
     def _options(self, name: str) -> list[Any]:
         """A knob's options as Optuna holds them: every choice, or a range's two ends."""
@@ -154,10 +176,13 @@ class Space:
         return list(knob.uniform or knob.loguniform or knob.integer)
 
     def _complete(self, config: dict[str, Any]) -> dict[str, Any]:
-        """``config``'s unconditional knobs (the first option where unset), then the chosen
-        model's own knobs (their first option where unset)."""
+        """``config``'s unconditional knobs (the first option where unset), then, in the file's
+        order, each conditional knob its draws so far ask (the first option where unset)."""
         out = {n: config.get(n, self._options(n)[0]) for n, k in self.cfg.knobs.items() if k.when is None}
-        return out | {n: config.get(n, self._options(n)[0]) for n in self._asked(self.model_of(out))}
+        for n, k in self.cfg.knobs.items():
+            if k.when is not None and self.active(n, out):
+                out[n] = config.get(n, self._options(n)[0])
+        return out
 
     def cfg_default(self) -> dict[str, Any]:
         """The first option (or the low end) of every knob the default model asks."""
@@ -165,7 +190,8 @@ class Space:
 
     def option_points(self) -> list[tuple[str, Any, dict[str, Any]]]:
         """(knob, option, configuration) for every option of every knob: the default point with
-        that one option set; a model's own knob under the first option that chooses its model."""
+        that one option set; a conditional knob under the first option that chooses each of its
+        models, with the first option its ``when`` lists of each knob it depends on."""
         choosing = {}  # model -> a configuration that chooses it
         for name, knob in self.cfg.knobs.items():
             for option in self._options(name) if knob.when is None else []:
@@ -173,12 +199,18 @@ class Space:
                 choosing.setdefault(self.model_of(config), config)
         points = []
         for name, knob in self.cfg.knobs.items():
-            for option in self._options(name):
-                if knob.when is None:
-                    points.append((name, option, self._complete({name: option})))
-                else:
-                    points += [(name, option, self._complete({**choosing[m], name: option}))
-                               for m in self._when(knob) if m in choosing]
+            when = knob.when or {}
+            models = when.get("model", list(choosing))
+            # Under each model it belongs to, with the first listed option of each knob it depends on.
+            bases = [{**choosing[m], **{k: encode(a[0]) for k, a in when.items() if k != "model"}}
+                     for m in ([models] if isinstance(models, str) else models) if m in choosing]
+            if knob.when is not None:
+                bases = [b for b in bases if name in self._complete({**b, name: self._options(name)[0]})]
+                if not bases:
+                    raise ConfigError(f"knobs.{name}: no point of the space asks it (its 'when' {when} holds under "
+                                      f"no model with the first options it lists)")
+            points += [(name, option, self._complete({**base, name: option}))
+                       for base in (bases if knob.when is not None else [{}]) for option in self._options(name)]
         return points
 
     def check_options(self) -> list[str]:
@@ -228,8 +260,9 @@ class Space:
             return trial.suggest_int(name, *knob.integer)
 
         config = {n: ask(n, k) for n, k in self.cfg.knobs.items() if k.when is None}
-        for name in self._asked(self.model_of(config)):
-            ask(name, self.cfg.knobs[name])
+        for name, knob in self.cfg.knobs.items():
+            if knob.when is not None and self.active(name, config):
+                config[name] = ask(name, knob)
 
     def distributions(self, config: dict[str, Any]) -> dict[str, Any]:
         """Optuna's distribution of each knob in ``config`` (as ``define_by_run`` asks it)."""
@@ -281,11 +314,14 @@ class Space:
             return [v] if isinstance(v, (int, float)) and lo <= v <= hi else []
 
         model = spec.model.name
-        names = [n for n, k in self.cfg.knobs.items() if k.when is None or model in self._when(k)]
+        names = list(self.cfg.knobs)
         ident = {"key", "variant", "tags"}
-        for combo in itertools.product(*[candidates(n) for n in names]):
-            config = dict(zip(names, combo))
-            if self.model_of(config) != model:
+        # A conditional knob may also be not asked (``missing``): kept only where that is so.
+        for combo in itertools.product(*[candidates(n) + ([missing] if k.when is not None else [])
+                                         for n, k in self.cfg.knobs.items()]):
+            drawn = {n: v for n, v in zip(names, combo) if v is not missing}
+            config = self._complete(drawn)
+            if config != drawn or self.model_of(config) != model:
                 continue
             try:
                 ours = self.spec_for(config)
