@@ -51,12 +51,13 @@ def finished_by_key(rs):
     return out
 
 
-def finished_keys_raw(tmp_path):
-    """Read-only peek while the driver writes (an MlflowClient here would race its schema migration)."""
+def ended_keys_raw(tmp_path):
+    """Trial keys whose run ended (finished or failed): a read-only peek while the driver writes
+    (an MlflowClient here would race its schema migration)."""
     try:
         with sqlite3.connect(f"file:{tmp_path / 'mlflow.db'}?mode=ro", uri=True, timeout=1) as db:
             return {k for (k,) in db.execute("select t.value from runs r join tags t on r.run_uuid = t.run_uuid "
-                                             "where t.key = 'trial_key' and r.status = 'FINISHED'")}
+                                             "where t.key = 'trial_key' and r.status in ('FINISHED', 'FAILED')")}
     except sqlite3.OperationalError:  # not created yet, or mid-migration
         return set()
 
@@ -98,8 +99,10 @@ def test_kill_midway_then_resume_gives_one_finished_run_per_trial(tmp_path):
                           for i, ins in enumerate(["CSC", "CCS", "CSCS", "CSCSUpShift"])]}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
     p = harness(["run", "s.yaml", "-v", "0"], tmp_path, start_new_session=True, plugins=True)
-    while p.poll() is None and not finished_keys_raw(tmp_path):
-        time.sleep(0.2)  # polled until a trial has finished, however slow the machine
+    # Polled until a trial has ended, however slow the machine (v0 failing would otherwise leave
+    # the held trials waiting for ever).
+    while p.poll() is None and not ended_keys_raw(tmp_path):
+        time.sleep(0.2)
     os.killpg(p.pid, signal.SIGKILL)  # the driver, its Ray instance and the trials
     p.wait()
     before = finished_by_key(runs(tmp_path))
