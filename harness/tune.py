@@ -211,6 +211,9 @@ def _is_ray_key(k: str) -> bool:
     return k in _RAY_KEYS or k.startswith("config/")
 
 
+_started_with: tuple | None = None  # (address, workers' environment) of the Ray instance this process started
+
+
 def _init_ray(address: str | None, verbose: int) -> None:
     env = {"HARNESS_CACHE": os.environ.get("HARNESS_CACHE", str(Path.home() / ".cache" / "harness")),
            "RAY_CHDIR_TO_TRIAL_DIR": "0", "PYTHONWARNINGS": "ignore", "KINETO_LOG_LEVEL": "5",
@@ -226,7 +229,13 @@ def _init_ray(address: str | None, verbose: int) -> None:
         # (InvalidAuthToken). Do what 'auto' does: token mode when a token is at hand and
         # RAY_AUTH_MODE is unset (a token-mode driver joins a cluster without authentication too).
         compat.ray_token_auth(verbose)
+    global _started_with
+    if ray.is_initialized() and _started_with not in (None, (address, env)):
+        # This process started the instance for a command under another environment (another
+        # cache folder, plugin path or address): its workers would run this one with the old.
+        ray.shutdown()
     if not ray.is_initialized():
+        _started_with = (address, env)
         # Without --address a run is local: a fresh instance of its own ("local"), never a cluster
         # that RAY_ADDRESS or a `ray start` on this machine would otherwise hand ray.init.
         saved = os.environ.pop("RAY_ADDRESS", None) if not address else None

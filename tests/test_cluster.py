@@ -124,3 +124,22 @@ def test_without_address_a_run_stays_local_whatever_cluster_is_live(tmp_path):
 def test_local_trials_run_at_the_users_priority_not_below_it(tmp_path):
     # Ray's default worker niceness (15) starves trials beside any other work on the machine.
     _script(PRIORITY, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_command_under_another_environment_gets_workers_with_that_environment(tmp_path, monkeypatch):
+    # In-process commands share the Ray instance the first one started; one run under another
+    # cache folder (or plugin path) gets a new instance, or its trials would use the old folder.
+    import ray
+
+    from harness.tune import _init_ray
+
+    cache_of = ray.remote(lambda: os.environ.get("HARNESS_CACHE"))
+    nodes = []
+    for name in ("a", "b", "b"):
+        monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / name))
+        _init_ray(None, 0)
+        nodes.append(ray.get_runtime_context().get_node_id())
+        assert ray.get(cache_of.remote()) == str(tmp_path / name)
+    assert nodes[0] != nodes[1] == nodes[2]  # a new instance for b, then b's kept
+    ray.shutdown()
