@@ -244,7 +244,21 @@ def _passes(spec: TrialSpec, task: Task, patch: list[int], out_ch: int, check_lo
     return run, model, outs
 
 
+_PASSED: dict[str, tuple[float, list[str]]] = {}  # preflight's results in this process, by what decides them
+
+
 def preflight(spec: TrialSpec, task: Task, check_loss: bool = True) -> tuple[float, list[str]]:
+    """``_preflight``, once per process for each configuration that passed it: a search checks
+    every option again on each command (a resume, ``--confirm``), and in-process callers (the
+    suite, a notebook) run many. A failure is not kept: it is raised again, as the first time."""
+    key = spec.model_dump_json(include={"model", "data", "train", "cost"}) + str(check_loss)
+    if key not in _PASSED:
+        _PASSED[key] = _preflight(spec, task, check_loss)
+    macs, notes = _PASSED[key]
+    return macs, list(notes)
+
+
+def _preflight(spec: TrialSpec, task: Task, check_loss: bool = True) -> tuple[float, list[str]]:
     """Run the net as its trial will, once per architecture, before anything trains: built with
     the trial's injected arguments; an evaluation pass at the patch (batch 1, no grad: the
     inferers' window) returning the segmentation (1, C, *patch); a training-mode pass at the

@@ -4,6 +4,12 @@ import sys
 import pytest
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+# Under pytest-xdist each worker's Ray instances (in-process and in the commands it starts) get
+# their share of the cores: on 2 cores with 2 workers, one trial at a time each, so a study's
+# trials reuse one actor instead of importing torch and MONAI in a second (~10 CPU-s each).
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("RAY_OVERRIDE_RESOURCES", '{"CPU": %d}' % max(
+        1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 @pytest.fixture(autouse=True)

@@ -1,8 +1,5 @@
 """Combined rows (harness.combine): rules, validation, and a study that trains two variants and
 evaluates their combination as a row the report, claims and --resume treat as a trial."""
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -92,17 +89,13 @@ def test_combined_rows_are_rows_for_layout_and_claims_and_hash_their_members():
 
 
 @pytest.mark.slow
-def test_a_study_evaluates_its_combined_rows_after_training_and_resume_keeps_them(tmp_path):
+def test_a_study_evaluates_its_combined_rows_after_training_and_resume_keeps_them(tmp_path, monkeypatch, capsys):
+    from harness.cli import main
+
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(TINY))
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-
-    def harness(*args):
-        return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=600)
-
-    r = harness("run", "s.yaml", "-v", "0")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "8/8 trials finished" in r.stdout
+    assert main(["run", "s.yaml", "-v", "0"]) == 0
+    assert "8/8 trials finished" in capsys.readouterr().out
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("harness/tiny_combined")
     runs = {x.data.tags["trial_key"]: x for x in client.search_runs([exp.experiment_id], "tags.harness_role = 'trial'")}
@@ -114,13 +107,12 @@ def test_a_study_evaluates_its_combined_rows_after_training_and_resume_keeps_the
     assert m.data.metrics["gmacs"] == pytest.approx(runs["a#s1"].data.metrics["gmacs"]
                                                     + 2 * runs["b#s1"].data.metrics["gmacs"])
     assert 0 <= m.data.metrics["mean_dice"] <= 100
-    r = harness("run", "s.yaml", "--resume", "-v", "0")
-    assert r.returncode == 0 and "4 of 4 trials finished, 0 to run" in r.stdout, r.stdout + r.stderr
-    assert "8/8 trials finished" in r.stdout
+    assert main(["run", "s.yaml", "--resume", "-v", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "4 of 4 trials finished, 0 to run" in out and "8/8 trials finished" in out, out
     again = client.search_runs([exp.experiment_id], "tags.harness_role = 'trial'")
     assert len(again) == 8, "a resumed study redid a finished trial or combined row"
-    r = harness("report", "s.yaml", "--scale", "smoke", "--out", "reports")
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert main(["report", "s.yaml", "--scale", "smoke", "--out", "reports"]) == 0
     import pandas as pd
 
     trials = pd.read_csv(tmp_path / "reports" / "tiny_combined" / "trials.csv")

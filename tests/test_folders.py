@@ -232,11 +232,8 @@ def test_run_checks_the_folder_first_and_writes_nothing(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_study_on_a_real_data_folder_end_to_end(tmp_path):
+def test_study_on_a_real_data_folder_end_to_end(tmp_path, monkeypatch):
     # `harness run` through Ray and MLflow on a Decathlon folder named with --data-root.
-    import subprocess
-    import sys
-
     from mlflow.tracking import MlflowClient
 
     root = make_msd(tmp_path / "Task05_Prostate", channels=2)
@@ -245,9 +242,8 @@ def test_study_on_a_real_data_folder_end_to_end(tmp_path):
              "train": {"patch": [8, 16, 16], "epochs": 1, "steps_per_epoch": 2, "batch_size": 1},
              "cost": {"latency_runs": 1}, "scales": {"smoke": {}, "quick": {}, "paper": {}}, "expected": {"a": {"mean_dice": 1}}}
     (tmp_path / "s.yaml").write_text(json.dumps(study))
-    done = subprocess.run([sys.executable, "-m", "harness.cli", "run", "s.yaml", "--data-root", str(root),
-                           "--folds", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "s.yaml", "--data-root", str(root), "--folds", "2"]) == 0
     (split,) = (tmp_path / "splits").glob("msd-Task05_Prostate-2fold-seed0.json")  # beside mlflow.db
     splits = json.loads(split.read_text())["splits"]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

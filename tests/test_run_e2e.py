@@ -91,11 +91,12 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path):
 
 def test_kill_midway_then_resume_gives_one_finished_run_per_trial(tmp_path):
     # v1-v3 wait at a gate (tests/plugins/gate.py) until the test opens it, so the kill lands
-    # while they are in flight, however fast or loaded the machine; v0 finishes first.
+    # while they are in flight, however fast or loaded the machine; v0 finishes first: it has the
+    # most steps, and trials start longest first, however few run at once.
     gate = tmp_path / "gate_open"
     held = {"callbacks": [{"name": "test_gate", "params": {"file": str(gate)}}]}
     study = {**TINY, "plugins": ["gate"], "expected": {},
-             "variants": [{"name": f"v{i}", "params": {"insert": ins}, **({"train": held} if i else {})}
+             "variants": [{"name": f"v{i}", "params": {"insert": ins}, "train": held if i else {"steps_per_epoch": 8}}
                           for i, ins in enumerate(["CSC", "CCS", "CSCS", "CSCSUpShift"])]}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
     p = harness(["run", "s.yaml", "-v", "0"], tmp_path, start_new_session=True, plugins=True)
@@ -204,7 +205,7 @@ def test_a_dead_worker_is_retried_and_a_raising_trial_is_not(tmp_path):
     assert "non-finite training loss" in rs["diverge#s0"].data.tags["error"] and "worker_retries" not in rs["diverge#s0"].data.tags
 
 
-def test_studies_run_together_keep_their_own_runs_reports_and_resume(tmp_path):
+def test_studies_run_together_keep_their_own_runs_reports_and_resume(tmp_path, monkeypatch, capsys):
     # Two studies with the same trial keys in one `harness run`: one Ray run, each trial a child
     # of its own study's parent, each study closed and reported on its own, and --resume of the
     # pair reruns only what did not finish (b's diverging trial).
@@ -230,21 +231,23 @@ def test_studies_run_together_keep_their_own_runs_reports_and_resume(tmp_path):
     closing = [ln for ln in out.splitlines() if "trials finished" in ln]
     assert closing[0].startswith("tiny_a@smoke: 1/1") and closing[1].startswith("tiny_b@smoke: 1/2"), out
 
-    r = subprocess.run([sys.executable, "-m", "harness.cli", "report", "a.yaml", "--out", "rep"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
+    # The report and the resume in this process (the first run above is the user's command).
+    from harness.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "a.yaml", "--out", "rep"]) == 0
     assert "in one `harness run` with 1 other studies (tiny_b)" in (tmp_path / "rep" / "tiny_a" / "README.md").read_text()
 
-    p = harness(["run", "a.yaml", "b.yaml", "--resume", "-v", "0"], tmp_path)
-    out = p.communicate(timeout=600)[0]
-    assert p.returncode == 1, out
+    capsys.readouterr()
+    assert main(["run", "a.yaml", "b.yaml", "--resume", "-v", "0"]) == 1
+    out = capsys.readouterr().out
     assert "Resuming tiny_a@smoke: 1 of 1 trials finished, 0 to run." in out
     assert "Resuming tiny_b@smoke: 1 of 2 trials finished, 1 to run." in out
     assert len(finished_by_key(runs(tmp_path, "tiny_a"))["pw#s0"]) == 1  # not redone
     assert sorted(r.data.tags["trial_key"] for r in runs(tmp_path, "tiny_b")) == ["diverge#s0", "diverge#s0", "pw#s0"]
 
 
-def test_until_decided_adds_seeds_in_batches_trains_each_once_and_the_report_judges_as_run(tmp_path):
+def test_until_decided_adds_seeds_in_batches_trains_each_once_and_the_report_judges_as_run(tmp_path, monkeypatch):
     # A claim smoke cannot decide (2 training steps): looks at 2 and 3 seeds, seeds 0-1 then 2
     # alone (the first two are kept from the earlier look), then the report judges sequentially.
     study = {**TINY, "train": {**TINY["train"], "epochs": 1},
@@ -268,8 +271,9 @@ def test_until_decided_adds_seeds_in_batches_trains_each_once_and_the_report_jud
     frame = pd.DataFrame({"variant": [r.data.tags["variant"] for r in finished],
                           "mean_dice": [r.data.metrics["mean_dice"] for r in finished]})
     assert [r.data.tags["failed_to_train"] for r in finished] == [str(f).lower() for f in below_median(frame)]
-    r = harness(["report", "s.yaml", "--format", "md"], tmp_path)
-    out, _ = r.communicate(timeout=300)
-    assert r.returncode == 0, out
+    from harness.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "s.yaml", "--format", "md"]) == 0
     readme = (tmp_path / "reports" / "local" / "tiny_e2e" / "README.md").read_text()
     assert "judged over looks at 2, 3 seeds with the error spent across them" in readme

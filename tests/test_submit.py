@@ -42,11 +42,10 @@ def test_a_challenge_study_writes_one_brats_label_map_per_case_on_its_grid(tmp_p
 
     val = make_validation(tmp_path / "val")
     path = str(ROOT / "studies" / f"{study}.yaml")
-    r = harness(tmp_path, "run", path, "--scale", "smoke", "--seeds", "1", "-v", "0")
-    assert r.returncode == 0, r.stdout + r.stderr
     monkeypatch.chdir(tmp_path)
+    assert main(["run", path, "--scale", "smoke", "--seeds", "1", "-v", "0"]) == 0
 
-    def submit(out):  # in this process: the command's own exit code and lines, without a start-up each
+    def submit(out):  # the command's own exit code and lines, without a start-up each
         capsys.readouterr()
         code = main(["submit", path, "--scale", "smoke", "--data-root", str(val), "--out", out])
         return code, capsys.readouterr().err
