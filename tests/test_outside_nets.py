@@ -267,3 +267,26 @@ def test_a_built_in_net_whose_training_pass_needs_more_than_the_counted_size_is_
              data=("synthetic_organ", {"n_cases": 4, "shape": [32, 32, 32]}))
     macs, notes = preflight(s, build_task(s.data.dataset, **s.data.params))
     assert macs > 0 and notes == []
+
+
+
+def test_the_preflight_runs_once_per_configuration_in_a_process_and_a_failure_each_time(monkeypatch):
+    # A search's commands in one process (resume, report-only, confirm) checked every option again.
+    import harness.study
+    from harness.data import build_task
+    from harness.study import PreflightError, preflight
+    from helpers import spec
+
+    built = []
+    real = harness.study.trial_model
+    monkeypatch.setattr(harness.study, "trial_model", lambda s, t: built.append(1) or real(s, t))
+    s = spec("gsp_unet", {"conv": "pointwise", "widths": [4, 8, 8, 16, 12]})
+    task = build_task(s.data.dataset, **s.data.params)
+    first = preflight(s, task)
+    n = len(built)
+    assert n > 0 and preflight(s, task) == first and len(built) == n  # kept: not built again
+    bad = spec("gsp_unet", {"conv": "pointwise", "widths": [4, 8, 8, 16, 12], "insert": "CSC",
+                            "groups": [[3, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1], [1, 1, 1]]})
+    for _ in range(2):  # a failure is not kept: refused again, the same way
+        with pytest.raises(PreflightError, match="groups"):
+            preflight(bad, task)
