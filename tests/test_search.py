@@ -308,6 +308,20 @@ def test_nsga2_sampler_survives_pickling_as_ray_tune_does():
     assert len(study.trials) == 6
 
 
+def test_options_whose_nets_compute_the_same_function_are_said_before_training(tmp_path):
+    # With one spatial group per stage Group Shift is the identity (Eq. 4, G = 1): every insert
+    # position trains the plain net, as two_families' first seed-0 run did (equal Dice).
+    knobs = {"insert": {"choice": ["CSC", "CCS"]}, "train.lr": {"choice": [0.01, 0.02]}}
+    (w,) = Space(write(tmp_path, {**SPACE, "knobs": knobs})).check_options()
+    assert w.startswith("warning: knobs.insert: options 'CSC', 'CCS' build nets that compute the same function")
+    grouped = {**BASE, "model": {**BASE["model"], "params": {**BASE["model"]["params"],
+                                                             "groups": [[2, 2, 2]] * 4 + [[1, 2, 2]]}}}
+    (tmp_path / "g").mkdir()
+    path = write(tmp_path / "g", {**SPACE, "knobs": knobs})
+    (tmp_path / "g" / "base.yaml").write_text(yaml.safe_dump(grouped, sort_keys=False))
+    assert Space(path).check_options() == []  # Group Shift acts; the learning rates are two recipes
+
+
 def test_an_option_that_cannot_be_built_is_refused_or_skipped_before_training(tmp_path, monkeypatch, capsys):
     import harness.tune
 
@@ -324,7 +338,9 @@ def test_an_option_that_cannot_be_built_is_refused_or_skipped_before_training(tm
     assert "on_invalid: skip" in err and sorted(p.name for p in tmp_path.iterdir()) == ["base.yaml", "space.yaml"]
     space = Space(write(tmp_path, {**SPACE, "knobs": knobs, "on_invalid": "skip"}))
     warnings = space.check_options()
-    assert space.choices["insert"] == ["CSC"] and len(warnings) == 1 and "'BOGUS' left out" in warnings[0]
+    assert space.choices["insert"] == ["CSC"] and "'BOGUS' left out" in warnings[0]
+    # The base study's one spatial group per stage leaves the shifted share nothing to change.
+    assert len(warnings) == 2 and warnings[1].startswith("warning: knobs.shift_ratio: options 0.25, 1.0 build nets")
 
 
 def test_a_configuration_that_failed_in_training_is_never_proposed_again(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import itertools
 from pathlib import Path
 from typing import Any, Optional
@@ -222,7 +223,7 @@ class Space:
         warnings say which."""
         from harness.study import preflight
 
-        seen, bad = {}, []
+        seen, bad, computes = {}, [], {}
         for name, option, config in self.option_points():
             try:
                 spec = self.spec_for(config)
@@ -230,6 +231,9 @@ class Space:
                 if key not in seen:
                     task = DATASETS.get(spec.data.dataset)(**spec.data.params)  # lazy: no case is read
                     seen[key] = preflight(spec, task)  # the run's pre-flight: built, run, costed
+                    seen[key] = (*seen[key], _function_of(spec, task))
+                base = json.dumps({k: v for k, v in config.items() if k != name}, sort_keys=True, default=str)
+                computes.setdefault((name, base), []).append((option, spec, seen[key][2]))
             except Exception as e:  # noqa: BLE001  whatever the factory or the forward pass raises
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0].removeprefix(": ")
                 bad.append((name, option, first[:300]))
@@ -246,7 +250,7 @@ class Space:
             if not self.choices[name]:
                 raise ConfigError(f"knobs.{name}: no option can be built (the last: {why})")
             warnings.append(f"warning: knobs.{name}: option {decode(option)!r} left out (on_invalid: skip): {why}")
-        return warnings
+        return warnings + _same_functions(computes)
 
     def define_by_run(self, trial) -> None:
         """Optuna's define-by-run space: the unconditional knobs, then those of the chosen model."""
@@ -397,3 +401,54 @@ class Space:
         return resolve_variant(self.study, self.cfg.scale, VariantCfg(
             name=name, model=None if model == self.study.model.name else model, params=params, train=train,
             task=self.cfg.task))[0]
+
+
+def _function_of(spec, task):
+    """The net's output, in evaluation, on a fixed input at the pre-flight's shrunk patch, with
+    its weights from a fixed seed: two options whose nets give the same output compute the same
+    function (Group Shift with one spatial group is the identity, Eq. 4 with G = 1)."""
+    import torch
+
+    from harness.study import _at_proxy
+
+    out = {}
+
+    def run(model, shape):
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            y = model.eval()(x)
+        out["y"] = y if isinstance(y, torch.Tensor) else None
+        return 0.0
+
+    torch.manual_seed(0)
+    _at_proxy(spec, task, run)
+    return out["y"]
+
+
+def _same_functions(computes) -> list[str]:
+    """A warning per set of a knob's options whose nets compute the same function, with the same
+    recipe and data, at the pre-flight's point: the search would train one net under two names."""
+    import torch
+
+    def same(a, b) -> bool:
+        (_, s, y), (_, t, z) = a, b
+        return (y is not None and z is not None and y.shape == z.shape and torch.equal(y, z) and s.model != t.model
+                and s.model_dump(include={"data", "train", "cost"}) == t.model_dump(include={"data", "train", "cost"}))
+
+    warnings = []
+    for (name, base), rows in computes.items():
+        classes: list[list] = []
+        for row in rows:
+            for c in classes:
+                if same(c[0], row):
+                    c.append(row)
+                    break
+            else:
+                classes.append([row])
+        at = ", ".join(f"{k}={decode(v)!r}" for k, v in json.loads(base).items())
+        for c in classes:
+            if len(c) > 1:
+                warnings.append(f"warning: knobs.{name}: options {', '.join(repr(decode(o)) for o, _, _ in c)} build nets "
+                                f"that compute the same function at {at} (equal outputs on a test input): the search "
+                                f"would train one net under several names; ask the knob only where it acts ('when')")
+    return warnings
