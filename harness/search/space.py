@@ -231,7 +231,9 @@ class Space:
                 if key not in seen:
                     task = DATASETS.get(spec.data.dataset)(**spec.data.params)  # lazy: no case is read
                     seen[key] = preflight(spec, task)  # the run's pre-flight: built, run, costed
-                    seen[key] = (*seen[key], _function_of(spec, task))
+                    if key not in _OUTPUTS:  # once per process, as the pre-flight
+                        _OUTPUTS[key] = _function_of(spec, task)
+                    seen[key] = (*seen[key], _OUTPUTS[key])
                 base = json.dumps({k: v for k, v in config.items() if k != name}, sort_keys=True, default=str)
                 computes.setdefault((name, base), []).append((option, spec, seen[key][2]))
             except Exception as e:  # noqa: BLE001  whatever the factory or the forward pass raises
@@ -401,6 +403,9 @@ class Space:
         return resolve_variant(self.study, self.cfg.scale, VariantCfg(
             name=name, model=None if model == self.study.model.name else model, params=params, train=train,
             task=self.cfg.task))[0]
+
+
+_OUTPUTS: dict = {}  # _function_of's output by configuration, in this process
 
 
 def _function_of(spec, task):
